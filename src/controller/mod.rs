@@ -1,0 +1,3 @@
+//! controller (under construction).
+/// Command-line entry points.
+pub mod cli;

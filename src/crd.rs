@@ -1,0 +1,342 @@
+//! The `LLMWorkload` custom resource: what a cluster operator applies, and what the
+//! twin simulates.
+//!
+//! A workload has model `variants` (e.g. a 7B and a 70B model behind one endpoint),
+//! `gpuPools` they may run on, an `slo`, hard `limits`, where to read `metrics`, and the
+//! `policy` that decides replicas per (variant, pool).
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::config::PolicySpec;
+use crate::policy::observation::SlotTarget;
+
+/// Desired state of an LLM inference workload.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "llmos.dev",
+    version = "v1alpha1",
+    kind = "LLMWorkload",
+    plural = "llmworkloads",
+    shortname = "llmw",
+    namespaced,
+    status = "LLMWorkloadStatus",
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policy.kind"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.policy.mode"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"RPS","type":"number","jsonPath":".status.observedArrivalRateRps"}"#,
+    printcolumn = r#"{"name":"SLO","type":"number","jsonPath":".status.sloAttainment"}"#,
+    printcolumn = r#"{"name":"$/h","type":"number","jsonPath":".status.costRateUsdPerHour"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LLMWorkloadSpec {
+    /// Model variants that can serve this workload's traffic.
+    #[schemars(length(min = 1, max = 16))]
+    pub variants: Vec<VariantSpec>,
+    /// GPU node pools replicas may be placed on.
+    #[schemars(length(min = 1, max = 16))]
+    pub gpu_pools: Vec<GpuPoolSpec>,
+    /// Latency objectives.
+    #[serde(default)]
+    pub slo: SloSpec,
+    /// Hard limits the shield enforces on every decision.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Where live metrics are read from.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+    /// Which policy decides, and how.
+    #[serde(default)]
+    pub policy: PolicySpec,
+}
+
+/// One model variant (a model served by one container image and arguments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VariantSpec {
+    /// Name, unique in the workload; a DNS label (used in Deployment names).
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Model id (e.g. `meta-llama/Meta-Llama-3-8B-Instruct`); the twin maps it to its catalog.
+    #[schemars(length(min = 1))]
+    pub model: String,
+    /// Container image of the inference server (e.g. `vllm/vllm-openai:v0.6.3`).
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Container arguments (e.g. `["--model", "...", "--tensor-parallel-size", "1"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Port the server listens on (HTTP API and `/metrics`).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// GPUs per replica; equals the tensor-parallel degree.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 16))]
+    pub gpus_per_replica: u32,
+    /// Answer quality of this variant, 0..1 (e.g. measured accuracy); used to trade quality for cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub quality: Option<f64>,
+    /// Pools this variant may run on; empty means every pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<String>,
+    /// Fewest replicas of this variant over all its pools.
+    #[serde(default)]
+    pub min_replicas: u32,
+    /// Most replicas of this variant over all its pools.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_replicas: u32,
+    /// Seconds a replica takes from scheduling to ready, if known (the twin measures it otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_seconds: Option<f64>,
+}
+
+/// A Kubernetes toleration of a GPU pool's taint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TolerationSpec {
+    /// Taint key.
+    pub key: String,
+    /// `Exists` or `Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// Taint value (with `Equal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty matches all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+}
+
+/// A pool of GPU nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GpuPoolSpec {
+    /// Name, unique in the workload; a DNS label (used in Deployment names).
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// GPU type (e.g. `A100-80GB`, `H100-SXM`, `L4`); the twin maps it to its catalog.
+    #[schemars(length(min = 1))]
+    pub gpu_type: String,
+    /// Node labels that select this pool (e.g. `nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for the pool's taints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<TolerationSpec>,
+    /// Price of one GPU of this pool per hour, in USD.
+    #[schemars(range(min = 0.0))]
+    pub price_per_gpu_hour: f64,
+    /// GPUs this workload may use in the pool; absent means no limit known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_gpus: Option<u32>,
+}
+
+/// Latency objectives: a request meets the SLO when both its TTFT and its mean TPOT do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SloSpec {
+    /// Time-to-first-token target, in milliseconds.
+    #[schemars(range(min = 1.0))]
+    pub ttft_ms: f64,
+    /// Time-per-output-token target, in milliseconds.
+    #[schemars(range(min = 0.1))]
+    pub tpot_ms: f64,
+    /// Percentile the targets are judged at (e.g. 90 for p90).
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub percentile: f64,
+    /// Fraction of requests that must meet the SLO, 0..1.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub target_attainment: f64,
+}
+
+impl Default for SloSpec {
+    fn default() -> Self {
+        SloSpec { ttft_ms: 2000.0, tpot_ms: 100.0, percentile: 90.0, target_attainment: 0.95 }
+    }
+}
+
+/// Hard limits, enforced by the shield after any policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsSpec {
+    /// Fewest replicas over all variants and pools.
+    pub min_total_replicas: u32,
+    /// Most replicas over all variants and pools.
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_total_replicas: u32,
+    /// Most the fleet may cost, in USD per hour; absent means no budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_cost_per_hour: Option<f64>,
+    /// Most replicas a slot may change by in one control tick.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_step_change: u32,
+    /// After a scale-down, no further scale-down of that slot for this long.
+    pub scale_down_cooldown_seconds: u32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec {
+            min_total_replicas: 1,
+            max_total_replicas: 64,
+            max_cost_per_hour: None,
+            max_step_change: 8,
+            scale_down_cooldown_seconds: 60,
+        }
+    }
+}
+
+/// Where metrics come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsSourceKind {
+    /// Query a Prometheus server that scrapes the serving pods.
+    #[default]
+    Prometheus,
+    /// Scrape the serving pods' `/metrics` directly.
+    Scrape,
+}
+
+/// Where and how live metrics are read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsSpec {
+    /// Prometheus or direct scraping.
+    pub source: MetricsSourceKind,
+    /// Prometheus base URL (e.g. `http://prometheus.monitoring:9090`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus_url: Option<String>,
+    /// Extra label matchers added to every query (e.g. `{cluster: prod}`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_selector: BTreeMap<String, String>,
+    /// Window for rates and percentiles, in seconds.
+    #[schemars(range(min = 5, max = 3600))]
+    pub window_seconds: u32,
+    /// Samples older than this are stale and treated as missing.
+    #[schemars(range(min = 1, max = 3600))]
+    pub stale_after_seconds: u32,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            source: MetricsSourceKind::Prometheus,
+            prometheus_url: None,
+            label_selector: BTreeMap::new(),
+            window_seconds: 60,
+            stale_after_seconds: 120,
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    8000
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_max_replicas() -> u32 {
+    16
+}
+
+/// Observed state, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LLMWorkloadStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Desired replicas over all slots.
+    #[serde(default)]
+    pub desired_replicas: u32,
+    /// Ready replicas over all slots.
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// Per (variant, pool) slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<SlotStatus>,
+    /// The last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<DecisionStatus>,
+    /// What a shadow policy would have done at the last tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<DecisionStatus>,
+    /// Requests per second observed over the last window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_arrival_rate_rps: Option<f64>,
+    /// SLO attainment observed over the last window, 0..1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_attainment: Option<f64>,
+    /// Cost of the fleet now, USD per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_rate_usd_per_hour: Option<f64>,
+    /// How often the shield changed a policy's decision, since the operator started managing this workload.
+    #[serde(default)]
+    pub shield_overrides: u64,
+    /// Time of the last applied scale-down per slot (RFC 3339), for the cooldown across restarts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub last_scale_down: BTreeMap<String, String>,
+    /// Conditions: Ready, Progressing, Degraded, MetricsAvailable, PolicyReady.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Status of one (variant, pool) slot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotStatus {
+    /// Variant name.
+    pub variant: String,
+    /// Pool name.
+    pub pool: String,
+    /// Desired replicas.
+    pub desired_replicas: u32,
+    /// Ready replicas.
+    pub ready_replicas: u32,
+}
+
+/// A recorded decision.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionStatus {
+    /// When (RFC 3339).
+    pub time: String,
+    /// Which policy made it.
+    pub policy: String,
+    /// Why.
+    pub reason: String,
+    /// Replicas per slot after the shield.
+    pub targets: Vec<SlotTarget>,
+    /// Whether the shield changed the policy's answer.
+    #[serde(default)]
+    pub shielded: bool,
+}
+
+/// A status condition, as Kubernetes conventions describe it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready, Progressing, Degraded, MetricsAvailable or PolicyReady.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason a human can grep.
+    pub reason: String,
+    /// What happened and, when something is wrong, what to fix.
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,3 @@
+//! eval (under construction).
+/// Command-line entry points.
+pub mod cli;

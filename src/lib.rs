@@ -1,0 +1,22 @@
+//! # llmos
+//!
+//! A Kubernetes operator that runs LLM inference deployments with reinforcement
+//! learning, and the digital twin it learns in.
+//!
+//! - [`crd`]: the `LLMWorkload` custom resource.
+//! - [`policy`]: the [`policy::Observation`] → [`policy::Decision`] seam, the shield and
+//!   the baseline autoscalers.
+//! - [`twin`]: the simulator of LLM serving fleets that policies are trained and judged in.
+//! - [`rl`]: the DQN (libtorch) and tabular Q-learning.
+//! - [`eval`]: the comparison harness.
+//! - [`metrics`]: reading vLLM metrics (Prometheus or direct scrape) into observations.
+//! - [`controller`]: the reconciler that owns Deployments.
+#![warn(missing_docs)]
+
+pub mod controller;
+pub mod crd;
+pub mod eval;
+pub mod metrics;
+pub mod policy;
+pub mod rl;
+pub mod twin;

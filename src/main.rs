@@ -1,0 +1,45 @@
+//! The `llmos` binary: the operator, the twin and the tools around them.
+
+use clap::{Parser, Subcommand};
+
+/// llmos: LLM inference deployments on Kubernetes, scaled by reinforcement learning.
+#[derive(Parser)]
+#[command(name = "llmos", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the cluster in the current kubeconfig.
+    Run(llmos::controller::cli::RunArgs),
+    /// Print the LLMWorkload CustomResourceDefinition as YAML.
+    Crdgen,
+    /// Simulate a scenario in the digital twin and print its report.
+    Simulate(llmos::twin::cli::SimulateArgs),
+    /// Print statistics of a trace file (rows, span, rate, burstiness, tokens).
+    TraceStats(llmos::twin::cli::TraceStatsArgs),
+    /// Serve the twin as the data plane of a real API server (simulated vLLM replicas).
+    TwinServe(llmos::twin::cli::ServeArgs),
+    /// Compare policies on identical traffic in the twin.
+    Compare(llmos::eval::cli::CompareArgs),
+    /// Train a DQN policy in the twin.
+    Train(llmos::rl::cli::TrainArgs),
+    /// The built-in default job: train a small DQN on a real trace, compare it with the baselines.
+    Demo(llmos::eval::cli::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => llmos::controller::cli::run(args),
+        Command::Crdgen => llmos::controller::cli::crdgen(),
+        Command::Simulate(args) => llmos::twin::cli::simulate(args),
+        Command::TraceStats(args) => llmos::twin::cli::trace_stats(args),
+        Command::TwinServe(args) => llmos::twin::cli::serve(args),
+        Command::Compare(args) => llmos::eval::cli::compare(args),
+        Command::Train(args) => llmos::rl::cli::train(args),
+        Command::Demo(args) => llmos::eval::cli::demo(args),
+    }
+}

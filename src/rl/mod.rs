@@ -1,0 +1,3 @@
+//! rl (under construction).
+/// Command-line entry points.
+pub mod cli;

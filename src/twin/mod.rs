@@ -1,0 +1,3 @@
+//! twin (under construction).
+/// Command-line entry points.
+pub mod cli;
