@@ -1,1 +1,124 @@
-//! metrics (under construction).
+//! Reading live metrics: vLLM's Prometheus metrics, through a Prometheus server or by
+//! scraping pods directly, into the metric part of an [`Observation`].
+//!
+//! A [`MetricsSource`] returns a [`MetricsSnapshot`]; the controller adds what it knows
+//! from the cluster (replicas per slot, free GPUs, cost) with [`MetricsSnapshot::into_observation`]-style
+//! merging, so the policy sees the same [`Observation`] the twin produces.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::crd::LLMWorkloadSpec;
+use crate::policy::observation::{LatencyObservation, Observation};
+
+/// A serving endpoint of one slot, for direct scraping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Variant name.
+    pub variant: String,
+    /// Pool name.
+    pub pool: String,
+    /// `host:port` of the pod's metrics endpoint.
+    pub address: String,
+}
+
+/// What a metrics source needs to know about the workload it reads.
+#[derive(Clone, Debug)]
+pub struct MetricsQuery<'a> {
+    /// Namespace of the LLMWorkload.
+    pub namespace: &'a str,
+    /// Name of the LLMWorkload.
+    pub workload: &'a str,
+    /// Its spec (SLO, metrics section, variants and pools).
+    pub spec: &'a LLMWorkloadSpec,
+    /// Serving endpoints, for direct scraping (ignored by Prometheus).
+    pub endpoints: &'a [Endpoint],
+}
+
+/// Metrics of one (variant, pool) slot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SlotMetrics {
+    /// Variant name.
+    pub variant: String,
+    /// Pool name.
+    pub pool: String,
+    /// `vllm:num_requests_waiting`, summed over the slot's pods.
+    pub waiting_requests: f64,
+    /// `vllm:num_requests_running`, summed over the slot's pods.
+    pub running_requests: f64,
+    /// `vllm:kv_cache_usage_perc`, mean over the slot's pods, 0..1.
+    pub kv_cache_usage: f64,
+    /// Requests per second finished or admitted by the slot over the window.
+    pub arrival_rate_rps: f64,
+}
+
+/// The metric part of an observation, as read from a metrics source.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Requests per second arriving at the workload over the window.
+    pub arrival_rate_rps: Option<f64>,
+    /// Change of the arrival rate (requests/s²).
+    pub arrival_rate_trend_rps_per_s: Option<f64>,
+    /// Latency percentiles over the window.
+    pub latency: LatencyObservation,
+    /// Fraction of requests in the window that met the SLO.
+    pub slo_attainment: Option<f64>,
+    /// Per slot that has pods reporting.
+    pub slots: Vec<SlotMetrics>,
+    /// Series that could not be read (missing, stale, NaN, reset), with a short why each.
+    pub missing: Vec<String>,
+}
+
+/// Why metrics could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The source could not be reached.
+    #[error("metrics source {source_name} unreachable: {message}")]
+    Unreachable {
+        /// Which source.
+        source_name: String,
+        /// What failed.
+        message: String,
+    },
+    /// The source answered with something that is not valid.
+    #[error("metrics source {source_name} answered badly for {series}: {message}")]
+    BadAnswer {
+        /// Which source.
+        source_name: String,
+        /// Which series or query.
+        series: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Reads the metric part of an observation for one workload.
+pub trait MetricsSource: Send + Sync {
+    /// A short name for logs and conditions (`prometheus`, `scrape`).
+    fn name(&self) -> &str;
+    /// Reads the workload's metrics now.
+    fn observe<'a>(&'a self, query: &'a MetricsQuery<'a>) -> BoxFuture<'a, Result<MetricsSnapshot, MetricsError>>;
+}
+
+impl MetricsSnapshot {
+    /// Copies the metric fields into `obs` (whose replica and pool fields the caller
+    /// filled from the cluster) and records what is missing.
+    pub fn fill(&self, obs: &mut Observation) {
+        obs.arrival_rate_rps = self.arrival_rate_rps.unwrap_or(0.0);
+        obs.arrival_rate_trend_rps_per_s = self.arrival_rate_trend_rps_per_s.unwrap_or(0.0);
+        obs.latency = self.latency.clone();
+        obs.slo_attainment = self.slo_attainment;
+        if self.arrival_rate_rps.is_none() {
+            obs.missing.push("arrival rate".into());
+        }
+        for slot in obs.slots.iter_mut() {
+            if let Some(m) = self.slots.iter().find(|m| m.variant == slot.variant && m.pool == slot.pool) {
+                slot.waiting_requests = m.waiting_requests;
+                slot.running_requests = m.running_requests;
+                slot.kv_cache_usage = m.kv_cache_usage;
+                slot.arrival_rate_rps = m.arrival_rate_rps;
+            }
+        }
+        obs.missing.extend(self.missing.iter().cloned());
+    }
+}

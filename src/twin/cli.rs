@@ -17,12 +17,3 @@ pub struct TraceStatsArgs {}
 pub fn trace_stats(_args: TraceStatsArgs) -> anyhow::Result<()> {
     anyhow::bail!("`llmos trace-stats` is not built yet")
 }
-
-/// Arguments of `llmos twin-serve`.
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
-
-/// Runs `llmos twin-serve`.
-pub fn serve(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`llmos twin-serve` is not built yet")
-}
