@@ -5,8 +5,18 @@
 //! limits. The live operator and the twin call the same code on the same
 //! [`Observation`].
 
+pub mod build;
 pub mod config;
+pub mod hpa;
+pub mod kpa;
 pub mod observation;
+pub mod placement;
+pub mod queue;
+pub mod ray;
+pub mod scaled;
+pub mod shield;
+#[path = "static.rs"]
+pub mod static_policy;
 
 pub use config::{PolicyKind, PolicyMode, PolicySpec};
 pub use observation::{
