@@ -1,0 +1,139 @@
+//! The Kubernetes Horizontal Pod Autoscaler algorithm (autoscaling/v2), as the Kubernetes
+//! documentation specifies it, on vLLM metrics.
+//!
+//! Every control tick (the HPA's sync period):
+//! 1. For each metric target, the average per **ready** replica is compared with its
+//!    target: `ratio = average / target`. If `|ratio − 1| ≤ tolerance` the metric
+//!    recommends the current count (no change). Otherwise
+//!    `desired = ceil(ready × ratio)`. For a scale-up, replicas that are not ready yet are
+//!    counted with a metric of 0 (the documented conservative rule), i.e. the ratio is
+//!    recomputed over `ready + starting` replicas; if that no longer asks for more, the
+//!    metric recommends no change.
+//! 2. With several metrics, the largest recommendation wins.
+//! 3. **Scale-down stabilisation**: recommendations are kept for
+//!    `scaleDownStabilizationSeconds`; the count applied is never below the largest
+//!    recommendation in that window (so a scale-down happens only once the whole window
+//!    agrees; scale-ups are not stabilised, as the default `scaleUp.stabilizationWindowSeconds: 0`).
+//! 4. **Scale-up rate limit**: within any `scaleUpPeriodSeconds`, the count may grow to at
+//!    most `max(start × (1 + scaleUpPercent/100), start + scaleUpPods)`, where `start` is
+//!    the count at the beginning of the period (the default policies, `selectPolicy: Max`).
+//! 5. The floor is 1 replica (`minReplicas` of an HPA is at least 1).
+//!
+//! With no ready replica there are no metrics: the HPA keeps the current count, except
+//! that a unit at zero replicas with traffic is brought to 1 (an HPA never leaves a
+//! Deployment below its `minReplicas` of 1).
+//!
+//! Parameters ([`HpaParams`]): `targets` (metric and target average per replica; metrics
+//! are `ongoingRequests` = running + waiting, `waitingRequests`, `runningRequests`,
+//! `kvCacheUsage` as a 0..1 fraction), `tolerance` (default 0.1),
+//! `scaleDownStabilizationSeconds` (300), `scaleUpPercent` (100), `scaleUpPods` (4),
+//! `scaleUpPeriodSeconds` (15).
+
+use std::collections::VecDeque;
+
+use crate::policy::config::{HpaMetric, HpaParams};
+use crate::policy::scaled::{Scaler, UnitMetrics};
+
+/// The HPA algorithm for one scaling unit.
+#[derive(Clone, Debug)]
+pub struct HpaScaler {
+    params: HpaParams,
+    /// (time, recommendation) within the stabilisation window.
+    recommendations: VecDeque<(f64, u32)>,
+    /// (time, replicas added) by scale-ups within the rate-limit period.
+    scale_ups: VecDeque<(f64, u32)>,
+    last: String,
+}
+
+impl HpaScaler {
+    /// An HPA with the given parameters.
+    pub fn new(params: HpaParams) -> Self {
+        HpaScaler { params, recommendations: VecDeque::new(), scale_ups: VecDeque::new(), last: String::new() }
+    }
+
+    fn metric_value(metric: HpaMetric, m: &UnitMetrics) -> f64 {
+        match metric {
+            HpaMetric::OngoingRequests => m.ongoing_requests(),
+            HpaMetric::WaitingRequests => m.waiting_requests,
+            HpaMetric::RunningRequests => m.running_requests,
+            HpaMetric::KvCacheUsage => m.kv_cache_usage * f64::from(m.ready_replicas),
+        }
+    }
+
+    /// The raw recommendation of one metric (step 1).
+    fn metric_recommendation(&self, metric: HpaMetric, target: f64, m: &UnitMetrics) -> u32 {
+        let current = m.current_replicas;
+        if target <= 0.0 || m.ready_replicas == 0 {
+            return current;
+        }
+        let total = Self::metric_value(metric, m);
+        let ready = f64::from(m.ready_replicas);
+        let ratio = total / ready / target;
+        if (ratio - 1.0).abs() <= self.params.tolerance {
+            return current;
+        }
+        if ratio > 1.0 && m.starting_replicas > 0 {
+            let counted = ready + f64::from(m.starting_replicas);
+            let r2 = total / counted / target;
+            if r2 <= 1.0 + self.params.tolerance {
+                return current;
+            }
+            return (counted * r2 - 1e-9).ceil() as u32;
+        }
+        (ready * ratio - 1e-9).ceil() as u32
+    }
+}
+
+impl Scaler for HpaScaler {
+    fn recommend(&mut self, m: &UnitMetrics) -> u32 {
+        let now = m.time_s;
+        let current = m.current_replicas;
+        if m.ready_replicas == 0 {
+            let n = if current == 0 && (m.arrival_rate_rps > 0.0 || m.ongoing_requests() > 0.0) { 1 } else { current.max(1) };
+            self.last = "no ready replica: no metrics".into();
+            if n > current {
+                self.scale_ups.push_back((now, n - current));
+            }
+            return n;
+        }
+        // 1-2: the largest recommendation over the metrics.
+        let raw = self
+            .params
+            .targets
+            .iter()
+            .map(|t| self.metric_recommendation(t.metric, t.target, m))
+            .max()
+            .unwrap_or(current)
+            .max(1);
+        // 3: scale-down stabilisation over the window.
+        let window = f64::from(self.params.scale_down_stabilization_seconds);
+        self.recommendations.push_back((now, raw));
+        while self.recommendations.front().is_some_and(|&(t, _)| now - t > window) {
+            self.recommendations.pop_front();
+        }
+        let stabilised_floor = self.recommendations.iter().map(|&(_, r)| r).max().unwrap_or(raw);
+        let mut desired = if raw < current { stabilised_floor.min(current) } else { raw };
+        // 4: scale-up rate limit over the period.
+        let period = f64::from(self.params.scale_up_period_seconds);
+        while self.scale_ups.front().is_some_and(|&(t, _)| now - t >= period) {
+            self.scale_ups.pop_front();
+        }
+        if desired > current {
+            let added: u32 = self.scale_ups.iter().map(|&(_, n)| n).sum();
+            let start = current.saturating_sub(added);
+            let by_percent = (f64::from(start) * (1.0 + f64::from(self.params.scale_up_percent) / 100.0)).ceil() as u32;
+            let by_pods = start + self.params.scale_up_pods;
+            let limit = by_percent.max(by_pods);
+            desired = desired.min(limit.max(current));
+            if desired > current {
+                self.scale_ups.push_back((now, desired - current));
+            }
+        }
+        self.last = format!("raw {raw}, window max {stabilised_floor}");
+        desired.max(1)
+    }
+
+    fn explain(&self) -> String {
+        self.last.clone()
+    }
+}
