@@ -1,19 +1,117 @@
-//! Command-line entry points of the twin module.
+//! Command-line entry points of the twin: `llmos simulate` and `llmos trace-stats`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::trace::{Trace, TraceStats};
+use super::{Scenario, Twin};
+use crate::policy::Decision;
 
 /// Arguments of `llmos simulate`.
 #[derive(clap::Args, Debug)]
-pub struct SimulateArgs {}
+pub struct SimulateArgs {
+    /// Scenario TOML file (e.g. scenarios/azure-conv-llama3-8b-a100.toml).
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// Replay this trace instead of the scenario's workload.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Seed of the run (synthetic arrivals, tie-breaking).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the report as CSV to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
 
-/// Runs `llmos simulate`.
-pub fn simulate(_args: SimulateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`llmos simulate` is not built yet")
+/// Runs `llmos simulate`: the scenario's initial fleet, held fixed, over its whole workload.
+pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let mut scenario = Scenario::load(&args.scenario).with_context(|| format!("loading scenario {}", args.scenario.display()))?;
+    if let Some(t) = &args.trace {
+        scenario.set_trace(t).with_context(|| format!("loading trace {}", t.display()))?;
+    }
+    let mut twin = Twin::new(&scenario, args.seed)?;
+    let total = twin.remaining_hint();
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = match total {
+            Some(n) => indicatif::ProgressBar::with_draw_target(Some(n), indicatif::ProgressDrawTarget::stderr()),
+            None => indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr()),
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} requests {msg}") {
+            b.set_style(style);
+        }
+        // Draw only when the run is long enough to need it.
+        b.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+        b
+    };
+    let mut ticks = 0u64;
+    while !twin.is_done() {
+        let obs = twin.observe();
+        twin.apply(&Decision::hold(&obs, "fixed fleet"));
+        twin.step();
+        ticks += 1;
+        if ticks % 64 == 0 {
+            bar.set_position(twin.arrived());
+            bar.set_message(format!("t={:.0}s", twin.now_s()));
+        }
+    }
+    bar.finish_and_clear();
+    let report = twin.report();
+    if let Some(p) = &args.out {
+        std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &args.csv {
+        std::fs::write(p, report.to_csv()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 /// Arguments of `llmos trace-stats`.
 #[derive(clap::Args, Debug)]
-pub struct TraceStatsArgs {}
+pub struct TraceStatsArgs {
+    /// Trace file (Azure CSV, Mooncake JSONL, BurstGPT CSV).
+    pub file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs `llmos trace-stats`.
-pub fn trace_stats(_args: TraceStatsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`llmos trace-stats` is not built yet")
+pub fn trace_stats(args: TraceStatsArgs) -> anyhow::Result<()> {
+    let trace = Trace::load(&args.file, None)?;
+    let s = TraceStats::of(&trace);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("file               {}", args.file.display());
+    println!("rows               {}", s.rows);
+    println!("span               {:.1} s ({:.1} min)", s.span_s, s.span_s / 60.0);
+    println!("rate               {:.3} req/s", s.rate_rps);
+    println!("inter-arrival CV   {:.2}", s.interarrival_cv);
+    println!("{:<18} {:>9} {:>9} {:>9} {:>9} {:>9}", "tokens", "mean", "p50", "p90", "p99", "max");
+    for (n, v) in [("input", s.input_tokens), ("output", s.output_tokens)] {
+        println!("{:<18} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>9.0}", n, v[0], v[1], v[2], v[3], v[4]);
+    }
+    if s.rows_with_hashes > 0 {
+        println!("rows with prefix hashes {}", s.rows_with_hashes);
+    }
+    Ok(())
 }
