@@ -5,6 +5,14 @@
 //! from the cluster (replicas per slot, free GPUs, cost) with [`MetricsSnapshot::into_observation`]-style
 //! merging, so the policy sees the same [`Observation`] the twin produces.
 
+pub mod histogram;
+pub mod prometheus;
+pub mod scrape;
+pub mod vllm;
+
+pub use prometheus::{PrometheusConfig, PrometheusSource};
+pub use scrape::{ScrapeConfig, ScrapeSource};
+
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 

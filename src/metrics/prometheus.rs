@@ -1,0 +1,448 @@
+//! [`PrometheusSource`]: reads a workload's vLLM metrics from a Prometheus server through
+//! its HTTP query API (`GET /api/v1/query`, instant queries evaluated now).
+//!
+//! Every query selects the workload's series with
+//! `{llmos_workload="<name>", namespace="<ns>", <spec.metrics.labelSelector>}`: the
+//! `llmos_*` labels are the pods' `llmos.dev/*` labels copied onto the series by
+//! Prometheus' relabelling (see [`super::vllm`] for the rule), and per-slot results are
+//! grouped `by (llmos_variant, llmos_pool)`. With `w` = `spec.metrics.windowSeconds`:
+//!
+//! | what | PromQL |
+//! |---|---|
+//! | waiting, running | `sum by (slot) (vllm:num_requests_waiting{sel})` |
+//! | KV cache | `avg by (slot) (vllm:kv_cache_usage_perc{sel} or vllm:gpu_cache_usage_perc{sel})` |
+//! | completions/s | `sum by (slot) (rate(vllm:request_success_total{sel}[w]))` |
+//! | growth of in-flight | `sum by (slot) (delta({__name__=~"waiting\|running", sel}[w]))` |
+//! | trend | `(sum(rate(success[w/2])) - sum(rate(success[w/2] offset w/2))) / (w/2)` |
+//! | TTFT/TPOT p50/p90/p99 | `histogram_quantile(q, sum by (le) (rate(..._bucket{sel}[w])))` |
+//! | SLO attainment | bucket rates `sum by (le) (rate(..._bucket{sel}[w]))`, read as in [`super::histogram`] |
+//! | staleness | `time() - max by (slot) (timestamp(vllm:num_requests_running{sel}))` |
+//! | targets down | `up{sel} == 0` |
+//!
+//! Arrival rate of a slot = completions/s + growth of in-flight requests / w (the same
+//! definition as [`super::scrape`]). Older metric names are joined with `or`, which
+//! keeps the current name where a pod exports both.
+//!
+//! Missing, stale, NaN or partial series are named in [`MetricsSnapshot::missing`] with
+//! the reason; only an unreachable server (connection refused, timeout, HTTP 5xx
+//! without a Prometheus error body) is a [`MetricsError::Unreachable`], and an answer
+//! that is not a Prometheus vector is a [`MetricsError::BadAnswer`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::future::{join_all, BoxFuture};
+use serde::Deserialize;
+
+use super::histogram::Histogram;
+use super::scrape::slo_attainment;
+use super::vllm::{self, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL, SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD};
+use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, SlotMetrics};
+use crate::policy::observation::LatencyObservation;
+
+/// Settings of the Prometheus source.
+#[derive(Clone, Debug)]
+pub struct PrometheusConfig {
+    /// Base URL used when the workload's spec names none (e.g. `http://127.0.0.1:9090`).
+    pub default_url: Option<String>,
+    /// Timeout of one query, connection included.
+    pub timeout: Duration,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig { default_url: None, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A [`MetricsSource`] backed by a Prometheus server.
+pub struct PrometheusSource {
+    client: reqwest::Client,
+    config: PrometheusConfig,
+}
+
+/// One series of an instant-vector answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its value (may be NaN or ±Inf).
+    pub value: f64,
+}
+
+#[derive(Deserialize)]
+struct ApiAnswer {
+    status: String,
+    #[serde(default)]
+    data: Option<ApiData>,
+    #[serde(default, rename = "errorType")]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ApiSeries {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    value: (serde_json::Value, String),
+}
+
+/// Parses a Prometheus sample value (`"1.5"`, `"NaN"`, `"+Inf"`, `"-Inf"`).
+pub fn parse_value(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
+/// Parses the body of `/api/v1/query` into series. `query` names the query in errors.
+pub fn parse_answer(source: &str, query: &str, body: &str) -> Result<Vec<Series>, MetricsError> {
+    let bad = |message: String| MetricsError::BadAnswer { source_name: source.into(), series: query.into(), message };
+    let answer: ApiAnswer = serde_json::from_str(body).map_err(|e| bad(format!("not a Prometheus API answer: {e}")))?;
+    if answer.status != "success" {
+        return Err(bad(format!(
+            "{}: {}",
+            answer.error_type.unwrap_or_else(|| "error".into()),
+            answer.error.unwrap_or_default()
+        )));
+    }
+    let data = answer.data.ok_or_else(|| bad("success without data".into()))?;
+    match data.result_type.as_str() {
+        "vector" => {
+            let raw: Vec<ApiSeries> = serde_json::from_value(data.result).map_err(|e| bad(format!("bad vector: {e}")))?;
+            raw.into_iter()
+                .map(|s| {
+                    let value = parse_value(&s.value.1).ok_or_else(|| bad(format!("bad sample value {:?}", s.value.1)))?;
+                    Ok(Series { labels: s.metric, value })
+                })
+                .collect()
+        }
+        "scalar" => {
+            let (_, v): (serde_json::Value, String) =
+                serde_json::from_value(data.result).map_err(|e| bad(format!("bad scalar: {e}")))?;
+            let value = parse_value(&v).ok_or_else(|| bad(format!("bad sample value {v:?}")))?;
+            Ok(vec![Series { labels: BTreeMap::new(), value }])
+        }
+        other => Err(bad(format!("expected an instant vector, got {other}"))),
+    }
+}
+
+fn escape_label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The label matchers that select one workload's series (without braces).
+pub fn selector(query: &MetricsQuery<'_>) -> String {
+    let mut m: BTreeMap<&str, &str> = BTreeMap::new();
+    m.insert(SERIES_LABEL_WORKLOAD, query.workload);
+    m.insert(SERIES_LABEL_NAMESPACE, query.namespace);
+    for (k, v) in &query.spec.metrics.label_selector {
+        m.insert(k.as_str(), v.as_str());
+    }
+    m.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label_value(v))).collect::<Vec<_>>().join(",")
+}
+
+/// The PromQL queries one observation runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queries {
+    /// Waiting requests per slot.
+    pub waiting: String,
+    /// Running requests per slot.
+    pub running: String,
+    /// KV-cache usage per slot.
+    pub kv_cache: String,
+    /// Completions per second per slot.
+    pub completions: String,
+    /// Growth of requests in flight over the window, per slot.
+    pub in_flight_delta: String,
+    /// Trend of the completion rate (requests/s²).
+    pub trend: String,
+    /// `[(quantile, TTFT query, TPOT query)]` for p50, p90, p99.
+    pub quantiles: Vec<(f64, String, String)>,
+    /// Bucket rates of TTFT (for SLO attainment).
+    pub ttft_buckets: String,
+    /// Bucket rates of TPOT.
+    pub tpot_buckets: String,
+    /// Age of the newest sample per slot.
+    pub age: String,
+    /// Targets that are down.
+    pub down: String,
+}
+
+/// Builds the queries for `query`.
+pub fn queries(query: &MetricsQuery<'_>) -> Queries {
+    let sel = selector(query);
+    let w = query.spec.metrics.window_seconds.max(2);
+    let half = (w / 2).max(1);
+    let by = format!("{SERIES_LABEL_VARIANT}, {SERIES_LABEL_POOL}");
+    let with_legacy = |name: &str, legacy: &[&str], wrap: &dyn Fn(&str) -> String| {
+        std::iter::once(name).chain(legacy.iter().copied()).map(|n| wrap(n)).collect::<Vec<_>>().join(" or ")
+    };
+    let kv_row = vllm::mapping(vllm::Field::KvCacheUsage);
+    let tpot_row = vllm::mapping(vllm::Field::TimePerOutputToken);
+    let ttft_rate = format!("rate({}_bucket{{{sel}}}[{w}s])", vllm::TIME_TO_FIRST_TOKEN_SECONDS);
+    let tpot_rate = with_legacy(tpot_row.name, tpot_row.legacy_names, &|n| format!("rate({n}_bucket{{{sel}}}[{w}s])"));
+    let ttft_b = format!("sum by (le) ({ttft_rate})");
+    let tpot_b = format!("sum by (le) ({tpot_rate})");
+    Queries {
+        waiting: format!("sum by ({by}) ({}{{{sel}}})", vllm::NUM_REQUESTS_WAITING),
+        running: format!("sum by ({by}) ({}{{{sel}}})", vllm::NUM_REQUESTS_RUNNING),
+        kv_cache: format!("avg by ({by}) ({})", with_legacy(kv_row.name, kv_row.legacy_names, &|n| format!("{n}{{{sel}}}"))),
+        completions: format!("sum by ({by}) (rate({}{{{sel}}}[{w}s]))", vllm::REQUEST_SUCCESS_TOTAL),
+        in_flight_delta: format!(
+            "sum by ({by}) (delta({{__name__=~\"{}|{}\",{sel}}}[{w}s]))",
+            vllm::NUM_REQUESTS_WAITING,
+            vllm::NUM_REQUESTS_RUNNING
+        ),
+        trend: format!(
+            "(sum(rate({s}{{{sel}}}[{half}s])) - sum(rate({s}{{{sel}}}[{half}s] offset {half}s))) / {half}",
+            s = vllm::REQUEST_SUCCESS_TOTAL
+        ),
+        quantiles: [0.5, 0.9, 0.99]
+            .iter()
+            .map(|q| (*q, format!("histogram_quantile({q}, {ttft_b})"), format!("histogram_quantile({q}, {tpot_b})")))
+            .collect(),
+        ttft_buckets: ttft_b,
+        tpot_buckets: tpot_b,
+        age: format!("time() - max by ({by}) (timestamp({}{{{sel}}}))", vllm::NUM_REQUESTS_RUNNING),
+        down: format!("up{{{sel}}} == 0"),
+    }
+}
+
+type SlotKey = (String, String);
+
+fn slot_of(s: &Series) -> Option<SlotKey> {
+    Some((s.labels.get(SERIES_LABEL_VARIANT)?.clone(), s.labels.get(SERIES_LABEL_POOL)?.clone()))
+}
+
+/// Per-slot values of a grouped answer; NaN values and series without slot labels are
+/// reported in `missing`.
+fn per_slot(what: &str, series: &[Series], missing: &mut Vec<String>) -> BTreeMap<SlotKey, f64> {
+    let mut out = BTreeMap::new();
+    for s in series {
+        match slot_of(s) {
+            None => missing.push(format!("{what}: series without {SERIES_LABEL_VARIANT}/{SERIES_LABEL_POOL} labels")),
+            Some(k) if s.value.is_nan() => missing.push(format!("{what}: NaN for slot {}/{}", k.0, k.1)),
+            Some(k) => {
+                out.insert(k, s.value);
+            }
+        }
+    }
+    out
+}
+
+fn histogram_of(series: &[Series]) -> Histogram {
+    let pairs = series
+        .iter()
+        .filter_map(|s| Some((parse_value(s.labels.get(vllm::LABEL_LE)?)?, s.value)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    Histogram::from_buckets(pairs, 0.0)
+}
+
+impl PrometheusSource {
+    /// A source with the given settings.
+    pub fn new(config: PrometheusConfig) -> Result<Self, MetricsError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .build()
+            .map_err(|e| MetricsError::Unreachable { source_name: "prometheus".into(), message: e.to_string() })?;
+        Ok(PrometheusSource { client, config })
+    }
+
+    /// Runs one instant query against `base_url`.
+    pub async fn query(&self, base_url: &str, promql: &str) -> Result<Vec<Series>, MetricsError> {
+        let url = format!("{}/api/v1/query", base_url.trim_end_matches('/'));
+        let unreachable = |message: String| MetricsError::Unreachable { source_name: format!("prometheus {base_url}"), message };
+        let resp = self.client.get(&url).query(&[("query", promql)]).send().await.map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| unreachable(e.to_string()))?;
+        match parse_answer("prometheus", promql, &body) {
+            Err(MetricsError::BadAnswer { .. }) if status.is_server_error() => {
+                Err(unreachable(format!("HTTP {status}: {}", body.chars().take(200).collect::<String>())))
+            }
+            other => other,
+        }
+    }
+
+    async fn observe_inner(&self, query: &MetricsQuery<'_>) -> Result<MetricsSnapshot, MetricsError> {
+        let base = query.spec.metrics.prometheus_url.as_deref().or(self.config.default_url.as_deref()).ok_or_else(|| {
+            MetricsError::Unreachable {
+                source_name: "prometheus".into(),
+                message: "no Prometheus URL: set spec.metrics.prometheusUrl or the operator's --prometheus-url".into(),
+            }
+        })?;
+        let q = queries(query);
+        let mut list: Vec<&str> = vec![
+            &q.waiting,
+            &q.running,
+            &q.kv_cache,
+            &q.completions,
+            &q.in_flight_delta,
+            &q.trend,
+            &q.ttft_buckets,
+            &q.tpot_buckets,
+            &q.age,
+            &q.down,
+        ];
+        for (_, a, b) in &q.quantiles {
+            list.push(a);
+            list.push(b);
+        }
+        let answers = join_all(list.iter().map(|p| self.query(base, p))).await;
+        let mut results = Vec::with_capacity(answers.len());
+        for a in answers {
+            results.push(a?);
+        }
+        let mut it = results.into_iter();
+        let mut next = || it.next().unwrap_or_default();
+        let (waiting, running, kv, completions, delta, trend, ttft_b, tpot_b, age, down) =
+            (next(), next(), next(), next(), next(), next(), next(), next(), next(), next());
+        let mut quantile_answers = Vec::new();
+        for _ in 0..q.quantiles.len() {
+            quantile_answers.push((next(), next()));
+        }
+        Ok(assemble(query, &Answers { waiting, running, kv, completions, delta, trend, ttft_b, tpot_b, age, down, quantile_answers }))
+    }
+}
+
+/// The answers to [`Queries`], in that order (quantiles as `(ttft, tpot)` pairs).
+#[derive(Clone, Debug, Default)]
+pub struct Answers {
+    /// Waiting per slot.
+    pub waiting: Vec<Series>,
+    /// Running per slot.
+    pub running: Vec<Series>,
+    /// KV cache per slot.
+    pub kv: Vec<Series>,
+    /// Completions/s per slot.
+    pub completions: Vec<Series>,
+    /// In-flight growth per slot.
+    pub delta: Vec<Series>,
+    /// Trend (one series or none).
+    pub trend: Vec<Series>,
+    /// TTFT bucket rates.
+    pub ttft_b: Vec<Series>,
+    /// TPOT bucket rates.
+    pub tpot_b: Vec<Series>,
+    /// Age of the newest sample per slot.
+    pub age: Vec<Series>,
+    /// Targets down.
+    pub down: Vec<Series>,
+    /// `(ttft, tpot)` answers for p50, p90, p99.
+    pub quantile_answers: Vec<(Vec<Series>, Vec<Series>)>,
+}
+
+/// Turns query answers into a snapshot (pure; unit-tested without a server).
+pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
+    let mut snap = MetricsSnapshot::default();
+    let m = &mut snap.missing;
+    let w = f64::from(query.spec.metrics.window_seconds.max(2));
+    let stale = f64::from(query.spec.metrics.stale_after_seconds.max(1));
+    let sel = selector(query);
+
+    for s in &a.down {
+        let inst = s.labels.get("instance").cloned().unwrap_or_else(|| "?".into());
+        m.push(format!("target {inst} is down (up == 0)"));
+    }
+    let waiting = per_slot(vllm::NUM_REQUESTS_WAITING, &a.waiting, m);
+    let running = per_slot(vllm::NUM_REQUESTS_RUNNING, &a.running, m);
+    let kv = per_slot(vllm::KV_CACHE_USAGE_PERC, &a.kv, m);
+    let completions = per_slot(&format!("rate({})", vllm::REQUEST_SUCCESS_TOTAL), &a.completions, m);
+    let delta = per_slot("delta(in-flight requests)", &a.delta, m);
+    let mut stale_slots = BTreeSet::new();
+    for (k, age) in per_slot("sample age", &a.age, m) {
+        if age > stale {
+            m.push(format!("slot {}/{}: newest sample is {age:.0}s old (stale after {stale:.0}s)", k.0, k.1));
+            stale_slots.insert(k);
+        }
+    }
+    if waiting.is_empty() && running.is_empty() {
+        m.push(format!("{}: no series match {{{sel}}} (targets not scraped yet, or labels not relabelled)", vllm::NUM_REQUESTS_WAITING));
+    }
+    let slots: BTreeSet<SlotKey> = waiting.keys().chain(running.keys()).cloned().collect();
+    let mut total_arrival = 0.0;
+    let mut any_rate = false;
+    for k in &slots {
+        if stale_slots.contains(k) {
+            continue;
+        }
+        for (name, map) in [
+            (vllm::NUM_REQUESTS_WAITING, &waiting),
+            (vllm::NUM_REQUESTS_RUNNING, &running),
+            (vllm::KV_CACHE_USAGE_PERC, &kv),
+        ] {
+            if !map.contains_key(k) {
+                m.push(format!("{name}: absent for slot {}/{}", k.0, k.1));
+            }
+        }
+        let arrival = match completions.get(k) {
+            Some(c) => {
+                any_rate = true;
+                (c + delta.get(k).copied().unwrap_or(0.0) / w).max(0.0)
+            }
+            None => {
+                m.push(format!(
+                    "rate({}[{w:.0}s]): absent for slot {}/{} (fewer than two samples in the window?)",
+                    vllm::REQUEST_SUCCESS_TOTAL,
+                    k.0,
+                    k.1
+                ));
+                0.0
+            }
+        };
+        total_arrival += arrival;
+        snap.slots.push(SlotMetrics {
+            variant: k.0.clone(),
+            pool: k.1.clone(),
+            waiting_requests: waiting.get(k).copied().unwrap_or(0.0),
+            running_requests: running.get(k).copied().unwrap_or(0.0),
+            kv_cache_usage: kv.get(k).copied().unwrap_or(0.0),
+            arrival_rate_rps: arrival,
+        });
+    }
+    if any_rate {
+        snap.arrival_rate_rps = Some(total_arrival);
+    }
+    snap.arrival_rate_trend_rps_per_s = a.trend.first().map(|s| s.value).filter(|v| v.is_finite());
+
+    let ttft = histogram_of(&a.ttft_b);
+    let tpot = histogram_of(&a.tpot_b);
+    if a.ttft_b.is_empty() && !slots.is_empty() {
+        m.push(format!("{}_bucket: no series in the window", vllm::TIME_TO_FIRST_TOKEN_SECONDS));
+    }
+    let pick = |answers: &[Series]| answers.first().map(|s| s.value).filter(|v| v.is_finite());
+    let mut lat = LatencyObservation::default();
+    for (i, (t, p)) in a.quantile_answers.iter().enumerate() {
+        let (tv, pv) = (pick(t), pick(p));
+        match i {
+            0 => (lat.ttft_p50_s, lat.tpot_p50_s) = (tv, pv),
+            1 => (lat.ttft_p90_s, lat.tpot_p90_s) = (tv, pv),
+            _ => (lat.ttft_p99_s, lat.tpot_p99_s) = (tv, pv),
+        }
+    }
+    snap.latency = lat;
+    snap.slo_attainment = slo_attainment(&ttft, &tpot, query.spec.slo.ttft_ms / 1000.0, query.spec.slo.tpot_ms / 1000.0);
+    snap
+}
+
+impl MetricsSource for PrometheusSource {
+    fn name(&self) -> &str {
+        "prometheus"
+    }
+
+    fn observe<'a>(&'a self, query: &'a MetricsQuery<'a>) -> BoxFuture<'a, Result<MetricsSnapshot, MetricsError>> {
+        Box::pin(self.observe_inner(query))
+    }
+}
