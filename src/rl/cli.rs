@@ -1,10 +1,107 @@
-//! Command-line entry points of the rl module.
+//! `llmos train`: trains a DQN in the twin with a progress bar; see [`super::train`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::train::{train_with_progress, TrainConfig};
 
 /// Arguments of `llmos train`.
 #[derive(clap::Args, Debug)]
-pub struct TrainArgs {}
+pub struct TrainArgs {
+    /// Scenario TOML to train in.
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// Environment steps (control ticks) to train for.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output directory for the checkpoint and metrics.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Resume from this checkpoint directory.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Use this trace file instead of the scenario's.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// A TOML file with TrainConfig fields (dqn, reward, episodes, actionLayout, deltas).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Action layout: factored (one branch per slot) or joint (one move at a time).
+    #[arg(long)]
+    pub action_layout: Option<String>,
+    /// Train on the CPU even when CUDA is available.
+    #[arg(long)]
+    pub cpu: bool,
+}
 
 /// Runs `llmos train`.
-pub fn train(_args: TrainArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`llmos train` is not built yet")
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<TrainConfig>(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    cfg.scenario = args.scenario;
+    cfg.out = args.out;
+    cfg.resume = args.resume.or(cfg.resume);
+    cfg.trace = args.trace.or(cfg.trace);
+    if let Some(s) = args.steps {
+        cfg.steps = s;
+    }
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    if let Some(k) = args.action_layout {
+        cfg.action_layout = match k.as_str() {
+            "factored" => super::encoding::ActionLayoutKind::Factored,
+            "joint" => super::encoding::ActionLayoutKind::Joint,
+            other => anyhow::bail!("--action-layout must be `factored` or `joint`, got `{other}`"),
+        };
+    }
+    if args.cpu {
+        cfg.dqn.device = super::dqn::DeviceChoice::Cpu;
+    }
+    let bar = ProgressBar::new(cfg.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps ({per_sec}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start_steps = std::cell::Cell::new(None::<u64>);
+    let summary = train_with_progress(&cfg, &mut |r| {
+        let base = *start_steps.get().get_or_insert(r.env_steps - r.length);
+        start_steps.set(Some(base));
+        bar.set_position(r.env_steps - base);
+        bar.set_message(format!(
+            "ep {} return {:.2} ε {:.3} loss {:.4} Q {:.2} SLO {:.1}% ${:.2}",
+            r.episode,
+            r.episodic_return,
+            r.epsilon,
+            r.mean_loss,
+            r.mean_q,
+            r.slo_attainment * 100.0,
+            r.cost_usd
+        ));
+    })
+    .context("training failed")?;
+    bar.finish();
+    println!(
+        "trained {} steps ({} updates, {} episodes) in {:.1} s: {:.0} env steps/s, {:.0} updates/s; recent return {:.3}, SLO {:.2}%",
+        summary.env_steps,
+        summary.updates,
+        summary.episodes,
+        summary.wall_s,
+        summary.env_steps_per_s,
+        summary.updates_per_s,
+        summary.recent_return,
+        summary.recent_slo_attainment * 100.0
+    );
+    println!("checkpoint: {}", summary.checkpoint.display());
+    Ok(())
 }

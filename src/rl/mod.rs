@@ -1,3 +1,99 @@
-//! rl (under construction).
-/// Command-line entry points.
+//! Reinforcement learning for llmos: a DQN on libtorch (`tch`) and a tabular Q-learner,
+//! trained in the digital twin and loaded by the operator as `policy: dqn`.
+//!
+//! The module follows the CleanRL / Stable-Baselines3 split: the shared pieces are
+//! small, separately tested files, and each learner reads top to bottom in its own file.
+//!
+//! | file | what it holds |
+//! |------|---------------|
+//! | [`replay`] | uniform replay buffer with seeded sampling and an n-step accumulator |
+//! | [`schedule`] | ε-greedy schedules (linear, exponential) |
+//! | [`env`] | the [`env::Env`] trait every learner trains on, and [`env::TwinEnv`] over the twin |
+//! | [`toy`] | small problems with known optimal policies (chain, masked bandit) for tests |
+//! | [`tabular`] | tabular Q-learning over a discretised observation (reference learner) |
+//! | [`dqn`] | the DQN: shared torso, dueling branch heads, Double DQN, Huber, n-step, masking |
+//! | [`encoding`] | [`crate::policy::Observation`] → feature vector, normaliser, action layout |
+//! | [`checkpoint`] | weights + JSON sidecar, written atomically, validated on load |
+//! | [`policy`] | [`policy::DqnPolicy`], the trained network as a [`crate::policy::Policy`] |
+//! | [`train`] | [`train::train`], the twin training entry point used by the CLI and the demo |
+//! | [`cli`] | `llmos train` |
+//!
+//! ## Actions: factored branches, one code path for both layouts
+//!
+//! A workload has one *slot* per (variant, pool). The network has a shared torso and one
+//! advantage *branch* per action dimension (action-branching DQN, Tavakoli et al. 2018):
+//! with [`encoding::ActionLayoutKind::Factored`] there is one branch per slot whose
+//! options are replica deltas (by default down / hold / up / up-fast), so the output grows
+//! linearly with the number of slots instead of exponentially. The alternative, a small
+//! enumerated set of joint moves ([`encoding::ActionLayoutKind::Joint`]: hold, or move one
+//! slot by one delta), is a single branch, and the same DQN code handles it because a
+//! single branch reduces every formula below to the textbook DQN. Switching variants is
+//! expressed as scaling one variant's slots up and another's down (both layouts can do it
+//! in one tick with the factored layout, over two ticks with the joint one). Which layout
+//! works better on the twin is measured in `docs/results.md`.
+
+/// Shared error type of the rl module.
+#[derive(Debug, thiserror::Error)]
+pub enum RlError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A JSON file could not be parsed.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: serde_json::Error,
+    },
+    /// A checkpoint is missing, corrupt or of another format version.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A checkpoint's layout does not match the workload it is loaded for.
+    #[error("checkpoint {path} does not match the workload: {what}: checkpoint has {checkpoint}, workload has {workload}")]
+    LayoutMismatch {
+        /// The checkpoint directory.
+        path: String,
+        /// Which part of the layout differs.
+        what: String,
+        /// What the checkpoint was trained for.
+        checkpoint: String,
+        /// What the workload needs.
+        workload: String,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The twin reported an error.
+    #[error("twin: {0}")]
+    Twin(String),
+}
+
+pub mod checkpoint;
 pub mod cli;
+pub mod dqn;
+pub mod encoding;
+pub mod env;
+pub mod policy;
+pub mod replay;
+pub mod schedule;
+pub mod tabular;
+pub mod toy;
+pub mod train;
+
+pub use dqn::{DqnAgent, DqnConfig};
+pub use env::Env;
+pub use train::{train, TrainConfig, TrainSummary};

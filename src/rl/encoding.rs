@@ -1,0 +1,543 @@
+//! From an [`Observation`] to the network's input, and from the network's output to a
+//! [`Decision`].
+//!
+//! **Features** ([`ObsEncoder`]): workload-level arrival rate and trend, SLO attainment,
+//! TTFT/TPOT percentiles *relative to the SLO* (so 1.0 means "at the target" whatever the
+//! target is), fleet cost rate, time since the last action; per (variant, pool) slot the
+//! ready/starting/desired replicas, waiting and running requests, load per ready replica,
+//! KV-cache usage and arrival rate; per pool the free GPUs and the price. Heavy-tailed
+//! counts go through `ln(1+x)`. Missing values (no request finished, unknown capacity)
+//! become 0 with an indicator feature, never NaN.
+//!
+//! **Normalisation** ([`Normaliser`]): running mean and variance (Welford) of every
+//! feature, updated while training and frozen into the checkpoint, so the operator feeds
+//! the network exactly the scaling it was trained with. Normalised values are clipped to ±10.
+//!
+//! **Actions** ([`ActionLayout`]): see the module docs of [`crate::rl`]. Each option is a
+//! replica *delta* applied to the slot's current desired count. [`ActionLayout::mask`]
+//! forbids options that would break a hard limit (negative replicas, the variant's
+//! min/max, the total min/max, the step limit, free GPUs of the pool, the budget), so the
+//! network never picks and never bootstraps from them. With the factored layout each
+//! branch is masked as if the other branches held; the shield still clamps the joint
+//! decision afterwards.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crd::LLMWorkloadSpec;
+use crate::policy::observation::{Decision, Observation};
+
+use super::env::BranchSpec;
+
+/// A (variant, pool) slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotKey {
+    /// Variant name.
+    pub variant: String,
+    /// Pool name.
+    pub pool: String,
+}
+
+/// The shape of a workload as the network sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadLayout {
+    /// Slots, in spec order (variants, then the pools each may run on).
+    pub slots: Vec<SlotKey>,
+    /// Pool names, in spec order.
+    pub pools: Vec<String>,
+    /// TTFT target, ms.
+    pub slo_ttft_ms: f64,
+    /// TPOT target, ms.
+    pub slo_tpot_ms: f64,
+}
+
+impl WorkloadLayout {
+    /// The layout of a spec.
+    pub fn from_spec(spec: &LLMWorkloadSpec) -> Self {
+        let pools: Vec<String> = spec.gpu_pools.iter().map(|p| p.name.clone()).collect();
+        let mut slots = Vec::new();
+        for v in &spec.variants {
+            for p in &pools {
+                if v.pools.is_empty() || v.pools.contains(p) {
+                    slots.push(SlotKey { variant: v.name.clone(), pool: p.clone() });
+                }
+            }
+        }
+        WorkloadLayout { slots, pools, slo_ttft_ms: spec.slo.ttft_ms, slo_tpot_ms: spec.slo.tpot_ms }
+    }
+}
+
+/// Per-feature running mean and variance (Welford), frozen at checkpoint time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Normaliser {
+    /// Running means.
+    pub mean: Vec<f64>,
+    /// Running sums of squared deviations.
+    pub m2: Vec<f64>,
+    /// Samples seen.
+    pub count: u64,
+    /// When true, [`Normaliser::update`] does nothing.
+    pub frozen: bool,
+}
+
+impl Normaliser {
+    /// Identity-like statistics (mean 0, variance 1) for `dim` features.
+    pub fn new(dim: usize) -> Self {
+        Normaliser { mean: vec![0.0; dim], m2: vec![0.0; dim], count: 0, frozen: false }
+    }
+    /// Number of features.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+    /// Adds one sample to the statistics (unless frozen).
+    pub fn update(&mut self, x: &[f32]) {
+        if self.frozen {
+            return;
+        }
+        debug_assert_eq!(x.len(), self.mean.len());
+        self.count += 1;
+        let n = self.count as f64;
+        for i in 0..self.mean.len() {
+            let v = x[i] as f64;
+            let d = v - self.mean[i];
+            self.mean[i] += d / n;
+            self.m2[i] += d * (v - self.mean[i]);
+        }
+    }
+    /// Standard deviation of feature `i` (1 until two samples were seen; never below 1e-4).
+    pub fn std(&self, i: usize) -> f64 {
+        if self.count < 2 {
+            return 1.0;
+        }
+        (self.m2[i] / (self.count - 1) as f64).sqrt().max(1e-4)
+    }
+    /// Normalises features in place: (x − mean)/std, clipped to ±10.
+    pub fn apply(&self, x: &mut [f32]) {
+        for (i, v) in x.iter_mut().enumerate() {
+            let z = (*v as f64 - self.mean[i]) / self.std(i);
+            *v = z.clamp(-10.0, 10.0) as f32;
+        }
+    }
+}
+
+/// Encodes observations of one workload layout into raw features.
+#[derive(Clone, Debug)]
+pub struct ObsEncoder {
+    layout: WorkloadLayout,
+}
+
+fn ln1p(x: f64) -> f32 {
+    (x.max(0.0)).ln_1p() as f32
+}
+
+fn signed_ln1p(x: f64) -> f32 {
+    (x.signum() * x.abs().ln_1p()) as f32
+}
+
+impl ObsEncoder {
+    /// An encoder for `layout`.
+    pub fn new(layout: WorkloadLayout) -> Self {
+        ObsEncoder { layout }
+    }
+    /// The layout.
+    pub fn layout(&self) -> &WorkloadLayout {
+        &self.layout
+    }
+    /// Names of the features, in order (stored in the checkpoint and checked on load).
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut n: Vec<String> = [
+            "ln1p_arrival_rate_rps",
+            "signed_ln1p_arrival_trend",
+            "slo_attainment",
+            "slo_attainment_known",
+            "ttft_p50_over_slo",
+            "ttft_p90_over_slo",
+            "ttft_p99_over_slo",
+            "tpot_p50_over_slo",
+            "tpot_p90_over_slo",
+            "tpot_p99_over_slo",
+            "latency_known",
+            "ln1p_cost_rate_usd_per_hour",
+            "since_last_action_over_600s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for s in &self.layout.slots {
+            for f in ["ready", "starting", "desired", "ln1p_waiting", "ln1p_running", "ln1p_load_per_ready", "kv_usage", "ln1p_arrival_rps"] {
+                n.push(format!("slot[{}/{}].{f}", s.variant, s.pool));
+            }
+        }
+        for p in &self.layout.pools {
+            for f in ["free_gpus", "capacity_known", "price_per_gpu_hour"] {
+                n.push(format!("pool[{p}].{f}"));
+            }
+        }
+        n
+    }
+
+    /// Raw (unnormalised) features of an observation. Slots and pools are looked up by
+    /// name, so the order of the observation's vectors does not matter; a slot missing
+    /// from the observation encodes as empty.
+    pub fn encode(&self, obs: &Observation) -> Vec<f32> {
+        let mut x = Vec::with_capacity(13 + 8 * self.layout.slots.len() + 3 * self.layout.pools.len());
+        x.push(ln1p(obs.arrival_rate_rps));
+        x.push(signed_ln1p(obs.arrival_rate_trend_rps_per_s));
+        x.push(obs.slo_attainment.unwrap_or(1.0) as f32);
+        x.push(if obs.slo_attainment.is_some() { 1.0 } else { 0.0 });
+        let l = &obs.latency;
+        let rel = |v: Option<f64>, slo_ms: f64| ln1p(v.unwrap_or(0.0) * 1000.0 / slo_ms.max(1e-9));
+        for v in [l.ttft_p50_s, l.ttft_p90_s, l.ttft_p99_s] {
+            x.push(rel(v, self.layout.slo_ttft_ms));
+        }
+        for v in [l.tpot_p50_s, l.tpot_p90_s, l.tpot_p99_s] {
+            x.push(rel(v, self.layout.slo_tpot_ms));
+        }
+        x.push(if l.ttft_p50_s.is_some() || l.tpot_p50_s.is_some() { 1.0 } else { 0.0 });
+        x.push(ln1p(obs.cost_rate_usd_per_hour));
+        x.push(obs.seconds_since_last_action.map(|s| (s / 600.0).min(1.0)).unwrap_or(1.0) as f32);
+        for key in &self.layout.slots {
+            match obs.slot(&key.variant, &key.pool) {
+                Some(s) => {
+                    let ready = s.ready_replicas as f64;
+                    x.push(s.ready_replicas as f32);
+                    x.push(s.starting_replicas as f32);
+                    x.push(s.desired_replicas as f32);
+                    x.push(ln1p(s.waiting_requests));
+                    x.push(ln1p(s.running_requests));
+                    x.push(ln1p((s.waiting_requests + s.running_requests) / ready.max(1.0)));
+                    x.push(s.kv_cache_usage as f32);
+                    x.push(ln1p(s.arrival_rate_rps));
+                }
+                None => x.extend_from_slice(&[0.0; 8]),
+            }
+        }
+        for name in &self.layout.pools {
+            match obs.pools.iter().find(|p| &p.name == name) {
+                Some(p) => {
+                    x.push(p.free_gpus.unwrap_or(0) as f32);
+                    x.push(if p.free_gpus.is_some() { 1.0 } else { 0.0 });
+                    x.push(p.price_per_gpu_hour_usd as f32);
+                }
+                None => x.extend_from_slice(&[0.0; 3]),
+            }
+        }
+        x
+    }
+}
+
+/// How the multi-dimensional action is presented to the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ActionLayoutKind {
+    /// One branch per slot, each choosing a replica delta (action branching).
+    #[default]
+    Factored,
+    /// One branch: hold, or apply one non-zero delta to one slot.
+    Joint,
+}
+
+/// The hard limits the action mask respects (a subset of what the shield enforces).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActionLimits {
+    /// Per slot (layout order): the variant's min replicas over its pools.
+    pub variant_min: Vec<u32>,
+    /// Per slot: the variant's max replicas over its pools.
+    pub variant_max: Vec<u32>,
+    /// Per slot: GPUs per replica.
+    pub gpus_per_replica: Vec<u32>,
+    /// Per slot: index of its pool in the layout's pools.
+    pub pool_index: Vec<usize>,
+    /// Fewest replicas in total.
+    pub min_total: u32,
+    /// Most replicas in total.
+    pub max_total: u32,
+    /// Most a slot may change in one tick.
+    pub max_step_change: u32,
+    /// Budget in USD per hour, if any.
+    pub max_cost_per_hour: Option<f64>,
+}
+
+impl ActionLimits {
+    /// The limits of a spec for its layout.
+    pub fn from_spec(spec: &LLMWorkloadSpec, layout: &WorkloadLayout) -> Self {
+        let mut l = ActionLimits {
+            min_total: spec.limits.min_total_replicas,
+            max_total: spec.limits.max_total_replicas,
+            max_step_change: spec.limits.max_step_change,
+            max_cost_per_hour: spec.limits.max_cost_per_hour,
+            ..Default::default()
+        };
+        for s in &layout.slots {
+            let v = spec.variants.iter().find(|v| v.name == s.variant);
+            l.variant_min.push(v.map(|v| v.min_replicas).unwrap_or(0));
+            l.variant_max.push(v.map(|v| v.max_replicas).unwrap_or(0));
+            l.gpus_per_replica.push(v.map(|v| v.gpus_per_replica).unwrap_or(1));
+            l.pool_index.push(layout.pools.iter().position(|p| p == &s.pool).unwrap_or(0));
+        }
+        l
+    }
+}
+
+/// The action layout: which slots, which deltas, factored or joint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActionLayout {
+    /// Factored or joint.
+    pub kind: ActionLayoutKind,
+    /// The slots, in layout order.
+    pub slots: Vec<SlotKey>,
+    /// Replica deltas a slot can be moved by (must contain 0).
+    pub deltas: Vec<i32>,
+}
+
+impl ActionLayout {
+    /// A layout over `slots`.
+    pub fn new(kind: ActionLayoutKind, slots: Vec<SlotKey>, deltas: Vec<i32>) -> Self {
+        ActionLayout { kind, slots, deltas }
+    }
+
+    fn hold_index(&self) -> usize {
+        self.deltas.iter().position(|d| *d == 0).unwrap_or(0)
+    }
+
+    fn nonzero(&self) -> Vec<i32> {
+        self.deltas.iter().copied().filter(|d| *d != 0).collect()
+    }
+
+    /// The branches (names and option names).
+    pub fn branches(&self) -> Vec<BranchSpec> {
+        match self.kind {
+            ActionLayoutKind::Factored => self
+                .slots
+                .iter()
+                .map(|s| BranchSpec {
+                    name: format!("replicas[{}/{}]", s.variant, s.pool),
+                    options: self.deltas.iter().map(|d| format!("{d:+}")).collect(),
+                })
+                .collect(),
+            ActionLayoutKind::Joint => {
+                let mut options = vec!["hold".to_string()];
+                for s in &self.slots {
+                    for d in self.nonzero() {
+                        options.push(format!("{}/{}{d:+}", s.variant, s.pool));
+                    }
+                }
+                vec![BranchSpec { name: "joint".into(), options }]
+            }
+        }
+    }
+
+    /// Per-slot deltas of an action (one option per branch).
+    pub fn slot_deltas(&self, action: &[usize]) -> Vec<i32> {
+        match self.kind {
+            ActionLayoutKind::Factored => (0..self.slots.len())
+                .map(|k| action.get(k).and_then(|&o| self.deltas.get(o)).copied().unwrap_or(0))
+                .collect(),
+            ActionLayoutKind::Joint => {
+                let mut d = vec![0; self.slots.len()];
+                let nz = self.nonzero();
+                if let Some(&o) = action.first() {
+                    if o > 0 && !nz.is_empty() {
+                        let k = (o - 1) / nz.len();
+                        if k < d.len() {
+                            d[k] = nz[(o - 1) % nz.len()];
+                        }
+                    }
+                }
+                d
+            }
+        }
+    }
+
+    /// The action that holds every slot.
+    pub fn hold(&self) -> Vec<usize> {
+        match self.kind {
+            ActionLayoutKind::Factored => vec![self.hold_index(); self.slots.len()],
+            ActionLayoutKind::Joint => vec![0],
+        }
+    }
+
+    /// The decision an action means in `obs`: desired replicas + delta per slot.
+    pub fn decision(&self, action: &[usize], obs: &Observation, reason: &str) -> Decision {
+        let deltas = self.slot_deltas(action);
+        let mut d = Decision { targets: Vec::new(), reason: reason.to_string() };
+        for (s, delta) in self.slots.iter().zip(deltas) {
+            let cur = obs.slot(&s.variant, &s.pool).map(|x| x.desired_replicas).unwrap_or(0) as i64;
+            d.set(&s.variant, &s.pool, (cur + delta as i64).max(0) as u32);
+        }
+        d
+    }
+
+    /// Whether moving slot `k` by `delta` (others holding) respects the limits in `obs`.
+    fn delta_allowed(&self, k: usize, delta: i32, obs: &Observation, lim: &ActionLimits) -> bool {
+        if delta == 0 {
+            return true;
+        }
+        if delta.unsigned_abs() > lim.max_step_change.max(1) {
+            return false;
+        }
+        let desired = |i: usize| {
+            let s = &self.slots[i];
+            obs.slot(&s.variant, &s.pool).map(|x| x.desired_replicas).unwrap_or(0) as i64
+        };
+        let cur = desired(k);
+        let new = cur + delta as i64;
+        if new < 0 {
+            return false;
+        }
+        let variant = &self.slots[k].variant;
+        let variant_total: i64 =
+            (0..self.slots.len()).filter(|&i| &self.slots[i].variant == variant).map(desired).sum::<i64>() + delta as i64;
+        let total: i64 = (0..self.slots.len()).map(desired).sum::<i64>() + delta as i64;
+        let vmin = lim.variant_min.get(k).copied().unwrap_or(0) as i64;
+        let vmax = lim.variant_max.get(k).copied().unwrap_or(u32::MAX) as i64;
+        if delta < 0 {
+            return variant_total >= vmin && total >= lim.min_total as i64;
+        }
+        if variant_total > vmax || total > lim.max_total as i64 {
+            return false;
+        }
+        let gpus = lim.gpus_per_replica.get(k).copied().unwrap_or(1) as i64 * delta as i64;
+        let pool_idx = lim.pool_index.get(k).copied().unwrap_or(0);
+        let pool_name = &self.slots[k].pool;
+        if let Some(p) = obs.pools.iter().find(|p| &p.name == pool_name) {
+            // Replicas already asked for but not yet placed have not taken GPUs yet.
+            let pending: i64 = (0..self.slots.len())
+                .filter(|&i| lim.pool_index.get(i) == Some(&pool_idx))
+                .map(|i| {
+                    let s = &self.slots[i];
+                    let o = obs.slot(&s.variant, &s.pool);
+                    let placed = o.map(|x| (x.ready_replicas + x.starting_replicas) as i64).unwrap_or(0);
+                    (desired(i) - placed).max(0) * lim.gpus_per_replica.get(i).copied().unwrap_or(1) as i64
+                })
+                .sum();
+            if let Some(free) = p.free_gpus {
+                if gpus + pending > free as i64 {
+                    return false;
+                }
+            }
+            if let Some(budget) = lim.max_cost_per_hour {
+                if obs.cost_rate_usd_per_hour + gpus as f64 * p.price_per_gpu_hour_usd > budget + 1e-9 {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The mask of allowed options, flattened over branches.
+    pub fn mask(&self, obs: &Observation, lim: &ActionLimits) -> Vec<bool> {
+        match self.kind {
+            ActionLayoutKind::Factored => {
+                let mut m = Vec::with_capacity(self.slots.len() * self.deltas.len());
+                for k in 0..self.slots.len() {
+                    for &d in &self.deltas {
+                        m.push(self.delta_allowed(k, d, obs, lim));
+                    }
+                }
+                m
+            }
+            ActionLayoutKind::Joint => {
+                let mut m = vec![true];
+                for k in 0..self.slots.len() {
+                    for d in self.nonzero() {
+                        m.push(self.delta_allowed(k, d, obs, lim));
+                    }
+                }
+                m
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::observation::{PoolObservation, SlotObservation};
+
+    fn obs() -> Observation {
+        Observation {
+            slots: vec![
+                SlotObservation { variant: "v".into(), pool: "cheap".into(), desired_replicas: 1, ready_replicas: 1, gpus_per_replica: 1, ..Default::default() },
+                SlotObservation { variant: "v".into(), pool: "dear".into(), desired_replicas: 0, gpus_per_replica: 1, ..Default::default() },
+            ],
+            pools: vec![
+                PoolObservation { name: "cheap".into(), free_gpus: Some(1), price_per_gpu_hour_usd: 1.0 },
+                PoolObservation { name: "dear".into(), free_gpus: None, price_per_gpu_hour_usd: 4.0 },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn layout(kind: ActionLayoutKind) -> (ActionLayout, ActionLimits) {
+        let slots = vec![SlotKey { variant: "v".into(), pool: "cheap".into() }, SlotKey { variant: "v".into(), pool: "dear".into() }];
+        let lim = ActionLimits {
+            variant_min: vec![1, 1],
+            variant_max: vec![4, 4],
+            gpus_per_replica: vec![1, 1],
+            pool_index: vec![0, 1],
+            min_total: 1,
+            max_total: 10,
+            max_step_change: 8,
+            max_cost_per_hour: None,
+        };
+        (ActionLayout::new(kind, slots, vec![-1, 0, 1, 2]), lim)
+    }
+
+    #[test]
+    fn factored_mask_respects_min_free_gpus_and_negatives() {
+        let (a, lim) = layout(ActionLayoutKind::Factored);
+        let m = a.mask(&obs(), &lim);
+        // cheap: -1 would leave the variant at 0 < min 1; +2 needs 2 GPUs but 1 is free.
+        assert_eq!(&m[0..4], &[false, true, true, false]);
+        // dear: -1 would go negative; capacity unknown, so +1 and +2 are allowed.
+        assert_eq!(&m[4..8], &[false, true, true, true]);
+    }
+
+    #[test]
+    fn joint_layout_decodes_and_masks() {
+        let (a, lim) = layout(ActionLayoutKind::Joint);
+        assert_eq!(a.branches()[0].options.len(), 1 + 2 * 3);
+        assert_eq!(a.slot_deltas(&[0]), vec![0, 0]);
+        assert_eq!(a.slot_deltas(&[2]), vec![1, 0]);
+        assert_eq!(a.slot_deltas(&[6]), vec![0, 2]);
+        let m = a.mask(&obs(), &lim);
+        assert_eq!(m, vec![true, false, true, false, false, true, true]);
+        let d = a.decision(&[6], &obs(), "test");
+        assert_eq!(d.replicas("v", "dear"), Some(2));
+        assert_eq!(d.replicas("v", "cheap"), Some(1));
+    }
+
+    #[test]
+    fn encoder_has_one_value_per_name_and_no_nan() {
+        let layout = WorkloadLayout {
+            slots: vec![SlotKey { variant: "v".into(), pool: "cheap".into() }],
+            pools: vec!["cheap".into(), "dear".into()],
+            slo_ttft_ms: 500.0,
+            slo_tpot_ms: 50.0,
+        };
+        let e = ObsEncoder::new(layout);
+        let x = e.encode(&obs());
+        assert_eq!(x.len(), e.feature_names().len());
+        assert!(x.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn normaliser_matches_hand_computation_and_freezes() {
+        let mut n = Normaliser::new(1);
+        for v in [1.0, 2.0, 3.0] {
+            n.update(&[v]);
+        }
+        assert!((n.mean[0] - 2.0).abs() < 1e-12);
+        assert!((n.std(0) - 1.0).abs() < 1e-12);
+        n.frozen = true;
+        n.update(&[100.0]);
+        let mut x = [4.0f32];
+        n.apply(&mut x);
+        assert!((x[0] - 2.0).abs() < 1e-6);
+    }
+}

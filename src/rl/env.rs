@@ -1,0 +1,313 @@
+//! The environment interface the learners train on.
+//!
+//! An [`Env`] is the RL view of a control problem: raw observation features (the learner
+//! normalises them), a factored action (one chosen option per branch), a mask of allowed
+//! options, a reward, and the two ways an episode ends: *terminated* (the world ended, no
+//! bootstrapping) and *truncated* (a time limit cut it, bootstrapping continues). The toy
+//! problems in [`crate::rl::toy`] and the twin environment (`TwinEnv`, below) implement it.
+
+use serde::{Deserialize, Serialize};
+
+use super::RlError;
+
+/// One action branch: a name and the names of its options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchSpec {
+    /// What this branch controls (e.g. `replicas[small/a100]`).
+    pub name: String,
+    /// The options, in output order (e.g. `-1`, `0`, `+1`).
+    pub options: Vec<String>,
+}
+
+/// What a step measured besides the reward, for training logs (zero for toy problems).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// Requests that finished in the tick.
+    pub finished: f64,
+    /// Requests that finished within the SLO in the tick.
+    pub slo_met: f64,
+    /// Requests rejected in the tick.
+    pub rejected: f64,
+    /// GPU cost of the tick, USD.
+    pub cost_usd: f64,
+    /// GPU-seconds of the tick.
+    pub gpu_seconds: f64,
+}
+
+/// The result of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvStep {
+    /// Raw observation features after the step.
+    pub obs: Vec<f32>,
+    /// Allowed options after the step, flattened over branches.
+    pub mask: Vec<bool>,
+    /// Reward of the step.
+    pub reward: f64,
+    /// The episode ended for good.
+    pub terminated: bool,
+    /// The episode was cut by a time limit.
+    pub truncated: bool,
+    /// Measurements of the step.
+    pub info: StepInfo,
+}
+
+/// A reinforcement-learning environment with a factored, maskable action space.
+pub trait Env {
+    /// Names of the raw observation features, in order.
+    fn feature_names(&self) -> Vec<String>;
+    /// The action branches, in order.
+    fn action_branches(&self) -> Vec<BranchSpec>;
+    /// Starts a new episode; returns the first observation and its action mask.
+    fn reset(&mut self, seed: u64) -> Result<(Vec<f32>, Vec<bool>), RlError>;
+    /// Applies one option per branch and advances one step.
+    fn step(&mut self, action: &[usize]) -> Result<EnvStep, RlError>;
+
+    /// Number of observation features.
+    fn obs_dim(&self) -> usize {
+        self.feature_names().len()
+    }
+    /// Number of options per branch.
+    fn branch_sizes(&self) -> Vec<usize> {
+        self.action_branches().iter().map(|b| b.options.len()).collect()
+    }
+}
+
+/// Offsets of each branch in a flattened mask or Q-vector.
+pub fn branch_offsets(sizes: &[usize]) -> Vec<usize> {
+    let mut off = Vec::with_capacity(sizes.len());
+    let mut acc = 0;
+    for s in sizes {
+        off.push(acc);
+        acc += s;
+    }
+    off
+}
+
+// ---------------------------------------------------------------------------------------
+// The environment over the twin.
+// ---------------------------------------------------------------------------------------
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::policy::shield::Shield;
+use crate::policy::Observation;
+use crate::twin::{Scenario, TickStats, Twin};
+
+use super::encoding::{ActionLayout, ActionLayoutKind, ActionLimits, ObsEncoder, WorkloadLayout};
+
+/// Reward weights. The reward of one control tick is
+///
+/// ```text
+/// r = scale · [ w_slo · (met − miss_penalty · (finished − met + rejected)) − λ · cost_usd + w_quality · quality_sum ]
+/// ```
+///
+/// **Why the sum is the objective the reports show.** Summed over an episode, the reward
+/// is `scale · [w_slo · (N_met − m · N_missed) − λ · Cost + w_q · Q]`, where `N_met` and
+/// `N_missed` are the episode's requests that met / missed the SLO (rejections count as
+/// misses), `Cost` is Σ price × GPU-hours and `Q` the summed quality of answered requests.
+/// On a fixed trace window every policy sees the same requests, so `N = N_met + N_missed`
+/// is a constant and the return equals `scale · [w_slo · N · ((1+m) · attainment − m) −
+/// λ · Cost + w_q · Q]`: an increasing affine function of the SLO attainment and a
+/// decreasing one of the GPU cost (GPU-hours weighted by price) that the comparison
+/// tables report. Maximising the return is maximising that weighted objective; λ sets the
+/// exchange rate (how many missed requests one dollar of GPU time is worth). The only gap
+/// is requests still in flight when a window ends, which no tick has counted yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// Weight of the SLO term.
+    pub slo_weight: f64,
+    /// A miss costs this many met requests (m above).
+    pub miss_penalty: f64,
+    /// λ: requests-worth per USD of GPU time.
+    pub cost_weight_per_usd: f64,
+    /// Weight of the summed quality of answered requests (0 when variants do not differ).
+    pub quality_weight: f64,
+    /// Constant factor on every reward (keeps TD errors near the Huber knee; does not
+    /// change the optimal policy).
+    pub scale: f64,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        RewardConfig { slo_weight: 1.0, miss_penalty: 1.0, cost_weight_per_usd: 200.0, quality_weight: 0.0, scale: 0.01 }
+    }
+}
+
+impl RewardConfig {
+    /// The reward of one tick.
+    pub fn reward(&self, t: &TickStats) -> f64 {
+        let met = t.slo_met as f64;
+        let missed = (t.finished as f64 - met).max(0.0) + t.rejected as f64;
+        self.scale
+            * (self.slo_weight * (met - self.miss_penalty * missed) - self.cost_weight_per_usd * t.cost_usd
+                + self.quality_weight * t.quality_sum)
+    }
+}
+
+/// How training episodes are cut from the scenario's trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EpisodeConfig {
+    /// The training part of the trace, as fractions `[start, end)`; the rest is for testing.
+    pub train_window: (f64, f64),
+    /// Length of one episode as a fraction of the whole trace.
+    pub episode_frac: f64,
+    /// Most control ticks per episode; `None` for the whole window.
+    pub max_ticks: Option<u64>,
+    /// Load multipliers; each episode draws one uniformly.
+    pub loads: Vec<f64>,
+    /// Curriculum: for the first `curriculum_episodes` episodes, only loads ≤ 1 are drawn
+    /// (when the list has any), so the agent first learns in calmer traffic.
+    pub curriculum_episodes: u64,
+}
+
+impl Default for EpisodeConfig {
+    fn default() -> Self {
+        EpisodeConfig {
+            train_window: (0.0, 0.7),
+            episode_frac: 0.1,
+            max_ticks: None,
+            loads: vec![1.0],
+            curriculum_episodes: 0,
+        }
+    }
+}
+
+/// The twin as an [`Env`]: episodes are random windows of the training part of the trace.
+///
+/// Each step turns the chosen deltas into a [`crate::policy::Decision`], passes it
+/// through the workload's [`Shield`] (exactly as the operator would), applies it, runs
+/// one control interval, and rewards the tick with [`RewardConfig`].
+pub struct TwinEnv {
+    scenario: Scenario,
+    encoder: ObsEncoder,
+    actions: ActionLayout,
+    limits: ActionLimits,
+    reward: RewardConfig,
+    episodes: EpisodeConfig,
+    shield: Shield,
+    twin: Option<Twin>,
+    obs: Observation,
+    ticks: u64,
+    episode: u64,
+    /// Twin control ticks simulated so far (for throughput figures).
+    pub twin_steps: u64,
+}
+
+impl TwinEnv {
+    /// An environment over `scenario` with the given action deltas and layout kind.
+    pub fn new(
+        scenario: Scenario,
+        kind: ActionLayoutKind,
+        deltas: Vec<i32>,
+        reward: RewardConfig,
+        episodes: EpisodeConfig,
+    ) -> Result<Self, RlError> {
+        if !deltas.contains(&0) {
+            return Err(RlError::Config(format!("action deltas {deltas:?} must contain 0 (hold)")));
+        }
+        let (a, b) = episodes.train_window;
+        if !(0.0 <= a && a < b && b <= 1.0) || !(episodes.episode_frac > 0.0) {
+            return Err(RlError::Config(format!(
+                "episodes.trainWindow {:?} must satisfy 0 ≤ start < end ≤ 1 and episodeFrac > 0",
+                episodes.train_window
+            )));
+        }
+        if episodes.loads.is_empty() || episodes.loads.iter().any(|l| !(*l > 0.0)) {
+            return Err(RlError::Config(format!("episodes.loads {:?} must be positive and non-empty", episodes.loads)));
+        }
+        let spec = scenario.spec.clone();
+        let layout = WorkloadLayout::from_spec(&spec);
+        let limits = ActionLimits::from_spec(&spec, &layout);
+        let actions = ActionLayout::new(kind, layout.slots.clone(), deltas);
+        Ok(TwinEnv {
+            encoder: ObsEncoder::new(layout),
+            actions,
+            limits,
+            reward,
+            episodes,
+            shield: Shield::new(&spec),
+            scenario,
+            twin: None,
+            obs: Observation::default(),
+            ticks: 0,
+            episode: 0,
+            twin_steps: 0,
+        })
+    }
+
+    /// The observation encoder.
+    pub fn encoder(&self) -> &ObsEncoder {
+        &self.encoder
+    }
+    /// The action layout.
+    pub fn action_layout(&self) -> &ActionLayout {
+        &self.actions
+    }
+    /// The scenario.
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+    /// The last observation.
+    pub fn observation(&self) -> &Observation {
+        &self.obs
+    }
+}
+
+impl Env for TwinEnv {
+    fn feature_names(&self) -> Vec<String> {
+        self.encoder.feature_names()
+    }
+    fn action_branches(&self) -> Vec<BranchSpec> {
+        self.actions.branches()
+    }
+    fn reset(&mut self, seed: u64) -> Result<(Vec<f32>, Vec<bool>), RlError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (a, b) = self.episodes.train_window;
+        let len = self.episodes.episode_frac.min(b - a);
+        let start = a + rng.random::<f64>() * (b - a - len);
+        let loads: Vec<f64> = if self.episode < self.episodes.curriculum_episodes
+            && self.episodes.loads.iter().any(|l| *l <= 1.0)
+        {
+            self.episodes.loads.iter().copied().filter(|l| *l <= 1.0).collect()
+        } else {
+            self.episodes.loads.clone()
+        };
+        let load = loads[rng.random_range(0..loads.len())];
+        let twin = Twin::with_window(&self.scenario, seed, start, start + len, load).map_err(|e| RlError::Twin(e.to_string()))?;
+        self.obs = twin.observe();
+        self.twin = Some(twin);
+        self.shield.reset();
+        self.ticks = 0;
+        self.episode += 1;
+        Ok((self.encoder.encode(&self.obs), self.actions.mask(&self.obs, &self.limits)))
+    }
+    fn step(&mut self, action: &[usize]) -> Result<EnvStep, RlError> {
+        let twin = self.twin.as_mut().ok_or_else(|| RlError::Twin("step before reset".into()))?;
+        let decision = self.actions.decision(action, &self.obs, "dqn");
+        let outcome = self.shield.apply(&self.obs, &decision);
+        twin.apply(&outcome.decision);
+        let tick = twin.step();
+        self.twin_steps += 1;
+        self.ticks += 1;
+        self.obs = twin.observe();
+        let truncated = twin.is_done() || self.episodes.max_ticks.is_some_and(|m| self.ticks >= m);
+        Ok(EnvStep {
+            obs: self.encoder.encode(&self.obs),
+            mask: self.actions.mask(&self.obs, &self.limits),
+            reward: self.reward.reward(&tick),
+            terminated: false,
+            truncated,
+            info: StepInfo {
+                finished: tick.finished as f64,
+                slo_met: tick.slo_met as f64,
+                rejected: tick.rejected as f64,
+                cost_usd: tick.cost_usd,
+                gpu_seconds: tick.gpu_seconds,
+            },
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! Learning tests that can fail for the right reason: each learner solves a problem with
+//! a known optimal policy; masked actions are never chosen nor bootstrapped from; the same
+//! seed gives the same weights; checkpoints round-trip and refuse what does not fit.
+
+use llmos::rl::checkpoint::{self, Expected};
+use llmos::rl::dqn::{evaluate, train_dqn, DeviceChoice, DqnAgent, DqnConfig, TargetUpdate};
+use llmos::rl::env::Env;
+use llmos::rl::replay::Batch;
+use llmos::rl::schedule::EpsilonSchedule;
+use llmos::rl::tabular::{train_tabular, TabularConfig};
+use llmos::rl::toy::{Chain, MaskedBandit};
+use llmos::rl::RlError;
+
+fn small_dqn(seed: u64, steps_to_floor: u64) -> DqnConfig {
+    DqnConfig {
+        hidden: vec![32, 32],
+        gamma: 0.9,
+        learning_rate: 2e-3,
+        batch_size: 32,
+        buffer_size: 5_000,
+        learning_starts: 200,
+        target: TargetUpdate::Hard { every: 100 },
+        epsilon: EpsilonSchedule::Linear { start: 1.0, end: 0.05, steps: steps_to_floor },
+        seed,
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    }
+}
+
+fn one_hot(n: usize, i: usize) -> Vec<f32> {
+    let mut v = vec![0.0; n];
+    v[i] = 1.0;
+    v
+}
+
+#[test]
+fn tabular_q_learning_solves_the_chain() {
+    let mut env = Chain::new(6, 30);
+    let cfg = TabularConfig {
+        episodes: 400,
+        epsilon: EpsilonSchedule::Linear { start: 1.0, end: 0.05, steps: 4_000 },
+        ..Default::default()
+    };
+    let (table, returns) = train_tabular(&mut env, &cfg).unwrap();
+    for s in 0..5 {
+        let (a, _) = table.greedy(&one_hot(6, s), &[true, true]).unwrap();
+        assert_eq!(table.split(a), vec![1], "state {s}: the optimal move is right");
+    }
+    let tail: f64 = returns[returns.len() - 50..].iter().sum::<f64>() / 50.0;
+    assert!(tail > 0.8, "late episodes should mostly reach the goal, mean return {tail}");
+}
+
+#[test]
+fn tabular_q_learning_never_picks_the_masked_arm() {
+    // The env returns an error if a masked arm is pulled, so training itself checks it.
+    let mut env = MaskedBandit::new(true);
+    let cfg = TabularConfig { episodes: 600, alpha: 0.3, ..Default::default() };
+    let (table, _) = train_tabular(&mut env, &cfg).unwrap();
+    let e = MaskedBandit::new(true);
+    let (a0, _) = table.greedy(&e.obs_of(0, false), &e.mask_of(0, false)).unwrap();
+    let (a1, _) = table.greedy(&e.obs_of(1, false), &e.mask_of(1, false)).unwrap();
+    assert_eq!((a0, a1), (3, 2));
+    // Bootstrapped start values: γ·0.8 with the best arm masked, γ·1.0 without.
+    let (_, v0) = table.greedy(&e.obs_of(0, true), &e.mask_of(0, true)).unwrap();
+    let (_, v1) = table.greedy(&e.obs_of(1, true), &e.mask_of(1, true)).unwrap();
+    assert!((v0 - 0.72).abs() < 0.05 && (v1 - 0.9).abs() < 0.05, "start values {v0} {v1}");
+}
+
+#[test]
+fn dqn_solves_the_chain() {
+    let mut env = Chain::new(6, 30);
+    let mut agent = DqnAgent::new(env.obs_dim(), &env.branch_sizes(), small_dqn(1, 2_000)).unwrap();
+    train_dqn(&mut agent, &mut env, 4_000, &mut |_| {}).unwrap();
+    for s in 0..5 {
+        assert_eq!(agent.greedy(&one_hot(6, s), &[true, true]), vec![1], "state {s}: the optimal move is right");
+    }
+    // Greedy: reach the end in 5 steps.
+    assert!((evaluate(&agent, &mut env, 3, 0).unwrap() - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn dqn_never_chooses_nor_bootstraps_from_masked_arms() {
+    let mut env = MaskedBandit::new(true);
+    let mut agent = DqnAgent::new(env.obs_dim(), &env.branch_sizes(), small_dqn(2, 1_500)).unwrap();
+    // Any masked pull during training would be an error from the env.
+    train_dqn(&mut agent, &mut env, 3_000, &mut |_| {}).unwrap();
+    let e = MaskedBandit::new(true);
+    assert_eq!(agent.greedy(&e.obs_of(0, false), &e.mask_of(0, false)), vec![3]);
+    assert_eq!(agent.greedy(&e.obs_of(1, false), &e.mask_of(1, false)), vec![2]);
+    let v0 = agent.q_values(&e.obs_of(0, true))[0];
+    let v1 = agent.q_values(&e.obs_of(1, true))[0];
+    assert!((v0 - 0.72).abs() < 0.08, "start value with the best arm masked should be γ·0.8, got {v0}");
+    assert!((v1 - 0.9).abs() < 0.08, "start value with every arm allowed should be γ·1.0, got {v1}");
+}
+
+#[test]
+fn td_target_excludes_masked_options_by_hand_computation() {
+    let env = MaskedBandit::new(false);
+    let cfg = DqnConfig { normalise_obs: false, ..small_dqn(3, 10) };
+    let agent = DqnAgent::new(env.obs_dim(), &env.branch_sizes(), cfg).unwrap();
+    let next = vec![0.3f32, 0.7];
+    let q = agent.q_values(&next);
+    let best = (0..4).max_by(|&a, &b| q[a].total_cmp(&q[b])).unwrap();
+    let mask: Vec<bool> = (0..4).map(|a| a != best).collect();
+    let allowed_max = (0..4).filter(|&a| a != best).map(|a| q[a]).fold(f32::NEG_INFINITY, f32::max);
+    let batch = Batch {
+        size: 1,
+        obs: vec![0.0, 0.0],
+        actions: vec![0],
+        rewards: vec![0.5],
+        next_obs: next,
+        next_mask: mask,
+        discounts: vec![0.9],
+    };
+    // Online and target networks are equal at start, so Double DQN's value is the allowed max.
+    let y = agent.td_targets(&batch)[0];
+    assert!((y - (0.5 + 0.9 * allowed_max)).abs() < 1e-5, "y = {y}, expected {}", 0.5 + 0.9 * allowed_max);
+    let terminal = Batch { discounts: vec![0.0], ..batch };
+    assert!((agent.td_targets(&terminal)[0] - 0.5).abs() < 1e-6);
+}
+
+fn weights(agent: &DqnAgent) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = agent
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn train_chain(seed: u64) -> (DqnAgent, Vec<f64>) {
+    let mut env = Chain::new(5, 20);
+    let cfg = DqnConfig { target: TargetUpdate::Polyak { tau: 0.05 }, n_step: 3, ..small_dqn(seed, 500) };
+    let mut agent = DqnAgent::new(env.obs_dim(), &env.branch_sizes(), cfg).unwrap();
+    let recs = train_dqn(&mut agent, &mut env, 800, &mut |_| {}).unwrap();
+    (agent, recs.iter().map(|r| r.episodic_return).collect())
+}
+
+#[test]
+fn same_seed_gives_identical_weights_and_returns() {
+    let (a, ra) = train_chain(7);
+    let (b, rb) = train_chain(7);
+    assert_eq!(ra, rb);
+    assert_eq!(weights(&a), weights(&b));
+    let (c, _) = train_chain(8);
+    assert_ne!(weights(&a), weights(&c), "a different seed should give different weights");
+}
+
+#[test]
+fn checkpoint_round_trips_and_rejects_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ckpt");
+    let env = MaskedBandit::new(false);
+    let (agent, _) = train_chain(9);
+    let chain = Chain::new(5, 20);
+    let names = chain.feature_names();
+    let branches = chain.action_branches();
+    checkpoint::save(&ck, &agent, names.clone(), branches.clone(), None, None, None).unwrap();
+
+    // Round trip: identical Q-values and counters, normaliser frozen.
+    let expected = Expected { feature_names: Some(&names), branches: Some(&branches) };
+    let (loaded, meta) = checkpoint::load(&ck, &expected, DeviceChoice::Cpu).unwrap();
+    for s in 0..5 {
+        assert_eq!(agent.q_values(&one_hot(5, s)), loaded.q_values(&one_hot(5, s)));
+    }
+    assert_eq!(meta.env_steps, agent.env_steps);
+    assert!(loaded.normaliser.frozen);
+    assert_eq!(weights(&agent), weights(&loaded));
+
+    // Layout mismatch names the difference.
+    let other = env.feature_names();
+    let err = checkpoint::load(&ck, &Expected { feature_names: Some(&other), branches: None }, DeviceChoice::Cpu).unwrap_err();
+    assert!(matches!(err, RlError::LayoutMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("observation features") && msg.contains('5') && msg.contains('2'), "{msg}");
+    let mut renamed = names.clone();
+    renamed[3] = "state_x".into();
+    let msg = checkpoint::load(&ck, &Expected { feature_names: Some(&renamed), branches: None }, DeviceChoice::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("observation feature 3") && msg.contains("state_3") && msg.contains("state_x"), "{msg}");
+    let other_branches = env.action_branches();
+    let msg = checkpoint::load(&ck, &Expected { feature_names: None, branches: Some(&other_branches) }, DeviceChoice::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("action branch 0") && msg.contains("arm"), "{msg}");
+
+    // Missing directory, corrupt weights, garbage sidecar: errors, not panics.
+    let err = checkpoint::load(&dir.path().join("nope"), &Expected::default(), DeviceChoice::Cpu).unwrap_err();
+    assert!(matches!(err, RlError::Checkpoint { .. }), "{err}");
+    let w = ck.join(checkpoint::WEIGHTS_FILE);
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let err = checkpoint::load(&ck, &Expected::default(), DeviceChoice::Cpu).unwrap_err();
+    assert!(err.to_string().contains("does not match the sidecar"), "{err}");
+    std::fs::write(ck.join(checkpoint::META_FILE), b"{ not json").unwrap();
+    let err = checkpoint::load(&ck, &Expected::default(), DeviceChoice::Cpu).unwrap_err();
+    assert!(matches!(err, RlError::Json { .. }), "{err}");
+}
