@@ -6,10 +6,12 @@
 //! merging, so the policy sees the same [`Observation`] the twin produces.
 
 pub mod histogram;
+pub mod live;
 pub mod prometheus;
 pub mod scrape;
 pub mod vllm;
 
+pub use live::SpecSource;
 pub use prometheus::{PrometheusConfig, PrometheusSource};
 pub use scrape::{ScrapeConfig, ScrapeSource};
 

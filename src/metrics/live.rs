@@ -1,0 +1,45 @@
+//! [`SpecSource`]: the metrics source the operator runs with. It reads each workload
+//! the way its spec says (`spec.metrics.source`): through Prometheus
+//! ([`PrometheusSource`], URL from `spec.metrics.prometheusUrl`, else the operator-wide
+//! default) or by scraping the pods ([`ScrapeSource`]).
+
+use futures::future::BoxFuture;
+
+use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, PrometheusConfig, PrometheusSource, ScrapeConfig, ScrapeSource};
+use crate::crd::MetricsSourceKind;
+
+/// Environment variable with the default Prometheus URL (used when a spec names none).
+pub const PROMETHEUS_URL_ENV: &str = "LLMOS_PROMETHEUS_URL";
+
+/// Dispatches to Prometheus or direct scraping per workload, as its spec asks.
+pub struct SpecSource {
+    prometheus: PrometheusSource,
+    scrape: ScrapeSource,
+}
+
+impl SpecSource {
+    /// A source with the given settings of both kinds.
+    pub fn new(prometheus: PrometheusConfig, scrape: ScrapeConfig) -> Result<Self, MetricsError> {
+        Ok(SpecSource { prometheus: PrometheusSource::new(prometheus)?, scrape: ScrapeSource::new(scrape)? })
+    }
+
+    /// Default settings; the default Prometheus URL is `default_url`, else
+    /// `$LLMOS_PROMETHEUS_URL` when set.
+    pub fn with_default_url(default_url: Option<String>) -> Result<Self, MetricsError> {
+        let default_url = default_url.or_else(|| std::env::var(PROMETHEUS_URL_ENV).ok()).filter(|u| !u.is_empty());
+        Self::new(PrometheusConfig { default_url, ..Default::default() }, ScrapeConfig::default())
+    }
+}
+
+impl MetricsSource for SpecSource {
+    fn name(&self) -> &str {
+        "spec"
+    }
+
+    fn observe<'a>(&'a self, query: &'a MetricsQuery<'a>) -> BoxFuture<'a, Result<MetricsSnapshot, MetricsError>> {
+        match query.spec.metrics.source {
+            MetricsSourceKind::Prometheus => self.prometheus.observe(query),
+            MetricsSourceKind::Scrape => self.scrape.observe(query),
+        }
+    }
+}

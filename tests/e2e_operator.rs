@@ -1,0 +1,413 @@
+//! The operator end to end, everything real and on loopback: etcd + kube-apiserver 1.20 +
+//! kube-controller-manager (`scripts/k8s/start.sh`), a Prometheus server (Debian's
+//! package, `scripts/prometheus/start.sh`), `llmos twin-serve` as the data plane (the
+//! twin runs the Deployments' replicas with cold starts, serves their vLLM metrics and
+//! marks their Pods Ready), and `llmos run`, the operator, reading metrics through
+//! Prometheus.
+//!
+//! One scenario, in order (it shares one control plane to keep wall time modest):
+//! 1. the CRD and an LLMWorkload are applied with `kubectl`; the operator creates the
+//!    Deployment, the twin makes its replica Ready;
+//! 2. a second operator replica starts and stays passive (the Lease stays with the first);
+//! 3. the replayed load steps up tenfold: the operator scales up within a bounded number
+//!    of control intervals;
+//! 4. the operator is killed (SIGKILL) and restarted: replicas are not reset, status is kept;
+//! 5. Prometheus is stopped: the operator holds replicas and sets `MetricsAvailable=False`;
+//!    Prometheus comes back;
+//! 6. the load steps down: after the stabilisation window the operator scales down, with
+//!    no flapping (the replica series rises, then falls, and does not rise again);
+//! 7. deleting the LLMWorkload removes its Deployments.
+//!
+//! Needs `~/.cache/llmos/k8s-1.20.2/bin` (scripts/k8s/build.sh), `etcd` and `prometheus`
+//! (installed by the scripts when absent). `LLMOS_SKIP_E2E=1` skips. Deadlines are generous
+//! and polled; nothing asserts on wall-clock speed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use llmos::crd::LLMWorkload;
+
+const NS: &str = "default";
+const WORKLOAD: &str = "chat";
+const INTERVAL_S: u64 = 2;
+const SPEED: f64 = 10.0;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn k8s_bin() -> PathBuf {
+    std::env::var_os("LLMOS_K8S_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/llmos/k8s-1.20.2/bin")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// Processes and servers started by the test, stopped on drop (also when a test fails).
+struct Stack {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    prom_port: u16,
+    children: BTreeMap<String, Child>,
+}
+
+impl Stack {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
+        let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmos"));
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info").stdout(log.try_clone().expect("log")).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting llmos {name}: {e}"));
+        self.children.insert(name.to_string(), child);
+    }
+
+    fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.children.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn start_prometheus(&self) {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/prometheus/start.sh"))
+            .arg(self.path("prom"))
+            .arg(self.path("targets.json"))
+            .arg(self.prom_port.to_string())
+            .output()
+            .expect("running scripts/prometheus/start.sh");
+        assert!(out.status.success(), "Prometheus did not start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn stop_prometheus(&self) {
+        let _ = Command::new("bash").arg(repo().join("scripts/prometheus/stop.sh")).arg(self.path("prom")).status();
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new(k8s_bin().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        if let Some(s) = stdin {
+            child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("writing to kubectl");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("kubectl output");
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.children.keys().cloned().collect();
+        for n in names {
+            self.kill(&n);
+        }
+        self.stop_prometheus();
+        let _ = Command::new("bash").arg(repo().join("scripts/k8s/stop.sh")).arg(self.path("k8s")).status();
+    }
+}
+
+fn workload_yaml(prom_url: &str) -> String {
+    format!(
+        r#"apiVersion: llmos.dev/v1alpha1
+kind: LLMWorkload
+metadata:
+  name: {WORKLOAD}
+  namespace: {NS}
+spec:
+  variants:
+    - name: llama3-8b
+      model: llama-3-8b
+      image: vllm/vllm-openai:v0.6.3
+      minReplicas: 1
+      maxReplicas: 6
+  gpuPools:
+    - name: a100
+      gpuType: A100-80GB
+      pricePerGpuHour: 3.0
+      capacityGpus: 8
+  slo: {{ttftMs: 2000, tpotMs: 100, percentile: 90, targetAttainment: 0.95}}
+  limits: {{minTotalReplicas: 1, maxTotalReplicas: 6, maxStepChange: 4, scaleDownCooldownSeconds: 4}}
+  metrics: {{source: prometheus, prometheusUrl: "{prom_url}", windowSeconds: 10, staleAfterSeconds: 15}}
+  policy:
+    kind: hpa
+    intervalSeconds: {INTERVAL_S}
+    hpa:
+      targets: [{{metric: ongoingRequests, target: 16}}]
+      scaleDownStabilizationSeconds: 16
+      scaleUpPeriodSeconds: 4
+"#
+    )
+}
+
+/// The replayed trace: 2 requests/s, a tenfold step at t = 400 s of simulated time
+/// (40 s of wall time at --speed 10), back to 2 requests/s at t = 1000 s.
+const SCENARIO: &str = r#"name = "e2e-step"
+description = "Load step for the end-to-end test"
+
+[workload.synthetic]
+duration_s = 4000.0
+arrival = { kind = "steps", at_s = [0.0, 400.0, 1000.0], rates_rps = [2.0, 20.0, 2.0] }
+lengths = { kind = "lognormal", input_mean = 1024.0, input_cv = 0.6, output_mean = 256.0, output_cv = 0.6, max_tokens = 4096 }
+
+[engine]
+max_num_batched_tokens = 8192
+max_num_seqs = 256
+
+[cluster]
+load_balancer = "least-outstanding"
+
+[spec]
+variants = [{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 45.0 }]
+gpuPools = [{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }]
+policy = { kind = "hpa", intervalSeconds = 2 }
+"#;
+
+async fn desired_total(client: &Client) -> i32 {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    match api.list(&ListParams::default().labels(&format!("llmos.dev/workload={WORKLOAD}"))).await {
+        Ok(l) => l.items.iter().filter_map(|d| d.spec.as_ref()?.replicas).sum(),
+        Err(_) => -1,
+    }
+}
+
+async fn ready_total(client: &Client) -> i32 {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    match api.list(&ListParams::default().labels(&format!("llmos.dev/workload={WORKLOAD}"))).await {
+        Ok(l) => l.items.iter().filter_map(|d| d.status.as_ref()?.ready_replicas).sum(),
+        Err(_) => -1,
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F, stack: &Stack)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "timed out after {deadline:?} waiting for: {what}\n--- operator log (tail) ---\n{}\n--- twin log (tail) ---\n{}",
+        tail(&stack.log("operator-a")),
+        tail(&stack.log("twin"))
+    );
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    for b in ["kube-apiserver", "kube-controller-manager", "kubectl"] {
+        if !k8s_bin().join(b).exists() {
+            missing.push(format!("{} (build with scripts/k8s/build.sh)", k8s_bin().join(b).display()));
+        }
+    }
+    if Command::new("sh").args(["-c", "command -v etcd"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        missing.push("etcd on PATH (apt-get install etcd-server)".into());
+    }
+    missing
+}
+
+/// Samples the desired replica total once per second into `series` until `deadline`
+/// or until `stop(value)` says so.
+async fn sample(client: &Client, series: &mut Vec<(f64, i32)>, t0: Instant, deadline: Duration, stop: impl Fn(i32) -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let v = desired_total(client).await;
+        if v >= 0 {
+            series.push((t0.elapsed().as_secs_f64(), v));
+            if stop(v) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_end_to_end_with_prometheus_and_twin() {
+    if std::env::var("LLMOS_SKIP_E2E").as_deref() == Ok("1") {
+        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+        return;
+    }
+    let missing = missing_prerequisites();
+    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
+    let t_all = Instant::now();
+
+    // --- control plane ---
+    let dir = tempfile::tempdir().expect("temp dir");
+    let k8s_dir = dir.path().join("k8s");
+    let pid = std::process::id().to_string();
+    let (etcd, peer, api, kcm) = (free_port(), free_port(), free_port(), free_port());
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/k8s/start.sh"))
+        .arg(&k8s_dir)
+        .env("WITH_KCM", "1")
+        .env("WATCH_PID", &pid)
+        .env("ETCD_PORT", etcd.to_string())
+        .env("ETCD_PEER_PORT", peer.to_string())
+        .env("API_PORT", api.to_string())
+        .env("KCM_PORT", kcm.to_string())
+        .output()
+        .expect("running scripts/k8s/start.sh");
+    let mut stack = Stack { kubeconfig: k8s_dir.join("kubeconfig"), prom_port: free_port(), dir, children: BTreeMap::new() };
+    assert!(out.status.success(), "control plane did not start: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let kc = Kubeconfig::read_from(&stack.kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("client config");
+    let client = Client::try_from(cfg).expect("client");
+
+    // --- CRD with kubectl ---
+    let crd = Command::new(env!("CARGO_BIN_EXE_llmos")).arg("crdgen").output().expect("llmos crdgen");
+    assert!(crd.status.success(), "llmos crdgen failed");
+    stack.kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&crd.stdout)));
+    stack.kubectl(&["wait", "--for", "condition=established", "--timeout=60s", "crd/llmworkloads.llmos.dev"], None);
+
+    // --- Prometheus, twin, two operators ---
+    std::fs::write(stack.path("targets.json"), "[]\n").expect("targets file");
+    stack.start_prometheus();
+    let prom_url = format!("http://127.0.0.1:{}", stack.prom_port);
+    std::fs::write(stack.path("scenario.toml"), SCENARIO).expect("scenario file");
+    let scenario = stack.path("scenario.toml").display().to_string();
+    let targets = stack.path("targets.json").display().to_string();
+    let speed = SPEED.to_string();
+    stack.spawn(
+        "twin",
+        &["twin-serve", "--scenario", &scenario, "--namespace", NS, "--speed", &speed, "--targets-file", &targets, "--ip-base", "127.31.0.0"],
+        &[],
+    );
+    let op_addr_a = format!("127.0.0.1:{}", free_port());
+    stack.spawn("operator-a", &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS], &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)]);
+
+    // 1. apply the workload; the operator creates the Deployment; the twin makes it Ready.
+    stack.kubectl(&["apply", "-f", "-"], Some(&workload_yaml(&prom_url)));
+    let t0 = Instant::now();
+    wait_until("the operator creates the Deployment", Duration::from_secs(60), || async { desired_total(&client).await >= 1 }, &stack).await;
+    wait_until("the twin marks a replica Ready", Duration::from_secs(60), || async { ready_total(&client).await >= 1 }, &stack).await;
+    let got = stack.kubectl(&["get", "llmworkloads", "-n", NS], None);
+    assert!(got.contains(WORKLOAD), "kubectl get llmworkloads: {got}");
+
+    // 2. a second replica stays passive.
+    let op_addr_b = format!("127.0.0.1:{}", free_port());
+    stack.spawn("operator-b", &["run", "--metrics-addr", &op_addr_b, "--lease-namespace", NS], &[("POD_NAME", "operator-b"), ("LLMOS_PROMETHEUS_URL", &prom_url)]);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    wait_until(
+        "operator-a holds the lease",
+        Duration::from_secs(30),
+        || async {
+            leases.list(&ListParams::default()).await.map(|l| {
+                l.items.iter().any(|x| x.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some("operator-a"))
+            }).unwrap_or(false)
+        },
+        &stack,
+    )
+    .await;
+
+    // 3. the load step (simulated t = 400 s ≈ 40 s wall after the twin started) scales up.
+    let mut series: Vec<(f64, i32)> = Vec::new();
+    let before = desired_total(&client).await;
+    let scaled = sample(&client, &mut series, t0, Duration::from_secs(150), |v| v >= before + 2).await;
+    assert!(scaled, "no scale-up after the load step: desired replicas over time {series:?}\n{}", tail(&stack.log("operator-a")));
+    let t_up = t0.elapsed().as_secs_f64();
+    let lease_holder = leases
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.iter().filter_map(|x| x.spec.as_ref()?.holder_identity.clone()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(lease_holder.contains(&"operator-a".to_string()), "lease holders {lease_holder:?}");
+    assert!(!stack.log("operator-b").contains("became leader"), "operator-b must stay passive:\n{}", tail(&stack.log("operator-b")));
+
+    // 4. kill the operator mid-run and restart it: nothing is reset.
+    let wl_api: Api<LLMWorkload> = Api::namespaced(client.clone(), NS);
+    let status_before = wl_api.get(WORKLOAD).await.expect("workload").status.unwrap_or_default();
+    let before_kill = desired_total(&client).await;
+    stack.kill("operator-b"); // so the restarted operator-a takes the lease back quickly
+    stack.kill("operator-a");
+    stack.spawn("operator-a2", &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS], &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)]);
+    tokio::time::sleep(Duration::from_secs(3 * INTERVAL_S)).await;
+    let after_restart = desired_total(&client).await;
+    assert!(after_restart >= 1 && after_restart + 4 >= before_kill, "restart reset replicas: {before_kill} -> {after_restart}");
+    let status_after = wl_api.get(WORKLOAD).await.expect("workload").status.unwrap_or_default();
+    assert!(status_after.shield_overrides >= status_before.shield_overrides, "status counters went back");
+    sample(&client, &mut series, t0, Duration::from_secs(20), |_| false).await;
+
+    // 5. metrics disappear: the operator holds and says so.
+    stack.stop_prometheus();
+    let held = desired_total(&client).await;
+    wait_until(
+        "MetricsAvailable=False after Prometheus stopped",
+        Duration::from_secs(40),
+        || async {
+            wl_api.get(WORKLOAD).await.ok().and_then(|w| w.status).is_some_and(|s| {
+                s.conditions.iter().any(|c| c.type_ == "MetricsAvailable" && c.status == "False")
+            })
+        },
+        &stack,
+    )
+    .await;
+    for _ in 0..(4 * INTERVAL_S) {
+        assert_eq!(desired_total(&client).await, held, "replicas changed while metrics were unavailable");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stack.start_prometheus();
+
+    // 6. the load steps down (simulated t = 1000 s ≈ 100 s wall): scale down, no flapping.
+    let peak = series.iter().map(|s| s.1).max().unwrap_or(0);
+    let down = sample(&client, &mut series, t0, Duration::from_secs(240), |v| v <= 2).await;
+    assert!(down, "no scale-down after the load dropped: {series:?}\n{}", tail(&stack.log("operator-a2")));
+    let t_down = t0.elapsed().as_secs_f64();
+    // Flapping: after the first decrease, the series must not rise again.
+    let vals: Vec<i32> = series.iter().map(|s| s.1).collect();
+    let first_down = vals.windows(2).position(|w| w[1] < w[0]);
+    if let Some(i) = first_down {
+        assert!(vals[i + 1..].windows(2).all(|w| w[1] <= w[0]), "replicas rose again after scaling down (flapping): {series:?}");
+    }
+    assert!(peak > before, "peak {peak} not above the start {before}");
+
+    // 7. delete the workload: its Deployments go.
+    stack.kubectl(&["delete", "llmworkload", WORKLOAD, "-n", NS, "--wait=false"], None);
+    wait_until("Deployments removed after deleting the workload", Duration::from_secs(60), || async { desired_total(&client).await == 0 }, &stack).await;
+
+    let summary = format!(
+        "e2e: scale-up seen at {t_up:.0}s, scaled down at {t_down:.0}s, peak {peak} replicas, total wall time {:.0}s; series {series:?}",
+        t_all.elapsed().as_secs_f64()
+    );
+    eprintln!("{summary}");
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e_operator_summary.txt"), summary);
+}
