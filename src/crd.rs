@@ -12,7 +12,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::config::PolicySpec;
-use crate::policy::observation::SlotTarget;
 
 /// Desired state of an LLM inference workload.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -88,6 +87,7 @@ pub struct VariantSpec {
     pub pools: Vec<String>,
     /// Fewest replicas of this variant over all its pools.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
     pub min_replicas: u32,
     /// Most replicas of this variant over all its pools.
     #[serde(default = "default_max_replicas")]
@@ -95,6 +95,7 @@ pub struct VariantSpec {
     pub max_replicas: u32,
     /// Seconds a replica takes from scheduling to ready, if known (the twin measures it otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub cold_start_seconds: Option<f64>,
 }
 
@@ -103,15 +104,18 @@ pub struct VariantSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TolerationSpec {
     /// Taint key.
+    #[schemars(length(min = 1, max = 316))]
     pub key: String,
     /// `Exists` or `Equal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(Exists|Equal)$"))]
     pub operator: Option<String>,
     /// Taint value (with `Equal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty matches all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(NoSchedule|PreferNoSchedule|NoExecute)?$"))]
     pub effect: Option<String>,
 }
 
@@ -136,6 +140,7 @@ pub struct GpuPoolSpec {
     pub price_per_gpu_hour: f64,
     /// GPUs this workload may use in the pool; absent means no limit known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
     pub capacity_gpus: Option<u32>,
 }
 
@@ -168,6 +173,7 @@ impl Default for SloSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LimitsSpec {
     /// Fewest replicas over all variants and pools.
+    #[schemars(range(min = 0, max = 10000))]
     pub min_total_replicas: u32,
     /// Most replicas over all variants and pools.
     #[schemars(range(min = 0, max = 10000))]
@@ -180,6 +186,7 @@ pub struct LimitsSpec {
     #[schemars(range(min = 1, max = 1000))]
     pub max_step_change: u32,
     /// After a scale-down, no further scale-down of that slot for this long.
+    #[schemars(range(min = 0, max = 86400))]
     pub scale_down_cooldown_seconds: u32,
 }
 
@@ -282,7 +289,11 @@ pub struct LLMWorkloadStatus {
     /// How often the shield changed a policy's decision, since the operator started managing this workload.
     #[serde(default)]
     pub shield_overrides: u64,
+    /// Time of the last applied change of replicas (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action_time: Option<String>,
     /// Time of the last applied scale-down per slot (RFC 3339), for the cooldown across restarts.
+    /// Keys are `<variant>/<pool>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub last_scale_down: BTreeMap<String, String>,
     /// Conditions: Ready, Progressing, Degraded, MetricsAvailable, PolicyReady.
@@ -315,10 +326,25 @@ pub struct DecisionStatus {
     /// Why.
     pub reason: String,
     /// Replicas per slot after the shield.
-    pub targets: Vec<SlotTarget>,
+    pub targets: Vec<TargetStatus>,
     /// Whether the shield changed the policy's answer.
     #[serde(default)]
     pub shielded: bool,
+    /// The shield rules that changed the policy's answer at this tick (e.g. `maxStep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shield_rules: Vec<String>,
+}
+
+/// Desired replicas of one (variant, pool) slot, as recorded in status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    /// Variant name.
+    pub variant: String,
+    /// Pool name.
+    pub pool: String,
+    /// Desired replica count.
+    pub replicas: u32,
 }
 
 /// A status condition, as Kubernetes conventions describe it.

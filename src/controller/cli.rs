@@ -1,17 +1,174 @@
-//! Command-line entry points of the controller module.
+//! Command-line entry points of the controller module: `llmos run` and `llmos crdgen`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::leader::{default_identity, LeaderElector, LeaseConfig};
+use super::telemetry::{init_tracing, serve, Health, LogFormat, OperatorMetrics};
+use super::{run_controller, Context, ControllerConfig, PolicyBuilder, UnavailableSource};
 
 /// Arguments of `llmos run`.
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Watch LLMWorkloads in this namespace only (default: $LLMOS_NAMESPACE, else all namespaces).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Address of the HTTP server with /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Take part in leader election (a Lease), so only one replica reconciles.
+    #[arg(long = "leader-election", default_value_t = true, overrides_with = "no_leader_election")]
+    pub leader_election: bool,
+    /// Reconcile without leader election (a single replica, or local development).
+    #[arg(long = "no-leader-election")]
+    pub no_leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "llmos-operator-leader")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the kubeconfig's namespace).
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or filter (`info`, `llmos=debug,kube=info`); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// The policy builder of the operator: the policy module's builder.
+pub fn default_policy_builder() -> PolicyBuilder {
+    Arc::new(|spec| crate::policy::build::build_policy(spec).map_err(|e| e.to_string()))
+}
 
 /// Runs `llmos run`.
-pub fn run(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`llmos run` is not built yet")
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format, &args.log_level)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        _ = term => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
+
+async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
+    let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    args.namespace = args.namespace.or_else(|| from_env("LLMOS_NAMESPACE"));
+    args.lease_namespace = args.lease_namespace.or_else(|| from_env("POD_NAMESPACE"));
+    let config = kube::Config::infer().await.context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config)")?;
+    let default_ns = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let identity = default_identity();
+    let metrics = OperatorMetrics::new();
+    let health = Health::default();
+
+    // Shutdown fan-out: one signal stops the HTTP server, the controller and the lease.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+
+    let http = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone(), stopped(stop_rx.clone())));
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+
+    // The API server must answer before the operator calls itself ready.
+    client.apiserver_version().await.context("the Kubernetes API server does not answer")?;
+    health.set_ready(true);
+
+    // Per workload, as its spec.metrics.source says; default Prometheus URL from $LLMOS_PROMETHEUS_URL.
+    let source: Arc<dyn crate::metrics::MetricsSource> = match crate::metrics::SpecSource::with_default_url(None) {
+        Ok(s) => Arc::new(s),
+        Err(e) => Arc::new(UnavailableSource { why: e.to_string() }),
+    };
+    let ctx = Arc::new(
+        Context::new(client.clone(), source, default_policy_builder(), ControllerConfig { instance: identity.clone(), ..Default::default() })
+            .with_metrics(metrics),
+    );
+
+    let elect = args.leader_election && !args.no_leader_election;
+    if !elect {
+        tracing::info!(namespace = ?args.namespace, "starting the controller without leader election");
+        run_controller(ctx, args.namespace.clone(), stopped(stop_rx.clone())).await;
+    } else {
+        let lease_ns = args.lease_namespace.clone().unwrap_or(default_ns);
+        let elector = LeaderElector::new(client.clone(), LeaseConfig::new(&args.lease_name, &lease_ns, &identity));
+        tracing::info!(lease = %format!("{lease_ns}/{}", args.lease_name), identity = %identity, "waiting to become leader");
+        tokio::select! {
+            r = elector.acquire() => r.context("leader election")?,
+            _ = stopped(stop_rx.clone()) => {
+                let _ = http.await;
+                return Ok(());
+            }
+        }
+        tracing::info!(identity = %identity, "became leader; starting the controller");
+        let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+        let renewer = {
+            let e = elector.clone();
+            tokio::spawn(async move {
+                e.keep_renewing().await;
+                let _ = lost_tx.send(true);
+            })
+        };
+        let mut stop = stop_rx.clone();
+        let mut lost = lost_rx.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop.wait_for(|v| *v) => {},
+                _ = lost.wait_for(|v| *v) => {},
+            }
+        };
+        run_controller(ctx, args.namespace.clone(), shutdown).await;
+        renewer.abort();
+        if *lost_rx.borrow() {
+            anyhow::bail!("lost leadership of lease {lease_ns}/{}; exiting so a fresh process can compete again", args.lease_name);
+        }
+        match tokio::time::timeout(Duration::from_secs(5), elector.release()).await {
+            Ok(Ok(())) => tracing::info!("released the lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not release the lease"),
+            Err(_) => tracing::warn!("releasing the lease timed out"),
+        }
+    }
+    let _ = http.await;
+    Ok(())
 }
 
 /// Prints the CRD YAML (`llmos crdgen`).
 pub fn crdgen() -> anyhow::Result<()> {
-    use kube::CustomResourceExt;
-    print!("{}", serde_yaml::to_string(&crate::crd::LLMWorkload::crd())?);
+    print!("{}", crd_yaml()?);
     Ok(())
+}
+
+/// The CRD as YAML, exactly as `llmos crdgen` prints it and `crds/` holds it.
+pub fn crd_yaml() -> anyhow::Result<String> {
+    use kube::CustomResourceExt;
+    Ok(serde_yaml::to_string(&crate::crd::LLMWorkload::crd())?)
 }
