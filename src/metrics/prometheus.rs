@@ -12,7 +12,7 @@
 //! | waiting, running | `sum by (slot) (vllm:num_requests_waiting{sel})` |
 //! | KV cache | `avg by (slot) (vllm:kv_cache_usage_perc{sel} or vllm:gpu_cache_usage_perc{sel})` |
 //! | completions/s | `sum by (slot) (rate(vllm:request_success_total{sel}[w]))` |
-//! | growth of in-flight | `sum by (slot) (delta({__name__=~"waiting\|running", sel}[w]))` |
+//! | growth of in-flight | `sum by (slot) (delta(waiting{sel}[w])) + sum by (slot) (delta(running{sel}[w]))` |
 //! | trend | `(sum(rate(success[w/2])) - sum(rate(success[w/2] offset w/2))) / (w/2)` |
 //! | TTFT/TPOT p50/p90/p99 | `histogram_quantile(q, sum by (le) (rate(..._bucket{sel}[w])))` |
 //! | SLO attainment | bucket rates `sum by (le) (rate(..._bucket{sel}[w]))`, read as in [`super::histogram`] |
@@ -199,8 +199,10 @@ pub fn queries(query: &MetricsQuery<'_>) -> Queries {
         running: format!("sum by ({by}) ({}{{{sel}}})", vllm::NUM_REQUESTS_RUNNING),
         kv_cache: format!("avg by ({by}) ({})", with_legacy(kv_row.name, kv_row.legacy_names, &|n| format!("{n}{{{sel}}}"))),
         completions: format!("sum by ({by}) (rate({}{{{sel}}}[{w}s]))", vllm::REQUEST_SUCCESS_TOTAL),
+        // Two sums joined on the slot labels: one `delta()` over a name regex would drop
+        // `__name__` and collide (waiting and running of one pod have the same labels).
         in_flight_delta: format!(
-            "sum by ({by}) (delta({{__name__=~\"{}|{}\",{sel}}}[{w}s]))",
+            "sum by ({by}) (delta({}{{{sel}}}[{w}s])) + sum by ({by}) (delta({}{{{sel}}}[{w}s]))",
             vllm::NUM_REQUESTS_WAITING,
             vllm::NUM_REQUESTS_RUNNING
         ),
