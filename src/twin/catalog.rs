@@ -139,6 +139,8 @@ impl Default for Catalog {
             models: vec![
                 model("Llama-2-7B", &["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", "llama2-7b"], 32, 4096, 32, 32, 11008, 32000, 6.738e9, 4096),
                 model("Llama-3-8B", &["meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct", "llama3-8b"], 32, 4096, 32, 8, 14336, 128256, 8.030e9, 8192),
+                model("Llama-3.1-8B", &["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.1-8b"], 32, 4096, 32, 8, 14336, 128256, 8.030e9, 131072),
+                model("Llama-3.1-70B", &["meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B-Instruct", "llama3.1-70b"], 80, 8192, 64, 8, 28672, 128256, 70.554e9, 131072),
                 model("Llama-3-70B", &["meta-llama/Meta-Llama-3-70B", "meta-llama/Meta-Llama-3-70B-Instruct", "llama3-70b"], 80, 8192, 64, 8, 28672, 128256, 70.554e9, 8192),
                 model("Mistral-7B", &["mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b-chat"], 32, 4096, 32, 8, 14336, 32000, 7.242e9, 32768),
                 model("Qwen2-7B", &["Qwen/Qwen2-7B", "Qwen/Qwen2-7B-Instruct"], 28, 3584, 28, 4, 18944, 152064, 7.616e9, 32768),
@@ -191,6 +193,7 @@ mod tests {
             assert_eq!(c.model(s, "m").unwrap().name, "Llama-3-8B", "{s}");
         }
         assert_eq!(c.model("mistralai/Mistral-7B-Instruct-v0.2", "m").unwrap().name, "Mistral-7B");
+        assert_eq!(c.model("meta-llama/Llama-3.1-8B-Instruct", "m").unwrap().name, "Llama-3.1-8B");
         assert_eq!(c.model("meta-llama/Llama-2-70b-chat-hf", "m").unwrap().name, "Llama-2-70B");
         for s in ["A100-80GB", "NVIDIA-A100-SXM4-80GB", "a100-80gb"] {
             assert_eq!(c.gpu(s, "g").unwrap().name, "A100-80GB", "{s}");

@@ -111,6 +111,9 @@ struct Replica {
     gpus: u32,
     ready_since: Option<Nanos>,
     ready_ns: u64,
+    placed_at: Option<Nanos>,
+    became_ready_at: Option<Nanos>,
+    initial: bool,
 }
 
 struct SlotInfo {
@@ -231,13 +234,19 @@ impl Twin {
         let mut slots = Vec::new();
         for (v, var) in spec.variants.iter().enumerate() {
             let model = scenario.catalog.model(&var.model, &format!("spec.variants[{v}].model"))?;
-            for (p, pool) in spec.gpu_pools.iter().enumerate() {
-                let allowed = scenario.allowed_pools(v).contains(&p);
+            for p in scenario.allowed_pools(v) {
+                let pool = &spec.gpu_pools[p];
                 let gpu = scenario.catalog.gpu(&pool.gpu_type, &format!("spec.gpuPools[{p}].gpuType"))?;
-                let blocks = if allowed { scenario.kv_blocks(v, p)? } else { 0 };
+                let blocks = scenario.kv_blocks(v, p)?;
                 let tp = var.gpus_per_replica.max(1);
                 let cold = var.cold_start_seconds.unwrap_or(scenario.file.cluster.pod_startup_s + model.weight_bytes() / (scenario.file.cluster.weight_load_gb_s * 1e9));
-                let max_len = (scenario.file.engine.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * scenario.file.engine.block_size as u64);
+                let eng = &scenario.file.engine;
+                let mut max_len = (eng.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * eng.block_size as u64);
+                if !eng.enable_chunked_prefill {
+                    // Without chunking a whole prompt (and, after a preemption, its generated
+                    // tokens) must fit one iteration's token budget.
+                    max_len = max_len.min(eng.max_num_batched_tokens as u64);
+                }
                 slots.push(SlotInfo {
                     variant: v,
                     pool: p,
@@ -337,6 +346,7 @@ impl Twin {
             for _ in 0..n {
                 let id = twin.create_replica(s);
                 if twin.replicas[id].state == ReplicaState::Starting {
+                    twin.replicas[id].initial = true;
                     twin.make_ready(id);
                 }
             }
@@ -346,7 +356,7 @@ impl Twin {
     }
 
     fn slot_index(&self, v: usize, p: usize) -> usize {
-        v * self.spec.gpu_pools.len() + p
+        self.slots.iter().position(|s| s.variant == v && s.pool == p).unwrap_or(0)
     }
 
     /// The workload spec.
@@ -417,7 +427,7 @@ impl Twin {
         let gpus = self.spec.variants[s.variant].gpus_per_replica.max(1);
         let engine = Engine::new(self.engine_cfg.clone(), s.perf.clone(), s.blocks);
         let id = self.replicas.len();
-        self.replicas.push(Replica { slot, state: ReplicaState::Pending, engine, epoch: 0, gpus, ready_since: None, ready_ns: 0 });
+        self.replicas.push(Replica { slot, state: ReplicaState::Pending, engine, epoch: 0, gpus, ready_since: None, ready_ns: 0, placed_at: None, became_ready_at: None, initial: false });
         self.slots[slot].live += 1;
         self.slots[slot].peak = self.slots[slot].peak.max(self.slots[slot].live);
         if !self.try_place(id) {
@@ -440,7 +450,8 @@ impl Twin {
         self.active_gpus += gpus as u64;
         self.cost_rate_per_s += gpus as f64 * self.slots[slot].price_per_gpu_s;
         self.replicas[id].state = ReplicaState::Starting;
-        self.replicas[id].ready_since = Some(self.now); // reused as "holding GPUs since" until ready
+        self.replicas[id].ready_since = Some(self.now); // "holding GPUs since" until ready
+        self.replicas[id].placed_at = Some(self.now);
         let t = self.now.plus(self.slots[slot].cold_start);
         self.push(t, Ev::Ready { rep: id });
         true
@@ -455,6 +466,7 @@ impl Twin {
         let (slot, gpus) = (r.slot, r.gpus);
         r.state = ReplicaState::Ready;
         r.ready_since = Some(self.now);
+        r.became_ready_at = Some(self.now);
         self.slot_accrue(slot, gpus, held_since, self.now);
         self.replicas[id].ready_since = Some(self.now);
         self.rebuild_serving();
@@ -1028,6 +1040,11 @@ impl Twin {
             }
             if matches!(r.state, ReplicaState::Pending | ReplicaState::Starting) && r.engine.outstanding() > 0 {
                 return Err(format!("replica {i} has requests before it is ready"));
+            }
+            if let (Some(p), Some(rd)) = (r.placed_at, r.became_ready_at) {
+                if !r.initial && rd.since(p) < self.slots[r.slot].cold_start {
+                    return Err(format!("replica {i} ready {:?} after placement, before its cold start", rd.since(p)));
+                }
             }
         }
         for (p, used) in self.pool_used.iter().enumerate() {

@@ -730,10 +730,11 @@ mod tests {
         let recs = (0..100).map(|i| TraceRecord { arrival_ns: i * 1_000_000_000, input_tokens: 1, output_tokens: 1, hash_ids: vec![] }).collect();
         let tr = std::sync::Arc::new(Trace { origin: "t".into(), records: recs });
         let mut s = ArrivalStream::replay(tr, 0.5, 1.0, 2.0).unwrap();
+        // Span 99 s: the window starts at 49.5 s; the first record (50 s) arrives 0.5 s / 2 later.
         let first = s.next_arrival().unwrap();
-        assert_eq!(first.at, Nanos(0));
+        assert_eq!(first.at, Nanos(250_000_000));
         let second = s.next_arrival().unwrap();
-        assert_eq!(second.at, Nanos(500_000_000));
+        assert_eq!(second.at, Nanos(750_000_000));
         assert_eq!(s.len_hint(), Some(48));
         assert!(ArrivalStream::replay(std::sync::Arc::new(Trace::default()), 0.5, 0.2, 1.0).is_err());
     }
