@@ -375,7 +375,7 @@ proptest! {
             for x in &c.spec.variants {
                 for p in &c.spec.gpu_pools {
                     let cap_ok = p.capacity_gpus.is_none_or(|cap| v.pool_gpus(&p.name) + u64::from(x.gpus_per_replica) <= u64::from(cap));
-                    prop_assert!(!(v.allowed(&x.name, &p.name) && v.vtotal(&x.name) < x.max_replicas && cap_ok), "below total min with room");
+                    prop_assert!(!(v.allowed(&x.name, &p.name) && v.vtotal(&x.name) < x.max_replicas && total < c.spec.limits.max_total_replicas && cap_ok), "below total min with room");
                 }
             }
         }
@@ -399,7 +399,7 @@ proptest! {
         let step = c.spec.limits.max_step_change.max(1);
         for t in &d.targets {
             let cur = c.obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0);
-            if t.replicas.abs_diff(cur) > step {
+            if t.replicas.abs_diff(cur) > step && v.allowed(&t.variant, &t.pool) {
                 prop_assert!(hard(t), "step {} -> {} without a hard rule", cur, t.replicas);
             }
             let cooling = c.cooldown_state.get(&slot_key(&t.variant, &t.pool))
