@@ -288,12 +288,16 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(max)
 }
 
-async fn publish(ctx: &Context, wl: &LLMWorkload, type_: EventType, reason: &str, note: String) {
+/// Publishes an Event about `wl`. kube's Recorder folds Events with the same
+/// (type, reason, action) into one series and keeps the first note, so `action` names
+/// what was done concretely (`Scale small/l4 1->3`, `Drain small`): different actions
+/// get their own Event, repeats of the same one count up.
+async fn publish(ctx: &Context, wl: &LLMWorkload, type_: EventType, reason: &str, action: String, note: String) {
     let ev = KubeEvent {
         type_,
         reason: reason.into(),
         note: Some(truncate(note, 1000)),
-        action: "Reconcile".into(),
+        action: truncate(action, 120),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &wl.object_ref(&())).await {
@@ -396,7 +400,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             generation,
         );
         if !was_degraded {
-            publish(&ctx, &wl, EventType::Warning, "InvalidSpec", format!("spec not applied, fix: {msg}")).await;
+            publish(&ctx, &wl, EventType::Warning, "InvalidSpec", "ValidateSpec".into(), format!("spec not applied, fix: {msg}")).await;
         }
         tracing::warn!(workload = %key, problems = %msg, "invalid spec");
         patch_status(&ctx, &wl, &st).await?;
@@ -456,15 +460,16 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             let was = status::condition(&st.conditions, POLICY_READY).is_some_and(|c| c.status == "False");
             status::set_condition(&mut st.conditions, ConditionUpdate::new(POLICY_READY, false, "PolicyBuildFailed", e.clone()), &now_str, generation);
             if !was {
-                publish(&ctx, &wl, EventType::Warning, "PolicyBuildFailed", format!("holding replicas: {e}")).await;
+                publish(&ctx, &wl, EventType::Warning, "PolicyBuildFailed", "BuildPolicy".into(), format!("holding replicas: {e}")).await;
             }
         }
     }
 
     // 4. The control tick: metrics → observation → policy → shield.
     let mut targets = current.clone();
-    let mut held_variants = Vec::new();
-    let mut starting_variants = Vec::new();
+    let mut held_variants: Vec<String> = Vec::new();
+    // Variants the policy asked to shrink at this tick (before the shield and sequencing).
+    let mut asked_down: Vec<String> = Vec::new();
     let mut decision_kind = None;
     if tick_due {
         let since_action = st.last_action_time.as_deref().and_then(parse_time_s).map(|t| (time_s(now) - t).max(0.0));
@@ -487,7 +492,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         if let Some((reason, msg)) = missing {
             let total: u32 = current.values().sum();
             status::set_condition(&mut st.conditions, ConditionUpdate::new(METRICS_AVAILABLE, false, reason, msg.clone()), &now_str, generation);
-            publish(&ctx, &wl, EventType::Warning, "MetricsUnavailable", format!("holding {total} replicas: {msg}")).await;
+            publish(&ctx, &wl, EventType::Warning, "MetricsUnavailable", format!("Hold {reason}"), format!("holding {total} replicas: {msg}")).await;
             ctx.metrics.decision("hold");
             tracing::warn!(workload = %key, reason, message = %msg, "metrics unavailable; holding replicas");
         } else {
@@ -529,13 +534,18 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                     st.shadow_decision = Some(record(&proposed));
                     ctx.metrics.decision("shadow");
                     if proposed != current {
-                        publish(&ctx, &wl, EventType::Normal, "ShadowDecision", format!("{policy_name} would set {} ({}); not applied (shadow mode)", describe(&proposed), decision.reason)).await;
+                        publish(&ctx, &wl, EventType::Normal, "ShadowDecision", format!("Shadow {}", describe(&proposed)), format!("{policy_name} would set {} ({}); not applied (shadow mode)", describe(&proposed), decision.reason)).await;
                     }
                 } else {
                     let seq = make_before_break(&proposed, &current, &states);
                     targets = seq.targets;
                     held_variants = seq.held_variants;
-                    starting_variants = seq.starting_variants;
+                    let asked = decision_targets(spec, &decision, &current);
+                    for v in &spec.variants {
+                        if variant_total(&asked, &v.name) < variant_total(&current, &v.name) {
+                            asked_down.push(v.name.clone());
+                        }
+                    }
                     // Record in the shield what is really applied (cooldowns start on applied scale-downs).
                     let mut applied = Decision { targets: Vec::new(), reason: decision.reason.clone() };
                     for (s, r) in &targets {
@@ -555,7 +565,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                             .iter()
                             .map(|o| format!("{} {}/{} {}→{}", o.rule.as_str(), o.variant, o.pool, o.asked, o.applied))
                             .collect();
-                        publish(&ctx, &wl, EventType::Normal, "ShieldOverride", format!("shield changed {policy_name}'s decision: {}", what.join(", "))).await;
+                        publish(&ctx, &wl, EventType::Normal, "ShieldOverride", format!("Shield {}", rules.join(",")), format!("shield changed {policy_name}'s decision: {}", what.join(", "))).await;
                     }
                     st.last_decision = Some(record(&targets));
                     decision_kind = Some(if !held_variants.is_empty() {
@@ -597,7 +607,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         let dn = d.name_any();
         if !wanted.contains(&dn) {
             match dep_api.delete(&dn, &DeleteParams::background()).await {
-                Ok(_) => publish(&ctx, &wl, EventType::Normal, "DeploymentDeleted", format!("deleted {dn}: its variant or pool left the spec")).await,
+                Ok(_) => publish(&ctx, &wl, EventType::Normal, "DeploymentDeleted", format!("Delete {dn}"), format!("deleted {dn}: its variant or pool left the spec")).await,
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(kube_err(format!("deleting Deployment {ns}/{dn}"))(e)),
             }
@@ -610,9 +620,15 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         .map_err(kube_err(format!("applying Service {ns}/{name}")))?;
 
     // 6. Events for what changed.
-    let ch = changes(&current, &targets);
+    // Events compare with what the cluster had (a slot without a Deployment had 0).
+    let before: BTreeMap<Slot, u32> = all_slots.iter().map(|s| (s.clone(), states.get(s).map_or(0, |st| st.desired))).collect();
+    let ch = changes(&before, &targets);
     let first_creation = states.is_empty();
     for c in &ch {
+        let action = match c {
+            Change::Placed { slot, to } => format!("Scale {}/{} 0->{to}", slot.variant, slot.pool),
+            Change::Up { slot, from, to } | Change::Down { slot, from, to } => format!("Scale {}/{} {from}->{to}", slot.variant, slot.pool),
+        };
         let (reason, note) = match c {
             Change::Placed { slot, to } => {
                 let gpu = spec.gpu_pools.iter().find(|p| p.name == slot.pool).map_or("", |p| p.gpu_type.as_str());
@@ -625,31 +641,41 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             }
         };
         let why = st.last_decision.as_ref().filter(|_| !first_creation).map(|d| format!(" ({})", d.reason)).unwrap_or_default();
-        publish(&ctx, &wl, EventType::Normal, reason, format!("{note}{why}")).await;
+        publish(&ctx, &wl, EventType::Normal, reason, action, format!("{note}{why}")).await;
     }
-    if !ch.is_empty() {
+    if !ch.is_empty() && !first_creation {
         st.last_action_time = Some(now_str.clone());
     }
-    if !held_variants.is_empty() {
+    let starting: Vec<&str> = spec
+        .variants
+        .iter()
+        .filter(|v| variant_total(&before, &v.name) == 0 && variant_total(&targets, &v.name) > 0)
+        .map(|v| v.name.as_str())
+        .collect();
+    let mut draining: Vec<String> = held_variants.clone();
+    draining.extend(asked_down.iter().filter(|v| variant_total(&targets, v) > 0 && !starting.contains(&v.as_str())).cloned());
+    draining.sort();
+    draining.dedup();
+    if !first_creation && !starting.is_empty() && !draining.is_empty() {
         publish(
             &ctx,
             &wl,
             EventType::Normal,
             "VariantSwitched",
+            format!("Start {}", starting.join(",")),
             format!(
-                "switching to {}: started first; {} keep(s) serving until it has a ready replica",
-                starting_variants.join(", "),
-                held_variants.join(", ")
+                "switching to {}: it starts first; {} keep(s) serving until it has a ready replica",
+                starting.join(", "),
+                draining.join(", ")
             ),
         )
         .await;
     }
-    let variant_total = |m: &BTreeMap<Slot, u32>, v: &str| m.iter().filter(|(s, _)| s.variant == v).map(|(_, r)| *r).sum::<u32>();
     for v in &spec.variants {
-        if variant_total(&current, &v.name) > 0 && variant_total(&targets, &v.name) == 0 && targets.values().sum::<u32>() > 0 {
+        if variant_total(&before, &v.name) > 0 && variant_total(&targets, &v.name) == 0 && targets.values().sum::<u32>() > 0 {
             let now_serving: Vec<&str> =
                 spec.variants.iter().filter(|o| variant_total(&targets, &o.name) > 0).map(|o| o.name.as_str()).collect();
-            publish(&ctx, &wl, EventType::Normal, "VariantSwitched", format!("drained {}; now serving: {}", v.name, now_serving.join(", "))).await;
+            publish(&ctx, &wl, EventType::Normal, "VariantSwitched", format!("Drain {}", v.name), format!("drained {}; now serving: {}", v.name, now_serving.join(", "))).await;
         }
     }
 
@@ -675,6 +701,10 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         interval.saturating_sub(elapsed).max(Duration::from_millis(500))
     };
     Ok(Action::requeue(next))
+}
+
+fn variant_total(m: &BTreeMap<Slot, u32>, variant: &str) -> u32 {
+    m.iter().filter(|(s, _)| s.variant == variant).map(|(_, r)| *r).sum()
 }
 
 fn describe(t: &BTreeMap<Slot, u32>) -> String {
@@ -705,7 +735,7 @@ async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Erro
         _ => {}
     }
     ctx.workloads.lock().unwrap_or_else(|e| e.into_inner()).remove(&key_of(&wl));
-    publish(&ctx, &wl, EventType::Normal, "Deleted", format!("deleted {}", if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") })).await;
+    publish(&ctx, &wl, EventType::Normal, "Deleted", "Cleanup".into(), format!("deleted {}", if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") })).await;
     tracing::info!(workload = %key_of(&wl), deleted = ?deleted, "cleaned up");
     Ok(Action::await_change())
 }

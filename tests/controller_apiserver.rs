@@ -1,0 +1,428 @@
+//! The reconciler against a real kube-apiserver 1.20 (etcd + apiserver on loopback, one
+//! per test binary; each test in its own namespace). Reconcile is called step by step
+//! with a manual clock, a fake metrics source and a scripted policy, so every scenario is
+//! deterministic; pod readiness (there is no kubelet) is written into the Deployment's
+//! status by the test.
+//!
+//! Needs the binaries of `scripts/k8s/build.sh`; `LLMOS_SKIP_K8S=1` skips.
+
+mod controller_support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+
+use controller_support::{cluster, events, namespace, FakeSource, Script};
+use llmos::controller::leader::{LeaderElector, LeaseConfig};
+use llmos::controller::{reconcile, Context, ControllerConfig, ManualClock};
+use llmos::crd::LLMWorkload;
+
+/// A workload with a small variant (1 GPU, L4 or A100) and a large one (4 GPUs, A100 only).
+fn two_variant_workload(name: &str, extra: serde_json::Value) -> LLMWorkload {
+    let mut spec = serde_json::json!({
+        "variants": [
+            {"name": "small", "model": "meta-llama/Llama-3.1-8B-Instruct", "image": "vllm/vllm-openai:v0.6.3",
+             "args": ["--model", "meta-llama/Llama-3.1-8B-Instruct"], "minReplicas": 1, "pools": ["l4", "a100"]},
+            {"name": "large", "model": "meta-llama/Llama-3.1-70B-Instruct", "image": "vllm/vllm-openai:v0.6.3",
+             "gpusPerReplica": 4, "pools": ["a100"]}
+        ],
+        "gpuPools": [
+            {"name": "a100", "gpuType": "A100-80GB", "pricePerGpuHour": 3.0, "capacityGpus": 16,
+             "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+            {"name": "l4", "gpuType": "L4", "pricePerGpuHour": 0.8,
+             "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}}
+        ],
+        "policy": {"kind": "static", "intervalSeconds": 10}
+    });
+    merge(&mut spec, extra);
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "llmos.dev/v1alpha1", "kind": "LLMWorkload",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("test workload parses")
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+struct Harness {
+    client: Client,
+    ns: String,
+    ctx: Arc<Context>,
+    clock: ManualClock,
+    source: FakeSource,
+    script: Script,
+}
+
+impl Harness {
+    async fn new(ns: &str) -> Option<Harness> {
+        let cluster = cluster()?;
+        let client = cluster.client().await;
+        let ns = namespace(&client, ns).await;
+        let clock = ManualClock::new(Timestamp::now());
+        let source = FakeSource::healthy(5.0);
+        let script = Script::default();
+        let ctx = Context::new(
+            client.clone(),
+            Arc::new(source.clone()),
+            script.builder(),
+            ControllerConfig { instance: "test".into(), ..Default::default() },
+        )
+        .with_clock(Arc::new(clock.clone()));
+        Some(Harness { client, ns, ctx: Arc::new(ctx), clock, source, script })
+    }
+
+    fn wls(&self) -> Api<LLMWorkload> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    fn deps(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn create(&self, wl: &LLMWorkload) {
+        self.wls().create(&PostParams::default(), wl).await.expect("create workload");
+    }
+
+    /// One reconcile of the latest object (a second one when the first only added the finalizer).
+    async fn reconcile(&self, name: &str) {
+        for _ in 0..2 {
+            let wl = self.wls().get(name).await.expect("get workload");
+            let had_finalizer = wl.finalizers().iter().any(|f| f == llmos::controller::FINALIZER);
+            reconcile(Arc::new(wl), self.ctx.clone()).await.expect("reconcile succeeds");
+            if had_finalizer {
+                return;
+            }
+        }
+    }
+
+    /// Moves the clock past one control interval and reconciles (a control tick).
+    async fn tick(&self, name: &str) {
+        self.clock.advance(Duration::from_secs(11));
+        self.reconcile(name).await;
+    }
+
+    async fn replicas(&self) -> BTreeMap<String, i32> {
+        self.deps()
+            .list(&ListParams::default())
+            .await
+            .expect("list deployments")
+            .items
+            .into_iter()
+            .map(|d| (d.name_any(), d.spec.and_then(|s| s.replicas).unwrap_or(-1)))
+            .collect()
+    }
+
+    /// Plays the kubelet: marks `n` replicas of a Deployment ready.
+    async fn set_ready(&self, deployment: &str, n: i32) {
+        let patch = serde_json::json!({"status": {"replicas": n, "readyReplicas": n, "availableReplicas": n}});
+        self.deps().patch_status(deployment, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch deployment status");
+    }
+
+    async fn workload(&self, name: &str) -> LLMWorkload {
+        self.wls().get(name).await.expect("get workload")
+    }
+}
+
+fn condition<'a>(wl: &'a LLMWorkload, t: &str) -> &'a llmos::crd::Condition {
+    wl.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+        .unwrap_or_else(|| panic!("no {t} condition in {:?}", wl.status))
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_deployments_and_service() {
+    let Some(h) = Harness::new("first-reconcile").await else { return };
+    h.create(&two_variant_workload("chat", serde_json::json!({}))).await;
+    h.reconcile("chat").await;
+
+    let wl = h.workload("chat").await;
+    assert!(wl.finalizers().iter().any(|f| f == llmos::controller::FINALIZER), "finalizer set");
+    let uid = wl.uid().expect("uid");
+    // One Deployment per (variant, pool); the variant's minimum goes to the cheapest pool.
+    let r = h.replicas().await;
+    assert_eq!(
+        r,
+        BTreeMap::from([("chat-large-a100".to_string(), 0), ("chat-small-a100".to_string(), 0), ("chat-small-l4".to_string(), 1)])
+    );
+    let d = h.deps().get("chat-large-a100").await.expect("deployment");
+    let labels = d.labels();
+    assert_eq!(labels.get("llmos.dev/workload").map(String::as_str), Some("chat"));
+    assert_eq!(labels.get("llmos.dev/variant").map(String::as_str), Some("large"));
+    assert_eq!(labels.get("llmos.dev/pool").map(String::as_str), Some("a100"));
+    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("llmos"));
+    let owner = &d.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("LLMWorkload", uid.as_str(), Some(true)));
+    let pod = d.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
+    assert_eq!(pod.node_selector.unwrap().get("nvidia.com/gpu.product").map(String::as_str), Some("NVIDIA-A100-SXM4-80GB"));
+    let tol = &pod.tolerations.expect("tolerations")[0];
+    assert_eq!((tol.key.as_deref(), tol.operator.as_deref(), tol.effect.as_deref()), (Some("nvidia.com/gpu"), Some("Exists"), Some("NoSchedule")));
+    let c = &pod.containers[0];
+    let res = c.resources.as_ref().expect("resources");
+    assert_eq!(res.requests.as_ref().unwrap()["nvidia.com/gpu"].0, "4");
+    assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "4");
+    assert_eq!(c.image.as_deref(), Some("vllm/vllm-openai:v0.6.3"));
+    let probe = c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("readiness probe");
+    assert_eq!(probe.path.as_deref(), Some("/health"));
+    // The L4 pool has no taints: no tolerations there.
+    let l4 = h.deps().get("chat-small-l4").await.unwrap();
+    assert!(l4.spec.unwrap().template.spec.unwrap().tolerations.is_none());
+    // Fields are owned by the `llmos` field manager (server-side apply).
+    assert!(d.managed_fields().iter().any(|m| m.manager.as_deref() == Some("llmos") && m.operation.as_deref() == Some("Apply")));
+
+    let svc: Service = Api::namespaced(h.client.clone(), &h.ns).get("chat").await.expect("service");
+    assert_eq!(svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap(), BTreeMap::from([("llmos.dev/workload".to_string(), "chat".to_string())]));
+    assert_eq!(svc.owner_references()[0].uid, uid);
+
+    let st = wl.status.as_ref().expect("status");
+    assert_eq!(st.observed_generation, wl.metadata.generation);
+    assert_eq!(st.desired_replicas, 1);
+    assert_eq!(st.slots.len(), 3);
+    assert_eq!(condition(&wl, "Degraded").status, "False");
+    assert_eq!(condition(&wl, "Ready").reason, "ReplicasNotReady");
+    assert_eq!(condition(&wl, "PolicyReady").status, "True");
+    assert!(!events(&h.client, &h.ns, "Placed").await.is_empty(), "a Placed event");
+
+    // Idempotent: reconciling again (between ticks) changes no Deployment.
+    let before: Vec<String> = h.deps().list(&ListParams::default()).await.unwrap().items.iter().map(|d| d.resource_version().unwrap()).collect();
+    h.reconcile("chat").await;
+    let after: Vec<String> = h.deps().list(&ListParams::default()).await.unwrap().items.iter().map(|d| d.resource_version().unwrap()).collect();
+    assert_eq!(before, after, "a second reconcile rewrote a Deployment");
+}
+
+#[tokio::test]
+async fn a_decision_scales_the_right_deployment() {
+    let Some(h) = Harness::new("scale").await else { return };
+    h.create(&two_variant_workload("chat", serde_json::json!({"limits": {"scaleDownCooldownSeconds": 30}}))).await;
+    h.reconcile("chat").await;
+    h.set_ready("chat-small-l4", 1).await;
+
+    h.script.set(&[("small", "l4", 3)]);
+    h.tick("chat").await;
+    let r = h.replicas().await;
+    assert_eq!((r["chat-small-l4"], r["chat-small-a100"], r["chat-large-a100"]), (3, 0, 0));
+    let wl = h.workload("chat").await;
+    let last = wl.status.as_ref().and_then(|s| s.last_decision.clone()).expect("lastDecision");
+    assert_eq!(last.policy, "scripted");
+    assert!(!events(&h.client, &h.ns, "ScaledUp").await.is_empty(), "a ScaledUp event");
+    // The policy saw the cluster part of the observation.
+    let obs = h.script.seen.lock().unwrap().last().cloned().expect("policy asked");
+    assert_eq!(obs.slot("small", "l4").map(|s| (s.desired_replicas, s.ready_replicas)), Some((1, 1)));
+    assert!((obs.arrival_rate_rps - 5.0).abs() < 1e-9);
+
+    h.set_ready("chat-small-l4", 3).await;
+    h.script.set(&[("small", "l4", 2)]);
+    h.tick("chat").await;
+    assert_eq!(h.replicas().await["chat-small-l4"], 2);
+    assert!(!events(&h.client, &h.ns, "ScaledDown").await.is_empty(), "a ScaledDown event");
+    let wl = h.workload("chat").await;
+    assert!(wl.status.as_ref().unwrap().last_scale_down.contains_key("small/l4"), "cooldown recorded in status");
+
+    // Within the cooldown the shield refuses a further scale-down, and says so.
+    h.script.set(&[("small", "l4", 1)]);
+    h.tick("chat").await;
+    assert_eq!(h.replicas().await["chat-small-l4"], 2);
+    let wl = h.workload("chat").await;
+    let last = wl.status.as_ref().and_then(|s| s.last_decision.clone()).unwrap();
+    assert!(last.shielded && last.shield_rules.contains(&"ScaleDownCooldown".to_string()), "{last:?}");
+    assert!(!events(&h.client, &h.ns, "ShieldOverride").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_variant_switch_starts_the_new_variant_before_draining_the_old() {
+    let Some(h) = Harness::new("switch").await else { return };
+    let wl = two_variant_workload("chat", serde_json::json!({}));
+    let mut wl = wl;
+    wl.spec.variants[0].min_replicas = 0; // the small variant may go away entirely
+    h.create(&wl).await;
+    h.reconcile("chat").await;
+    assert_eq!(h.replicas().await["chat-small-l4"], 1, "total minimum placed on the cheapest slot");
+    h.set_ready("chat-small-l4", 1).await;
+
+    h.script.set(&[("small", "l4", 0), ("large", "a100", 1)]);
+    h.tick("chat").await;
+    let r = h.replicas().await;
+    assert_eq!((r["chat-large-a100"], r["chat-small-l4"]), (1, 1), "new variant started, old one kept");
+    assert!(!events(&h.client, &h.ns, "VariantSwitched").await.is_empty());
+
+    // Still not ready: the old variant keeps serving.
+    h.tick("chat").await;
+    let r = h.replicas().await;
+    assert_eq!((r["chat-large-a100"], r["chat-small-l4"]), (1, 1));
+
+    h.set_ready("chat-large-a100", 1).await;
+    h.tick("chat").await;
+    let r = h.replicas().await;
+    assert_eq!((r["chat-large-a100"], r["chat-small-l4"]), (1, 0), "old variant drained once the new one is ready");
+    let notes: Vec<String> = events(&h.client, &h.ns, "VariantSwitched").await.into_iter().filter_map(|e| e.note).collect();
+    assert!(notes.iter().any(|n| n.contains("drained small")), "{notes:?}");
+}
+
+#[tokio::test]
+async fn deleting_the_workload_cleans_up() {
+    let Some(h) = Harness::new("delete").await else { return };
+    h.create(&two_variant_workload("chat", serde_json::json!({}))).await;
+    h.reconcile("chat").await;
+    assert_eq!(h.replicas().await.len(), 3);
+
+    h.wls().delete("chat", &DeleteParams::default()).await.expect("delete");
+    let wl = h.workload("chat").await;
+    assert!(wl.metadata.deletion_timestamp.is_some(), "the finalizer holds the object");
+    reconcile(Arc::new(wl), h.ctx.clone()).await.expect("cleanup");
+    assert!(h.replicas().await.is_empty(), "Deployments deleted");
+    let svcs: Api<Service> = Api::namespaced(h.client.clone(), &h.ns);
+    assert!(svcs.get_opt("chat").await.unwrap().is_none(), "Service deleted");
+    assert!(h.wls().get_opt("chat").await.unwrap().is_none(), "finalizer removed, workload gone");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_degrades_with_a_warning_and_touches_nothing() {
+    let Some(h) = Harness::new("invalid").await else { return };
+    let mut wl = two_variant_workload("chat", serde_json::json!({}));
+    wl.spec.variants[1].pools = vec!["h100".into()];
+    h.create(&wl).await;
+    h.reconcile("chat").await;
+
+    let wl = h.workload("chat").await;
+    let degraded = condition(&wl, "Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
+    assert!(degraded.message.contains("h100") && degraded.message.contains("spec.variants[1].pools[0]"), "{}", degraded.message);
+    assert!(h.replicas().await.is_empty(), "no Deployment for an invalid spec");
+    let warn = events(&h.client, &h.ns, "InvalidSpec").await;
+    assert_eq!(warn.first().and_then(|e| e.type_.as_deref()), Some("Warning"));
+    assert!(warn[0].note.as_deref().unwrap_or("").contains("h100"));
+}
+
+#[tokio::test]
+async fn missing_metrics_hold_the_replicas() {
+    let Some(h) = Harness::new("missing-metrics").await else { return };
+    h.create(&two_variant_workload("chat", serde_json::json!({}))).await;
+    h.reconcile("chat").await;
+    h.set_ready("chat-small-l4", 1).await;
+    h.script.set(&[("small", "l4", 4)]);
+
+    h.source.set_missing("vllm:num_requests_waiting (stale)");
+    h.tick("chat").await;
+    assert_eq!(h.replicas().await["chat-small-l4"], 1, "held while metrics are missing");
+    let wl = h.workload("chat").await;
+    let c = condition(&wl, "MetricsAvailable");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "MetricsMissing"));
+    assert!(c.message.contains("vllm:num_requests_waiting"), "{}", c.message);
+    let warn = events(&h.client, &h.ns, "MetricsUnavailable").await;
+    assert_eq!(warn.first().and_then(|e| e.type_.as_deref()), Some("Warning"));
+
+    h.source.set_unreachable("connection refused");
+    h.tick("chat").await;
+    assert_eq!(h.replicas().await["chat-small-l4"], 1, "held while the source is down");
+    let wl = h.workload("chat").await;
+    assert_eq!(condition(&wl, "MetricsAvailable").reason, "MetricsSourceError");
+
+    h.source.set_healthy(5.0);
+    h.tick("chat").await;
+    assert_eq!(h.replicas().await["chat-small-l4"], 4, "acts again once metrics are back");
+    assert_eq!(condition(&h.workload("chat").await, "MetricsAvailable").status, "True");
+}
+
+#[tokio::test]
+async fn shadow_mode_records_without_applying() {
+    let Some(h) = Harness::new("shadow").await else { return };
+    h.create(&two_variant_workload("chat", serde_json::json!({"policy": {"mode": "shadow"}}))).await;
+    h.reconcile("chat").await;
+    h.script.set(&[("small", "l4", 3)]);
+    h.tick("chat").await;
+    assert_eq!(h.replicas().await["chat-small-l4"], 1, "shadow decisions are not applied");
+    let wl = h.workload("chat").await;
+    let shadow = wl.status.as_ref().and_then(|s| s.shadow_decision.clone()).expect("shadowDecision");
+    assert!(shadow.targets.iter().any(|t| t.variant == "small" && t.pool == "l4" && t.replicas == 3), "{shadow:?}");
+    assert!(!events(&h.client, &h.ns, "ShadowDecision").await.is_empty());
+}
+
+#[tokio::test]
+async fn leader_election_keeps_the_second_instance_passive() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.client().await;
+    let ns = namespace(&client, "leader").await;
+    let a = LeaderElector::new(client.clone(), LeaseConfig::new("llmos-leader", &ns, "operator-a"));
+    let b = LeaderElector::new(client.clone(), LeaseConfig::new("llmos-leader", &ns, "operator-b"));
+    let t0 = Timestamp::now();
+    assert!(a.try_acquire_or_renew_at(t0).await.unwrap(), "first candidate takes the free lease");
+    assert!(!b.try_acquire_or_renew_at(t0).await.unwrap(), "second candidate stays passive");
+    let later = t0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(5)).unwrap();
+    assert!(a.try_acquire_or_renew_at(later).await.unwrap(), "leader renews");
+    assert!(!b.try_acquire_or_renew_at(later).await.unwrap(), "still passive while the lease is fresh");
+    assert_eq!(b.holder().await.unwrap().as_deref(), Some("operator-a"));
+    // A leader that stops renewing loses the lease once it expires (15 s after the renewal).
+    let expired = later.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(16)).unwrap();
+    assert!(b.try_acquire_or_renew_at(expired).await.unwrap(), "standby takes over an expired lease");
+    assert!(!a.try_acquire_or_renew_at(expired).await.unwrap(), "the old leader is now passive");
+    // Release hands over at once.
+    b.release().await.unwrap();
+    assert_eq!(a.holder().await.unwrap(), None);
+    assert!(a.try_acquire_or_renew().await.unwrap(), "released lease is free");
+}
+
+#[tokio::test]
+async fn crd_rejects_invalid_instances_at_admission() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.client().await;
+    let ns = namespace(&client, "admission").await;
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let base = serde_json::to_value(two_variant_workload("ok", serde_json::json!({}))).unwrap();
+    let mut ok = base.clone();
+    ok["metadata"]["namespace"] = ns.clone().into();
+    let dyn_api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &kube::api::ApiResource::erase::<LLMWorkload>(&()));
+    let as_dyn = |v: serde_json::Value| -> kube::api::DynamicObject { serde_json::from_value(v).unwrap() };
+    dyn_api.create(&dry, &as_dyn(ok.clone())).await.expect("a valid instance is accepted");
+
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        ("gpusPerReplica", Box::new(|v| v["spec"]["variants"][1]["gpusPerReplica"] = 0.into())),
+        ("name", Box::new(|v| v["spec"]["variants"][0]["name"] = "Bad_Name".into())),
+        ("variants", Box::new(|v| v["spec"]["variants"] = serde_json::json!([]))),
+        ("pricePerGpuHour", Box::new(|v| v["spec"]["gpuPools"][0]["pricePerGpuHour"] = (-1.0).into())),
+        ("kind", Box::new(|v| v["spec"]["policy"]["kind"] = "magic".into())),
+        ("targetAttainment", Box::new(|v| v["spec"]["slo"] = serde_json::json!({"targetAttainment": 1.5}))),
+        ("image", Box::new(|v| { v["spec"]["variants"][0].as_object_mut().unwrap().remove("image"); })),
+    ];
+    for (field, mutate) in cases {
+        let mut bad = ok.clone();
+        mutate(&mut bad);
+        match dyn_api.create(&dry, &as_dyn(bad)).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{field}: {s:?}");
+                assert!(s.message.contains(field), "{field}: message does not name the field: {}", s.message);
+            }
+            other => panic!("{field}: an invalid instance was not rejected: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn plain_manifests_and_examples_pass_server_side_dry_run() {
+    let Some(cluster) = cluster() else { return };
+    // The namespace must exist for namespaced objects to dry-run; create it for real.
+    cluster.kubectl(&["apply", "-f", "manifests/01-namespace.yaml"]).expect("namespace applies");
+    let out = cluster.kubectl(&["apply", "--dry-run=server", "-f", "manifests/"]).expect("manifests pass server-side dry-run");
+    assert!(out.contains("deployment.apps/llmos-operator"), "{out}");
+    let client = cluster.client().await;
+    namespace(&client, "examples").await;
+    let out = cluster
+        .kubectl(&["apply", "--dry-run=server", "-n", "examples", "-f", "manifests/examples/"])
+        .expect("examples pass server-side dry-run");
+    assert!(out.contains("llmworkload.llmos.dev"), "{out}");
+}
