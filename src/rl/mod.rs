@@ -15,6 +15,7 @@
 //! | [`encoding`] | [`crate::policy::Observation`] → feature vector, normaliser, action layout |
 //! | [`checkpoint`] | weights + JSON sidecar, written atomically, validated on load |
 //! | [`policy`] | [`policy::DqnPolicy`], the trained network as a [`crate::policy::Policy`] |
+//! | [`rollout`] | one policy through one twin window with the shield, tick by tick |
 //! | [`train`] | [`train::train`], the twin training entry point used by the CLI and the demo |
 //! | [`cli`] | `llmos train` |
 //!
@@ -89,6 +90,7 @@ pub mod encoding;
 pub mod env;
 pub mod policy;
 pub mod replay;
+pub mod rollout;
 pub mod schedule;
 pub mod tabular;
 pub mod toy;
