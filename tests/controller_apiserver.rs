@@ -426,3 +426,112 @@ async fn plain_manifests_and_examples_pass_server_side_dry_run() {
         .expect("examples pass server-side dry-run");
     assert!(out.contains("llmworkload.llmos.dev"), "{out}");
 }
+
+/// Stops a child process with SIGTERM (the operator's graceful shutdown path).
+fn sigterm(child: &std::process::Child) {
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, for at most `limit` (a deadline against
+/// hanging, not a speed assertion).
+async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_operator_binary_reconciles_with_leader_election_and_hands_over_on_sigterm() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.client().await;
+    let ns = namespace(&client, "binary").await;
+    let wls: Api<LLMWorkload> = Api::namespaced(client.clone(), &ns);
+    wls.create(&PostParams::default(), &two_variant_workload("chat", serde_json::json!({}))).await.expect("create");
+    let leases = LeaderElector::new(client.clone(), LeaseConfig::new("llmos-test-leader", &ns, "observer"));
+
+    let start = |identity: &str, port: u16| {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_llmos"))
+            .args(["run", "--namespace", &ns, "--lease-name", "llmos-test-leader", "--lease-namespace", &ns, "--log-level", "info"])
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("POD_NAME", identity)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(cluster.run_dir.join(format!("{identity}.log"))).expect("log file"))
+            .spawn()
+            .expect("llmos run starts");
+        KillOnDrop(child)
+    };
+    let port_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut a = start("operator-a", port_a);
+
+    // The leader creates the Deployments through the watch-driven controller.
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(60), "operator-a creates the Deployments", || async {
+        let n = deps.list(&ListParams::default()).await.ok()?.items.len();
+        (n == 3).then_some(())
+    })
+    .await;
+    assert_eq!(leases.holder().await.unwrap().as_deref(), Some("operator-a"));
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port_a}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("llmos_reconciles_total"), "{metrics}");
+    let ready = reqwest::get(format!("http://127.0.0.1:{port_a}/readyz")).await.unwrap().status();
+    assert_eq!(ready.as_u16(), 200);
+
+    // A second instance comes up, is healthy, and stays passive.
+    let mut b = start("operator-b", port_b);
+    eventually(Duration::from_secs(60), "operator-b answers /readyz", || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port_b}/readyz")).await.ok()?;
+        (r.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // more than one retry period of operator-b
+    assert_eq!(leases.holder().await.unwrap().as_deref(), Some("operator-a"), "the second instance took the lease");
+
+    // SIGTERM: the leader stops, releases the lease, exits 0; the standby takes over.
+    sigterm(&a.0);
+    let status = eventually(Duration::from_secs(30), "operator-a exits after SIGTERM", || {
+        let s = a.0.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "operator-a exited with {status:?}");
+    eventually(Duration::from_secs(30), "operator-b takes over the released lease", || async {
+        (leases.holder().await.ok()?.as_deref() == Some("operator-b")).then_some(())
+    })
+    .await;
+    // The new leader reconciles: scale a slot by editing the spec's minimum, see it applied.
+    let patch = serde_json::json!({"spec": {"limits": {"minTotalReplicas": 2}}});
+    wls.patch("chat", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch spec");
+    eventually(Duration::from_secs(60), "operator-b reconciles the edited spec", || async {
+        let wl = wls.get("chat").await.ok()?;
+        let st = wl.status?;
+        (st.observed_generation == wl.metadata.generation).then_some(())
+    })
+    .await;
+    sigterm(&b.0);
+    let status = eventually(Duration::from_secs(30), "operator-b exits after SIGTERM", || {
+        let s = b.0.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "operator-b exited with {status:?}");
+}

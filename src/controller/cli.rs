@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: $POD_NAMESPACE, else the kubeconfig's namespace).
     #[arg(long)]
     pub lease_namespace: Option<String>,
+    /// Prometheus base URL for workloads whose `spec.metrics.prometheusUrl` is empty
+    /// (default: $LLMOS_PROMETHEUS_URL).
+    #[arg(long)]
+    pub prometheus_url: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -105,9 +109,12 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     health.set_ready(true);
 
     // Per workload, as its spec.metrics.source says; default Prometheus URL from $LLMOS_PROMETHEUS_URL.
-    let source: Arc<dyn crate::metrics::MetricsSource> = match crate::metrics::SpecSource::with_default_url(None) {
+    let source: Arc<dyn crate::metrics::MetricsSource> = match crate::metrics::SpecSource::with_default_url(args.prometheus_url.clone()) {
         Ok(s) => Arc::new(s),
-        Err(e) => Arc::new(UnavailableSource { why: e.to_string() }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the metrics sources; every workload will hold its replicas");
+            Arc::new(UnavailableSource { why: e.to_string() })
+        }
     };
     let ctx = Arc::new(
         Context::new(client.clone(), source, default_policy_builder(), ControllerConfig { instance: identity.clone(), ..Default::default() })

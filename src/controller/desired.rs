@@ -255,3 +255,71 @@ pub fn is_owned_by(meta: &ObjectMeta, wl: &LLMWorkload) -> bool {
     uid.is_some()
         && meta.owner_references.iter().flatten().any(|o| Some(o.uid.as_str()) == uid && o.kind == "LLMWorkload")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload() -> LLMWorkload {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "llmos.dev/v1alpha1", "kind": "LLMWorkload",
+            "metadata": {"name": "chat", "namespace": "ml", "uid": "u-1"},
+            "spec": {
+                "variants": [
+                    {"name": "big", "model": "m70", "image": "vllm:1", "args": ["--tp", "4"], "port": 9000,
+                     "gpusPerReplica": 4, "pools": ["a100"]},
+                    {"name": "small", "model": "m8", "image": "vllm:1"}
+                ],
+                "gpuPools": [
+                    {"name": "a100", "gpuType": "A100", "pricePerGpuHour": 3.0,
+                     "nodeSelector": {"gpu": "a100"},
+                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+                    {"name": "l4", "gpuType": "L4", "pricePerGpuHour": 0.8}
+                ]
+            }
+        }))
+        .expect("workload parses")
+    }
+
+    #[test]
+    fn slots_follow_allowed_pools_in_spec_order() {
+        let s = slots(&workload().spec);
+        assert_eq!(s, vec![Slot::new("big", "a100"), Slot::new("small", "a100"), Slot::new("small", "l4")]);
+    }
+
+    #[test]
+    fn deployment_carries_pool_placement_gpus_and_probe() {
+        let wl = workload();
+        let d = deployment(&wl, &Slot::new("big", "a100"), 3).expect("known slot");
+        assert_eq!(d.metadata.name.as_deref(), Some("chat-big-a100"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("ml"));
+        let owner = &d.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+        let spec = d.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.selector.match_labels, Some(selector_labels("chat", &Slot::new("big", "a100"))));
+        let pod = spec.template.spec.expect("pod");
+        assert_eq!(pod.node_selector.expect("selector")["gpu"], "a100");
+        assert_eq!(pod.tolerations.expect("tolerations")[0].effect.as_deref(), Some("NoSchedule"));
+        let c = &pod.containers[0];
+        assert_eq!(c.args.as_deref(), Some(&["--tp".to_string(), "4".to_string()][..]));
+        assert_eq!(c.ports.as_ref().expect("ports")[0].container_port, 9000);
+        let res = c.resources.as_ref().expect("resources");
+        assert_eq!(res.requests.as_ref().expect("requests")[GPU_RESOURCE].0, "4");
+        assert_eq!(res.limits.as_ref().expect("limits")[GPU_RESOURCE].0, "4");
+        let probe = c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("probe");
+        assert_eq!(probe.path.as_deref(), Some("/health"));
+        assert!(deployment(&wl, &Slot::new("big", "nope"), 1).is_none());
+    }
+
+    #[test]
+    fn pool_without_taints_gets_no_tolerations_and_service_spans_the_workload() {
+        let wl = workload();
+        let d = deployment(&wl, &Slot::new("small", "l4"), 0).expect("slot");
+        let pod = d.spec.expect("spec").template.spec.expect("pod");
+        assert!(pod.tolerations.is_none() && pod.node_selector.is_none());
+        let svc = service(&wl);
+        let sel = svc.spec.expect("spec").selector.expect("selector");
+        assert_eq!(sel, BTreeMap::from([(LABEL_WORKLOAD.to_string(), "chat".to_string())]));
+    }
+}
