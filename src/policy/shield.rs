@@ -351,8 +351,16 @@ impl Shield {
         self.rule_capacity(&mut slots, &mut overrides);
         self.rule_variant_max(&mut slots, &mut overrides);
         self.rule_total_max(&mut slots, &mut overrides);
-        self.rule_variant_min(&mut slots, &mut overrides);
-        self.rule_total_min(&mut slots, &mut overrides);
+        // Raising the total can give a variant replicas above its minimum that another
+        // variant's minimum may then take; repeat until nothing changes (bounded).
+        for _ in 0..8 {
+            let before: Vec<u32> = slots.iter().map(|s| s.target).collect();
+            self.rule_variant_min(&mut slots, &mut overrides);
+            self.rule_total_min(&mut slots, &mut overrides);
+            if slots.iter().map(|s| s.target).eq(before) {
+                break;
+            }
+        }
         let protect = self.rule_keep_last_ready(&mut slots, obs, &mut overrides);
         self.rule_budget(&mut slots, protect, &mut overrides);
         ShieldOutcome {
