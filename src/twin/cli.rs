@@ -32,6 +32,9 @@ pub struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Print the wall time of the simulation loop to stderr (also without --quiet).
+    #[arg(long)]
+    pub timing: bool,
 }
 
 /// Runs `llmos simulate`: the scenario's initial fleet, held fixed, over its whole workload.
@@ -57,6 +60,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         b
     };
     let mut ticks = 0u64;
+    let wall = std::time::Instant::now(); // CLI only: the simulator itself never reads clocks
     while !twin.is_done() {
         let obs = twin.observe();
         twin.apply(&Decision::hold(&obs, "fixed fleet"));
@@ -69,6 +73,10 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let report = twin.report();
+    let secs = wall.elapsed().as_secs_f64();
+    if !args.quiet || args.timing {
+        eprintln!("simulated {} requests ({:.0} s of traffic) in {:.3} s wall: {:.0} requests per wall-second", report.arrived, report.simulated_s, secs, report.arrived as f64 / secs.max(1e-9));
+    }
     if let Some(p) = &args.out {
         std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", p.display()))?;
     }

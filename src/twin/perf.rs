@@ -146,13 +146,13 @@ impl Efficiency {
 }
 
 /// Fitted (gemm_compute, memory, smooth_p, kernel_s) for A100 (see docs/twin.md).
-pub const A100_FIT: [f64; 4] = [0.76, 0.80, 3.0, 4.0e-6];
+pub const A100_FIT: [f64; 4] = [0.704, 0.794, 1.56, 4.34e-6];
 /// Fitted (gemm_compute, memory, smooth_p, kernel_s) for H100 (see docs/twin.md).
-pub const H100_FIT: [f64; 4] = [0.70, 0.80, 3.0, 4.0e-6];
+pub const H100_FIT: [f64; 4] = [0.689, 0.945, 1.44, 4.27e-6];
 /// Fitted all-reduce (latency s, bus GB/s) for A100 DGX.
-pub const A100_AR: [f64; 2] = [30e-6, 170.0];
+pub const A100_AR: [f64; 2] = [56.0e-6, 179.0];
 /// Fitted all-reduce (latency s, bus GB/s) for H100 DGX.
-pub const H100_AR: [f64; 2] = [30e-6, 250.0];
+pub const H100_AR: [f64; 2] = [30.4e-6, 352.0];
 
 /// The default roofline model for one (model, GPU, tensor-parallel degree).
 #[derive(Clone, Debug)]

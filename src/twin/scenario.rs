@@ -146,6 +146,53 @@ pub struct ScenarioFile {
     /// Extra or overriding model catalog entries.
     #[serde(default)]
     pub models: Vec<ModelSpec>,
+    /// Overrides of the perf model's efficiency factors and overheads (e.g. to match a
+    /// measured vLLM deployment); absent fields keep the fitted defaults.
+    #[serde(default)]
+    pub perf: PerfOverrides,
+}
+
+/// Optional overrides of [`super::perf::Efficiency`] fields, applied to every GPU type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerfOverrides {
+    /// Fraction of peak FLOP/s GEMMs reach.
+    pub gemm_compute: Option<f64>,
+    /// Fraction of HBM bandwidth memory-bound kernels reach.
+    pub memory: Option<f64>,
+    /// Fraction of peak FLOP/s prefill attention reaches.
+    pub attention_compute: Option<f64>,
+    /// Engine CPU time per iteration, seconds.
+    pub iter_overhead_s: Option<f64>,
+    /// Engine CPU time per sequence per iteration, seconds.
+    pub per_seq_overhead_s: Option<f64>,
+}
+
+impl PerfOverrides {
+    /// Applies the overrides to `e`.
+    pub fn apply(&self, e: &mut super::perf::Efficiency) {
+        if let Some(v) = self.gemm_compute { e.gemm_compute = v; }
+        if let Some(v) = self.memory { e.memory = v; }
+        if let Some(v) = self.attention_compute { e.attention_compute = v; }
+        if let Some(v) = self.iter_overhead_s { e.iter_overhead_s = v; }
+        if let Some(v) = self.per_seq_overhead_s { e.per_seq_overhead_s = v; }
+    }
+    fn validate(&self, origin: &str) -> Result<(), TwinError> {
+        for (n, v, lo, hi) in [
+            ("perf.gemm_compute", self.gemm_compute, 1e-3, 1.0),
+            ("perf.memory", self.memory, 1e-3, 1.0),
+            ("perf.attention_compute", self.attention_compute, 1e-3, 1.0),
+            ("perf.iter_overhead_s", self.iter_overhead_s, 0.0, 10.0),
+            ("perf.per_seq_overhead_s", self.per_seq_overhead_s, 0.0, 1.0),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= lo && v <= hi) {
+                    return Err(cfg_err(origin, n, format!("must be in [{lo}, {hi}], got {v}")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A loaded, validated scenario.
@@ -235,6 +282,7 @@ impl Scenario {
         if !(e.gpu_memory_utilization > 0.0 && e.gpu_memory_utilization <= 1.0) {
             return Err(cfg_err(origin, "engine.gpu_memory_utilization", "must be in (0, 1]"));
         }
+        file.perf.validate(origin)?;
         if let Some(m) = file.max_duration_s {
             if !(m.is_finite() && m > 0.0) {
                 return Err(cfg_err(origin, "max_duration_s", "must be > 0"));

@@ -251,7 +251,11 @@ impl Twin {
                     variant: v,
                     pool: p,
                     desired: 0,
-                    perf: Arc::new(RooflinePerf::new(model, gpu, tp)),
+                    perf: {
+                        let mut rp = RooflinePerf::new(model, gpu, tp);
+                        scenario.file.perf.apply(&mut rp.eff);
+                        Arc::new(rp)
+                    },
                     blocks,
                     max_len,
                     cold_start: Nanos::from_secs_f64(cold),
@@ -958,6 +962,11 @@ impl Twin {
             let _ = writeln!(s, "{name}_bucket{{{l},le=\"+Inf\"}} {acc}\n{name}_sum{{{l}}} {}\n{name}_count{{{l}}} {acc}", h.sum);
         }
         Some(s)
+    }
+
+    /// The run's latency histograms so far (TTFT, TPOT, end-to-end; seconds), for CDFs.
+    pub fn latency_histograms(&self) -> [&super::metrics::LogHistogram; 3] {
+        [&self.h_ttft, &self.h_tpot, &self.h_e2e]
     }
 
     /// The report of the run so far.
