@@ -1,3 +1,356 @@
-//! eval (under construction).
-/// Command-line entry points.
+//! The comparison harness: runs policies in the twin on identical traffic and reports
+//! SLO attainment, latency, cost and stability with confidence intervals over seeds.
+//!
+//! # Fairness
+//! - **Common random numbers**: for a given seed and load every policy sees the same
+//!   arrivals (trace replay is deterministic; synthetic arrivals are seeded by the seed
+//!   only), and starts from the scenario's initial fleet.
+//! - **Same shield**: every decision goes through the [`Shield`] with the scenario's limits,
+//!   so no policy gets more room than another.
+//! - **Train/test split by time**: [`Window::Train`] is the first [`TRAIN_FRACTION`] of the
+//!   trace's span and [`Window::Test`] the rest; a learned policy is trained on the first
+//!   and judged on the second (traffic it never saw). [`Window::All`] is the whole trace.
+//!
+//! # Episode loop ([`run_episode`])
+//! observe → `policy.decide` → `shield.apply` → `twin.apply` → `twin.step` →
+//! `policy.feedback(next observation, reward)` with the reward of the tick
+//! (SLO-met requests minus λ × cost; λ = [`REWARD_COST_WEIGHT`] per USD).
+//!
+//! Memory is bounded: per-request latencies stay in the twin's fixed-size histograms; an
+//! episode keeps one point per control tick (thinned to at most [`MAX_SERIES_POINTS`]).
+
 pub mod cli;
+pub mod plots;
+pub mod stats;
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::crd::LLMWorkloadSpec;
+use crate::policy::build::{parse_policy_list, PolicyChoice, PolicyError, PolicyRequest};
+use crate::policy::placement::{Placement, WorkloadInfo};
+use crate::policy::shield::Shield;
+use crate::policy::static_policy::{replicas_for_rate, StaticPolicy};
+use crate::policy::Policy;
+use crate::twin::{Report, Scenario, Twin, TwinError};
+
+/// Fraction of a trace's span in the training window; the test window is the rest.
+pub const TRAIN_FRACTION: f64 = 0.6;
+/// Weight of cost in the per-tick reward passed to `Policy::feedback`, per USD.
+pub const REWARD_COST_WEIGHT: f64 = 10.0;
+/// Most points of the replicas-over-time series kept per episode.
+pub const MAX_SERIES_POINTS: usize = 4000;
+/// Quantile levels at which latency CDFs are sampled.
+pub const CDF_LEVELS: usize = 99;
+
+/// Errors of the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The twin refused the scenario.
+    #[error(transparent)]
+    Twin(#[from] TwinError),
+    /// A policy could not be built.
+    #[error("policy `{label}`: {source}")]
+    Policy {
+        /// The policy's label.
+        label: String,
+        /// Why.
+        source: PolicyError,
+    },
+    /// A bad harness setting.
+    #[error("{0}")]
+    Config(String),
+    /// Writing outputs failed.
+    #[error("{path}: {message}")]
+    Output {
+        /// The file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Which part of the trace to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    /// The first [`TRAIN_FRACTION`] of the trace.
+    Train,
+    /// The rest of the trace (what learned policies are judged on).
+    Test,
+    /// The whole trace.
+    All,
+}
+
+impl Window {
+    /// `(start_frac, end_frac)` of the trace span.
+    pub fn fractions(self) -> (f64, f64) {
+        match self {
+            Window::Train => (0.0, TRAIN_FRACTION),
+            Window::Test => (TRAIN_FRACTION, 1.0),
+            Window::All => (0.0, 1.0),
+        }
+    }
+}
+
+/// Arrival statistics of a window, used to size static fleets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ArrivalStats {
+    /// Mean arrival rate, requests per second.
+    pub mean_rps: f64,
+    /// Peak arrival rate over 60 s bins, requests per second.
+    pub peak_rps: f64,
+}
+
+/// Builds a policy for an episode. The default ([`default_factory`]) builds every kind but
+/// `dqn`; the rl module wraps it to add `dqn:PATH`.
+pub type PolicyFactory = dyn Fn(&PolicyChoice, &FactoryContext<'_>) -> Result<Box<dyn Policy>, PolicyError> + Sync;
+
+/// What a [`PolicyFactory`] may use.
+pub struct FactoryContext<'a> {
+    /// The scenario's workload spec.
+    pub spec: &'a LLMWorkloadSpec,
+    /// Arrival statistics of the episode's window and load.
+    pub arrivals: ArrivalStats,
+    /// Requests per second one replica sustains, for static sizing (from `--replica-capacity-rps`).
+    pub replica_capacity_rps: Option<f64>,
+}
+
+/// Builds `choice` for every kind but `dqn`.
+pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+    let sized = |per: &Option<f64>, rate: f64, base: &crate::policy::PolicySpec, label: &str| -> Result<Box<dyn Policy>, PolicyError> {
+        let cap = per.or(ctx.replica_capacity_rps).ok_or_else(|| PolicyError::Missing {
+            field: format!("{label}: capacity"),
+            message: "static sizing needs the requests per second one replica sustains: `--replica-capacity-rps R` or `static-peak:capacity=R`".into(),
+        })?;
+        let n = replicas_for_rate(rate, cap).ok_or_else(|| PolicyError::InvalidParam { field: format!("{label}: capacity"), message: format!("{cap} must be positive") })?;
+        let info = WorkloadInfo::from_spec(ctx.spec);
+        Ok(Box::new(StaticPolicy::per_variant(label, n, info, Placement::new(base.placement, base.variant_selection))))
+    };
+    match &choice.request {
+        PolicyRequest::Spec(_) => choice.build_for(ctx.spec),
+        PolicyRequest::StaticPeak { per_replica_rps, base } => sized(per_replica_rps, ctx.arrivals.peak_rps, base, &choice.label),
+        PolicyRequest::StaticMean { per_replica_rps, base } => sized(per_replica_rps, ctx.arrivals.mean_rps, base, &choice.label),
+        PolicyRequest::Dqn { .. } => Err(PolicyError::DqnNotAvailable),
+    }
+}
+
+/// Arrival statistics of a scenario's trace window at `load` (trace-driven scenarios only).
+pub fn arrival_stats(scenario: &Scenario, window: Window, load: f64) -> Option<ArrivalStats> {
+    let trace = scenario.trace.as_ref()?;
+    let (a, b) = window.fractions();
+    let mut stream = crate::twin::trace::ArrivalStream::replay(trace.clone(), a, b, load).ok()?;
+    let mut bins: Vec<u32> = Vec::new();
+    let (mut n, mut last) = (0u64, 0.0f64);
+    while let Some(x) = stream.next_arrival() {
+        let t = x.at.as_secs_f64();
+        let i = (t / 60.0) as usize;
+        if bins.len() <= i {
+            bins.resize(i + 1, 0);
+        }
+        bins[i] += 1;
+        n += 1;
+        last = t;
+    }
+    if n == 0 {
+        return Some(ArrivalStats::default());
+    }
+    let peak = bins.iter().copied().max().unwrap_or(0) as f64 / 60.0;
+    Some(ArrivalStats { mean_rps: n as f64 / last.max(1.0), peak_rps: peak })
+}
+
+/// One point of an episode's time series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    /// Simulated time, seconds.
+    pub time_s: f64,
+    /// Arrival rate over the tick, requests per second.
+    pub arrival_rps: f64,
+    /// Replicas asked for after the shield.
+    pub desired_replicas: u32,
+    /// Ready replicas at the start of the tick.
+    pub ready_replicas: u32,
+}
+
+/// What one episode produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpisodeResult {
+    /// The policy's label.
+    pub policy: String,
+    /// The seed.
+    pub seed: u64,
+    /// The load multiplier.
+    pub load: f64,
+    /// The twin's report.
+    pub report: Report,
+    /// Changes of any slot's desired count (a measure of flapping).
+    pub replica_changes: u64,
+    /// Overrides by the shield.
+    pub shield_overrides: u64,
+    /// Control ticks.
+    pub ticks: u64,
+    /// Replicas and arrivals over time (at most [`MAX_SERIES_POINTS`]).
+    #[serde(skip)]
+    pub series: Vec<SeriesPoint>,
+    /// TTFT, TPOT and E2E quantiles at levels `(i+1)/(CDF_LEVELS+1)`, seconds.
+    #[serde(skip)]
+    pub cdf: [Vec<f64>; 3],
+}
+
+/// Runs one episode of `policy` in `twin` through `shield` until the twin is done.
+pub fn run_episode(twin: &mut Twin, policy: &mut dyn Policy, shield: &mut Shield, label: &str, seed: u64, load: f64) -> EpisodeResult {
+    policy.reset();
+    shield.reset();
+    let interval = twin.control_interval_s().max(1e-9);
+    let mut series = Vec::new();
+    let mut changes = 0u64;
+    let mut ticks = 0u64;
+    let mut obs = twin.observe();
+    while !twin.is_done() {
+        let decision = policy.decide(&obs);
+        let out = shield.apply(&obs, &decision);
+        for t in &out.decision.targets {
+            let cur = obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0);
+            if cur != t.replicas {
+                changes += 1;
+            }
+        }
+        twin.apply(&out.decision);
+        let tick = twin.step();
+        ticks += 1;
+        series.push(SeriesPoint {
+            time_s: tick.time_s,
+            arrival_rps: tick.arrived as f64 / interval,
+            desired_replicas: out.decision.total_replicas(),
+            ready_replicas: obs.ready_replicas(),
+        });
+        if series.len() >= 2 * MAX_SERIES_POINTS {
+            // Thin by half, keeping bounded memory on long traces.
+            series = series.into_iter().step_by(2).collect();
+        }
+        let next = twin.observe();
+        let reward = tick.slo_met as f64 - REWARD_COST_WEIGHT * tick.cost_usd;
+        policy.feedback(&next, reward);
+        obs = next;
+    }
+    let hs = twin.latency_histograms();
+    let cdf = hs.map(|h| (1..=CDF_LEVELS).filter_map(|i| h.quantile(i as f64 / (CDF_LEVELS + 1) as f64)).collect());
+    EpisodeResult {
+        policy: label.to_string(),
+        seed,
+        load,
+        report: twin.report(),
+        replica_changes: changes,
+        shield_overrides: shield.overrides_total(),
+        ticks,
+        series,
+        cdf,
+    }
+}
+
+/// Settings of a comparison.
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    /// Scenario file.
+    pub scenario: PathBuf,
+    /// Policy names, comma-separated (see `policy::build`).
+    pub policies: String,
+    /// Seeds `0..seeds`.
+    pub seeds: u64,
+    /// Trace window.
+    pub window: Window,
+    /// Load multipliers.
+    pub loads: Vec<f64>,
+    /// Requests per second one replica sustains (for `static-peak`/`static-mean`).
+    pub replica_capacity_rps: Option<f64>,
+    /// Stop each episode after this many simulated seconds (for quick runs).
+    pub max_duration_s: Option<f64>,
+}
+
+/// Results of a comparison: every episode plus aggregates per (policy, load).
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// The window.
+    pub window: Window,
+    /// `(start_frac, end_frac)` of the window.
+    pub window_fractions: (f64, f64),
+    /// Policies in the order given.
+    pub policies: Vec<String>,
+    /// Loads.
+    pub loads: Vec<f64>,
+    /// Seeds.
+    pub seeds: u64,
+    /// Arrival statistics per load.
+    pub arrivals: Vec<ArrivalStats>,
+    /// Aggregates per (policy, load).
+    pub rows: Vec<stats::Row>,
+    /// Every episode (reports only; series and CDFs are in the plots).
+    pub episodes: Vec<EpisodeResult>,
+}
+
+/// Runs every policy × load × seed in parallel and aggregates.
+pub fn compare(cfg: &CompareConfig) -> Result<CompareReport, EvalError> {
+    compare_with(cfg, &default_factory)
+}
+
+/// Like [`compare`] with a custom [`PolicyFactory`] (e.g. one that loads `dqn:PATH`).
+pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<CompareReport, EvalError> {
+    let mut scenario = Scenario::load(&cfg.scenario)?;
+    if let Some(d) = cfg.max_duration_s {
+        scenario.file.max_duration_s = Some(scenario.file.max_duration_s.map_or(d, |m| m.min(d)));
+    }
+    if cfg.seeds == 0 {
+        return Err(EvalError::Config("--seeds must be at least 1".into()));
+    }
+    if cfg.loads.is_empty() || cfg.loads.iter().any(|l| !(*l > 0.0) || !l.is_finite()) {
+        return Err(EvalError::Config(format!("--load needs positive numbers, got {:?}", cfg.loads)));
+    }
+    let spec = scenario.spec.clone();
+    let choices = parse_policy_list(&cfg.policies, &spec.policy).map_err(|e| EvalError::Policy { label: cfg.policies.clone(), source: e })?;
+    let (a, b) = cfg.window.fractions();
+    let arrivals: Vec<ArrivalStats> = cfg.loads.iter().map(|&l| arrival_stats(&scenario, cfg.window, l).unwrap_or_default()).collect();
+    // Build every policy once up front so configuration errors surface before any run.
+    for (li, _) in cfg.loads.iter().enumerate() {
+        for c in &choices {
+            let ctx = FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
+            factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
+        }
+    }
+    let mut jobs = Vec::new();
+    for (li, &load) in cfg.loads.iter().enumerate() {
+        for ci in 0..choices.len() {
+            for seed in 0..cfg.seeds {
+                jobs.push((li, load, ci, seed));
+            }
+        }
+    }
+    let results: Vec<Result<EpisodeResult, EvalError>> = jobs
+        .par_iter()
+        .map(|&(li, load, ci, seed)| {
+            let c = &choices[ci];
+            let ctx = FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
+            let mut policy = factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
+            let mut twin = Twin::with_window(&scenario, seed, a, b, load)?;
+            let mut shield = Shield::new(&spec);
+            Ok(run_episode(&mut twin, policy.as_mut(), &mut shield, &c.label, seed, load))
+        })
+        .collect();
+    let episodes = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let labels: Vec<String> = choices.iter().map(|c| c.label.clone()).collect();
+    let rows = stats::aggregate(&episodes, &labels, &cfg.loads);
+    Ok(CompareReport {
+        scenario: scenario.file.name.clone().unwrap_or_else(|| cfg.scenario.display().to_string()),
+        window: cfg.window,
+        window_fractions: (a, b),
+        policies: labels,
+        loads: cfg.loads.clone(),
+        seeds: cfg.seeds,
+        arrivals,
+        rows,
+        episodes,
+    })
+}

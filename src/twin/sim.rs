@@ -194,7 +194,8 @@ pub struct Twin {
     h_tpot: LogHistogram,
     h_e2e: LogHistogram,
     recent: VecDeque<Recent>,
-    recent_arrivals: VecDeque<(Nanos, u16)>,
+    recent_arrivals: VecDeque<Nanos>,
+    recent_dispatch: VecDeque<(Nanos, u16)>,
     kv_samples: f64,
     kv_sum: f64,
     slo_ttft_s: f64,
@@ -206,7 +207,6 @@ pub struct Twin {
     scratch: Vec<Finished>,
 }
 
-const GATEWAY_SLOT: u16 = u16::MAX;
 
 impl Twin {
     /// A twin of the scenario's whole trace (or synthetic workload) at its recorded load.
@@ -319,6 +319,7 @@ impl Twin {
             h_e2e: LogHistogram::default(),
             recent: VecDeque::new(),
             recent_arrivals: VecDeque::new(),
+            recent_dispatch: VecDeque::new(),
             kv_samples: 0.0,
             kv_sum: 0.0,
             slo_ttft_s,
@@ -599,7 +600,7 @@ impl Twin {
             self.tick.rejected += 1;
             return;
         }
-        self.recent_arrivals.push_back((self.now, slot as u16));
+        self.recent_dispatch.push_back((self.now, slot as u16));
         let now = self.now;
         let r = &mut self.replicas[id];
         r.engine.enqueue(s);
@@ -703,6 +704,7 @@ impl Twin {
             } else if let Some(a) = self.next_arrival.take() {
                 self.arrived += 1;
                 self.tick.arrived += 1;
+                self.recent_arrivals.push_back(self.now);
                 self.next_id += 1;
                 let s = Seq::new(self.next_id, a.at, a.input_tokens, a.output_tokens, a.hash_ids);
                 self.dispatch(s);
@@ -733,8 +735,11 @@ impl Twin {
         while self.recent.front().is_some_and(|r| r.finish < lo) {
             self.recent.pop_front();
         }
-        while self.recent_arrivals.front().is_some_and(|r| r.0 < lo) {
+        while self.recent_arrivals.front().is_some_and(|r| *r < lo) {
             self.recent_arrivals.pop_front();
+        }
+        while self.recent_dispatch.front().is_some_and(|r| r.0 < lo) {
+            self.recent_dispatch.pop_front();
         }
         let mut t = std::mem::take(&mut self.tick);
         t.time_s = self.now.as_secs_f64();
@@ -746,10 +751,11 @@ impl Twin {
         let window_s = self.window.as_secs_f64().min(self.now.as_secs_f64().max(1e-9));
         let lo = Nanos(self.now.0.saturating_sub(self.window.0));
         let mid = Nanos(self.now.0.saturating_sub(self.window.0 / 2));
-        let arr: Vec<&(Nanos, u16)> = self.recent_arrivals.iter().filter(|a| a.0 >= lo).collect();
-        let rate = arr.len() as f64 / window_s;
-        let first = arr.iter().filter(|a| a.0 < mid).count() as f64;
-        let second = arr.len() as f64 - first;
+        let total = self.recent_arrivals.iter().filter(|a| **a >= lo).count();
+        let rate = total as f64 / window_s;
+        let first = self.recent_arrivals.iter().filter(|a| **a >= lo && **a < mid).count() as f64;
+        let second = total as f64 - first;
+        let arr: Vec<&(Nanos, u16)> = self.recent_dispatch.iter().filter(|a| a.0 >= lo).collect();
         let half = window_s / 2.0;
         let trend = if half > 0.0 { (second - first) / half / half } else { 0.0 };
         let rec: Vec<&Recent> = self.recent.iter().filter(|r| r.finish >= lo).collect();
@@ -806,7 +812,6 @@ impl Twin {
         if let Some(first) = slots.first_mut() {
             first.waiting_requests += self.gateway.len() as f64;
         }
-        let _ = GATEWAY_SLOT;
         let pools = self
             .spec
             .gpu_pools

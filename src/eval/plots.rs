@@ -1,0 +1,216 @@
+//! Plots of a comparison, as PNG and SVG (plotters): replicas over time against the
+//! arrival rate, latency CDFs, SLO attainment against offered load, and cost against SLO
+//! attainment (the Pareto view).
+//!
+//! Text is drawn with DejaVu Sans shipped in `assets/fonts/` (licence next to it), so PNGs
+//! render without system fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::eval::{CompareReport, EpisodeResult, CDF_LEVELS};
+
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        // The bundled font is valid; a failure would only lose text, not the plot.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn color(i: usize) -> RGBColor {
+    const C: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+    ];
+    C[i % C.len()]
+}
+
+type DrawResult = Result<(), String>;
+
+fn e<E: std::fmt::Display>(x: E) -> String {
+    x.to_string()
+}
+
+/// Writes every plot of `report` under `dir` as PNG and SVG; returns the files written.
+pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Vec<String>, String> {
+    register_font();
+    let mut files = Vec::new();
+    let mut both = |name: &str, f: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> DrawResult, g: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> DrawResult| -> Result<(), String> {
+        let svg = dir.join(format!("{name}.svg"));
+        let png = dir.join(format!("{name}.png"));
+        {
+            let root = SVGBackend::new(&svg, (1000, 700)).into_drawing_area();
+            f(&root)?;
+            root.present().map_err(e)?;
+        }
+        {
+            let root = BitMapBackend::new(&png, (1000, 700)).into_drawing_area();
+            g(&root)?;
+            root.present().map_err(e)?;
+        }
+        files.push(svg.display().to_string());
+        files.push(png.display().to_string());
+        Ok(())
+    };
+    both("replicas_over_time", &|r| replicas_over_time(r, report), &|r| replicas_over_time(r, report))?;
+    both("latency_cdf", &|r| latency_cdf(r, report), &|r| latency_cdf(r, report))?;
+    both("slo_vs_load", &|r| slo_vs_load(r, report), &|r| slo_vs_load(r, report))?;
+    both("cost_vs_slo", &|r| cost_vs_slo(r, report), &|r| cost_vs_slo(r, report))?;
+    Ok(files)
+}
+
+/// The load shown in single-load plots: 1.0 if compared, else the first.
+fn main_load(report: &CompareReport) -> f64 {
+    report.loads.iter().copied().find(|l| (*l - 1.0).abs() < 1e-9).unwrap_or(report.loads[0])
+}
+
+fn episode<'a>(report: &'a CompareReport, policy: &str, load: f64) -> Option<&'a EpisodeResult> {
+    report.episodes.iter().find(|e| e.policy == policy && e.load == load && e.seed == 0)
+}
+
+fn replicas_over_time<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareReport) -> DrawResult {
+    root.fill(&WHITE).map_err(e)?;
+    let load = main_load(report);
+    let root = root.titled(&format!("Replicas over time vs arrival rate — {} (load ×{load}, seed 0)", report.scenario), ("sans-serif", 22)).map_err(e)?;
+    let (top, bottom) = root.split_vertically(220);
+    let eps: Vec<&EpisodeResult> = report.policies.iter().filter_map(|p| episode(report, p, load)).collect();
+    let t_max = eps.iter().flat_map(|e| e.series.last()).map(|p| p.time_s / 60.0).fold(1.0, f64::max);
+    let rate_max = eps.iter().flat_map(|e| e.series.iter()).map(|p| p.arrival_rps).fold(0.1, f64::max);
+    let mut c = ChartBuilder::on(&top).margin(10).x_label_area_size(30).y_label_area_size(60).build_cartesian_2d(0.0..t_max, 0.0..rate_max * 1.1).map_err(e)?;
+    c.configure_mesh().x_desc("time (min)").y_desc("arrivals (req/s)").draw().map_err(e)?;
+    if let Some(ep) = eps.first() {
+        c.draw_series(LineSeries::new(ep.series.iter().map(|p| (p.time_s / 60.0, p.arrival_rps)), BLACK.stroke_width(1)))
+            .map_err(e)?
+            .label("arrival rate")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    }
+    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw().map_err(e)?;
+    let r_max = eps.iter().flat_map(|e| e.series.iter()).map(|p| p.desired_replicas).max().unwrap_or(1) as f64;
+    let mut c = ChartBuilder::on(&bottom).margin(10).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(0.0..t_max, 0.0..r_max * 1.15 + 1.0).map_err(e)?;
+    c.configure_mesh().x_desc("time (min)").y_desc("desired replicas").draw().map_err(e)?;
+    for (i, ep) in eps.iter().enumerate() {
+        let col = color(i);
+        c.draw_series(LineSeries::new(ep.series.iter().map(|p| (p.time_s / 60.0, p.desired_replicas as f64)), col.stroke_width(2)))
+            .map_err(e)?
+            .label(ep.policy.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+    }
+    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(e)?;
+    Ok(())
+}
+
+fn latency_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareReport) -> DrawResult {
+    root.fill(&WHITE).map_err(e)?;
+    let load = main_load(report);
+    let root = root.titled(&format!("Latency CDFs — {} (load ×{load}, seed 0)", report.scenario), ("sans-serif", 22)).map_err(e)?;
+    let panels = root.split_evenly((1, 3));
+    let names = ["TTFT (s)", "TPOT (ms)", "E2E latency (s)"];
+    let scale = [1.0, 1000.0, 1.0];
+    let eps: Vec<&EpisodeResult> = report.policies.iter().filter_map(|p| episode(report, p, load)).collect();
+    for (k, area) in panels.iter().enumerate() {
+        let x_max = eps.iter().flat_map(|e| e.cdf[k].iter()).map(|x| x * scale[k]).fold(1e-3, f64::max);
+        let mut c = ChartBuilder::on(area).margin(10).x_label_area_size(40).y_label_area_size(50).build_cartesian_2d(0.0..x_max * 1.05, 0.0..1.0).map_err(e)?;
+        c.configure_mesh().x_desc(names[k]).y_desc("fraction of requests").draw().map_err(e)?;
+        for (i, ep) in eps.iter().enumerate() {
+            let col = color(i);
+            let pts: Vec<(f64, f64)> = ep.cdf[k].iter().enumerate().map(|(j, x)| (x * scale[k], (j + 1) as f64 / (CDF_LEVELS + 1) as f64)).collect();
+            c.draw_series(LineSeries::new(pts, col.stroke_width(2)))
+                .map_err(e)?
+                .label(ep.policy.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        }
+        if k == 0 {
+            c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+fn mean_of(report: &CompareReport, policy: &str, load: f64, col: &str) -> Option<(f64, f64)> {
+    let row = report.rows.iter().find(|r| r.policy == policy && r.load == load)?;
+    let i = row.columns.iter().position(|c| *c == col)?;
+    let v = row.values[i];
+    (v.n > 0).then_some((v.mean, v.ci95))
+}
+
+fn slo_vs_load<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareReport) -> DrawResult {
+    root.fill(&WHITE).map_err(e)?;
+    let lmin = report.loads.iter().copied().fold(f64::INFINITY, f64::min);
+    let lmax = report.loads.iter().copied().fold(0.0, f64::max);
+    let pad = ((lmax - lmin) * 0.1).max(0.1);
+    let mut c = ChartBuilder::on(root)
+        .caption(format!("SLO attainment vs offered load — {} (mean ±95% CI over {} seeds)", report.scenario, report.seeds), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lmin - pad)..(lmax + pad), 0.0..105.0)
+        .map_err(e)?;
+    c.configure_mesh().x_desc("offered load (× recorded trace rate)").y_desc("SLO attainment (%)").draw().map_err(e)?;
+    for (i, p) in report.policies.iter().enumerate() {
+        let col = color(i);
+        let pts: Vec<(f64, f64, f64)> = report.loads.iter().filter_map(|&l| mean_of(report, p, l, "SLO %").map(|(m, ci)| (l, m, ci))).collect();
+        c.draw_series(LineSeries::new(pts.iter().map(|&(l, m, _)| (l, m)), col.stroke_width(2)))
+            .map_err(e)?
+            .label(p.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        c.draw_series(pts.iter().map(|&(l, m, ci)| PathElement::new(vec![(l, m - ci), (l, m + ci)], col.stroke_width(2)))).map_err(e)?;
+        c.draw_series(pts.iter().map(|&(l, m, _)| Circle::new((l, m), 4, col.filled()))).map_err(e)?;
+    }
+    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw().map_err(e)?;
+    Ok(())
+}
+
+fn cost_vs_slo<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareReport) -> DrawResult {
+    root.fill(&WHITE).map_err(e)?;
+    let load = main_load(report);
+    let pts: Vec<(usize, f64, f64)> = report
+        .policies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, mean_of(report, p, load, "cost USD")?.0, mean_of(report, p, load, "SLO %")?.0)))
+        .collect();
+    let c_max = pts.iter().map(|p| p.1).fold(0.01, f64::max) * 1.15;
+    let s_min = pts.iter().map(|p| p.2).fold(100.0, f64::min);
+    let mut c = ChartBuilder::on(root)
+        .caption(format!("Cost vs SLO attainment (Pareto view) — {} (load ×{load}, mean over {} seeds)", report.scenario, report.seeds), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..c_max, (s_min - 5.0).max(0.0)..100.5)
+        .map_err(e)?;
+    c.configure_mesh().x_desc("cost of the run (USD)").y_desc("SLO attainment (%)").draw().map_err(e)?;
+    for &(i, cost, slo) in &pts {
+        let col = color(i);
+        let label = report.policies[i].clone();
+        c.draw_series(std::iter::once(Circle::new((cost, slo), 7, col.filled())))
+            .map_err(e)?
+            .label(label.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, col.filled()));
+        c.draw_series(std::iter::once(Text::new(label, (cost, slo), ("sans-serif", 15).into_font().color(&BLACK)))).map_err(e)?;
+    }
+    // The Pareto front: no other point is both cheaper and better.
+    let mut front: Vec<(f64, f64)> = pts
+        .iter()
+        .filter(|&&(_, c1, s1)| !pts.iter().any(|&(_, c2, s2)| (c2 <= c1 && s2 >= s1) && (c2 < c1 || s2 > s1)))
+        .map(|&(_, c1, s1)| (c1, s1))
+        .collect();
+    front.sort_by(|a, b| a.0.total_cmp(&b.0));
+    c.draw_series(LineSeries::new(front, BLACK.mix(0.5).stroke_width(1)))
+        .map_err(e)?
+        .label("Pareto front")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(e)?;
+    Ok(())
+}
