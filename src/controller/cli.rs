@@ -43,9 +43,12 @@ pub struct RunArgs {
     pub log_level: String,
 }
 
-/// The policy builder of the operator: the policy module's builder.
+/// The policy builder of the operator: the policy module's builder, with the rl module's
+/// checkpoint loader for `kind: dqn`.
 pub fn default_policy_builder() -> PolicyBuilder {
-    Arc::new(|spec| crate::policy::build::build_policy(spec).map_err(|e| e.to_string()))
+    Arc::new(|spec| {
+        crate::policy::build::build_policy_with(spec, Some(&crate::rl::policy::dqn_loader)).map_err(|e| e.to_string())
+    })
 }
 
 /// Runs `llmos run`.
