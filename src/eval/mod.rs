@@ -125,6 +125,12 @@ pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Resul
             field: format!("{label}: capacity"),
             message: "static sizing needs the requests per second one replica sustains: `--replica-capacity-rps R` or `static-peak:capacity=R`".into(),
         })?;
+        if ctx.arrivals.peak_rps <= 0.0 {
+            return Err(PolicyError::InvalidParam {
+                field: label.to_string(),
+                message: "static sizing needs the arrival rates of a trace-driven scenario window; use `static:N` for synthetic workloads".into(),
+            });
+        }
         let n = replicas_for_rate(rate, cap).ok_or_else(|| PolicyError::InvalidParam { field: format!("{label}: capacity"), message: format!("{cap} must be positive") })?;
         let info = WorkloadInfo::from_spec(ctx.spec);
         Ok(Box::new(StaticPolicy::per_variant(label, n, info, Placement::new(base.placement, base.variant_selection))))
