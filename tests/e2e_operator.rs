@@ -22,118 +22,22 @@
 //! (installed by the scripts when absent). `LLMOS_SKIP_E2E=1` skips. Deadlines are generous
 //! and polled; nothing asserts on wall-clock speed.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod e2e_support;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use llmos::crd::LLMWorkload;
+
+use e2e_support::{free_port, missing_prerequisites, skip_requested, tail, Stack};
 
 const NS: &str = "default";
 const WORKLOAD: &str = "chat";
 const INTERVAL_S: u64 = 2;
 const SPEED: f64 = 10.0;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn k8s_bin() -> PathBuf {
-    std::env::var_os("LLMOS_K8S_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/llmos/k8s-1.20.2/bin")
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
-
-/// Processes and servers started by the test, stopped on drop (also when a test fails).
-struct Stack {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    prom_port: u16,
-    children: BTreeMap<String, Child>,
-}
-
-impl Stack {
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
-        let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmos"));
-        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info").stdout(log.try_clone().expect("log")).stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting llmos {name}: {e}"));
-        self.children.insert(name.to_string(), child);
-    }
-
-    fn kill(&mut self, name: &str) {
-        if let Some(mut c) = self.children.remove(name) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
-    }
-
-    fn start_prometheus(&self) {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/prometheus/start.sh"))
-            .arg(self.path("prom"))
-            .arg(self.path("targets.json"))
-            .arg(self.prom_port.to_string())
-            .output()
-            .expect("running scripts/prometheus/start.sh");
-        assert!(out.status.success(), "Prometheus did not start: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn stop_prometheus(&self) {
-        let _ = Command::new("bash").arg(repo().join("scripts/prometheus/stop.sh")).arg(self.path("prom")).status();
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        use std::io::Write;
-        let mut child = Command::new(k8s_bin().join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        if let Some(s) = stdin {
-            child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("writing to kubectl");
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("kubectl output");
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let names: Vec<String> = self.children.keys().cloned().collect();
-        for n in names {
-            self.kill(&n);
-        }
-        self.stop_prometheus();
-        let _ = Command::new("bash").arg(repo().join("scripts/k8s/stop.sh")).arg(self.path("k8s")).status();
-    }
-}
 
 fn workload_yaml(prom_url: &str) -> String {
     format!(
@@ -192,56 +96,19 @@ policy = { kind = "hpa", intervalSeconds = 2 }
 "#;
 
 async fn desired_total(client: &Client) -> i32 {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    match api.list(&ListParams::default().labels(&format!("llmos.dev/workload={WORKLOAD}"))).await {
-        Ok(l) => l.items.iter().filter_map(|d| d.spec.as_ref()?.replicas).sum(),
-        Err(_) => -1,
-    }
+    e2e_support::desired_total(client, NS, WORKLOAD).await
 }
 
 async fn ready_total(client: &Client) -> i32 {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    match api.list(&ListParams::default().labels(&format!("llmos.dev/workload={WORKLOAD}"))).await {
-        Ok(l) => l.items.iter().filter_map(|d| d.status.as_ref()?.ready_replicas).sum(),
-        Err(_) => -1,
-    }
+    e2e_support::ready_total(client, NS, WORKLOAD).await
 }
 
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F, stack: &Stack)
+async fn wait_until<F, Fut>(what: &str, deadline: Duration, check: F, stack: &Stack)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!(
-        "timed out after {deadline:?} waiting for: {what}\n--- operator log (tail) ---\n{}\n--- twin log (tail) ---\n{}",
-        tail(&stack.log("operator-a")),
-        tail(&stack.log("twin"))
-    );
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn missing_prerequisites() -> Vec<String> {
-    let mut missing = Vec::new();
-    for b in ["kube-apiserver", "kube-controller-manager", "kubectl"] {
-        if !k8s_bin().join(b).exists() {
-            missing.push(format!("{} (build with scripts/k8s/build.sh)", k8s_bin().join(b).display()));
-        }
-    }
-    if Command::new("sh").args(["-c", "command -v etcd"]).output().map(|o| !o.status.success()).unwrap_or(true) {
-        missing.push("etcd on PATH (apt-get install etcd-server)".into());
-    }
-    missing
+    e2e_support::wait_until(what, deadline, check, stack, &["operator-a", "twin"]).await
 }
 
 /// Samples the desired replica total once per second into `series` until `deadline`
@@ -263,41 +130,17 @@ async fn sample(client: &Client, series: &mut Vec<(f64, i32)>, t0: Instant, dead
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_end_to_end_with_prometheus_and_twin() {
-    if std::env::var("LLMOS_SKIP_E2E").as_deref() == Ok("1") {
+    if skip_requested() {
         eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
         return;
     }
-    let missing = missing_prerequisites();
+    let missing = missing_prerequisites(true);
     assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
     let t_all = Instant::now();
 
-    // --- control plane ---
-    let dir = tempfile::tempdir().expect("temp dir");
-    let k8s_dir = dir.path().join("k8s");
-    let pid = std::process::id().to_string();
-    let (etcd, peer, api, kcm) = (free_port(), free_port(), free_port(), free_port());
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/k8s/start.sh"))
-        .arg(&k8s_dir)
-        .env("WITH_KCM", "1")
-        .env("WATCH_PID", &pid)
-        .env("ETCD_PORT", etcd.to_string())
-        .env("ETCD_PEER_PORT", peer.to_string())
-        .env("API_PORT", api.to_string())
-        .env("KCM_PORT", kcm.to_string())
-        .output()
-        .expect("running scripts/k8s/start.sh");
-    let mut stack = Stack { kubeconfig: k8s_dir.join("kubeconfig"), prom_port: free_port(), dir, children: BTreeMap::new() };
-    assert!(out.status.success(), "control plane did not start: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let kc = Kubeconfig::read_from(&stack.kubeconfig).expect("kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("client config");
-    let client = Client::try_from(cfg).expect("client");
-
-    // --- CRD with kubectl ---
-    let crd = Command::new(env!("CARGO_BIN_EXE_llmos")).arg("crdgen").output().expect("llmos crdgen");
-    assert!(crd.status.success(), "llmos crdgen failed");
-    stack.kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&crd.stdout)));
-    stack.kubectl(&["wait", "--for", "condition=established", "--timeout=60s", "crd/llmworkloads.llmos.dev"], None);
+    // --- control plane, CRD with kubectl ---
+    let (mut stack, client) = Stack::start(true).await;
+    stack.install_crd();
 
     // --- Prometheus, twin, two operators ---
     std::fs::write(stack.path("targets.json"), "[]\n").expect("targets file");

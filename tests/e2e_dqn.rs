@@ -1,0 +1,293 @@
+//! The operator end to end with `policy: dqn`: the same real components as
+//! `tests/e2e_operator.rs` (etcd + kube-apiserver 1.20 + kube-controller-manager,
+//! Prometheus, `llmos twin-serve` as the data plane, `llmos run`), with a small DQN
+//! checkpoint trained by the test itself.
+//!
+//! 1. A DQN is trained in the twin with the library (`llmos::rl::train`, a few hundred
+//!    control ticks, seconds) on the same scenario file twin-serve replays, whose `[spec]`
+//!    has the applied workload's layout (one variant on one pool), and written to a temp
+//!    directory.
+//! 2. Three LLMWorkloads reference that checkpoint:
+//!    - `chat-dqn` (active): the operator loads it (`PolicyReady=True`), decides with it
+//!      (`status.lastDecision.policy == "dqn"`, a reason starting `dqn:`), keeps every
+//!      decision and Deployment within the workload's limits (the shield), and keeps
+//!      deciding through the tenfold load step. Whether it scales up on the step is
+//!      printed, not asserted: a DQN trained for seconds is not expected to be good.
+//!    - `chat-shadow` (shadow mode): decisions are recorded in `status.shadowDecision`
+//!      with policy `dqn` and never applied (its Deployment stays at its initial size).
+//!    - `chat-mismatch`: a variant name the checkpoint was not trained for: the layout
+//!      check refuses it, `PolicyReady=False` with a message naming the mismatch, and the
+//!      replicas are held.
+//!
+//! twin-serve runs at `--speed 1` here (the tick of the trained DQN is the live tick, and
+//! the rates Prometheus computes are the simulated ones), with a short cold start.
+//! Needs what `e2e_operator` needs; `LLMOS_SKIP_E2E=1` skips. Deadlines are generous and
+//! polled; nothing asserts on wall-clock speed.
+
+mod e2e_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kube::api::Api;
+use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
+use llmos::rl::dqn::{DeviceChoice, DqnConfig, TargetUpdate};
+use llmos::rl::encoding::ActionLayoutKind;
+use llmos::rl::env::{EpisodeConfig, RewardConfig};
+use llmos::rl::schedule::EpsilonSchedule;
+use llmos::rl::train::{train, TrainConfig};
+
+use e2e_support::{desired_total, free_port, missing_prerequisites, skip_requested, tail, wait_until, Stack};
+
+const NS: &str = "default";
+const ACTIVE: &str = "chat-dqn";
+const SHADOW: &str = "chat-shadow";
+const MISMATCH: &str = "chat-mismatch";
+const INTERVAL_S: u64 = 2;
+const MIN_TOTAL: i32 = 1;
+const MAX_TOTAL: i32 = 6;
+/// Simulated (= wall, at --speed 1) second of the tenfold load step.
+const STEP_AT_S: f64 = 20.0;
+
+/// Trained in and replayed by the twin: 2 requests/s, ten times that from t = 20 s.
+/// The `[spec]` has the layout of the applied workloads (one variant `llama3-8b` on pool
+/// `a100`) and their control interval.
+const SCENARIO: &str = r#"name = "e2e-dqn-step"
+description = "Load step for the end-to-end DQN test"
+
+[workload.synthetic]
+duration_s = 600.0
+arrival = { kind = "steps", at_s = [0.0, 20.0], rates_rps = [2.0, 20.0] }
+lengths = { kind = "lognormal", input_mean = 1024.0, input_cv = 0.6, output_mean = 256.0, output_cv = 0.6, max_tokens = 4096 }
+
+[engine]
+max_num_batched_tokens = 8192
+max_num_seqs = 256
+
+[cluster]
+load_balancer = "least-outstanding"
+
+[spec]
+variants = [{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 10.0 }]
+gpuPools = [{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }]
+slo = { ttftMs = 2000.0, tpotMs = 100.0, percentile = 90.0, targetAttainment = 0.95 }
+limits = { minTotalReplicas = 1, maxTotalReplicas = 6, maxStepChange = 4, scaleDownCooldownSeconds = 4 }
+policy = { kind = "hpa", intervalSeconds = 2 }
+"#;
+
+fn workload_yaml(name: &str, variant: &str, mode: &str, checkpoint: &Path, prom_url: &str) -> String {
+    format!(
+        r#"apiVersion: llmos.dev/v1alpha1
+kind: LLMWorkload
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  variants:
+    - name: {variant}
+      model: llama-3-8b
+      image: vllm/vllm-openai:v0.6.3
+      minReplicas: 1
+      maxReplicas: 6
+      coldStartSeconds: 10
+  gpuPools:
+    - name: a100
+      gpuType: A100-80GB
+      pricePerGpuHour: 3.0
+      capacityGpus: 8
+  slo: {{ttftMs: 2000, tpotMs: 100, percentile: 90, targetAttainment: 0.95}}
+  limits: {{minTotalReplicas: {MIN_TOTAL}, maxTotalReplicas: {MAX_TOTAL}, maxStepChange: 4, scaleDownCooldownSeconds: 4}}
+  metrics: {{source: prometheus, prometheusUrl: "{prom_url}", windowSeconds: 10, staleAfterSeconds: 15}}
+  policy:
+    kind: dqn
+    mode: {mode}
+    intervalSeconds: {INTERVAL_S}
+    dqn: {{checkpoint: "{ckpt}"}}
+"#,
+        ckpt = checkpoint.display()
+    )
+}
+
+/// A tiny DQN: a few hundred ticks of the step scenario, on the CPU.
+fn train_tiny(scenario: &Path, out: &Path) -> llmos::rl::train::TrainSummary {
+    let cfg = TrainConfig {
+        scenario: scenario.to_path_buf(),
+        steps: 600,
+        seed: 7,
+        out: out.to_path_buf(),
+        action_layout: ActionLayoutKind::Factored,
+        deltas: vec![-1, 0, 1, 2],
+        reward: RewardConfig { cost_weight_per_usd: 1_000.0, ..Default::default() },
+        // 60 s windows (30 ticks) anywhere in the first 300 s: most see the high load,
+        // some the step itself.
+        episodes: EpisodeConfig { train_window: (0.0, 0.5), episode_frac: 0.1, ..Default::default() },
+        dqn: DqnConfig {
+            hidden: vec![32, 32],
+            gamma: 0.95,
+            n_step: 3,
+            learning_rate: 1e-3,
+            learning_starts: 100,
+            batch_size: 32,
+            device: DeviceChoice::Cpu,
+            epsilon: EpsilonSchedule::Linear { start: 1.0, end: 0.1, steps: 400 },
+            target: TargetUpdate::Hard { every: 100 },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    train(&cfg).unwrap_or_else(|e| panic!("training the tiny DQN: {e}"))
+}
+
+async fn status(api: &Api<LLMWorkload>, name: &str) -> LLMWorkloadStatus {
+    api.get(name).await.ok().and_then(|w| w.status).unwrap_or_default()
+}
+
+fn condition<'a>(st: &'a LLMWorkloadStatus, type_: &str) -> Option<&'a llmos::crd::Condition> {
+    st.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_end_to_end_with_a_trained_dqn() {
+    if skip_requested() {
+        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end DQN test");
+        return;
+    }
+    let missing = missing_prerequisites(true);
+    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
+    let t_all = Instant::now();
+
+    // --- control plane, CRD, Prometheus ---
+    let (mut stack, client) = Stack::start(true).await;
+    stack.install_crd();
+    std::fs::write(stack.path("targets.json"), "[]\n").expect("targets file");
+    stack.start_prometheus();
+    let prom_url = format!("http://127.0.0.1:{}", stack.prom_port);
+
+    // --- 1. train the checkpoint on the scenario twin-serve will replay ---
+    std::fs::write(stack.path("scenario.toml"), SCENARIO).expect("scenario file");
+    let scenario = stack.path("scenario.toml");
+    let ckpt = stack.path("ckpt");
+    let (sc, ck) = (scenario.clone(), ckpt.clone());
+    let summary = tokio::task::spawn_blocking(move || train_tiny(&sc, &ck)).await.expect("training task");
+    eprintln!(
+        "trained {} env steps, {} updates, {} episodes in {:.1} s",
+        summary.env_steps, summary.updates, summary.episodes, summary.wall_s
+    );
+    assert!(ckpt.join("model.safetensors").exists() && ckpt.join("checkpoint.json").exists(), "no checkpoint written");
+
+    // --- twin and operator ---
+    let targets = stack.path("targets.json").display().to_string();
+    let scenario_s = scenario.display().to_string();
+    stack.spawn(
+        "twin",
+        &["twin-serve", "--scenario", &scenario_s, "--namespace", NS, "--speed", "1", "--targets-file", &targets, "--ip-base", "127.32.0.0"],
+        &[],
+    );
+    let op_addr = format!("127.0.0.1:{}", free_port());
+    stack.spawn("operator", &["run", "--metrics-addr", &op_addr, "--no-leader-election"], &[("LLMOS_PROMETHEUS_URL", &prom_url)]);
+    let logs = ["operator", "twin"];
+
+    // --- 2. apply the three workloads ---
+    let mut yaml = workload_yaml(ACTIVE, "llama3-8b", "active", &ckpt, &prom_url);
+    yaml.push_str("---\n");
+    yaml.push_str(&workload_yaml(SHADOW, "llama3-8b", "shadow", &ckpt, &prom_url));
+    yaml.push_str("---\n");
+    yaml.push_str(&workload_yaml(MISMATCH, "llama3-8b-v2", "active", &ckpt, &prom_url));
+    stack.kubectl(&["apply", "-f", "-"], Some(&yaml));
+    let t0 = Instant::now();
+    let wl: Api<LLMWorkload> = Api::namespaced(client.clone(), NS);
+
+    // The checkpoint loads for the matching layout.
+    wait_until(
+        "PolicyReady=True on the dqn workload",
+        Duration::from_secs(60),
+        || async { condition(&status(&wl, ACTIVE).await, "PolicyReady").is_some_and(|c| c.status == "True") },
+        &stack,
+        &logs,
+    )
+    .await;
+    let ready = status(&wl, ACTIVE).await;
+    let msg = condition(&ready, "PolicyReady").map(|c| c.message.clone()).unwrap_or_default();
+    assert!(msg.contains("dqn"), "PolicyReady message does not name the policy: {msg}");
+
+    // A checkpoint for another layout is refused, naming the difference.
+    wait_until(
+        "PolicyReady=False on the mismatched workload",
+        Duration::from_secs(60),
+        || async { condition(&status(&wl, MISMATCH).await, "PolicyReady").is_some_and(|c| c.status == "False") },
+        &stack,
+        &logs,
+    )
+    .await;
+    let st = status(&wl, MISMATCH).await;
+    let c = condition(&st, "PolicyReady").expect("condition");
+    eprintln!("mismatch: {}: {}", c.reason, c.message);
+    assert_eq!(c.reason, "PolicyBuildFailed");
+    assert!(c.message.contains(&ckpt.display().to_string()), "message does not name the checkpoint: {}", c.message);
+    assert!(
+        c.message.contains("does not match the workload") && c.message.contains("slot[llama3-8b/a100]") && c.message.contains("slot[llama3-8b-v2/a100]"),
+        "message does not name the layout mismatch: {}",
+        c.message
+    );
+
+    // --- 3. decisions through the load step ---
+    wait_until(
+        "a dqn decision in status.lastDecision",
+        Duration::from_secs(90),
+        || async { status(&wl, ACTIVE).await.last_decision.is_some_and(|d| d.policy == "dqn") },
+        &stack,
+        &logs,
+    )
+    .await;
+    let mut series: Vec<(f64, i32)> = Vec::new();
+    let mut decisions: Vec<(String, String, i32)> = Vec::new(); // (time, reason, total)
+    let observe_until = Duration::from_secs_f64(STEP_AT_S + 50.0);
+    while t0.elapsed() < observe_until {
+        let total = desired_total(&client, NS, ACTIVE).await;
+        if total >= 0 {
+            assert!((MIN_TOTAL..=MAX_TOTAL).contains(&total), "Deployments outside the limits [{MIN_TOTAL}, {MAX_TOTAL}]: {total}");
+            series.push((t0.elapsed().as_secs_f64(), total));
+        }
+        if let Some(d) = status(&wl, ACTIVE).await.last_decision {
+            assert_eq!(d.policy, "dqn", "decision by another policy: {d:?}");
+            assert!(d.reason.starts_with("dqn:"), "reason does not come from the dqn: {:?}", d.reason);
+            let t: i32 = d.targets.iter().map(|x| x.replicas as i32).sum();
+            assert!((MIN_TOTAL..=MAX_TOTAL).contains(&t), "decision outside the limits: {d:?}");
+            assert!(d.targets.iter().all(|x| x.replicas <= 6 && x.variant == "llama3-8b" && x.pool == "a100"), "bad targets: {d:?}");
+            if decisions.last().is_none_or(|l| l.0 != d.time) {
+                decisions.push((d.time.clone(), d.reason.clone(), t));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(decisions.len() >= 5, "too few dqn decisions recorded: {decisions:?}\n{}", tail(&stack.log("operator")));
+    let ready_after = condition(&status(&wl, ACTIVE).await, "PolicyReady").map(|c| c.status.clone());
+    assert_eq!(ready_after.as_deref(), Some("True"));
+
+    // The mismatched workload holds its initial replica; the shadow one records and never applies.
+    assert_eq!(desired_total(&client, NS, MISMATCH).await, 1, "the workload without a usable policy must hold");
+    let sh = status(&wl, SHADOW).await;
+    let shadow = sh.shadow_decision.clone().unwrap_or_else(|| panic!("no shadow decision: {sh:?}"));
+    assert_eq!(shadow.policy, "dqn");
+    assert!(sh.last_decision.is_none(), "shadow mode applied a decision: {:?}", sh.last_decision);
+    assert_eq!(desired_total(&client, NS, SHADOW).await, 1, "shadow mode changed replicas");
+
+    // The operator's own metrics count the DQN's decisions.
+    let text = reqwest::get(format!("http://{op_addr}/metrics")).await.expect("operator /metrics").text().await.expect("body");
+    let n = e2e_support::sample_value(&text, "llmos_policy_decision_duration_seconds_count").unwrap_or(0.0);
+    assert!(n >= 5.0, "llmos_policy_decision_duration_seconds_count = {n}");
+    let overrides: Vec<&str> = text.lines().filter(|l| l.starts_with("llmos_shield_overrides_total")).collect();
+
+    let before: Vec<i32> = series.iter().filter(|s| s.0 < STEP_AT_S).map(|s| s.1).collect();
+    let after_peak = series.iter().filter(|s| s.0 >= STEP_AT_S).map(|s| s.1).max().unwrap_or(0);
+    let start = before.first().copied().unwrap_or(1);
+    let summary = format!(
+        "e2e dqn: {} decisions ({} policy evaluations in the operator); replicas before the step {before:?}, peak after the step {after_peak} ({}); shield overrides {overrides:?}; total wall time {:.0}s\ndecisions {decisions:?}\nseries {series:?}",
+        decisions.len(),
+        n,
+        if after_peak > start { "scaled up on the step" } else { "did not scale up" },
+        t_all.elapsed().as_secs_f64()
+    );
+    eprintln!("{summary}");
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e_dqn_summary.txt"), summary);
+}

@@ -1,0 +1,285 @@
+//! Shared pieces of the end-to-end tests and the control-loop benchmark: the loopback
+//! control plane (`scripts/k8s/start.sh`), Prometheus (`scripts/prometheus/start.sh`),
+//! `llmos` child processes with their logs, `kubectl`, and polling helpers.
+//!
+//! Everything started here is stopped when the [`Stack`] is dropped, also when a test
+//! panics.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory with kube-apiserver, kube-controller-manager and kubectl.
+pub fn k8s_bin() -> PathBuf {
+    std::env::var_os("LLMOS_K8S_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/llmos/k8s-1.20.2/bin")
+    })
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// `LLMOS_SKIP_E2E=1` asks to skip the end-to-end tests.
+pub fn skip_requested() -> bool {
+    std::env::var("LLMOS_SKIP_E2E").as_deref() == Ok("1")
+}
+
+/// What the end-to-end tests need and this machine lacks.
+pub fn missing_prerequisites(with_kcm: bool) -> Vec<String> {
+    let mut missing = Vec::new();
+    let bins: &[&str] = if with_kcm { &["kube-apiserver", "kube-controller-manager", "kubectl"] } else { &["kube-apiserver", "kubectl"] };
+    for b in bins {
+        if !k8s_bin().join(b).exists() {
+            missing.push(format!("{} (build with scripts/k8s/build.sh)", k8s_bin().join(b).display()));
+        }
+    }
+    if Command::new("sh").args(["-c", "command -v etcd"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        missing.push("etcd on PATH (apt-get install etcd-server)".into());
+    }
+    missing
+}
+
+/// Processes and servers started by a test, stopped on drop (also when a test fails).
+pub struct Stack {
+    /// Working directory: logs, kubeconfig, Prometheus data, scenario files.
+    pub dir: tempfile::TempDir,
+    /// The kubeconfig of the loopback API server.
+    pub kubeconfig: PathBuf,
+    /// Port Prometheus listens on (when started).
+    pub prom_port: u16,
+    /// Running `llmos` children by name.
+    pub children: BTreeMap<String, Child>,
+}
+
+impl Stack {
+    /// Starts etcd + kube-apiserver (+ kube-controller-manager with `with_kcm`) on free
+    /// loopback ports and returns the stack with a client for it.
+    pub async fn start(with_kcm: bool) -> (Stack, Client) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let k8s_dir = dir.path().join("k8s");
+        let pid = std::process::id().to_string();
+        let (etcd, peer, api, kcm) = (free_port(), free_port(), free_port(), free_port());
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/k8s/start.sh"))
+            .arg(&k8s_dir)
+            .env("WITH_KCM", if with_kcm { "1" } else { "0" })
+            .env("WATCH_PID", &pid)
+            .env("ETCD_PORT", etcd.to_string())
+            .env("ETCD_PEER_PORT", peer.to_string())
+            .env("API_PORT", api.to_string())
+            .env("KCM_PORT", kcm.to_string())
+            .output()
+            .expect("running scripts/k8s/start.sh");
+        let stack = Stack { kubeconfig: k8s_dir.join("kubeconfig"), prom_port: free_port(), dir, children: BTreeMap::new() };
+        assert!(
+            out.status.success(),
+            "control plane did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let client = stack.client().await;
+        (stack, client)
+    }
+
+    /// A fresh client for the stack's API server.
+    pub async fn client(&self) -> Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("client config");
+        Client::try_from(cfg).expect("client")
+    }
+
+    /// A path in the stack's working directory.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Starts `llmos ARGS` as child `name`, logging to `<name>.log`.
+    pub fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) -> u32 {
+        let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmos"));
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info").stdout(log.try_clone().expect("log")).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting llmos {name}: {e}"));
+        let id = child.id();
+        self.children.insert(name.to_string(), child);
+        id
+    }
+
+    /// Kills child `name` (SIGKILL) and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.children.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log of child `name` so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Starts Prometheus on `prom_port`, scraping the targets in `targets.json`.
+    pub fn start_prometheus(&self) {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/prometheus/start.sh"))
+            .arg(self.path("prom"))
+            .arg(self.path("targets.json"))
+            .arg(self.prom_port.to_string())
+            .output()
+            .expect("running scripts/prometheus/start.sh");
+        assert!(out.status.success(), "Prometheus did not start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Stops Prometheus (no-op when it does not run).
+    pub fn stop_prometheus(&self) {
+        let _ = Command::new("bash").arg(repo().join("scripts/prometheus/stop.sh")).arg(self.path("prom")).status();
+    }
+
+    /// Runs kubectl against the stack, feeding `stdin`; panics with kubectl's stderr on failure.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new(k8s_bin().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        if let Some(s) = stdin {
+            child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("writing to kubectl");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("kubectl output");
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Installs the CRD with `llmos crdgen | kubectl apply` and waits until it is established.
+    pub fn install_crd(&self) {
+        let crd = Command::new(env!("CARGO_BIN_EXE_llmos")).arg("crdgen").output().expect("llmos crdgen");
+        assert!(crd.status.success(), "llmos crdgen failed");
+        self.kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&crd.stdout)));
+        self.kubectl(&["wait", "--for", "condition=established", "--timeout=60s", "crd/llmworkloads.llmos.dev"], None);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.children.keys().cloned().collect();
+        for n in names {
+            self.kill(&n);
+        }
+        self.stop_prometheus();
+        let _ = Command::new("bash").arg(repo().join("scripts/k8s/stop.sh")).arg(self.path("k8s")).status();
+    }
+}
+
+/// Sum of `spec.replicas` over the Deployments of `workload` in `ns` (-1 when the list fails).
+pub async fn desired_total(client: &Client, ns: &str, workload: &str) -> i32 {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    match api.list(&ListParams::default().labels(&format!("llmos.dev/workload={workload}"))).await {
+        Ok(l) => l.items.iter().filter_map(|d| d.spec.as_ref()?.replicas).sum(),
+        Err(_) => -1,
+    }
+}
+
+/// Sum of `status.readyReplicas` over the Deployments of `workload` (-1 when the list fails).
+pub async fn ready_total(client: &Client, ns: &str, workload: &str) -> i32 {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    match api.list(&ListParams::default().labels(&format!("llmos.dev/workload={workload}"))).await {
+        Ok(l) => l.items.iter().filter_map(|d| d.status.as_ref()?.ready_replicas).sum(),
+        Err(_) => -1,
+    }
+}
+
+/// The last 40 lines of `s`.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Polls `check` every 500 ms until it holds; panics after `deadline` with the tails of
+/// the logs of `logs` (children of `stack`).
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F, stack: &Stack, logs: &[&str])
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut msg = format!("timed out after {deadline:?} waiting for: {what}");
+    for l in logs {
+        msg.push_str(&format!("\n--- {l} log (tail) ---\n{}", tail(&stack.log(l))));
+    }
+    panic!("{msg}");
+}
+
+/// A `histogram_quantile`-style estimate of quantile `q` from cumulative buckets
+/// `(upper bound, count)` sorted by bound (the last one `+Inf`): linear interpolation
+/// inside the bucket holding the rank; `None` without observations.
+pub fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in buckets {
+        if c >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let width = c - prev.1;
+            let frac = if width > 0.0 { (rank - prev.1) / width } else { 1.0 };
+            return Some(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, c);
+    }
+    Some(prev.0)
+}
+
+/// Cumulative buckets of histogram `name` (e.g. `llmos_reconcile_duration_seconds`) in a
+/// Prometheus text exposition, sorted by bound.
+pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, tail) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, tail.trim().parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The value of a plain sample `name` (e.g. `llmos_reconciles_total`) in an exposition.
+pub fn sample_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
