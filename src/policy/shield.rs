@@ -35,12 +35,12 @@
 //!    ready; Kubernetes removes not-ready pods first). If the chosen slot has no room, one
 //!    not-yet-ready replica of another slot is given up for it.
 //! 10. **`Budget`**: while the fleet's cost (replicas × GPUs × price) exceeds
-//!    `limits.maxCostPerHour`, cut one replica of the most expensive per-GPU slot, never
-//!    below a variant's or the total minimum and never the last kept ready replica. Budget
-//!    is last among the cuts so that it is exact: if the result is over budget, every
-//!    remaining replica is required by a minimum or by `KeepLastReady` (availability
-//!    floors win over the budget; validation flags a minimum fleet that costs more than
-//!    the budget).
+//!     `limits.maxCostPerHour`, cut one replica of the most expensive per-GPU slot, never
+//!     below a variant's or the total minimum and never the last kept ready replica. Budget
+//!     is last among the cuts so that it is exact: if the result is over budget, every
+//!     remaining replica is required by a minimum or by `KeepLastReady` (availability
+//!     floors win over the budget; validation flags a minimum fleet that costs more than
+//!     the budget).
 //!
 //! Hence, whatever the policy asked: allowed pools, capacities and maxima always hold;
 //! minima and the last ready replica hold whenever capacity and maxima allow; the budget
