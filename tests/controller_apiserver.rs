@@ -390,7 +390,8 @@ async fn crd_rejects_invalid_instances_at_admission() {
     let as_dyn = |v: serde_json::Value| -> kube::api::DynamicObject { serde_json::from_value(v).unwrap() };
     dyn_api.create(&dry, &as_dyn(ok.clone())).await.expect("a valid instance is accepted");
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("gpusPerReplica", Box::new(|v| v["spec"]["variants"][1]["gpusPerReplica"] = 0.into())),
         ("name", Box::new(|v| v["spec"]["variants"][0]["name"] = "Bad_Name".into())),
         ("variants", Box::new(|v| v["spec"]["variants"] = serde_json::json!([]))),

@@ -196,10 +196,13 @@ impl MetricsSource for FakeSource {
     }
 }
 
+/// Scripted (variant, pool, replicas) targets.
+type Targets = Vec<(String, String, u32)>;
+
 /// A policy that answers what the test scripted (or holds).
 #[derive(Clone, Default)]
 pub struct Script {
-    targets: Arc<Mutex<Option<Vec<(String, String, u32)>>>>,
+    targets: Arc<Mutex<Option<Targets>>>,
     /// Observations the policy was asked about.
     pub seen: Arc<Mutex<Vec<Observation>>>,
 }
