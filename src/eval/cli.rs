@@ -1,10 +1,13 @@
 //! Command-line entry points of the eval module.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::eval::{compare as run_compare, plots, stats, CompareConfig, Window};
+use crate::eval::{compare_with, default_factory, plots, stats, CompareConfig, CompareReport, FactoryContext, Window};
+use crate::policy::build::{PolicyChoice, PolicyError, PolicyRequest};
+use crate::policy::Policy;
+use crate::rl::policy::DqnPolicy;
 
 /// Arguments of `llmos compare`.
 #[derive(clap::Args, Debug)]
@@ -51,7 +54,24 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         replica_capacity_rps: args.replica_capacity_rps,
         max_duration_s: args.max_duration_s,
     };
-    let report = run_compare(&cfg)?;
+    let report = compare_with(&cfg, &factory_with_dqn)?;
+    print_and_write(&report, &args.out, !args.no_plots)
+}
+
+/// Builds every policy of the harness, `dqn:PATH` included (loaded with the rl module).
+fn factory_with_dqn(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+    match &choice.request {
+        PolicyRequest::Dqn { path, .. } => {
+            let p = DqnPolicy::load(Path::new(path), ctx.spec)
+                .map_err(|e| PolicyError::Load { path: path.clone(), message: e.to_string() })?;
+            Ok(Box::new(p))
+        }
+        _ => default_factory(choice, ctx),
+    }
+}
+
+/// Prints the comparison table and writes report.json, report.csv and (optionally) the plots.
+fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyhow::Result<()> {
     let (a, b) = report.window_fractions;
     println!(
         "{}: window {:?} [{:.0}%, {:.0}%) of the trace, {} seeds, policies {}",
@@ -67,25 +87,105 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     println!();
     print!("{}", stats::table(&report.rows, &report.loads));
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
-    let jp = args.out.join("report.json");
+    let jp = out.join("report.json");
     std::fs::write(&jp, json).with_context(|| format!("writing {}", jp.display()))?;
-    let cp = args.out.join("report.csv");
+    let cp = out.join("report.csv");
     std::fs::write(&cp, stats::csv(&report.rows)).with_context(|| format!("writing {}", cp.display()))?;
     println!("wrote {} and {}", jp.display(), cp.display());
-    if !args.no_plots {
-        let files = plots::write_all(&report, &args.out).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
+    if plots_too {
+        let files = plots::write_all(&report, out).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
         println!("wrote {}", files.join(", "));
     }
     Ok(())
 }
 
-/// Arguments of `llmos demo`.
+/// Arguments of `llmos demo`, the built-in default job.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Scenario to train and compare in (a real trace; train on its first 60 %, judge on the last 40 %).
+    #[arg(long, default_value = "scenarios/azure-conv-llama3-8b-a100.toml")]
+    pub scenario: PathBuf,
+    /// Training steps (control ticks) for the DQN.
+    #[arg(long, default_value_t = 6000)]
+    pub steps: u64,
+    /// Seed of the training run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluation seeds (every policy sees the same arrivals per seed).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Load multipliers of the test window (1.0 = the trace as recorded).
+    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    pub load: Vec<f64>,
+    /// Baselines to compare with (names as in `llmos compare`).
+    #[arg(long, default_value = "hpa,kpa,queue,static-peak")]
+    pub baselines: String,
+    /// Requests per second one replica sustains within the SLO, to size `static-peak`.
+    #[arg(long, default_value_t = 3.0)]
+    pub replica_capacity_rps: f64,
+    /// Use this trained checkpoint instead of training a new one.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Output directory (checkpoint, training metrics, report, plots).
+    #[arg(long, default_value = "out/demo")]
+    pub out: PathBuf,
+}
 
-/// Runs `llmos demo`.
-pub fn demo(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`llmos demo` is not built yet")
+/// Runs `llmos demo`: trains a small DQN in the twin on the training window of a real
+/// trace, then compares it with the baselines on the test window it never saw.
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let ckpt = match &args.checkpoint {
+        Some(c) => c.clone(),
+        None => {
+            let cfg = crate::rl::train::TrainConfig {
+                scenario: args.scenario.clone(),
+                steps: args.steps,
+                seed: args.seed,
+                out: args.out.join("ckpt"),
+                ..Default::default()
+            };
+            eprintln!(
+                "[1/2] training a DQN for {} steps on the training window of {} (seed {})",
+                cfg.steps,
+                cfg.scenario.display(),
+                cfg.seed
+            );
+            let bar = indicatif::ProgressBar::new(cfg.steps);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed_precise}  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let summary = crate::rl::train::train_with_progress(&cfg, &mut |r| {
+                bar.set_position(r.env_steps.min(cfg.steps));
+                bar.set_message(format!("episode {}  return {:.1}  SLO {:.1}%", r.episode, r.episodic_return, r.slo_attainment * 100.0));
+            })?;
+            bar.finish_and_clear();
+            eprintln!(
+                "      trained: {} steps, {} updates, {} episodes in {:.0} s ({:.0} twin steps/s); checkpoint {}",
+                summary.env_steps,
+                summary.updates,
+                summary.episodes,
+                summary.wall_s,
+                summary.env_steps_per_s,
+                summary.checkpoint.display()
+            );
+            summary.checkpoint
+        }
+    };
+    let policies = format!("{},dqn:{}", args.baselines, ckpt.display());
+    eprintln!("[2/2] comparing {policies} on the test window, {} seeds", args.seeds);
+    let cfg = CompareConfig {
+        scenario: args.scenario.clone(),
+        policies,
+        seeds: args.seeds,
+        window: Window::Test,
+        loads: args.load.clone(),
+        replica_capacity_rps: Some(args.replica_capacity_rps),
+        max_duration_s: None,
+    };
+    let report = compare_with(&cfg, &factory_with_dqn)?;
+    print_and_write(&report, &args.out, true)
 }
