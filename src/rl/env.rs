@@ -167,7 +167,7 @@ pub struct EpisodeConfig {
 impl Default for EpisodeConfig {
     fn default() -> Self {
         EpisodeConfig {
-            train_window: (0.0, 0.7),
+            train_window: (0.0, crate::eval::TRAIN_FRACTION),
             episode_frac: 0.1,
             max_ticks: None,
             loads: vec![1.0],
