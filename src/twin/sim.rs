@@ -498,6 +498,9 @@ impl Twin {
     }
 
     fn begin_drain(&mut self, id: usize) {
+        if self.replicas[id].state != ReplicaState::Retiring {
+            return;
+        }
         self.replicas[id].state = ReplicaState::Draining;
         self.rebuild_serving();
         if self.replicas[id].engine.outstanding() == 0 && !self.replicas[id].engine.is_busy() {
@@ -552,6 +555,10 @@ impl Twin {
             }
         }
         self.pending = still;
+        if prev == ReplicaState::Starting {
+            // A replacement that was still loading is gone: retiring replicas may drain.
+            self.retire_check();
+        }
     }
 
     fn pick_replica(&mut self) -> Option<usize> {
