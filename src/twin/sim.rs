@@ -221,7 +221,7 @@ impl Twin {
     /// duration and `load` multiplies the rate.
     pub fn with_window(scenario: &Scenario, seed: u64, start_frac: f64, end_frac: f64, load: f64) -> Result<Twin, TwinError> {
         let arrivals = match (&scenario.trace, &scenario.file.workload.synthetic) {
-            (Some(t), _) => ArrivalStream::replay(t.clone(), start_frac, end_frac, load)?,
+            (Some(t), _) => ArrivalStream::replay_resampled(t.clone(), start_frac, end_frac, load, seed)?,
             (None, Some(syn)) => {
                 let lengths = LengthSampler::new(&syn.lengths, &scenario.base_dir, "workload.synthetic.lengths")?;
                 let dur = syn.duration_s * (end_frac - start_frac).clamp(0.0, 1.0);

@@ -559,6 +559,8 @@ pub enum ArrivalStream {
         t0_ns: u64,
         /// Load factor (times are divided by it).
         load: f64,
+        /// Seeded resampling of the replay (`None` replays the trace as recorded).
+        resample: Option<Box<Resampler>>,
     },
     /// Synthetic arrivals, generated lazily.
     Synthetic {
@@ -589,7 +591,23 @@ impl ArrivalStream {
         let (a, b) = ((span * start_frac) as u64, (span * end_frac) as u64);
         let start = trace.records.partition_point(|r| r.arrival_ns < a);
         let end = if end_frac >= 1.0 { trace.records.len() } else { trace.records.partition_point(|r| r.arrival_ns < b) };
-        Ok(ArrivalStream::Replay { trace, next: start, end, t0_ns: a, load })
+        Ok(ArrivalStream::Replay { trace, next: start, end, t0_ns: a, load, resample: None })
+    }
+
+    /// Like [`ArrivalStream::replay`], but for `seed > 0` replays a seeded resample of the
+    /// window (see [`Resampler`]); seed 0 replays the trace as recorded.
+    ///
+    /// This is what gives several seeds of a trace-driven run different, equally
+    /// plausible traffic with the same rate profile, so confidence intervals over seeds
+    /// mean something.
+    pub fn replay_resampled(trace: std::sync::Arc<Trace>, start_frac: f64, end_frac: f64, load: f64, seed: u64) -> Result<ArrivalStream, TwinError> {
+        let mut s = Self::replay(trace, start_frac, end_frac, load)?;
+        if seed != 0 {
+            if let ArrivalStream::Replay { resample, .. } = &mut s {
+                *resample = Some(Box::new(Resampler::new(seed)));
+            }
+        }
+        Ok(s)
     }
 
     /// Synthetic arrivals for `duration_s` seconds (or `max_requests`), rate multiplied by `load`.
@@ -602,14 +620,28 @@ impl ArrivalStream {
     /// The next arrival, or `None` when the stream is exhausted.
     pub fn next_arrival(&mut self) -> Option<Arrival> {
         match self {
-            ArrivalStream::Replay { trace, next, end, t0_ns, load } => {
-                if *next >= *end {
-                    return None;
+            ArrivalStream::Replay { trace, next, end, t0_ns, load, resample } => {
+                let Some(rs) = resample else {
+                    if *next >= *end {
+                        return None;
+                    }
+                    let r = &trace.records[*next];
+                    *next += 1;
+                    let rel = r.arrival_ns.saturating_sub(*t0_ns) as f64 / *load;
+                    return Some(Arrival { at: Nanos(rel.round() as u64), input_tokens: r.input_tokens, output_tokens: r.output_tokens, hash_ids: r.hash_ids.clone() });
+                };
+                loop {
+                    if let Some((at_ns, i)) = rs.pending.pop() {
+                        let r = &trace.records[i];
+                        let rel = at_ns.saturating_sub(*t0_ns) as f64 / *load;
+                        return Some(Arrival { at: Nanos(rel.round() as u64), input_tokens: r.input_tokens, output_tokens: r.output_tokens, hash_ids: r.hash_ids.clone() });
+                    }
+                    if *next >= *end {
+                        return None;
+                    }
+                    rs.expand(&trace.records, *next, *end, *t0_ns);
+                    *next += 1;
                 }
-                let r = &trace.records[*next];
-                *next += 1;
-                let rel = r.arrival_ns.saturating_sub(*t0_ns) as f64 / *load;
-                Some(Arrival { at: Nanos(rel.round() as u64), input_tokens: r.input_tokens, output_tokens: r.output_tokens, hash_ids: r.hash_ids.clone() })
             }
             ArrivalStream::Synthetic { process, lengths, rng, t_s, duration_s, max_requests, emitted, load } => {
                 if max_requests.is_some_and(|m| *emitted >= m) {
@@ -651,6 +683,50 @@ impl ArrivalStream {
             ArrivalStream::Replay { next, end, .. } => Some((*end - *next) as u64),
             ArrivalStream::Synthetic { max_requests, .. } => *max_requests,
         }
+    }
+}
+
+/// Seeded resampling of a trace replay: a Poisson bootstrap with in-gap jitter.
+///
+/// Each request of the window is replayed `k ~ Poisson(1)` times (so on average as
+/// often as recorded; some are dropped, some repeated), and each copy arrives at a time
+/// drawn uniformly between the midpoints to its neighbours in the trace. The rate profile
+/// of the trace is kept at every time scale above the inter-arrival gaps, lengths (and
+/// prefix hashes) stay those of real requests, and arrivals stay in time order because
+/// the jitter intervals of consecutive requests do not overlap.
+#[derive(Debug)]
+pub struct Resampler {
+    rng: ChaCha8Rng,
+    /// Copies of the current request: (trace time ns, record index), latest first.
+    pending: Vec<(u64, usize)>,
+}
+
+impl Resampler {
+    /// A resampler seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Resampler { rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d), pending: Vec::new() }
+    }
+
+    /// Draws the copies of record `i` (within `[start.., end)`) into `pending`.
+    fn expand(&mut self, records: &[TraceRecord], i: usize, end: usize, t0_ns: u64) {
+        let t = records[i].arrival_ns;
+        let lo = if i > 0 { t - (t - records[i - 1].arrival_ns) / 2 } else { t };
+        let lo = lo.max(t0_ns.min(t));
+        let hi = if i + 1 < end { t + (records[i + 1].arrival_ns - t) / 2 } else { t };
+        // Poisson(1) by inversion: small k, exact, no allocation.
+        let u: f64 = self.rng.random();
+        let (mut k, mut p, mut cdf) = (0u32, (-1.0f64).exp(), (-1.0f64).exp());
+        while u > cdf && k < 16 {
+            k += 1;
+            p /= k as f64;
+            cdf += p;
+        }
+        for _ in 0..k {
+            let at = if hi > lo { self.rng.random_range(lo..=hi) } else { t };
+            self.pending.push((at, i));
+        }
+        // Pop from the back: latest first in the vector, so sort descending.
+        self.pending.sort_unstable_by(|a, b| b.cmp(a));
     }
 }
 
@@ -737,6 +813,50 @@ mod tests {
         assert_eq!(second.at, Nanos(750_000_000));
         assert_eq!(s.len_hint(), Some(48));
         assert!(ArrivalStream::replay(std::sync::Arc::new(Trace::default()), 0.5, 0.2, 1.0).is_err());
+    }
+
+    fn drain(mut s: ArrivalStream) -> Vec<(u64, u32)> {
+        std::iter::from_fn(|| s.next_arrival()).map(|a| (a.at.0, a.input_tokens)).collect()
+    }
+
+    #[test]
+    fn resampled_replay_is_seeded_ordered_and_keeps_the_rate() {
+        // 2,000 requests at irregular times over ~1,000 s.
+        let mut t = 0u64;
+        let recs: Vec<TraceRecord> = (0..2000u64)
+            .map(|i| {
+                t += 1 + (i * 7919 % 997) * 1_000_000;
+                TraceRecord { arrival_ns: t, input_tokens: i as u32, output_tokens: 1, hash_ids: vec![] }
+            })
+            .collect();
+        let tr = std::sync::Arc::new(Trace { origin: "t".into(), records: recs });
+        let exact = drain(ArrivalStream::replay(tr.clone(), 0.0, 1.0, 1.0).unwrap());
+        // Seed 0 is the trace as recorded.
+        assert_eq!(drain(ArrivalStream::replay_resampled(tr.clone(), 0.0, 1.0, 1.0, 0).unwrap()), exact);
+        let a = drain(ArrivalStream::replay_resampled(tr.clone(), 0.0, 1.0, 1.0, 1).unwrap());
+        let b = drain(ArrivalStream::replay_resampled(tr.clone(), 0.0, 1.0, 1.0, 1).unwrap());
+        let c = drain(ArrivalStream::replay_resampled(tr.clone(), 0.0, 1.0, 1.0, 2).unwrap());
+        assert_eq!(a, b, "same seed, same arrivals");
+        assert_ne!(a, c, "another seed, other arrivals");
+        assert_ne!(a, exact);
+        assert!(a.windows(2).all(|w| w[0].0 <= w[1].0), "arrivals in time order");
+        // Poisson(1) copies: the count stays within a few standard deviations (sqrt(2000) ≈ 45).
+        assert!((a.len() as i64 - 2000).abs() < 200, "{} arrivals", a.len());
+        // Each copy stays within half a gap of its original request.
+        let span = exact.last().unwrap().0;
+        assert!(a.last().unwrap().0 <= span);
+        // The rate profile is kept: arrivals per 100 s bin differ little from the trace's.
+        let bins = |v: &[(u64, u32)]| {
+            let mut h = vec![0i64; 11];
+            for (at, _) in v {
+                h[(*at / 100_000_000_000) as usize] += 1;
+            }
+            h
+        };
+        let (he, ha) = (bins(&exact), bins(&a));
+        for (x, y) in he.iter().zip(&ha) {
+            assert!((x - y).abs() <= 4 * (*x as f64).sqrt() as i64 + 5, "bins {he:?} vs {ha:?}");
+        }
     }
 
     proptest::proptest! {
