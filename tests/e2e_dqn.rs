@@ -31,13 +31,8 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
-use llmos::rl::dqn::{DeviceChoice, DqnConfig, TargetUpdate};
-use llmos::rl::encoding::ActionLayoutKind;
-use llmos::rl::env::{EpisodeConfig, RewardConfig};
-use llmos::rl::schedule::EpsilonSchedule;
-use llmos::rl::train::{train, TrainConfig};
 
-use e2e_support::{desired_total, free_port, missing_prerequisites, skip_requested, tail, wait_until, Stack};
+use e2e_support::{desired_total, train_tiny_dqn, DQN_SCENARIO, free_port, missing_prerequisites, skip_requested, tail, wait_until, Stack};
 
 const NS: &str = "default";
 const ACTIVE: &str = "chat-dqn";
@@ -48,32 +43,6 @@ const MIN_TOTAL: i32 = 1;
 const MAX_TOTAL: i32 = 6;
 /// Simulated (= wall, at --speed 1) second of the tenfold load step.
 const STEP_AT_S: f64 = 20.0;
-
-/// Trained in and replayed by the twin: 2 requests/s, ten times that from t = 20 s.
-/// The `[spec]` has the layout of the applied workloads (one variant `llama3-8b` on pool
-/// `a100`) and their control interval.
-const SCENARIO: &str = r#"name = "e2e-dqn-step"
-description = "Load step for the end-to-end DQN test"
-
-[workload.synthetic]
-duration_s = 600.0
-arrival = { kind = "steps", at_s = [0.0, 20.0], rates_rps = [2.0, 20.0] }
-lengths = { kind = "lognormal", input_mean = 1024.0, input_cv = 0.6, output_mean = 256.0, output_cv = 0.6, max_tokens = 4096 }
-
-[engine]
-max_num_batched_tokens = 8192
-max_num_seqs = 256
-
-[cluster]
-load_balancer = "least-outstanding"
-
-[spec]
-variants = [{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 10.0 }]
-gpuPools = [{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }]
-slo = { ttftMs = 2000.0, tpotMs = 100.0, percentile = 90.0, targetAttainment = 0.95 }
-limits = { minTotalReplicas = 1, maxTotalReplicas = 6, maxStepChange = 4, scaleDownCooldownSeconds = 4 }
-policy = { kind = "hpa", intervalSeconds = 2 }
-"#;
 
 fn workload_yaml(name: &str, variant: &str, mode: &str, checkpoint: &Path, prom_url: &str) -> String {
     format!(
@@ -108,36 +77,6 @@ spec:
     )
 }
 
-/// A tiny DQN: a few hundred ticks of the step scenario, on the CPU.
-fn train_tiny(scenario: &Path, out: &Path) -> llmos::rl::train::TrainSummary {
-    let cfg = TrainConfig {
-        scenario: scenario.to_path_buf(),
-        steps: 600,
-        seed: 7,
-        out: out.to_path_buf(),
-        action_layout: ActionLayoutKind::Factored,
-        deltas: vec![-1, 0, 1, 2],
-        reward: RewardConfig { cost_weight_per_usd: 1_000.0, ..Default::default() },
-        // 60 s windows (30 ticks) anywhere in the first 300 s: most see the high load,
-        // some the step itself.
-        episodes: EpisodeConfig { train_window: (0.0, 0.5), episode_frac: 0.1, ..Default::default() },
-        dqn: DqnConfig {
-            hidden: vec![32, 32],
-            gamma: 0.95,
-            n_step: 3,
-            learning_rate: 1e-3,
-            learning_starts: 100,
-            batch_size: 32,
-            device: DeviceChoice::Cpu,
-            epsilon: EpsilonSchedule::Linear { start: 1.0, end: 0.1, steps: 400 },
-            target: TargetUpdate::Hard { every: 100 },
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    train(&cfg).unwrap_or_else(|e| panic!("training the tiny DQN: {e}"))
-}
-
 async fn status(api: &Api<LLMWorkload>, name: &str) -> LLMWorkloadStatus {
     api.get(name).await.ok().and_then(|w| w.status).unwrap_or_default()
 }
@@ -164,11 +103,11 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     let prom_url = format!("http://127.0.0.1:{}", stack.prom_port);
 
     // --- 1. train the checkpoint on the scenario twin-serve will replay ---
-    std::fs::write(stack.path("scenario.toml"), SCENARIO).expect("scenario file");
+    std::fs::write(stack.path("scenario.toml"), DQN_SCENARIO).expect("scenario file");
     let scenario = stack.path("scenario.toml");
     let ckpt = stack.path("ckpt");
     let (sc, ck) = (scenario.clone(), ckpt.clone());
-    let summary = tokio::task::spawn_blocking(move || train_tiny(&sc, &ck)).await.expect("training task");
+    let summary = tokio::task::spawn_blocking(move || train_tiny_dqn(&sc, &ck)).await.expect("training task");
     eprintln!(
         "trained {} env steps, {} updates, {} episodes in {:.1} s",
         summary.env_steps, summary.updates, summary.episodes, summary.wall_s

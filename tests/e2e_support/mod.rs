@@ -283,3 +283,65 @@ pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
 pub fn sample_value(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// A scenario for a tiny DQN, trained in and replayed by the twin: 2 requests/s, ten
+/// times that from t = 20 s. Its `[spec]` has the layout of the workloads the tests and
+/// the benchmark apply (one variant `llama3-8b` on pool `a100`) and a 2 s control interval.
+pub const DQN_SCENARIO: &str = r#"name = "e2e-dqn-step"
+description = "Load step for the end-to-end DQN test"
+
+[workload.synthetic]
+duration_s = 600.0
+arrival = { kind = "steps", at_s = [0.0, 20.0], rates_rps = [2.0, 20.0] }
+lengths = { kind = "lognormal", input_mean = 1024.0, input_cv = 0.6, output_mean = 256.0, output_cv = 0.6, max_tokens = 4096 }
+
+[engine]
+max_num_batched_tokens = 8192
+max_num_seqs = 256
+
+[cluster]
+load_balancer = "least-outstanding"
+
+[spec]
+variants = [{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 10.0 }]
+gpuPools = [{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }]
+slo = { ttftMs = 2000.0, tpotMs = 100.0, percentile = 90.0, targetAttainment = 0.95 }
+limits = { minTotalReplicas = 1, maxTotalReplicas = 6, maxStepChange = 4, scaleDownCooldownSeconds = 4 }
+policy = { kind = "hpa", intervalSeconds = 2 }
+"#;
+
+/// Trains a tiny DQN (600 control ticks of `scenario`, on the CPU, about 2 s) into `out`
+/// with the library, as `llmos train` would.
+pub fn train_tiny_dqn(scenario: &std::path::Path, out: &std::path::Path) -> llmos::rl::train::TrainSummary {
+    use llmos::rl::dqn::{DeviceChoice, DqnConfig, TargetUpdate};
+    use llmos::rl::encoding::ActionLayoutKind;
+    use llmos::rl::env::{EpisodeConfig, RewardConfig};
+    use llmos::rl::schedule::EpsilonSchedule;
+    use llmos::rl::train::{train, TrainConfig};
+    let cfg = TrainConfig {
+        scenario: scenario.to_path_buf(),
+        steps: 600,
+        seed: 7,
+        out: out.to_path_buf(),
+        action_layout: ActionLayoutKind::Factored,
+        deltas: vec![-1, 0, 1, 2],
+        reward: RewardConfig { cost_weight_per_usd: 1_000.0, ..Default::default() },
+        // 60 s windows (30 ticks) anywhere in the first 300 s: most see the high load,
+        // some the step itself.
+        episodes: EpisodeConfig { train_window: (0.0, 0.5), episode_frac: 0.1, ..Default::default() },
+        dqn: DqnConfig {
+            hidden: vec![32, 32],
+            gamma: 0.95,
+            n_step: 3,
+            learning_rate: 1e-3,
+            learning_starts: 100,
+            batch_size: 32,
+            device: DeviceChoice::Cpu,
+            epsilon: EpsilonSchedule::Linear { start: 1.0, end: 0.1, steps: 400 },
+            target: TargetUpdate::Hard { every: 100 },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    train(&cfg).unwrap_or_else(|e| panic!("training the tiny DQN: {e}"))
+}

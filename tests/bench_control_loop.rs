@@ -1,0 +1,263 @@
+//! The control loop's own cost, measured by hand (`#[ignore]`): reconcile and decision
+//! latency (p50/p99) of `llmos run` under N LLMWorkloads (default 100), and the
+//! operator's memory.
+//!
+//! ```bash
+//! source scripts/env.sh
+//! cargo test --test bench_control_loop -- --ignored --nocapture
+//! # knobs: LLMOS_BENCH_WORKLOADS=100 LLMOS_BENCH_INTERVAL_S=5 LLMOS_BENCH_POLICY=hpa|dqn
+//! #        LLMOS_BENCH_WARMUP_S=20 LLMOS_BENCH_MEASURE_S=60
+//! ```
+//!
+//! Set-up: etcd + kube-apiserver 1.20 on loopback (no controller-manager: Deployments
+//! are written but no Pods run), the CRD, and the real operator binary (`llmos run
+//! --no-leader-election`) whose Prometheus source queries **a stub Prometheus query API**
+//! served by this test: it answers each of the 16 PromQL queries of one observation at
+//! once with fixed-shape, plausible values (per-slot gauges and rates, TTFT/TPOT buckets
+//! and quantiles, fresh samples, no target down), and the load of each workload flips
+//! between two levels every 30 s so policies scale up and down and Deployments get
+//! patched. This isolates the control loop (watch, reconcile, status and Deployment
+//! writes to a real API server, 16 HTTP queries per tick, policy, shield) from the cost
+//! of a real Prometheus evaluating PromQL.
+//!
+//! After all workloads have their Deployment and a warm-up, the operator's own
+//! `/metrics` is read twice, `measure` seconds apart; latencies are quantiles of the
+//! difference of the histograms `llmos_reconcile_duration_seconds` and
+//! `llmos_policy_decision_duration_seconds` (linear inside a bucket, as
+//! `histogram_quantile` does; buckets double, so a figure is good to within its bucket).
+//! Memory is VmRSS (sampled every second, max and end) and VmHWM from
+//! `/proc/<pid>/status`. The figures go to stderr and to
+//! `$CARGO_TARGET_TMPDIR/bench_control_loop.txt`.
+
+mod e2e_support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::RawQuery;
+use axum::routing::get;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ListParams};
+
+use e2e_support::{bucket_quantile, free_port, histogram_buckets, missing_prerequisites, sample_value, wait_until, Stack};
+
+const NS: &str = "default";
+
+fn env_u64(k: &str, default: u64) -> u64 {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value.
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The stub's answer to one PromQL query (see the module docs).
+fn answer(promql: &str, now_s: f64) -> serde_json::Value {
+    let label = |key: &str| -> Option<String> {
+        let i = promql.find(&format!("{key}=\""))? + key.len() + 2;
+        Some(promql[i..].split('"').next()?.to_string())
+    };
+    let idx: u64 = label("llmos_workload").and_then(|w| w.trim_start_matches('w').parse().ok()).unwrap_or(0);
+    // High or low load, flipping every 30 s, half the workloads out of phase.
+    let high = ((now_s / 30.0) as u64 + idx) % 2 == 0;
+    let slot = serde_json::json!({"llmos_variant": "llama3-8b", "llmos_pool": "a100"});
+    let sample = |metric: serde_json::Value, v: f64| serde_json::json!({"metric": metric, "value": [now_s, format!("{v}")]});
+    let result: Vec<serde_json::Value> = if promql.contains("== 0") {
+        Vec::new()
+    } else if promql.starts_with("histogram_quantile") {
+        let v = if promql.contains("time_to_first_token") { if high { 1.5 } else { 0.3 } } else if high { 0.08 } else { 0.03 };
+        vec![sample(serde_json::json!({}), v)]
+    } else if promql.starts_with("sum by (le)") {
+        [(0.05, 4.0), (0.1, 8.0), (0.5, 9.0), (1.0, 9.5), (2.5, 10.0), (f64::INFINITY, 10.0)]
+            .iter()
+            .map(|(le, c)| sample(serde_json::json!({"le": if le.is_infinite() { "+Inf".to_string() } else { le.to_string() }}), *c))
+            .collect()
+    } else if promql.starts_with("(sum(rate") {
+        vec![sample(serde_json::json!({}), 0.0)]
+    } else if promql.starts_with("time()") {
+        vec![sample(slot, 1.0)]
+    } else if promql.starts_with("avg by") {
+        vec![sample(slot, if high { 0.7 } else { 0.2 })]
+    } else if promql.contains("delta(") {
+        vec![sample(slot, 0.0)]
+    } else if promql.contains("request_success_total") {
+        vec![sample(slot, if high { 20.0 } else { 2.0 })]
+    } else if promql.contains("num_requests_waiting") {
+        vec![sample(slot, if high { 30.0 } else { 0.0 })]
+    } else if promql.contains("num_requests_running") {
+        vec![sample(slot, if high { 80.0 } else { 10.0 })]
+    } else {
+        Vec::new()
+    };
+    serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": result}})
+}
+
+async fn start_stub_prometheus(port: u16) {
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        get(|RawQuery(q): RawQuery| async move {
+            let params: HashMap<String, String> = q
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (form_decode(k), form_decode(v))))
+                .collect();
+            let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            ([(axum::http::header::CONTENT_TYPE, "application/json")], answer(params.get("query").map(String::as_str).unwrap_or(""), now_s).to_string())
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("stub Prometheus port");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+}
+
+fn workload_yaml(i: usize, interval_s: u64, prom_url: &str, policy: &str, ckpt: &std::path::Path) -> String {
+    let policy_block = match policy {
+        "dqn" => format!("    kind: dqn\n    intervalSeconds: {interval_s}\n    dqn: {{checkpoint: \"{}\"}}\n", ckpt.display()),
+        _ => format!(
+            "    kind: hpa\n    intervalSeconds: {interval_s}\n    hpa:\n      targets: [{{metric: ongoingRequests, target: 16}}]\n      scaleDownStabilizationSeconds: 30\n"
+        ),
+    };
+    format!(
+        r#"apiVersion: llmos.dev/v1alpha1
+kind: LLMWorkload
+metadata:
+  name: w{i:03}
+  namespace: {NS}
+spec:
+  variants:
+    - name: llama3-8b
+      model: llama-3-8b
+      image: vllm/vllm-openai:v0.6.3
+      minReplicas: 1
+      maxReplicas: 6
+  gpuPools:
+    - name: a100
+      gpuType: A100-80GB
+      pricePerGpuHour: 3.0
+      capacityGpus: 8
+  slo: {{ttftMs: 2000, tpotMs: 100, percentile: 90, targetAttainment: 0.95}}
+  limits: {{minTotalReplicas: 1, maxTotalReplicas: 6, maxStepChange: 4, scaleDownCooldownSeconds: 10}}
+  metrics: {{source: prometheus, prometheusUrl: "{prom_url}", windowSeconds: 10, staleAfterSeconds: 15}}
+  policy:
+{policy_block}"#
+    )
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn diff(a: &[(f64, f64)], b: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    b.iter().map(|(le, c)| (*le, c - a.iter().find(|x| x.0 == *le).map_or(0.0, |x| x.1))).collect()
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{:.3}", x * 1000.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark, run by hand: cargo test --test bench_control_loop -- --ignored --nocapture"]
+async fn control_loop_cost_under_many_workloads() {
+    let missing = missing_prerequisites(false);
+    assert!(missing.is_empty(), "prerequisites missing: {missing:?}");
+    let n = env_u64("LLMOS_BENCH_WORKLOADS", 100) as usize;
+    let interval_s = env_u64("LLMOS_BENCH_INTERVAL_S", 5);
+    let warmup = env_u64("LLMOS_BENCH_WARMUP_S", 20);
+    let measure = env_u64("LLMOS_BENCH_MEASURE_S", 60);
+    let policy = std::env::var("LLMOS_BENCH_POLICY").unwrap_or_else(|_| "hpa".into());
+
+    let (mut stack, client) = Stack::start(false).await;
+    stack.install_crd();
+    let prom_port = free_port();
+    start_stub_prometheus(prom_port).await;
+    let prom_url = format!("http://127.0.0.1:{prom_port}");
+    let ckpt = stack.path("ckpt");
+    if policy == "dqn" {
+        std::fs::write(stack.path("scenario.toml"), e2e_support::DQN_SCENARIO).expect("scenario");
+        let (sc, ck) = (stack.path("scenario.toml"), ckpt.clone());
+        tokio::task::spawn_blocking(move || e2e_support::train_tiny_dqn(&sc, &ck)).await.expect("training");
+    }
+    let op_addr = format!("127.0.0.1:{}", free_port());
+    let pid = stack.spawn("operator", &["run", "--metrics-addr", &op_addr, "--no-leader-election"], &[("RUST_LOG", "warn")]);
+
+    let yaml: Vec<String> = (0..n).map(|i| workload_yaml(i, interval_s, &prom_url, &policy, &ckpt)).collect();
+    let t_apply = Instant::now();
+    stack.kubectl(&["apply", "-f", "-"], Some(&yaml.join("---\n")));
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    wait_until(
+        "a Deployment for every workload",
+        Duration::from_secs(300),
+        || async { deps.list(&ListParams::default().labels("llmos.dev/workload")).await.map(|l| l.items.len() >= n).unwrap_or(false) },
+        &stack,
+        &["operator"],
+    )
+    .await;
+    let all_placed_s = t_apply.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+
+    let scrape = || async { reqwest::get(format!("http://{op_addr}/metrics")).await.expect("operator /metrics").text().await.expect("body") };
+    let a = scrape().await;
+    let mut rss_max = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(measure) {
+        rss_max = rss_max.max(proc_status_kib(pid, "VmRSS:").unwrap_or(0));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let b = scrape().await;
+    let secs = t.elapsed().as_secs_f64();
+    let (rss, hwm) = (proc_status_kib(pid, "VmRSS:").unwrap_or(0), proc_status_kib(pid, "VmHWM:").unwrap_or(0));
+
+    let rec = diff(&histogram_buckets(&a, "llmos_reconcile_duration_seconds"), &histogram_buckets(&b, "llmos_reconcile_duration_seconds"));
+    let dec = diff(
+        &histogram_buckets(&a, "llmos_policy_decision_duration_seconds"),
+        &histogram_buckets(&b, "llmos_policy_decision_duration_seconds"),
+    );
+    let count = |h: &[(f64, f64)]| h.last().map_or(0.0, |x| x.1);
+    let errs = |t: &str| t.lines().filter(|l| l.starts_with("llmos_reconcile_errors_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
+    let decisions: Vec<&str> = b.lines().filter(|l| l.starts_with("llmos_decisions_total")).collect();
+    let report = format!(
+        "control loop: {n} LLMWorkloads, policy {policy}, interval {interval_s} s, stub Prometheus; all Deployments after {all_placed_s:.1} s; measured {secs:.0} s after {warmup} s warm-up\n\
+         reconciles: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; errors {:.0}\n\
+         decisions: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; {decisions:?}\n\
+         memory: VmRSS {:.1} MiB at the end, max sampled {:.1} MiB, VmHWM {:.1} MiB; reconciles total {}",
+        count(&rec),
+        count(&rec) / secs,
+        ms(bucket_quantile(&rec, 0.5)),
+        ms(bucket_quantile(&rec, 0.99)),
+        errs(&b) - errs(&a),
+        count(&dec),
+        count(&dec) / secs,
+        ms(bucket_quantile(&dec, 0.5)),
+        ms(bucket_quantile(&dec, 0.99)),
+        rss as f64 / 1024.0,
+        rss_max as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        sample_value(&b, "llmos_reconciles_total").unwrap_or(0.0),
+    );
+    eprintln!("{report}");
+    let _ = std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench_control_loop.txt"), &report);
+    assert!(count(&rec) > 0.0 && count(&dec) > 0.0, "no reconciles or decisions measured:\n{report}\n{}", e2e_support::tail(&stack.log("operator")));
+    stack.kill("operator");
+}
