@@ -105,10 +105,13 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Scenario to train and compare in (a real trace; train on its first 60 %, judge on the last 40 %).
-    #[arg(long, default_value = "scenarios/azure-conv-llama3-8b-a100.toml")]
+    #[arg(long, default_value = "scenarios/azure-code-llama3-8b-a100.toml")]
     pub scenario: PathBuf,
+    /// Training settings (a TOML file of `TrainConfig` fields, as `llmos train --config` takes).
+    #[arg(long, default_value = "scenarios/train/azure-code-lambda120.toml")]
+    pub config: PathBuf,
     /// Training steps (control ticks) for the DQN.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 30_000)]
     pub steps: u64,
     /// Seed of the training run.
     #[arg(long, default_value_t = 0)]
@@ -120,10 +123,11 @@ pub struct DemoArgs {
     #[arg(long, value_delimiter = ',', default_value = "1.0")]
     pub load: Vec<f64>,
     /// Baselines to compare with (names as in `llmos compare`).
-    #[arg(long, default_value = "hpa,kpa,queue,static-peak")]
+    #[arg(long, default_value = "hpa,hpa:target=1,kpa,kpa:target=1,queue,static-peak")]
     pub baselines: String,
-    /// Requests per second one replica sustains within the SLO, to size `static-peak`.
-    #[arg(long, default_value_t = 3.0)]
+    /// Requests per second one replica sustains within the SLO, to size `static-peak`
+    /// (1.3 for the Azure code trace, measured on its training window: docs/results.md).
+    #[arg(long, default_value_t = 1.3)]
     pub replica_capacity_rps: f64,
     /// Use this trained checkpoint instead of training a new one.
     #[arg(long)]
@@ -140,13 +144,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let ckpt = match &args.checkpoint {
         Some(c) => c.clone(),
         None => {
-            let cfg = crate::rl::train::TrainConfig {
-                scenario: args.scenario.clone(),
-                steps: args.steps,
-                seed: args.seed,
-                out: args.out.join("ckpt"),
-                ..Default::default()
-            };
+            let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+            let mut cfg: crate::rl::train::TrainConfig =
+                toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
+            cfg.scenario = args.scenario.clone();
+            cfg.steps = args.steps;
+            cfg.seed = args.seed;
+            cfg.out = args.out.join("ckpt");
             eprintln!(
                 "[1/2] training a DQN for {} steps on the training window of {} (seed {})",
                 cfg.steps,
