@@ -20,9 +20,7 @@ fn cuda_libraries_present(torch_lib: &Path) -> bool {
     let Ok(dirs) = std::fs::read_dir(site.join("nvidia")) else { return false };
     dirs.flatten().any(|d| {
         std::fs::read_dir(d.path().join("lib"))
-            .map(|files| {
-                files.flatten().any(|f| f.file_name().to_string_lossy().starts_with("libcusparse.so"))
-            })
+            .map(|files| files.flatten().any(|f| f.file_name().to_string_lossy().starts_with("libcusparse.so")))
             .unwrap_or(false)
     })
 }

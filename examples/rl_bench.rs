@@ -88,6 +88,11 @@ fn main() -> anyhow::Result<()> {
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| lat[((p * n as f64) as usize).min(n - 1)];
-    println!("decision latency (DqnPolicy::decide, batch 1, CPU, 1 thread): median {:.1} µs, p99 {:.1} µs, max {:.1} µs", q(0.5), q(0.99), lat[n - 1]);
+    println!(
+        "decision latency (DqnPolicy::decide, batch 1, CPU, 1 thread): median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        q(0.5),
+        q(0.99),
+        lat[n - 1]
+    );
     Ok(())
 }

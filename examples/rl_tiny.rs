@@ -54,7 +54,10 @@ fn main() -> anyhow::Result<()> {
     cfg.steps = steps;
     cfg.seed = seed;
     let s = train(&cfg)?;
-    println!("trained {} steps in {:.1} s ({:.0} steps/s, {:.0} updates/s)", s.env_steps, s.wall_s, s.env_steps_per_s, s.updates_per_s);
+    println!(
+        "trained {} steps in {:.1} s ({:.0} steps/s, {:.0} updates/s)",
+        s.env_steps, s.wall_s, s.env_steps_per_s, s.updates_per_s
+    );
     let scenario = Scenario::load(&scenario_path)?;
     let mut policy = DqnPolicy::load_on(&out, &scenario.spec, DeviceChoice::Cpu)?;
     let mut baselines: Vec<(String, Box<dyn Policy>)> = Vec::new();
@@ -68,13 +71,15 @@ fn main() -> anyhow::Result<()> {
         baselines.push((kind.to_string(), llmos::policy::build::build_policy(&spec)?));
     }
     let mut hold = Hold;
-    let mut all: Vec<(String, &mut dyn Policy)> = vec![("dqn".into(), &mut policy as &mut dyn Policy), ("hold".into(), &mut hold as &mut dyn Policy)];
+    let mut all: Vec<(String, &mut dyn Policy)> =
+        vec![("dqn".into(), &mut policy as &mut dyn Policy), ("hold".into(), &mut hold as &mut dyn Policy)];
     for (n, b) in baselines.iter_mut() {
         all.push((n.clone(), b.as_mut()));
     }
     for (name, p) in all {
         let run = rollout(p, &scenario, 0, (0.0, 1.0), 1.0, &cfg.reward)?;
-        let traj: Vec<String> = run.ticks.iter().map(|t| t.desired.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("+")).collect();
+        let traj: Vec<String> =
+            run.ticks.iter().map(|t| t.desired.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("+")).collect();
         println!(
             "{name}: return {:.2}  SLO {:.2}%  GPU-h {:.3}  cost ${:.2}  slots {:?}\n  desired per tick: {}",
             run.episodic_return,

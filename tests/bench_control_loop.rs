@@ -39,7 +39,9 @@ use axum::routing::get;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams};
 
-use e2e_support::{bucket_quantile, free_port, histogram_buckets, missing_prerequisites, sample_value, wait_until, Stack};
+use e2e_support::{
+    bucket_quantile, free_port, histogram_buckets, missing_prerequisites, sample_value, wait_until, Stack,
+};
 
 const NS: &str = "default";
 
@@ -81,16 +83,32 @@ fn answer(promql: &str, now_s: f64) -> serde_json::Value {
     // High or low load, flipping every 30 s, half the workloads out of phase.
     let high = ((now_s / 30.0) as u64 + idx) % 2 == 0;
     let slot = serde_json::json!({"llmos_variant": "llama3-8b", "llmos_pool": "a100"});
-    let sample = |metric: serde_json::Value, v: f64| serde_json::json!({"metric": metric, "value": [now_s, format!("{v}")]});
+    let sample =
+        |metric: serde_json::Value, v: f64| serde_json::json!({"metric": metric, "value": [now_s, format!("{v}")]});
     let result: Vec<serde_json::Value> = if promql.contains("== 0") {
         Vec::new()
     } else if promql.starts_with("histogram_quantile") {
-        let v = if promql.contains("time_to_first_token") { if high { 1.5 } else { 0.3 } } else if high { 0.08 } else { 0.03 };
+        let v = if promql.contains("time_to_first_token") {
+            if high {
+                1.5
+            } else {
+                0.3
+            }
+        } else if high {
+            0.08
+        } else {
+            0.03
+        };
         vec![sample(serde_json::json!({}), v)]
     } else if promql.starts_with("sum by (le)") {
         [(0.05, 4.0), (0.1, 8.0), (0.5, 9.0), (1.0, 9.5), (2.5, 10.0), (f64::INFINITY, 10.0)]
             .iter()
-            .map(|(le, c)| sample(serde_json::json!({"le": if le.is_infinite() { "+Inf".to_string() } else { le.to_string() }}), *c))
+            .map(|(le, c)| {
+                sample(
+                    serde_json::json!({"le": if le.is_infinite() { "+Inf".to_string() } else { le.to_string() }}),
+                    *c,
+                )
+            })
             .collect()
     } else if promql.starts_with("(sum(rate") {
         vec![sample(serde_json::json!({}), 0.0)]
@@ -121,8 +139,14 @@ async fn start_stub_prometheus(port: u16) {
                 .split('&')
                 .filter_map(|kv| kv.split_once('=').map(|(k, v)| (form_decode(k), form_decode(v))))
                 .collect();
-            let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            ([(axum::http::header::CONTENT_TYPE, "application/json")], answer(params.get("query").map(String::as_str).unwrap_or(""), now_s).to_string())
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                answer(params.get("query").map(String::as_str).unwrap_or(""), now_s).to_string(),
+            )
         }),
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("stub Prometheus port");
@@ -200,7 +224,8 @@ async fn control_loop_cost_under_many_workloads() {
         tokio::task::spawn_blocking(move || e2e_support::train_tiny_dqn(&sc, &ck)).await.expect("training");
     }
     let op_addr = format!("127.0.0.1:{}", free_port());
-    let pid = stack.spawn("operator", &["run", "--metrics-addr", &op_addr, "--no-leader-election"], &[("RUST_LOG", "warn")]);
+    let pid =
+        stack.spawn("operator", &["run", "--metrics-addr", &op_addr, "--no-leader-election"], &[("RUST_LOG", "warn")]);
 
     let yaml: Vec<String> = (0..n).map(|i| workload_yaml(i, interval_s, &prom_url, &policy, &ckpt)).collect();
     let t_apply = Instant::now();
@@ -209,7 +234,12 @@ async fn control_loop_cost_under_many_workloads() {
     wait_until(
         "a Deployment for every workload",
         Duration::from_secs(300),
-        || async { deps.list(&ListParams::default().labels("llmos.dev/workload")).await.map(|l| l.items.len() >= n).unwrap_or(false) },
+        || async {
+            deps.list(&ListParams::default().labels("llmos.dev/workload"))
+                .await
+                .map(|l| l.items.len() >= n)
+                .unwrap_or(false)
+        },
         &stack,
         &["operator"],
     )
@@ -217,7 +247,9 @@ async fn control_loop_cost_under_many_workloads() {
     let all_placed_s = t_apply.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(warmup)).await;
 
-    let scrape = || async { reqwest::get(format!("http://{op_addr}/metrics")).await.expect("operator /metrics").text().await.expect("body") };
+    let scrape = || async {
+        reqwest::get(format!("http://{op_addr}/metrics")).await.expect("operator /metrics").text().await.expect("body")
+    };
     let a = scrape().await;
     let mut rss_max = 0;
     let t = Instant::now();
@@ -229,13 +261,21 @@ async fn control_loop_cost_under_many_workloads() {
     let secs = t.elapsed().as_secs_f64();
     let (rss, hwm) = (proc_status_kib(pid, "VmRSS:").unwrap_or(0), proc_status_kib(pid, "VmHWM:").unwrap_or(0));
 
-    let rec = diff(&histogram_buckets(&a, "llmos_reconcile_duration_seconds"), &histogram_buckets(&b, "llmos_reconcile_duration_seconds"));
+    let rec = diff(
+        &histogram_buckets(&a, "llmos_reconcile_duration_seconds"),
+        &histogram_buckets(&b, "llmos_reconcile_duration_seconds"),
+    );
     let dec = diff(
         &histogram_buckets(&a, "llmos_policy_decision_duration_seconds"),
         &histogram_buckets(&b, "llmos_policy_decision_duration_seconds"),
     );
     let count = |h: &[(f64, f64)]| h.last().map_or(0.0, |x| x.1);
-    let errs = |t: &str| t.lines().filter(|l| l.starts_with("llmos_reconcile_errors_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
+    let errs = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("llmos_reconcile_errors_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
     let decisions: Vec<&str> = b.lines().filter(|l| l.starts_with("llmos_decisions_total")).collect();
     let report = format!(
         "control loop: {n} LLMWorkloads, policy {policy}, interval {interval_s} s, stub Prometheus; all Deployments after {all_placed_s:.1} s; measured {secs:.0} s after {warmup} s warm-up\n\
@@ -258,6 +298,10 @@ async fn control_loop_cost_under_many_workloads() {
     );
     eprintln!("{report}");
     let _ = std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench_control_loop.txt"), &report);
-    assert!(count(&rec) > 0.0 && count(&dec) > 0.0, "no reconciles or decisions measured:\n{report}\n{}", e2e_support::tail(&stack.log("operator")));
+    assert!(
+        count(&rec) > 0.0 && count(&dec) > 0.0,
+        "no reconciles or decisions measured:\n{report}\n{}",
+        e2e_support::tail(&stack.log("operator"))
+    );
     stack.kill("operator");
 }

@@ -130,7 +130,10 @@ impl Harness {
     /// Plays the kubelet: marks `n` replicas of a Deployment ready.
     async fn set_ready(&self, deployment: &str, n: i32) {
         let patch = serde_json::json!({"status": {"replicas": n, "readyReplicas": n, "availableReplicas": n}});
-        self.deps().patch_status(deployment, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch deployment status");
+        self.deps()
+            .patch_status(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch deployment status");
     }
 
     async fn workload(&self, name: &str) -> LLMWorkload {
@@ -158,7 +161,11 @@ async fn first_reconcile_creates_deployments_and_service() {
     let r = h.replicas().await;
     assert_eq!(
         r,
-        BTreeMap::from([("chat-large-a100".to_string(), 0), ("chat-small-a100".to_string(), 0), ("chat-small-l4".to_string(), 1)])
+        BTreeMap::from([
+            ("chat-large-a100".to_string(), 0),
+            ("chat-small-a100".to_string(), 0),
+            ("chat-small-l4".to_string(), 1)
+        ])
     );
     let d = h.deps().get("chat-large-a100").await.expect("deployment");
     let labels = d.labels();
@@ -169,9 +176,15 @@ async fn first_reconcile_creates_deployments_and_service() {
     let owner = &d.owner_references()[0];
     assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("LLMWorkload", uid.as_str(), Some(true)));
     let pod = d.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
-    assert_eq!(pod.node_selector.unwrap().get("nvidia.com/gpu.product").map(String::as_str), Some("NVIDIA-A100-SXM4-80GB"));
+    assert_eq!(
+        pod.node_selector.unwrap().get("nvidia.com/gpu.product").map(String::as_str),
+        Some("NVIDIA-A100-SXM4-80GB")
+    );
     let tol = &pod.tolerations.expect("tolerations")[0];
-    assert_eq!((tol.key.as_deref(), tol.operator.as_deref(), tol.effect.as_deref()), (Some("nvidia.com/gpu"), Some("Exists"), Some("NoSchedule")));
+    assert_eq!(
+        (tol.key.as_deref(), tol.operator.as_deref(), tol.effect.as_deref()),
+        (Some("nvidia.com/gpu"), Some("Exists"), Some("NoSchedule"))
+    );
     let c = &pod.containers[0];
     let res = c.resources.as_ref().expect("resources");
     assert_eq!(res.requests.as_ref().unwrap()["nvidia.com/gpu"].0, "4");
@@ -183,10 +196,16 @@ async fn first_reconcile_creates_deployments_and_service() {
     let l4 = h.deps().get("chat-small-l4").await.unwrap();
     assert!(l4.spec.unwrap().template.spec.unwrap().tolerations.is_none());
     // Fields are owned by the `llmos` field manager (server-side apply).
-    assert!(d.managed_fields().iter().any(|m| m.manager.as_deref() == Some("llmos") && m.operation.as_deref() == Some("Apply")));
+    assert!(d
+        .managed_fields()
+        .iter()
+        .any(|m| m.manager.as_deref() == Some("llmos") && m.operation.as_deref() == Some("Apply")));
 
     let svc: Service = Api::namespaced(h.client.clone(), &h.ns).get("chat").await.expect("service");
-    assert_eq!(svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap(), BTreeMap::from([("llmos.dev/workload".to_string(), "chat".to_string())]));
+    assert_eq!(
+        svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap(),
+        BTreeMap::from([("llmos.dev/workload".to_string(), "chat".to_string())])
+    );
     assert_eq!(svc.owner_references()[0].uid, uid);
 
     let st = wl.status.as_ref().expect("status");
@@ -199,9 +218,25 @@ async fn first_reconcile_creates_deployments_and_service() {
     assert!(!events(&h.client, &h.ns, "Placed").await.is_empty(), "a Placed event");
 
     // Idempotent: reconciling again (between ticks) changes no Deployment.
-    let before: Vec<String> = h.deps().list(&ListParams::default()).await.unwrap().items.iter().map(|d| d.resource_version().unwrap()).collect();
+    let before: Vec<String> = h
+        .deps()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d.resource_version().unwrap())
+        .collect();
     h.reconcile("chat").await;
-    let after: Vec<String> = h.deps().list(&ListParams::default()).await.unwrap().items.iter().map(|d| d.resource_version().unwrap()).collect();
+    let after: Vec<String> = h
+        .deps()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d.resource_version().unwrap())
+        .collect();
     assert_eq!(before, after, "a second reconcile rewrote a Deployment");
 }
 
@@ -269,7 +304,8 @@ async fn a_variant_switch_starts_the_new_variant_before_draining_the_old() {
     h.tick("chat").await;
     let r = h.replicas().await;
     assert_eq!((r["chat-large-a100"], r["chat-small-l4"]), (1, 0), "old variant drained once the new one is ready");
-    let notes: Vec<String> = events(&h.client, &h.ns, "VariantSwitched").await.into_iter().filter_map(|e| e.note).collect();
+    let notes: Vec<String> =
+        events(&h.client, &h.ns, "VariantSwitched").await.into_iter().filter_map(|e| e.note).collect();
     assert!(notes.iter().any(|n| n.contains("drained small")), "{notes:?}");
 }
 
@@ -301,7 +337,11 @@ async fn an_invalid_spec_degrades_with_a_warning_and_touches_nothing() {
     let wl = h.workload("chat").await;
     let degraded = condition(&wl, "Degraded");
     assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
-    assert!(degraded.message.contains("h100") && degraded.message.contains("spec.variants[1].pools[0]"), "{}", degraded.message);
+    assert!(
+        degraded.message.contains("h100") && degraded.message.contains("spec.variants[1].pools[0]"),
+        "{}",
+        degraded.message
+    );
     assert!(h.replicas().await.is_empty(), "no Deployment for an invalid spec");
     let warn = events(&h.client, &h.ns, "InvalidSpec").await;
     assert_eq!(warn.first().and_then(|e| e.type_.as_deref()), Some("Warning"));
@@ -398,7 +438,12 @@ async fn crd_rejects_invalid_instances_at_admission() {
         ("pricePerGpuHour", Box::new(|v| v["spec"]["gpuPools"][0]["pricePerGpuHour"] = (-1.0).into())),
         ("kind", Box::new(|v| v["spec"]["policy"]["kind"] = "magic".into())),
         ("targetAttainment", Box::new(|v| v["spec"]["slo"] = serde_json::json!({"targetAttainment": 1.5}))),
-        ("image", Box::new(|v| { v["spec"]["variants"][0].as_object_mut().unwrap().remove("image"); })),
+        (
+            "image",
+            Box::new(|v| {
+                v["spec"]["variants"][0].as_object_mut().unwrap().remove("image");
+            }),
+        ),
     ];
     for (field, mutate) in cases {
         let mut bad = ok.clone();
@@ -418,7 +463,9 @@ async fn plain_manifests_and_examples_pass_server_side_dry_run() {
     let Some(cluster) = cluster() else { return };
     // The namespace must exist for namespaced objects to dry-run; create it for real.
     cluster.kubectl(&["apply", "-f", "manifests/01-namespace.yaml"]).expect("namespace applies");
-    let out = cluster.kubectl(&["apply", "--dry-run=server", "-f", "manifests/"]).expect("manifests pass server-side dry-run");
+    let out = cluster
+        .kubectl(&["apply", "--dry-run=server", "-f", "manifests/"])
+        .expect("manifests pass server-side dry-run");
     assert!(out.contains("deployment.apps/llmos-operator"), "{out}");
     let client = cluster.client().await;
     namespace(&client, "examples").await;
@@ -470,7 +517,17 @@ async fn the_operator_binary_reconciles_with_leader_election_and_hands_over_on_s
 
     let start = |identity: &str, port: u16| {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_llmos"))
-            .args(["run", "--namespace", &ns, "--lease-name", "llmos-test-leader", "--lease-namespace", &ns, "--log-level", "info"])
+            .args([
+                "run",
+                "--namespace",
+                &ns,
+                "--lease-name",
+                "llmos-test-leader",
+                "--lease-namespace",
+                &ns,
+                "--log-level",
+                "info",
+            ])
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("POD_NAME", identity)

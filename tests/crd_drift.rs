@@ -49,7 +49,11 @@ fn crd_schema_is_structural_for_kubernetes_1_20() {
         }
         if let Some(props) = obj.get("properties").and_then(|p| p.as_object()) {
             for (k, p) in props {
-                if !p.as_object().is_some_and(|o| o.contains_key("type") || o.contains_key("x-kubernetes-int-or-string") || o.contains_key("x-kubernetes-preserve-unknown-fields")) {
+                if !p.as_object().is_some_and(|o| {
+                    o.contains_key("type")
+                        || o.contains_key("x-kubernetes-int-or-string")
+                        || o.contains_key("x-kubernetes-preserve-unknown-fields")
+                }) {
                     problems.push(format!("{path}.{k}: no type"));
                 }
                 walk(p, &format!("{path}.{k}"), problems);

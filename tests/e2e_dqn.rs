@@ -32,7 +32,10 @@ use std::time::{Duration, Instant};
 use kube::api::Api;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
-use e2e_support::{desired_total, train_tiny_dqn, DQN_SCENARIO, free_port, missing_prerequisites, skip_requested, tail, wait_until, Stack};
+use e2e_support::{
+    desired_total, free_port, missing_prerequisites, skip_requested, tail, train_tiny_dqn, wait_until, Stack,
+    DQN_SCENARIO,
+};
 
 const NS: &str = "default";
 const ACTIVE: &str = "chat-dqn";
@@ -119,11 +122,27 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     let scenario_s = scenario.display().to_string();
     stack.spawn(
         "twin",
-        &["twin-serve", "--scenario", &scenario_s, "--namespace", NS, "--speed", "1", "--targets-file", &targets, "--ip-base", "127.32.0.0"],
+        &[
+            "twin-serve",
+            "--scenario",
+            &scenario_s,
+            "--namespace",
+            NS,
+            "--speed",
+            "1",
+            "--targets-file",
+            &targets,
+            "--ip-base",
+            "127.32.0.0",
+        ],
         &[],
     );
     let op_addr = format!("127.0.0.1:{}", free_port());
-    stack.spawn("operator", &["run", "--metrics-addr", &op_addr, "--no-leader-election"], &[("LLMOS_PROMETHEUS_URL", &prom_url)]);
+    stack.spawn(
+        "operator",
+        &["run", "--metrics-addr", &op_addr, "--no-leader-election"],
+        &[("LLMOS_PROMETHEUS_URL", &prom_url)],
+    );
     let logs = ["operator", "twin"];
 
     // --- 2. apply the three workloads ---
@@ -164,7 +183,9 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     assert_eq!(c.reason, "PolicyBuildFailed");
     assert!(c.message.contains(&ckpt.display().to_string()), "message does not name the checkpoint: {}", c.message);
     assert!(
-        c.message.contains("does not match the workload") && c.message.contains("slot[llama3-8b/a100]") && c.message.contains("slot[llama3-8b-v2/a100]"),
+        c.message.contains("does not match the workload")
+            && c.message.contains("slot[llama3-8b/a100]")
+            && c.message.contains("slot[llama3-8b-v2/a100]"),
         "message does not name the layout mismatch: {}",
         c.message
     );
@@ -184,7 +205,10 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     while t0.elapsed() < observe_until {
         let total = desired_total(&client, NS, ACTIVE).await;
         if total >= 0 {
-            assert!((MIN_TOTAL..=MAX_TOTAL).contains(&total), "Deployments outside the limits [{MIN_TOTAL}, {MAX_TOTAL}]: {total}");
+            assert!(
+                (MIN_TOTAL..=MAX_TOTAL).contains(&total),
+                "Deployments outside the limits [{MIN_TOTAL}, {MAX_TOTAL}]: {total}"
+            );
             series.push((t0.elapsed().as_secs_f64(), total));
         }
         if let Some(d) = status(&wl, ACTIVE).await.last_decision {
@@ -192,7 +216,10 @@ async fn operator_end_to_end_with_a_trained_dqn() {
             assert!(d.reason.starts_with("dqn:"), "reason does not come from the dqn: {:?}", d.reason);
             let t: i32 = d.targets.iter().map(|x| x.replicas as i32).sum();
             assert!((MIN_TOTAL..=MAX_TOTAL).contains(&t), "decision outside the limits: {d:?}");
-            assert!(d.targets.iter().all(|x| x.replicas <= 6 && x.variant == "llama3-8b" && x.pool == "a100"), "bad targets: {d:?}");
+            assert!(
+                d.targets.iter().all(|x| x.replicas <= 6 && x.variant == "llama3-8b" && x.pool == "a100"),
+                "bad targets: {d:?}"
+            );
             if decisions.last().is_none_or(|l| l.0 != d.time) {
                 decisions.push((d.time.clone(), d.reason.clone(), t));
             }
@@ -212,7 +239,8 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     assert_eq!(desired_total(&client, NS, SHADOW).await, 1, "shadow mode changed replicas");
 
     // The operator's own metrics count the DQN's decisions.
-    let text = reqwest::get(format!("http://{op_addr}/metrics")).await.expect("operator /metrics").text().await.expect("body");
+    let text =
+        reqwest::get(format!("http://{op_addr}/metrics")).await.expect("operator /metrics").text().await.expect("body");
     let n = e2e_support::sample_value(&text, "llmos_policy_decision_duration_seconds_count").unwrap_or(0.0);
     assert!(n >= 5.0, "llmos_policy_decision_duration_seconds_count = {n}");
     let overrides: Vec<&str> = text.lines().filter(|l| l.starts_with("llmos_shield_overrides_total")).collect();

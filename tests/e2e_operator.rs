@@ -113,7 +113,13 @@ where
 
 /// Samples the desired replica total once per second into `series` until `deadline`
 /// or until `stop(value)` says so.
-async fn sample(client: &Client, series: &mut Vec<(f64, i32)>, t0: Instant, deadline: Duration, stop: impl Fn(i32) -> bool) -> bool {
+async fn sample(
+    client: &Client,
+    series: &mut Vec<(f64, i32)>,
+    t0: Instant,
+    deadline: Duration,
+    stop: impl Fn(i32) -> bool,
+) -> bool {
     let start = Instant::now();
     while start.elapsed() < deadline {
         let v = desired_total(client).await;
@@ -152,31 +158,69 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     let speed = SPEED.to_string();
     stack.spawn(
         "twin",
-        &["twin-serve", "--scenario", &scenario, "--namespace", NS, "--speed", &speed, "--targets-file", &targets, "--ip-base", "127.31.0.0"],
+        &[
+            "twin-serve",
+            "--scenario",
+            &scenario,
+            "--namespace",
+            NS,
+            "--speed",
+            &speed,
+            "--targets-file",
+            &targets,
+            "--ip-base",
+            "127.31.0.0",
+        ],
         &[],
     );
     let op_addr_a = format!("127.0.0.1:{}", free_port());
-    stack.spawn("operator-a", &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS], &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)]);
+    stack.spawn(
+        "operator-a",
+        &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS],
+        &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)],
+    );
 
     // 1. apply the workload; the operator creates the Deployment; the twin makes it Ready.
     stack.kubectl(&["apply", "-f", "-"], Some(&workload_yaml(&prom_url)));
     let t0 = Instant::now();
-    wait_until("the operator creates the Deployment", Duration::from_secs(60), || async { desired_total(&client).await >= 1 }, &stack).await;
-    wait_until("the twin marks a replica Ready", Duration::from_secs(60), || async { ready_total(&client).await >= 1 }, &stack).await;
+    wait_until(
+        "the operator creates the Deployment",
+        Duration::from_secs(60),
+        || async { desired_total(&client).await >= 1 },
+        &stack,
+    )
+    .await;
+    wait_until(
+        "the twin marks a replica Ready",
+        Duration::from_secs(60),
+        || async { ready_total(&client).await >= 1 },
+        &stack,
+    )
+    .await;
     let got = stack.kubectl(&["get", "llmworkloads", "-n", NS], None);
     assert!(got.contains(WORKLOAD), "kubectl get llmworkloads: {got}");
 
     // 2. a second replica stays passive.
     let op_addr_b = format!("127.0.0.1:{}", free_port());
-    stack.spawn("operator-b", &["run", "--metrics-addr", &op_addr_b, "--lease-namespace", NS], &[("POD_NAME", "operator-b"), ("LLMOS_PROMETHEUS_URL", &prom_url)]);
+    stack.spawn(
+        "operator-b",
+        &["run", "--metrics-addr", &op_addr_b, "--lease-namespace", NS],
+        &[("POD_NAME", "operator-b"), ("LLMOS_PROMETHEUS_URL", &prom_url)],
+    );
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     wait_until(
         "operator-a holds the lease",
         Duration::from_secs(30),
         || async {
-            leases.list(&ListParams::default()).await.map(|l| {
-                l.items.iter().any(|x| x.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some("operator-a"))
-            }).unwrap_or(false)
+            leases
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .any(|x| x.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some("operator-a"))
+                })
+                .unwrap_or(false)
         },
         &stack,
     )
@@ -186,7 +230,11 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     let mut series: Vec<(f64, i32)> = Vec::new();
     let before = desired_total(&client).await;
     let scaled = sample(&client, &mut series, t0, Duration::from_secs(150), |v| v >= before + 2).await;
-    assert!(scaled, "no scale-up after the load step: desired replicas over time {series:?}\n{}", tail(&stack.log("operator-a")));
+    assert!(
+        scaled,
+        "no scale-up after the load step: desired replicas over time {series:?}\n{}",
+        tail(&stack.log("operator-a"))
+    );
     let t_up = t0.elapsed().as_secs_f64();
     let lease_holder = leases
         .list(&ListParams::default())
@@ -194,7 +242,11 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
         .map(|l| l.items.iter().filter_map(|x| x.spec.as_ref()?.holder_identity.clone()).collect::<Vec<_>>())
         .unwrap_or_default();
     assert!(lease_holder.contains(&"operator-a".to_string()), "lease holders {lease_holder:?}");
-    assert!(!stack.log("operator-b").contains("became leader"), "operator-b must stay passive:\n{}", tail(&stack.log("operator-b")));
+    assert!(
+        !stack.log("operator-b").contains("became leader"),
+        "operator-b must stay passive:\n{}",
+        tail(&stack.log("operator-b"))
+    );
 
     // 4. kill the operator mid-run and restart it: nothing is reset.
     let wl_api: Api<LLMWorkload> = Api::namespaced(client.clone(), NS);
@@ -202,10 +254,17 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     let before_kill = desired_total(&client).await;
     stack.kill("operator-b"); // so the restarted operator-a takes the lease back quickly
     stack.kill("operator-a");
-    stack.spawn("operator-a2", &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS], &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)]);
+    stack.spawn(
+        "operator-a2",
+        &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS],
+        &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)],
+    );
     tokio::time::sleep(Duration::from_secs(3 * INTERVAL_S)).await;
     let after_restart = desired_total(&client).await;
-    assert!(after_restart >= 1 && after_restart + 4 >= before_kill, "restart reset replicas: {before_kill} -> {after_restart}");
+    assert!(
+        after_restart >= 1 && after_restart + 4 >= before_kill,
+        "restart reset replicas: {before_kill} -> {after_restart}"
+    );
     let status_after = wl_api.get(WORKLOAD).await.expect("workload").status.unwrap_or_default();
     assert!(status_after.shield_overrides >= status_before.shield_overrides, "status counters went back");
     sample(&client, &mut series, t0, Duration::from_secs(20), |_| false).await;
@@ -217,9 +276,12 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
         "MetricsAvailable=False after Prometheus stopped",
         Duration::from_secs(40),
         || async {
-            wl_api.get(WORKLOAD).await.ok().and_then(|w| w.status).is_some_and(|s| {
-                s.conditions.iter().any(|c| c.type_ == "MetricsAvailable" && c.status == "False")
-            })
+            wl_api
+                .get(WORKLOAD)
+                .await
+                .ok()
+                .and_then(|w| w.status)
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "MetricsAvailable" && c.status == "False"))
         },
         &stack,
     )
@@ -239,13 +301,22 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     let vals: Vec<i32> = series.iter().map(|s| s.1).collect();
     let first_down = vals.windows(2).position(|w| w[1] < w[0]);
     if let Some(i) = first_down {
-        assert!(vals[i + 1..].windows(2).all(|w| w[1] <= w[0]), "replicas rose again after scaling down (flapping): {series:?}");
+        assert!(
+            vals[i + 1..].windows(2).all(|w| w[1] <= w[0]),
+            "replicas rose again after scaling down (flapping): {series:?}"
+        );
     }
     assert!(peak > before, "peak {peak} not above the start {before}");
 
     // 7. delete the workload: its Deployments go.
     stack.kubectl(&["delete", "llmworkload", WORKLOAD, "-n", NS, "--wait=false"], None);
-    wait_until("Deployments removed after deleting the workload", Duration::from_secs(60), || async { desired_total(&client).await == 0 }, &stack).await;
+    wait_until(
+        "Deployments removed after deleting the workload",
+        Duration::from_secs(60),
+        || async { desired_total(&client).await == 0 },
+        &stack,
+    )
+    .await;
 
     let summary = format!(
         "e2e: scale-up seen at {t_up:.0}s, scaled down at {t_down:.0}s, peak {peak} replicas, total wall time {:.0}s; series {series:?}",

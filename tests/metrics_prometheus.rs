@@ -41,8 +41,12 @@ fn selector_escapes_and_includes_workload_namespace_and_spec_labels() {
     let q = MetricsQuery { namespace: "prod", workload: "chat", spec: &s, endpoints: &[] };
     assert_eq!(selector(&q), r#"cluster="x\"y",llmos_workload="chat",namespace="prod""#);
     let qs = queries(&q);
-    assert!(qs.kv_cache.contains("vllm:kv_cache_usage_perc{") && qs.kv_cache.contains(" or vllm:gpu_cache_usage_perc{"));
-    assert!(qs.quantiles[1].1.starts_with("histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{"));
+    assert!(
+        qs.kv_cache.contains("vllm:kv_cache_usage_perc{") && qs.kv_cache.contains(" or vllm:gpu_cache_usage_perc{")
+    );
+    assert!(qs.quantiles[1]
+        .1
+        .starts_with("histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{"));
     assert!(qs.quantiles[1].2.contains("vllm:time_per_output_token_seconds_bucket"));
     assert!(qs.completions.contains("[30s]"));
 }
@@ -63,8 +67,14 @@ fn assemble_complete_answer() {
         age: vec![slot("small", "a100", 1.0)],
         down: vec![],
         quantile_answers: vec![
-            (vec![Series { labels: BTreeMap::new(), value: 0.2 }], vec![Series { labels: BTreeMap::new(), value: 0.01 }]),
-            (vec![Series { labels: BTreeMap::new(), value: 0.5 }], vec![Series { labels: BTreeMap::new(), value: f64::NAN }]),
+            (
+                vec![Series { labels: BTreeMap::new(), value: 0.2 }],
+                vec![Series { labels: BTreeMap::new(), value: 0.01 }],
+            ),
+            (
+                vec![Series { labels: BTreeMap::new(), value: 0.5 }],
+                vec![Series { labels: BTreeMap::new(), value: f64::NAN }],
+            ),
             (vec![], vec![]),
         ],
     };
@@ -116,7 +126,8 @@ fn assemble_with_no_series_says_so() {
 
 #[test]
 fn parse_answer_errors_are_bad_answers() {
-    let err = parse_answer("prometheus", "up", r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#).unwrap_err();
+    let err = parse_answer("prometheus", "up", r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#)
+        .unwrap_err();
     assert!(matches!(err, MetricsError::BadAnswer { .. }));
     assert!(err.to_string().contains("bad_data: parse error"));
     assert!(parse_answer("prometheus", "up", "<html>").is_err());
@@ -191,10 +202,7 @@ async fn observes_through_a_recorded_prometheus() {
     let answers = vec![
         ("histogram_quantile(0.5, sum by (le) (rate(vllm:time_to_first", vector(&[(&[], "0.3")])),
         ("histogram_quantile(0.5, sum by (le) (rate(vllm:inter_token", vector(&[(&[], "0.02")])),
-        (
-            "sum by (le) (rate(vllm:time_to_first",
-            vector(&[(&[("le", "0.5")], "9"), (&[("le", "+Inf")], "10")]),
-        ),
+        ("sum by (le) (rate(vllm:time_to_first", vector(&[(&[("le", "0.5")], "9"), (&[("le", "+Inf")], "10")])),
         ("sum by (llmos_variant, llmos_pool) (vllm:num_requests_waiting", vector(&[(slot_labels, "7")])),
         ("sum by (llmos_variant, llmos_pool) (vllm:num_requests_running", vector(&[(slot_labels, "3")])),
         ("avg by (llmos_variant, llmos_pool) (vllm:kv_cache_usage_perc", vector(&[(slot_labels, "0.4")])),

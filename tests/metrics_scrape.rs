@@ -37,7 +37,13 @@ vllm:time_to_first_token_seconds_count{{engine=\"0\",model_name=\"m\"}} {}\n\
 # TYPE vllm:inter_token_latency_seconds histogram\n\
 vllm:inter_token_latency_seconds_bucket{{engine=\"0\",le=\"0.05\",model_name=\"m\"}} {}\n\
 vllm:inter_token_latency_seconds_bucket{{engine=\"0\",le=\"+Inf\",model_name=\"m\"}} {}\n",
-        ttft[0], ttft[1], ttft[2], ttft[3], ttft[3], ttft[3] * 10.0, ttft[3] * 10.0
+        ttft[0],
+        ttft[1],
+        ttft[2],
+        ttft[3],
+        ttft[3],
+        ttft[3] * 10.0,
+        ttft[3] * 10.0
     )
 }
 

@@ -32,7 +32,7 @@ fn m(t: f64, current: u32, ongoing: f64) -> UnitMetrics {
 #[test]
 fn hpa_holds_within_tolerance() {
     let mut hpa = HpaScaler::new(HpaParams::default()); // target 16 ongoing per replica, 10 %
-    // 4 replicas × 16 = 64 at target; ±10 % keeps 4.
+                                                        // 4 replicas × 16 = 64 at target; ±10 % keeps 4.
     assert_eq!(hpa.recommend(&m(0.0, 4, 70.0)), 4);
     assert_eq!(hpa.recommend(&m(15.0, 4, 58.0)), 4);
     // 20 % over: ceil(4 × 1.2) = 5.
@@ -56,7 +56,7 @@ fn hpa_waits_out_its_stabilisation_window_before_scaling_down() {
 #[test]
 fn hpa_scale_up_is_rate_limited() {
     let mut hpa = HpaScaler::new(HpaParams::default()); // max(+100 %, +4) per 15 s
-    // 2 replicas under 20× the target load: raw 40, limit max(4, 2 + 4) = 6.
+                                                        // 2 replicas under 20× the target load: raw 40, limit max(4, 2 + 4) = 6.
     assert_eq!(hpa.recommend(&m(0.0, 2, 640.0)), 6);
     // 5 s later, same period: already +4 from 2, so still at most 6.
     let mut mm = m(5.0, 6, 640.0);
@@ -163,10 +163,15 @@ fn queue_m(t: f64, current: u32, waiting: f64, rate: f64) -> UnitMetrics {
 
 #[test]
 fn queue_scales_up_at_once_and_respects_its_cooldown() {
-    let p = QueueParams { queue_length_per_replica: 4.0, polling_interval_seconds: 15, cooldown_seconds: 120, allow_scale_to_zero: false };
+    let p = QueueParams {
+        queue_length_per_replica: 4.0,
+        polling_interval_seconds: 15,
+        cooldown_seconds: 120,
+        allow_scale_to_zero: false,
+    };
     let mut q = QueueScaler::new(p);
     assert_eq!(q.recommend(&queue_m(0.0, 2, 20.0, 5.0)), 5); // ceil(20 / 4)
-    // Queue drains: no scale-down until 120 s after the last active poll.
+                                                             // Queue drains: no scale-down until 120 s after the last active poll.
     let mut t = 15.0;
     while t < 120.0 {
         assert_eq!(q.recommend(&queue_m(t, 5, 0.0, 5.0)), 5, "scaled down at t={t} during cooldown");
@@ -177,7 +182,12 @@ fn queue_scales_up_at_once_and_respects_its_cooldown() {
 
 #[test]
 fn queue_polls_only_on_its_interval() {
-    let p = QueueParams { queue_length_per_replica: 1.0, polling_interval_seconds: 30, cooldown_seconds: 0, allow_scale_to_zero: false };
+    let p = QueueParams {
+        queue_length_per_replica: 1.0,
+        polling_interval_seconds: 30,
+        cooldown_seconds: 0,
+        allow_scale_to_zero: false,
+    };
     let mut q = QueueScaler::new(p);
     assert_eq!(q.recommend(&queue_m(0.0, 1, 3.0, 1.0)), 3);
     // 15 s later a large queue is not seen until the next poll at 30 s.
@@ -188,7 +198,12 @@ fn queue_polls_only_on_its_interval() {
 #[test]
 fn queue_scales_to_zero_only_when_allowed() {
     for allow in [false, true] {
-        let p = QueueParams { queue_length_per_replica: 4.0, polling_interval_seconds: 10, cooldown_seconds: 60, allow_scale_to_zero: allow };
+        let p = QueueParams {
+            queue_length_per_replica: 4.0,
+            polling_interval_seconds: 10,
+            cooldown_seconds: 60,
+            allow_scale_to_zero: allow,
+        };
         let mut q = QueueScaler::new(p);
         let mut last = q.recommend(&queue_m(0.0, 2, 0.0, 0.0));
         let mut t = 10.0;
@@ -208,11 +223,15 @@ fn queue_scales_to_zero_only_when_allowed() {
 
 #[test]
 fn ray_waits_its_upscale_and_downscale_delays() {
-    let mut r = RayScaler::new(RayParams { target_ongoing_requests: 10.0, upscale_delay_seconds: 30, downscale_delay_seconds: 120 });
+    let mut r = RayScaler::new(RayParams {
+        target_ongoing_requests: 10.0,
+        upscale_delay_seconds: 30,
+        downscale_delay_seconds: 120,
+    });
     assert_eq!(r.recommend(&m(0.0, 2, 60.0)), 2); // wants 6, waits
     assert_eq!(r.recommend(&m(15.0, 2, 60.0)), 2);
     assert_eq!(r.recommend(&m(30.0, 2, 60.0)), 6); // need persisted 30 s
-    // A dip resets the timer.
+                                                   // A dip resets the timer.
     assert_eq!(r.recommend(&m(45.0, 6, 10.0)), 6);
     assert_eq!(r.recommend(&m(60.0, 6, 60.0)), 6);
     let mut t = 75.0;
@@ -242,16 +261,33 @@ fn variant(name: &str, gpus: u32, quality: f64, max: u32) -> VariantSpec {
 }
 
 fn pool(name: &str, price: f64, cap: Option<u32>) -> GpuPoolSpec {
-    GpuPoolSpec { name: name.into(), gpu_type: "A100".into(), node_selector: BTreeMap::new(), tolerations: vec![], price_per_gpu_hour: price, capacity_gpus: cap }
+    GpuPoolSpec {
+        name: name.into(),
+        gpu_type: "A100".into(),
+        node_selector: BTreeMap::new(),
+        tolerations: vec![],
+        price_per_gpu_hour: price,
+        capacity_gpus: cap,
+    }
 }
 
 fn spec(variants: Vec<VariantSpec>, pools: Vec<GpuPoolSpec>) -> LLMWorkloadSpec {
-    LLMWorkloadSpec { variants, gpu_pools: pools, slo: Default::default(), limits: Default::default(), metrics: Default::default(), policy: Default::default() }
+    LLMWorkloadSpec {
+        variants,
+        gpu_pools: pools,
+        slo: Default::default(),
+        limits: Default::default(),
+        metrics: Default::default(),
+        policy: Default::default(),
+    }
 }
 
 fn obs_with_free(free: &[(&str, Option<u32>)]) -> Observation {
     Observation {
-        pools: free.iter().map(|&(n, f)| PoolObservation { name: n.into(), free_gpus: f, price_per_gpu_hour_usd: 0.0 }).collect(),
+        pools: free
+            .iter()
+            .map(|&(n, f)| PoolObservation { name: n.into(), free_gpus: f, price_per_gpu_hour_usd: 0.0 })
+            .collect(),
         ..Default::default()
     }
 }
@@ -275,7 +311,14 @@ fn placement_scales_down_the_expensive_pool_first_and_spread_splits_evenly() {
     let info = WorkloadInfo::from_spec(&s);
     let mut o = obs_with_free(&[("dear", None), ("cheap", None)]);
     for (p, n) in [("dear", 3), ("cheap", 3)] {
-        o.slots.push(SlotObservation { variant: "v".into(), pool: p.into(), desired_replicas: n, ready_replicas: n, gpus_per_replica: 1, ..Default::default() });
+        o.slots.push(SlotObservation {
+            variant: "v".into(),
+            pool: p.into(),
+            desired_replicas: n,
+            ready_replicas: n,
+            gpus_per_replica: 1,
+            ..Default::default()
+        });
     }
     let mut d = Decision::default();
     let mut free = vec![None, None];
@@ -326,7 +369,15 @@ fn built_policies_hold_when_metrics_are_missing_and_scale_per_variant() {
     let mut p = build_policy(&s).unwrap();
     let mut o = Observation {
         arrival_rate_rps: 5.0,
-        slots: vec![SlotObservation { variant: "v".into(), pool: "a".into(), desired_replicas: 2, ready_replicas: 2, running_requests: 96.0, gpus_per_replica: 1, ..Default::default() }],
+        slots: vec![SlotObservation {
+            variant: "v".into(),
+            pool: "a".into(),
+            desired_replicas: 2,
+            ready_replicas: 2,
+            running_requests: 96.0,
+            gpus_per_replica: 1,
+            ..Default::default()
+        }],
         pools: vec![PoolObservation { name: "a".into(), free_gpus: None, price_per_gpu_hour_usd: 1.0 }],
         ..Default::default()
     };

@@ -122,7 +122,11 @@ fn cooldown_holds_scale_down_and_survives_export_import() {
 
 #[test]
 fn keeps_last_ready_replica_with_traffic_but_not_without() {
-    let s = spec(vec![variant("v", 1, 0, 100, &[])], vec![pool("a", 1.0, None), pool("b", 1.0, None)], limits(0, 100, None, 8, 0));
+    let s = spec(
+        vec![variant("v", 1, 0, 100, &[])],
+        vec![pool("a", 1.0, None), pool("b", 1.0, None)],
+        limits(0, 100, None, 8, 0),
+    );
     let sh = Shield::new(&s);
     // Moving everything from pool a (ready) to pool b (cold) would leave no ready replica.
     let o = obs(0.0, 2.0, &[("v", "a", 1, 1), ("v", "b", 0, 0)]);
@@ -170,7 +174,11 @@ fn capacity_counts_gpus_per_replica_and_pools_are_enforced() {
 
 #[test]
 fn omitted_slots_keep_their_current_count() {
-    let s = spec(vec![variant("v", 1, 0, 100, &[])], vec![pool("a", 1.0, None), pool("b", 1.0, None)], limits(0, 100, None, 8, 0));
+    let s = spec(
+        vec![variant("v", 1, 0, 100, &[])],
+        vec![pool("a", 1.0, None), pool("b", 1.0, None)],
+        limits(0, 100, None, 8, 0),
+    );
     let sh = Shield::new(&s);
     let out = sh.clamp(&obs(0.0, 1.0, &[("v", "a", 3, 3), ("v", "b", 2, 2)]), &decision(&[("v", "a", 4)]));
     assert_eq!(out.decision.replicas("v", "b"), Some(2));
@@ -215,7 +223,10 @@ fn case_strategy(bounded: bool) -> impl Strategy<Value = Case> {
         let variants = proptest::collection::vec((1u32..=4, 0u32..=4, 0u32..=8, 0u8..8), nv);
         let pools = proptest::collection::vec((0.1f64..5.0, proptest::option::of(0u32..=16)), np);
         let lim = (0u32..=6, 0u32..=14, proptest::option::of(0.0f64..60.0), 0u32..=4, 0u32..=120);
-        let slots = proptest::collection::vec((0u32..=8, 0u32..=8, 0u32..=10, any::<bool>(), proptest::option::of(0.0f64..200.0)), nv * np);
+        let slots = proptest::collection::vec(
+            (0u32..=8, 0u32..=8, 0u32..=10, any::<bool>(), proptest::option::of(0.0f64..200.0)),
+            nv * np,
+        );
         let rate = prop_oneof![Just(0.0), 0.01f64..20.0];
         (variants, pools, lim, slots, rate, 0u32..=3).prop_map(move |(vs, ps, l, ss, rate, unknown)| {
             let pools: Vec<GpuPoolSpec> = ps
@@ -235,11 +246,7 @@ fn case_strategy(bounded: bool) -> impl Strategy<Value = Case> {
                     }
                 })
                 .collect();
-            let limits = if bounded {
-                limits(0, 100, l.2, l.3, l.4)
-            } else {
-                limits(l.0, l.1, l.2, l.3, l.4)
-            };
+            let limits = if bounded { limits(0, 100, l.2, l.3, l.4) } else { limits(l.0, l.1, l.2, l.3, l.4) };
             let mut o = Observation { time_s: 1000.0, arrival_rate_rps: rate, ..Default::default() };
             let mut d = Decision::default();
             let mut cooldown_state = BTreeMap::new();
@@ -286,14 +293,20 @@ impl View<'_> {
         self.d.targets.iter().filter(|t| t.variant == v).map(|t| t.replicas).sum()
     }
     fn pool_gpus(&self, p: &str) -> u64 {
-        self.d.targets.iter().filter(|t| t.pool == p).map(|t| u64::from(t.replicas) * u64::from(self.gpr(&t.variant))).sum()
+        self.d
+            .targets
+            .iter()
+            .filter(|t| t.pool == p)
+            .map(|t| u64::from(t.replicas) * u64::from(self.gpr(&t.variant)))
+            .sum()
     }
     fn cost(&self) -> f64 {
         self.d
             .targets
             .iter()
             .map(|t| {
-                let price = self.spec.gpu_pools.iter().find(|p| p.name == t.pool).map(|p| p.price_per_gpu_hour).unwrap_or(0.0);
+                let price =
+                    self.spec.gpu_pools.iter().find(|p| p.name == t.pool).map(|p| p.price_per_gpu_hour).unwrap_or(0.0);
                 f64::from(t.replicas) * f64::from(self.gpr(&t.variant)) * price
             })
             .sum()
@@ -425,4 +438,3 @@ proptest! {
         }
     }
 }
-

@@ -120,12 +120,8 @@ fn td_target_excludes_masked_options_by_hand_computation() {
 }
 
 fn weights(agent: &DqnAgent) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<(String, Vec<f32>)> = agent
-        .vs
-        .variables()
-        .into_iter()
-        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
-        .collect();
+    let mut v: Vec<(String, Vec<f32>)> =
+        agent.vs.variables().into_iter().map(|(k, t)| (k, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -171,7 +167,8 @@ fn checkpoint_round_trips_and_rejects_what_does_not_fit() {
 
     // Layout mismatch names the difference.
     let other = env.feature_names();
-    let err = checkpoint::load(&ck, &Expected { feature_names: Some(&other), branches: None }, DeviceChoice::Cpu).unwrap_err();
+    let err = checkpoint::load(&ck, &Expected { feature_names: Some(&other), branches: None }, DeviceChoice::Cpu)
+        .unwrap_err();
     assert!(matches!(err, RlError::LayoutMismatch { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("observation features") && msg.contains('5') && msg.contains('2'), "{msg}");
@@ -182,9 +179,10 @@ fn checkpoint_round_trips_and_rejects_what_does_not_fit() {
         .to_string();
     assert!(msg.contains("observation feature 3") && msg.contains("state_3") && msg.contains("state_x"), "{msg}");
     let other_branches = env.action_branches();
-    let msg = checkpoint::load(&ck, &Expected { feature_names: None, branches: Some(&other_branches) }, DeviceChoice::Cpu)
-        .unwrap_err()
-        .to_string();
+    let msg =
+        checkpoint::load(&ck, &Expected { feature_names: None, branches: Some(&other_branches) }, DeviceChoice::Cpu)
+            .unwrap_err()
+            .to_string();
     assert!(msg.contains("action branch 0") && msg.contains("arm"), "{msg}");
 
     // Missing directory, corrupt weights, garbage sidecar: errors, not panics.

@@ -71,7 +71,10 @@ fn dqn_scales_up_for_the_step_and_prefers_the_cheap_pool() {
     let fixed = rollout(&mut Hold, &scenario, 0, (0.0, 1.0), 1.0, &cfg.reward).unwrap();
     eprintln!("slots {:?}", run.slots);
     for t in &run.ticks {
-        eprintln!("t={:6.0} desired {:?} ready {:?} finished {:4} met {:4} ${:.4}", t.time_s, t.desired, t.ready, t.finished, t.slo_met, t.cost_usd);
+        eprintln!(
+            "t={:6.0} desired {:?} ready {:?} finished {:4} met {:4} ${:.4}",
+            t.time_s, t.desired, t.ready, t.finished, t.slo_met, t.cost_usd
+        );
     }
     eprintln!("dqn: {}", run.report.to_table());
     eprintln!("hold: {}", fixed.report.to_table());
@@ -84,10 +87,20 @@ fn dqn_scales_up_for_the_step_and_prefers_the_cheap_pool() {
     assert!(att >= 0.8 && att > att_fixed + 0.5, "SLO attainment {att} (fixed fleet {att_fixed})");
     // Scaled up within four ticks (60 s) of the step at t = 200 s.
     let after = run.ticks.iter().filter(|t| t.time_s >= 200.0 && t.time_s < 260.0);
-    assert!(after.map(|t| t.desired.iter().sum::<u32>()).max().unwrap_or(0) >= 3, "no scale-up within 60 s of the step");
+    assert!(
+        after.map(|t| t.desired.iter().sum::<u32>()).max().unwrap_or(0) >= 3,
+        "no scale-up within 60 s of the step"
+    );
     // Cheap first: most GPU time on the cheap pool, and none on the expensive one once the
     // load is steady (the last ten ticks), when the cheap pool alone can carry it.
-    let gh = |i: usize| run.report.slots.iter().find(|s| format!("{}/{}", s.variant, s.pool) == run.slots[i]).map(|s| s.gpu_hours).unwrap_or(0.0);
+    let gh = |i: usize| {
+        run.report
+            .slots
+            .iter()
+            .find(|s| format!("{}/{}", s.variant, s.pool) == run.slots[i])
+            .map(|s| s.gpu_hours)
+            .unwrap_or(0.0)
+    };
     assert!(gh(dear) * 2.0 < gh(cheap), "expensive pool {} GPU-h vs cheap {}", gh(dear), gh(cheap));
     for t in run.ticks.iter().rev().take(10) {
         assert_eq!(t.desired[dear], 0, "expensive replicas in steady state at t={}", t.time_s);

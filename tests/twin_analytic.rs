@@ -36,7 +36,12 @@ fn run_to_end(twin: &mut Twin) {
 
 #[test]
 fn one_request_on_idle_replica() {
-    let s = scenario(r#"{ kind = "poisson", rate_rps = 0.01 }"#, r#"{ kind = "fixed", input_tokens = 1500, output_tokens = 100 }"#, 100_000.0, "max_duration_s = 100000.0");
+    let s = scenario(
+        r#"{ kind = "poisson", rate_rps = 0.01 }"#,
+        r#"{ kind = "fixed", input_tokens = 1500, output_tokens = 100 }"#,
+        100_000.0,
+        "max_duration_s = 100000.0",
+    );
     let s = {
         let mut s = s;
         s.file.workload.synthetic.as_mut().unwrap().max_requests = Some(1);
@@ -61,7 +66,12 @@ fn one_request_on_idle_replica() {
 
 #[test]
 fn low_poisson_load_has_near_zero_queueing() {
-    let s = scenario(r#"{ kind = "poisson", rate_rps = 0.5 }"#, r#"{ kind = "fixed", input_tokens = 500, output_tokens = 50 }"#, 1200.0, "");
+    let s = scenario(
+        r#"{ kind = "poisson", rate_rps = 0.5 }"#,
+        r#"{ kind = "fixed", input_tokens = 500, output_tokens = 50 }"#,
+        1200.0,
+        "",
+    );
     let mut twin = Twin::new(&s, 11).unwrap();
     run_to_end(&mut twin);
     let r = twin.report();
@@ -73,7 +83,12 @@ fn low_poisson_load_has_near_zero_queueing() {
 
 #[test]
 fn overload_queue_grows() {
-    let s = scenario(r#"{ kind = "poisson", rate_rps = 60.0 }"#, r#"{ kind = "fixed", input_tokens = 1000, output_tokens = 200 }"#, 400.0, "");
+    let s = scenario(
+        r#"{ kind = "poisson", rate_rps = 60.0 }"#,
+        r#"{ kind = "fixed", input_tokens = 1000, output_tokens = 200 }"#,
+        400.0,
+        "",
+    );
     let mut twin = Twin::new(&s, 5).unwrap();
     let mut waiting = Vec::new();
     for _ in 0..24 {

@@ -26,12 +26,16 @@ fn malformed_trace_row_names_file_and_line() {
     let mut f = tempfile::Builder::new().suffix(".csv").tempfile().unwrap();
     write!(f, "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n2023-11-16 18:15:47.1,12,abc\r\n").unwrap();
     let e = Trace::load(f.path(), None).unwrap_err().to_string();
-    assert!(e.contains(&f.path().display().to_string()) && e.contains("line 3") && e.contains("GeneratedTokens"), "{e}");
+    assert!(
+        e.contains(&f.path().display().to_string()) && e.contains("line 3") && e.contains("GeneratedTokens"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_scenario_field_is_named() {
-    let text = scenario(&SYN.replace("RATE", "1.0"), "llama-3-8b", "A100-80GB").replace("duration_s = 10.0", "duration_s = 10.0\nburst_factor = 3");
+    let text = scenario(&SYN.replace("RATE", "1.0"), "llama-3-8b", "A100-80GB")
+        .replace("duration_s = 10.0", "duration_s = 10.0\nburst_factor = 3");
     let e = Scenario::from_toml_str(&text, "bad.toml").unwrap_err().to_string();
     assert!(e.contains("bad.toml") && e.contains("burst_factor") && e.contains("line"), "{e}");
 }
@@ -59,7 +63,8 @@ fn negative_rate_is_named() {
 
 #[test]
 fn negative_load_is_named() {
-    let text = scenario(&SYN.replace("RATE", "1.0"), "llama-3-8b", "A100-80GB").replace("[workload.synthetic]", "[workload]\nload = -1.0\n[workload.synthetic]");
+    let text = scenario(&SYN.replace("RATE", "1.0"), "llama-3-8b", "A100-80GB")
+        .replace("[workload.synthetic]", "[workload]\nload = -1.0\n[workload.synthetic]");
     let e = Scenario::from_toml_str(&text, "s.toml").unwrap_err().to_string();
     assert!(e.contains("workload.load"), "{e}");
 }

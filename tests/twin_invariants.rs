@@ -110,7 +110,12 @@ fn variant_switch_starts_new_before_draining_old() {
     d.set("b", "big", 1);
     twin.apply(&d);
     // The old replica keeps serving until the new one is ready.
-    let serving = |t: &Twin| t.replicas().iter().filter(|r| matches!(r.state, llmos::twin::ReplicaState::Ready | llmos::twin::ReplicaState::Retiring)).count();
+    let serving = |t: &Twin| {
+        t.replicas()
+            .iter()
+            .filter(|r| matches!(r.state, llmos::twin::ReplicaState::Ready | llmos::twin::ReplicaState::Retiring))
+            .count()
+    };
     assert_eq!(serving(&twin), 1);
     let mut saw_gap = false;
     for _ in 0..20 {

@@ -19,7 +19,11 @@ fn replica_metrics_round_trip_through_the_scraper() {
     let r = &reps[0];
     assert_eq!((r.variant.as_str(), r.pool.as_str(), r.index, r.state), ("llama3-8b", "cheap", 0, ReplicaState::Ready));
     let text = twin.replica_metrics_text(r.id).unwrap();
-    for n in ["vllm:num_requests_running{model_name=\"llama-3-8b\"}", "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_count"] {
+    for n in [
+        "vllm:num_requests_running{model_name=\"llama-3-8b\"}",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_count",
+    ] {
         assert!(text.contains(n), "{n} missing in\n{text}");
     }
     let pod = parse_exposition(&text);

@@ -83,7 +83,9 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     args.namespace = args.namespace.or_else(|| from_env("LLMOS_NAMESPACE"));
     args.lease_namespace = args.lease_namespace.or_else(|| from_env("POD_NAMESPACE"));
-    let config = kube::Config::infer().await.context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config)")?;
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config)")?;
     let default_ns = config.default_namespace.clone();
     let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
     let identity = default_identity();
@@ -112,16 +114,22 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     health.set_ready(true);
 
     // Per workload, as its spec.metrics.source says; default Prometheus URL from $LLMOS_PROMETHEUS_URL.
-    let source: Arc<dyn crate::metrics::MetricsSource> = match crate::metrics::SpecSource::with_default_url(args.prometheus_url.clone()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the metrics sources; every workload will hold its replicas");
-            Arc::new(UnavailableSource { why: e.to_string() })
-        }
-    };
+    let source: Arc<dyn crate::metrics::MetricsSource> =
+        match crate::metrics::SpecSource::with_default_url(args.prometheus_url.clone()) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the metrics sources; every workload will hold its replicas");
+                Arc::new(UnavailableSource { why: e.to_string() })
+            }
+        };
     let ctx = Arc::new(
-        Context::new(client.clone(), source, default_policy_builder(), ControllerConfig { instance: identity.clone(), ..Default::default() })
-            .with_metrics(metrics),
+        Context::new(
+            client.clone(),
+            source,
+            default_policy_builder(),
+            ControllerConfig { instance: identity.clone(), ..Default::default() },
+        )
+        .with_metrics(metrics),
     );
 
     let elect = args.leader_election && !args.no_leader_election;
@@ -159,7 +167,10 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         run_controller(ctx, args.namespace.clone(), shutdown).await;
         renewer.abort();
         if *lost_rx.borrow() {
-            anyhow::bail!("lost leadership of lease {lease_ns}/{}; exiting so a fresh process can compete again", args.lease_name);
+            anyhow::bail!(
+                "lost leadership of lease {lease_ns}/{}; exiting so a fresh process can compete again",
+                args.lease_name
+            );
         }
         match tokio::time::timeout(Duration::from_secs(5), elector.release()).await {
             Ok(Ok(())) => tracing::info!("released the lease"),

@@ -101,7 +101,8 @@ pub fn build_observation(
 /// raises the total to `limits.minTotalReplicas`).
 pub fn initial_targets(spec: &LLMWorkloadSpec) -> BTreeMap<Slot, u32> {
     let mut out: BTreeMap<Slot, u32> = BTreeMap::new();
-    let mut free: BTreeMap<&str, Option<u32>> = spec.gpu_pools.iter().map(|p| (p.name.as_str(), p.capacity_gpus)).collect();
+    let mut free: BTreeMap<&str, Option<u32>> =
+        spec.gpu_pools.iter().map(|p| (p.name.as_str(), p.capacity_gpus)).collect();
     for v in &spec.variants {
         let mut pools = variant_pools(spec, v);
         for p in &pools {
@@ -204,7 +205,11 @@ pub fn make_before_break(
             held.push(v.clone());
         }
     }
-    Sequenced { targets: out, starting_variants: if held.is_empty() { Vec::new() } else { starting }, held_variants: held }
+    Sequenced {
+        targets: out,
+        starting_variants: if held.is_empty() { Vec::new() } else { starting },
+        held_variants: held,
+    }
 }
 
 /// How one slot's replicas changed.
@@ -258,7 +263,11 @@ pub fn changes(current: &BTreeMap<Slot, u32>, targets: &BTreeMap<Slot, u32>) -> 
 
 /// Converts a decision into a per-slot map over the spec's slots; slots the decision
 /// does not name keep their `current` count.
-pub fn decision_targets(spec: &LLMWorkloadSpec, decision: &Decision, current: &BTreeMap<Slot, u32>) -> BTreeMap<Slot, u32> {
+pub fn decision_targets(
+    spec: &LLMWorkloadSpec,
+    decision: &Decision,
+    current: &BTreeMap<Slot, u32>,
+) -> BTreeMap<Slot, u32> {
     super::desired::slots(spec)
         .into_iter()
         .map(|s| {

@@ -57,10 +57,7 @@ impl Slot {
 
 /// The pools a variant may run on: its `pools`, or every pool when empty (spec order).
 pub fn variant_pools<'a>(spec: &'a LLMWorkloadSpec, variant: &'a VariantSpec) -> Vec<&'a GpuPoolSpec> {
-    spec.gpu_pools
-        .iter()
-        .filter(|p| variant.pools.is_empty() || variant.pools.iter().any(|n| n == &p.name))
-        .collect()
+    spec.gpu_pools.iter().filter(|p| variant.pools.is_empty() || variant.pools.iter().any(|n| n == &p.name)).collect()
 }
 
 /// Every slot of the spec, in the order of its variants, then pools.
@@ -181,7 +178,11 @@ pub fn deployment(wl: &LLMWorkload, slot: &Slot, replicas: u32) -> Option<Deploy
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     node_selector: if pool.node_selector.is_empty() { None } else { Some(pool.node_selector.clone()) },

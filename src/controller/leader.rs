@@ -147,7 +147,8 @@ impl LeaderElector {
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let mine = holder.as_deref() == Some(self.cfg.identity.as_str());
         if !mine && holder.is_some() {
-            let held_for = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(duration_s).max(1)));
+            let held_for =
+                SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(duration_s).max(1)));
             let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
             let expired = match renewed.and_then(|t| t.checked_add(held_for).ok()) {
                 Some(until) => until <= now,

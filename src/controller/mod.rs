@@ -46,8 +46,8 @@ use crate::policy::config::PolicyMode;
 use crate::policy::shield::{slot_key, Shield, ShieldOutcome};
 use crate::policy::{Decision, Policy};
 
-use decide::{SlotState, build_observation, changes, decision_targets, initial_targets, make_before_break, Change};
-use desired::{Slot, deployment_name, slots, workload_selector};
+use decide::{build_observation, changes, decision_targets, initial_targets, make_before_break, Change, SlotState};
+use desired::{deployment_name, slots, workload_selector, Slot};
 use status::{ConditionUpdate, DEGRADED, METRICS_AVAILABLE, POLICY_READY, READY};
 use telemetry::OperatorMetrics;
 
@@ -113,7 +113,9 @@ impl MetricsSource for UnavailableSource {
         &'a self,
         _query: &'a MetricsQuery<'a>,
     ) -> futures::future::BoxFuture<'a, Result<MetricsSnapshot, MetricsError>> {
-        Box::pin(async move { Err(MetricsError::Unreachable { source_name: "unavailable".into(), message: self.why.clone() }) })
+        Box::pin(async move {
+            Err(MetricsError::Unreachable { source_name: "unavailable".into(), message: self.why.clone() })
+        })
     }
 }
 
@@ -172,7 +174,12 @@ pub struct Context {
 
 impl Context {
     /// A context with the system clock and fresh metrics.
-    pub fn new(client: Client, metrics_source: Arc<dyn MetricsSource>, policy_builder: PolicyBuilder, config: ControllerConfig) -> Self {
+    pub fn new(
+        client: Client,
+        metrics_source: Arc<dyn MetricsSource>,
+        policy_builder: PolicyBuilder,
+        config: ControllerConfig,
+    ) -> Self {
         let reporter = Reporter { controller: "llmos".into(), instance: Some(config.instance.clone()) };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
@@ -335,7 +342,9 @@ async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatu
     let mut value = serde_json::to_value(status)?;
     if let Some(obj) = value.as_object_mut() {
         // A merge patch leaves absent keys alone: clear what is no longer set.
-        for k in ["lastDecision", "shadowDecision", "observedArrivalRateRps", "sloAttainment", "costRateUsdPerHour", "slots"] {
+        for k in
+            ["lastDecision", "shadowDecision", "observedArrivalRateRps", "sloAttainment", "costRateUsdPerHour", "slots"]
+        {
             obj.entry(k).or_insert(serde_json::Value::Null);
         }
     }
@@ -391,8 +400,14 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let problems = validate::validate_spec(&name, spec);
     if !problems.is_empty() {
         let msg = validate::summary(&problems);
-        let was_degraded = status::condition(&st.conditions, DEGRADED).is_some_and(|c| c.status == "True" && c.message == msg);
-        status::set_condition(&mut st.conditions, ConditionUpdate::new(DEGRADED, true, "InvalidSpec", msg.clone()), &now_str, generation);
+        let was_degraded =
+            status::condition(&st.conditions, DEGRADED).is_some_and(|c| c.status == "True" && c.message == msg);
+        status::set_condition(
+            &mut st.conditions,
+            ConditionUpdate::new(DEGRADED, true, "InvalidSpec", msg.clone()),
+            &now_str,
+            generation,
+        );
         status::set_condition(
             &mut st.conditions,
             ConditionUpdate::new(READY, false, "InvalidSpec", "the spec is invalid; see the Degraded condition"),
@@ -400,7 +415,15 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             generation,
         );
         if !was_degraded {
-            publish(&ctx, &wl, EventType::Warning, "InvalidSpec", "ValidateSpec".into(), format!("spec not applied, fix: {msg}")).await;
+            publish(
+                &ctx,
+                &wl,
+                EventType::Warning,
+                "InvalidSpec",
+                "ValidateSpec".into(),
+                format!("spec not applied, fix: {msg}"),
+            )
+            .await;
         }
         tracing::warn!(workload = %key, problems = %msg, "invalid spec");
         patch_status(&ctx, &wl, &st).await?;
@@ -446,21 +469,41 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             changed = true;
         }
         let due = changed
-            || ws.last_tick.is_none_or(|t| now.duration_since(t) >= SignedDuration::try_from(interval).unwrap_or(SignedDuration::ZERO));
+            || ws.last_tick.is_none_or(|t| {
+                now.duration_since(t) >= SignedDuration::try_from(interval).unwrap_or(SignedDuration::ZERO)
+            });
         (due, ws.policy.as_ref().err().cloned())
     };
     match &policy_error {
         None => status::set_condition(
             &mut st.conditions,
-            ConditionUpdate::new(POLICY_READY, true, "PolicyBuilt", format!("policy {} ({:?} mode)", spec.policy.kind.as_str(), spec.policy.mode).to_lowercase()),
+            ConditionUpdate::new(
+                POLICY_READY,
+                true,
+                "PolicyBuilt",
+                format!("policy {} ({:?} mode)", spec.policy.kind.as_str(), spec.policy.mode).to_lowercase(),
+            ),
             &now_str,
             generation,
         ),
         Some(e) => {
             let was = status::condition(&st.conditions, POLICY_READY).is_some_and(|c| c.status == "False");
-            status::set_condition(&mut st.conditions, ConditionUpdate::new(POLICY_READY, false, "PolicyBuildFailed", e.clone()), &now_str, generation);
+            status::set_condition(
+                &mut st.conditions,
+                ConditionUpdate::new(POLICY_READY, false, "PolicyBuildFailed", e.clone()),
+                &now_str,
+                generation,
+            );
             if !was {
-                publish(&ctx, &wl, EventType::Warning, "PolicyBuildFailed", "BuildPolicy".into(), format!("holding replicas: {e}")).await;
+                publish(
+                    &ctx,
+                    &wl,
+                    EventType::Warning,
+                    "PolicyBuildFailed",
+                    "BuildPolicy".into(),
+                    format!("holding replicas: {e}"),
+                )
+                .await;
             }
         }
     }
@@ -491,14 +534,32 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         };
         if let Some((reason, msg)) = missing {
             let total: u32 = current.values().sum();
-            status::set_condition(&mut st.conditions, ConditionUpdate::new(METRICS_AVAILABLE, false, reason, msg.clone()), &now_str, generation);
-            publish(&ctx, &wl, EventType::Warning, "MetricsUnavailable", format!("Hold {reason}"), format!("holding {total} replicas: {msg}")).await;
+            status::set_condition(
+                &mut st.conditions,
+                ConditionUpdate::new(METRICS_AVAILABLE, false, reason, msg.clone()),
+                &now_str,
+                generation,
+            );
+            publish(
+                &ctx,
+                &wl,
+                EventType::Warning,
+                "MetricsUnavailable",
+                format!("Hold {reason}"),
+                format!("holding {total} replicas: {msg}"),
+            )
+            .await;
             ctx.metrics.decision("hold");
             tracing::warn!(workload = %key, reason, message = %msg, "metrics unavailable; holding replicas");
         } else {
             status::set_condition(
                 &mut st.conditions,
-                ConditionUpdate::new(METRICS_AVAILABLE, true, "MetricsRead", format!("read from {}", ctx.metrics_source.name())),
+                ConditionUpdate::new(
+                    METRICS_AVAILABLE,
+                    true,
+                    "MetricsRead",
+                    format!("read from {}", ctx.metrics_source.name()),
+                ),
                 &now_str,
                 generation,
             );
@@ -526,7 +587,10 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                     time: now_str.clone(),
                     policy: policy_name.clone(),
                     reason: decision.reason.clone(),
-                    targets: t.iter().map(|(s, r)| TargetStatus { variant: s.variant.clone(), pool: s.pool.clone(), replicas: *r }).collect(),
+                    targets: t
+                        .iter()
+                        .map(|(s, r)| TargetStatus { variant: s.variant.clone(), pool: s.pool.clone(), replicas: *r })
+                        .collect(),
                     shielded: outcome.shielded(),
                     shield_rules: rules.clone(),
                 };
@@ -534,7 +598,19 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                     st.shadow_decision = Some(record(&proposed));
                     ctx.metrics.decision("shadow");
                     if proposed != current {
-                        publish(&ctx, &wl, EventType::Normal, "ShadowDecision", format!("Shadow {}", describe(&proposed)), format!("{policy_name} would set {} ({}); not applied (shadow mode)", describe(&proposed), decision.reason)).await;
+                        publish(
+                            &ctx,
+                            &wl,
+                            EventType::Normal,
+                            "ShadowDecision",
+                            format!("Shadow {}", describe(&proposed)),
+                            format!(
+                                "{policy_name} would set {} ({}); not applied (shadow mode)",
+                                describe(&proposed),
+                                decision.reason
+                            ),
+                        )
+                        .await;
                     }
                 } else {
                     let seq = make_before_break(&proposed, &current, &states);
@@ -565,7 +641,15 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                             .iter()
                             .map(|o| format!("{} {}/{} {}→{}", o.rule.as_str(), o.variant, o.pool, o.asked, o.applied))
                             .collect();
-                        publish(&ctx, &wl, EventType::Normal, "ShieldOverride", format!("Shield {}", rules.join(",")), format!("shield changed {policy_name}'s decision: {}", what.join(", "))).await;
+                        publish(
+                            &ctx,
+                            &wl,
+                            EventType::Normal,
+                            "ShieldOverride",
+                            format!("Shield {}", rules.join(",")),
+                            format!("shield changed {policy_name}'s decision: {}", what.join(", ")),
+                        )
+                        .await;
                     }
                     st.last_decision = Some(record(&targets));
                     decision_kind = Some(if !held_variants.is_empty() {
@@ -599,7 +683,10 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         let r = targets.get(s).copied().unwrap_or(0);
         if let Some(d) = desired::deployment(&wl, s, r) {
             let dn = deployment_name(&name, s);
-            dep_api.patch(&dn, &pp, &Patch::Apply(&d)).await.map_err(kube_err(format!("applying Deployment {ns}/{dn}")))?;
+            dep_api
+                .patch(&dn, &pp, &Patch::Apply(&d))
+                .await
+                .map_err(kube_err(format!("applying Deployment {ns}/{dn}")))?;
         }
     }
     let wanted: Vec<String> = all_slots.iter().map(|s| deployment_name(&name, s)).collect();
@@ -607,7 +694,17 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         let dn = d.name_any();
         if !wanted.contains(&dn) {
             match dep_api.delete(&dn, &DeleteParams::background()).await {
-                Ok(_) => publish(&ctx, &wl, EventType::Normal, "DeploymentDeleted", format!("Delete {dn}"), format!("deleted {dn}: its variant or pool left the spec")).await,
+                Ok(_) => {
+                    publish(
+                        &ctx,
+                        &wl,
+                        EventType::Normal,
+                        "DeploymentDeleted",
+                        format!("Delete {dn}"),
+                        format!("deleted {dn}: its variant or pool left the spec"),
+                    )
+                    .await
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(kube_err(format!("deleting Deployment {ns}/{dn}"))(e)),
             }
@@ -621,26 +718,36 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
 
     // 6. Events for what changed.
     // Events compare with what the cluster had (a slot without a Deployment had 0).
-    let before: BTreeMap<Slot, u32> = all_slots.iter().map(|s| (s.clone(), states.get(s).map_or(0, |st| st.desired))).collect();
+    let before: BTreeMap<Slot, u32> =
+        all_slots.iter().map(|s| (s.clone(), states.get(s).map_or(0, |st| st.desired))).collect();
     let ch = changes(&before, &targets);
     let first_creation = states.is_empty();
     for c in &ch {
         let action = match c {
             Change::Placed { slot, to } => format!("Scale {}/{} 0->{to}", slot.variant, slot.pool),
-            Change::Up { slot, from, to } | Change::Down { slot, from, to } => format!("Scale {}/{} {from}->{to}", slot.variant, slot.pool),
+            Change::Up { slot, from, to } | Change::Down { slot, from, to } => {
+                format!("Scale {}/{} {from}->{to}", slot.variant, slot.pool)
+            }
         };
         let (reason, note) = match c {
             Change::Placed { slot, to } => {
                 let gpu = spec.gpu_pools.iter().find(|p| p.name == slot.pool).map_or("", |p| p.gpu_type.as_str());
                 ("Placed", format!("placed {to} replica(s) of {} on pool {} ({gpu})", slot.variant, slot.pool))
             }
-            Change::Up { slot, from, to } => ("ScaledUp", format!("{}/{}: {from} → {to} replicas", slot.variant, slot.pool)),
+            Change::Up { slot, from, to } => {
+                ("ScaledUp", format!("{}/{}: {from} → {to} replicas", slot.variant, slot.pool))
+            }
             Change::Down { slot, from, to } => {
                 st.last_scale_down.insert(slot_key(&slot.variant, &slot.pool), now_str.clone());
                 ("ScaledDown", format!("{}/{}: {from} → {to} replicas", slot.variant, slot.pool))
             }
         };
-        let why = st.last_decision.as_ref().filter(|_| !first_creation).map(|d| format!(" ({})", d.reason)).unwrap_or_default();
+        let why = st
+            .last_decision
+            .as_ref()
+            .filter(|_| !first_creation)
+            .map(|d| format!(" ({})", d.reason))
+            .unwrap_or_default();
         publish(&ctx, &wl, EventType::Normal, reason, action, format!("{note}{why}")).await;
     }
     if !ch.is_empty() && !first_creation {
@@ -653,7 +760,9 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         .map(|v| v.name.as_str())
         .collect();
     let mut draining: Vec<String> = held_variants.clone();
-    draining.extend(asked_down.iter().filter(|v| variant_total(&targets, v) > 0 && !starting.contains(&v.as_str())).cloned());
+    draining.extend(
+        asked_down.iter().filter(|v| variant_total(&targets, v) > 0 && !starting.contains(&v.as_str())).cloned(),
+    );
     draining.sort();
     draining.dedup();
     if !first_creation && !starting.is_empty() && !draining.is_empty() {
@@ -672,10 +781,25 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         .await;
     }
     for v in &spec.variants {
-        if variant_total(&before, &v.name) > 0 && variant_total(&targets, &v.name) == 0 && targets.values().sum::<u32>() > 0 {
-            let now_serving: Vec<&str> =
-                spec.variants.iter().filter(|o| variant_total(&targets, &o.name) > 0).map(|o| o.name.as_str()).collect();
-            publish(&ctx, &wl, EventType::Normal, "VariantSwitched", format!("Drain {}", v.name), format!("drained {}; now serving: {}", v.name, now_serving.join(", "))).await;
+        if variant_total(&before, &v.name) > 0
+            && variant_total(&targets, &v.name) == 0
+            && targets.values().sum::<u32>() > 0
+        {
+            let now_serving: Vec<&str> = spec
+                .variants
+                .iter()
+                .filter(|o| variant_total(&targets, &o.name) > 0)
+                .map(|o| o.name.as_str())
+                .collect();
+            publish(
+                &ctx,
+                &wl,
+                EventType::Normal,
+                "VariantSwitched",
+                format!("Drain {}", v.name),
+                format!("drained {}; now serving: {}", v.name, now_serving.join(", ")),
+            )
+            .await;
         }
     }
 
@@ -687,9 +811,19 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     for c in status::rollout_conditions(&st.slots) {
         status::set_condition(&mut st.conditions, c, &now_str, generation);
     }
-    status::set_condition(&mut st.conditions, ConditionUpdate::new(DEGRADED, false, "AsExpected", "the spec is valid and applied"), &now_str, generation);
+    status::set_condition(
+        &mut st.conditions,
+        ConditionUpdate::new(DEGRADED, false, "AsExpected", "the spec is valid and applied"),
+        &now_str,
+        generation,
+    );
     if status::condition(&st.conditions, METRICS_AVAILABLE).is_none() {
-        status::set_condition(&mut st.conditions, ConditionUpdate::unknown(METRICS_AVAILABLE, "NotReadYet", "no control tick yet"), &now_str, generation);
+        status::set_condition(
+            &mut st.conditions,
+            ConditionUpdate::unknown(METRICS_AVAILABLE, "NotReadYet", "no control tick yet"),
+            &now_str,
+            generation,
+        );
     }
     patch_status(&ctx, &wl, &st).await?;
 
@@ -727,27 +861,43 @@ async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     match svc_api.get_opt(&name).await.map_err(kube_err("reading the Service"))? {
-        Some(svc) if desired::is_owned_by(&svc.metadata, &wl) => match svc_api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => deleted.push(format!("service/{name}")),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("deleting Service {ns}/{name}"))(e)),
-        },
+        Some(svc) if desired::is_owned_by(&svc.metadata, &wl) => {
+            match svc_api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(format!("service/{name}")),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(kube_err(format!("deleting Service {ns}/{name}"))(e)),
+            }
+        }
         _ => {}
     }
     ctx.workloads.lock().unwrap_or_else(|e| e.into_inner()).remove(&key_of(&wl));
-    publish(&ctx, &wl, EventType::Normal, "Deleted", "Cleanup".into(), format!("deleted {}", if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") })).await;
+    publish(
+        &ctx,
+        &wl,
+        EventType::Normal,
+        "Deleted",
+        "Cleanup".into(),
+        format!("deleted {}", if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") }),
+    )
+    .await;
     tracing::info!(workload = %key_of(&wl), deleted = ?deleted, "cleaned up");
     Ok(Action::await_change())
 }
 
 /// Runs the controller until `shutdown` resolves: watches LLMWorkloads (in `namespace`,
 /// or all) and the Deployments and Services the operator manages.
-pub async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     use futures::StreamExt;
     use kube::runtime::{watcher, Controller};
     let client = ctx.client.clone();
     let (wls, deps, svcs): (Api<LLMWorkload>, Api<Deployment>, Api<Service>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        Some(ns) => {
+            (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client, ns))
+        }
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
     };
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={}", desired::MANAGED_BY));

@@ -82,7 +82,11 @@ pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Con
 }
 
 /// Per-slot status rows, in slot order.
-pub fn slot_statuses(targets: &BTreeMap<Slot, u32>, states: &BTreeMap<Slot, SlotState>, order: &[Slot]) -> Vec<SlotStatus> {
+pub fn slot_statuses(
+    targets: &BTreeMap<Slot, u32>,
+    states: &BTreeMap<Slot, SlotState>,
+    order: &[Slot],
+) -> Vec<SlotStatus> {
     order
         .iter()
         .map(|s| SlotStatus {

@@ -70,8 +70,16 @@ impl OperatorMetrics {
         registry.register("reconcile_errors", "Reconciliations that failed, by reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Time one reconciliation took", reconcile_duration.clone());
         registry.register("decisions", "Decisions made, by kind", decisions.clone());
-        registry.register("shield_overrides", "Changes the shield made to policy decisions, by rule", shield_overrides.clone());
-        registry.register("policy_decision_duration_seconds", "Time the policy took to decide", policy_duration.clone());
+        registry.register(
+            "shield_overrides",
+            "Changes the shield made to policy decisions, by rule",
+            shield_overrides.clone(),
+        );
+        registry.register(
+            "policy_decision_duration_seconds",
+            "Time the policy took to decide",
+            policy_duration.clone(),
+        );
         OperatorMetrics {
             reconciles,
             reconcile_errors,
@@ -143,7 +151,10 @@ pub async fn serve(
                 let m = m.clone();
                 async move {
                     (
-                        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         m.encode(),
                     )
                 }

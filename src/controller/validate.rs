@@ -16,7 +16,10 @@ pub fn validate_spec(name: &str, spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     let mut out = crate::policy::shield::validate_spec(spec);
     let mut p = |field: String, message: String| out.push(SpecProblem { field, message });
     if name.len() > 63 {
-        p("metadata.name".into(), "the workload name must be at most 63 characters (it is used as a label value)".into());
+        p(
+            "metadata.name".into(),
+            "the workload name must be at most 63 characters (it is used as a label value)".into(),
+        );
     }
     for slot in slots(spec) {
         let dn = deployment_name(name, &slot);

@@ -144,7 +144,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let ckpt = match &args.checkpoint {
         Some(c) => c.clone(),
         None => {
-            let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+            let text =
+                std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
             let mut cfg: crate::rl::train::TrainConfig =
                 toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
             cfg.scenario = args.scenario.clone();
@@ -164,7 +165,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             );
             let summary = crate::rl::train::train_with_progress(&cfg, &mut |r| {
                 bar.set_position(r.env_steps.min(cfg.steps));
-                bar.set_message(format!("episode {}  return {:.1}  SLO {:.1}%", r.episode, r.episodic_return, r.slo_attainment * 100.0));
+                bar.set_message(format!(
+                    "episode {}  return {:.1}  SLO {:.1}%",
+                    r.episode,
+                    r.episodic_return,
+                    r.slo_attainment * 100.0
+                ));
             })?;
             bar.finish_and_clear();
             eprintln!(

@@ -120,7 +120,11 @@ pub struct FactoryContext<'a> {
 
 /// Builds `choice` for every kind but `dqn`.
 pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
-    let sized = |per: &Option<f64>, rate: f64, base: &crate::policy::PolicySpec, label: &str| -> Result<Box<dyn Policy>, PolicyError> {
+    let sized = |per: &Option<f64>,
+                 rate: f64,
+                 base: &crate::policy::PolicySpec,
+                 label: &str|
+     -> Result<Box<dyn Policy>, PolicyError> {
         let cap = per.or(ctx.replica_capacity_rps).ok_or_else(|| PolicyError::Missing {
             field: format!("{label}: capacity"),
             message: "static sizing needs the requests per second one replica sustains: `--replica-capacity-rps R` or `static-peak:capacity=R`".into(),
@@ -131,14 +135,21 @@ pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Resul
                 message: "static sizing needs the arrival rates of a trace-driven scenario window; use `static:N` for synthetic workloads".into(),
             });
         }
-        let n = replicas_for_rate(rate, cap).ok_or_else(|| PolicyError::InvalidParam { field: format!("{label}: capacity"), message: format!("{cap} must be positive") })?;
+        let n = replicas_for_rate(rate, cap).ok_or_else(|| PolicyError::InvalidParam {
+            field: format!("{label}: capacity"),
+            message: format!("{cap} must be positive"),
+        })?;
         let info = WorkloadInfo::from_spec(ctx.spec);
         Ok(Box::new(StaticPolicy::per_variant(label, n, info, Placement::new(base.placement, base.variant_selection))))
     };
     match &choice.request {
         PolicyRequest::Spec(_) => choice.build_for(ctx.spec),
-        PolicyRequest::StaticPeak { per_replica_rps, base } => sized(per_replica_rps, ctx.arrivals.peak_rps, base, &choice.label),
-        PolicyRequest::StaticMean { per_replica_rps, base } => sized(per_replica_rps, ctx.arrivals.mean_rps, base, &choice.label),
+        PolicyRequest::StaticPeak { per_replica_rps, base } => {
+            sized(per_replica_rps, ctx.arrivals.peak_rps, base, &choice.label)
+        }
+        PolicyRequest::StaticMean { per_replica_rps, base } => {
+            sized(per_replica_rps, ctx.arrivals.mean_rps, base, &choice.label)
+        }
         PolicyRequest::Dqn { .. } => Err(PolicyError::DqnNotAvailable),
     }
 }
@@ -206,7 +217,14 @@ pub struct EpisodeResult {
 }
 
 /// Runs one episode of `policy` in `twin` through `shield` until the twin is done.
-pub fn run_episode(twin: &mut Twin, policy: &mut dyn Policy, shield: &mut Shield, label: &str, seed: u64, load: f64) -> EpisodeResult {
+pub fn run_episode(
+    twin: &mut Twin,
+    policy: &mut dyn Policy,
+    shield: &mut Shield,
+    label: &str,
+    seed: u64,
+    load: f64,
+) -> EpisodeResult {
     policy.reset();
     shield.reset();
     let interval = twin.control_interval_s().max(1e-9);
@@ -316,13 +334,16 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         return Err(EvalError::Config(format!("--load needs positive numbers, got {:?}", cfg.loads)));
     }
     let spec = scenario.spec.clone();
-    let choices = parse_policy_list(&cfg.policies, &spec.policy).map_err(|e| EvalError::Policy { label: cfg.policies.clone(), source: e })?;
+    let choices = parse_policy_list(&cfg.policies, &spec.policy)
+        .map_err(|e| EvalError::Policy { label: cfg.policies.clone(), source: e })?;
     let (a, b) = cfg.window.fractions();
-    let arrivals: Vec<ArrivalStats> = cfg.loads.iter().map(|&l| arrival_stats(&scenario, cfg.window, l).unwrap_or_default()).collect();
+    let arrivals: Vec<ArrivalStats> =
+        cfg.loads.iter().map(|&l| arrival_stats(&scenario, cfg.window, l).unwrap_or_default()).collect();
     // Build every policy once up front so configuration errors surface before any run.
     for (li, _) in cfg.loads.iter().enumerate() {
         for c in &choices {
-            let ctx = FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
+            let ctx =
+                FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
             factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
         }
     }
@@ -338,7 +359,8 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         .par_iter()
         .map(|&(li, load, ci, seed)| {
             let c = &choices[ci];
-            let ctx = FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
+            let ctx =
+                FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
             let mut policy = factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
             let mut twin = Twin::with_window(&scenario, seed, a, b, load)?;
             let mut shield = Shield::new(&spec);

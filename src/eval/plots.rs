@@ -47,7 +47,10 @@ fn e<E: std::fmt::Display>(x: E) -> String {
 pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Vec<String>, String> {
     register_font();
     let mut files = Vec::new();
-    let mut both = |name: &str, f: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> DrawResult, g: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> DrawResult| -> Result<(), String> {
+    let mut both = |name: &str,
+                    f: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> DrawResult,
+                    g: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> DrawResult|
+     -> Result<(), String> {
         let svg = dir.join(format!("{name}.svg"));
         let png = dir.join(format!("{name}.png"));
         {
@@ -83,56 +86,103 @@ fn episode<'a>(report: &'a CompareReport, policy: &str, load: f64) -> Option<&'a
 fn replicas_over_time<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareReport) -> DrawResult {
     root.fill(&WHITE).map_err(e)?;
     let load = main_load(report);
-    let root = root.titled(&format!("Replicas over time vs arrival rate — {} (load ×{load}, seed 0)", report.scenario), ("sans-serif", 22)).map_err(e)?;
+    let root = root
+        .titled(
+            &format!("Replicas over time vs arrival rate — {} (load ×{load}, seed 0)", report.scenario),
+            ("sans-serif", 22),
+        )
+        .map_err(e)?;
     let (top, bottom) = root.split_vertically(220);
     let eps: Vec<&EpisodeResult> = report.policies.iter().filter_map(|p| episode(report, p, load)).collect();
     let t_max = eps.iter().flat_map(|e| e.series.last()).map(|p| p.time_s / 60.0).fold(1.0, f64::max);
     let rate_max = eps.iter().flat_map(|e| e.series.iter()).map(|p| p.arrival_rps).fold(0.1, f64::max);
-    let mut c = ChartBuilder::on(&top).margin(10).x_label_area_size(30).y_label_area_size(60).build_cartesian_2d(0.0..t_max, 0.0..rate_max * 1.1).map_err(e)?;
+    let mut c = ChartBuilder::on(&top)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..rate_max * 1.1)
+        .map_err(e)?;
     c.configure_mesh().x_desc("time (min)").y_desc("arrivals (req/s)").draw().map_err(e)?;
     if let Some(ep) = eps.first() {
-        c.draw_series(LineSeries::new(ep.series.iter().map(|p| (p.time_s / 60.0, p.arrival_rps)), BLACK.stroke_width(1)))
-            .map_err(e)?
-            .label("arrival rate")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        c.draw_series(LineSeries::new(
+            ep.series.iter().map(|p| (p.time_s / 60.0, p.arrival_rps)),
+            BLACK.stroke_width(1),
+        ))
+        .map_err(e)?
+        .label("arrival rate")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     }
-    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw().map_err(e)?;
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(e)?;
     let r_max = eps.iter().flat_map(|e| e.series.iter()).map(|p| p.desired_replicas).max().unwrap_or(1) as f64;
-    let mut c = ChartBuilder::on(&bottom).margin(10).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(0.0..t_max, 0.0..r_max * 1.15 + 1.0).map_err(e)?;
+    let mut c = ChartBuilder::on(&bottom)
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..r_max * 1.15 + 1.0)
+        .map_err(e)?;
     c.configure_mesh().x_desc("time (min)").y_desc("desired replicas").draw().map_err(e)?;
     for (i, ep) in eps.iter().enumerate() {
         let col = color(i);
-        c.draw_series(LineSeries::new(ep.series.iter().map(|p| (p.time_s / 60.0, p.desired_replicas as f64)), col.stroke_width(2)))
-            .map_err(e)?
-            .label(ep.policy.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        c.draw_series(LineSeries::new(
+            ep.series.iter().map(|p| (p.time_s / 60.0, p.desired_replicas as f64)),
+            col.stroke_width(2),
+        ))
+        .map_err(e)?
+        .label(ep.policy.clone())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
     }
-    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(e)?;
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(e)?;
     Ok(())
 }
 
 fn latency_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareReport) -> DrawResult {
     root.fill(&WHITE).map_err(e)?;
     let load = main_load(report);
-    let root = root.titled(&format!("Latency CDFs — {} (load ×{load}, seed 0)", report.scenario), ("sans-serif", 22)).map_err(e)?;
+    let root = root
+        .titled(&format!("Latency CDFs — {} (load ×{load}, seed 0)", report.scenario), ("sans-serif", 22))
+        .map_err(e)?;
     let panels = root.split_evenly((1, 3));
     let names = ["TTFT (s)", "TPOT (ms)", "E2E latency (s)"];
     let scale = [1.0, 1000.0, 1.0];
     let eps: Vec<&EpisodeResult> = report.policies.iter().filter_map(|p| episode(report, p, load)).collect();
     for (k, area) in panels.iter().enumerate() {
         let x_max = eps.iter().flat_map(|e| e.cdf[k].iter()).map(|x| x * scale[k]).fold(1e-3, f64::max);
-        let mut c = ChartBuilder::on(area).margin(10).x_label_area_size(40).y_label_area_size(50).build_cartesian_2d(0.0..x_max * 1.05, 0.0..1.0).map_err(e)?;
+        let mut c = ChartBuilder::on(area)
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..x_max * 1.05, 0.0..1.0)
+            .map_err(e)?;
         c.configure_mesh().x_desc(names[k]).y_desc("fraction of requests").draw().map_err(e)?;
         for (i, ep) in eps.iter().enumerate() {
             let col = color(i);
-            let pts: Vec<(f64, f64)> = ep.cdf[k].iter().enumerate().map(|(j, x)| (x * scale[k], (j + 1) as f64 / (CDF_LEVELS + 1) as f64)).collect();
+            let pts: Vec<(f64, f64)> = ep.cdf[k]
+                .iter()
+                .enumerate()
+                .map(|(j, x)| (x * scale[k], (j + 1) as f64 / (CDF_LEVELS + 1) as f64))
+                .collect();
             c.draw_series(LineSeries::new(pts, col.stroke_width(2)))
                 .map_err(e)?
                 .label(ep.policy.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
         }
         if k == 0 {
-            c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(e)?;
+            c.configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(e)?;
         }
     }
     Ok(())
@@ -151,7 +201,10 @@ fn slo_vs_load<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
     let lmax = report.loads.iter().copied().fold(0.0, f64::max);
     let pad = ((lmax - lmin) * 0.1).max(0.1);
     let mut c = ChartBuilder::on(root)
-        .caption(format!("SLO attainment vs offered load — {} (mean ±95% CI over {} seeds)", report.scenario, report.seeds), ("sans-serif", 22))
+        .caption(
+            format!("SLO attainment vs offered load — {} (mean ±95% CI over {} seeds)", report.scenario, report.seeds),
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -160,15 +213,24 @@ fn slo_vs_load<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
     c.configure_mesh().x_desc("offered load (× recorded trace rate)").y_desc("SLO attainment (%)").draw().map_err(e)?;
     for (i, p) in report.policies.iter().enumerate() {
         let col = color(i);
-        let pts: Vec<(f64, f64, f64)> = report.loads.iter().filter_map(|&l| mean_of(report, p, l, "SLO %").map(|(m, ci)| (l, m, ci))).collect();
+        let pts: Vec<(f64, f64, f64)> =
+            report.loads.iter().filter_map(|&l| mean_of(report, p, l, "SLO %").map(|(m, ci)| (l, m, ci))).collect();
         c.draw_series(LineSeries::new(pts.iter().map(|&(l, m, _)| (l, m)), col.stroke_width(2)))
             .map_err(e)?
             .label(p.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
-        c.draw_series(pts.iter().map(|&(l, m, ci)| PathElement::new(vec![(l, m - ci), (l, m + ci)], col.stroke_width(2)))).map_err(e)?;
+        c.draw_series(
+            pts.iter().map(|&(l, m, ci)| PathElement::new(vec![(l, m - ci), (l, m + ci)], col.stroke_width(2))),
+        )
+        .map_err(e)?;
         c.draw_series(pts.iter().map(|&(l, m, _)| Circle::new((l, m), 4, col.filled()))).map_err(e)?;
     }
-    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw().map_err(e)?;
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerLeft)
+        .draw()
+        .map_err(e)?;
     Ok(())
 }
 
@@ -184,7 +246,13 @@ fn cost_vs_slo<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
     let c_max = pts.iter().map(|p| p.1).fold(0.01, f64::max) * 1.15;
     let s_min = pts.iter().map(|p| p.2).fold(100.0, f64::min);
     let mut c = ChartBuilder::on(root)
-        .caption(format!("Cost vs SLO attainment (Pareto view) — {} (load ×{load}, mean over {} seeds)", report.scenario, report.seeds), ("sans-serif", 22))
+        .caption(
+            format!(
+                "Cost vs SLO attainment (Pareto view) — {} (load ×{load}, mean over {} seeds)",
+                report.scenario, report.seeds
+            ),
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -198,7 +266,8 @@ fn cost_vs_slo<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
             .map_err(e)?
             .label(label.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, col.filled()));
-        c.draw_series(std::iter::once(Text::new(label, (cost, slo), ("sans-serif", 15).into_font().color(&BLACK)))).map_err(e)?;
+        c.draw_series(std::iter::once(Text::new(label, (cost, slo), ("sans-serif", 15).into_font().color(&BLACK))))
+            .map_err(e)?;
     }
     // The Pareto front: no other point is both cheaper and better.
     let mut front: Vec<(f64, f64)> = pts
@@ -211,6 +280,11 @@ fn cost_vs_slo<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
         .map_err(e)?
         .label("Pareto front")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
-    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(e)?;
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(e)?;
     Ok(())
 }

@@ -19,8 +19,8 @@ pub struct Estimate {
 /// Two-sided 95 % critical value of Student's t with `df` degrees of freedom.
 pub fn t_critical_95(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
-        2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::NAN,
@@ -67,7 +67,12 @@ pub fn columns() -> Vec<Column> {
         x.map(|s| s * 1000.0)
     }
     vec![
-        Column { name: "SLO %", higher_better: Some(true), digits: 1, get: |e| e.report.slo_attainment.map(|x| x * 100.0) },
+        Column {
+            name: "SLO %",
+            higher_better: Some(true),
+            digits: 1,
+            get: |e| e.report.slo_attainment.map(|x| x * 100.0),
+        },
         Column { name: "TTFT mean ms", higher_better: Some(false), digits: 0, get: |e| ms(e.report.ttft_s.mean) },
         Column { name: "TTFT p50 ms", higher_better: Some(false), digits: 0, get: |e| ms(e.report.ttft_s.p50) },
         Column { name: "TTFT p99 ms", higher_better: Some(false), digits: 0, get: |e| ms(e.report.ttft_s.p99) },
@@ -79,7 +84,12 @@ pub fn columns() -> Vec<Column> {
         Column { name: "E2E p99 s", higher_better: Some(false), digits: 2, get: |e| e.report.e2e_s.p99 },
         Column { name: "GPU-h", higher_better: Some(false), digits: 2, get: |e| Some(e.report.gpu_hours) },
         Column { name: "cost USD", higher_better: Some(false), digits: 2, get: |e| Some(e.report.cost_usd) },
-        Column { name: "USD/1k req", higher_better: Some(false), digits: 3, get: |e| e.report.cost_per_1k_requests_usd },
+        Column {
+            name: "USD/1k req",
+            higher_better: Some(false),
+            digits: 3,
+            get: |e| e.report.cost_per_1k_requests_usd,
+        },
         Column { name: "changes", higher_better: Some(false), digits: 0, get: |e| Some(e.replica_changes as f64) },
         Column { name: "overrides", higher_better: None, digits: 0, get: |e| Some(e.shield_overrides as f64) },
         Column { name: "rejected", higher_better: Some(false), digits: 0, get: |e| Some(e.report.rejected as f64) },
@@ -136,10 +146,16 @@ pub fn table(rows: &[Row], loads: &[f64]) -> String {
         for &c in &shown {
             if let Some(hb) = cols[c].higher_better {
                 let means = rs.iter().map(|r| r.values[c].mean).filter(|m| m.is_finite());
-                best[c] = if hb { means.fold(None, |a: Option<f64>, m| Some(a.map_or(m, |a| a.max(m)))) } else { means.fold(None, |a: Option<f64>, m| Some(a.map_or(m, |a| a.min(m)))) };
+                best[c] = if hb {
+                    means.fold(None, |a: Option<f64>, m| Some(a.map_or(m, |a| a.max(m))))
+                } else {
+                    means.fold(None, |a: Option<f64>, m| Some(a.map_or(m, |a| a.min(m))))
+                };
             }
         }
-        let mut cells: Vec<Vec<String>> = vec![std::iter::once("policy".to_string()).chain(shown.iter().map(|&c| cols[c].name.to_string())).collect()];
+        let mut cells: Vec<Vec<String>> = vec![std::iter::once("policy".to_string())
+            .chain(shown.iter().map(|&c| cols[c].name.to_string()))
+            .collect()];
         for r in &rs {
             let mut line = vec![r.policy.clone()];
             for &c in &shown {
@@ -156,10 +172,17 @@ pub fn table(rows: &[Row], loads: &[f64]) -> String {
             }
             cells.push(line);
         }
-        let widths: Vec<usize> = (0..cells[0].len()).map(|i| cells.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> =
+            (0..cells[0].len()).map(|i| cells.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
         out.push_str(&format!("load ×{load}  (mean ±95% CI over seeds; * = best)\n"));
         for (k, l) in cells.iter().enumerate() {
-            let line: Vec<String> = l.iter().enumerate().map(|(i, s)| if i == 0 { format!("{s:<w$}", w = widths[i]) } else { format!("{s:>w$}", w = widths[i]) }).collect();
+            let line: Vec<String> = l
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, s)| if i == 0 { format!("{s:<w$}", w = widths[i]) } else { format!("{s:>w$}", w = widths[i]) },
+                )
+                .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
             if k == 0 {

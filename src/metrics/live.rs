@@ -5,7 +5,10 @@
 
 use futures::future::BoxFuture;
 
-use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, PrometheusConfig, PrometheusSource, ScrapeConfig, ScrapeSource};
+use super::{
+    MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, PrometheusConfig, PrometheusSource, ScrapeConfig,
+    ScrapeSource,
+};
 use crate::crd::MetricsSourceKind;
 
 /// Environment variable with the default Prometheus URL (used when a spec names none).

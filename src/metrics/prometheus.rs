@@ -119,10 +119,12 @@ pub fn parse_answer(source: &str, query: &str, body: &str) -> Result<Vec<Series>
     let data = answer.data.ok_or_else(|| bad("success without data".into()))?;
     match data.result_type.as_str() {
         "vector" => {
-            let raw: Vec<ApiSeries> = serde_json::from_value(data.result).map_err(|e| bad(format!("bad vector: {e}")))?;
+            let raw: Vec<ApiSeries> =
+                serde_json::from_value(data.result).map_err(|e| bad(format!("bad vector: {e}")))?;
             raw.into_iter()
                 .map(|s| {
-                    let value = parse_value(&s.value.1).ok_or_else(|| bad(format!("bad sample value {:?}", s.value.1)))?;
+                    let value =
+                        parse_value(&s.value.1).ok_or_else(|| bad(format!("bad sample value {:?}", s.value.1)))?;
                     Ok(Series { labels: s.metric, value })
                 })
                 .collect()
@@ -197,7 +199,10 @@ pub fn queries(query: &MetricsQuery<'_>) -> Queries {
     Queries {
         waiting: format!("sum by ({by}) ({}{{{sel}}})", vllm::NUM_REQUESTS_WAITING),
         running: format!("sum by ({by}) ({}{{{sel}}})", vllm::NUM_REQUESTS_RUNNING),
-        kv_cache: format!("avg by ({by}) ({})", with_legacy(kv_row.name, kv_row.legacy_names, &|n| format!("{n}{{{sel}}}"))),
+        kv_cache: format!(
+            "avg by ({by}) ({})",
+            with_legacy(kv_row.name, kv_row.legacy_names, &|n| format!("{n}{{{sel}}}"))
+        ),
         completions: format!("sum by ({by}) (rate({}{{{sel}}}[{w}s]))", vllm::REQUEST_SUCCESS_TOTAL),
         // Two sums joined on the slot labels: one `delta()` over a name regex would drop
         // `__name__` and collide (waiting and running of one pod have the same labels).
@@ -266,8 +271,10 @@ impl PrometheusSource {
     /// Runs one instant query against `base_url`.
     pub async fn query(&self, base_url: &str, promql: &str) -> Result<Vec<Series>, MetricsError> {
         let url = format!("{}/api/v1/query", base_url.trim_end_matches('/'));
-        let unreachable = |message: String| MetricsError::Unreachable { source_name: format!("prometheus {base_url}"), message };
-        let resp = self.client.get(&url).query(&[("query", promql)]).send().await.map_err(|e| unreachable(e.to_string()))?;
+        let unreachable =
+            |message: String| MetricsError::Unreachable { source_name: format!("prometheus {base_url}"), message };
+        let resp =
+            self.client.get(&url).query(&[("query", promql)]).send().await.map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
         let body = resp.text().await.map_err(|e| unreachable(e.to_string()))?;
         match parse_answer("prometheus", promql, &body) {
@@ -279,12 +286,14 @@ impl PrometheusSource {
     }
 
     async fn observe_inner(&self, query: &MetricsQuery<'_>) -> Result<MetricsSnapshot, MetricsError> {
-        let base = query.spec.metrics.prometheus_url.as_deref().or(self.config.default_url.as_deref()).ok_or_else(|| {
-            MetricsError::Unreachable {
-                source_name: "prometheus".into(),
-                message: "no Prometheus URL: set spec.metrics.prometheusUrl or the operator's --prometheus-url".into(),
-            }
-        })?;
+        let base =
+            query.spec.metrics.prometheus_url.as_deref().or(self.config.default_url.as_deref()).ok_or_else(|| {
+                MetricsError::Unreachable {
+                    source_name: "prometheus".into(),
+                    message: "no Prometheus URL: set spec.metrics.prometheusUrl or the operator's --prometheus-url"
+                        .into(),
+                }
+            })?;
         let q = queries(query);
         let mut list: Vec<&str> = vec![
             &q.waiting,
@@ -315,7 +324,10 @@ impl PrometheusSource {
         for _ in 0..q.quantiles.len() {
             quantile_answers.push((next(), next()));
         }
-        Ok(assemble(query, &Answers { waiting, running, kv, completions, delta, trend, ttft_b, tpot_b, age, down, quantile_answers }))
+        Ok(assemble(
+            query,
+            &Answers { waiting, running, kv, completions, delta, trend, ttft_b, tpot_b, age, down, quantile_answers },
+        ))
     }
 }
 
@@ -371,7 +383,10 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
         }
     }
     if waiting.is_empty() && running.is_empty() {
-        m.push(format!("{}: no series match {{{sel}}} (targets not scraped yet, or labels not relabelled)", vllm::NUM_REQUESTS_WAITING));
+        m.push(format!(
+            "{}: no series match {{{sel}}} (targets not scraped yet, or labels not relabelled)",
+            vllm::NUM_REQUESTS_WAITING
+        ));
     }
     let slots: BTreeSet<SlotKey> = waiting.keys().chain(running.keys()).cloned().collect();
     let mut total_arrival = 0.0;
@@ -435,7 +450,8 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
         }
     }
     snap.latency = lat;
-    snap.slo_attainment = slo_attainment(&ttft, &tpot, query.spec.slo.ttft_ms / 1000.0, query.spec.slo.tpot_ms / 1000.0);
+    snap.slo_attainment =
+        slo_attainment(&ttft, &tpot, query.spec.slo.ttft_ms / 1000.0, query.spec.slo.tpot_ms / 1000.0);
     snap
 }
 

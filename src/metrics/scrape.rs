@@ -225,7 +225,10 @@ impl ScrapeState {
             match result {
                 Ok(sample) => {
                     if sample.malformed_lines > 0 {
-                        snap.missing.push(format!("{}: {} malformed line(s) skipped", endpoint.address, sample.malformed_lines));
+                        snap.missing.push(format!(
+                            "{}: {} malformed line(s) skipped",
+                            endpoint.address, sample.malformed_lines
+                        ));
                     }
                     for p in &sample.problems {
                         snap.missing.push(format!("{}: {p}", endpoint.address));
@@ -241,7 +244,11 @@ impl ScrapeState {
             let acc = slot_acc.entry((endpoint.variant.clone(), endpoint.pool.clone())).or_default();
             let Some((newest_t, newest)) = hist.back() else { continue };
             if now_s - newest_t > stale_s {
-                snap.missing.push(format!("{}: last good scrape {:.0}s ago (stale)", endpoint.address, now_s - newest_t));
+                snap.missing.push(format!(
+                    "{}: last good scrape {:.0}s ago (stale)",
+                    endpoint.address,
+                    now_s - newest_t
+                ));
                 continue;
             }
             acc.pods += 1;
@@ -280,7 +287,9 @@ impl ScrapeState {
                             histogram_bounds_ok = false;
                         }
                     }
-                    Ok(None) => snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::mapping(field).name)),
+                    Ok(None) => {
+                        snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::mapping(field).name))
+                    }
                     Err(e) => snap.missing.push(format!("{}: {}: {e}", endpoint.address, vllm::mapping(field).name)),
                 }
             }
@@ -316,7 +325,8 @@ impl ScrapeState {
             self.last_arrival.insert(workload_key, (now_s, total_arrival));
         }
         snap.latency = latency_from(&ttft, &tpot);
-        snap.slo_attainment = slo_attainment(&ttft, &tpot, query.spec.slo.ttft_ms / 1000.0, query.spec.slo.tpot_ms / 1000.0);
+        snap.slo_attainment =
+            slo_attainment(&ttft, &tpot, query.spec.slo.ttft_ms / 1000.0, query.spec.slo.tpot_ms / 1000.0);
         snap
     }
 }
@@ -490,7 +500,11 @@ vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 2.5
         let text = "vllm:num_requests_waiting{model_name=\"m\"} not-a-number\n{{garbage\nvllm:num_requests_running NaN\nvllm:kv_cache_usage_perc 0.5\n";
         let s = parse_exposition(text);
         assert_eq!(s.malformed_lines, 2);
-        assert!(s.problems.iter().any(|p| p.contains("vllm:num_requests_running") && p.contains("NaN")), "{:?}", s.problems);
+        assert!(
+            s.problems.iter().any(|p| p.contains("vllm:num_requests_running") && p.contains("NaN")),
+            "{:?}",
+            s.problems
+        );
         assert_eq!(s.gauges.get(&Field::KvCacheUsage), Some(&0.5));
         assert!(!s.gauges.contains_key(&Field::RunningRequests));
     }

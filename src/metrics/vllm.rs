@@ -140,15 +140,69 @@ pub struct MetricMapping {
 
 /// The mapping table (see the module documentation for the same table in prose).
 pub const METRICS: &[MetricMapping] = &[
-    MetricMapping { field: Field::WaitingRequests, name: NUM_REQUESTS_WAITING, legacy_names: &[], kind: MetricKind::Gauge, aggregate: Aggregate::Sum },
-    MetricMapping { field: Field::RunningRequests, name: NUM_REQUESTS_RUNNING, legacy_names: &[], kind: MetricKind::Gauge, aggregate: Aggregate::Sum },
-    MetricMapping { field: Field::KvCacheUsage, name: KV_CACHE_USAGE_PERC, legacy_names: &[GPU_CACHE_USAGE_PERC_LEGACY], kind: MetricKind::Gauge, aggregate: Aggregate::Mean },
-    MetricMapping { field: Field::TimeToFirstToken, name: TIME_TO_FIRST_TOKEN_SECONDS, legacy_names: &[], kind: MetricKind::Histogram, aggregate: Aggregate::MergeBuckets },
-    MetricMapping { field: Field::TimePerOutputToken, name: INTER_TOKEN_LATENCY_SECONDS, legacy_names: &[TIME_PER_OUTPUT_TOKEN_SECONDS_LEGACY], kind: MetricKind::Histogram, aggregate: Aggregate::MergeBuckets },
-    MetricMapping { field: Field::E2eLatency, name: E2E_REQUEST_LATENCY_SECONDS, legacy_names: &[], kind: MetricKind::Histogram, aggregate: Aggregate::MergeBuckets },
-    MetricMapping { field: Field::RequestSuccess, name: REQUEST_SUCCESS_TOTAL, legacy_names: &[], kind: MetricKind::Counter, aggregate: Aggregate::Sum },
-    MetricMapping { field: Field::PromptTokens, name: PROMPT_TOKENS_TOTAL, legacy_names: &[], kind: MetricKind::Counter, aggregate: Aggregate::Sum },
-    MetricMapping { field: Field::GenerationTokens, name: GENERATION_TOKENS_TOTAL, legacy_names: &[], kind: MetricKind::Counter, aggregate: Aggregate::Sum },
+    MetricMapping {
+        field: Field::WaitingRequests,
+        name: NUM_REQUESTS_WAITING,
+        legacy_names: &[],
+        kind: MetricKind::Gauge,
+        aggregate: Aggregate::Sum,
+    },
+    MetricMapping {
+        field: Field::RunningRequests,
+        name: NUM_REQUESTS_RUNNING,
+        legacy_names: &[],
+        kind: MetricKind::Gauge,
+        aggregate: Aggregate::Sum,
+    },
+    MetricMapping {
+        field: Field::KvCacheUsage,
+        name: KV_CACHE_USAGE_PERC,
+        legacy_names: &[GPU_CACHE_USAGE_PERC_LEGACY],
+        kind: MetricKind::Gauge,
+        aggregate: Aggregate::Mean,
+    },
+    MetricMapping {
+        field: Field::TimeToFirstToken,
+        name: TIME_TO_FIRST_TOKEN_SECONDS,
+        legacy_names: &[],
+        kind: MetricKind::Histogram,
+        aggregate: Aggregate::MergeBuckets,
+    },
+    MetricMapping {
+        field: Field::TimePerOutputToken,
+        name: INTER_TOKEN_LATENCY_SECONDS,
+        legacy_names: &[TIME_PER_OUTPUT_TOKEN_SECONDS_LEGACY],
+        kind: MetricKind::Histogram,
+        aggregate: Aggregate::MergeBuckets,
+    },
+    MetricMapping {
+        field: Field::E2eLatency,
+        name: E2E_REQUEST_LATENCY_SECONDS,
+        legacy_names: &[],
+        kind: MetricKind::Histogram,
+        aggregate: Aggregate::MergeBuckets,
+    },
+    MetricMapping {
+        field: Field::RequestSuccess,
+        name: REQUEST_SUCCESS_TOTAL,
+        legacy_names: &[],
+        kind: MetricKind::Counter,
+        aggregate: Aggregate::Sum,
+    },
+    MetricMapping {
+        field: Field::PromptTokens,
+        name: PROMPT_TOKENS_TOTAL,
+        legacy_names: &[],
+        kind: MetricKind::Counter,
+        aggregate: Aggregate::Sum,
+    },
+    MetricMapping {
+        field: Field::GenerationTokens,
+        name: GENERATION_TOKENS_TOTAL,
+        legacy_names: &[],
+        kind: MetricKind::Counter,
+        aggregate: Aggregate::Sum,
+    },
 ];
 
 /// The table row for `field`.

@@ -12,8 +12,8 @@
 
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::config::{
-    DqnParams, HpaMetric, HpaParams, HpaTarget, KpaParams, PlacementKind, PolicyKind, PolicySpec, QueueParams, RayParams,
-    StaticParams, VariantSelection,
+    DqnParams, HpaMetric, HpaParams, HpaTarget, KpaParams, PlacementKind, PolicyKind, PolicySpec, QueueParams,
+    RayParams, StaticParams, VariantSelection,
 };
 use crate::policy::hpa::HpaScaler;
 use crate::policy::kpa::KpaScaler;
@@ -73,19 +73,30 @@ pub fn build_policy(spec: &LLMWorkloadSpec) -> Result<Box<dyn Policy>, PolicyErr
 }
 
 /// Builds the policy selected by `spec.policy`, using `dqn_loader` for `kind: dqn`.
-pub fn build_policy_with(spec: &LLMWorkloadSpec, dqn_loader: Option<DqnLoader<'_>>) -> Result<Box<dyn Policy>, PolicyError> {
+pub fn build_policy_with(
+    spec: &LLMWorkloadSpec,
+    dqn_loader: Option<DqnLoader<'_>>,
+) -> Result<Box<dyn Policy>, PolicyError> {
     let p = &spec.policy;
     validate_policy_spec(p)?;
     let info = WorkloadInfo::from_spec(spec);
     let placement = Placement::new(p.placement, p.variant_selection);
     Ok(match p.kind {
-        PolicyKind::Static => Box::new(StaticPolicy::per_slot(&p.r#static.clone().unwrap_or_default(), info, placement)),
-        PolicyKind::Hpa => Box::new(ScaledPolicy::new("hpa", HpaScaler::new(p.hpa.clone().unwrap_or_default()), placement, info)),
-        PolicyKind::Kpa => Box::new(ScaledPolicy::new("kpa", KpaScaler::new(p.kpa.clone().unwrap_or_default()), placement, info)),
+        PolicyKind::Static => {
+            Box::new(StaticPolicy::per_slot(&p.r#static.clone().unwrap_or_default(), info, placement))
+        }
+        PolicyKind::Hpa => {
+            Box::new(ScaledPolicy::new("hpa", HpaScaler::new(p.hpa.clone().unwrap_or_default()), placement, info))
+        }
+        PolicyKind::Kpa => {
+            Box::new(ScaledPolicy::new("kpa", KpaScaler::new(p.kpa.clone().unwrap_or_default()), placement, info))
+        }
         PolicyKind::Queue => {
             Box::new(ScaledPolicy::new("queue", QueueScaler::new(p.queue.clone().unwrap_or_default()), placement, info))
         }
-        PolicyKind::Ray => Box::new(ScaledPolicy::new("ray", RayScaler::new(p.ray.clone().unwrap_or_default()), placement, info)),
+        PolicyKind::Ray => {
+            Box::new(ScaledPolicy::new("ray", RayScaler::new(p.ray.clone().unwrap_or_default()), placement, info))
+        }
         PolicyKind::Dqn => {
             let params = p.dqn.as_ref().ok_or_else(|| PolicyError::Missing {
                 field: "spec.policy.dqn.checkpoint".into(),
@@ -126,7 +137,10 @@ pub fn validate_policy_spec(p: &PolicySpec) -> Result<(), PolicyError> {
             for (i, t) in h.targets.iter().enumerate() {
                 check_pos(&format!("spec.policy.hpa.targets[{i}].target"), t.target)?;
                 if t.metric == HpaMetric::KvCacheUsage && t.target > 1.0 {
-                    return Err(invalid(&format!("spec.policy.hpa.targets[{i}].target"), "kvCacheUsage is a fraction: use a target in (0, 1]"));
+                    return Err(invalid(
+                        &format!("spec.policy.hpa.targets[{i}].target"),
+                        "kvCacheUsage is a fraction: use a target in (0, 1]",
+                    ));
                 }
             }
             if !(0.0..1.0).contains(&h.tolerance) {
@@ -140,20 +154,32 @@ pub fn validate_policy_spec(p: &PolicySpec) -> Result<(), PolicyError> {
             let k = p.kpa.clone().unwrap_or_default();
             check_pos("spec.policy.kpa.containerConcurrencyTarget", k.container_concurrency_target)?;
             if !(k.target_utilization > 0.0 && k.target_utilization <= 1.0) {
-                return Err(invalid("spec.policy.kpa.targetUtilization", format!("{} must be in (0, 1]", k.target_utilization)));
+                return Err(invalid(
+                    "spec.policy.kpa.targetUtilization",
+                    format!("{} must be in (0, 1]", k.target_utilization),
+                ));
             }
             if k.stable_window_seconds == 0 {
                 return Err(invalid("spec.policy.kpa.stableWindowSeconds", "must be at least 1"));
             }
             if !(k.panic_window_percentage > 0.0 && k.panic_window_percentage <= 100.0) {
-                return Err(invalid("spec.policy.kpa.panicWindowPercentage", format!("{} must be in (0, 100]", k.panic_window_percentage)));
+                return Err(invalid(
+                    "spec.policy.kpa.panicWindowPercentage",
+                    format!("{} must be in (0, 100]", k.panic_window_percentage),
+                ));
             }
             check_pos("spec.policy.kpa.panicThresholdPercentage", k.panic_threshold_percentage)?;
             if !(k.max_scale_down_rate >= 1.0) {
-                return Err(invalid("spec.policy.kpa.maxScaleDownRate", format!("{} must be at least 1", k.max_scale_down_rate)));
+                return Err(invalid(
+                    "spec.policy.kpa.maxScaleDownRate",
+                    format!("{} must be at least 1", k.max_scale_down_rate),
+                ));
             }
             if !(k.max_scale_up_rate >= 1.0) {
-                return Err(invalid("spec.policy.kpa.maxScaleUpRate", format!("{} must be at least 1", k.max_scale_up_rate)));
+                return Err(invalid(
+                    "spec.policy.kpa.maxScaleUpRate",
+                    format!("{} must be at least 1", k.max_scale_up_rate),
+                ));
             }
         }
         PolicyKind::Queue => {
@@ -217,7 +243,10 @@ impl PolicyChoice {
                 s.policy = p.clone();
                 build_policy(&s)
             }
-            _ => Err(PolicyError::InvalidParam { field: self.label.clone(), message: "needs the harness to be built (trace statistics or a DQN loader)".into() }),
+            _ => Err(PolicyError::InvalidParam {
+                field: self.label.clone(),
+                message: "needs the harness to be built (trace statistics or a DQN loader)".into(),
+            }),
         }
     }
 }
@@ -260,7 +289,10 @@ pub fn parse_policy_list(list: &str, base: &PolicySpec) -> Result<Vec<PolicyChoi
         out.push(parse_policy_name(name, base)?);
     }
     if out.is_empty() {
-        return Err(PolicyError::Missing { field: "--policies".into(), message: format!("name at least one policy:\n  {}", valid_policy_names()) });
+        return Err(PolicyError::Missing {
+            field: "--policies".into(),
+            message: format!("name at least one policy:\n  {}", valid_policy_names()),
+        });
     }
     Ok(out)
 }
@@ -293,7 +325,10 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
     let mut capacity: Option<f64> = None;
     let (pk, keys): (Option<PolicyKind>, &str) = match kind {
         "hpa" => (Some(PolicyKind::Hpa), "target, metric, tolerance, window, up-percent, up-pods, up-period"),
-        "kpa" => (Some(PolicyKind::Kpa), "target, utilization, stable-window, panic-pct, panic-threshold, max-down-rate, max-up-rate"),
+        "kpa" => (
+            Some(PolicyKind::Kpa),
+            "target, utilization, stable-window, panic-pct, panic-threshold, max-down-rate, max-up-rate",
+        ),
         "queue" => (Some(PolicyKind::Queue), "target, polling, cooldown, zero"),
         "ray" => (Some(PolicyKind::Ray), "target, up-delay, down-delay"),
         "static" => (Some(PolicyKind::Static), "replicas (or static:N)"),
@@ -304,7 +339,12 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
         let (k, v) = match item.split_once('=') {
             Some((k, v)) => (k.trim(), v.trim()),
             None if i == 0 && kind == "static" => ("replicas", item.trim()),
-            None => return Err(invalid(name, format!("`{item}` is not KEY=VALUE; keys of `{kind}`: {keys}; also {COMMON_KEYS}"))),
+            None => {
+                return Err(invalid(
+                    name,
+                    format!("`{item}` is not KEY=VALUE; keys of `{kind}`: {keys}; also {COMMON_KEYS}"),
+                ))
+            }
         };
         let key = format!("{kind}:{k}");
         match (kind, k) {
@@ -336,7 +376,12 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
                     "waitingRequests" => HpaMetric::WaitingRequests,
                     "runningRequests" => HpaMetric::RunningRequests,
                     "kvCacheUsage" => HpaMetric::KvCacheUsage,
-                    _ => return Err(invalid(&key, format!("`{v}`; valid: ongoingRequests, waitingRequests, runningRequests, kvCacheUsage"))),
+                    _ => {
+                        return Err(invalid(
+                            &key,
+                            format!("`{v}`; valid: ongoingRequests, waitingRequests, runningRequests, kvCacheUsage"),
+                        ))
+                    }
                 };
                 if let Some(first) = hpa.targets.first_mut() {
                     first.metric = m;
@@ -414,8 +459,12 @@ mod tests {
         }
         let c = parse_policy_name("static:4", &base).unwrap();
         assert!(matches!(c.request, PolicyRequest::Spec(ref p) if p.r#static.as_ref().unwrap().replicas == 4));
-        assert!(matches!(parse_policy_name("dqn:/tmp/ck", &base).unwrap().request, PolicyRequest::Dqn { ref path, .. } if path == "/tmp/ck"));
-        assert!(matches!(parse_policy_name("static-peak:capacity=2", &base).unwrap().request, PolicyRequest::StaticPeak { per_replica_rps: Some(c), .. } if c == 2.0));
+        assert!(
+            matches!(parse_policy_name("dqn:/tmp/ck", &base).unwrap().request, PolicyRequest::Dqn { ref path, .. } if path == "/tmp/ck")
+        );
+        assert!(
+            matches!(parse_policy_name("static-peak:capacity=2", &base).unwrap().request, PolicyRequest::StaticPeak { per_replica_rps: Some(c), .. } if c == 2.0)
+        );
     }
 
     #[test]

@@ -30,14 +30,8 @@ pub enum PolicyKind {
 
 impl PolicyKind {
     /// All kinds, for error messages that list the valid ones.
-    pub const ALL: [PolicyKind; 6] = [
-        PolicyKind::Static,
-        PolicyKind::Hpa,
-        PolicyKind::Kpa,
-        PolicyKind::Queue,
-        PolicyKind::Ray,
-        PolicyKind::Dqn,
-    ];
+    pub const ALL: [PolicyKind; 6] =
+        [PolicyKind::Static, PolicyKind::Hpa, PolicyKind::Kpa, PolicyKind::Queue, PolicyKind::Ray, PolicyKind::Dqn];
     /// The lowercase name used in specs and on the command line.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -89,7 +89,11 @@ impl Scaler for HpaScaler {
         let now = m.time_s;
         let current = m.current_replicas;
         if m.ready_replicas == 0 {
-            let n = if current == 0 && (m.arrival_rate_rps > 0.0 || m.ongoing_requests() > 0.0) { 1 } else { current.max(1) };
+            let n = if current == 0 && (m.arrival_rate_rps > 0.0 || m.ongoing_requests() > 0.0) {
+                1
+            } else {
+                current.max(1)
+            };
             self.last = "no ready replica: no metrics".into();
             if n > current {
                 self.scale_ups.push_back((now, n - current));

@@ -19,9 +19,7 @@ pub mod shield;
 pub mod static_policy;
 
 pub use config::{PolicyKind, PolicyMode, PolicySpec};
-pub use observation::{
-    Decision, LatencyObservation, Observation, PoolObservation, SlotObservation, SlotTarget,
-};
+pub use observation::{Decision, LatencyObservation, Observation, PoolObservation, SlotObservation, SlotTarget};
 
 /// Maps an observation of one workload to a decision: desired replicas per (variant, pool).
 ///

@@ -194,7 +194,15 @@ impl Placement {
     /// Sets variant `vi`'s replicas on its pools so they add up to `total`, starting from
     /// the current desired counts in `obs`, and writes them into `decision`.
     /// `free_gpus` is the room per pool (`None` = unbounded) and is reduced by what is added.
-    pub fn place(&self, info: &WorkloadInfo, obs: &Observation, vi: usize, total: u32, free_gpus: &mut [Option<u32>], decision: &mut Decision) {
+    pub fn place(
+        &self,
+        info: &WorkloadInfo,
+        obs: &Observation,
+        vi: usize,
+        total: u32,
+        free_gpus: &mut [Option<u32>],
+        decision: &mut Decision,
+    ) {
         let v = &info.variants[vi];
         if v.pools.is_empty() {
             return;
@@ -207,7 +215,9 @@ impl Placement {
         let gpr = v.gpus_per_replica;
         // Pools of this variant, cheapest first.
         let mut by_price: Vec<usize> = (0..v.pools.len()).collect();
-        by_price.sort_by(|&a, &b| info.replica_cost(vi, v.pools[a]).total_cmp(&info.replica_cost(vi, v.pools[b])).then(a.cmp(&b)));
+        by_price.sort_by(|&a, &b| {
+            info.replica_cost(vi, v.pools[a]).total_cmp(&info.replica_cost(vi, v.pools[b])).then(a.cmp(&b))
+        });
         let room = |free: &[Option<u32>], k: usize| free.get(v.pools[k]).copied().flatten().is_none_or(|f| f >= gpr);
         let take = |free: &mut [Option<u32>], k: usize| {
             if let Some(Some(f)) = free.get_mut(v.pools[k]) {
@@ -275,8 +285,5 @@ impl Placement {
 
 /// Free GPUs per pool of `info` (index-aligned), from the observation (`None` = unbounded).
 pub fn free_gpus(info: &WorkloadInfo, obs: &Observation) -> Vec<Option<u32>> {
-    info.pools
-        .iter()
-        .map(|p| obs.pools.iter().find(|o| o.name == p.name).and_then(|o| o.free_gpus))
-        .collect()
+    info.pools.iter().map(|p| obs.pools.iter().find(|o| o.name == p.name).and_then(|o| o.free_gpus)).collect()
 }

@@ -39,7 +39,14 @@ pub struct QueueScaler {
 impl QueueScaler {
     /// A queue scaler with the given parameters.
     pub fn new(params: QueueParams) -> Self {
-        QueueScaler { params, last_poll_s: None, last_active_s: None, last_traffic_s: None, answer: None, last: String::new() }
+        QueueScaler {
+            params,
+            last_poll_s: None,
+            last_active_s: None,
+            last_traffic_s: None,
+            answer: None,
+            last: String::new(),
+        }
     }
 }
 
@@ -77,7 +84,8 @@ impl Scaler for QueueScaler {
         } else {
             current
         };
-        self.last = format!("{:.0} waiting, raw {raw}{}", m.waiting_requests, if cooled { "" } else { ", cooling down" });
+        self.last =
+            format!("{:.0} waiting, raw {raw}{}", m.waiting_requests, if cooled { "" } else { ", cooling down" });
         self.answer = Some(desired);
         desired
     }

@@ -39,7 +39,8 @@ impl Scaler for RayScaler {
         let now = m.time_s;
         let current = m.current_replicas;
         let target = self.params.target_ongoing_requests;
-        let raw = if target > 0.0 { ((m.ongoing_requests() / target - 1e-9).ceil().max(1.0)) as u32 } else { current.max(1) };
+        let raw =
+            if target > 0.0 { ((m.ongoing_requests() / target - 1e-9).ceil().max(1.0)) as u32 } else { current.max(1) };
         if current == 0 {
             self.up_since_s = None;
             self.down_since_s = None;

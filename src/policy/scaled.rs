@@ -132,7 +132,14 @@ impl<S: Scaler + Clone> Policy for ScaledPolicy<S> {
                     self.placement.place(&info, obs, vi, k, &mut free, &mut decision);
                     let _ = v;
                 }
-                reasons.push(format!("{} on {}: {} -> {} ({})", self.placement_label(), info.variants[chosen].name, m.current_replicas, n, why));
+                reasons.push(format!(
+                    "{} on {}: {} -> {} ({})",
+                    self.placement_label(),
+                    info.variants[chosen].name,
+                    m.current_replicas,
+                    n,
+                    why
+                ));
             }
         }
         decision.reason = format!("{}: {}", self.name, reasons.join("; "));

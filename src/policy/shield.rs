@@ -426,8 +426,15 @@ impl Shield {
         }
         for s in slots.iter_mut() {
             if !s.allowed && s.target > 0 {
-                let rule = if s.vi.is_none() || s.pi.is_none() { ShieldRule::UnknownSlot } else { ShieldRule::PoolNotAllowed };
-                overrides.push(Override { rule, variant: s.variant.clone(), pool: s.pool.clone(), asked: s.target, applied: 0 });
+                let rule =
+                    if s.vi.is_none() || s.pi.is_none() { ShieldRule::UnknownSlot } else { ShieldRule::PoolNotAllowed };
+                overrides.push(Override {
+                    rule,
+                    variant: s.variant.clone(),
+                    pool: s.pool.clone(),
+                    asked: s.target,
+                    applied: 0,
+                });
                 s.target = 0;
             }
         }
@@ -484,7 +491,13 @@ impl Shield {
         f(slots);
         for (s, b) in slots.iter().zip(before) {
             if s.target != b {
-                overrides.push(Override { rule, variant: s.variant.clone(), pool: s.pool.clone(), asked: b, applied: s.target });
+                overrides.push(Override {
+                    rule,
+                    variant: s.variant.clone(),
+                    pool: s.pool.clone(),
+                    asked: b,
+                    applied: s.target,
+                });
             }
         }
     }
@@ -643,8 +656,11 @@ impl Shield {
                         continue;
                     }
                     // No free room: take it from variants above their minimum.
-                    let mut cands: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].vi == Some(vi) && slots[i].allowed).collect();
-                    cands.sort_by(|&a, &b| self.cost_per_replica(&slots[a]).total_cmp(&self.cost_per_replica(&slots[b])).then(a.cmp(&b)));
+                    let mut cands: Vec<usize> =
+                        (0..slots.len()).filter(|&i| slots[i].vi == Some(vi) && slots[i].allowed).collect();
+                    cands.sort_by(|&a, &b| {
+                        self.cost_per_replica(&slots[a]).total_cmp(&self.cost_per_replica(&slots[b])).then(a.cmp(&b))
+                    });
                     let mut done = false;
                     for i in cands {
                         if self.make_room(slots, i, |s| s.vi != Some(vi)) {
@@ -688,7 +704,9 @@ impl Shield {
         Self::with_diff(slots, ov, ShieldRule::KeepLastReady, |slots| {
             // The cheapest allowed slot that has a ready replica.
             let mut cands: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].ready > 0 && slots[i].allowed).collect();
-            cands.sort_by(|&a, &b| self.cost_per_replica(&slots[a]).total_cmp(&self.cost_per_replica(&slots[b])).then(a.cmp(&b)));
+            cands.sort_by(|&a, &b| {
+                self.cost_per_replica(&slots[a]).total_cmp(&self.cost_per_replica(&slots[b])).then(a.cmp(&b))
+            });
             for i in cands {
                 // Room may come from not-ready replicas of variants above their minimum.
                 if !self.make_room(slots, i, |s| s.target > s.ready) {
@@ -738,10 +756,16 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     let pool_names: Vec<&str> = spec.gpu_pools.iter().map(|p| p.name.as_str()).collect();
     for (i, p) in spec.gpu_pools.iter().enumerate() {
         if pool_names[..i].contains(&p.name.as_str()) {
-            problem(format!("spec.gpuPools[{i}].name"), format!("pool name `{}` is used twice; give each pool a unique name", p.name));
+            problem(
+                format!("spec.gpuPools[{i}].name"),
+                format!("pool name `{}` is used twice; give each pool a unique name", p.name),
+            );
         }
         if !p.price_per_gpu_hour.is_finite() || p.price_per_gpu_hour < 0.0 {
-            problem(format!("spec.gpuPools[{i}].pricePerGpuHour"), format!("price {} is not a non-negative number of USD", p.price_per_gpu_hour));
+            problem(
+                format!("spec.gpuPools[{i}].pricePerGpuHour"),
+                format!("price {} is not a non-negative number of USD", p.price_per_gpu_hour),
+            );
         }
     }
     if spec.variants.is_empty() {
@@ -756,7 +780,10 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     let mut min_fleet_cost = 0.0;
     for (i, v) in spec.variants.iter().enumerate() {
         if spec.variants[..i].iter().any(|o| o.name == v.name) {
-            problem(format!("spec.variants[{i}].name"), format!("variant name `{}` is used twice; give each variant a unique name", v.name));
+            problem(
+                format!("spec.variants[{i}].name"),
+                format!("variant name `{}` is used twice; give each variant a unique name", v.name),
+            );
         }
         for (j, p) in v.pools.iter().enumerate() {
             if !pool_names.contains(&p.as_str()) {
@@ -769,11 +796,17 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
         if v.min_replicas > v.max_replicas {
             problem(
                 format!("spec.variants[{i}].minReplicas"),
-                format!("variant `{}` has minReplicas {} > maxReplicas {}; lower minReplicas or raise maxReplicas", v.name, v.min_replicas, v.max_replicas),
+                format!(
+                    "variant `{}` has minReplicas {} > maxReplicas {}; lower minReplicas or raise maxReplicas",
+                    v.name, v.min_replicas, v.max_replicas
+                ),
             );
         }
         if v.gpus_per_replica == 0 {
-            problem(format!("spec.variants[{i}].gpusPerReplica"), format!("variant `{}` needs at least 1 GPU per replica", v.name));
+            problem(
+                format!("spec.variants[{i}].gpusPerReplica"),
+                format!("variant `{}` needs at least 1 GPU per replica", v.name),
+            );
         }
         let allowed: Vec<&crate::crd::GpuPoolSpec> =
             spec.gpu_pools.iter().filter(|p| v.pools.is_empty() || v.pools.contains(&p.name)).collect();
@@ -804,10 +837,8 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
         }
         sum_min += u64::from(v.min_replicas);
         sum_max += u64::from(v.max_replicas);
-        let cheapest = fits
-            .iter()
-            .map(|p| f64::from(v.gpus_per_replica) * p.price_per_gpu_hour)
-            .fold(f64::INFINITY, f64::min);
+        let cheapest =
+            fits.iter().map(|p| f64::from(v.gpus_per_replica) * p.price_per_gpu_hour).fold(f64::INFINITY, f64::min);
         if cheapest.is_finite() {
             min_fleet_cost += f64::from(v.min_replicas) * cheapest;
         }
@@ -816,7 +847,10 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     if l.min_total_replicas > l.max_total_replicas {
         problem(
             "spec.limits.minTotalReplicas".into(),
-            format!("minTotalReplicas {} > maxTotalReplicas {}; lower the minimum or raise the maximum", l.min_total_replicas, l.max_total_replicas),
+            format!(
+                "minTotalReplicas {} > maxTotalReplicas {}; lower the minimum or raise the maximum",
+                l.min_total_replicas, l.max_total_replicas
+            ),
         );
     }
     if sum_min > u64::from(l.max_total_replicas) {
@@ -832,11 +866,17 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
         );
     }
     if l.max_step_change == 0 {
-        problem("spec.limits.maxStepChange".into(), "maxStepChange is 0, so nothing could ever scale; set it to at least 1".into());
+        problem(
+            "spec.limits.maxStepChange".into(),
+            "maxStepChange is 0, so nothing could ever scale; set it to at least 1".into(),
+        );
     }
     if let Some(budget) = l.max_cost_per_hour {
         if !budget.is_finite() || budget < 0.0 {
-            problem("spec.limits.maxCostPerHour".into(), format!("budget {budget} is not a non-negative number of USD per hour"));
+            problem(
+                "spec.limits.maxCostPerHour".into(),
+                format!("budget {budget} is not a non-negative number of USD per hour"),
+            );
         } else if min_fleet_cost > budget + 1e-9 {
             problem(
                 "spec.limits.maxCostPerHour".into(),
@@ -848,7 +888,10 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
         problem("spec.slo".into(), "ttftMs and tpotMs must be positive numbers of milliseconds".into());
     }
     if !(0.0..=1.0).contains(&spec.slo.target_attainment) {
-        problem("spec.slo.targetAttainment".into(), format!("{} is not a fraction in 0..1", spec.slo.target_attainment));
+        problem(
+            "spec.slo.targetAttainment".into(),
+            format!("{} is not a fraction in 0..1", spec.slo.target_attainment),
+        );
     }
     out
 }

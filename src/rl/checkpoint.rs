@@ -182,7 +182,9 @@ fn check_layout(dir: &Path, meta: &CheckpointMeta, expected: &Expected<'_>) -> R
     if let Some(names) = expected.feature_names {
         if names.len() != meta.feature_names.len() {
             let first = names.iter().zip(&meta.feature_names).position(|(a, b)| a != b);
-            let detail = first.map(|i| format!(" (first difference at {i}: `{}` vs `{}`)", meta.feature_names[i], names[i])).unwrap_or_default();
+            let detail = first
+                .map(|i| format!(" (first difference at {i}: `{}` vs `{}`)", meta.feature_names[i], names[i]))
+                .unwrap_or_default();
             return Err(mismatch(
                 format!("number of observation features{detail}"),
                 meta.feature_names.len().to_string(),

@@ -191,8 +191,11 @@ impl QNetwork {
             width = *h;
         }
         let value = dueling.then(|| nn::linear(p / "value", width, 1, Default::default()));
-        let heads =
-            sizes.iter().enumerate().map(|(d, n)| nn::linear(p / format!("head{d}"), width, *n as i64, Default::default())).collect();
+        let heads = sizes
+            .iter()
+            .enumerate()
+            .map(|(d, n)| nn::linear(p / format!("head{d}"), width, *n as i64, Default::default()))
+            .collect();
         QNetwork { torso, value, heads }
     }
 
@@ -248,7 +251,11 @@ pub struct DqnAgent {
 
 impl std::fmt::Debug for DqnAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DqnAgent").field("obs_dim", &self.obs_dim).field("sizes", &self.sizes).field("updates", &self.updates).finish()
+        f.debug_struct("DqnAgent")
+            .field("obs_dim", &self.obs_dim)
+            .field("sizes", &self.sizes)
+            .field("updates", &self.updates)
+            .finish()
     }
 }
 
@@ -368,7 +375,8 @@ impl DqnAgent {
         let b = batch.size as i64;
         let m = self.sizes.iter().sum::<usize>() as i64;
         let dev = self.device;
-        let next_obs = Tensor::from_slice(&self.normalised(&batch.next_obs)).view([b, self.obs_dim as i64]).to_device(dev);
+        let next_obs =
+            Tensor::from_slice(&self.normalised(&batch.next_obs)).view([b, self.obs_dim as i64]).to_device(dev);
         let rewards = Tensor::from_slice(&batch.rewards).to_device(dev);
         let discounts = Tensor::from_slice(&batch.discounts).to_device(dev);
         let penalty: Vec<f32> = batch.next_mask.iter().map(|&ok| if ok { 0.0 } else { -1e9 }).collect();
@@ -444,7 +452,10 @@ impl DqnAgent {
                 });
             }
         }
-        UpdateStats { loss: f64::try_from(&loss).unwrap_or(f64::NAN), mean_q: f64::try_from(q_sa.mean(Kind::Float)).unwrap_or(f64::NAN) }
+        UpdateStats {
+            loss: f64::try_from(&loss).unwrap_or(f64::NAN),
+            mean_q: f64::try_from(q_sa.mean(Kind::Float)).unwrap_or(f64::NAN),
+        }
     }
 }
 

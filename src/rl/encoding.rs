@@ -166,7 +166,16 @@ impl ObsEncoder {
         .map(|s| s.to_string())
         .collect();
         for s in &self.layout.slots {
-            for f in ["ready", "starting", "desired", "ln1p_waiting", "ln1p_running", "ln1p_load_per_ready", "kv_usage", "ln1p_arrival_rps"] {
+            for f in [
+                "ready",
+                "starting",
+                "desired",
+                "ln1p_waiting",
+                "ln1p_running",
+                "ln1p_load_per_ready",
+                "kv_usage",
+                "ln1p_arrival_rps",
+            ] {
                 n.push(format!("slot[{}/{}].{f}", s.variant, s.pool));
             }
         }
@@ -391,7 +400,8 @@ impl ActionLayout {
         }
         let variant = &self.slots[k].variant;
         let variant_total: i64 =
-            (0..self.slots.len()).filter(|&i| &self.slots[i].variant == variant).map(desired).sum::<i64>() + delta as i64;
+            (0..self.slots.len()).filter(|&i| &self.slots[i].variant == variant).map(desired).sum::<i64>()
+                + delta as i64;
         let total: i64 = (0..self.slots.len()).map(desired).sum::<i64>() + delta as i64;
         let vmin = lim.variant_min.get(k).copied().unwrap_or(0) as i64;
         let vmax = lim.variant_max.get(k).copied().unwrap_or(u32::MAX) as i64;
@@ -462,8 +472,21 @@ mod tests {
     fn obs() -> Observation {
         Observation {
             slots: vec![
-                SlotObservation { variant: "v".into(), pool: "cheap".into(), desired_replicas: 1, ready_replicas: 1, gpus_per_replica: 1, ..Default::default() },
-                SlotObservation { variant: "v".into(), pool: "dear".into(), desired_replicas: 0, gpus_per_replica: 1, ..Default::default() },
+                SlotObservation {
+                    variant: "v".into(),
+                    pool: "cheap".into(),
+                    desired_replicas: 1,
+                    ready_replicas: 1,
+                    gpus_per_replica: 1,
+                    ..Default::default()
+                },
+                SlotObservation {
+                    variant: "v".into(),
+                    pool: "dear".into(),
+                    desired_replicas: 0,
+                    gpus_per_replica: 1,
+                    ..Default::default()
+                },
             ],
             pools: vec![
                 PoolObservation { name: "cheap".into(), free_gpus: Some(1), price_per_gpu_hour_usd: 1.0 },
@@ -474,7 +497,10 @@ mod tests {
     }
 
     fn layout(kind: ActionLayoutKind) -> (ActionLayout, ActionLimits) {
-        let slots = vec![SlotKey { variant: "v".into(), pool: "cheap".into() }, SlotKey { variant: "v".into(), pool: "dear".into() }];
+        let slots = vec![
+            SlotKey { variant: "v".into(), pool: "cheap".into() },
+            SlotKey { variant: "v".into(), pool: "dear".into() },
+        ];
         let lim = ActionLimits {
             variant_min: vec![1, 1],
             variant_max: vec![4, 4],

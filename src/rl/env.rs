@@ -132,7 +132,13 @@ pub struct RewardConfig {
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        RewardConfig { slo_weight: 1.0, miss_penalty: 1.0, cost_weight_per_usd: 200.0, quality_weight: 0.0, scale: 0.01 }
+        RewardConfig {
+            slo_weight: 1.0,
+            miss_penalty: 1.0,
+            cost_weight_per_usd: 200.0,
+            quality_weight: 0.0,
+            scale: 0.01,
+        }
     }
 }
 
@@ -269,15 +275,15 @@ impl Env for TwinEnv {
         let (a, b) = self.episodes.train_window;
         let len = self.episodes.episode_frac.min(b - a);
         let start = a + rng.random::<f64>() * (b - a - len);
-        let loads: Vec<f64> = if self.episode < self.episodes.curriculum_episodes
-            && self.episodes.loads.iter().any(|l| *l <= 1.0)
-        {
-            self.episodes.loads.iter().copied().filter(|l| *l <= 1.0).collect()
-        } else {
-            self.episodes.loads.clone()
-        };
+        let loads: Vec<f64> =
+            if self.episode < self.episodes.curriculum_episodes && self.episodes.loads.iter().any(|l| *l <= 1.0) {
+                self.episodes.loads.iter().copied().filter(|l| *l <= 1.0).collect()
+            } else {
+                self.episodes.loads.clone()
+            };
         let load = loads[rng.random_range(0..loads.len())];
-        let twin = Twin::with_window(&self.scenario, seed, start, start + len, load).map_err(|e| RlError::Twin(e.to_string()))?;
+        let twin = Twin::with_window(&self.scenario, seed, start, start + len, load)
+            .map_err(|e| RlError::Twin(e.to_string()))?;
         self.obs = twin.observe();
         self.twin = Some(twin);
         self.shield.reset();

@@ -61,7 +61,9 @@ pub enum RlError {
         message: String,
     },
     /// A checkpoint's layout does not match the workload it is loaded for.
-    #[error("checkpoint {path} does not match the workload: {what}: checkpoint has {checkpoint}, workload has {workload}")]
+    #[error(
+        "checkpoint {path} does not match the workload: {what}: checkpoint has {checkpoint}, workload has {workload}"
+    )]
     LayoutMismatch {
         /// The checkpoint directory.
         path: String,

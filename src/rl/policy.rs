@@ -78,8 +78,17 @@ impl DqnPolicy {
         let actions = ActionLayout::new(stored.kind, layout.slots.clone(), stored.deltas.clone());
         let names = encoder.feature_names();
         let branches = actions.branches();
-        let (agent, _) = checkpoint::load(dir, &Expected { feature_names: Some(&names), branches: Some(&branches) }, device)?;
-        Ok(DqnPolicy { agent, encoder, limits: ActionLimits::from_spec(spec, &layout), actions, last: None, recorder: None, record_errors: 0 })
+        let (agent, _) =
+            checkpoint::load(dir, &Expected { feature_names: Some(&names), branches: Some(&branches) }, device)?;
+        Ok(DqnPolicy {
+            agent,
+            encoder,
+            limits: ActionLimits::from_spec(spec, &layout),
+            actions,
+            last: None,
+            recorder: None,
+            record_errors: 0,
+        })
     }
 
     /// Appends transitions to `dir/transitions.jsonl` from now on.
@@ -143,8 +152,10 @@ impl Policy for DqnPolicy {
         let Some((obs, action)) = self.last.as_ref() else { return };
         let next_obs = self.encoder.encode(next);
         let next_mask = self.actions.mask(next, &self.limits);
-        let t = RecordedTransition { time_s: next.time_s, obs, action, reward, next_obs: &next_obs, next_mask: &next_mask };
-        let ok = serde_json::to_string(&t).ok().and_then(|line| writeln!(w, "{line}").ok()).and_then(|_| w.flush().ok());
+        let t =
+            RecordedTransition { time_s: next.time_s, obs, action, reward, next_obs: &next_obs, next_mask: &next_mask };
+        let ok =
+            serde_json::to_string(&t).ok().and_then(|line| writeln!(w, "{line}").ok()).and_then(|_| w.flush().ok());
         if ok.is_none() {
             self.record_errors += 1;
             tracing::warn!(path = %path.display(), "could not record a transition");

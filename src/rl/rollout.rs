@@ -55,7 +55,8 @@ pub fn rollout(
     load: f64,
     reward: &RewardConfig,
 ) -> Result<Rollout, RlError> {
-    let mut twin = Twin::with_window(scenario, seed, window.0, window.1, load).map_err(|e| RlError::Twin(e.to_string()))?;
+    let mut twin =
+        Twin::with_window(scenario, seed, window.0, window.1, load).map_err(|e| RlError::Twin(e.to_string()))?;
     let mut shield = Shield::new(&scenario.spec);
     policy.reset();
     let mut obs = twin.observe();
@@ -78,7 +79,15 @@ pub fn rollout(
         ret += r;
         obs = twin.observe();
         policy.feedback(&obs, r);
-        ticks.push(TickRecord { time_s, desired, ready, finished: tick.finished, slo_met: tick.slo_met, cost_usd: tick.cost_usd, reward: r });
+        ticks.push(TickRecord {
+            time_s,
+            desired,
+            ready,
+            finished: tick.finished,
+            slo_met: tick.slo_met,
+            cost_usd: tick.cost_usd,
+            reward: r,
+        });
     }
     Ok(Rollout { slots, ticks, report: twin.report(), episodic_return: ret })
 }

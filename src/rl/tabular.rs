@@ -119,13 +119,10 @@ impl QTable {
     /// The greedy allowed joint action and its value; `None` when nothing is allowed.
     pub fn greedy(&self, obs: &[f32], mask: &[bool]) -> Option<(usize, f64)> {
         let q = self.values(obs);
-        (0..self.n_joint)
-            .filter(|&a| self.allowed(a, mask))
-            .map(|a| (a, q[a]))
-            .fold(None, |best, (a, v)| match best {
-                Some((_, bv)) if bv >= v => best,
-                _ => Some((a, v)),
-            })
+        (0..self.n_joint).filter(|&a| self.allowed(a, mask)).map(|a| (a, q[a])).fold(None, |best, (a, v)| match best {
+            Some((_, bv)) if bv >= v => best,
+            _ => Some((a, v)),
+        })
     }
 
     /// ε-greedy over the allowed joint actions.
@@ -142,7 +139,15 @@ impl QTable {
 
     /// The classic update for one step.
     #[allow(clippy::too_many_arguments)]
-    pub fn update(&mut self, obs: &[f32], joint: usize, reward: f64, next_obs: &[f32], next_mask: &[bool], terminated: bool) {
+    pub fn update(
+        &mut self,
+        obs: &[f32],
+        joint: usize,
+        reward: f64,
+        next_obs: &[f32],
+        next_mask: &[bool],
+        terminated: bool,
+    ) {
         let bootstrap = if terminated { 0.0 } else { self.greedy(next_obs, next_mask).map(|(_, v)| v).unwrap_or(0.0) };
         let target = reward + self.cfg.gamma * bootstrap;
         let (alpha, init, n) = (self.cfg.alpha, self.cfg.initial_q, self.n_joint);

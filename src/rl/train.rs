@@ -119,12 +119,16 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, RlError> {
 }
 
 /// Like [`train`], calling `on_episode` after every episode (the CLI's progress bar).
-pub fn train_with_progress(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) -> Result<TrainSummary, RlError> {
+pub fn train_with_progress(
+    cfg: &TrainConfig,
+    on_episode: &mut dyn FnMut(&EpisodeRecord),
+) -> Result<TrainSummary, RlError> {
     let mut scenario = Scenario::load(&cfg.scenario).map_err(|e| RlError::Twin(e.to_string()))?;
     if let Some(t) = &cfg.trace {
         scenario.set_trace(t).map_err(|e| RlError::Twin(e.to_string()))?;
     }
-    let mut env = TwinEnv::new(scenario, cfg.action_layout, cfg.deltas.clone(), cfg.reward.clone(), cfg.episodes.clone())?;
+    let mut env =
+        TwinEnv::new(scenario, cfg.action_layout, cfg.deltas.clone(), cfg.reward.clone(), cfg.episodes.clone())?;
     let names = env.feature_names();
     let branches = env.action_branches();
 
@@ -146,7 +150,9 @@ pub fn train_with_progress(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&Episod
     let jsonl_path = cfg.out.join("metrics.jsonl");
     let csv_path = cfg.out.join("metrics.csv");
     let append = cfg.resume.is_some() && jsonl_path.exists();
-    let open = |p: &Path| fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(p).map_err(|e| io(p, e));
+    let open = |p: &Path| {
+        fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(p).map_err(|e| io(p, e))
+    };
     let mut jsonl = std::io::BufWriter::new(open(&jsonl_path)?);
     let mut csv = csv::WriterBuilder::new().has_headers(!append).from_writer(open(&csv_path)?);
     let mut write_err: Option<RlError> = None;
@@ -200,7 +206,8 @@ pub fn train_with_progress(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&Episod
         updates_per_s: updates as f64 / wall_s.max(1e-9),
     };
     let p = cfg.out.join("train.json");
-    let text = serde_json::to_vec_pretty(&summary).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
+    let text =
+        serde_json::to_vec_pretty(&summary).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
     checkpoint::write_atomic(&p, &text)?;
     Ok(summary)
 }

@@ -84,7 +84,14 @@ impl ModelSpec {
 }
 
 fn norm(s: &str) -> String {
-    let mut n: String = s.rsplit('/').next().unwrap_or(s).chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+    let mut n: String = s
+        .rsplit('/')
+        .next()
+        .unwrap_or(s)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
     for p in ["nvidia", "meta"] {
         if let Some(r) = n.strip_prefix(p) {
             if !r.is_empty() {
@@ -94,7 +101,8 @@ fn norm(s: &str) -> String {
     }
     loop {
         let before = n.clone();
-        for suf in ["instruct", "chat", "hf", "v01", "v02", "v03", "it", "sxm4", "sxm5", "sxm", "pcie", "hbm3e", "hbm3"] {
+        for suf in ["instruct", "chat", "hf", "v01", "v02", "v03", "it", "sxm4", "sxm5", "sxm", "pcie", "hbm3e", "hbm3"]
+        {
             if let Some(r) = n.strip_suffix(suf) {
                 if !r.is_empty() {
                     n = r.to_string();
@@ -117,12 +125,44 @@ pub struct Catalog {
 }
 
 fn gpu(name: &str, aliases: &[&str], tf: f64, bw: f64, mem: f64, ic: f64, usd: f64) -> GpuSpec {
-    GpuSpec { name: name.into(), aliases: aliases.iter().map(|s| s.to_string()).collect(), peak_bf16_tflops: tf, hbm_gb_s: bw, memory_gib: mem, interconnect_gb_s: ic, default_usd_per_hour: usd }
+    GpuSpec {
+        name: name.into(),
+        aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        peak_bf16_tflops: tf,
+        hbm_gb_s: bw,
+        memory_gib: mem,
+        interconnect_gb_s: ic,
+        default_usd_per_hour: usd,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn model(name: &str, aliases: &[&str], layers: u32, hidden: u32, heads: u32, kv: u32, inter: u32, vocab: u32, params: f64, ctx: u32) -> ModelSpec {
-    ModelSpec { name: name.into(), aliases: aliases.iter().map(|s| s.to_string()).collect(), layers, hidden, heads, kv_heads: kv, head_dim: hidden / heads, intermediate: inter, vocab, params, dtype_bytes: 2, max_context: ctx }
+fn model(
+    name: &str,
+    aliases: &[&str],
+    layers: u32,
+    hidden: u32,
+    heads: u32,
+    kv: u32,
+    inter: u32,
+    vocab: u32,
+    params: f64,
+    ctx: u32,
+) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        layers,
+        hidden,
+        heads,
+        kv_heads: kv,
+        head_dim: hidden / heads,
+        intermediate: inter,
+        vocab,
+        params,
+        dtype_bytes: 2,
+        max_context: ctx,
+    }
 }
 
 impl Default for Catalog {
@@ -131,20 +171,116 @@ impl Default for Catalog {
             gpus: vec![
                 gpu("A100-40GB", &["A100-SXM4-40GB", "a100-40g"], 312.0, 1555.0, 40.0, 300.0, 2.50),
                 gpu("A100-80GB", &["A100-SXM4-80GB", "a100-80g"], 312.0, 2039.0, 80.0, 300.0, 3.00),
-                gpu("H100-SXM", &["H100", "H100-80GB", "H100-SXM5-80GB", "H100-80GB-HBM3"], 989.0, 3350.0, 79.6, 450.0, 4.50),
+                gpu(
+                    "H100-SXM",
+                    &["H100", "H100-80GB", "H100-SXM5-80GB", "H100-80GB-HBM3"],
+                    989.0,
+                    3350.0,
+                    79.6,
+                    450.0,
+                    4.50,
+                ),
                 gpu("H200", &["H200-141GB", "H200-SXM-141GB"], 989.0, 4800.0, 140.4, 450.0, 5.50),
                 gpu("L4", &["L4-24GB"], 121.0, 300.0, 22.5, 32.0, 0.80),
                 gpu("A10G", &["A10G-24GB"], 70.0, 600.0, 22.5, 32.0, 1.20),
             ],
             models: vec![
-                model("Llama-2-7B", &["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", "llama2-7b"], 32, 4096, 32, 32, 11008, 32000, 6.738e9, 4096),
-                model("Llama-3-8B", &["meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct", "llama3-8b"], 32, 4096, 32, 8, 14336, 128256, 8.030e9, 8192),
-                model("Llama-3.1-8B", &["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.1-8b"], 32, 4096, 32, 8, 14336, 128256, 8.030e9, 131072),
-                model("Llama-3.1-70B", &["meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B-Instruct", "llama3.1-70b"], 80, 8192, 64, 8, 28672, 128256, 70.554e9, 131072),
-                model("Llama-3-70B", &["meta-llama/Meta-Llama-3-70B", "meta-llama/Meta-Llama-3-70B-Instruct", "llama3-70b"], 80, 8192, 64, 8, 28672, 128256, 70.554e9, 8192),
-                model("Mistral-7B", &["mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b-chat"], 32, 4096, 32, 8, 14336, 32000, 7.242e9, 32768),
-                model("Qwen2-7B", &["Qwen/Qwen2-7B", "Qwen/Qwen2-7B-Instruct"], 28, 3584, 28, 4, 18944, 152064, 7.616e9, 32768),
-                model("Llama-2-70B", &["meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-chat-hf", "llama2-70b"], 80, 8192, 64, 8, 28672, 32000, 68.977e9, 4096),
+                model(
+                    "Llama-2-7B",
+                    &["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", "llama2-7b"],
+                    32,
+                    4096,
+                    32,
+                    32,
+                    11008,
+                    32000,
+                    6.738e9,
+                    4096,
+                ),
+                model(
+                    "Llama-3-8B",
+                    &["meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct", "llama3-8b"],
+                    32,
+                    4096,
+                    32,
+                    8,
+                    14336,
+                    128256,
+                    8.030e9,
+                    8192,
+                ),
+                model(
+                    "Llama-3.1-8B",
+                    &["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.1-8b"],
+                    32,
+                    4096,
+                    32,
+                    8,
+                    14336,
+                    128256,
+                    8.030e9,
+                    131072,
+                ),
+                model(
+                    "Llama-3.1-70B",
+                    &["meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B-Instruct", "llama3.1-70b"],
+                    80,
+                    8192,
+                    64,
+                    8,
+                    28672,
+                    128256,
+                    70.554e9,
+                    131072,
+                ),
+                model(
+                    "Llama-3-70B",
+                    &["meta-llama/Meta-Llama-3-70B", "meta-llama/Meta-Llama-3-70B-Instruct", "llama3-70b"],
+                    80,
+                    8192,
+                    64,
+                    8,
+                    28672,
+                    128256,
+                    70.554e9,
+                    8192,
+                ),
+                model(
+                    "Mistral-7B",
+                    &["mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b-chat"],
+                    32,
+                    4096,
+                    32,
+                    8,
+                    14336,
+                    32000,
+                    7.242e9,
+                    32768,
+                ),
+                model(
+                    "Qwen2-7B",
+                    &["Qwen/Qwen2-7B", "Qwen/Qwen2-7B-Instruct"],
+                    28,
+                    3584,
+                    28,
+                    4,
+                    18944,
+                    152064,
+                    7.616e9,
+                    32768,
+                ),
+                model(
+                    "Llama-2-70B",
+                    &["meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-chat-hf", "llama2-70b"],
+                    80,
+                    8192,
+                    64,
+                    8,
+                    28672,
+                    32000,
+                    68.977e9,
+                    4096,
+                ),
             ],
         }
     }
@@ -166,18 +302,28 @@ impl Catalog {
     /// The GPU type called `name`; `field` names the spec field in the error.
     pub fn gpu(&self, name: &str, field: &str) -> Result<&GpuSpec, TwinError> {
         let n = norm(name);
-        self.gpus.iter().find(|g| norm(&g.name) == n || g.aliases.iter().any(|a| norm(a) == n)).ok_or_else(|| TwinError::Config {
-            field: field.into(),
-            message: format!("unknown GPU type `{name}`; known: {}", self.gpus.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")),
+        self.gpus.iter().find(|g| norm(&g.name) == n || g.aliases.iter().any(|a| norm(a) == n)).ok_or_else(|| {
+            TwinError::Config {
+                field: field.into(),
+                message: format!(
+                    "unknown GPU type `{name}`; known: {}",
+                    self.gpus.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }
         })
     }
 
     /// The model called `name`; `field` names the spec field in the error.
     pub fn model(&self, name: &str, field: &str) -> Result<&ModelSpec, TwinError> {
         let n = norm(name);
-        self.models.iter().find(|m| norm(&m.name) == n || m.aliases.iter().any(|a| norm(a) == n)).ok_or_else(|| TwinError::Config {
-            field: field.into(),
-            message: format!("unknown model `{name}`; known: {}", self.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")),
+        self.models.iter().find(|m| norm(&m.name) == n || m.aliases.iter().any(|a| norm(a) == n)).ok_or_else(|| {
+            TwinError::Config {
+                field: field.into(),
+                message: format!(
+                    "unknown model `{name}`; known: {}",
+                    self.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }
         })
     }
 }

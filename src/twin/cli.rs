@@ -39,7 +39,8 @@ pub struct SimulateArgs {
 
 /// Runs `llmos simulate`: the scenario's initial fleet, held fixed, over its whole workload.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let mut scenario = Scenario::load(&args.scenario).with_context(|| format!("loading scenario {}", args.scenario.display()))?;
+    let mut scenario =
+        Scenario::load(&args.scenario).with_context(|| format!("loading scenario {}", args.scenario.display()))?;
     if let Some(t) = &args.trace {
         scenario.set_trace(t).with_context(|| format!("loading trace {}", t.display()))?;
     }
@@ -52,7 +53,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             Some(n) => indicatif::ProgressBar::with_draw_target(Some(n), indicatif::ProgressDrawTarget::stderr()),
             None => indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr()),
         };
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} requests {msg}") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} requests {msg}")
+        {
             b.set_style(style);
         }
         // Draw only when the run is long enough to need it.
@@ -75,10 +78,17 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let report = twin.report();
     let secs = wall.elapsed().as_secs_f64();
     if !args.quiet || args.timing {
-        eprintln!("simulated {} requests ({:.0} s of traffic) in {:.3} s wall: {:.0} requests per wall-second", report.arrived, report.simulated_s, secs, report.arrived as f64 / secs.max(1e-9));
+        eprintln!(
+            "simulated {} requests ({:.0} s of traffic) in {:.3} s wall: {:.0} requests per wall-second",
+            report.arrived,
+            report.simulated_s,
+            secs,
+            report.arrived as f64 / secs.max(1e-9)
+        );
     }
     if let Some(p) = &args.out {
-        std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &args.csv {
         std::fs::write(p, report.to_csv()).with_context(|| format!("writing {}", p.display()))?;

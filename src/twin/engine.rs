@@ -98,7 +98,22 @@ pub struct Seq {
 impl Seq {
     /// A new request.
     pub fn new(id: u64, arrival: Nanos, input: u32, output: u32, hash_ids: Vec<u32>) -> Seq {
-        Seq { id, arrival, input, output: output.max(1), hash_ids, computed: 0, generated: 0, blocks: 0, held: Vec::new(), chunk: 0, first_sched: None, first_token: None, preemptions: 0, cached_tokens: 0 }
+        Seq {
+            id,
+            arrival,
+            input,
+            output: output.max(1),
+            hash_ids,
+            computed: 0,
+            generated: 0,
+            blocks: 0,
+            held: Vec::new(),
+            chunk: 0,
+            first_sched: None,
+            first_token: None,
+            preemptions: 0,
+            cached_tokens: 0,
+        }
     }
 }
 
@@ -162,11 +177,18 @@ pub struct PromHistogram {
 }
 
 /// vLLM's TTFT buckets.
-pub const TTFT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0];
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+    160.0, 640.0, 2560.0,
+];
 /// vLLM's inter-token latency buckets.
-pub const ITL_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+pub const ITL_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
 /// vLLM's end-to-end latency buckets.
-pub const E2E_BUCKETS: &[f64] = &[0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0];
+pub const E2E_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
+];
 
 impl PromHistogram {
     /// An empty histogram with these bounds.
@@ -203,7 +225,8 @@ struct Jump {
 impl Jump {
     fn elapsed(&self, m: u32) -> Nanos {
         let m = m as f64;
-        Nanos::from_secs_f64(m * self.a + self.b * (m * self.ctx0 as f64 + self.n as f64 * m * (m - 1.0) / 2.0)).max(Nanos(m as u64))
+        Nanos::from_secs_f64(m * self.a + self.b * (m * self.ctx0 as f64 + self.n as f64 * m * (m - 1.0) / 2.0))
+            .max(Nanos(m as u64))
     }
 }
 
@@ -253,7 +276,12 @@ impl Engine {
             lru: BTreeMap::new(),
             stamp: 0,
             unit_blocks,
-            counters: EngineCounters { ttft: PromHistogram::new(TTFT_BUCKETS), itl: PromHistogram::new(ITL_BUCKETS), e2e: PromHistogram::new(E2E_BUCKETS), ..Default::default() },
+            counters: EngineCounters {
+                ttft: PromHistogram::new(TTFT_BUCKETS),
+                itl: PromHistogram::new(ITL_BUCKETS),
+                e2e: PromHistogram::new(E2E_BUCKETS),
+                ..Default::default()
+            },
         }
     }
 
@@ -267,7 +295,11 @@ impl Engine {
     }
     /// `vllm:kv_cache_usage_perc`, 0..=1.
     pub fn kv_usage(&self) -> f64 {
-        if self.total_blocks == 0 { 0.0 } else { self.used_blocks() as f64 / self.total_blocks as f64 }
+        if self.total_blocks == 0 {
+            0.0
+        } else {
+            self.used_blocks() as f64 / self.total_blocks as f64
+        }
     }
     /// `vllm:num_requests_waiting`.
     pub fn num_waiting(&self) -> usize {
@@ -296,10 +328,14 @@ impl Engine {
 
     /// Checks the block accounting (tests and debug builds).
     pub fn check_invariants(&self) -> Result<(), String> {
-        let private: u64 = self.running.iter().map(|s| s.blocks as u64).sum::<u64>() + self.waiting.iter().map(|s| s.blocks as u64).sum::<u64>();
+        let private: u64 = self.running.iter().map(|s| s.blocks as u64).sum::<u64>()
+            + self.waiting.iter().map(|s| s.blocks as u64).sum::<u64>();
         let cached = self.cache.len() as u64 * self.unit_blocks as u64;
         if self.free_blocks as u64 + private + cached != self.total_blocks as u64 {
-            return Err(format!("blocks: free {} + private {private} + cached {cached} != total {}", self.free_blocks, self.total_blocks));
+            return Err(format!(
+                "blocks: free {} + private {private} + cached {cached} != total {}",
+                self.free_blocks, self.total_blocks
+            ));
         }
         if self.running.len() > self.cfg.max_num_seqs as usize {
             return Err("more running than max_num_seqs".into());
@@ -418,7 +454,11 @@ impl Engine {
         let (mut lo, mut hi) = (0u32, j.steps); // largest m with elapsed(m) <= el
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            if j.elapsed(mid) <= el { lo = mid } else { hi = mid - 1 }
+            if j.elapsed(mid) <= el {
+                lo = mid
+            } else {
+                hi = mid - 1
+            }
         }
         let keep = (lo + 1).min(j.steps);
         if keep >= j.steps {
@@ -545,12 +585,18 @@ impl Engine {
             let bs = self.cfg.block_size;
             let unit = self.unit_tokens();
             let extra = |k: u32, run: &[Seq]| -> u64 {
-                run.iter().map(|s| (blocks_for(s.computed - s.held.len() as u32 * unit + k, bs) - s.blocks) as u64).sum()
+                run.iter()
+                    .map(|s| (blocks_for(s.computed - s.held.len() as u32 * unit + k, bs) - s.blocks) as u64)
+                    .sum()
             };
             let (mut lo, mut hi) = (1u32, min_left);
             while lo < hi {
                 let mid = (lo + hi).div_ceil(2);
-                if extra(mid, &self.running) <= free as u64 { lo = mid } else { hi = mid - 1 }
+                if extra(mid, &self.running) <= free as u64 {
+                    lo = mid
+                } else {
+                    hi = mid - 1
+                }
             }
             let k = lo;
             if k > 1 {

@@ -69,7 +69,13 @@ impl LogHistogram {
     }
     /// Summary (mean, p50, p90, p99) in seconds.
     pub fn summary(&self) -> LatencySummary {
-        LatencySummary { mean: self.mean(), p50: self.quantile(0.5), p90: self.quantile(0.9), p99: self.quantile(0.99), max: (self.n > 0).then_some(self.max) }
+        LatencySummary {
+            mean: self.mean(),
+            p50: self.quantile(0.5),
+            p90: self.quantile(0.9),
+            p99: self.quantile(0.99),
+            max: (self.n > 0).then_some(self.max),
+        }
     }
 }
 
@@ -174,11 +180,27 @@ impl Report {
         let mut s = String::new();
         use std::fmt::Write;
         let _ = writeln!(s, "scenario {}  seed {}  simulated {:.1} s", self.scenario, self.seed, self.simulated_s);
-        let _ = writeln!(s, "requests   arrived {}  finished {}  rejected {}  in flight {}", self.arrived, self.finished, self.rejected, self.in_flight);
-        let _ = writeln!(s, "throughput {:.2} req/s  {:.0} prompt tok/s  {:.0} output tok/s", self.throughput_rps, self.input_tokens_per_s, self.output_tokens_per_s);
+        let _ = writeln!(
+            s,
+            "requests   arrived {}  finished {}  rejected {}  in flight {}",
+            self.arrived, self.finished, self.rejected, self.in_flight
+        );
+        let _ = writeln!(
+            s,
+            "throughput {:.2} req/s  {:.0} prompt tok/s  {:.0} output tok/s",
+            self.throughput_rps, self.input_tokens_per_s, self.output_tokens_per_s
+        );
         let _ = writeln!(s, "{:<10} {:>10} {:>10} {:>10} {:>10}", "latency ms", "mean", "p50", "p90", "p99");
         for (n, l) in [("queue", &self.queue_s), ("ttft", &self.ttft_s), ("tpot", &self.tpot_s), ("e2e", &self.e2e_s)] {
-            let _ = writeln!(s, "{:<10} {:>10} {:>10} {:>10} {:>10}", n, f(l.mean, 1e3), f(l.p50, 1e3), f(l.p90, 1e3), f(l.p99, 1e3));
+            let _ = writeln!(
+                s,
+                "{:<10} {:>10} {:>10} {:>10} {:>10}",
+                n,
+                f(l.mean, 1e3),
+                f(l.p50, 1e3),
+                f(l.p90, 1e3),
+                f(l.p99, 1e3)
+            );
         }
         let _ = writeln!(
             s,
@@ -200,7 +222,11 @@ impl Report {
             self.prefix_cache_hit_rate.map(|h| format!("{:.1}%", h * 100.0)).unwrap_or_else(|| "-".into())
         );
         for sl in &self.slots {
-            let _ = writeln!(s, "  slot {}/{}: finished {}  {:.2} GPU-h  ${:.2}  peak replicas {}", sl.variant, sl.pool, sl.finished, sl.gpu_hours, sl.cost_usd, sl.peak_replicas);
+            let _ = writeln!(
+                s,
+                "  slot {}/{}: finished {}  {:.2} GPU-h  ${:.2}  peak replicas {}",
+                sl.variant, sl.pool, sl.finished, sl.gpu_hours, sl.cost_usd, sl.peak_replicas
+            );
         }
         s
     }

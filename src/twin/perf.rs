@@ -68,7 +68,9 @@ pub trait PerfModel: Send + Sync + std::fmt::Debug {
     /// `a + b × Σcontext` seconds. The default measures the model at two context sums,
     /// which is exact for models affine in the context (as the roofline is).
     fn decode_affine(&self, n: u64) -> (f64, f64) {
-        let s = |c: u64| self.iteration_s(&BatchShape { decode_seqs: n, decode_ctx_tokens: c, logit_seqs: n, ..Default::default() });
+        let s = |c: u64| {
+            self.iteration_s(&BatchShape { decode_seqs: n, decode_ctx_tokens: c, logit_seqs: n, ..Default::default() })
+        };
         let big = 1u64 << 24;
         let a = s(0);
         (a, ((s(big) - a) / big as f64).max(0.0))
@@ -77,7 +79,12 @@ pub trait PerfModel: Send + Sync + std::fmt::Debug {
     /// Time to prefill `tokens` prompt tokens of one request on an idle replica, seconds.
     fn prefill_s(&self, tokens: u64) -> f64 {
         let t = tokens as f64;
-        self.iteration_s(&BatchShape { prefill_tokens: tokens, prefill_attn_pairs: t * (t + 1.0) / 2.0, logit_seqs: 1, ..Default::default() })
+        self.iteration_s(&BatchShape {
+            prefill_tokens: tokens,
+            prefill_attn_pairs: t * (t + 1.0) / 2.0,
+            logit_seqs: 1,
+            ..Default::default()
+        })
     }
 }
 
@@ -257,7 +264,11 @@ impl PerfModel for RooflinePerf {
         // LM head over the sequences that emit a token (vocab sharded by t).
         let v = self.model.vocab as f64 / self.tp as f64;
         let nl = b.logit_seqs.max(1) as f64;
-        let lm = smooth_max(2.0 * nl * d.h * v / (f * e.gemm_compute), 2.0 * (d.h * v + nl * (d.h + v)) / (bw * e.memory), e.smooth_p) + e.kernel_s;
+        let lm = smooth_max(
+            2.0 * nl * d.h * v / (f * e.gemm_compute),
+            2.0 * (d.h * v + nl * (d.h + v)) / (bw * e.memory),
+            e.smooth_p,
+        ) + e.kernel_s;
         let seqs = (b.decode_seqs + b.logit_seqs.saturating_sub(b.decode_seqs)).max(1) as f64;
         self.model.layers as f64 * per_layer + lm + e.iter_overhead_s + e.per_seq_overhead_s * seqs
     }
@@ -290,21 +301,49 @@ pub fn read_profile(path: &Path) -> Result<Vec<ProfileRow>, TwinError> {
     let mut rdr = csv::Reader::from_path(path).map_err(|x| e(0, x.to_string()))?;
     let headers = rdr.headers().map_err(|x| e(1, x.to_string()))?.clone();
     let col = |n: &str| headers.iter().position(|h| h == n).ok_or_else(|| e(1, format!("missing column `{n}`")));
-    let ops = ["input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add"];
+    let ops = [
+        "input_layernorm",
+        "attn_pre_proj",
+        "attn_rope",
+        "attn_post_proj",
+        "post_attention_layernorm",
+        "mlp_up_proj",
+        "mlp_act",
+        "mlp_down_proj",
+        "add",
+    ];
     let op_cols: Vec<usize> = ops.iter().map(|o| col(&format!("time_stats.{o}.median"))).collect::<Result<_, _>>()?;
-    let (ct, ctp, ch, chd, ckv, cf) = (col("num_tokens")?, col("num_tensor_parallel_workers")?, col("n_embd")?, col("n_head")?, col("n_kv_head")?, col("n_expanded_embd")?);
+    let (ct, ctp, ch, chd, ckv, cf) = (
+        col("num_tokens")?,
+        col("num_tensor_parallel_workers")?,
+        col("n_embd")?,
+        col("n_head")?,
+        col("n_kv_head")?,
+        col("n_expanded_embd")?,
+    );
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
         let rec = rec.map_err(|x| e(line, x.to_string()))?;
         let num = |c: usize| -> Result<f64, TwinError> {
-            rec.get(c).and_then(|s| s.trim().parse::<f64>().ok()).filter(|v| v.is_finite()).ok_or_else(|| e(line, format!("column `{}` is not a number", headers.get(c).unwrap_or("?"))))
+            rec.get(c)
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| e(line, format!("column `{}` is not a number", headers.get(c).unwrap_or("?"))))
         };
         let mut ms = 0.0;
         for &c in &op_cols {
             ms += num(c)?;
         }
-        out.push(ProfileRow { tokens: num(ct)?, tp: num(ctp)?, hidden: num(ch)?, heads: num(chd)?, kv_heads: num(ckv)?, ffn: num(cf)?, measured_s: ms / 1e3 });
+        out.push(ProfileRow {
+            tokens: num(ct)?,
+            tp: num(ctp)?,
+            hidden: num(ch)?,
+            heads: num(chd)?,
+            kv_heads: num(ckv)?,
+            ffn: num(cf)?,
+            measured_s: ms / 1e3,
+        });
     }
     Ok(out)
 }
@@ -318,7 +357,8 @@ pub fn predict_profile_row(r: &ProfileRow, gpu: &GpuSpec, eff: &Efficiency) -> f
 
 /// Relative errors |pred − meas| / meas of `rows` under `eff`: (median, p90, max).
 pub fn profile_errors(rows: &[ProfileRow], gpu: &GpuSpec, eff: &Efficiency) -> (f64, f64, f64) {
-    let mut errs: Vec<f64> = rows.iter().map(|r| (predict_profile_row(r, gpu, eff) - r.measured_s).abs() / r.measured_s).collect();
+    let mut errs: Vec<f64> =
+        rows.iter().map(|r| (predict_profile_row(r, gpu, eff) - r.measured_s).abs() / r.measured_s).collect();
     errs.sort_by(|a, b| a.total_cmp(b));
     if errs.is_empty() {
         return (0.0, 0.0, 0.0);
@@ -331,7 +371,8 @@ pub fn profile_errors(rows: &[ProfileRow], gpu: &GpuSpec, eff: &Efficiency) -> (
 /// on the mean squared log error. Deterministic; used offline (see docs/twin.md) and by tests.
 pub fn fit_layer_efficiency(rows: &[ProfileRow], gpu: &GpuSpec, start: Efficiency) -> Efficiency {
     let loss = |e: &Efficiency| -> f64 {
-        rows.iter().map(|r| (predict_profile_row(r, gpu, e) / r.measured_s).ln().powi(2)).sum::<f64>() / rows.len().max(1) as f64
+        rows.iter().map(|r| (predict_profile_row(r, gpu, e) / r.measured_s).ln().powi(2)).sum::<f64>()
+            / rows.len().max(1) as f64
     };
     let mut best = start;
     let mut best_l = loss(&best);
@@ -380,11 +421,16 @@ pub fn fit_allreduce(path: &Path) -> Result<(f64, f64, f64), TwinError> {
     let mut rdr = csv::Reader::from_path(path).map_err(|x| e(0, x.to_string()))?;
     let headers = rdr.headers().map_err(|x| e(1, x.to_string()))?.clone();
     let col = |n: &str| headers.iter().position(|h| h == n).ok_or_else(|| e(1, format!("missing column `{n}`")));
-    let (cm, cn, cs, cd) = (col("time_stats.all_reduce.median")?, col("num_workers")?, col("size")?, col("devices_per_node")?);
+    let (cm, cn, cs, cd) =
+        (col("time_stats.all_reduce.median")?, col("num_workers")?, col("size")?, col("devices_per_node")?);
     let mut pts = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|x| e(i + 2, x.to_string()))?;
-        let num = |c: usize| rec.get(c).and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| e(i + 2, format!("column {c} is not a number")));
+        let num = |c: usize| {
+            rec.get(c)
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .ok_or_else(|| e(i + 2, format!("column {c} is not a number")))
+        };
         let (ms, n, size, dpn) = (num(cm)?, num(cn)?, num(cs)?, num(cd)?);
         if n >= 2.0 && dpn >= n {
             // x = ring bytes per GPU, y = seconds
@@ -431,7 +477,12 @@ mod tests {
         let p = perf("Llama-3-70B", "H100-SXM", 4);
         let (a, b) = p.decode_affine(16);
         for ctx in [0u64, 1000, 50_000, 400_000] {
-            let t = p.iteration_s(&BatchShape { decode_seqs: 16, decode_ctx_tokens: ctx, logit_seqs: 16, ..Default::default() });
+            let t = p.iteration_s(&BatchShape {
+                decode_seqs: 16,
+                decode_ctx_tokens: ctx,
+                logit_seqs: 16,
+                ..Default::default()
+            });
             assert!((t - (a + b * ctx as f64)).abs() < 1e-9 * t.max(1.0), "{ctx}");
         }
     }
@@ -444,9 +495,21 @@ mod tests {
         let f = p.gpu.peak_bf16_tflops * 1e12;
         let bw = p.gpu.hbm_gb_s * 1e9;
         let kvb = 2.0 * 4096.0 * 2.0;
-        let dec = |n: f64, ctx: f64| (4.0 * 4096.0 * n * ctx / (f * e.attention_compute)).max(n * ctx * kvb / (bw * e.memory)) + e.attention_kernel_s;
-        let pre = |c: f64, past: f64| (4.0 * 4096.0 * c * (past + (c + 1.0) / 2.0) / (f * e.attention_compute)).max((past + c) * kvb / (bw * e.memory)) + e.attention_kernel_s;
-        for (pred, meas) in [(dec(64.0, 1728.0), 1.017e-3), (dec(128.0, 1664.0), 1.752e-3), (pre(288.0, 0.0), 0.042e-3), (pre(256.0, 3840.0), 0.189e-3)] {
+        let dec = |n: f64, ctx: f64| {
+            (4.0 * 4096.0 * n * ctx / (f * e.attention_compute)).max(n * ctx * kvb / (bw * e.memory))
+                + e.attention_kernel_s
+        };
+        let pre = |c: f64, past: f64| {
+            (4.0 * 4096.0 * c * (past + (c + 1.0) / 2.0) / (f * e.attention_compute))
+                .max((past + c) * kvb / (bw * e.memory))
+                + e.attention_kernel_s
+        };
+        for (pred, meas) in [
+            (dec(64.0, 1728.0), 1.017e-3),
+            (dec(128.0, 1664.0), 1.752e-3),
+            (pre(288.0, 0.0), 0.042e-3),
+            (pre(256.0, 3840.0), 0.189e-3),
+        ] {
             let r = pred / meas;
             assert!((0.6..1.6).contains(&r), "pred {pred} meas {meas}");
         }

@@ -93,7 +93,12 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { pod_startup_s: 30.0, weight_load_gb_s: 2.0, load_balancer: LoadBalancer::LeastOutstanding, gateway_queue_limit: 100_000 }
+        ClusterConfig {
+            pod_startup_s: 30.0,
+            weight_load_gb_s: 2.0,
+            load_balancer: LoadBalancer::LeastOutstanding,
+            gateway_queue_limit: 100_000,
+        }
     }
 }
 
@@ -171,11 +176,21 @@ pub struct PerfOverrides {
 impl PerfOverrides {
     /// Applies the overrides to `e`.
     pub fn apply(&self, e: &mut super::perf::Efficiency) {
-        if let Some(v) = self.gemm_compute { e.gemm_compute = v; }
-        if let Some(v) = self.memory { e.memory = v; }
-        if let Some(v) = self.attention_compute { e.attention_compute = v; }
-        if let Some(v) = self.iter_overhead_s { e.iter_overhead_s = v; }
-        if let Some(v) = self.per_seq_overhead_s { e.per_seq_overhead_s = v; }
+        if let Some(v) = self.gemm_compute {
+            e.gemm_compute = v;
+        }
+        if let Some(v) = self.memory {
+            e.memory = v;
+        }
+        if let Some(v) = self.attention_compute {
+            e.attention_compute = v;
+        }
+        if let Some(v) = self.iter_overhead_s {
+            e.iter_overhead_s = v;
+        }
+        if let Some(v) = self.per_seq_overhead_s {
+            e.per_seq_overhead_s = v;
+        }
     }
     fn validate(&self, origin: &str) -> Result<(), TwinError> {
         for (n, v, lo, hi) in [
@@ -219,7 +234,8 @@ fn cfg_err(origin: &str, field: &str, message: impl Into<String>) -> TwinError {
 impl Scenario {
     /// Loads a scenario TOML file.
     pub fn load(path: &Path) -> Result<Scenario, TwinError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TwinError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TwinError::Io { path: path.display().to_string(), message: e.to_string() })?;
         let mut s = Self::parse(&text, &path.display().to_string(), path.parent().unwrap_or(Path::new(".")))?;
         if s.name.is_empty() {
             s.name = path.file_stem().and_then(|x| x.to_str()).unwrap_or("scenario").to_string();
@@ -251,12 +267,18 @@ impl Scenario {
             (None, Some(syn)) => {
                 syn.arrival.validate(&format!("{origin}: workload.synthetic.arrival"))?;
                 if !(syn.duration_s.is_finite() && syn.duration_s > 0.0) {
-                    return Err(cfg_err(origin, "workload.synthetic.duration_s", format!("must be > 0, got {}", syn.duration_s)));
+                    return Err(cfg_err(
+                        origin,
+                        "workload.synthetic.duration_s",
+                        format!("must be > 0, got {}", syn.duration_s),
+                    ));
                 }
                 None
             }
             (Some(_), Some(_)) => return Err(cfg_err(origin, "workload", "give either trace or synthetic, not both")),
-            (None, None) => return Err(cfg_err(origin, "workload", "missing: give workload.trace or [workload.synthetic]")),
+            (None, None) => {
+                return Err(cfg_err(origin, "workload", "missing: give workload.trace or [workload.synthetic]"))
+            }
         };
         let w = &file.workload;
         if !(w.load.is_finite() && w.load > 0.0) {
@@ -288,7 +310,14 @@ impl Scenario {
                 return Err(cfg_err(origin, "max_duration_s", "must be > 0"));
             }
         }
-        let s = Scenario { name: file.name.clone().unwrap_or_default(), file, base_dir: base.to_path_buf(), spec, catalog, trace };
+        let s = Scenario {
+            name: file.name.clone().unwrap_or_default(),
+            file,
+            base_dir: base.to_path_buf(),
+            spec,
+            catalog,
+            trace,
+        };
         s.validate(origin)?;
         Ok(s)
     }
@@ -308,7 +337,13 @@ impl Scenario {
     /// Pools a variant may use (indices into the spec's pools).
     pub fn allowed_pools(&self, v: usize) -> Vec<usize> {
         let var = &self.spec.variants[v];
-        self.spec.gpu_pools.iter().enumerate().filter(|(_, p)| var.pools.is_empty() || var.pools.contains(&p.name)).map(|(i, _)| i).collect()
+        self.spec
+            .gpu_pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| var.pools.is_empty() || var.pools.contains(&p.name))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// KV blocks per replica of variant `v` on pool `p`, or an error naming the field when
@@ -320,11 +355,13 @@ impl Scenario {
         let gpu = self.catalog.gpu(&pool.gpu_type, &format!("spec.gpuPools[{p}].gpuType"))?;
         let tp = var.gpus_per_replica.max(1) as f64;
         let gib = 1024f64.powi(3);
-        let usable = self.file.engine.gpu_memory_utilization * gpu.memory_gib * gib * tp - self.file.engine.activation_reserve_gib * gib * tp;
+        let usable = self.file.engine.gpu_memory_utilization * gpu.memory_gib * gib * tp
+            - self.file.engine.activation_reserve_gib * gib * tp;
         let kv = usable - model.weight_bytes();
         let block_bytes = model.kv_bytes_per_token() as f64 * self.file.engine.block_size as f64;
         let blocks = (kv / block_bytes).floor();
-        let min_blocks = (self.file.engine.max_num_batched_tokens.min(2048) as f64 / self.file.engine.block_size as f64).ceil();
+        let min_blocks =
+            (self.file.engine.max_num_batched_tokens.min(2048) as f64 / self.file.engine.block_size as f64).ceil();
         if blocks < min_blocks {
             return Err(TwinError::Config {
                 field: format!("spec.variants[{v}] ({}) on spec.gpuPools[{p}] ({})", var.name, pool.name),
@@ -349,7 +386,11 @@ impl Scenario {
         }
         for (i, p) in spec.gpu_pools.iter().enumerate() {
             if !(p.price_per_gpu_hour.is_finite() && p.price_per_gpu_hour >= 0.0) {
-                return Err(cfg_err(origin, &format!("spec.gpuPools[{i}].pricePerGpuHour"), format!("must be >= 0, got {}", p.price_per_gpu_hour)));
+                return Err(cfg_err(
+                    origin,
+                    &format!("spec.gpuPools[{i}].pricePerGpuHour"),
+                    format!("must be >= 0, got {}", p.price_per_gpu_hour),
+                ));
             }
             self.catalog.gpu(&p.gpu_type, &format!("{origin}: spec.gpuPools[{i}].gpuType"))?;
         }
@@ -379,13 +420,25 @@ impl Scenario {
         }
         for (i, r) in self.file.initial_replicas.iter().enumerate() {
             let Some(v) = spec.variants.iter().position(|x| x.name == r.variant) else {
-                return Err(cfg_err(origin, &format!("initial_replicas[{i}].variant"), format!("unknown variant `{}`", r.variant)));
+                return Err(cfg_err(
+                    origin,
+                    &format!("initial_replicas[{i}].variant"),
+                    format!("unknown variant `{}`", r.variant),
+                ));
             };
             let Some(p) = spec.gpu_pools.iter().position(|x| x.name == r.pool) else {
-                return Err(cfg_err(origin, &format!("initial_replicas[{i}].pool"), format!("unknown pool `{}`", r.pool)));
+                return Err(cfg_err(
+                    origin,
+                    &format!("initial_replicas[{i}].pool"),
+                    format!("unknown pool `{}`", r.pool),
+                ));
             };
             if !self.allowed_pools(v).contains(&p) {
-                return Err(cfg_err(origin, &format!("initial_replicas[{i}]"), format!("variant `{}` may not run on pool `{}`", r.variant, r.pool)));
+                return Err(cfg_err(
+                    origin,
+                    &format!("initial_replicas[{i}]"),
+                    format!("variant `{}` may not run on pool `{}`", r.variant, r.pool),
+                ));
             }
         }
         Ok(())
@@ -393,7 +446,8 @@ impl Scenario {
 }
 
 fn load_spec_yaml(path: &Path) -> Result<LLMWorkloadSpec, TwinError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TwinError::Io { path: path.display().to_string(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TwinError::Io { path: path.display().to_string(), message: e.to_string() })?;
     let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| yaml_err(path, e))?;
     if value.get("kind").is_some() {
         let w: LLMWorkload = serde_yaml::from_value(value).map_err(|e| yaml_err(path, e))?;
@@ -404,5 +458,9 @@ fn load_spec_yaml(path: &Path) -> Result<LLMWorkloadSpec, TwinError> {
 }
 
 fn yaml_err(path: &Path, e: serde_yaml::Error) -> TwinError {
-    TwinError::Parse { file: path.display().to_string(), line: e.location().map(|l| l.line()).unwrap_or(0), message: e.to_string() }
+    TwinError::Parse {
+        file: path.display().to_string(),
+        line: e.location().map(|l| l.line()).unwrap_or(0),
+        message: e.to_string(),
+    }
 }

@@ -43,8 +43,8 @@ use kube::{Client, ResourceExt};
 use super::{ReplicaState, Scenario, Twin};
 use crate::crd::LLMWorkload;
 use crate::metrics::vllm::{
-    POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL, SERIES_LABEL_VARIANT,
-    SERIES_LABEL_WORKLOAD,
+    POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL,
+    SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD,
 };
 use crate::policy::observation::{Decision, SlotTarget};
 
@@ -113,7 +113,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .try_init();
     anyhow::ensure!(args.speed.is_finite() && args.speed > 0.0, "--speed must be > 0, got {}", args.speed);
-    let mut scenario = Scenario::load(&args.scenario).with_context(|| format!("loading scenario {}", args.scenario.display()))?;
+    let mut scenario =
+        Scenario::load(&args.scenario).with_context(|| format!("loading scenario {}", args.scenario.display()))?;
     if let Some(t) = &args.trace {
         scenario.set_trace(t).with_context(|| format!("loading trace {}", t.display()))?;
     }
@@ -216,14 +217,21 @@ fn targets_json(args: &ServeArgs, served: &BTreeMap<String, Served>) -> String {
     out
 }
 
-async fn sync_once(args: &ServeArgs, scenario: &Scenario, client: &Client, served: &mut BTreeMap<String, Served>) -> anyhow::Result<()> {
+async fn sync_once(
+    args: &ServeArgs,
+    scenario: &Scenario,
+    client: &Client,
+    served: &mut BTreeMap<String, Served>,
+) -> anyhow::Result<()> {
     let deps: Api<Deployment> = Api::namespaced(client.clone(), &args.namespace);
     let list = deps.list(&ListParams::default().labels(POD_LABEL_WORKLOAD)).await.context("listing Deployments")?;
     // workload -> (variant, pool) -> (deployment name, desired replicas)
     let mut wanted: BTreeMap<String, BTreeMap<(String, String), (String, u32)>> = BTreeMap::new();
     for d in &list.items {
         let labels = d.labels();
-        let (Some(w), Some(v), Some(p)) = (labels.get(POD_LABEL_WORKLOAD), labels.get(POD_LABEL_VARIANT), labels.get(POD_LABEL_POOL)) else {
+        let (Some(w), Some(v), Some(p)) =
+            (labels.get(POD_LABEL_WORKLOAD), labels.get(POD_LABEL_VARIANT), labels.get(POD_LABEL_POOL))
+        else {
             continue;
         };
         if args.workload.as_ref().is_some_and(|only| only != w) || d.metadata.deletion_timestamp.is_some() {
@@ -278,7 +286,10 @@ async fn sync_once(args: &ServeArgs, scenario: &Scenario, client: &Client, serve
         let desired: BTreeMap<(String, String), u32> = slots.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
         if desired != s.desired {
             let decision = Decision {
-                targets: desired.iter().map(|((v, p), r)| SlotTarget { variant: v.clone(), pool: p.clone(), replicas: *r }).collect(),
+                targets: desired
+                    .iter()
+                    .map(|((v, p), r)| SlotTarget { variant: v.clone(), pool: p.clone(), replicas: *r })
+                    .collect(),
                 reason: "Deployment replicas".into(),
             };
             tracing::info!(workload = %name, targets = ?decision.targets, "applying Deployment replicas to the twin");
@@ -334,11 +345,17 @@ async fn refresh_servers(args: &ServeArgs, s: &mut Served) {
     }
 }
 
-async fn start_server(addr: SocketAddr, id: usize, texts: Arc<RwLock<HashMap<usize, String>>>) -> anyhow::Result<ReplicaServer> {
+async fn start_server(
+    addr: SocketAddr,
+    id: usize,
+    texts: Arc<RwLock<HashMap<usize, String>>>,
+) -> anyhow::Result<ReplicaServer> {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         // The variant's port is taken on this address: any free port still serves Prometheus.
-        Err(_) => tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await.with_context(|| format!("binding {}", addr.ip()))?,
+        Err(_) => tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+            .await
+            .with_context(|| format!("binding {}", addr.ip()))?,
     };
     let bound = listener.local_addr().context("local address")?;
     let app = axum::Router::new().route(
@@ -347,7 +364,11 @@ async fn start_server(addr: SocketAddr, id: usize, texts: Arc<RwLock<HashMap<usi
             let texts = texts.clone();
             async move {
                 match texts.read().ok().and_then(|t| t.get(&id).cloned()) {
-                    Some(body) => (axum::http::StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body),
+                    Some(body) => (
+                        axum::http::StatusCode::OK,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        body,
+                    ),
                     None => (
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
                         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -394,18 +415,27 @@ async fn write_status(
     }
     let pp = PatchParams::default();
     for ((v, pl), (dep_name, _)) in slots {
-        let mut mine: Vec<_> = replicas.iter().filter(|r| &r.variant == v && &r.pool == pl && r.state != ReplicaState::Draining).collect();
+        let mut mine: Vec<_> =
+            replicas.iter().filter(|r| &r.variant == v && &r.pool == pl && r.state != ReplicaState::Draining).collect();
         mine.sort_by_key(|r| r.index);
-        let ready = mine.iter().filter(|r| matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring)).count() as u32;
+        let ready =
+            mine.iter().filter(|r| matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring)).count() as u32;
         let live = mine.len() as u32;
         match by_slot.get_mut(&(v.clone(), pl.clone())) {
             Some(pods) if !pods.is_empty() => {
-                pods.sort_by(|a, b| (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any()).cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any())));
+                pods.sort_by(|a, b| {
+                    (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
+                        .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+                });
                 for (i, pod) in pods.iter().enumerate() {
                     let Some(r) = mine.get(i) else { break };
                     let is_ready = matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring);
                     let port = s.twin.spec().variants.iter().find(|x| &x.name == v).map_or(8000, |x| x.port);
-                    let ip = s.servers.get(&r.id).map(|x| x.addr.ip().to_string()).unwrap_or_else(|| replica_addr(args, r.id, port).ip().to_string());
+                    let ip = s
+                        .servers
+                        .get(&r.id)
+                        .map(|x| x.addr.ip().to_string())
+                        .unwrap_or_else(|| replica_addr(args, r.id, port).ip().to_string());
                     let name = pod.name_any();
                     if s.pod_written.get(&name) == Some(&(is_ready, ip.clone())) {
                         continue;
@@ -425,7 +455,10 @@ async fn write_status(
                              "reason": if is_ready { "TwinReplicaReady" } else { "TwinColdStart" }},
                         ],
                     }});
-                    pods_api.patch_status(&name, &pp, &Patch::Merge(&patch)).await.with_context(|| format!("patching Pod {name} status"))?;
+                    pods_api
+                        .patch_status(&name, &pp, &Patch::Merge(&patch))
+                        .await
+                        .with_context(|| format!("patching Pod {name} status"))?;
                     s.pod_written.insert(name, (is_ready, ip));
                 }
             }
@@ -438,7 +471,9 @@ async fn write_status(
                     "replicas": live, "updatedReplicas": live, "readyReplicas": ready, "availableReplicas": ready,
                     "unavailableReplicas": live.saturating_sub(ready),
                 }});
-                deps.patch_status(dep_name, &pp, &Patch::Merge(&patch)).await.with_context(|| format!("patching Deployment {dep_name} status"))?;
+                deps.patch_status(dep_name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .with_context(|| format!("patching Deployment {dep_name} status"))?;
                 s.deployment_written.insert(dep_name.clone(), (live, ready));
             }
         }

@@ -207,7 +207,6 @@ pub struct Twin {
     scratch: Vec<Finished>,
 }
 
-
 impl Twin {
     /// A twin of the scenario's whole trace (or synthetic workload) at its recorded load.
     pub fn new(scenario: &Scenario, seed: u64) -> Result<Twin, TwinError> {
@@ -219,7 +218,13 @@ impl Twin {
     /// scenario's trace, with arrivals scaled by `load` (1.0 = as recorded; trace times are
     /// divided by it). For synthetic workloads the window selects that fraction of the
     /// duration and `load` multiplies the rate.
-    pub fn with_window(scenario: &Scenario, seed: u64, start_frac: f64, end_frac: f64, load: f64) -> Result<Twin, TwinError> {
+    pub fn with_window(
+        scenario: &Scenario,
+        seed: u64,
+        start_frac: f64,
+        end_frac: f64,
+        load: f64,
+    ) -> Result<Twin, TwinError> {
         let arrivals = match (&scenario.trace, &scenario.file.workload.synthetic) {
             (Some(t), _) => ArrivalStream::replay_resampled(t.clone(), start_frac, end_frac, load, seed)?,
             (None, Some(syn)) => {
@@ -228,7 +233,12 @@ impl Twin {
                 let max = syn.max_requests.map(|m| ((m as f64) * (end_frac - start_frac)).round() as u64);
                 ArrivalStream::synthetic(syn.arrival.clone(), lengths, seed ^ 0x9e37_79b9_7f4a_7c15, dur, max, load)?
             }
-            (None, None) => return Err(TwinError::Config { field: "workload".into(), message: "no trace or synthetic workload".into() }),
+            (None, None) => {
+                return Err(TwinError::Config {
+                    field: "workload".into(),
+                    message: "no trace or synthetic workload".into(),
+                })
+            }
         };
         let spec = scenario.spec.clone();
         let mut slots = Vec::new();
@@ -239,9 +249,13 @@ impl Twin {
                 let gpu = scenario.catalog.gpu(&pool.gpu_type, &format!("spec.gpuPools[{p}].gpuType"))?;
                 let blocks = scenario.kv_blocks(v, p)?;
                 let tp = var.gpus_per_replica.max(1);
-                let cold = var.cold_start_seconds.unwrap_or(scenario.file.cluster.pod_startup_s + model.weight_bytes() / (scenario.file.cluster.weight_load_gb_s * 1e9));
+                let cold = var.cold_start_seconds.unwrap_or(
+                    scenario.file.cluster.pod_startup_s
+                        + model.weight_bytes() / (scenario.file.cluster.weight_load_gb_s * 1e9),
+                );
                 let eng = &scenario.file.engine;
-                let mut max_len = (eng.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * eng.block_size as u64);
+                let mut max_len =
+                    (eng.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * eng.block_size as u64);
                 if !eng.enable_chunked_prefill {
                     // Without chunking a whole prompt (and, after a preemption, its generated
                     // tokens) must fit one iteration's token budget.
@@ -333,7 +347,9 @@ impl Twin {
         };
         // Initial fleet, ready at time zero.
         let initial: Vec<(usize, u32)> = if scenario.file.initial_replicas.is_empty() {
-            (0..twin.spec.variants.len()).filter_map(|v| scenario.allowed_pools(v).first().map(|&p| (twin.slot_index(v, p), 1))).collect()
+            (0..twin.spec.variants.len())
+                .filter_map(|v| scenario.allowed_pools(v).first().map(|&p| (twin.slot_index(v, p), 1)))
+                .collect()
         } else {
             scenario
                 .file
@@ -432,7 +448,18 @@ impl Twin {
         let gpus = self.spec.variants[s.variant].gpus_per_replica.max(1);
         let engine = Engine::new(self.engine_cfg.clone(), s.perf.clone(), s.blocks);
         let id = self.replicas.len();
-        self.replicas.push(Replica { slot, state: ReplicaState::Pending, engine, epoch: 0, gpus, ready_since: None, ready_ns: 0, placed_at: None, became_ready_at: None, initial: false });
+        self.replicas.push(Replica {
+            slot,
+            state: ReplicaState::Pending,
+            engine,
+            epoch: 0,
+            gpus,
+            ready_since: None,
+            ready_ns: 0,
+            placed_at: None,
+            became_ready_at: None,
+            initial: false,
+        });
         self.slots[slot].live += 1;
         self.slots[slot].peak = self.slots[slot].peak.max(self.slots[slot].live);
         if !self.try_place(id) {
@@ -483,7 +510,13 @@ impl Twin {
     }
 
     fn rebuild_serving(&mut self) {
-        self.serving = self.replicas.iter().enumerate().filter(|(_, r)| matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring)).map(|(i, _)| i).collect();
+        self.serving = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring))
+            .map(|(i, _)| i)
+            .collect();
     }
 
     fn retire_check(&mut self) {
@@ -491,7 +524,13 @@ impl Twin {
         if starting {
             return;
         }
-        let ids: Vec<usize> = self.replicas.iter().enumerate().filter(|(_, r)| r.state == ReplicaState::Retiring).map(|(i, _)| i).collect();
+        let ids: Vec<usize> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == ReplicaState::Retiring)
+            .map(|(i, _)| i)
+            .collect();
         for id in ids {
             self.begin_drain(id);
         }
@@ -824,7 +863,11 @@ impl Twin {
             .gpu_pools
             .iter()
             .enumerate()
-            .map(|(i, p)| PoolObservation { name: p.name.clone(), free_gpus: self.pool_cap[i].map(|c| c.saturating_sub(self.pool_used[i])), price_per_gpu_hour_usd: p.price_per_gpu_hour })
+            .map(|(i, p)| PoolObservation {
+                name: p.name.clone(),
+                free_gpus: self.pool_cap[i].map(|c| c.saturating_sub(self.pool_used[i])),
+                price_per_gpu_hour_usd: p.price_per_gpu_hour,
+            })
             .collect();
         Observation {
             time_s: self.now.as_secs_f64(),
@@ -850,7 +893,11 @@ impl Twin {
         let mut changed = false;
         let mut downs: Vec<(usize, u32)> = Vec::new();
         for t in &decision.targets {
-            let Some(si) = self.slots.iter().position(|s| self.spec.variants[s.variant].name == t.variant && self.spec.gpu_pools[s.pool].name == t.pool) else { continue };
+            let Some(si) = self.slots.iter().position(|s| {
+                self.spec.variants[s.variant].name == t.variant && self.spec.gpu_pools[s.pool].name == t.pool
+            }) else {
+                continue;
+            };
             if self.slots[si].blocks == 0 {
                 continue;
             }
@@ -871,7 +918,8 @@ impl Twin {
         for (si, mut n) in downs {
             let live = self.live_replicas(si);
             // Newest non-serving first (pending, then starting), then serving newest first.
-            let mut order: Vec<usize> = live.iter().rev().filter(|&&i| self.replicas[i].state == ReplicaState::Pending).copied().collect();
+            let mut order: Vec<usize> =
+                live.iter().rev().filter(|&&i| self.replicas[i].state == ReplicaState::Pending).copied().collect();
             order.extend(live.iter().rev().filter(|&&i| self.replicas[i].state == ReplicaState::Starting));
             order.extend(live.iter().rev().filter(|&&i| self.replicas[i].state == ReplicaState::Ready));
             for id in order {
@@ -902,7 +950,9 @@ impl Twin {
         self.replicas
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.slot == si && matches!(r.state, ReplicaState::Pending | ReplicaState::Starting | ReplicaState::Ready))
+            .filter(|(_, r)| {
+                r.slot == si && matches!(r.state, ReplicaState::Pending | ReplicaState::Starting | ReplicaState::Ready)
+            })
             .map(|(i, _)| i)
             .collect()
     }
@@ -949,8 +999,18 @@ impl Twin {
         let gauge = |s: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{l}}} {v}");
         };
-        gauge(&mut s, "vllm:num_requests_running", "Number of requests in model execution batches.", r.engine.num_running() as f64);
-        gauge(&mut s, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", r.engine.num_waiting() as f64);
+        gauge(
+            &mut s,
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            r.engine.num_running() as f64,
+        );
+        gauge(
+            &mut s,
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            r.engine.num_waiting() as f64,
+        );
         gauge(&mut s, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", r.engine.kv_usage());
         let counter = |s: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{l}}} {v}");
@@ -958,7 +1018,12 @@ impl Twin {
         counter(&mut s, "vllm:request_success_total", "Count of successfully processed requests.", c.request_success);
         counter(&mut s, "vllm:prompt_tokens_total", "Number of prefill tokens processed.", c.prompt_tokens);
         counter(&mut s, "vllm:generation_tokens_total", "Number of generation tokens processed.", c.generation_tokens);
-        counter(&mut s, "vllm:num_preemptions_total", "Cumulative number of preemptions from the engine.", c.preemptions);
+        counter(
+            &mut s,
+            "vllm:num_preemptions_total",
+            "Cumulative number of preemptions from the engine.",
+            c.preemptions,
+        );
         for (name, help, h) in [
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &c.ttft),
             ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", &c.itl),
@@ -971,7 +1036,11 @@ impl Twin {
                 let _ = writeln!(s, "{name}_bucket{{{l},le=\"{b}\"}} {acc}");
             }
             acc += h.counts[h.bounds.len()];
-            let _ = writeln!(s, "{name}_bucket{{{l},le=\"+Inf\"}} {acc}\n{name}_sum{{{l}}} {}\n{name}_count{{{l}}} {acc}", h.sum);
+            let _ = writeln!(
+                s,
+                "{name}_bucket{{{l},le=\"+Inf\"}} {acc}\n{name}_sum{{{l}}} {}\n{name}_count{{{l}}} {acc}",
+                h.sum
+            );
         }
         Some(s)
     }
@@ -1077,7 +1146,16 @@ impl Twin {
             let held: u32 = self
                 .replicas
                 .iter()
-                .filter(|r| self.slots[r.slot].pool == p && matches!(r.state, ReplicaState::Starting | ReplicaState::Ready | ReplicaState::Retiring | ReplicaState::Draining))
+                .filter(|r| {
+                    self.slots[r.slot].pool == p
+                        && matches!(
+                            r.state,
+                            ReplicaState::Starting
+                                | ReplicaState::Ready
+                                | ReplicaState::Retiring
+                                | ReplicaState::Draining
+                        )
+                })
                 .map(|r| r.gpus)
                 .sum();
             if held != *used {
@@ -1085,9 +1163,14 @@ impl Twin {
             }
         }
         if self.arrived != self.finished + self.rejected + self.in_flight() {
-            return Err(format!("conservation: arrived {} != finished {} + rejected {} + in flight {}", self.arrived, self.finished, self.rejected, self.in_flight()));
+            return Err(format!(
+                "conservation: arrived {} != finished {} + rejected {} + in flight {}",
+                self.arrived,
+                self.finished,
+                self.rejected,
+                self.in_flight()
+            ));
         }
         Ok(())
     }
 }
-

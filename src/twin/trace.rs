@@ -86,17 +86,16 @@ impl Trace {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| err(&name, 0, format!("cannot read: {e}")))?;
         let first = text.lines().next().unwrap_or("");
-        let fmt = match format.or_else(|| detect_format(path, first)) {
-            Some(f) => f,
-            None => {
-                return Err(err(
+        let fmt =
+            match format.or_else(|| detect_format(path, first)) {
+                Some(f) => f,
+                None => return Err(err(
                     &name,
                     1,
                     "unknown trace format: expected an Azure CSV header (TIMESTAMP,ContextTokens,GeneratedTokens), \
                      a BurstGPT CSV header (Timestamp,Model,Request tokens,Response tokens,...) or Mooncake JSONL",
-                ))
-            }
-        };
+                )),
+            };
         Self::parse(&text, fmt, &name)
     }
 
@@ -129,7 +128,11 @@ fn parse_u32(field: &str, file: &str, line: usize, name: &str) -> Result<u32, Tw
     f.parse::<u32>()
         .or_else(|_| {
             // Some exports write integers as floats ("123.0").
-            f.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0 && *v <= u32::MAX as f64 && v.fract() == 0.0).map(|v| v as u32).ok_or(())
+            f.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0 && *v <= u32::MAX as f64 && v.fract() == 0.0)
+                .map(|v| v as u32)
+                .ok_or(())
         })
         .map_err(|_| err(file, line, format!("field `{name}`: `{f}` is not a non-negative integer")))
 }
@@ -162,7 +165,8 @@ fn parse_timestamp_ns(s: &str) -> Option<i128> {
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let frac_ns: i128 = if frac.is_empty() { 0 } else { frac.parse::<i128>().ok()? * 10i128.pow(9 - frac.len() as u32) };
+    let frac_ns: i128 =
+        if frac.is_empty() { 0 } else { frac.parse::<i128>().ok()? * 10i128.pow(9 - frac.len() as u32) };
     let days = nd.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i128;
     Some(((days * 86400 + (h * 3600 + mi * 60 + se) as i128) * 1_000_000_000) + frac_ns)
 }
@@ -186,8 +190,9 @@ fn parse_azure(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError> {
         if f.len() != cols.len() {
             return Err(err(file, ln, format!("expected {} fields, found {}", cols.len(), f.len())));
         }
-        let t = parse_timestamp_ns(f[ti])
-            .ok_or_else(|| err(file, ln, format!("field `TIMESTAMP`: `{}` is not `YYYY-MM-DD HH:MM:SS.fffffff`", f[ti].trim())))?;
+        let t = parse_timestamp_ns(f[ti]).ok_or_else(|| {
+            err(file, ln, format!("field `TIMESTAMP`: `{}` is not `YYYY-MM-DD HH:MM:SS.fffffff`", f[ti].trim()))
+        })?;
         let base = *t0.get_or_insert(t);
         let rel = t - base;
         // Rows are sorted in the published files; tolerate disorder by shifting, but not
@@ -202,7 +207,12 @@ fn parse_azure(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError> {
     let min = out.iter().map(|r| r.0).min().unwrap_or(0);
     Ok(out
         .into_iter()
-        .map(|(rel, i, o)| TraceRecord { arrival_ns: (rel - min) as u64, input_tokens: i.max(1), output_tokens: o.max(1), hash_ids: Vec::new() })
+        .map(|(rel, i, o)| TraceRecord {
+            arrival_ns: (rel - min) as u64,
+            input_tokens: i.max(1),
+            output_tokens: o.max(1),
+            hash_ids: Vec::new(),
+        })
         .collect())
 }
 
@@ -223,7 +233,8 @@ fn parse_mooncake(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError>
         if line.is_empty() {
             continue;
         }
-        let row: MooncakeRow = serde_json::from_str(line).map_err(|e| err(file, ln + 1, format!("bad JSON row: {e}")))?;
+        let row: MooncakeRow =
+            serde_json::from_str(line).map_err(|e| err(file, ln + 1, format!("bad JSON row: {e}")))?;
         if !row.timestamp.is_finite() || row.timestamp < 0.0 || row.timestamp > 1e13 {
             return Err(err(file, ln + 1, format!("field `timestamp`: {} is not a time in ms >= 0", row.timestamp)));
         }
@@ -262,7 +273,12 @@ fn parse_burstgpt(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError>
         if output == 0 {
             continue; // a failed request: nothing was generated
         }
-        out.push(TraceRecord { arrival_ns: (t * 1e9).round() as u64, input_tokens: input.max(1), output_tokens: output, hash_ids: Vec::new() });
+        out.push(TraceRecord {
+            arrival_ns: (t * 1e9).round() as u64,
+            input_tokens: input.max(1),
+            output_tokens: output,
+            hash_ids: Vec::new(),
+        });
     }
     Ok(out)
 }
@@ -305,11 +321,16 @@ impl TraceStats {
     pub fn of(trace: &Trace) -> TraceStats {
         let n = trace.records.len();
         let span = trace.span_s();
-        let iat: Vec<f64> = trace.records.windows(2).map(|w| (w[1].arrival_ns - w[0].arrival_ns) as f64 / 1e9).collect();
+        let iat: Vec<f64> =
+            trace.records.windows(2).map(|w| (w[1].arrival_ns - w[0].arrival_ns) as f64 / 1e9).collect();
         let cv = if iat.len() > 1 {
             let m = iat.iter().sum::<f64>() / iat.len() as f64;
             let var = iat.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / iat.len() as f64;
-            if m > 0.0 { var.sqrt() / m } else { 0.0 }
+            if m > 0.0 {
+                var.sqrt() / m
+            } else {
+                0.0
+            }
         } else {
             0.0
         };
@@ -376,7 +397,14 @@ impl ArrivalProcess {
     pub fn validate(&self, field: &str) -> Result<(), TwinError> {
         let bad = |m: String| Err(TwinError::Config { field: field.to_string(), message: m });
         let pos = |v: f64, n: &str| -> Result<(), TwinError> {
-            if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(TwinError::Config { field: format!("{field}.{n}"), message: format!("must be a finite number >= 0, got {v}") }) }
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(TwinError::Config {
+                    field: format!("{field}.{n}"),
+                    message: format!("must be a finite number >= 0, got {v}"),
+                })
+            }
         };
         match self {
             ArrivalProcess::Poisson { rate_rps } => pos(*rate_rps, "rate_rps"),
@@ -427,7 +455,11 @@ impl ArrivalProcess {
         match self {
             ArrivalProcess::Poisson { rate_rps } | ArrivalProcess::Gamma { rate_rps, .. } => *rate_rps,
             ArrivalProcess::Onoff { on_rate_rps, off_rate_rps, on_s, off_s } => {
-                if (t % (on_s + off_s)) < *on_s { *on_rate_rps } else { *off_rate_rps }
+                if (t % (on_s + off_s)) < *on_s {
+                    *on_rate_rps
+                } else {
+                    *off_rate_rps
+                }
             }
             ArrivalProcess::Diurnal { mean_rps, amplitude, period_s } => {
                 mean_rps * (1.0 + amplitude * (2.0 * std::f64::consts::PI * t / period_s).sin())
@@ -497,22 +529,30 @@ pub enum LengthSampler {
 
 fn lognormal(mean: f64, cv: f64, field: &str) -> Result<LogNormal<f64>, TwinError> {
     if !(mean.is_finite() && mean > 0.0 && cv.is_finite() && cv >= 0.0) {
-        return Err(TwinError::Config { field: field.into(), message: format!("mean must be > 0 and cv >= 0, got mean {mean}, cv {cv}") });
+        return Err(TwinError::Config {
+            field: field.into(),
+            message: format!("mean must be > 0 and cv >= 0, got mean {mean}, cv {cv}"),
+        });
     }
     let sigma2 = (1.0 + cv * cv).ln();
-    LogNormal::new(mean.ln() - sigma2 / 2.0, sigma2.sqrt()).map_err(|e| TwinError::Config { field: field.into(), message: e.to_string() })
+    LogNormal::new(mean.ln() - sigma2 / 2.0, sigma2.sqrt())
+        .map_err(|e| TwinError::Config { field: field.into(), message: e.to_string() })
 }
 
 impl LengthSampler {
     /// Builds a sampler; trace paths resolve against `base`.
     pub fn new(dist: &LengthDist, base: &Path, field: &str) -> Result<LengthSampler, TwinError> {
         Ok(match dist {
-            LengthDist::Fixed { input_tokens, output_tokens } => LengthSampler::Fixed((*input_tokens).max(1), (*output_tokens).max(1)),
-            LengthDist::Lognormal { input_mean, input_cv, output_mean, output_cv, max_tokens } => LengthSampler::Lognormal(
-                lognormal(*input_mean, *input_cv, &format!("{field}.input"))?,
-                lognormal(*output_mean, *output_cv, &format!("{field}.output"))?,
-                (*max_tokens).max(1),
-            ),
+            LengthDist::Fixed { input_tokens, output_tokens } => {
+                LengthSampler::Fixed((*input_tokens).max(1), (*output_tokens).max(1))
+            }
+            LengthDist::Lognormal { input_mean, input_cv, output_mean, output_cv, max_tokens } => {
+                LengthSampler::Lognormal(
+                    lognormal(*input_mean, *input_cv, &format!("{field}.input"))?,
+                    lognormal(*output_mean, *output_cv, &format!("{field}.output"))?,
+                    (*max_tokens).max(1),
+                )
+            }
             LengthDist::Trace { path } => {
                 let t = Trace::load(&base.join(path), None)?;
                 LengthSampler::Empirical(t.records.iter().map(|r| (r.input_tokens, r.output_tokens)).collect())
@@ -585,12 +625,18 @@ pub enum ArrivalStream {
 
 impl ArrivalStream {
     /// Replays `[start_frac, end_frac)` of the trace's span with arrival times divided by `load`.
-    pub fn replay(trace: std::sync::Arc<Trace>, start_frac: f64, end_frac: f64, load: f64) -> Result<ArrivalStream, TwinError> {
+    pub fn replay(
+        trace: std::sync::Arc<Trace>,
+        start_frac: f64,
+        end_frac: f64,
+        load: f64,
+    ) -> Result<ArrivalStream, TwinError> {
         check_window(start_frac, end_frac, load)?;
         let span = trace.records.last().map(|r| r.arrival_ns).unwrap_or(0) as f64;
         let (a, b) = ((span * start_frac) as u64, (span * end_frac) as u64);
         let start = trace.records.partition_point(|r| r.arrival_ns < a);
-        let end = if end_frac >= 1.0 { trace.records.len() } else { trace.records.partition_point(|r| r.arrival_ns < b) };
+        let end =
+            if end_frac >= 1.0 { trace.records.len() } else { trace.records.partition_point(|r| r.arrival_ns < b) };
         Ok(ArrivalStream::Replay { trace, next: start, end, t0_ns: a, load, resample: None })
     }
 
@@ -600,7 +646,13 @@ impl ArrivalStream {
     /// This is what gives several seeds of a trace-driven run different, equally
     /// plausible traffic with the same rate profile, so confidence intervals over seeds
     /// mean something.
-    pub fn replay_resampled(trace: std::sync::Arc<Trace>, start_frac: f64, end_frac: f64, load: f64, seed: u64) -> Result<ArrivalStream, TwinError> {
+    pub fn replay_resampled(
+        trace: std::sync::Arc<Trace>,
+        start_frac: f64,
+        end_frac: f64,
+        load: f64,
+        seed: u64,
+    ) -> Result<ArrivalStream, TwinError> {
         let mut s = Self::replay(trace, start_frac, end_frac, load)?;
         if seed != 0 {
             if let ArrivalStream::Replay { resample, .. } = &mut s {
@@ -611,10 +663,26 @@ impl ArrivalStream {
     }
 
     /// Synthetic arrivals for `duration_s` seconds (or `max_requests`), rate multiplied by `load`.
-    pub fn synthetic(process: ArrivalProcess, lengths: LengthSampler, seed: u64, duration_s: f64, max_requests: Option<u64>, load: f64) -> Result<ArrivalStream, TwinError> {
+    pub fn synthetic(
+        process: ArrivalProcess,
+        lengths: LengthSampler,
+        seed: u64,
+        duration_s: f64,
+        max_requests: Option<u64>,
+        load: f64,
+    ) -> Result<ArrivalStream, TwinError> {
         process.validate("workload.synthetic.arrival")?;
         check_window(0.0, 1.0, load)?;
-        Ok(ArrivalStream::Synthetic { process, lengths, rng: Box::new(ChaCha8Rng::seed_from_u64(seed)), t_s: 0.0, duration_s, max_requests, emitted: 0, load })
+        Ok(ArrivalStream::Synthetic {
+            process,
+            lengths,
+            rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
+            t_s: 0.0,
+            duration_s,
+            max_requests,
+            emitted: 0,
+            load,
+        })
     }
 
     /// The next arrival, or `None` when the stream is exhausted.
@@ -628,13 +696,23 @@ impl ArrivalStream {
                     let r = &trace.records[*next];
                     *next += 1;
                     let rel = r.arrival_ns.saturating_sub(*t0_ns) as f64 / *load;
-                    return Some(Arrival { at: Nanos(rel.round() as u64), input_tokens: r.input_tokens, output_tokens: r.output_tokens, hash_ids: r.hash_ids.clone() });
+                    return Some(Arrival {
+                        at: Nanos(rel.round() as u64),
+                        input_tokens: r.input_tokens,
+                        output_tokens: r.output_tokens,
+                        hash_ids: r.hash_ids.clone(),
+                    });
                 };
                 loop {
                     if let Some((at_ns, i)) = rs.pending.pop() {
                         let r = &trace.records[i];
                         let rel = at_ns.saturating_sub(*t0_ns) as f64 / *load;
-                        return Some(Arrival { at: Nanos(rel.round() as u64), input_tokens: r.input_tokens, output_tokens: r.output_tokens, hash_ids: r.hash_ids.clone() });
+                        return Some(Arrival {
+                            at: Nanos(rel.round() as u64),
+                            input_tokens: r.input_tokens,
+                            output_tokens: r.output_tokens,
+                            hash_ids: r.hash_ids.clone(),
+                        });
                     }
                     if *next >= *end {
                         return None;
@@ -672,7 +750,12 @@ impl ArrivalStream {
                 }
                 *emitted += 1;
                 let (i, o) = lengths.sample(rng.as_mut());
-                Some(Arrival { at: Nanos((*t_s * 1e9).round() as u64), input_tokens: i, output_tokens: o, hash_ids: Vec::new() })
+                Some(Arrival {
+                    at: Nanos((*t_s * 1e9).round() as u64),
+                    input_tokens: i,
+                    output_tokens: o,
+                    hash_ids: Vec::new(),
+                })
             }
         }
     }
@@ -732,10 +815,16 @@ impl Resampler {
 
 fn check_window(start_frac: f64, end_frac: f64, load: f64) -> Result<(), TwinError> {
     if !(0.0..=1.0).contains(&start_frac) || !(0.0..=1.0).contains(&end_frac) || start_frac >= end_frac {
-        return Err(TwinError::Config { field: "window".into(), message: format!("need 0 <= start_frac < end_frac <= 1, got [{start_frac}, {end_frac})") });
+        return Err(TwinError::Config {
+            field: "window".into(),
+            message: format!("need 0 <= start_frac < end_frac <= 1, got [{start_frac}, {end_frac})"),
+        });
     }
     if !(load.is_finite() && load > 0.0) {
-        return Err(TwinError::Config { field: "load".into(), message: format!("load factor must be > 0, got {load}") });
+        return Err(TwinError::Config {
+            field: "load".into(),
+            message: format!("load factor must be > 0, got {load}"),
+        });
     }
     Ok(())
 }
@@ -780,7 +869,17 @@ mod tests {
 
     #[test]
     fn synthetic_is_seeded_and_rate_is_right() {
-        let mk = || ArrivalStream::synthetic(ArrivalProcess::Poisson { rate_rps: 10.0 }, LengthSampler::Fixed(10, 10), 7, 1000.0, None, 1.0).unwrap();
+        let mk = || {
+            ArrivalStream::synthetic(
+                ArrivalProcess::Poisson { rate_rps: 10.0 },
+                LengthSampler::Fixed(10, 10),
+                7,
+                1000.0,
+                None,
+                1.0,
+            )
+            .unwrap()
+        };
         let (mut a, mut b) = (mk(), mk());
         let mut n = 0;
         while let Some(x) = a.next_arrival() {
@@ -796,14 +895,20 @@ mod tests {
         let mut s = ArrivalStream::synthetic(p, LengthSampler::Fixed(1, 1), 1, 200.0, None, 1.0).unwrap();
         let (mut lo, mut hi) = (0, 0);
         while let Some(a) = s.next_arrival() {
-            if a.at.as_secs_f64() < 100.0 { lo += 1 } else { hi += 1 }
+            if a.at.as_secs_f64() < 100.0 {
+                lo += 1
+            } else {
+                hi += 1
+            }
         }
         assert!(hi > 5 * lo, "{lo} {hi}");
     }
 
     #[test]
     fn window_and_load() {
-        let recs = (0..100).map(|i| TraceRecord { arrival_ns: i * 1_000_000_000, input_tokens: 1, output_tokens: 1, hash_ids: vec![] }).collect();
+        let recs = (0..100)
+            .map(|i| TraceRecord { arrival_ns: i * 1_000_000_000, input_tokens: 1, output_tokens: 1, hash_ids: vec![] })
+            .collect();
         let tr = std::sync::Arc::new(Trace { origin: "t".into(), records: recs });
         let mut s = ArrivalStream::replay(tr, 0.5, 1.0, 2.0).unwrap();
         // Span 99 s: the window starts at 49.5 s; the first record (50 s) arrives 0.5 s / 2 later.

@@ -56,7 +56,10 @@ pub fn k8s_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// Starts a control plane in a fresh run directory.
@@ -115,7 +118,8 @@ impl TestCluster {
     /// A client for this cluster (one per test: clients belong to a runtime).
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig readable");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
         Client::try_from(cfg).expect("client")
     }
 }
@@ -150,7 +154,13 @@ pub async fn namespace(client: &Client, name: &str) -> String {
 /// Events (events.k8s.io/v1) in `ns` with `reason`.
 pub async fn events(client: &Client, ns: &str, reason: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default()).await.expect("list events").items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect()
+    api.list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
 }
 
 /// A metrics source whose answer the test sets.
@@ -178,7 +188,8 @@ impl FakeSource {
     }
     /// Answers with a snapshot that lacks `series`.
     pub fn set_missing(&self, series: &str) {
-        *self.answer.lock().unwrap() = Ok(MetricsSnapshot { arrival_rate_rps: None, missing: vec![series.to_string()], ..Default::default() });
+        *self.answer.lock().unwrap() =
+            Ok(MetricsSnapshot { arrival_rate_rps: None, missing: vec![series.to_string()], ..Default::default() });
     }
     /// Fails to answer.
     pub fn set_unreachable(&self, why: &str) {

@@ -31,7 +31,10 @@ pub fn k8s_bin() -> PathBuf {
 
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// `LLMOS_SKIP_E2E=1` asks to skip the end-to-end tests.
@@ -42,7 +45,11 @@ pub fn skip_requested() -> bool {
 /// What the end-to-end tests need and this machine lacks.
 pub fn missing_prerequisites(with_kcm: bool) -> Vec<String> {
     let mut missing = Vec::new();
-    let bins: &[&str] = if with_kcm { &["kube-apiserver", "kube-controller-manager", "kubectl"] } else { &["kube-apiserver", "kubectl"] };
+    let bins: &[&str] = if with_kcm {
+        &["kube-apiserver", "kube-controller-manager", "kubectl"]
+    } else {
+        &["kube-apiserver", "kubectl"]
+    };
     for b in bins {
         if !k8s_bin().join(b).exists() {
             missing.push(format!("{} (build with scripts/k8s/build.sh)", k8s_bin().join(b).display()));
@@ -85,7 +92,8 @@ impl Stack {
             .env("KCM_PORT", kcm.to_string())
             .output()
             .expect("running scripts/k8s/start.sh");
-        let stack = Stack { kubeconfig: k8s_dir.join("kubeconfig"), prom_port: free_port(), dir, children: BTreeMap::new() };
+        let stack =
+            Stack { kubeconfig: k8s_dir.join("kubeconfig"), prom_port: free_port(), dir, children: BTreeMap::new() };
         assert!(
             out.status.success(),
             "control plane did not start: {}{}",
@@ -112,7 +120,11 @@ impl Stack {
     pub fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) -> u32 {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmos"));
-        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info").stdout(log.try_clone().expect("log")).stderr(log);
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
