@@ -39,6 +39,14 @@ fn color(i: usize) -> RGBColor {
 
 type DrawResult = Result<(), String>;
 
+/// Draws the series legend of `c` at `pos`, on a translucent white box.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    c: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
+) -> DrawResult {
+    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(pos).draw().map_err(e)
+}
+
 fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
@@ -112,12 +120,7 @@ fn replicas_over_time<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report:
         .label("arrival rate")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(e)?;
+    draw_legend(&mut c, SeriesLabelPosition::UpperRight)?;
     let r_max = eps.iter().flat_map(|e| e.series.iter()).map(|p| p.desired_replicas).max().unwrap_or(1) as f64;
     let mut c = ChartBuilder::on(&bottom)
         .margin(10)
@@ -136,12 +139,7 @@ fn replicas_over_time<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report:
         .label(ep.policy.clone())
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
     }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(e)?;
+    draw_legend(&mut c, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 
@@ -177,12 +175,7 @@ fn latency_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
         }
         if k == 0 {
-            c.configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()
-                .map_err(e)?;
+            draw_legend(&mut c, SeriesLabelPosition::LowerRight)?;
         }
     }
     Ok(())
@@ -225,12 +218,7 @@ fn slo_vs_load<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
         .map_err(e)?;
         c.draw_series(pts.iter().map(|&(l, m, _)| Circle::new((l, m), 4, col.filled()))).map_err(e)?;
     }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
-        .draw()
-        .map_err(e)?;
+    draw_legend(&mut c, SeriesLabelPosition::LowerLeft)?;
     Ok(())
 }
 
@@ -280,11 +268,6 @@ fn cost_vs_slo<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
         .map_err(e)?
         .label("Pareto front")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(e)?;
+    draw_legend(&mut c, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
