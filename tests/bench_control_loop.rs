@@ -162,30 +162,17 @@ fn workload_yaml(i: usize, interval_s: u64, prom_url: &str, policy: &str, ckpt: 
             "    kind: hpa\n    intervalSeconds: {interval_s}\n    hpa:\n      targets: [{{metric: ongoingRequests, target: 16}}]\n      scaleDownStabilizationSeconds: 30\n"
         ),
     };
-    format!(
-        r#"apiVersion: llmos.dev/v1alpha1
-kind: LLMWorkload
-metadata:
-  name: w{i:03}
-  namespace: {NS}
-spec:
-  variants:
-    - name: llama3-8b
-      model: llama-3-8b
-      image: vllm/vllm-openai:v0.6.3
-      minReplicas: 1
-      maxReplicas: 6
-  gpuPools:
-    - name: a100
-      gpuType: A100-80GB
-      pricePerGpuHour: 3.0
-      capacityGpus: 8
-  slo: {{ttftMs: 2000, tpotMs: 100, percentile: 90, targetAttainment: 0.95}}
-  limits: {{minTotalReplicas: 1, maxTotalReplicas: 6, maxStepChange: 4, scaleDownCooldownSeconds: 10}}
-  metrics: {{source: prometheus, prometheusUrl: "{prom_url}", windowSeconds: 10, staleAfterSeconds: 15}}
-  policy:
-{policy_block}"#
-    )
+    let name = format!("w{i:03}");
+    e2e_support::StepWorkload {
+        name: &name,
+        namespace: NS,
+        variant: "llama3-8b",
+        cold_start_s: None,
+        scale_down_cooldown_s: 10,
+        prom_url,
+        policy_block,
+    }
+    .yaml()
 }
 
 fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {

@@ -48,36 +48,20 @@ const MAX_TOTAL: i32 = 6;
 const STEP_AT_S: f64 = 20.0;
 
 fn workload_yaml(name: &str, variant: &str, mode: &str, checkpoint: &Path, prom_url: &str) -> String {
-    format!(
-        r#"apiVersion: llmos.dev/v1alpha1
-kind: LLMWorkload
-metadata:
-  name: {name}
-  namespace: {NS}
-spec:
-  variants:
-    - name: {variant}
-      model: llama-3-8b
-      image: vllm/vllm-openai:v0.6.3
-      minReplicas: 1
-      maxReplicas: 6
-      coldStartSeconds: 10
-  gpuPools:
-    - name: a100
-      gpuType: A100-80GB
-      pricePerGpuHour: 3.0
-      capacityGpus: 8
-  slo: {{ttftMs: 2000, tpotMs: 100, percentile: 90, targetAttainment: 0.95}}
-  limits: {{minTotalReplicas: {MIN_TOTAL}, maxTotalReplicas: {MAX_TOTAL}, maxStepChange: 4, scaleDownCooldownSeconds: 4}}
-  metrics: {{source: prometheus, prometheusUrl: "{prom_url}", windowSeconds: 10, staleAfterSeconds: 15}}
-  policy:
-    kind: dqn
-    mode: {mode}
-    intervalSeconds: {INTERVAL_S}
-    dqn: {{checkpoint: "{ckpt}"}}
-"#,
-        ckpt = checkpoint.display()
-    )
+    assert_eq!((MIN_TOTAL, MAX_TOTAL), (1, 6), "the shared workload has 1..=6 replicas");
+    e2e_support::StepWorkload {
+        name,
+        namespace: NS,
+        variant,
+        cold_start_s: Some(10),
+        scale_down_cooldown_s: 4,
+        prom_url,
+        policy_block: format!(
+            "    kind: dqn\n    mode: {mode}\n    intervalSeconds: {INTERVAL_S}\n    dqn: {{checkpoint: \"{}\"}}\n",
+            checkpoint.display()
+        ),
+    }
+    .yaml()
 }
 
 async fn status(api: &Api<LLMWorkload>, name: &str) -> LLMWorkloadStatus {

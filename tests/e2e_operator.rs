@@ -40,36 +40,18 @@ const INTERVAL_S: u64 = 2;
 const SPEED: f64 = 10.0;
 
 fn workload_yaml(prom_url: &str) -> String {
-    format!(
-        r#"apiVersion: llmos.dev/v1alpha1
-kind: LLMWorkload
-metadata:
-  name: {WORKLOAD}
-  namespace: {NS}
-spec:
-  variants:
-    - name: llama3-8b
-      model: llama-3-8b
-      image: vllm/vllm-openai:v0.6.3
-      minReplicas: 1
-      maxReplicas: 6
-  gpuPools:
-    - name: a100
-      gpuType: A100-80GB
-      pricePerGpuHour: 3.0
-      capacityGpus: 8
-  slo: {{ttftMs: 2000, tpotMs: 100, percentile: 90, targetAttainment: 0.95}}
-  limits: {{minTotalReplicas: 1, maxTotalReplicas: 6, maxStepChange: 4, scaleDownCooldownSeconds: 4}}
-  metrics: {{source: prometheus, prometheusUrl: "{prom_url}", windowSeconds: 10, staleAfterSeconds: 15}}
-  policy:
-    kind: hpa
-    intervalSeconds: {INTERVAL_S}
-    hpa:
-      targets: [{{metric: ongoingRequests, target: 16}}]
-      scaleDownStabilizationSeconds: 16
-      scaleUpPeriodSeconds: 4
-"#
-    )
+    e2e_support::StepWorkload {
+        name: WORKLOAD,
+        namespace: NS,
+        variant: "llama3-8b",
+        cold_start_s: None,
+        scale_down_cooldown_s: 4,
+        prom_url,
+        policy_block: format!(
+            "    kind: hpa\n    intervalSeconds: {INTERVAL_S}\n    hpa:\n      targets: [{{metric: ongoingRequests, target: 16}}]\n      scaleDownStabilizationSeconds: 16\n      scaleUpPeriodSeconds: 4\n"
+        ),
+    }
+    .yaml()
 }
 
 /// The replayed trace: 2 requests/s, a tenfold step at t = 400 s of simulated time

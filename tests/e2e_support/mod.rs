@@ -357,3 +357,60 @@ pub fn train_tiny_dqn(scenario: &std::path::Path, out: &std::path::Path) -> llmo
     };
     train(&cfg).unwrap_or_else(|e| panic!("training the tiny DQN: {e}"))
 }
+
+/// The LLMWorkload every end-to-end test and the control-loop benchmark apply: one
+/// Llama-3-8B variant on one A100 pool (1..=6 replicas), the default SLO, a 10 s metrics
+/// window read through Prometheus, and the given policy block.
+pub struct StepWorkload<'a> {
+    /// Workload name.
+    pub name: &'a str,
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Variant name (a checkpoint's layout names it).
+    pub variant: &'a str,
+    /// `coldStartSeconds` of the variant, if set.
+    pub cold_start_s: Option<u32>,
+    /// `limits.scaleDownCooldownSeconds`.
+    pub scale_down_cooldown_s: u32,
+    /// Prometheus base URL.
+    pub prom_url: &'a str,
+    /// The lines under `policy:`, each indented by four spaces and ending in a newline.
+    pub policy_block: String,
+}
+
+impl StepWorkload<'_> {
+    /// The workload as YAML.
+    pub fn yaml(&self) -> String {
+        let cold = self.cold_start_s.map(|s| format!("      coldStartSeconds: {s}\n")).unwrap_or_default();
+        format!(
+            r#"apiVersion: llmos.dev/v1alpha1
+kind: LLMWorkload
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  variants:
+    - name: {variant}
+      model: llama-3-8b
+      image: vllm/vllm-openai:v0.6.3
+      minReplicas: 1
+      maxReplicas: 6
+{cold}  gpuPools:
+    - name: a100
+      gpuType: A100-80GB
+      pricePerGpuHour: 3.0
+      capacityGpus: 8
+  slo: {{ttftMs: 2000, tpotMs: 100, percentile: 90, targetAttainment: 0.95}}
+  limits: {{minTotalReplicas: 1, maxTotalReplicas: 6, maxStepChange: 4, scaleDownCooldownSeconds: {cooldown}}}
+  metrics: {{source: prometheus, prometheusUrl: "{prom}", windowSeconds: 10, staleAfterSeconds: 15}}
+  policy:
+{policy}"#,
+            name = self.name,
+            ns = self.namespace,
+            variant = self.variant,
+            cooldown = self.scale_down_cooldown_s,
+            prom = self.prom_url,
+            policy = self.policy_block,
+        )
+    }
+}
