@@ -26,6 +26,8 @@ enum Command {
     Compare(llmos::eval::cli::CompareArgs),
     /// Train a DQN policy in the twin.
     Train(llmos::rl::cli::TrainArgs),
+    /// Make a directory of trained checkpoints (one layout, several seeds) an ensemble policy.
+    Ensemble(llmos::rl::cli::EnsembleArgs),
     /// The built-in default job: train a small DQN on a real trace, compare it with the baselines.
     Demo(llmos::eval::cli::DemoArgs),
 }
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::TwinServe(args) => llmos::twin::serve::run(args),
         Command::Compare(args) => llmos::eval::cli::compare(args),
         Command::Train(args) => llmos::rl::cli::train(args),
+        Command::Ensemble(args) => llmos::rl::cli::ensemble(args),
         Command::Demo(args) => llmos::eval::cli::demo(args),
     }
 }

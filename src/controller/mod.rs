@@ -168,7 +168,10 @@ pub struct Context {
     pub config: ControllerConfig,
     /// The clock.
     pub clock: Arc<dyn Clock>,
-    workloads: Mutex<HashMap<String, WorkloadState>>,
+    /// Per-workload state, each behind its own lock: the map's lock is held only to find
+    /// or insert an entry, so a slow policy decision (or a checkpoint load) of one
+    /// workload never delays another workload's reconcile.
+    workloads: Mutex<HashMap<String, Arc<Mutex<WorkloadState>>>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -192,6 +195,11 @@ impl Context {
             workloads: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The state of workload `key`, if it has been reconciled (the map's lock is released on return).
+    fn workload_state(&self, key: &str) -> Option<Arc<Mutex<WorkloadState>>> {
+        self.workloads.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 
     /// Replaces the clock (tests).
@@ -452,15 +460,21 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     }
 
     // 3. Per-workload state: policy and shield, rebuilt when the spec changes.
-    let (tick_due, policy_error) = {
-        let mut map = ctx.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        let ws = map.entry(key.clone()).or_insert_with(|| {
+    let state = match ctx.workload_state(&key) {
+        Some(s) => s,
+        None => {
+            // Built outside the map's lock (loading a checkpoint can take a while).
             let mut shield = Shield::new(spec);
             let cooldowns: BTreeMap<String, f64> =
                 st.last_scale_down.iter().filter_map(|(k, v)| parse_time_s(v).map(|t| (k.clone(), t))).collect();
             shield.import_state(&cooldowns);
-            WorkloadState { generation, policy: (ctx.policy_builder)(spec), shield, last_tick: None }
-        });
+            let ws = WorkloadState { generation, policy: (ctx.policy_builder)(spec), shield, last_tick: None };
+            let mut map = ctx.workloads.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key.clone()).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
+        }
+    };
+    let (tick_due, policy_error) = {
+        let mut ws = state.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
         if ws.generation != generation {
             ws.generation = generation;
@@ -566,14 +580,14 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             st.observed_arrival_rate_rps = Some(obs.arrival_rate_rps);
             st.slo_attainment = obs.slo_attainment;
             let decided = {
-                let mut map = ctx.workloads.lock().unwrap_or_else(|e| e.into_inner());
-                map.get_mut(&key).and_then(|ws| {
-                    let policy = ws.policy.as_mut().ok()?;
+                let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+                let ws = &mut *guard;
+                ws.policy.as_mut().ok().map(|policy| {
                     let t0 = std::time::Instant::now();
                     let decision = policy.decide(&obs);
                     ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
                     let outcome = ws.shield.clamp(&obs, &decision);
-                    Some((policy.name().to_string(), decision, outcome))
+                    (policy.name().to_string(), decision, outcome)
                 })
             };
             if let Some((policy_name, decision, outcome)) = decided {
@@ -628,9 +642,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                         applied.set(&s.variant, &s.pool, *r);
                     }
                     let applied_outcome = ShieldOutcome { decision: applied, overrides: outcome.overrides.clone() };
-                    if let Some(ws) = ctx.workloads.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
-                        ws.shield.record(&obs, &applied_outcome);
-                    }
+                    state.lock().unwrap_or_else(|e| e.into_inner()).shield.record(&obs, &applied_outcome);
                     for o in &outcome.overrides {
                         ctx.metrics.shield_override(o.rule.as_str());
                     }
@@ -668,9 +680,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                 ctx.metrics.decision("hold");
             }
         }
-        if let Some(ws) = ctx.workloads.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
-            ws.last_tick = Some(now);
-        }
+        state.lock().unwrap_or_else(|e| e.into_inner()).last_tick = Some(now);
     }
     if let Some(k) = decision_kind {
         ctx.metrics.decision(k);
@@ -829,8 +839,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
 
     // 8. Look again at the next tick (sooner while a switch waits for the new variant).
     let next = {
-        let map = ctx.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        let last = map.get(&key).and_then(|ws| ws.last_tick).unwrap_or(now);
+        let last = state.lock().unwrap_or_else(|e| e.into_inner()).last_tick.unwrap_or(now);
         let elapsed = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
         interval.saturating_sub(elapsed).max(Duration::from_millis(500))
     };

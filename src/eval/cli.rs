@@ -108,28 +108,31 @@ pub struct DemoArgs {
     #[arg(long, default_value = "scenarios/azure-code-llama3-8b-a100.toml")]
     pub scenario: PathBuf,
     /// Training settings (a TOML file of `TrainConfig` fields, as `llmos train --config` takes).
-    #[arg(long, default_value = "scenarios/train/azure-code-lambda120.toml")]
+    #[arg(long, default_value = "scenarios/train/azure-code-select.toml")]
     pub config: PathBuf,
-    /// Training steps (control ticks) for the DQN.
-    #[arg(long, default_value_t = 30_000)]
+    /// Training steps (control ticks) for each DQN.
+    #[arg(long, default_value_t = 40_000)]
     pub steps: u64,
-    /// Seed of the training run.
+    /// Seed of the first training run (member k trains with seed + k).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// DQNs trained (in parallel) and averaged into one ensemble policy; 1 for a single DQN.
+    #[arg(long, default_value_t = 3)]
+    pub members: u64,
     /// Evaluation seeds (every policy sees the same arrivals per seed).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
     /// Load multipliers of the test window (1.0 = the trace as recorded).
-    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1.0,1.5")]
     pub load: Vec<f64>,
     /// Baselines to compare with (names as in `llmos compare`).
-    #[arg(long, default_value = "hpa,hpa:target=1,kpa,kpa:target=1,queue,static-peak")]
+    #[arg(long, default_value = "hpa,hpa:target=0.5,hpa:target=1,kpa,kpa:target=1,queue,static-peak")]
     pub baselines: String,
     /// Requests per second one replica sustains within the SLO, to size `static-peak`
     /// (1.3 for the Azure code trace, measured on its training window: docs/results.md).
     #[arg(long, default_value_t = 1.3)]
     pub replica_capacity_rps: f64,
-    /// Use this trained checkpoint instead of training a new one.
+    /// Use this trained checkpoint (or ensemble directory) instead of training.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Output directory (checkpoint, training metrics, report, plots).
@@ -137,8 +140,10 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
-/// Runs `llmos demo`: trains a small DQN in the twin on the training window of a real
-/// trace, then compares it with the baselines on the test window it never saw.
+/// Runs `llmos demo`: trains small DQNs (an ensemble of `--members` seeds, in parallel) in
+/// the twin on the training part of a real trace, each keeping its best checkpoint on a
+/// held-out validation window, then compares the ensemble with the baselines on the test
+/// window that neither saw.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let ckpt = match &args.checkpoint {
@@ -146,43 +151,83 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         None => {
             let text =
                 std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-            let mut cfg: crate::rl::train::TrainConfig =
+            let base: crate::rl::train::TrainConfig =
                 toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
-            cfg.scenario = args.scenario.clone();
-            cfg.steps = args.steps;
-            cfg.seed = args.seed;
-            cfg.out = args.out.join("ckpt");
+            let members = args.members.max(1);
+            let dir = args.out.join("ckpt");
+            // A previous run's members would otherwise join the new ensemble.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
             eprintln!(
-                "[1/2] training a DQN for {} steps on the training window of {} (seed {})",
-                cfg.steps,
-                cfg.scenario.display(),
-                cfg.seed
+                "[1/2] training {members} DQN(s) for {} steps each on the training part of {} (seeds {}..={})",
+                args.steps,
+                args.scenario.display(),
+                args.seed,
+                args.seed + members - 1
             );
-            let bar = indicatif::ProgressBar::new(cfg.steps);
+            let bar = indicatif::ProgressBar::new(args.steps * members);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed_precise}  {msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let summary = crate::rl::train::train_with_progress(&cfg, &mut |r| {
-                bar.set_position(r.env_steps.min(cfg.steps));
-                bar.set_message(format!(
-                    "episode {}  return {:.1}  SLO {:.1}%",
-                    r.episode,
-                    r.episodic_return,
-                    r.slo_attainment * 100.0
-                ));
-            })?;
+            let done = std::sync::atomic::AtomicU64::new(0);
+            let results: Vec<anyhow::Result<crate::rl::train::TrainSummary>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..members)
+                    .map(|k| {
+                        let mut cfg = base.clone();
+                        cfg.scenario = args.scenario.clone();
+                        cfg.steps = args.steps;
+                        cfg.seed = args.seed + k;
+                        cfg.out = dir.join(format!("s{}", cfg.seed));
+                        let (bar, done) = (&bar, &done);
+                        sc.spawn(move || {
+                            let mut last = 0u64;
+                            let mut first: Option<u64> = None;
+                            let s = crate::rl::train::train_with_progress(&cfg, &mut |r| {
+                                let base = *first.get_or_insert(r.env_steps - r.length);
+                                let now = (r.env_steps - base).min(cfg.steps);
+                                let total =
+                                    done.fetch_add(now - last, std::sync::atomic::Ordering::Relaxed) + now - last;
+                                last = now;
+                                bar.set_position(total);
+                                bar.set_message(format!(
+                                    "seed {} episode {} SLO {:.1}%",
+                                    cfg.seed,
+                                    r.episode,
+                                    r.slo_attainment * 100.0
+                                ));
+                            })?;
+                            Ok(s)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a training thread panicked"))))
+                    .collect()
+            });
             bar.finish_and_clear();
-            eprintln!(
-                "      trained: {} steps, {} updates, {} episodes in {:.0} s ({:.0} twin steps/s); checkpoint {}",
-                summary.env_steps,
-                summary.updates,
-                summary.episodes,
-                summary.wall_s,
-                summary.env_steps_per_s,
-                summary.checkpoint.display()
-            );
-            summary.checkpoint
+            for r in results {
+                let s = r?;
+                eprintln!(
+                    "      trained {}: {} steps, {} updates in {:.0} s ({:.0} twin steps/s); kept step {} (validation return {:.2})",
+                    s.checkpoint.display(),
+                    s.env_steps,
+                    s.updates,
+                    s.wall_s,
+                    s.env_steps_per_s,
+                    s.selected_env_steps,
+                    s.selected_validation_return
+                );
+            }
+            if members > 1 {
+                let e = crate::rl::policy::Ensemble::write(&dir)?;
+                eprintln!("      ensemble of {} in {}", e.members.len(), dir.display());
+                dir
+            } else {
+                dir.join(format!("s{}", args.seed))
+            }
         }
     };
     let policies = format!("{},dqn:{}", args.baselines, ckpt.display());

@@ -102,6 +102,39 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         summary.recent_return,
         summary.recent_slo_attainment * 100.0
     );
-    println!("checkpoint: {}", summary.checkpoint.display());
+    if summary.validations > 0 {
+        println!(
+            "checkpoint: {} (selected at step {} of {} validations, mean validation return {:.3}; last weights in {})",
+            summary.checkpoint.display(),
+            summary.selected_env_steps,
+            summary.validations,
+            summary.selected_validation_return,
+            summary.checkpoint.join("last").display()
+        );
+    } else {
+        println!("checkpoint: {}", summary.checkpoint.display());
+    }
+    Ok(())
+}
+
+/// Arguments of `llmos ensemble`.
+#[derive(clap::Args, Debug)]
+pub struct EnsembleArgs {
+    /// A directory whose subdirectories are checkpoints of one layout (e.g. one config
+    /// trained with several seeds into DIR/s0, DIR/s1, ...). `DIR/ensemble.json` is
+    /// written; `dqn:DIR` then averages the members' Q-values.
+    pub dir: PathBuf,
+}
+
+/// Runs `llmos ensemble`.
+pub fn ensemble(args: EnsembleArgs) -> anyhow::Result<()> {
+    let e = super::policy::Ensemble::write(&args.dir).context("could not write the ensemble")?;
+    println!(
+        "{}: ensemble of {} checkpoints ({}); use it as dqn:{}",
+        args.dir.join(super::policy::ENSEMBLE_FILE).display(),
+        e.members.len(),
+        e.members.join(", "),
+        args.dir.display()
+    );
     Ok(())
 }

@@ -329,25 +329,7 @@ impl DqnAgent {
     /// The greedy allowed option per branch (option 0 if a branch has nothing allowed,
     /// which a well-formed mask never does: holding is always allowed).
     pub fn greedy(&self, raw_obs: &[f32], mask: &[bool]) -> Vec<usize> {
-        let q = self.q_values(raw_obs);
-        self.sizes
-            .iter()
-            .zip(&self.offsets)
-            .map(|(&n, &off)| {
-                let mut best: Option<(usize, f32)> = None;
-                for a in 0..n {
-                    if !mask.get(off + a).copied().unwrap_or(false) {
-                        continue;
-                    }
-                    let v = q.get(off + a).copied().unwrap_or(f32::NEG_INFINITY);
-                    if best.is_none_or(|(_, bv)| v > bv) {
-                        best = Some((a, v));
-                    }
-                }
-                debug_assert!(best.is_some(), "a branch with every option masked");
-                best.map(|(a, _)| a).unwrap_or(0)
-            })
-            .collect()
+        masked_argmax(&self.q_values(raw_obs), mask, &self.sizes)
     }
 
     /// ε-greedy over allowed options, branch by branch.
@@ -494,6 +476,21 @@ pub fn train_dqn(
     steps: u64,
     on_episode: &mut dyn FnMut(&EpisodeRecord),
 ) -> Result<Vec<EpisodeRecord>, RlError> {
+    train_dqn_with_eval(agent, env, steps, on_episode, 0, &mut |_| Ok(()))
+}
+
+/// Like [`train_dqn`], calling `on_eval` with the agent at the first episode boundary
+/// after every `eval_every` environment steps (0: never); training's own random stream
+/// is not touched by it, so evaluating does not change what is learned. An error from
+/// `on_eval` stops training.
+pub fn train_dqn_with_eval(
+    agent: &mut DqnAgent,
+    env: &mut dyn Env,
+    steps: u64,
+    on_episode: &mut dyn FnMut(&EpisodeRecord),
+    eval_every: u64,
+    on_eval: &mut dyn FnMut(&DqnAgent) -> Result<(), RlError>,
+) -> Result<Vec<EpisodeRecord>, RlError> {
     let sizes = env.branch_sizes();
     if env.obs_dim() != agent.obs_dim || sizes != agent.sizes {
         return Err(RlError::Config(format!(
@@ -513,6 +510,7 @@ pub fn train_dqn(
     let mut records = Vec::new();
 
     let mut episode = 0u64;
+    let mut next_eval = agent.env_steps + eval_every;
     let (mut obs, mut mask) = env.reset(run_seed.wrapping_add(episode))?;
     agent.normaliser.update(&obs);
     let mut ep = EpisodeRecord::default();
@@ -566,6 +564,10 @@ pub fn train_dqn(
             on_episode(&ep);
             records.push(std::mem::take(&mut ep));
             (loss_sum, q_sum, n_upd, finished, met) = (0.0, 0.0, 0, 0.0, 0.0);
+            if eval_every > 0 && agent.env_steps >= next_eval {
+                on_eval(agent)?;
+                next_eval = agent.env_steps + eval_every;
+            }
             episode += 1;
             let (o, m) = env.reset(run_seed.wrapping_add(episode))?;
             agent.normaliser.update(&o);
@@ -574,6 +576,30 @@ pub fn train_dqn(
         }
     }
     Ok(records)
+}
+
+/// The highest-valued allowed option of each branch of a flattened Q-vector (option 0 if
+/// a branch has nothing allowed, which a well-formed mask never does: holding is always
+/// allowed).
+pub fn masked_argmax(q: &[f32], mask: &[bool], sizes: &[usize]) -> Vec<usize> {
+    sizes
+        .iter()
+        .zip(branch_offsets(sizes))
+        .map(|(&n, off)| {
+            let mut best: Option<(usize, f32)> = None;
+            for a in 0..n {
+                if !mask.get(off + a).copied().unwrap_or(false) {
+                    continue;
+                }
+                let v = q.get(off + a).copied().unwrap_or(f32::NEG_INFINITY);
+                if best.is_none_or(|(_, bv)| v > bv) {
+                    best = Some((a, v));
+                }
+            }
+            debug_assert!(best.is_some(), "a branch with every option masked");
+            best.map(|(a, _)| a).unwrap_or(0)
+        })
+        .collect()
 }
 
 /// Mean return of `episodes` greedy episodes (no exploration, no learning).

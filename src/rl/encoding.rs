@@ -9,6 +9,15 @@
 //! counts go through `ln(1+x)`. Missing values (no request finished, unknown capacity)
 //! become 0 with an indicator feature, never NaN.
 //!
+//! **Rate history** (optional, [`WorkloadLayout::rate_history_s`]): for each horizon `W`
+//! seconds, the peak and the mean of the observed arrival rate over the last `W` seconds
+//! of observations, including the current one. A single observation says how busy the
+//! workload is now; a bursty workload also needs to know how high it went recently, which
+//! is what a peak-sized fleet is sized from. The encoder keeps those samples itself
+//! ([`ObsEncoder::encode`] records, [`ObsEncoder::features`] only reads), so the operator
+//! and the twin compute the features the same way; after a restart the history starts
+//! empty and the features equal the current rate until it fills.
+//!
 //! **Normalisation** ([`Normaliser`]): running mean and variance (Welford) of every
 //! feature, updated while training and frozen into the checkpoint, so the operator feeds
 //! the network exactly the scaling it was trained with. Normalised values are clipped to ±10.
@@ -50,6 +59,10 @@ pub struct WorkloadLayout {
     pub slo_ttft_ms: f64,
     /// TPOT target, ms.
     pub slo_tpot_ms: f64,
+    /// Horizons of the rate-history features, seconds (none: no such features; what
+    /// checkpoints written before these features existed have).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_history_s: Vec<f64>,
 }
 
 impl WorkloadLayout {
@@ -64,7 +77,19 @@ impl WorkloadLayout {
                 }
             }
         }
-        WorkloadLayout { slots, pools, slo_ttft_ms: spec.slo.ttft_ms, slo_tpot_ms: spec.slo.tpot_ms }
+        WorkloadLayout {
+            slots,
+            pools,
+            slo_ttft_ms: spec.slo.ttft_ms,
+            slo_tpot_ms: spec.slo.tpot_ms,
+            rate_history_s: Vec::new(),
+        }
+    }
+
+    /// The same layout with rate-history features over the given horizons (seconds).
+    pub fn with_rate_history(mut self, horizons_s: &[f64]) -> Self {
+        self.rate_history_s = horizons_s.to_vec();
+        self
     }
 }
 
@@ -122,10 +147,13 @@ impl Normaliser {
     }
 }
 
-/// Encodes observations of one workload layout into raw features.
+/// Encodes observations of one workload layout into raw features, keeping the recent
+/// arrival rates the rate-history features need.
 #[derive(Clone, Debug)]
 pub struct ObsEncoder {
     layout: WorkloadLayout,
+    /// (time_s, arrival rate) of recorded observations, oldest first, within the longest horizon.
+    history: std::collections::VecDeque<(f64, f64)>,
 }
 
 fn ln1p(x: f64) -> f32 {
@@ -139,7 +167,44 @@ fn signed_ln1p(x: f64) -> f32 {
 impl ObsEncoder {
     /// An encoder for `layout`.
     pub fn new(layout: WorkloadLayout) -> Self {
-        ObsEncoder { layout }
+        ObsEncoder { layout, history: std::collections::VecDeque::new() }
+    }
+
+    /// Forgets the recorded rate history (a new episode, a rebuilt policy).
+    pub fn reset(&mut self) {
+        self.history.clear();
+    }
+
+    /// Records `obs` in the rate history (replacing a sample with the same time) and
+    /// returns its features. Observations with missing metrics are encoded but not recorded.
+    pub fn encode(&mut self, obs: &Observation) -> Vec<f32> {
+        if !self.layout.rate_history_s.is_empty() && obs.is_complete() && obs.arrival_rate_rps.is_finite() {
+            // The same tick observed again (or a clock step back): keep one sample per time.
+            while self.history.back().is_some_and(|(t, _)| *t >= obs.time_s) {
+                self.history.pop_back();
+            }
+            self.history.push_back((obs.time_s, obs.arrival_rate_rps.max(0.0)));
+            let longest = self.layout.rate_history_s.iter().copied().fold(0.0, f64::max);
+            while self.history.front().is_some_and(|(t, _)| *t < obs.time_s - longest) {
+                self.history.pop_front();
+            }
+        }
+        self.features(obs)
+    }
+
+    /// Peak and mean arrival rate over the last `horizon_s` seconds before `obs`, `obs` included.
+    fn rate_window(&self, obs: &Observation, horizon_s: f64) -> (f64, f64) {
+        let now = obs.arrival_rate_rps.max(0.0);
+        let now = if now.is_finite() { now } else { 0.0 };
+        let (mut peak, mut sum, mut n) = (now, now, 1.0);
+        for &(t, r) in &self.history {
+            if t >= obs.time_s - horizon_s && t < obs.time_s {
+                peak = peak.max(r);
+                sum += r;
+                n += 1.0;
+            }
+        }
+        (peak, sum / n)
     }
     /// The layout.
     pub fn layout(&self) -> &WorkloadLayout {
@@ -184,13 +249,18 @@ impl ObsEncoder {
                 n.push(format!("pool[{p}].{f}"));
             }
         }
+        for w in &self.layout.rate_history_s {
+            n.push(format!("ln1p_peak_arrival_rate_{w}s"));
+            n.push(format!("ln1p_mean_arrival_rate_{w}s"));
+        }
         n
     }
 
-    /// Raw (unnormalised) features of an observation. Slots and pools are looked up by
-    /// name, so the order of the observation's vectors does not matter; a slot missing
-    /// from the observation encodes as empty.
-    pub fn encode(&self, obs: &Observation) -> Vec<f32> {
+    /// Raw (unnormalised) features of an observation against the recorded history,
+    /// without recording it. Slots and pools are looked up by name, so the order of the
+    /// observation's vectors does not matter; a slot missing from the observation encodes
+    /// as empty.
+    pub fn features(&self, obs: &Observation) -> Vec<f32> {
         let mut x = Vec::with_capacity(13 + 8 * self.layout.slots.len() + 3 * self.layout.pools.len());
         x.push(ln1p(obs.arrival_rate_rps));
         x.push(signed_ln1p(obs.arrival_rate_trend_rps_per_s));
@@ -232,6 +302,11 @@ impl ObsEncoder {
                 }
                 None => x.extend_from_slice(&[0.0; 3]),
             }
+        }
+        for &w in &self.layout.rate_history_s {
+            let (peak, mean) = self.rate_window(obs, w);
+            x.push(ln1p(peak));
+            x.push(ln1p(mean));
         }
         x
     }
@@ -545,11 +620,45 @@ mod tests {
             pools: vec!["cheap".into(), "dear".into()],
             slo_ttft_ms: 500.0,
             slo_tpot_ms: 50.0,
+            rate_history_s: vec![60.0],
         };
-        let e = ObsEncoder::new(layout);
+        let mut e = ObsEncoder::new(layout);
         let x = e.encode(&obs());
         assert_eq!(x.len(), e.feature_names().len());
         assert!(x.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn rate_history_tracks_peak_and_mean_within_the_horizon() {
+        let layout = WorkloadLayout {
+            slots: vec![],
+            pools: vec![],
+            slo_ttft_ms: 500.0,
+            slo_tpot_ms: 50.0,
+            rate_history_s: vec![30.0],
+        };
+        let mut e = ObsEncoder::new(layout);
+        let at = |t: f64, r: f64| Observation { time_s: t, arrival_rate_rps: r, ..Default::default() };
+        let n = e.feature_names().len();
+        let peak_mean = |x: &[f32]| ((x[n - 2] as f64).exp_m1(), (x[n - 1] as f64).exp_m1());
+        e.encode(&at(0.0, 9.0));
+        e.encode(&at(15.0, 1.0));
+        // The same tick seen twice (feedback, then decide) counts once.
+        e.encode(&at(15.0, 1.0));
+        let (p, m) = peak_mean(&e.encode(&at(30.0, 2.0)));
+        assert!((p - 9.0).abs() < 1e-4 && (m - 4.0).abs() < 1e-4, "peak {p} mean {m}");
+        // 45 s: the 9 rps sample at 0 s is older than 30 s.
+        let (p, m) = peak_mean(&e.encode(&at(45.0, 3.0)));
+        assert!((p - 3.0).abs() < 1e-4 && (m - 2.0).abs() < 1e-4, "peak {p} mean {m}");
+        // Reading does not record; an observation with missing metrics is not recorded.
+        let mut missing = at(60.0, 100.0);
+        missing.missing = vec!["vllm:num_requests_running".into()];
+        e.encode(&missing);
+        let (p, _) = peak_mean(&e.features(&at(75.0, 0.0)));
+        assert!((p - 3.0).abs() < 1e-4, "peak {p}");
+        e.reset();
+        let (p, m) = peak_mean(&e.features(&at(90.0, 5.0)));
+        assert!((p - 5.0).abs() < 1e-4 && (m - 5.0).abs() < 1e-4);
     }
 
     #[test]

@@ -245,6 +245,13 @@ impl TwinEnv {
         })
     }
 
+    /// Adds rate-history features over the given horizons (seconds) to the observation;
+    /// see [`super::encoding`].
+    pub fn with_rate_history(mut self, horizons_s: &[f64]) -> Self {
+        self.encoder = ObsEncoder::new(self.encoder.layout().clone().with_rate_history(horizons_s));
+        self
+    }
+
     /// The observation encoder.
     pub fn encoder(&self) -> &ObsEncoder {
         &self.encoder
@@ -287,6 +294,7 @@ impl Env for TwinEnv {
         self.obs = twin.observe();
         self.twin = Some(twin);
         self.shield.reset();
+        self.encoder.reset();
         self.ticks = 0;
         self.episode += 1;
         Ok((self.encoder.encode(&self.obs), self.actions.mask(&self.obs, &self.limits)))

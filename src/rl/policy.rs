@@ -27,7 +27,7 @@ use crate::policy::config::DqnParams;
 use crate::policy::{Decision, Observation, Policy};
 
 use super::checkpoint::{self, Expected};
-use super::dqn::{DeviceChoice, DqnAgent};
+use super::dqn::{masked_argmax, DeviceChoice, DqnAgent};
 use super::encoding::{ActionLayout, ActionLimits, ObsEncoder, WorkloadLayout};
 use super::RlError;
 
@@ -43,9 +43,81 @@ struct RecordedTransition<'a> {
     next_mask: &'a [bool],
 }
 
-/// A greedy policy from a trained DQN checkpoint.
+/// The file that makes a directory an ensemble of checkpoints (see [`Ensemble`]).
+pub const ENSEMBLE_FILE: &str = "ensemble.json";
+
+/// An ensemble: checkpoints of the same layouts (typically one config trained with several
+/// seeds) whose Q-values are averaged before the greedy choice. DQN training is noisy from
+/// seed to seed; averaging the members' value estimates gives a steadier policy than any
+/// one of them (ensembling / averaged DQN). Written by `llmos ensemble DIR`.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ensemble {
+    /// Member checkpoint directories, relative to the ensemble's directory.
+    pub members: Vec<String>,
+}
+
+impl Ensemble {
+    /// Reads `dir/ensemble.json`, or `None` when `dir` is a plain checkpoint.
+    pub fn read(dir: &Path) -> Result<Option<Ensemble>, RlError> {
+        let p = dir.join(ENSEMBLE_FILE);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = fs::read(&p).map_err(|e| RlError::Io { path: p.display().to_string(), source: e })?;
+        let e: Ensemble =
+            serde_json::from_slice(&text).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
+        if e.members.is_empty() {
+            return Err(RlError::Checkpoint { path: p.display().to_string(), message: "lists no members".into() });
+        }
+        Ok(Some(e))
+    }
+
+    /// Makes `dir` an ensemble of every checkpoint directly under it (sorted by name), after
+    /// checking that they share the observation and action layouts; returns the members.
+    pub fn write(dir: &Path) -> Result<Ensemble, RlError> {
+        let rd = fs::read_dir(dir).map_err(|e| RlError::Io { path: dir.display().to_string(), source: e })?;
+        let mut members: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(checkpoint::META_FILE).is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        members.sort();
+        let Some(first) = members.first() else {
+            return Err(RlError::Checkpoint {
+                path: dir.display().to_string(),
+                message: "has no checkpoint directories to make an ensemble of".into(),
+            });
+        };
+        let m0 = checkpoint::read_meta(&dir.join(first))?;
+        for m in &members[1..] {
+            let meta = checkpoint::read_meta(&dir.join(m))?;
+            let differs = if meta.feature_names != m0.feature_names {
+                Some("observation features")
+            } else if meta.branches != m0.branches || meta.action_layout != m0.action_layout {
+                Some("action layout")
+            } else {
+                None
+            };
+            if let Some(what) = differs {
+                return Err(RlError::Checkpoint {
+                    path: dir.join(m).display().to_string(),
+                    message: format!("its {what} differ from {first}'s; an ensemble needs one layout"),
+                });
+            }
+        }
+        let e = Ensemble { members };
+        let p = dir.join(ENSEMBLE_FILE);
+        let text =
+            serde_json::to_vec_pretty(&e).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
+        checkpoint::write_atomic(&p, &text)?;
+        Ok(e)
+    }
+}
+
+/// A greedy policy from a trained DQN checkpoint (or an [`Ensemble`] of them).
 pub struct DqnPolicy {
-    agent: DqnAgent,
+    agents: Vec<DqnAgent>,
     encoder: ObsEncoder,
     actions: ActionLayout,
     limits: ActionLimits,
@@ -56,7 +128,7 @@ pub struct DqnPolicy {
 
 impl std::fmt::Debug for DqnPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DqnPolicy").field("agent", &self.agent).finish()
+        f.debug_struct("DqnPolicy").field("agents", &self.agents).finish()
     }
 }
 
@@ -66,22 +138,30 @@ impl DqnPolicy {
         Self::load_on(dir, spec, DeviceChoice::Auto)
     }
 
-    /// Loads the checkpoint in `dir` for `spec` on the chosen device.
+    /// Loads the checkpoint (or ensemble) in `dir` for `spec` on the chosen device.
     pub fn load_on(dir: &Path, spec: &LLMWorkloadSpec, device: DeviceChoice) -> Result<Self, RlError> {
-        let meta = checkpoint::read_meta(dir)?;
+        let dirs: Vec<std::path::PathBuf> = match Ensemble::read(dir)? {
+            Some(e) => e.members.iter().map(|m| dir.join(m)).collect(),
+            None => vec![dir.to_path_buf()],
+        };
+        let meta = checkpoint::read_meta(&dirs[0])?;
         let stored = meta.action_layout.clone().ok_or_else(|| RlError::Checkpoint {
             path: dir.display().to_string(),
             message: "has no action layout (it was not trained for a workload)".into(),
         })?;
-        let layout = WorkloadLayout::from_spec(spec);
+        let history = meta.workload.as_ref().map(|w| w.rate_history_s.clone()).unwrap_or_default();
+        let layout = WorkloadLayout::from_spec(spec).with_rate_history(&history);
         let encoder = ObsEncoder::new(layout.clone());
         let actions = ActionLayout::new(stored.kind, layout.slots.clone(), stored.deltas.clone());
         let names = encoder.feature_names();
         let branches = actions.branches();
-        let (agent, _) =
-            checkpoint::load(dir, &Expected { feature_names: Some(&names), branches: Some(&branches) }, device)?;
+        let expected = Expected { feature_names: Some(&names), branches: Some(&branches) };
+        let agents = dirs
+            .iter()
+            .map(|d| checkpoint::load(d, &expected, device).map(|(a, _)| a))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(DqnPolicy {
-            agent,
+            agents,
             encoder,
             limits: ActionLimits::from_spec(spec, &layout),
             actions,
@@ -109,9 +189,15 @@ impl DqnPolicy {
         self.record_errors
     }
 
-    /// Q-values of an observation, flattened over branches (for inspection and shadow mode).
+    /// Q-values of an observation, flattened over branches (for inspection and shadow
+    /// mode); the members' mean for an ensemble.
     pub fn q_values(&self, obs: &Observation) -> Vec<f32> {
-        self.agent.q_values(&self.encoder.encode(obs))
+        mean_q(&self.agents, &self.encoder.features(obs))
+    }
+
+    /// Number of checkpoints behind the policy (1, or an ensemble's members).
+    pub fn members(&self) -> usize {
+        self.agents.len()
     }
 }
 
@@ -125,26 +211,14 @@ impl Policy for DqnPolicy {
             self.last = None;
             return Decision::hold(obs, format!("dqn: holding, missing metrics: {}", obs.missing.join(", ")));
         }
-        let x = self.encoder.encode(obs);
-        let mask = self.actions.mask(obs, &self.limits);
-        let a = self.agent.greedy(&x, &mask);
-        let deltas = self.actions.slot_deltas(&a);
-        let moves: Vec<String> = self
-            .actions
-            .slots
-            .iter()
-            .zip(&deltas)
-            .filter(|(_, d)| **d != 0)
-            .map(|(s, d)| format!("{}/{} {d:+}", s.variant, s.pool))
-            .collect();
-        let reason = if moves.is_empty() { "dqn: hold".to_string() } else { format!("dqn: {}", moves.join(", ")) };
-        let d = self.actions.decision(&a, obs, &reason);
+        let (d, x, a) = greedy_decision(&self.agents, &mut self.encoder, &self.actions, &self.limits, obs);
         self.last = Some((x, a));
         d
     }
 
     fn reset(&mut self) {
         self.last = None;
+        self.encoder.reset();
     }
 
     fn feedback(&mut self, next: &Observation, reward: f64) {
@@ -161,6 +235,47 @@ impl Policy for DqnPolicy {
             tracing::warn!(path = %path.display(), "could not record a transition");
         }
     }
+}
+
+/// The mean of the agents' Q-values for raw features `x` (one agent: its own).
+fn mean_q(agents: &[DqnAgent], x: &[f32]) -> Vec<f32> {
+    let mut q = agents.first().map(|a| a.q_values(x)).unwrap_or_default();
+    for a in agents.iter().skip(1) {
+        for (s, v) in q.iter_mut().zip(a.q_values(x)) {
+            *s += v;
+        }
+    }
+    let n = agents.len().max(1) as f32;
+    q.iter_mut().for_each(|v| *v /= n);
+    q
+}
+
+/// One greedy decision of `agents` (one checkpoint, or an ensemble whose Q-values are
+/// averaged) on `obs`: encodes it (recording it in the encoder's rate history), takes the
+/// best allowed option per branch and turns the deltas into desired replicas. Returns the
+/// decision, the raw features and the chosen options. What [`DqnPolicy`] does on a
+/// complete observation, and what training's validation runs.
+pub fn greedy_decision(
+    agents: &[DqnAgent],
+    encoder: &mut ObsEncoder,
+    actions: &ActionLayout,
+    limits: &ActionLimits,
+    obs: &Observation,
+) -> (Decision, Vec<f32>, Vec<usize>) {
+    let x = encoder.encode(obs);
+    let mask = actions.mask(obs, limits);
+    let sizes = agents.first().map(|a| a.branch_sizes().to_vec()).unwrap_or_default();
+    let a = masked_argmax(&mean_q(agents, &x), &mask, &sizes);
+    let deltas = actions.slot_deltas(&a);
+    let moves: Vec<String> = actions
+        .slots
+        .iter()
+        .zip(&deltas)
+        .filter(|(_, d)| **d != 0)
+        .map(|(s, d)| format!("{}/{} {d:+}", s.variant, s.pool))
+        .collect();
+    let reason = if moves.is_empty() { "dqn: hold".to_string() } else { format!("dqn: {}", moves.join(", ")) };
+    (actions.decision(&a, obs, &reason), x, a)
 }
 
 /// The loader for `kind: dqn` that [`crate::policy::build::build_policy_with`] takes.

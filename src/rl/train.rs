@@ -9,6 +9,15 @@
 //! - the checkpoint (`model.safetensors` + `checkpoint.json`, see [`super::checkpoint`]);
 //! - `train.json`: the [`TrainSummary`].
 //!
+//! **Checkpoint selection.** With a [`ValidationConfig`], the greedy policy is run every
+//! `validation.every` steps (and once at the end) on a *validation* window of the trace:
+//! a window that training episodes never see and that lies before the test window
+//! (`crate::eval::TRAIN_FRACTION`), at the configured loads and replay seeds, through the
+//! same shield. The checkpoint in the output directory is then the one with the highest
+//! mean validation return (the objective the reward sums to), not simply the last
+//! weights, which are kept in `last/`. Each evaluation is a line of `validation.jsonl`.
+//! DQN training is known to oscillate; this is the usual remedy, and it uses no test data.
+//!
 //! Every parameter is a field of [`TrainConfig`]; a TOML file with the same fields can be
 //! given to the CLI with `--config`.
 
@@ -19,12 +28,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::twin::Scenario;
+use crate::twin::{Scenario, Twin};
 
 use super::checkpoint::{self, Expected};
-use super::dqn::{train_dqn, DqnAgent, DqnConfig, EpisodeRecord};
-use super::encoding::ActionLayoutKind;
+use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
+use super::encoding::{ActionLayoutKind, ActionLimits, ObsEncoder};
 use super::env::{Env, EpisodeConfig, RewardConfig, TwinEnv};
+use super::policy::greedy_decision;
 use super::schedule::EpsilonSchedule;
 use super::RlError;
 
@@ -54,6 +64,124 @@ pub struct TrainConfig {
     pub reward: RewardConfig,
     /// Episode windows and load scaling.
     pub episodes: EpisodeConfig,
+    /// Horizons (seconds) of the rate-history features (peak and mean arrival rate over
+    /// each); empty for none. See [`super::encoding`].
+    pub rate_history_s: Vec<f64>,
+    /// Checkpoint selection on a held-out validation window; `None` keeps the last weights.
+    pub validation: Option<ValidationConfig>,
+}
+
+/// Checkpoint selection on a held-out window (see the module docs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// The validation window as fractions `[start, end)` of the trace: outside
+    /// `episodes.trainWindow` and ending at or before the test window.
+    pub window: (f64, f64),
+    /// Load multipliers to validate at.
+    pub loads: Vec<f64>,
+    /// Replay seeds (0 = as recorded, k > 0 = seeded resamples).
+    pub seeds: Vec<u64>,
+    /// Environment steps between evaluations.
+    pub every: u64,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            window: (0.45, crate::eval::TRAIN_FRACTION),
+            loads: vec![0.5, 1.0, 1.5],
+            seeds: vec![0, 1, 2, 3, 4],
+            every: 2000,
+        }
+    }
+}
+
+impl ValidationConfig {
+    /// Checks the window against the training window and the test window.
+    pub fn check(&self, train_window: (f64, f64)) -> Result<(), RlError> {
+        let (a, b) = self.window;
+        if !(0.0 <= a && a < b && b <= crate::eval::TRAIN_FRACTION + 1e-12) {
+            return Err(RlError::Config(format!(
+                "validation.window {:?} must satisfy 0 ≤ start < end ≤ {} (the test window starts there)",
+                self.window,
+                crate::eval::TRAIN_FRACTION
+            )));
+        }
+        if a < train_window.1 && train_window.0 < b {
+            return Err(RlError::Config(format!(
+                "validation.window {:?} overlaps episodes.trainWindow {:?}; validation must use traffic training never sees",
+                self.window, train_window
+            )));
+        }
+        if self.loads.is_empty() || self.loads.iter().any(|l| !(*l > 0.0)) {
+            return Err(RlError::Config(format!("validation.loads {:?} must be positive and non-empty", self.loads)));
+        }
+        if self.seeds.is_empty() || self.every == 0 {
+            return Err(RlError::Config("validation.seeds must be non-empty and validation.every > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One validation of the greedy policy (a line of `validation.jsonl`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationRecord {
+    /// Environment steps trained when evaluated.
+    pub env_steps: u64,
+    /// Gradient updates done when evaluated.
+    pub updates: u64,
+    /// Mean return over the validation runs (loads × seeds).
+    pub mean_return: f64,
+    /// SLO attainment over all validation requests.
+    pub slo_attainment: f64,
+    /// GPU-hours over all validation runs.
+    pub gpu_hours: f64,
+    /// Whether this evaluation became the selected checkpoint.
+    pub best: bool,
+}
+
+/// Runs the greedy agent on every (load, seed) of `v` and sums up.
+fn validate(
+    agent: &DqnAgent,
+    scenario: &Scenario,
+    template: &TwinEnv,
+    reward: &RewardConfig,
+    v: &ValidationConfig,
+) -> Result<ValidationRecord, RlError> {
+    use crate::policy::shield::Shield;
+    let limits = ActionLimits::from_spec(&scenario.spec, template.encoder().layout());
+    let (mut ret, mut finished, mut met, mut gpu_s, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &load in &v.loads {
+        for &seed in &v.seeds {
+            let mut twin = Twin::with_window(scenario, seed, v.window.0, v.window.1, load)
+                .map_err(|e| RlError::Twin(e.to_string()))?;
+            let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
+            let mut shield = Shield::new(&scenario.spec);
+            while !twin.is_done() {
+                let obs = twin.observe();
+                let (decision, _, _) =
+                    greedy_decision(std::slice::from_ref(agent), &mut encoder, template.action_layout(), &limits, &obs);
+                let out = shield.apply(&obs, &decision);
+                twin.apply(&out.decision);
+                let tick = twin.step();
+                ret += reward.reward(&tick);
+                finished += tick.finished as f64;
+                met += tick.slo_met as f64;
+                gpu_s += tick.gpu_seconds;
+            }
+            runs += 1.0;
+        }
+    }
+    Ok(ValidationRecord {
+        env_steps: agent.env_steps,
+        updates: agent.updates,
+        mean_return: ret / runs,
+        slo_attainment: if finished > 0.0 { met / finished } else { f64::NAN },
+        gpu_hours: gpu_s / 3600.0,
+        best: false,
+    })
 }
 
 impl Default for TrainConfig {
@@ -77,6 +205,8 @@ impl Default for TrainConfig {
             },
             reward: RewardConfig::default(),
             episodes: EpisodeConfig::default(),
+            rate_history_s: Vec::new(),
+            validation: None,
         }
     }
 }
@@ -101,6 +231,12 @@ pub struct TrainSummary {
     pub recent_return: f64,
     /// Mean SLO attainment of the last 10 episodes.
     pub recent_slo_attainment: f64,
+    /// Environment steps of the selected checkpoint (the last step without validation).
+    pub selected_env_steps: u64,
+    /// Mean validation return of the selected checkpoint (NaN without validation).
+    pub selected_validation_return: f64,
+    /// Validations run.
+    pub validations: u64,
     /// Wall time of the training loop, seconds.
     pub wall_s: f64,
     /// Environment (twin) steps per second, including learning.
@@ -127,8 +263,17 @@ pub fn train_with_progress(
     if let Some(t) = &cfg.trace {
         scenario.set_trace(t).map_err(|e| RlError::Twin(e.to_string()))?;
     }
-    let mut env =
-        TwinEnv::new(scenario, cfg.action_layout, cfg.deltas.clone(), cfg.reward.clone(), cfg.episodes.clone())?;
+    if let Some(v) = &cfg.validation {
+        v.check(cfg.episodes.train_window)?;
+    }
+    let mut env = TwinEnv::new(
+        scenario.clone(),
+        cfg.action_layout,
+        cfg.deltas.clone(),
+        cfg.reward.clone(),
+        cfg.episodes.clone(),
+    )?
+    .with_rate_history(&cfg.rate_history_s);
     let names = env.feature_names();
     let branches = env.action_branches();
 
@@ -157,20 +302,74 @@ pub fn train_with_progress(
     let mut csv = csv::WriterBuilder::new().has_headers(!append).from_writer(open(&csv_path)?);
     let mut write_err: Option<RlError> = None;
 
+    let layout = env.encoder().layout().clone();
+    let action_layout = env.action_layout().clone();
+    let train_json = serde_json::to_value(cfg).ok();
+    let save_to = |dir: &Path, agent: &DqnAgent| {
+        checkpoint::save(
+            dir,
+            agent,
+            names.clone(),
+            branches.clone(),
+            Some(layout.clone()),
+            Some(action_layout.clone()),
+            train_json.clone(),
+        )
+    };
+    // Validation: a separate environment template (same layouts), its own log.
+    let template = TwinEnv::new(
+        scenario.clone(),
+        cfg.action_layout,
+        cfg.deltas.clone(),
+        cfg.reward.clone(),
+        cfg.episodes.clone(),
+    )?
+    .with_rate_history(&cfg.rate_history_s);
+    let val_path = cfg.out.join("validation.jsonl");
+    let mut val_log = match &cfg.validation {
+        Some(_) => Some(std::io::BufWriter::new(open(&val_path)?)),
+        None => None,
+    };
+    let mut best: Option<(f64, u64)> = None;
+    let mut validations = 0u64;
+    let mut run_validation = |agent: &DqnAgent| -> Result<(), RlError> {
+        let Some(v) = &cfg.validation else { return Ok(()) };
+        let mut rec = validate(agent, &scenario, &template, &cfg.reward, v)?;
+        validations += 1;
+        if rec.mean_return.is_finite() && best.is_none_or(|(b, _)| rec.mean_return > b) {
+            best = Some((rec.mean_return, agent.env_steps));
+            rec.best = true;
+            save_to(&cfg.out, agent)?;
+        }
+        if let Some(w) = val_log.as_mut() {
+            let line = serde_json::to_string(&rec).unwrap_or_default();
+            writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| io(&val_path, e))?;
+        }
+        Ok(())
+    };
+
     let updates_before = agent.updates;
     let t0 = Instant::now();
-    let records = train_dqn(&mut agent, &mut env, cfg.steps, &mut |r| {
-        if write_err.is_none() {
-            let line = serde_json::to_string(r).unwrap_or_default();
-            if let Err(e) = writeln!(jsonl, "{line}") {
-                write_err = Some(io(&jsonl_path, e));
+    let every = cfg.validation.as_ref().map(|v| v.every).unwrap_or(0);
+    let records = train_dqn_with_eval(
+        &mut agent,
+        &mut env,
+        cfg.steps,
+        &mut |r| {
+            if write_err.is_none() {
+                let line = serde_json::to_string(r).unwrap_or_default();
+                if let Err(e) = writeln!(jsonl, "{line}") {
+                    write_err = Some(io(&jsonl_path, e));
+                }
+                if let Err(e) = csv.serialize(r) {
+                    write_err = Some(RlError::Config(format!("{}: {e}", csv_path.display())));
+                }
             }
-            if let Err(e) = csv.serialize(r) {
-                write_err = Some(RlError::Config(format!("{}: {e}", csv_path.display())));
-            }
-        }
-        on_episode(r);
-    })?;
+            on_episode(r);
+        },
+        every,
+        &mut run_validation,
+    )?;
     let wall_s = t0.elapsed().as_secs_f64();
     if let Some(e) = write_err {
         return Err(e);
@@ -178,9 +377,14 @@ pub fn train_with_progress(
     jsonl.flush().map_err(|e| io(&jsonl_path, e))?;
     csv.flush().map_err(|e| io(&csv_path, e))?;
 
-    let layout = env.encoder().layout().clone();
-    let train_json = serde_json::to_value(cfg).ok();
-    checkpoint::save(&cfg.out, &agent, names, branches, Some(layout), Some(env.action_layout().clone()), train_json)?;
+    if cfg.validation.is_some() {
+        // The final weights compete too, and are kept in `last/` either way.
+        run_validation(&agent)?;
+        save_to(&cfg.out.join("last"), &agent)?;
+    } else {
+        save_to(&cfg.out, &agent)?;
+    }
+    let (selected_validation_return, selected_env_steps) = best.unwrap_or((f64::NAN, agent.env_steps));
 
     let tail: Vec<&EpisodeRecord> = records.iter().rev().take(10).collect();
     let mean = |f: &dyn Fn(&EpisodeRecord) -> f64| {
@@ -201,6 +405,9 @@ pub fn train_with_progress(
         episodes: records.len() as u64,
         recent_return: mean(&|r| r.episodic_return),
         recent_slo_attainment: mean(&|r| r.slo_attainment),
+        selected_env_steps,
+        selected_validation_return,
+        validations,
         wall_s,
         env_steps_per_s: cfg.steps as f64 / wall_s.max(1e-9),
         updates_per_s: updates as f64 / wall_s.max(1e-9),

@@ -1,0 +1,139 @@
+//! Checkpoint selection on held-out traffic and ensembles of checkpoints, on the tiny step
+//! scenario (`scenarios/tiny-step-two-pools.toml`).
+//!
+//! - Training with a validation window writes one `validation.jsonl` line per evaluation,
+//!   keeps the best-scoring weights as the checkpoint and the last ones in `last/`; running
+//!   the saved checkpoint on the validation window again gives exactly the recorded score,
+//!   so what is saved is what was selected.
+//! - A validation window that overlaps the training window or the test window is refused.
+//! - An ensemble directory averages its members' Q-values, and refuses members of
+//!   different layouts.
+
+use std::path::{Path, PathBuf};
+
+use llmos::policy::Policy;
+use llmos::rl::checkpoint;
+use llmos::rl::dqn::{DeviceChoice, DqnConfig, TargetUpdate};
+use llmos::rl::env::{EpisodeConfig, RewardConfig};
+use llmos::rl::policy::{DqnPolicy, Ensemble};
+use llmos::rl::rollout::rollout;
+use llmos::rl::schedule::EpsilonSchedule;
+use llmos::rl::train::{train, TrainConfig, ValidationConfig, ValidationRecord};
+use llmos::twin::{Scenario, Twin};
+
+fn scenario_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/tiny-step-two-pools.toml")
+}
+
+fn config(out: PathBuf, seed: u64, steps: u64, deltas: Vec<i32>) -> TrainConfig {
+    TrainConfig {
+        scenario: scenario_path(),
+        steps,
+        seed,
+        out,
+        deltas,
+        rate_history_s: vec![60.0],
+        reward: RewardConfig { cost_weight_per_usd: 5_000.0, ..Default::default() },
+        episodes: EpisodeConfig { train_window: (0.0, 0.5), episode_frac: 0.25, ..Default::default() },
+        validation: Some(ValidationConfig { window: (0.5, 0.6), loads: vec![1.0], seeds: vec![0, 1], every: 400 }),
+        dqn: DqnConfig {
+            hidden: vec![32, 32],
+            learning_starts: 100,
+            device: DeviceChoice::Cpu,
+            epsilon: EpsilonSchedule::Linear { start: 1.0, end: 0.05, steps: 800 },
+            target: TargetUpdate::Hard { every: 100 },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn records(dir: &Path) -> Vec<ValidationRecord> {
+    std::fs::read_to_string(dir.join("validation.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn validation_keeps_the_best_checkpoint_and_the_last_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path().join("ckpt"), 3, 1_600, vec![-1, 0, 1, 2]);
+    let summary = train(&cfg).unwrap();
+
+    let recs = records(&cfg.out);
+    // One evaluation per 400 steps (at episode boundaries) plus the final one.
+    assert!(recs.len() >= 4, "{} validations", recs.len());
+    assert_eq!(recs.len() as u64, summary.validations);
+    assert_eq!(recs.last().unwrap().env_steps, 1_600);
+    // `best` marks each new maximum; the selected one is the overall maximum.
+    let mut running = f64::NEG_INFINITY;
+    for r in &recs {
+        assert_eq!(r.best, r.mean_return > running, "{r:?}");
+        running = running.max(r.mean_return);
+    }
+    let best = recs.iter().filter(|r| r.best).next_back().unwrap();
+    assert_eq!(best.mean_return, running);
+    assert_eq!(summary.selected_env_steps, best.env_steps);
+    assert_eq!(checkpoint::read_meta(&cfg.out).unwrap().env_steps, best.env_steps);
+    assert_eq!(checkpoint::read_meta(&cfg.out.join("last")).unwrap().env_steps, 1_600);
+
+    // The saved checkpoint scores on the validation window exactly what was recorded.
+    let scenario = Scenario::load(&scenario_path()).unwrap();
+    let mut policy = DqnPolicy::load_on(&cfg.out, &scenario.spec, DeviceChoice::Cpu).unwrap();
+    let v = cfg.validation.as_ref().unwrap();
+    let mut total = 0.0;
+    for &seed in &v.seeds {
+        total += rollout(&mut policy, &scenario, seed, v.window, 1.0, &cfg.reward).unwrap().episodic_return;
+    }
+    let again = total / v.seeds.len() as f64;
+    assert!((again - best.mean_return).abs() < 1e-9, "recorded {} replayed {again}", best.mean_return);
+}
+
+#[test]
+fn validation_must_use_traffic_training_and_testing_do_not() {
+    let v = ValidationConfig { window: (0.4, 0.6), ..Default::default() };
+    let e = v.check((0.0, 0.5)).unwrap_err().to_string();
+    assert!(e.contains("validation.window") && e.contains("overlaps episodes.trainWindow"), "{e}");
+    let v = ValidationConfig { window: (0.5, 0.7), ..Default::default() };
+    let e = v.check((0.0, 0.5)).unwrap_err().to_string();
+    assert!(e.contains("validation.window") && e.contains("test window"), "{e}");
+    assert!(ValidationConfig { window: (0.45, 0.6), ..Default::default() }.check((0.0, 0.45)).is_ok());
+}
+
+#[test]
+fn an_ensemble_averages_its_members_and_refuses_mixed_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ens = dir.path().join("ens");
+    for seed in [1, 2] {
+        let mut cfg = config(ens.join(format!("s{seed}")), seed, 400, vec![-1, 0, 1, 2]);
+        cfg.validation = None;
+        train(&cfg).unwrap();
+    }
+    let e = Ensemble::write(&ens).unwrap();
+    assert_eq!(e.members, vec!["s1", "s2"]);
+
+    let scenario = Scenario::load(&scenario_path()).unwrap();
+    let mut both = DqnPolicy::load_on(&ens, &scenario.spec, DeviceChoice::Cpu).unwrap();
+    assert_eq!(both.members(), 2);
+    let one = DqnPolicy::load_on(&ens.join("s1"), &scenario.spec, DeviceChoice::Cpu).unwrap();
+    let two = DqnPolicy::load_on(&ens.join("s2"), &scenario.spec, DeviceChoice::Cpu).unwrap();
+    let twin = Twin::with_window(&scenario, 0, 0.0, 1.0, 1.0).unwrap();
+    let obs = twin.observe();
+    let (q, q1, q2) = (both.q_values(&obs), one.q_values(&obs), two.q_values(&obs));
+    assert_eq!(q.len(), q1.len());
+    for i in 0..q.len() {
+        assert!((q[i] - (q1[i] + q2[i]) / 2.0).abs() < 1e-5, "option {i}: {} vs {} {}", q[i], q1[i], q2[i]);
+    }
+    // The ensemble decides like any policy.
+    let d = both.decide(&obs);
+    assert!(d.reason.starts_with("dqn"), "{}", d.reason);
+
+    // A member with other action deltas cannot join.
+    let mut cfg = config(ens.join("s3"), 3, 300, vec![-2, 0, 2]);
+    cfg.validation = None;
+    train(&cfg).unwrap();
+    let err = Ensemble::write(&ens).unwrap_err().to_string();
+    assert!(err.contains("s3") && err.contains("action layout"), "{err}");
+}
