@@ -87,6 +87,19 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
     }
     println!();
     print!("{}", stats::table(&report.rows, &report.loads));
+    // Each learned policy against the HPA and KPA settings in the run (the bar:
+    // ≥ 25 % fewer GPU-hours than the best of them at equal or better SLO attainment).
+    let is_hpa_kpa = |p: &str| {
+        let kind = p.split(':').next().unwrap_or("");
+        kind == "hpa" || kind == "kpa"
+    };
+    for p in report.policies.iter().filter(|p| p.starts_with("dqn:")) {
+        let v = stats::verdicts(&report.rows, p, &is_hpa_kpa);
+        if !v.is_empty() {
+            println!();
+            print!("{}", stats::verdict_text(&v, "HPA/KPA", 0.25));
+        }
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
     let jp = out.join("report.json");

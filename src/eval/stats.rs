@@ -215,6 +215,141 @@ pub fn csv(rows: &[Row]) -> String {
     out
 }
 
+/// How one policy compares with a family of baselines at one load, on the two axes the
+/// reports judge: SLO attainment and GPU-hours (means over seeds).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    /// Load multiplier.
+    pub load: f64,
+    /// The judged policy.
+    pub policy: String,
+    /// Its SLO attainment, %.
+    pub slo_pct: f64,
+    /// Its GPU-hours.
+    pub gpu_h: f64,
+    /// The baseline compared with: the cheapest whose SLO attainment (to 0.1 pt) is at least
+    /// the policy's or, when none reaches it, the one with the highest SLO attainment.
+    pub baseline: String,
+    /// The baseline's SLO attainment, %.
+    pub baseline_slo_pct: f64,
+    /// The baseline's GPU-hours.
+    pub baseline_gpu_h: f64,
+    /// Whether some baseline reaches the policy's SLO attainment.
+    pub baseline_reaches: bool,
+    /// GPU-hours saved against that baseline, as a fraction (negative: more used).
+    pub saved: f64,
+    /// GPU-hours of the baselines' Pareto front linearly interpolated at the policy's SLO
+    /// (what alternating between two neighbouring settings would cost); `None` outside
+    /// the front's range.
+    pub frontier_gpu_h: Option<f64>,
+}
+
+impl Verdict {
+    /// At least `min_saving` fewer GPU-hours at equal or better SLO attainment.
+    pub fn meets(&self, min_saving: f64) -> bool {
+        self.saved >= min_saving && round1(self.slo_pct) >= round1(self.baseline_slo_pct)
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// The verdicts of `policy` against the rows whose policy satisfies `is_baseline`, per load.
+/// Loads where the policy or every baseline lacks SLO or GPU-hour values are skipped.
+pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&str) -> bool) -> Vec<Verdict> {
+    let val = |r: &Row, col: &str| r.columns.iter().position(|c| *c == col).map(|i| r.values[i].mean);
+    let point = |r: &Row| match (val(r, "SLO %"), val(r, "GPU-h")) {
+        (Some(s), Some(g)) if s.is_finite() && g.is_finite() => Some((s, g)),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for r in rows.iter().filter(|r| r.policy == policy) {
+        let Some((slo, gpu)) = point(r) else { continue };
+        let base: Vec<(&str, f64, f64)> = rows
+            .iter()
+            .filter(|b| b.load == r.load && b.policy != policy && is_baseline(&b.policy))
+            .filter_map(|b| point(b).map(|(s, g)| (b.policy.as_str(), s, g)))
+            .collect();
+        if base.is_empty() {
+            continue;
+        }
+        let reaching = base.iter().filter(|b| round1(b.1) >= round1(slo)).min_by(|a, b| a.2.total_cmp(&b.2));
+        let (reference, reaches) = match reaching {
+            Some(b) => (*b, true),
+            None => (*base.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(&base[0]), false),
+        };
+        // Pareto front (no other baseline has both more SLO and fewer GPU-hours), by SLO.
+        let mut front: Vec<(f64, f64)> = base
+            .iter()
+            .filter(|b| !base.iter().any(|o| o.1 >= b.1 && o.2 <= b.2 && (o.1 > b.1 || o.2 < b.2)))
+            .map(|b| (b.1, b.2))
+            .collect();
+        front.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let frontier_gpu_h = front.windows(2).find(|w| w[0].0 <= slo && slo <= w[1].0).map(|w| {
+            let span = w[1].0 - w[0].0;
+            if span <= 0.0 {
+                w[0].1.min(w[1].1)
+            } else {
+                w[0].1 + (slo - w[0].0) / span * (w[1].1 - w[0].1)
+            }
+        });
+        out.push(Verdict {
+            load: r.load,
+            policy: policy.to_string(),
+            slo_pct: slo,
+            gpu_h: gpu,
+            baseline: reference.0.to_string(),
+            baseline_slo_pct: reference.1,
+            baseline_gpu_h: reference.2,
+            baseline_reaches: reaches,
+            saved: if reference.2 > 0.0 { (reference.2 - gpu) / reference.2 } else { f64::NAN },
+            frontier_gpu_h,
+        });
+    }
+    out
+}
+
+/// One line per verdict, saying whether `min_saving` fewer GPU-hours at equal or better
+/// SLO attainment was reached.
+pub fn verdict_text(verdicts: &[Verdict], family: &str, min_saving: f64) -> String {
+    let mut s = String::new();
+    for v in verdicts {
+        let against = if v.baseline_reaches {
+            format!("the cheapest {family} setting with SLO ≥ {:.1} % is", v.slo_pct)
+        } else {
+            format!("no {family} setting reaches {:.1} % SLO; the highest is", v.slo_pct)
+        };
+        let saved = if v.saved >= 0.0 {
+            format!("{:.0} % fewer GPU-hours", v.saved * 100.0)
+        } else {
+            format!("{:.0} % more GPU-hours", -v.saved * 100.0)
+        };
+        let frontier = v
+            .frontier_gpu_h
+            .map(|f| {
+                format!("; the {family} front at that SLO costs {f:.2} GPU-h ({:+.0} %)", (f - v.gpu_h) / f * 100.0)
+            })
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "load ×{}: {} {:.1} % SLO at {:.2} GPU-h; {against} {} ({:.1} % at {:.2} GPU-h): {saved}{frontier} → {}\n",
+            v.load,
+            v.policy,
+            v.slo_pct,
+            v.gpu_h,
+            v.baseline,
+            v.baseline_slo_pct,
+            v.baseline_gpu_h,
+            if v.meets(min_saving) {
+                format!("target (≥ {:.0} % fewer at equal or better SLO) met", min_saving * 100.0)
+            } else {
+                "target not met".to_string()
+            }
+        ));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +362,41 @@ mod tests {
         assert!((e.ci95 - 4.303 / 3f64.sqrt()).abs() < 1e-9);
         assert_eq!(Estimate::of(&[5.0]).ci95, 0.0);
         assert_eq!(Estimate::of(&[f64::NAN]).n, 0);
+    }
+
+    fn row(policy: &str, slo: f64, gpu: f64) -> Row {
+        let mut values = vec![Estimate::default(); columns().len()];
+        let names: Vec<&'static str> = columns().iter().map(|c| c.name).collect();
+        values[names.iter().position(|c| *c == "SLO %").unwrap()].mean = slo;
+        values[names.iter().position(|c| *c == "GPU-h").unwrap()].mean = gpu;
+        Row { policy: policy.into(), load: 1.0, columns: names, values }
+    }
+
+    #[test]
+    fn verdict_picks_the_cheapest_baseline_at_equal_slo_and_interpolates_the_front() {
+        let rows = vec![
+            row("hpa:target=0.5", 95.0, 4.0),
+            row("hpa:target=1", 92.0, 3.0),
+            row("kpa", 60.0, 1.0),
+            row("queue", 99.0, 0.5),
+            row("dqn:a", 93.5, 2.0),
+            row("dqn:b", 97.0, 3.0),
+        ];
+        let hk = |p: &str| p.starts_with("hpa") || p.starts_with("kpa");
+        let a = &verdicts(&rows, "dqn:a", &hk)[0];
+        assert_eq!(a.baseline, "hpa:target=0.5");
+        assert!(a.baseline_reaches && (a.saved - 0.5).abs() < 1e-12);
+        // Front between (92, 3) and (95, 4): 3.5 GPU-h at 93.5 %.
+        assert!((a.frontier_gpu_h.unwrap() - 3.5).abs() < 1e-12);
+        assert!(a.meets(0.25));
+        // Nobody reaches 97 %: compared with the highest-SLO setting, 25 % fewer GPU-hours.
+        let b = &verdicts(&rows, "dqn:b", &hk)[0];
+        assert!(!b.baseline_reaches && b.baseline == "hpa:target=0.5");
+        assert!((b.saved - 0.25).abs() < 1e-12 && b.meets(0.25) && !b.meets(0.3));
+        assert!(b.frontier_gpu_h.is_none());
+        // Lower SLO than the compared setting is never "met", however cheap.
+        let c = Verdict { slo_pct: 94.9, baseline_slo_pct: 95.0, saved: 0.9, ..a.clone() };
+        assert!(!c.meets(0.25));
+        assert!(verdict_text(&[a.clone()], "HPA/KPA", 0.25).contains("met"));
     }
 }
