@@ -3,7 +3,9 @@
 //! - twin control ticks per second with a fixed fleet (simulation alone);
 //! - training: environment steps and gradient updates per second (simulation + learning);
 //! - decision latency of [`DqnPolicy::decide`] at batch 1 on the CPU (encode, normalise,
-//!   forward, masked argmax, decision), median and p99 over many calls.
+//!   forward, masked argmax, decision), median and p99 over many calls, for the small
+//!   network trained here and for the committed Azure-code checkpoints (one network and an
+//!   ensemble of three).
 //!
 //! `cargo run --release --example rl_bench -- [TRAIN_STEPS]`
 
@@ -68,7 +70,24 @@ fn main() -> anyhow::Result<()> {
 
     // 3. Decision latency at batch 1 on the CPU.
     let mut policy = DqnPolicy::load_on(&out, &scenario.spec, DeviceChoice::Cpu)?;
-    let mut twin = Twin::new(&scenario, 0)?;
+    report("DqnPolicy::decide, tiny scenario, 64x64", latency(&mut policy, &scenario)?);
+
+    // 4. The same for the committed Azure-code checkpoints: one network (128x128, rate
+    //    history) and an ensemble of three whose Q-values are averaged.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let code = Scenario::load(&root.join("scenarios/azure-code-llama3-8b-a100.toml"))?;
+    let ens = root.join("docs/figures/dqn-azure-code/checkpoints/select-ens-012");
+    for (what, dir) in [("one 128x128 network", ens.join("s0")), ("ensemble of 3", ens.clone())] {
+        let mut p = DqnPolicy::load_on(&dir, &code.spec, DeviceChoice::Cpu)?;
+        report(&format!("Azure code checkpoint, {what}"), latency(&mut p, &code)?);
+    }
+    Ok(())
+}
+
+/// Median, p99 and max of `DqnPolicy::decide` over 20,000 calls on the first 40
+/// observations of the scenario's run, µs.
+fn latency(policy: &mut DqnPolicy, scenario: &Scenario) -> anyhow::Result<(f64, f64, f64)> {
+    let mut twin = Twin::new(scenario, 0)?;
     let mut observations: Vec<Observation> = Vec::new();
     while !twin.is_done() && observations.len() < 40 {
         observations.push(twin.observe());
@@ -88,11 +107,11 @@ fn main() -> anyhow::Result<()> {
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| lat[((p * n as f64) as usize).min(n - 1)];
+    Ok((q(0.5), q(0.99), lat[n - 1]))
+}
+
+fn report(what: &str, (median, p99, max): (f64, f64, f64)) {
     println!(
-        "decision latency (DqnPolicy::decide, batch 1, CPU, 1 thread): median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
-        q(0.5),
-        q(0.99),
-        lat[n - 1]
+        "decision latency ({what}, batch 1, CPU, 1 thread): median {median:.1} µs, p99 {p99:.1} µs, max {max:.1} µs"
     );
-    Ok(())
 }

@@ -145,6 +145,30 @@ fn same_seed_gives_identical_weights_and_returns() {
 }
 
 #[test]
+fn agents_initialised_on_parallel_threads_get_the_weights_of_their_seed() {
+    // libtorch's generator is process-wide; agents created at the same moment on several
+    // threads (as the demo trains its ensemble) must still depend on their seed alone.
+    let seeds: Vec<u64> = (1..=6).collect();
+    let alone: Vec<_> =
+        seeds.iter().map(|&s| weights(&DqnAgent::new(4, &[3, 3], small_dqn(s, 100)).unwrap())).collect();
+    let barrier = std::sync::Barrier::new(seeds.len());
+    let together: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = seeds
+            .iter()
+            .map(|&s| {
+                let barrier = &barrier;
+                sc.spawn(move || {
+                    barrier.wait();
+                    weights(&DqnAgent::new(4, &[3, 3], small_dqn(s, 100)).unwrap())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+}
+
+#[test]
 fn checkpoint_round_trips_and_rejects_what_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ckpt");

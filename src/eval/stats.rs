@@ -279,20 +279,27 @@ pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&str) -> bool) 
             Some(b) => (*b, true),
             None => (*base.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(&base[0]), false),
         };
-        // Pareto front (no other baseline has both more SLO and fewer GPU-hours), by SLO.
-        let mut front: Vec<(f64, f64)> = base
+        // Pareto front (no other baseline has both more SLO and fewer GPU-hours), by SLO;
+        // SLO compared to 0.1 pt, as above.
+        let pts: Vec<(f64, f64)> = base.iter().map(|b| (round1(b.1), b.2)).collect();
+        let mut front: Vec<(f64, f64)> = pts
             .iter()
-            .filter(|b| !base.iter().any(|o| o.1 >= b.1 && o.2 <= b.2 && (o.1 > b.1 || o.2 < b.2)))
-            .map(|b| (b.1, b.2))
+            .filter(|b| !pts.iter().any(|o| o.0 >= b.0 && o.1 <= b.1 && (o.0 > b.0 || o.1 < b.1)))
+            .copied()
             .collect();
-        front.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let frontier_gpu_h = front.windows(2).find(|w| w[0].0 <= slo && slo <= w[1].0).map(|w| {
-            let span = w[1].0 - w[0].0;
-            if span <= 0.0 {
-                w[0].1.min(w[1].1)
-            } else {
-                w[0].1 + (slo - w[0].0) / span * (w[1].1 - w[0].1)
-            }
+        front.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        front.dedup_by(|a, b| a.0 == b.0);
+        let at = round1(slo);
+        let frontier_gpu_h = if front.len() == 1 && front[0].0 == at { Some(front[0].1) } else { None };
+        let frontier_gpu_h = frontier_gpu_h.or_else(|| {
+            front.windows(2).find(|w| w[0].0 <= at && at <= w[1].0).map(|w| {
+                let span = w[1].0 - w[0].0;
+                if span <= 0.0 {
+                    w[0].1.min(w[1].1)
+                } else {
+                    w[0].1 + (at - w[0].0) / span * (w[1].1 - w[0].1)
+                }
+            })
         });
         out.push(Verdict {
             load: r.load,
@@ -388,7 +395,8 @@ mod tests {
         assert!(a.baseline_reaches && (a.saved - 0.5).abs() < 1e-12);
         // Front between (92, 3) and (95, 4): 3.5 GPU-h at 93.5 %.
         assert!((a.frontier_gpu_h.unwrap() - 3.5).abs() < 1e-12);
-        assert!(a.meets(0.25));
+        // Half the GPU-hours, but 1.5 pt less SLO than the setting compared with: not met.
+        assert!(!a.meets(0.25));
         // Nobody reaches 97 %: compared with the highest-SLO setting, 25 % fewer GPU-hours.
         let b = &verdicts(&rows, "dqn:b", &hk)[0];
         assert!(!b.baseline_reaches && b.baseline == "hpa:target=0.5");
@@ -397,6 +405,13 @@ mod tests {
         // Lower SLO than the compared setting is never "met", however cheap.
         let c = Verdict { slo_pct: 94.9, baseline_slo_pct: 95.0, saved: 0.9, ..a.clone() };
         assert!(!c.meets(0.25));
-        assert!(verdict_text(&[a.clone()], "HPA/KPA", 0.25).contains("met"));
+        // Equal SLO (to 0.1 pt) and half the GPU-hours: met.
+        let rows = vec![row("hpa:target=0.5", 95.0, 4.0), row("dqn:c", 95.04, 2.0)];
+        let d = &verdicts(&rows, "dqn:c", &hk)[0];
+        assert!(d.baseline_reaches && d.meets(0.25));
+        assert!(
+            verdict_text(&[d.clone()], "HPA/KPA", 0.25).contains("target (≥ 25 % fewer at equal or better SLO) met")
+        );
+        assert!(verdict_text(&[a.clone()], "HPA/KPA", 0.25).contains("target not met"));
     }
 }

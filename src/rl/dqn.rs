@@ -267,12 +267,19 @@ impl DqnAgent {
             return Err(RlError::Config(format!("action branches must be non-empty, got {sizes:?}")));
         }
         tch::set_num_threads(1);
-        tch::manual_seed(cfg.seed as i64);
         let device = cfg.device.device();
+        // libtorch's generator is process-wide: agents created on several threads at once
+        // (the demo trains its ensemble in parallel) would interleave their draws and get
+        // weights that depend on scheduling. Seeding and initialising under one lock keeps
+        // each agent's initial weights a function of its seed alone.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(cfg.seed as i64);
         let vs = nn::VarStore::new(device);
         let net = QNetwork::new(&vs.root(), obs_dim, &cfg.hidden, sizes, cfg.dueling);
         let mut target_vs = nn::VarStore::new(device);
         let target = QNetwork::new(&target_vs.root(), obs_dim, &cfg.hidden, sizes, cfg.dueling);
+        drop(guard);
         target_vs.copy(&vs)?;
         target_vs.freeze();
         let opt = nn::Adam::default().build(&vs, cfg.learning_rate)?;
