@@ -238,7 +238,9 @@ impl Default for RayParams {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DqnParams {
-    /// Directory of the checkpoint (weights + JSON sidecar), e.g. a mounted volume.
+    /// Directory of the checkpoint (weights + JSON sidecar), or of an ensemble of
+    /// checkpoints (`ensemble.json` naming member directories, whose Q-values are
+    /// averaged), e.g. a mounted volume.
     pub checkpoint: String,
     /// Record transitions under this directory for offline retraining.
     #[serde(default, skip_serializing_if = "Option::is_none")]
