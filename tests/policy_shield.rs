@@ -121,6 +121,24 @@ fn cooldown_holds_scale_down_and_survives_export_import() {
 }
 
 #[test]
+fn annotate_tells_the_policy_how_long_the_cooldown_still_runs() {
+    let s = spec(vec![variant("v", 1, 0, 100, &[])], vec![pool("a", 1.0, None)], limits(0, 100, None, 8, 60));
+    let mut sh = Shield::new(&s);
+    let mut o = obs(100.0, 1.0, &[("v", "a", 6, 6)]);
+    sh.annotate(&mut o);
+    assert_eq!(o.slots[0].scale_down_blocked_s, 0.0, "no scale-down yet");
+    sh.apply(&o, &decision(&[("v", "a", 4)]));
+    for (t, left) in [(100.0, 60.0), (145.0, 15.0), (160.0, 0.0), (200.0, 0.0)] {
+        let mut o = obs(t, 1.0, &[("v", "a", 4, 4)]);
+        sh.annotate(&mut o);
+        assert_eq!(o.slots[0].scale_down_blocked_s, left, "at {t} s");
+        // Exactly when the annotation says blocked, the shield refuses a scale-down.
+        let refused = sh.clamp(&o, &decision(&[("v", "a", 3)])).decision.replicas("v", "a") == Some(4);
+        assert_eq!(refused, left > 0.0, "at {t} s");
+    }
+}
+
+#[test]
 fn keeps_last_ready_replica_with_traffic_but_not_without() {
     let s = spec(
         vec![variant("v", 1, 0, 100, &[])],

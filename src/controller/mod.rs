@@ -582,6 +582,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             let decided = {
                 let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
                 let ws = &mut *guard;
+                ws.shield.annotate(&mut obs);
                 ws.policy.as_mut().ok().map(|policy| {
                     let t0 = std::time::Instant::now();
                     let decision = policy.decide(&obs);

@@ -232,6 +232,7 @@ pub fn run_episode(
     let mut changes = 0u64;
     let mut ticks = 0u64;
     let mut obs = twin.observe();
+    shield.annotate(&mut obs);
     while !twin.is_done() {
         let decision = policy.decide(&obs);
         let out = shield.apply(&obs, &decision);
@@ -254,7 +255,8 @@ pub fn run_episode(
             // Thin by half, keeping bounded memory on long traces.
             series = series.into_iter().step_by(2).collect();
         }
-        let next = twin.observe();
+        let mut next = twin.observe();
+        shield.annotate(&mut next);
         let reward = tick.slo_met as f64 - REWARD_COST_WEIGHT * tick.cost_usd;
         policy.feedback(&next, reward);
         obs = next;

@@ -30,6 +30,10 @@ pub struct SlotObservation {
     pub kv_cache_usage: f64,
     /// Requests per second that reached this slot over the last window.
     pub arrival_rate_rps: f64,
+    /// Seconds until the shield's scale-down cooldown lets this slot shrink again (0 when it
+    /// may); set by [`crate::policy::shield::Shield::annotate`] just before a decision.
+    #[serde(default)]
+    pub scale_down_blocked_s: f64,
 }
 
 /// What is observed of one GPU pool.

@@ -312,6 +312,19 @@ impl Shield {
         }
     }
 
+    /// Writes into `obs` how long each slot's scale-down cooldown still runs
+    /// ([`SlotObservation::scale_down_blocked_s`](crate::policy::observation::SlotObservation)),
+    /// so a policy can know which scale-downs the shield would refuse now.
+    pub fn annotate(&self, obs: &mut Observation) {
+        for s in &mut obs.slots {
+            s.scale_down_blocked_s = self
+                .last_scale_down
+                .get(&slot_key(&s.variant, &s.pool))
+                .map(|t| (self.cooldown_s - (obs.time_s - t)).max(0.0))
+                .unwrap_or(0.0);
+        }
+    }
+
     /// Forgets cooldown state and counters (a new episode in the twin).
     pub fn reset(&mut self) {
         self.last_scale_down.clear();

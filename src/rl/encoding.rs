@@ -63,6 +63,13 @@ pub struct WorkloadLayout {
     /// checkpoints written before these features existed have).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_history_s: Vec<f64>,
+    /// Whether each slot has a `scale_down_blocked` feature (the fraction of the shield's
+    /// scale-down cooldown still to run); false in checkpoints written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cooldown_feature: bool,
+    /// The spec's scale-down cooldown, seconds (scales the cooldown feature; not stored).
+    #[serde(skip)]
+    pub cooldown_s: f64,
 }
 
 impl WorkloadLayout {
@@ -83,7 +90,15 @@ impl WorkloadLayout {
             slo_ttft_ms: spec.slo.ttft_ms,
             slo_tpot_ms: spec.slo.tpot_ms,
             rate_history_s: Vec::new(),
+            cooldown_feature: false,
+            cooldown_s: f64::from(spec.limits.scale_down_cooldown_seconds),
         }
+    }
+
+    /// The same layout with (or without) the per-slot cooldown feature.
+    pub fn with_cooldown_feature(mut self, on: bool) -> Self {
+        self.cooldown_feature = on;
+        self
     }
 
     /// The same layout with rate-history features over the given horizons (seconds).
@@ -243,6 +258,9 @@ impl ObsEncoder {
             ] {
                 n.push(format!("slot[{}/{}].{f}", s.variant, s.pool));
             }
+            if self.layout.cooldown_feature {
+                n.push(format!("slot[{}/{}].scale_down_blocked", s.variant, s.pool));
+            }
         }
         for p in &self.layout.pools {
             for f in ["free_gpus", "capacity_known", "price_per_gpu_hour"] {
@@ -289,8 +307,12 @@ impl ObsEncoder {
                     x.push(ln1p((s.waiting_requests + s.running_requests) / ready.max(1.0)));
                     x.push(s.kv_cache_usage as f32);
                     x.push(ln1p(s.arrival_rate_rps));
+                    if self.layout.cooldown_feature {
+                        let c = self.layout.cooldown_s.max(1.0);
+                        x.push((s.scale_down_blocked_s / c).clamp(0.0, 1.0) as f32);
+                    }
                 }
-                None => x.extend_from_slice(&[0.0; 8]),
+                None => x.extend_from_slice(if self.layout.cooldown_feature { &[0.0; 9] } else { &[0.0; 8] }),
             }
         }
         for name in &self.layout.pools {
@@ -376,12 +398,22 @@ pub struct ActionLayout {
     pub slots: Vec<SlotKey>,
     /// Replica deltas a slot can be moved by (must contain 0).
     pub deltas: Vec<i32>,
+    /// Mask scale-downs of a slot whose shield cooldown still runs (the shield would refuse
+    /// them); false in checkpoints written before this existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mask_cooldown: bool,
 }
 
 impl ActionLayout {
     /// A layout over `slots`.
     pub fn new(kind: ActionLayoutKind, slots: Vec<SlotKey>, deltas: Vec<i32>) -> Self {
-        ActionLayout { kind, slots, deltas }
+        ActionLayout { kind, slots, deltas, mask_cooldown: false }
+    }
+
+    /// The same layout, masking (or not) scale-downs the shield's cooldown would refuse.
+    pub fn with_mask_cooldown(mut self, on: bool) -> Self {
+        self.mask_cooldown = on;
+        self
     }
 
     fn hold_index(&self) -> usize {
@@ -481,7 +513,9 @@ impl ActionLayout {
         let vmin = lim.variant_min.get(k).copied().unwrap_or(0) as i64;
         let vmax = lim.variant_max.get(k).copied().unwrap_or(u32::MAX) as i64;
         if delta < 0 {
-            return variant_total >= vmin && total >= lim.min_total as i64;
+            let blocked = self.mask_cooldown
+                && obs.slot(&self.slots[k].variant, &self.slots[k].pool).is_some_and(|s| s.scale_down_blocked_s > 0.0);
+            return !blocked && variant_total >= vmin && total >= lim.min_total as i64;
         }
         if variant_total > vmax || total > lim.max_total as i64 {
             return false;
@@ -621,6 +655,8 @@ mod tests {
             slo_ttft_ms: 500.0,
             slo_tpot_ms: 50.0,
             rate_history_s: vec![60.0],
+            cooldown_feature: true,
+            cooldown_s: 120.0,
         };
         let mut e = ObsEncoder::new(layout);
         let x = e.encode(&obs());
@@ -636,6 +672,8 @@ mod tests {
             slo_ttft_ms: 500.0,
             slo_tpot_ms: 50.0,
             rate_history_s: vec![30.0],
+            cooldown_feature: false,
+            cooldown_s: 0.0,
         };
         let mut e = ObsEncoder::new(layout);
         let at = |t: f64, r: f64| Observation { time_s: t, arrival_rate_rps: r, ..Default::default() };
@@ -674,5 +712,36 @@ mod tests {
         let mut x = [4.0f32];
         n.apply(&mut x);
         assert!((x[0] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cooldown_masks_scale_downs_only_when_asked_and_is_a_feature() {
+        let (a, lim) = layout(ActionLayoutKind::Factored);
+        let mut o = obs();
+        o.slots[0].desired_replicas = 3;
+        o.pools[0].free_gpus = None;
+        o.slots[0].scale_down_blocked_s = 30.0;
+        // Without the flag the cooldown does not change the mask (older checkpoints).
+        assert_eq!(&a.mask(&o, &lim)[0..4], &[true, true, true, false]);
+        let a = a.with_mask_cooldown(true);
+        assert_eq!(&a.mask(&o, &lim)[0..4], &[false, true, true, false]);
+        o.slots[0].scale_down_blocked_s = 0.0;
+        assert_eq!(&a.mask(&o, &lim)[0..4], &[true, true, true, false]);
+
+        let layout = WorkloadLayout {
+            slots: vec![SlotKey { variant: "v".into(), pool: "cheap".into() }],
+            pools: vec![],
+            slo_ttft_ms: 500.0,
+            slo_tpot_ms: 50.0,
+            rate_history_s: vec![],
+            cooldown_feature: true,
+            cooldown_s: 120.0,
+        };
+        let mut e = ObsEncoder::new(layout);
+        let names = e.feature_names();
+        let i = names.iter().position(|n| n == "slot[v/cheap].scale_down_blocked").unwrap();
+        o.slots[0].scale_down_blocked_s = 30.0;
+        assert!((e.encode(&o)[i] - 0.25).abs() < 1e-6);
+        assert_eq!(e.encode(&o).len(), names.len());
     }
 }

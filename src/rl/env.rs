@@ -252,6 +252,15 @@ impl TwinEnv {
         self
     }
 
+    /// Makes the agent cooldown-aware (or not): each slot gets the fraction of the shield's
+    /// scale-down cooldown still to run as a feature, and scale-downs the shield would refuse
+    /// are masked instead of being overridden.
+    pub fn with_cooldown(mut self, on: bool) -> Self {
+        self.encoder = ObsEncoder::new(self.encoder.layout().clone().with_cooldown_feature(on));
+        self.actions = self.actions.clone().with_mask_cooldown(on);
+        self
+    }
+
     /// The observation encoder.
     pub fn encoder(&self) -> &ObsEncoder {
         &self.encoder
@@ -291,9 +300,10 @@ impl Env for TwinEnv {
         let load = loads[rng.random_range(0..loads.len())];
         let twin = Twin::with_window(&self.scenario, seed, start, start + len, load)
             .map_err(|e| RlError::Twin(e.to_string()))?;
-        self.obs = twin.observe();
-        self.twin = Some(twin);
         self.shield.reset();
+        self.obs = twin.observe();
+        self.shield.annotate(&mut self.obs);
+        self.twin = Some(twin);
         self.encoder.reset();
         self.ticks = 0;
         self.episode += 1;
@@ -308,6 +318,7 @@ impl Env for TwinEnv {
         self.twin_steps += 1;
         self.ticks += 1;
         self.obs = twin.observe();
+        self.shield.annotate(&mut self.obs);
         let truncated = twin.is_done() || self.episodes.max_ticks.is_some_and(|m| self.ticks >= m);
         Ok(EnvStep {
             obs: self.encoder.encode(&self.obs),

@@ -150,9 +150,11 @@ impl DqnPolicy {
             message: "has no action layout (it was not trained for a workload)".into(),
         })?;
         let history = meta.workload.as_ref().map(|w| w.rate_history_s.clone()).unwrap_or_default();
-        let layout = WorkloadLayout::from_spec(spec).with_rate_history(&history);
+        let cooldown = meta.workload.as_ref().is_some_and(|w| w.cooldown_feature);
+        let layout = WorkloadLayout::from_spec(spec).with_rate_history(&history).with_cooldown_feature(cooldown);
         let encoder = ObsEncoder::new(layout.clone());
-        let actions = ActionLayout::new(stored.kind, layout.slots.clone(), stored.deltas.clone());
+        let actions = ActionLayout::new(stored.kind, layout.slots.clone(), stored.deltas.clone())
+            .with_mask_cooldown(stored.mask_cooldown);
         let names = encoder.feature_names();
         let branches = actions.branches();
         let expected = Expected { feature_names: Some(&names), branches: Some(&branches) };

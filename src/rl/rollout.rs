@@ -60,6 +60,7 @@ pub fn rollout(
     let mut shield = Shield::new(&scenario.spec);
     policy.reset();
     let mut obs = twin.observe();
+    shield.annotate(&mut obs);
     let slots: Vec<String> = obs.slots.iter().map(|s| format!("{}/{}", s.variant, s.pool)).collect();
     let mut ticks = Vec::new();
     let mut ret = 0.0;
@@ -78,6 +79,7 @@ pub fn rollout(
         let r = reward.reward(&tick);
         ret += r;
         obs = twin.observe();
+        shield.annotate(&mut obs);
         policy.feedback(&obs, r);
         ticks.push(TickRecord {
             time_s,

@@ -69,6 +69,9 @@ pub struct TrainConfig {
     pub rate_history_s: Vec<f64>,
     /// Checkpoint selection on a held-out validation window; `None` keeps the last weights.
     pub validation: Option<ValidationConfig>,
+    /// Cooldown-aware agent: the shield's remaining scale-down cooldown per slot is a
+    /// feature, and scale-downs it would refuse are masked (see [`TwinEnv::with_cooldown`]).
+    pub cooldown_aware: bool,
 }
 
 /// Checkpoint selection on a held-out window (see the module docs).
@@ -160,7 +163,8 @@ fn validate(
             let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
             let mut shield = Shield::new(&scenario.spec);
             while !twin.is_done() {
-                let obs = twin.observe();
+                let mut obs = twin.observe();
+                shield.annotate(&mut obs);
                 let (decision, _, _) =
                     greedy_decision(std::slice::from_ref(agent), &mut encoder, template.action_layout(), &limits, &obs);
                 let out = shield.apply(&obs, &decision);
@@ -207,6 +211,7 @@ impl Default for TrainConfig {
             episodes: EpisodeConfig::default(),
             rate_history_s: Vec::new(),
             validation: None,
+            cooldown_aware: false,
         }
     }
 }
@@ -273,7 +278,8 @@ pub fn train_with_progress(
         cfg.reward.clone(),
         cfg.episodes.clone(),
     )?
-    .with_rate_history(&cfg.rate_history_s);
+    .with_rate_history(&cfg.rate_history_s)
+    .with_cooldown(cfg.cooldown_aware);
     let names = env.feature_names();
     let branches = env.action_branches();
 
@@ -324,7 +330,8 @@ pub fn train_with_progress(
         cfg.reward.clone(),
         cfg.episodes.clone(),
     )?
-    .with_rate_history(&cfg.rate_history_s);
+    .with_rate_history(&cfg.rate_history_s)
+    .with_cooldown(cfg.cooldown_aware);
     let val_path = cfg.out.join("validation.jsonl");
     let mut val_log = match &cfg.validation {
         Some(_) => Some(std::io::BufWriter::new(open(&val_path)?)),
