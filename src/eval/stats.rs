@@ -94,6 +94,7 @@ pub fn columns() -> Vec<Column> {
         Column { name: "overrides", higher_better: None, digits: 0, get: |e| Some(e.shield_overrides as f64) },
         Column { name: "rejected", higher_better: Some(false), digits: 0, get: |e| Some(e.report.rejected as f64) },
         Column { name: "quality", higher_better: Some(true), digits: 3, get: |e| e.report.mean_quality },
+        Column { name: "good quality/$", higher_better: Some(true), digits: 1, get: |e| e.report.good_quality_per_usd },
     ]
 }
 
@@ -198,7 +199,7 @@ pub fn table(rows: &[Row], loads: &[f64]) -> String {
 /// The aggregates as CSV: `policy,load,<column>_mean,<column>_ci95,...`.
 pub fn csv(rows: &[Row]) -> String {
     let cols = columns();
-    let key = |n: &str| n.to_lowercase().replace(['%'], "pct").replace(['/', ' ', '-'], "_");
+    let key = |n: &str| n.to_lowercase().replace(['%'], "pct").replace(['/', ' ', '-'], "_").replace('$', "usd");
     let mut out = String::from("policy,load");
     for c in &cols {
         out.push_str(&format!(",{k}_mean,{k}_ci95", k = key(c.name)));

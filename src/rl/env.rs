@@ -100,8 +100,13 @@ use super::encoding::{ActionLayout, ActionLayoutKind, ActionLimits, ObsEncoder, 
 /// Reward weights. The reward of one control tick is
 ///
 /// ```text
-/// r = scale · [ w_slo · (met − miss_penalty · (finished − met + rejected)) − λ · cost_usd + w_quality · quality_sum ]
+/// r = scale · [ w_slo · (met − miss_penalty · (finished − met + rejected)) − λ · cost_usd
+///              + w_quality · quality_sum + w_good · quality_met_sum ]
 /// ```
+///
+/// (`quality_sum` sums the variant quality of every finished request, `quality_met_sum` of
+/// those that met the SLO: with `w_slo = 0` and `w_good = 1` the return is the quality
+/// delivered in time minus λ × cost, the Lagrangian form of quality per dollar.)
 ///
 /// **Why the sum is the objective the reports show.** Summed over an episode, the reward
 /// is `scale · [w_slo · (N_met − m · N_missed) − λ · Cost + w_q · Q]`, where `N_met` and
@@ -125,6 +130,8 @@ pub struct RewardConfig {
     pub cost_weight_per_usd: f64,
     /// Weight of the summed quality of answered requests (0 when variants do not differ).
     pub quality_weight: f64,
+    /// Weight of the summed quality of requests answered within the SLO.
+    pub good_quality_weight: f64,
     /// Constant factor on every reward (keeps TD errors near the Huber knee; does not
     /// change the optimal policy).
     pub scale: f64,
@@ -137,6 +144,7 @@ impl Default for RewardConfig {
             miss_penalty: 1.0,
             cost_weight_per_usd: 200.0,
             quality_weight: 0.0,
+            good_quality_weight: 0.0,
             scale: 0.01,
         }
     }
@@ -149,7 +157,8 @@ impl RewardConfig {
         let missed = (t.finished as f64 - met).max(0.0) + t.rejected as f64;
         self.scale
             * (self.slo_weight * (met - self.miss_penalty * missed) - self.cost_weight_per_usd * t.cost_usd
-                + self.quality_weight * t.quality_sum)
+                + self.quality_weight * t.quality_sum
+                + self.good_quality_weight * t.quality_met_sum)
     }
 }
 

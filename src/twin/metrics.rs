@@ -166,6 +166,10 @@ pub struct Report {
     pub mean_kv_usage: f64,
     /// Mean variant quality of finished requests (`None` when variants have none).
     pub mean_quality: Option<f64>,
+    /// Quality delivered per dollar: the summed variant quality of the requests that met
+    /// the SLO, divided by the GPU cost in USD (`None` when variants have no quality or
+    /// nothing was spent). A late answer counts nothing; a better model counts more.
+    pub good_quality_per_usd: Option<f64>,
     /// Per slot.
     pub slots: Vec<SlotReport>,
 }
@@ -234,7 +238,7 @@ impl Report {
     /// CSV: a header and one row of the headline figures (latencies in seconds).
     pub fn to_csv(&self) -> String {
         let o = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-        let header = "scenario,seed,simulated_s,arrived,finished,rejected,in_flight,throughput_rps,input_tokens_per_s,output_tokens_per_s,queue_mean_s,queue_p99_s,ttft_mean_s,ttft_p50_s,ttft_p90_s,ttft_p99_s,tpot_mean_s,tpot_p50_s,tpot_p90_s,tpot_p99_s,e2e_mean_s,e2e_p50_s,e2e_p90_s,e2e_p99_s,slo_attainment,goodput_rps,preemptions,prefix_cache_hit_rate,gpu_hours,cost_usd,cost_per_1k_requests_usd,utilisation,mean_kv_usage,mean_quality";
+        let header = "scenario,seed,simulated_s,arrived,finished,rejected,in_flight,throughput_rps,input_tokens_per_s,output_tokens_per_s,queue_mean_s,queue_p99_s,ttft_mean_s,ttft_p50_s,ttft_p90_s,ttft_p99_s,tpot_mean_s,tpot_p50_s,tpot_p90_s,tpot_p99_s,e2e_mean_s,e2e_p50_s,e2e_p90_s,e2e_p99_s,slo_attainment,goodput_rps,preemptions,prefix_cache_hit_rate,gpu_hours,cost_usd,cost_per_1k_requests_usd,utilisation,mean_kv_usage,mean_quality,good_quality_per_usd";
         let row = [
             self.scenario.replace(',', ";"),
             self.seed.to_string(),
@@ -270,6 +274,7 @@ impl Report {
             format!("{:.6}", self.utilisation),
             format!("{:.6}", self.mean_kv_usage),
             o(self.mean_quality),
+            o(self.good_quality_per_usd),
         ];
         format!("{header}\n{}\n", row.join(","))
     }

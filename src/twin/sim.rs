@@ -95,6 +95,8 @@ pub struct TickStats {
     pub gpu_seconds: f64,
     /// Σ variant quality over finished requests (variants without quality count 0).
     pub quality_sum: f64,
+    /// Σ variant quality over requests that finished within the SLO.
+    pub quality_met_sum: f64,
     /// Prompt tokens of finished requests.
     pub input_tokens: u64,
     /// Output tokens of finished requests.
@@ -185,6 +187,7 @@ pub struct Twin {
     rejected: u64,
     slo_met: u64,
     quality_sum: f64,
+    quality_met_sum: f64,
     has_quality: bool,
     in_tokens: u64,
     out_tokens: u64,
@@ -323,6 +326,7 @@ impl Twin {
             rejected: 0,
             slo_met: 0,
             quality_sum: 0.0,
+            quality_met_sum: 0.0,
             has_quality,
             in_tokens: 0,
             out_tokens: 0,
@@ -686,6 +690,8 @@ impl Twin {
         if met {
             self.slo_met += 1;
             self.tick.slo_met += 1;
+            self.quality_met_sum += q;
+            self.tick.quality_met_sum += q;
         }
         self.recent.push_back(Recent { finish: f.finish, ttft_s: ttft as f32, tpot_s: tpot as f32, met });
     }
@@ -1104,6 +1110,8 @@ impl Twin {
             utilisation: if ready > 0 { busy as f64 / ready as f64 } else { 0.0 },
             mean_kv_usage: if self.kv_samples > 0.0 { self.kv_sum / self.kv_samples } else { 0.0 },
             mean_quality: (self.has_quality && self.finished > 0).then(|| self.quality_sum / self.finished as f64),
+            good_quality_per_usd: (self.has_quality && self.cost_usd > 0.0)
+                .then(|| self.quality_met_sum / self.cost_usd),
             slots: self
                 .slots
                 .iter()
