@@ -593,3 +593,79 @@ async fn the_operator_binary_reconciles_with_leader_election_and_hands_over_on_s
     .await;
     assert!(status.success(), "operator-b exited with {status:?}");
 }
+
+/// A policy that blocks in `decide` until the test releases it, recording whether it was
+/// released (true) or gave up waiting (false).
+struct Blocking {
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    entered: tokio::sync::mpsc::UnboundedSender<()>,
+    released: Arc<std::sync::Mutex<Option<bool>>>,
+}
+
+impl llmos::policy::Policy for Blocking {
+    fn name(&self) -> &str {
+        "blocking"
+    }
+    fn decide(&mut self, obs: &llmos::policy::Observation) -> llmos::policy::Decision {
+        let _ = self.entered.send(());
+        let ok = self.release.lock().unwrap().recv_timeout(Duration::from_secs(60)).is_ok();
+        *self.released.lock().unwrap() = Some(ok);
+        llmos::policy::Decision::hold(obs, "blocking: hold")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_decision_does_not_hold_up_another_workload() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.client().await;
+    let ns = namespace(&client, "slow-decision").await;
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, mut entered_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let released = Arc::new(std::sync::Mutex::new(None));
+    let blocking = std::sync::Mutex::new(Some(Blocking {
+        release: std::sync::Mutex::new(release_rx),
+        entered: entered_tx,
+        released: released.clone(),
+    }));
+    let script = Script::default();
+    let scripted = script.builder();
+    // The workload with a 13 s interval gets the blocking policy, the other the scripted one.
+    let builder: llmos::controller::PolicyBuilder = Arc::new(move |spec: &llmos::crd::LLMWorkloadSpec| {
+        if spec.policy.interval_seconds == 13 {
+            if let Some(b) = blocking.lock().unwrap().take() {
+                return Ok(Box::new(b) as Box<dyn llmos::policy::Policy>);
+            }
+        }
+        scripted(spec)
+    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(FakeSource::healthy(5.0)),
+        builder,
+        ControllerConfig { instance: "test".into(), ..Default::default() },
+    ));
+    let wls: Api<LLMWorkload> = Api::namespaced(client.clone(), &ns);
+    for (name, interval) in [("slow", 13), ("fast", 15)] {
+        let wl =
+            two_variant_workload(name, serde_json::json!({"policy": {"kind": "hpa", "intervalSeconds": interval}}));
+        wls.create(&PostParams::default(), &wl).await.expect("create workload");
+        // The first reconcile adds the finalizer (no control tick yet).
+        reconcile(Arc::new(wls.get(name).await.unwrap()), ctx.clone()).await.expect("finalizer");
+    }
+    // Workload "slow" reaches its decision and blocks there...
+    let slow = {
+        let (ctx, wl) = (ctx.clone(), wls.get("slow").await.unwrap());
+        tokio::spawn(async move { reconcile(Arc::new(wl), ctx).await.map(|_| ()) })
+    };
+    entered_rx.recv().await.expect("the slow policy was asked");
+    // ...while "fast" reconciles, decides and applies all the way through.
+    reconcile(Arc::new(wls.get("fast").await.unwrap()), ctx.clone()).await.expect("fast reconcile");
+    assert!(!script.seen.lock().unwrap().is_empty(), "the fast workload's policy decided");
+    release_tx.send(()).expect("release");
+    slow.await.expect("join").expect("slow reconcile");
+    assert_eq!(
+        *released.lock().unwrap(),
+        Some(true),
+        "the fast workload's reconcile had to wait for the slow decision"
+    );
+}

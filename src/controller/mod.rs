@@ -579,7 +579,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             );
             st.observed_arrival_rate_rps = Some(obs.arrival_rate_rps);
             st.slo_attainment = obs.slo_attainment;
-            let decided = {
+            let mut decide = || {
                 let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
                 let ws = &mut *guard;
                 ws.shield.annotate(&mut obs);
@@ -591,6 +591,13 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                     (policy.name().to_string(), decision, outcome)
                 })
             };
+            // A decision is synchronous CPU work (a DQN forward pass, or a slow policy): on a
+            // multi-threaded runtime it runs in `block_in_place`, so the worker's other tasks
+            // (other workloads' reconciles, the API client's connections) move to another
+            // thread instead of waiting behind it.
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let decided = if multi_thread { tokio::task::block_in_place(decide) } else { decide() };
             if let Some((policy_name, decision, outcome)) = decided {
                 let rules: Vec<String> = {
                     let mut r: Vec<String> = outcome.overrides.iter().map(|o| o.rule.as_str().to_string()).collect();
