@@ -99,6 +99,25 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
             println!();
             print!("{}", stats::verdict_text(&v, "HPA/KPA", 0.25));
         }
+        // The peak-sized static fleet knows the window's peak in advance: a reference an
+        // online policy would have to match, said separately so it is not missed.
+        for sv in stats::verdicts(&report.rows, p, &|b: &str| b.starts_with("static-peak")) {
+            println!(
+                "load ×{}: against static-peak (sized from the window's own peak, not an online policy): {:.1} % at {:.2} GPU-h vs {:.1} % at {:.2} GPU-h: {}",
+                sv.load,
+                sv.slo_pct,
+                sv.gpu_h,
+                sv.baseline_slo_pct,
+                sv.baseline_gpu_h,
+                if sv.saved >= 0.0 && sv.slo_pct >= sv.baseline_slo_pct - 0.05 {
+                    "the DQN is as good or better on both"
+                } else if sv.saved < 0.0 && sv.slo_pct <= sv.baseline_slo_pct + 0.05 {
+                    "static-peak is as good or better on both"
+                } else {
+                    "neither is better on both"
+                }
+            );
+        }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
