@@ -271,15 +271,18 @@ pub fn train_with_progress(
     if let Some(v) = &cfg.validation {
         v.check(cfg.episodes.train_window)?;
     }
-    let mut env = TwinEnv::new(
-        scenario.clone(),
-        cfg.action_layout,
-        cfg.deltas.clone(),
-        cfg.reward.clone(),
-        cfg.episodes.clone(),
-    )?
-    .with_rate_history(&cfg.rate_history_s)
-    .with_cooldown(cfg.cooldown_aware);
+    let make_env = || -> Result<TwinEnv, RlError> {
+        Ok(TwinEnv::new(
+            scenario.clone(),
+            cfg.action_layout,
+            cfg.deltas.clone(),
+            cfg.reward.clone(),
+            cfg.episodes.clone(),
+        )?
+        .with_rate_history(&cfg.rate_history_s)
+        .with_cooldown(cfg.cooldown_aware))
+    };
+    let mut env = make_env()?;
     let names = env.feature_names();
     let branches = env.action_branches();
 
@@ -323,15 +326,7 @@ pub fn train_with_progress(
         )
     };
     // Validation: a separate environment template (same layouts), its own log.
-    let template = TwinEnv::new(
-        scenario.clone(),
-        cfg.action_layout,
-        cfg.deltas.clone(),
-        cfg.reward.clone(),
-        cfg.episodes.clone(),
-    )?
-    .with_rate_history(&cfg.rate_history_s)
-    .with_cooldown(cfg.cooldown_aware);
+    let template = make_env()?;
     let val_path = cfg.out.join("validation.jsonl");
     let mut val_log = match &cfg.validation {
         Some(_) => Some(std::io::BufWriter::new(open(&val_path)?)),
