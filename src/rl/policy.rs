@@ -160,7 +160,21 @@ impl DqnPolicy {
         let expected = Expected { feature_names: Some(&names), branches: Some(&branches) };
         let agents = dirs
             .iter()
-            .map(|d| checkpoint::load(d, &expected, device).map(|(a, _)| a))
+            .map(|d| {
+                let (a, m) = checkpoint::load(d, &expected, device)?;
+                // Features and branches are checked above; the masking rule and the encoder's
+                // options must agree too, or the members would not answer the same question.
+                if m.action_layout != meta.action_layout || m.workload != meta.workload {
+                    return Err(RlError::Checkpoint {
+                        path: d.display().to_string(),
+                        message: format!(
+                            "its action layout or encoder options differ from {}'s; an ensemble needs one layout",
+                            dirs[0].display()
+                        ),
+                    });
+                }
+                Ok(a)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(DqnPolicy {
             agents,
