@@ -6,7 +6,8 @@
 #   - etcd, kube-apiserver and kube-controller-manager 1.20 built from Debian's
 #     source package (scripts/k8s/build.sh, ~5-12 min once)
 #   - Debian's prometheus and a font for the plots
-# Extra arguments go to `cargo test` (e.g. a test name filter).
+# Extra arguments go to `cargo test` (e.g. a test name filter). Every test binary runs
+# even when one fails; the failed tests are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -31,6 +32,24 @@ echo "== Kubernetes test server (etcd + kube-apiserver + kube-controller-manager
 bash scripts/k8s/build.sh
 t1=$(date +%s)
 echo "== cargo test (set-up took $((t1 - t0)) s)"
-cargo test --locked "$@"
+# --no-fail-fast: one failing test binary does not hide the others' results. The output
+# is kept so the failed tests can be listed together at the end.
+log=$(mktemp "${TMPDIR:-/tmp}/llmos-test.XXXXXX")
+trap 'rm -f "$log"' EXIT
+rc=0
+cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || rc=$?
 t2=$(date +%s)
 echo "== tests took $((t2 - t1)) s; total $((t2 - t0)) s"
+# Totals over every test binary and the doc-tests, from cargo's `test result:` lines.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+failed=$(awk '/^ *Running / { bin = $2 } /^ *Doc-tests / { bin = "doc-tests " $2 }
+              /^test .* \.\.\. FAILED$/ { t = $0; sub(/^test /, "", t); sub(/ \.\.\. FAILED$/, "", t); print "  " bin ": " t }' "$log")
+if [ -n "$failed" ]; then
+  echo "== failed tests:"
+  echo "$failed"
+fi
+if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
+  echo "== cargo test exited with $rc (a build error or a crashed test binary: see above)"
+fi
+exit "$rc"

@@ -11,12 +11,14 @@
 //! - [`eval`]: the comparison harness.
 //! - [`metrics`]: reading vLLM metrics (Prometheus or direct scrape) into observations.
 //! - [`controller`]: the reconciler that owns Deployments.
+//! - [`numerics`]: libtorch's CPU floating-point path, pinned for reproducible training.
 #![warn(missing_docs)]
 
 pub mod controller;
 pub mod crd;
 pub mod eval;
 pub mod metrics;
+pub mod numerics;
 pub mod policy;
 pub mod rl;
 pub mod twin;

@@ -6,6 +6,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "llmos", version, about, long_about = None)]
 struct Cli {
+    /// libtorch's CPU floating-point path: `reproducible` (default; the same trained weights
+    /// on every x86-64 processor) or `native` (the processor's fastest kernels). Overrides
+    /// the LLMOS_NUMERICS environment variable.
+    #[arg(long, global = true, value_enum)]
+    numerics: Option<llmos::numerics::NumericPath>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +39,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before anything can touch libtorch: it reads its CPU path once, at its first operation.
+    match cli.numerics {
+        Some(path) => {
+            llmos::numerics::pin(path);
+        }
+        None => {
+            llmos::numerics::pin_from_env().map_err(anyhow::Error::msg)?;
+        }
+    }
     match cli.command {
         Command::Run(args) => llmos::controller::cli::run(args),
         Command::Crdgen => llmos::controller::cli::crdgen(),

@@ -3,6 +3,8 @@
 //! trained for a few thousand control ticks, must scale up when the load steps (keeping
 //! the SLO where a fixed fleet loses it) and fill the cheap pool before touching the
 //! expensive one. The policy is loaded back from the checkpoint, as the operator does.
+//! Several training seeds are judged, so the test asserts what training reliably
+//! achieves, not what one seed happened to learn.
 
 use std::path::PathBuf;
 
@@ -58,10 +60,36 @@ fn tiny_config(out: PathBuf, seed: u64) -> TrainConfig {
     }
 }
 
-#[test]
-fn dqn_scales_up_for_the_step_and_prefers_the_cheap_pool() {
+/// What one trained seed achieved on the evaluation run.
+#[derive(Debug)]
+struct Outcome {
+    seed: u64,
+    /// SLO attainment of the DQN and of holding the initial fleet.
+    attainment: (f64, f64),
+    /// Most replicas desired within 60 s of the step.
+    peak_after_step: u32,
+    /// GPU-hours on the expensive and the cheap pool.
+    gpu_hours: (f64, f64),
+    /// Expensive and cheap replicas over the last ten ticks (max and min).
+    steady: (u32, u32),
+}
+
+impl Outcome {
+    /// SLO kept where the fixed fleet loses it (some misses while new replicas cold-start
+    /// are unavoidable), and scaled up within four ticks (60 s) of the step at t = 200 s.
+    fn scales_up(&self) -> bool {
+        self.attainment.0 >= 0.8 && self.attainment.0 > self.attainment.1 + 0.5 && self.peak_after_step >= 3
+    }
+    /// Cheap first: most GPU time on the cheap pool, and none on the expensive one once the
+    /// load is steady (the last ten ticks), with enough cheap replicas for 20 req/s.
+    fn prefers_cheap(&self) -> bool {
+        self.gpu_hours.0 * 2.0 < self.gpu_hours.1 && self.steady.0 == 0 && self.steady.1 >= 3
+    }
+}
+
+fn train_and_judge(seed: u64) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path().join("ckpt"), 1);
+    let cfg = tiny_config(dir.path().join("ckpt"), seed);
     let summary = train(&cfg).unwrap();
     assert!(summary.episodes > 10);
 
@@ -69,30 +97,8 @@ fn dqn_scales_up_for_the_step_and_prefers_the_cheap_pool() {
     let mut policy = DqnPolicy::load_on(&cfg.out, &scenario.spec, DeviceChoice::Cpu).unwrap();
     let run = rollout(&mut policy, &scenario, 0, (0.0, 1.0), 1.0, &cfg.reward).unwrap();
     let fixed = rollout(&mut Hold, &scenario, 0, (0.0, 1.0), 1.0, &cfg.reward).unwrap();
-    eprintln!("slots {:?}", run.slots);
-    for t in &run.ticks {
-        eprintln!(
-            "t={:6.0} desired {:?} ready {:?} finished {:4} met {:4} ${:.4}",
-            t.time_s, t.desired, t.ready, t.finished, t.slo_met, t.cost_usd
-        );
-    }
-    eprintln!("dqn: {}", run.report.to_table());
-    eprintln!("hold: {}", fixed.report.to_table());
-
     let cheap = run.slots.iter().position(|s| s.ends_with("/cheap")).unwrap();
     let dear = run.slots.iter().position(|s| s.ends_with("/expensive")).unwrap();
-    let att = run.report.slo_attainment.unwrap_or(0.0);
-    let att_fixed = fixed.report.slo_attainment.unwrap_or(0.0);
-    // SLO kept where the fixed fleet loses it (some misses while new replicas cold-start are unavoidable).
-    assert!(att >= 0.8 && att > att_fixed + 0.5, "SLO attainment {att} (fixed fleet {att_fixed})");
-    // Scaled up within four ticks (60 s) of the step at t = 200 s.
-    let after = run.ticks.iter().filter(|t| t.time_s >= 200.0 && t.time_s < 260.0);
-    assert!(
-        after.map(|t| t.desired.iter().sum::<u32>()).max().unwrap_or(0) >= 3,
-        "no scale-up within 60 s of the step"
-    );
-    // Cheap first: most GPU time on the cheap pool, and none on the expensive one once the
-    // load is steady (the last ten ticks), when the cheap pool alone can carry it.
     let gh = |i: usize| {
         run.report
             .slots
@@ -101,9 +107,61 @@ fn dqn_scales_up_for_the_step_and_prefers_the_cheap_pool() {
             .map(|s| s.gpu_hours)
             .unwrap_or(0.0)
     };
-    assert!(gh(dear) * 2.0 < gh(cheap), "expensive pool {} GPU-h vs cheap {}", gh(dear), gh(cheap));
-    for t in run.ticks.iter().rev().take(10) {
-        assert_eq!(t.desired[dear], 0, "expensive replicas in steady state at t={}", t.time_s);
-        assert!(t.desired[cheap] >= 3, "too few cheap replicas for 20 req/s at t={}", t.time_s);
+    let after = run.ticks.iter().filter(|t| t.time_s >= 200.0 && t.time_s < 260.0);
+    let last: Vec<_> = run.ticks.iter().rev().take(10).collect();
+    let outcome = Outcome {
+        seed,
+        attainment: (run.report.slo_attainment.unwrap_or(0.0), fixed.report.slo_attainment.unwrap_or(0.0)),
+        peak_after_step: after.map(|t| t.desired.iter().sum::<u32>()).max().unwrap_or(0),
+        gpu_hours: (gh(dear), gh(cheap)),
+        steady: (
+            last.iter().map(|t| t.desired[dear]).max().unwrap_or(0),
+            last.iter().map(|t| t.desired[cheap]).min().unwrap_or(0),
+        ),
+    };
+    let desired: Vec<_> = run.ticks.iter().map(|t| t.desired.clone()).collect();
+    eprintln!("seed {seed}: {outcome:?}\n  desired per tick {desired:?}");
+    outcome
+}
+
+/// Training seeds judged by the test; `LLMOS_TEST_SEEDS=1-8` tries others (e.g. to check
+/// how often a property holds).
+fn seeds() -> Vec<u64> {
+    match std::env::var("LLMOS_TEST_SEEDS") {
+        Ok(v) => {
+            let (a, b) = v.split_once('-').unwrap_or((&v, &v));
+            (a.trim().parse().unwrap()..=b.trim().parse().unwrap()).collect()
+        }
+        Err(_) => vec![1, 2, 3],
     }
+}
+
+/// Trains seeds 1-3 (two at a time) and requires what DQN training reliably achieves here:
+/// every seed scales up for the step and keeps the SLO; a majority also learns to prefer
+/// the cheap pool. On the pinned numeric path (the default) all of seeds 1-8 did both
+/// (docs/results.md), so the outcome is the same on every x86-64 machine; the majority rule
+/// keeps the test meaningful under `LLMOS_NUMERICS=native`, where one processor's seed 1
+/// put a third of its GPU-hours on the expensive pool. A learner that does not learn
+/// cannot pass: holding the fleet gets 5 % SLO, and a policy blind to price splits its
+/// replicas over both pools.
+#[test]
+fn dqn_scales_up_for_the_step_and_prefers_the_cheap_pool() {
+    let seeds = seeds();
+    let outcomes: Vec<Outcome> = seeds
+        .chunks(2)
+        .flat_map(|pair| {
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = pair.iter().map(|&s| sc.spawn(move || train_and_judge(s))).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for o in &outcomes {
+        eprintln!("seed {}: scales up {}, prefers cheap {}", o.seed, o.scales_up(), o.prefers_cheap());
+    }
+    for o in &outcomes {
+        assert!(o.scales_up(), "seed {} did not scale up for the step / keep the SLO: {o:?}", o.seed);
+    }
+    let cheap = outcomes.iter().filter(|o| o.prefers_cheap()).count();
+    assert!(cheap * 2 > outcomes.len(), "only {cheap} of {} seeds prefer the cheap pool: {outcomes:?}", outcomes.len());
 }

@@ -192,11 +192,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
             }
             eprintln!(
-                "[1/2] training {members} DQN(s) for {} steps each on the training part of {} (seeds {}..={})",
+                "[1/2] training {members} DQN(s) for {} steps each on the training part of {} (seeds {}..={}); numerics: {}",
                 args.steps,
                 args.scenario.display(),
                 args.seed,
-                args.seed + members - 1
+                args.seed + members - 1,
+                crate::numerics::pin_from_env().map_err(anyhow::Error::msg)?
             );
             let bar = indicatif::ProgressBar::new(args.steps * members);
             bar.set_style(

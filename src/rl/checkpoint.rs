@@ -64,10 +64,24 @@ pub struct CheckpointMeta {
     /// Free-form training configuration (scenario, reward weights), for the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<serde_json::Value>,
+    /// libtorch's CPU numeric path the weights were trained on (see [`crate::numerics`]),
+    /// e.g. `reproducible (ATEN_CPU_CAPABILITY=default, MKL_CBWR=COMPATIBLE)`; absent in
+    /// checkpoints written before it was recorded. Only `reproducible` CPU training gives
+    /// the same weights on another processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numerics: Option<String>,
     /// FNV-1a 64 checksum of the weights file, hex.
     pub weights_fnv1a64: String,
     /// Size of the weights file in bytes.
     pub weights_bytes: u64,
+}
+
+/// The numeric path an agent's weights come from: the process's pinned CPU path, or CUDA.
+fn numerics_of(agent: &DqnAgent) -> Option<String> {
+    if agent.device.is_cuda() {
+        return Some("cuda".into());
+    }
+    crate::numerics::pinned().map(|p| p.settings())
 }
 
 /// What a caller needs a checkpoint to match.
@@ -140,6 +154,7 @@ pub fn save(
         updates: agent.updates,
         seed: agent.cfg.seed,
         train,
+        numerics: numerics_of(agent),
         weights_fnv1a64: format!("{:016x}", fnv1a64(&bytes)),
         weights_bytes: bytes.len() as u64,
     };

@@ -91,6 +91,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     })
     .context("training failed")?;
     bar.finish();
+    if let Some(p) = crate::numerics::pinned() {
+        println!("numerics: {p}");
+    }
     println!(
         "trained {} steps ({} updates, {} episodes) in {:.1} s: {:.0} env steps/s, {:.0} updates/s; recent return {:.3}, SLO {:.2}%",
         summary.env_steps,

@@ -266,6 +266,8 @@ impl DqnAgent {
         if sizes.is_empty() || sizes.contains(&0) {
             return Err(RlError::Config(format!("action branches must be non-empty, got {sizes:?}")));
         }
+        // libtorch reads its CPU path at its first operation: fix it before that.
+        crate::numerics::pin_from_env().map_err(RlError::Config)?;
         tch::set_num_threads(1);
         let device = cfg.device.device();
         // libtorch's generator is process-wide: agents created on several threads at once
