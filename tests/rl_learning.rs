@@ -2,6 +2,8 @@
 //! a known optimal policy; masked actions are never chosen nor bootstrapped from; the same
 //! seed gives the same weights; checkpoints round-trip and refuse what does not fit.
 
+mod learning_support;
+
 use llmos::rl::checkpoint::{self, Expected};
 use llmos::rl::dqn::{evaluate, train_dqn, DeviceChoice, DqnAgent, DqnConfig, TargetUpdate};
 use llmos::rl::env::Env;
@@ -72,13 +74,7 @@ fn tabular_q_learning_never_picks_the_masked_arm() {
 /// fails it: a random or untrained greedy policy gets the chain's moves or the bandit's
 /// values wrong.
 fn seeds() -> Vec<u64> {
-    match std::env::var("LLMOS_TEST_SEEDS") {
-        Ok(v) => {
-            let (a, b) = v.split_once('-').unwrap_or((&v, &v));
-            (a.trim().parse().unwrap()..=b.trim().parse().unwrap()).collect()
-        }
-        Err(_) => vec![1, 2, 3],
-    }
+    learning_support::seeds(&[1, 2, 3])
 }
 
 #[test]

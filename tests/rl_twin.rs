@@ -6,6 +6,8 @@
 //! Several training seeds are judged, so the test asserts what training reliably
 //! achieves, not what one seed happened to learn.
 
+mod learning_support;
+
 use std::path::PathBuf;
 
 use llmos::policy::{Decision, Observation, Policy};
@@ -127,13 +129,7 @@ fn train_and_judge(seed: u64) -> Outcome {
 /// Training seeds judged by the test; `LLMOS_TEST_SEEDS=1-8` tries others (e.g. to check
 /// how often a property holds).
 fn seeds() -> Vec<u64> {
-    match std::env::var("LLMOS_TEST_SEEDS") {
-        Ok(v) => {
-            let (a, b) = v.split_once('-').unwrap_or((&v, &v));
-            (a.trim().parse().unwrap()..=b.trim().parse().unwrap()).collect()
-        }
-        Err(_) => vec![1, 2, 3],
-    }
+    learning_support::seeds(&[1, 2, 3])
 }
 
 /// Trains seeds 1-3 (two at a time) and requires what DQN training reliably achieves here:
