@@ -1,9 +1,11 @@
-//! Command-line entry points of the twin: `llmos simulate` and `llmos trace-stats`.
+//! Command-line entry points of the twin: `llmos simulate` and `llmos trace-stats` (trace
+//! files and ServeGen folders).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
+use super::servegen::{ServegenData, ServegenStats};
 use super::trace::{Trace, TraceStats};
 use super::{Scenario, Twin};
 use crate::policy::Decision;
@@ -104,15 +106,58 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 /// Arguments of `llmos trace-stats`.
 #[derive(clap::Args, Debug)]
 pub struct TraceStatsArgs {
-    /// Trace file (Azure CSV, Mooncake JSONL, BurstGPT CSV).
+    /// Trace file (Azure CSV, Mooncake JSONL, BurstGPT CSV) or a ServeGen service folder
+    /// (e.g. data/traces/servegen/language/m-small).
     pub file: PathBuf,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+fn servegen_stats(args: &TraceStatsArgs) -> anyhow::Result<()> {
+    let data = ServegenData::load(&args.file, &[])?;
+    let s = ServegenStats::of(&data);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("folder             {} (ServeGen, rates at x1)", args.file.display());
+    println!(
+        "clients            {} ({} with token lengths, {:.0} % of the requests)",
+        s.clients,
+        s.clients_with_lengths,
+        s.request_share_with_lengths * 100.0
+    );
+    println!("windows            {} x 10 min ({:.1} days)", s.windows, s.span_s / 86_400.0);
+    println!("requests           {:.0}", s.requests);
+    println!(
+        "rate               mean {:.1} req/s, 10-min max {:.1}, min {:.1}",
+        s.mean_rps, s.max_window_rps, s.min_window_rps
+    );
+    println!(
+        "tokens             mean input {:.1}, output {:.1} (clients with lengths)",
+        s.mean_input_tokens, s.mean_output_tokens
+    );
+    println!("{:<5} {:>10} {:>10} {:>10} {:>12}", "day", "mean", "peak hr", "trough hr", "peak/trough");
+    for d in &s.days {
+        let ratio = d.peak_over_trough.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<5} {:>10.1} {:>10.1} {:>10.1} {:>12}",
+            d.day, d.mean_rps, d.peak_hour_rps, d.trough_hour_rps, ratio
+        );
+    }
+    println!("hour of day (from the recording's start; its wall-clock hour is not published), mean req/s:");
+    for (h, r) in s.hour_of_day_rps.iter().enumerate() {
+        print!("{h:>2}:{r:>8.1}{}", if h % 6 == 5 { "\n" } else { "  " });
+    }
+    Ok(())
+}
+
 /// Runs `llmos trace-stats`.
 pub fn trace_stats(args: TraceStatsArgs) -> anyhow::Result<()> {
+    if args.file.is_dir() {
+        return servegen_stats(&args);
+    }
     let trace = Trace::load(&args.file, None)?;
     let s = TraceStats::of(&trace);
     if args.json {

@@ -24,6 +24,7 @@
 //! ```
 //!
 //! Modules: [`time`] (integer nanoseconds), [`trace`] (readers, synthetic arrivals),
+//! [`servegen`] (ServeGen's 14-day per-client traffic and its arrival generator),
 //! [`catalog`] (GPUs, models), [`perf`] (iteration time), [`engine`] (one replica),
 //! [`scenario`] (TOML scenarios), [`sim`] (fleet, events, stepping API), [`metrics`]
 //! (aggregates and report). See `docs/twin.md` for the model and its calibration.
@@ -37,6 +38,7 @@ pub mod perf;
 pub mod scenario;
 /// The twin as the data plane of a real API server.
 pub mod serve;
+pub mod servegen;
 pub mod sim;
 pub mod time;
 pub mod trace;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, GpuSpec, ModelSpec};
 use super::engine::EngineConfig;
+use super::servegen::ServegenData;
 use super::trace::{ArrivalProcess, LengthDist, Trace, TraceFormat};
 use super::TwinError;
 use crate::crd::{LLMWorkload, LLMWorkloadSpec};
@@ -37,17 +38,113 @@ pub struct WorkloadConfig {
     pub format: Option<TraceFormat>,
     /// Synthetic arrivals instead of a trace.
     pub synthetic: Option<SyntheticConfig>,
-    /// Load factor: trace times are divided by it (2 = twice the rate); synthetic rates are multiplied.
+    /// ServeGen per-client traffic instead of a trace (`[workload.servegen]`).
+    pub servegen: Option<ServegenConfig>,
+    /// Load factor: trace times are divided by it (2 = twice the rate); synthetic rates are
+    /// multiplied; ServeGen request counts are multiplied (on top of `servegen.load`).
     pub load: f64,
-    /// Start of the trace window as a fraction of its span.
+    /// Start of the trace window as a fraction of its span (ServeGen: of its slice).
     pub start_frac: f64,
-    /// End of the trace window as a fraction of its span.
+    /// End of the trace window as a fraction of its span (ServeGen: of its slice).
     pub end_frac: f64,
 }
 
 impl Default for WorkloadConfig {
     fn default() -> Self {
-        WorkloadConfig { trace: None, format: None, synthetic: None, load: 1.0, start_frac: 0.0, end_frac: 1.0 }
+        WorkloadConfig {
+            trace: None,
+            format: None,
+            synthetic: None,
+            servegen: None,
+            load: 1.0,
+            start_frac: 0.0,
+            end_frac: 1.0,
+        }
+    }
+}
+
+/// ServeGen traffic: a service folder of per-client 10-minute fits, turned into arrivals by
+/// [`super::servegen::ServegenStream`] (seeded by the run's seed).
+///
+/// ```toml
+/// [workload.servegen]
+/// dir = "../data/traces/servegen/language/m-small"
+/// clients = []            # client ids; empty = every client of the folder
+/// load = 0.01             # 1 % of the recorded requests
+/// window_days = [1, 2]    # the second day of the recording
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServegenConfig {
+    /// The service folder (`chunk-<id>-trace.csv`, optional `chunk-<id>-dataset.json`).
+    pub dir: PathBuf,
+    /// Client ids to replay; empty means every client of the folder.
+    #[serde(default)]
+    pub clients: Vec<u32>,
+    /// Scale of the request counts (each window holds `round(rate × 600 × load)` requests);
+    /// multiplied by `workload.load`.
+    #[serde(default = "one")]
+    pub load: f64,
+    /// Slice of the recording `[start, end)` in days from its start (default: all of it).
+    #[serde(default)]
+    pub window_days: Option<[f64; 2]>,
+    /// Slice of the recording `[start, end)` in seconds, instead of `window_days`.
+    #[serde(default)]
+    pub window_s: Option<[f64; 2]>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl ServegenConfig {
+    /// The slice `[start, end)` in seconds of a recording `span_s` long.
+    pub fn slice_s(&self, span_s: f64) -> (f64, f64) {
+        match (self.window_s, self.window_days) {
+            (Some([a, b]), _) => (a, b),
+            (None, Some([a, b])) => (a * 86_400.0, b * 86_400.0),
+            (None, None) => (0.0, span_s),
+        }
+    }
+
+    /// Loads the folder (relative to `base`) and checks the fields; errors name them.
+    pub fn load_data(&self, base: &Path, origin: &str) -> Result<ServegenData, TwinError> {
+        let f = |n: &str| format!("workload.servegen.{n}");
+        if !(self.load.is_finite() && self.load > 0.0) {
+            return Err(cfg_err(origin, &f("load"), format!("must be > 0, got {}", self.load)));
+        }
+        let dir = base.join(&self.dir);
+        if !dir.is_dir() {
+            return Err(cfg_err(
+                origin,
+                &f("dir"),
+                format!("{} is not a folder (ServeGen data: see data/traces/SOURCES.md)", dir.display()),
+            ));
+        }
+        let data = ServegenData::load(&dir, &self.clients).map_err(|e| match e {
+            TwinError::Config { field, message } if field == "clients" => cfg_err(origin, &f("clients"), message),
+            e => e,
+        })?;
+        let field = match (self.window_s, self.window_days) {
+            (Some(_), Some(_)) => {
+                return Err(cfg_err(origin, &f("window_days"), "give window_days or window_s, not both"));
+            }
+            (Some(_), None) => f("window_s"),
+            _ => f("window_days"),
+        };
+        let span = data.span_s();
+        let (a, b) = self.slice_s(span);
+        if !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a && b <= span + 1e-6) {
+            return Err(cfg_err(
+                origin,
+                &field,
+                format!(
+                    "need 0 <= start < end <= the recording's end ({span} s = {} days), got [{a} s, {b} s)",
+                    span / 86_400.0
+                ),
+            ));
+        }
+        Ok(data)
     }
 }
 
@@ -225,6 +322,8 @@ pub struct Scenario {
     pub catalog: Catalog,
     /// The replayed trace, loaded once and shared by every twin of this scenario.
     pub trace: Option<Arc<Trace>>,
+    /// The ServeGen folder of a `[workload.servegen]` scenario, loaded once and shared.
+    pub servegen: Option<Arc<ServegenData>>,
 }
 
 fn cfg_err(origin: &str, field: &str, message: impl Into<String>) -> TwinError {
@@ -262,6 +361,17 @@ impl Scenario {
         };
         let mut catalog = Catalog::default();
         catalog.extend(&file.gpus, &file.models);
+        if file.workload.servegen.is_some() && (file.workload.trace.is_some() || file.workload.synthetic.is_some()) {
+            return Err(cfg_err(
+                origin,
+                "workload",
+                "give one of workload.trace, [workload.synthetic] or [workload.servegen], not several",
+            ));
+        }
+        let servegen = match &file.workload.servegen {
+            Some(sg) => Some(Arc::new(sg.load_data(base, origin)?)),
+            None => None,
+        };
         let trace = match (&file.workload.trace, &file.workload.synthetic) {
             (Some(t), None) => Some(Arc::new(Trace::load(&base.join(t), file.workload.format)?)),
             (None, Some(syn)) => {
@@ -276,8 +386,13 @@ impl Scenario {
                 None
             }
             (Some(_), Some(_)) => return Err(cfg_err(origin, "workload", "give either trace or synthetic, not both")),
+            (None, None) if servegen.is_some() => None,
             (None, None) => {
-                return Err(cfg_err(origin, "workload", "missing: give workload.trace or [workload.synthetic]"))
+                return Err(cfg_err(
+                    origin,
+                    "workload",
+                    "missing: give workload.trace, [workload.synthetic] or [workload.servegen]",
+                ))
             }
         };
         let w = &file.workload;
@@ -317,6 +432,7 @@ impl Scenario {
             spec,
             catalog,
             trace,
+            servegen,
         };
         s.validate(origin)?;
         Ok(s)
@@ -331,6 +447,8 @@ impl Scenario {
     pub fn set_trace(&mut self, path: &Path) -> Result<(), TwinError> {
         self.trace = Some(Arc::new(Trace::load(path, None)?));
         self.file.workload.synthetic = None;
+        self.file.workload.servegen = None;
+        self.servegen = None;
         Ok(())
     }
 

@@ -220,7 +220,8 @@ impl Twin {
     /// Like [`Twin::new`], but only the trace window `[start_frac, end_frac)` of the
     /// scenario's trace, with arrivals scaled by `load` (1.0 = as recorded; trace times are
     /// divided by it). For synthetic workloads the window selects that fraction of the
-    /// duration and `load` multiplies the rate.
+    /// duration and `load` multiplies the rate; for ServeGen workloads it selects that
+    /// fraction of the configured slice and `load` multiplies the request counts.
     pub fn with_window(
         scenario: &Scenario,
         seed: u64,
@@ -228,18 +229,27 @@ impl Twin {
         end_frac: f64,
         load: f64,
     ) -> Result<Twin, TwinError> {
-        let arrivals = match (&scenario.trace, &scenario.file.workload.synthetic) {
-            (Some(t), _) => ArrivalStream::replay_resampled(t.clone(), start_frac, end_frac, load, seed)?,
-            (None, Some(syn)) => {
+        let arrivals = match (&scenario.trace, &scenario.servegen, &scenario.file.workload.synthetic) {
+            (Some(t), _, _) => ArrivalStream::replay_resampled(t.clone(), start_frac, end_frac, load, seed)?,
+            (None, Some(sg), _) => {
+                // The window fractions select part of the ServeGen slice; `load` multiplies
+                // the slice's own load factor.
+                let cfg = scenario.file.workload.servegen.as_ref();
+                let (a, b) = cfg.map(|c| c.slice_s(sg.span_s())).unwrap_or((0.0, sg.span_s()));
+                let base = cfg.map(|c| c.load).unwrap_or(1.0);
+                let (f0, f1) = (start_frac.clamp(0.0, 1.0), end_frac.clamp(0.0, 1.0));
+                ArrivalStream::servegen(sg.clone(), seed, a + (b - a) * f0, a + (b - a) * f1, base * load)?
+            }
+            (None, None, Some(syn)) => {
                 let lengths = LengthSampler::new(&syn.lengths, &scenario.base_dir, "workload.synthetic.lengths")?;
                 let dur = syn.duration_s * (end_frac - start_frac).clamp(0.0, 1.0);
                 let max = syn.max_requests.map(|m| ((m as f64) * (end_frac - start_frac)).round() as u64);
                 ArrivalStream::synthetic(syn.arrival.clone(), lengths, seed ^ 0x9e37_79b9_7f4a_7c15, dur, max, load)?
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(TwinError::Config {
                     field: "workload".into(),
-                    message: "no trace or synthetic workload".into(),
+                    message: "no trace, synthetic or servegen workload".into(),
                 })
             }
         };

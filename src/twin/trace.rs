@@ -14,7 +14,8 @@
 //! Every error names the file and line. [`ArrivalStream`] turns a trace window (a fraction of
 //! its span) with a load factor into arrivals, or generates synthetic arrivals
 //! ([`ArrivalProcess`]: Poisson, Gamma with a given CV, on/off bursts, diurnal, steps) with
-//! lengths from a trace's empirical distribution or a given distribution ([`LengthDist`]).
+//! lengths from a trace's empirical distribution or a given distribution ([`LengthDist`]),
+//! or generates ServeGen's per-client traffic ([`super::servegen`]).
 //! Synthetic streams are generated lazily, so a million requests need no memory up front.
 
 use std::path::{Path, PathBuf};
@@ -621,6 +622,8 @@ pub enum ArrivalStream {
         /// Load factor multiplying the rate.
         load: f64,
     },
+    /// ServeGen per-client traffic, generated lazily window by window ([`super::servegen`]).
+    Servegen(Box<super::servegen::ServegenStream>),
 }
 
 impl ArrivalStream {
@@ -685,9 +688,22 @@ impl ArrivalStream {
         })
     }
 
+    /// Arrivals of a ServeGen slice: `[start_s, end_s)` seconds of the recording, request
+    /// counts scaled by `load` (see [`super::servegen::ServegenStream`]).
+    pub fn servegen(
+        data: std::sync::Arc<super::servegen::ServegenData>,
+        seed: u64,
+        start_s: f64,
+        end_s: f64,
+        load: f64,
+    ) -> Result<ArrivalStream, TwinError> {
+        Ok(ArrivalStream::Servegen(Box::new(super::servegen::ServegenStream::new(data, seed, start_s, end_s, load)?)))
+    }
+
     /// The next arrival, or `None` when the stream is exhausted.
     pub fn next_arrival(&mut self) -> Option<Arrival> {
         match self {
+            ArrivalStream::Servegen(s) => s.next_arrival(),
             ArrivalStream::Replay { trace, next, end, t0_ns, load, resample } => {
                 let Some(rs) = resample else {
                     if *next >= *end {
@@ -765,6 +781,7 @@ impl ArrivalStream {
         match self {
             ArrivalStream::Replay { next, end, .. } => Some((*end - *next) as u64),
             ArrivalStream::Synthetic { max_requests, .. } => *max_requests,
+            ArrivalStream::Servegen(s) => s.len_hint(),
         }
     }
 }
