@@ -19,6 +19,7 @@
 //! Memory is bounded: per-request latencies stay in the twin's fixed-size histograms; an
 //! episode keeps one point per control tick (thinned to at most [`MAX_SERIES_POINTS`]).
 
+pub mod clairvoyant;
 pub mod cli;
 pub mod plots;
 pub mod stats;
@@ -116,6 +117,22 @@ pub struct FactoryContext<'a> {
     pub arrivals: ArrivalStats,
     /// Requests per second one replica sustains, for static sizing (from `--replica-capacity-rps`).
     pub replica_capacity_rps: Option<f64>,
+    /// The episode the policy is built for (`None` outside an episode); the clairvoyant
+    /// reference reads the episode's arrivals from it.
+    pub episode: Option<EpisodeContext<'a>>,
+}
+
+/// Which run of the twin a policy is built for: the arguments of [`Twin::with_window`].
+#[derive(Clone, Copy)]
+pub struct EpisodeContext<'a> {
+    /// The scenario.
+    pub scenario: &'a Scenario,
+    /// The seed.
+    pub seed: u64,
+    /// `(start_frac, end_frac)` of the window.
+    pub window: (f64, f64),
+    /// The load multiplier.
+    pub load: f64,
 }
 
 /// Builds `choice` for every kind but `dqn`.
@@ -132,7 +149,7 @@ pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Resul
         if ctx.arrivals.peak_rps <= 0.0 {
             return Err(PolicyError::InvalidParam {
                 field: label.to_string(),
-                message: "static sizing needs the arrival rates of a trace-driven scenario window; use `static:N` for synthetic workloads".into(),
+                message: "static sizing needs the arrival rates of a trace-driven or synthetic scenario window; use `static:N` for ServeGen workloads".into(),
             });
         }
         let n = replicas_for_rate(rate, cap).ok_or_else(|| PolicyError::InvalidParam {
@@ -150,15 +167,43 @@ pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Resul
         PolicyRequest::StaticMean { per_replica_rps, base } => {
             sized(per_replica_rps, ctx.arrivals.mean_rps, base, &choice.label)
         }
+        PolicyRequest::Clairvoyant { per_replica_rps, bin_s, base } => {
+            let cap = per_replica_rps.or(ctx.replica_capacity_rps).ok_or_else(|| PolicyError::Missing {
+                field: format!("{}: capacity", choice.label),
+                message: "the clairvoyant reference needs the requests per second one replica sustains: `clairvoyant:capacity=R` or `--replica-capacity-rps R`".into(),
+            })?;
+            let ep = ctx.episode.ok_or_else(|| PolicyError::InvalidParam {
+                field: choice.label.clone(),
+                message: "the clairvoyant reference reads a twin run's future arrivals; it exists only in the comparison harness".into(),
+            })?;
+            let params = clairvoyant::ClairvoyantParams { capacity_rps: cap, bin_s: *bin_s };
+            let placement = Placement::new(base.placement, base.variant_selection);
+            let c = clairvoyant::Clairvoyant::for_episode(
+                choice.label.clone(),
+                params,
+                ep.scenario,
+                ep.seed,
+                ep.window,
+                ep.load,
+                placement,
+            )
+            .map_err(|e| PolicyError::InvalidParam { field: choice.label.clone(), message: e.to_string() })?;
+            Ok(Box::new(c))
+        }
         PolicyRequest::Dqn { .. } => Err(PolicyError::DqnNotAvailable),
     }
 }
 
-/// Arrival statistics of a scenario's trace window at `load` (trace-driven scenarios only).
+/// Arrival statistics of a scenario's window at `load`: of the trace as recorded for
+/// trace-driven scenarios, of seed 0's arrivals for synthetic ones; `None` for ServeGen
+/// scenarios (too long to read twice).
 pub fn arrival_stats(scenario: &Scenario, window: Window, load: f64) -> Option<ArrivalStats> {
-    let trace = scenario.trace.as_ref()?;
     let (a, b) = window.fractions();
-    let mut stream = crate::twin::trace::ArrivalStream::replay(trace.clone(), a, b, load).ok()?;
+    let mut stream = match (&scenario.trace, &scenario.file.workload.synthetic) {
+        (Some(trace), _) => crate::twin::trace::ArrivalStream::replay(trace.clone(), a, b, load).ok()?,
+        (None, Some(_)) if scenario.servegen.is_none() => Twin::arrival_stream(scenario, 0, a, b, load).ok()?,
+        _ => return None,
+    };
     let mut bins: Vec<u32> = Vec::new();
     let (mut n, mut last) = (0u64, 0.0f64);
     while let Some(x) = stream.next_arrival() {
@@ -344,8 +389,13 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
     // Build every policy once up front so configuration errors surface before any run.
     for (li, _) in cfg.loads.iter().enumerate() {
         for c in &choices {
-            let ctx =
-                FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
+            let episode = EpisodeContext { scenario: &scenario, seed: 0, window: (a, b), load: cfg.loads[li] };
+            let ctx = FactoryContext {
+                spec: &spec,
+                arrivals: arrivals[li],
+                replica_capacity_rps: cfg.replica_capacity_rps,
+                episode: Some(episode),
+            };
             factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
         }
     }
@@ -361,8 +411,13 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         .par_iter()
         .map(|&(li, load, ci, seed)| {
             let c = &choices[ci];
-            let ctx =
-                FactoryContext { spec: &spec, arrivals: arrivals[li], replica_capacity_rps: cfg.replica_capacity_rps };
+            let episode = EpisodeContext { scenario: &scenario, seed, window: (a, b), load };
+            let ctx = FactoryContext {
+                spec: &spec,
+                arrivals: arrivals[li],
+                replica_capacity_rps: cfg.replica_capacity_rps,
+                episode: Some(episode),
+            };
             let mut policy = factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
             let mut twin = Twin::with_window(&scenario, seed, a, b, load)?;
             let mut shield = Shield::new(&spec);

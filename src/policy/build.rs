@@ -4,7 +4,8 @@
 //! # Policy names on the command line
 //!
 //! `KIND[:ARG][:KEY=VALUE]...`, e.g. `hpa`, `hpa:target=8:window=60`, `kpa:stable-window=120`,
-//! `static:4`, `static-peak`, `static-mean:capacity=2.5`, `queue:zero=true`, `dqn:PATH`.
+//! `static:4`, `static-peak`, `static-mean:capacity=2.5`, `queue:zero=true`,
+//! `forecast:capacity=2:percentile=95`, `clairvoyant:capacity=1.3` (twin only), `dqn:PATH`.
 //! Every kind also takes `placement=cheapest|spread` and
 //! `variants=fixed|qualityFirst|costFirst`. The keys of each kind are listed by
 //! [`valid_policy_names`]; an unknown name or key, or a bad value, is an error that lists
@@ -12,9 +13,10 @@
 
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::config::{
-    DqnParams, HpaMetric, HpaParams, HpaTarget, KpaParams, PlacementKind, PolicyKind, PolicySpec, QueueParams,
+    DqnParams, ForecastParams, HpaMetric, HpaParams, HpaTarget, KpaParams, PlacementKind, PolicyKind, PolicySpec, QueueParams,
     RayParams, StaticParams, VariantSelection,
 };
+use crate::policy::forecast::ForecastPolicy;
 use crate::policy::hpa::HpaScaler;
 use crate::policy::kpa::KpaScaler;
 use crate::policy::placement::{Placement, WorkloadInfo};
@@ -96,6 +98,9 @@ pub fn build_policy_with(
         }
         PolicyKind::Ray => {
             Box::new(ScaledPolicy::new("ray", RayScaler::new(p.ray.clone().unwrap_or_default()), placement, info))
+        }
+        PolicyKind::Forecast => {
+            Box::new(ForecastPolicy::new(p.forecast.clone().unwrap_or_default(), spec, placement))
         }
         PolicyKind::Dqn => {
             let params = p.dqn.as_ref().ok_or_else(|| PolicyError::Missing {
@@ -190,6 +195,41 @@ pub fn validate_policy_spec(p: &PolicySpec) -> Result<(), PolicyError> {
             let r = p.ray.clone().unwrap_or_default();
             check_pos("spec.policy.ray.targetOngoingRequests", r.target_ongoing_requests)?;
         }
+        PolicyKind::Forecast => {
+            let f = p.forecast.clone().unwrap_or_default();
+            check_pos("spec.policy.forecast.capacityRps", f.capacity_rps)?;
+            if let Some(c) = f.cold_start_seconds {
+                if !(c.is_finite() && c >= 0.0) {
+                    return Err(invalid("spec.policy.forecast.coldStartSeconds", format!("{c} must be >= 0")));
+                }
+            }
+            if let Some(h) = f.horizon_seconds {
+                if !(h.is_finite() && h >= 0.0) {
+                    return Err(invalid("spec.policy.forecast.horizonSeconds", format!("{h} must be >= 0")));
+                }
+            }
+            if !(50.0..=99.9).contains(&f.percentile) {
+                return Err(invalid("spec.policy.forecast.percentile", format!("{} must be in [50, 99.9]", f.percentile)));
+            }
+            if !(f.alpha > 0.0 && f.alpha <= 1.0) {
+                return Err(invalid("spec.policy.forecast.alpha", format!("{} must be in (0, 1]", f.alpha)));
+            }
+            if !(0.0..=1.0).contains(&f.beta) {
+                return Err(invalid("spec.policy.forecast.beta", format!("{} must be in [0, 1]", f.beta)));
+            }
+            if !(f.gamma > 0.0 && f.gamma <= 1.0) {
+                return Err(invalid("spec.policy.forecast.gamma", format!("{} must be in (0, 1]", f.gamma)));
+            }
+            if !(f.season_seconds.is_finite() && f.season_seconds >= 0.0) {
+                return Err(invalid(
+                    "spec.policy.forecast.seasonSeconds",
+                    format!("{} must be >= 0 (0 = no season)", f.season_seconds),
+                ));
+            }
+            if f.season_bins < 2 {
+                return Err(invalid("spec.policy.forecast.seasonBins", "must be at least 2"));
+            }
+        }
         PolicyKind::Static | PolicyKind::Dqn => {}
     }
     Ok(())
@@ -215,6 +255,16 @@ pub enum PolicyRequest {
         /// Placement and variant selection.
         base: PolicySpec,
     },
+    /// The clairvoyant reference of the twin (`eval::clairvoyant`): sized from the run's
+    /// own future arrivals, so only the harness can build it.
+    Clairvoyant {
+        /// Requests per second one replica sustains, if given (else the harness's estimate).
+        per_replica_rps: Option<f64>,
+        /// Bin over which the peak rate is measured, seconds (default: the control interval).
+        bin_s: Option<f64>,
+        /// Placement and variant selection.
+        base: PolicySpec,
+    },
     /// A learned DQN policy from a checkpoint directory.
     Dqn {
         /// Checkpoint directory.
@@ -235,7 +285,7 @@ pub struct PolicyChoice {
 
 impl PolicyChoice {
     /// Builds the policy for `spec` when it needs nothing but the spec (all but
-    /// `static-peak`, `static-mean` and `dqn`, which need the harness).
+    /// `static-peak`, `static-mean`, `clairvoyant` and `dqn`, which need the harness).
     pub fn build_for(&self, spec: &LLMWorkloadSpec) -> Result<Box<dyn Policy>, PolicyError> {
         match &self.request {
             PolicyRequest::Spec(p) => {
@@ -245,7 +295,7 @@ impl PolicyChoice {
             }
             _ => Err(PolicyError::InvalidParam {
                 field: self.label.clone(),
-                message: "needs the harness to be built (trace statistics or a DQN loader)".into(),
+                message: "needs the harness to be built (trace statistics, the run's arrivals or a DQN loader)".into(),
             }),
         }
     }
@@ -263,7 +313,9 @@ pub fn valid_policy_names() -> String {
         "static:N (N replicas per slot)",
         "static-peak[:capacity=RPS] (sized for the trace's peak rate)",
         "static-mean[:capacity=RPS] (sized for the trace's mean rate)",
+        "forecast[:capacity=RPS][:cold-start=S][:horizon=S][:percentile=P][:alpha=F][:beta=F][:season=S][:bins=N][:gamma=F][:down-window=S]",
         "dqn:PATH (a trained checkpoint directory)",
+        "clairvoyant[:capacity=RPS][:bin=S] (twin only: reads the run's future arrivals)",
     ]
     .iter()
     .map(|s| format!("{s}; also {COMMON_KEYS}"))
@@ -322,6 +374,8 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
     let mut queue = QueueParams::default();
     let mut ray = RayParams::default();
     let mut stat = StaticParams::default();
+    let mut fc = ForecastParams::default();
+    let mut bin_s: Option<f64> = None;
     let mut capacity: Option<f64> = None;
     let (pk, keys): (Option<PolicyKind>, &str) = match kind {
         "hpa" => (Some(PolicyKind::Hpa), "target, metric, tolerance, window, up-percent, up-pods, up-period"),
@@ -332,7 +386,12 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
         "queue" => (Some(PolicyKind::Queue), "target, polling, cooldown, zero"),
         "ray" => (Some(PolicyKind::Ray), "target, up-delay, down-delay"),
         "static" => (Some(PolicyKind::Static), "replicas (or static:N)"),
+        "forecast" => (
+            Some(PolicyKind::Forecast),
+            "capacity, cold-start, horizon, percentile, alpha, beta, season, bins, gamma, down-window",
+        ),
         "static-peak" | "static-mean" => (None, "capacity"),
+        "clairvoyant" => (None, "capacity, bin"),
         _ => return Err(unknown(name)),
     };
     for (i, item) in rest.iter().enumerate() {
@@ -410,7 +469,22 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
             ("ray", "up-delay") => ray.upscale_delay_seconds = num(&key, v, "whole seconds")?,
             ("ray", "down-delay") => ray.downscale_delay_seconds = num(&key, v, "whole seconds")?,
             ("static", "replicas") => stat.replicas = num(&key, v, "a whole number of replicas")?,
-            ("static-peak" | "static-mean", "capacity") => {
+            ("forecast", "capacity") => fc.capacity_rps = num(&key, v, "a number of requests per second")?,
+            ("forecast", "cold-start") => fc.cold_start_seconds = Some(num(&key, v, "seconds")?),
+            ("forecast", "horizon") => fc.horizon_seconds = Some(num(&key, v, "seconds")?),
+            ("forecast", "percentile") => fc.percentile = num(&key, v, "a percentile")?,
+            ("forecast", "alpha") => fc.alpha = num(&key, v, "a number")?,
+            ("forecast", "beta") => fc.beta = num(&key, v, "a number")?,
+            ("forecast", "season") => fc.season_seconds = num(&key, v, "seconds")?,
+            ("forecast", "bins") => fc.season_bins = num(&key, v, "a whole number")?,
+            ("forecast", "gamma") => fc.gamma = num(&key, v, "a number")?,
+            ("forecast", "down-window") => fc.scale_down_stabilization_seconds = num(&key, v, "whole seconds")?,
+            ("clairvoyant", "bin") => {
+                let b: f64 = num(&key, v, "seconds")?;
+                check_pos(&key, b)?;
+                bin_s = Some(b);
+            }
+            ("static-peak" | "static-mean" | "clairvoyant", "capacity") => {
                 let c: f64 = num(&key, v, "a number of requests per second")?;
                 check_pos(&key, c)?;
                 capacity = Some(c);
@@ -427,6 +501,7 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
                 PolicyKind::Queue => spec.queue = Some(queue),
                 PolicyKind::Ray => spec.ray = Some(ray),
                 PolicyKind::Static => spec.r#static = Some(stat),
+                PolicyKind::Forecast => spec.forecast = Some(fc),
                 PolicyKind::Dqn => {}
             }
             validate_policy_spec(&spec).map_err(|e| match e {
@@ -436,6 +511,7 @@ pub fn parse_policy_name(name: &str, base: &PolicySpec) -> Result<PolicyChoice, 
             PolicyRequest::Spec(spec)
         }
         None if kind == "static-peak" => PolicyRequest::StaticPeak { per_replica_rps: capacity, base: spec },
+        None if kind == "clairvoyant" => PolicyRequest::Clairvoyant { per_replica_rps: capacity, bin_s, base: spec },
         None => PolicyRequest::StaticMean { per_replica_rps: capacity, base: spec },
     };
     Ok(PolicyChoice { label: name.into(), request })

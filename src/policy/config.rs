@@ -26,12 +26,21 @@ pub enum PolicyKind {
     Ray,
     /// The learned DQN policy, loaded from a checkpoint.
     Dqn,
+    /// Forecast planner: sizes for the arrival rate forecast over the next cold start.
+    Forecast,
 }
 
 impl PolicyKind {
     /// All kinds, for error messages that list the valid ones.
-    pub const ALL: [PolicyKind; 6] =
-        [PolicyKind::Static, PolicyKind::Hpa, PolicyKind::Kpa, PolicyKind::Queue, PolicyKind::Ray, PolicyKind::Dqn];
+    pub const ALL: [PolicyKind; 7] = [
+        PolicyKind::Static,
+        PolicyKind::Hpa,
+        PolicyKind::Kpa,
+        PolicyKind::Queue,
+        PolicyKind::Ray,
+        PolicyKind::Dqn,
+        PolicyKind::Forecast,
+    ];
     /// The lowercase name used in specs and on the command line.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -41,6 +50,7 @@ impl PolicyKind {
             PolicyKind::Queue => "queue",
             PolicyKind::Ray => "ray",
             PolicyKind::Dqn => "dqn",
+            PolicyKind::Forecast => "forecast",
         }
     }
 }
@@ -234,6 +244,64 @@ impl Default for RayParams {
     }
 }
 
+/// Parameters of the forecast planner (`src/policy/forecast.rs` describes the algorithm).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ForecastParams {
+    /// Requests per second one replica serves within the SLO (measure it for the model,
+    /// GPU and request lengths; 1.3 is Llama-3-8B on an A100 on the Azure code trace).
+    #[schemars(range(min = 0.0))]
+    pub capacity_rps: f64,
+    /// Seconds from asking for a replica to its being ready; absent: the largest
+    /// `coldStartSeconds` of the variants, or 120 when none is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub cold_start_seconds: Option<f64>,
+    /// Seconds beyond the cold start the forecast must cover; absent: one control interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub horizon_seconds: Option<f64>,
+    /// Percentile of the forecast the fleet is sized for (forecast + z·σ of recent
+    /// forecast errors; 50 sizes for the point forecast).
+    #[schemars(range(min = 50.0, max = 99.9))]
+    pub percentile: f64,
+    /// Holt's level smoothing weight per observation, (0, 1].
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub alpha: f64,
+    /// Holt's trend smoothing weight per observation, [0, 1].
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub beta: f64,
+    /// Length of the seasonal cycle in seconds (86400 for daily traffic); 0 turns the
+    /// seasonal component off.
+    #[schemars(range(min = 0.0))]
+    pub season_seconds: f64,
+    /// Bins of the seasonal profile per cycle (at most one per control interval is used).
+    #[schemars(range(min = 2, max = 10000))]
+    pub season_bins: u32,
+    /// Weight of the newest cycle in each bin of the seasonal profile, (0, 1].
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub gamma: f64,
+    /// Scale-down damping: the largest recommendation over this many seconds is kept.
+    pub scale_down_stabilization_seconds: u32,
+}
+
+impl Default for ForecastParams {
+    fn default() -> Self {
+        ForecastParams {
+            capacity_rps: 1.3,
+            cold_start_seconds: None,
+            horizon_seconds: None,
+            percentile: 90.0,
+            alpha: 0.5,
+            beta: 0.1,
+            season_seconds: 86400.0,
+            season_bins: 96,
+            gamma: 0.3,
+            scale_down_stabilization_seconds: 120,
+        }
+    }
+}
+
 /// Parameters of the DQN policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -280,6 +348,9 @@ pub struct PolicySpec {
     /// Parameters of `kind: dqn`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dqn: Option<DqnParams>,
+    /// Parameters of `kind: forecast`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastParams>,
 }
 
 impl Default for PolicySpec {
@@ -296,6 +367,7 @@ impl Default for PolicySpec {
             queue: None,
             ray: None,
             dqn: None,
+            forecast: None,
         }
     }
 }

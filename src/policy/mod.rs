@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod config;
+pub mod forecast;
 pub mod hpa;
 pub mod kpa;
 pub mod observation;

@@ -452,6 +452,17 @@ impl Scenario {
         Ok(())
     }
 
+    /// Seconds a replica of variant `v` takes from placement to ready: the variant's
+    /// `coldStartSeconds`, else pod startup plus loading the weights.
+    pub fn cold_start_s(&self, v: usize) -> Result<f64, TwinError> {
+        let var = &self.spec.variants[v];
+        if let Some(c) = var.cold_start_seconds {
+            return Ok(c);
+        }
+        let model = self.catalog.model(&var.model, &format!("spec.variants[{v}].model"))?;
+        Ok(self.file.cluster.pod_startup_s + model.weight_bytes() / (self.file.cluster.weight_load_gb_s * 1e9))
+    }
+
     /// Pools a variant may use (indices into the spec's pools).
     pub fn allowed_pools(&self, v: usize) -> Vec<usize> {
         let var = &self.spec.variants[v];

@@ -229,30 +229,7 @@ impl Twin {
         end_frac: f64,
         load: f64,
     ) -> Result<Twin, TwinError> {
-        let arrivals = match (&scenario.trace, &scenario.servegen, &scenario.file.workload.synthetic) {
-            (Some(t), _, _) => ArrivalStream::replay_resampled(t.clone(), start_frac, end_frac, load, seed)?,
-            (None, Some(sg), _) => {
-                // The window fractions select part of the ServeGen slice; `load` multiplies
-                // the slice's own load factor.
-                let cfg = scenario.file.workload.servegen.as_ref();
-                let (a, b) = cfg.map(|c| c.slice_s(sg.span_s())).unwrap_or((0.0, sg.span_s()));
-                let base = cfg.map(|c| c.load).unwrap_or(1.0);
-                let (f0, f1) = (start_frac.clamp(0.0, 1.0), end_frac.clamp(0.0, 1.0));
-                ArrivalStream::servegen(sg.clone(), seed, a + (b - a) * f0, a + (b - a) * f1, base * load)?
-            }
-            (None, None, Some(syn)) => {
-                let lengths = LengthSampler::new(&syn.lengths, &scenario.base_dir, "workload.synthetic.lengths")?;
-                let dur = syn.duration_s * (end_frac - start_frac).clamp(0.0, 1.0);
-                let max = syn.max_requests.map(|m| ((m as f64) * (end_frac - start_frac)).round() as u64);
-                ArrivalStream::synthetic(syn.arrival.clone(), lengths, seed ^ 0x9e37_79b9_7f4a_7c15, dur, max, load)?
-            }
-            (None, None, None) => {
-                return Err(TwinError::Config {
-                    field: "workload".into(),
-                    message: "no trace, synthetic or servegen workload".into(),
-                })
-            }
-        };
+        let arrivals = Self::arrival_stream(scenario, seed, start_frac, end_frac, load)?;
         let spec = scenario.spec.clone();
         let mut slots = Vec::new();
         for (v, var) in spec.variants.iter().enumerate() {
@@ -262,10 +239,7 @@ impl Twin {
                 let gpu = scenario.catalog.gpu(&pool.gpu_type, &format!("spec.gpuPools[{p}].gpuType"))?;
                 let blocks = scenario.kv_blocks(v, p)?;
                 let tp = var.gpus_per_replica.max(1);
-                let cold = var.cold_start_seconds.unwrap_or(
-                    scenario.file.cluster.pod_startup_s
-                        + model.weight_bytes() / (scenario.file.cluster.weight_load_gb_s * 1e9),
-                );
+                let cold = scenario.cold_start_s(v)?;
                 let eng = &scenario.file.engine;
                 let mut max_len =
                     (eng.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * eng.block_size as u64);
@@ -388,6 +362,42 @@ impl Twin {
         }
         twin.next_arrival = twin.arrivals.next_arrival();
         Ok(twin)
+    }
+
+    /// The arrivals a twin built by [`Twin::with_window`] with the same arguments replays:
+    /// a second, identical stream (for the harness's clairvoyant reference, which reads the
+    /// run's future).
+    pub fn arrival_stream(
+        scenario: &Scenario,
+        seed: u64,
+        start_frac: f64,
+        end_frac: f64,
+        load: f64,
+    ) -> Result<ArrivalStream, TwinError> {
+        Ok(match (&scenario.trace, &scenario.servegen, &scenario.file.workload.synthetic) {
+            (Some(t), _, _) => ArrivalStream::replay_resampled(t.clone(), start_frac, end_frac, load, seed)?,
+            (None, Some(sg), _) => {
+                // The window fractions select part of the ServeGen slice; `load` multiplies
+                // the slice's own load factor.
+                let cfg = scenario.file.workload.servegen.as_ref();
+                let (a, b) = cfg.map(|c| c.slice_s(sg.span_s())).unwrap_or((0.0, sg.span_s()));
+                let base = cfg.map(|c| c.load).unwrap_or(1.0);
+                let (f0, f1) = (start_frac.clamp(0.0, 1.0), end_frac.clamp(0.0, 1.0));
+                ArrivalStream::servegen(sg.clone(), seed, a + (b - a) * f0, a + (b - a) * f1, base * load)?
+            }
+            (None, None, Some(syn)) => {
+                let lengths = LengthSampler::new(&syn.lengths, &scenario.base_dir, "workload.synthetic.lengths")?;
+                let dur = syn.duration_s * (end_frac - start_frac).clamp(0.0, 1.0);
+                let max = syn.max_requests.map(|m| ((m as f64) * (end_frac - start_frac)).round() as u64);
+                ArrivalStream::synthetic(syn.arrival.clone(), lengths, seed ^ 0x9e37_79b9_7f4a_7c15, dur, max, load)?
+            }
+            (None, None, None) => {
+                return Err(TwinError::Config {
+                    field: "workload".into(),
+                    message: "no trace, synthetic or servegen workload".into(),
+                })
+            }
+        })
     }
 
     fn slot_index(&self, v: usize, p: usize) -> usize {

@@ -1,0 +1,473 @@
+//! The forecast planner: sizes the fleet for the arrival rate it forecasts over the time a
+//! new replica takes to become ready, instead of reacting to load that has already arrived.
+//!
+//! # Algorithm (every control tick, per scaling unit)
+//! A scaling unit is one variant under `variantSelection: fixed`, the whole workload
+//! otherwise (as in [`crate::policy::scaled`]). Its observed arrival rate `y` (the
+//! workload's rate when the unit is the whole workload, else the sum of its slots' rates)
+//! is a mean over the last `window_s` seconds, so it is taken as the rate at
+//! `t_data = time − window_s / 2`.
+//!
+//! 1. **Forecast model** ([`Forecaster`]): Holt's double exponential smoothing (level and
+//!    trend per second, weights `alpha`, `beta`) of the rate, which follows the short-term
+//!    trend of one-hour traces. With `seasonSeconds > 0` a seasonal profile is learned too:
+//!    the cycle is cut into `seasonBins` knots (at most one per control interval), each
+//!    observation updates the two knots around its phase with linear weights, and a knot's
+//!    value is an exponentially weighted mean over cycles (weight `gamma` for the newest).
+//!    Once one whole cycle has been observed (every knot has data), the model becomes
+//!    Holt–Winters-like and additive: Holt smooths the *deseasonalised* rate
+//!    `y − S(t)`, and the forecast is `S(t + h) + level + trend × h`, where `S` interpolates
+//!    the profile linearly between knots. Before that (and always with `seasonSeconds: 0`)
+//!    it is plain Holt. Forecasts are clamped at 0.
+//! 2. **Horizon**: the fleet asked for now serves from now (a scale-down acts at once) and
+//!    new replicas are ready after the cold start, so the unit is sized for the largest
+//!    forecast over `[now, now + coldStart + horizon]` (sampled at 9 points), and never
+//!    below the rate observed now.
+//! 3. **Percentile**: the error of the forecast made `coldStart + horizon` ahead is
+//!    recorded when its time comes; `σ` is the root of an exponentially weighted mean
+//!    (weight 0.1) of the squared errors (until three errors are known: the Poisson noise
+//!    of the measured rate, `sqrt(y / window_s)`). The rate planned for is
+//!    `peak + z × σ`, `z` the standard normal quantile of `percentile` (90 → 1.28), plus the
+//!    waiting requests drained over the same horizon.
+//! 4. **Replicas**: `ceil(rate / capacityRps)`, at least 1; then placed on pools cheapest
+//!    first (or as `placement` says), and the variant chosen by `variantSelection`, as for
+//!    every policy. The shield clamps to the spec's limits afterwards.
+//! 5. **Damped scale-down**: below the current count, the largest recommendation of the
+//!    last `scaleDownStabilizationSeconds` is kept (the forecast already covers the cold
+//!    start, so this window is shorter than HPA's 300 s).
+//!
+//! # Parameters ([`ForecastParams`])
+//! `capacityRps` (default 1.3 requests/s per replica: Llama-3-8B on an A100 on the Azure
+//! code trace; measure it for each model, GPU and traffic), `coldStartSeconds` (default:
+//! the variants' largest `coldStartSeconds`, else 120), `horizonSeconds` (default: one
+//! control interval), `percentile` (90), `alpha` (0.5), `beta` (0.1), `seasonSeconds`
+//! (86400; 0 = no season), `seasonBins` (96), `gamma` (0.3),
+//! `scaleDownStabilizationSeconds` (120).
+//!
+//! # State
+//! Everything the planner learns is in [`ForecastState`] (serde), taken with
+//! [`ForecastPolicy::state`] and put back with [`ForecastPolicy::restore`]. The operator
+//! does not persist it yet: after a restart the planner starts again from plain Holt and
+//! needs one more season before the seasonal component is back.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crd::LLMWorkloadSpec;
+use crate::policy::config::{ForecastParams, VariantSelection};
+use crate::policy::observation::{Decision, Observation};
+use crate::policy::placement::{free_gpus, Placement, WorkloadInfo};
+use crate::policy::Policy;
+
+/// Cold start assumed when neither the policy nor any variant gives one, seconds.
+pub const DEFAULT_COLD_START_S: f64 = 120.0;
+/// Weight of the newest squared forecast error in the error variance.
+const ERROR_WEIGHT: f64 = 0.1;
+/// Forecast errors needed before their variance replaces the Poisson prior.
+const MIN_ERRORS: u32 = 3;
+/// Points at which the forecast is sampled over the planning horizon.
+const HORIZON_SAMPLES: usize = 9;
+
+/// The standard normal quantile of `p` in (0, 1) (Acklam's rational approximation,
+/// relative error below 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] =
+        [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    let low = 0.02425;
+    if p < low {
+        let q = (-2.0 * p.ln()).sqrt();
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    } else if p <= 1.0 - low {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    } else {
+        -normal_quantile(1.0 - p)
+    }
+}
+
+/// Holt's level and trend, with an optional additive seasonal profile (see the module docs).
+///
+/// Times are seconds on any fixed origin (twin time, Unix time); the seasonal phase is
+/// `t mod seasonSeconds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forecaster {
+    alpha: f64,
+    beta: f64,
+    gamma: f64,
+    season_s: f64,
+    /// Knot values of the seasonal profile (requests/s), knot `k` at phase `k × season_s / bins`.
+    profile: Vec<f64>,
+    /// Cycles that contributed to each knot.
+    seen: Vec<u32>,
+    /// Knots of the current pass still receiving observations: (absolute knot index, Σw, Σw·y).
+    open: VecDeque<(i64, f64, f64)>,
+    /// Whether the seasonal profile is in use (one whole cycle observed).
+    seasonal: bool,
+    first_t: Option<f64>,
+    last_t: Option<f64>,
+    /// Holt's level of the (deseasonalised) rate, requests/s.
+    level: Option<f64>,
+    /// Holt's trend, requests/s per second.
+    trend: f64,
+}
+
+impl Forecaster {
+    /// A forecaster with level weight `alpha`, trend weight `beta`, and, for
+    /// `season_s > 0`, a seasonal profile of `bins` knots updated with weight `gamma`.
+    pub fn new(alpha: f64, beta: f64, gamma: f64, season_s: f64, bins: usize) -> Self {
+        let bins = if season_s > 0.0 { bins.max(2) } else { 0 };
+        Forecaster {
+            alpha: alpha.clamp(1e-6, 1.0),
+            beta: beta.clamp(0.0, 1.0),
+            gamma: gamma.clamp(1e-6, 1.0),
+            season_s: season_s.max(0.0),
+            profile: vec![0.0; bins],
+            seen: vec![0; bins],
+            open: VecDeque::new(),
+            seasonal: false,
+            first_t: None,
+            last_t: None,
+            level: None,
+            trend: 0.0,
+        }
+    }
+
+    /// Whether the seasonal component is in use (a whole cycle has been observed).
+    pub fn is_seasonal(&self) -> bool {
+        self.seasonal
+    }
+
+    /// Time of the last observation, seconds.
+    pub fn last_time(&self) -> Option<f64> {
+        self.last_t
+    }
+
+    fn bin_s(&self) -> f64 {
+        self.season_s / self.profile.len() as f64
+    }
+
+    /// The seasonal profile at time `t` (0 while it is not in use).
+    pub fn seasonal_at(&self, t: f64) -> f64 {
+        if !self.seasonal {
+            return 0.0;
+        }
+        let b = self.profile.len() as i64;
+        let x = t / self.bin_s();
+        let i = x.floor();
+        let f = x - i;
+        let k = (i as i64).rem_euclid(b) as usize;
+        let k1 = (k + 1) % b as usize;
+        self.profile[k] * (1.0 - f) + self.profile[k1] * f
+    }
+
+    fn learn_season(&mut self, t: f64, y: f64) {
+        if self.profile.is_empty() {
+            return;
+        }
+        let x = t / self.bin_s();
+        let i = x.floor() as i64;
+        let f = x - x.floor();
+        // Knots left behind receive nothing more: fold them into the profile.
+        while self.open.front().is_some_and(|&(k, _, _)| k < i) {
+            let (k, sw, swy) = self.open.pop_front().expect("front exists");
+            if sw > 1e-12 {
+                let j = k.rem_euclid(self.profile.len() as i64) as usize;
+                let v = swy / sw;
+                self.profile[j] = if self.seen[j] == 0 { v } else { (1.0 - self.gamma) * self.profile[j] + self.gamma * v };
+                self.seen[j] += 1;
+            }
+        }
+        for (k, w) in [(i, 1.0 - f), (i + 1, f)] {
+            match self.open.iter_mut().find(|o| o.0 == k) {
+                Some(o) => {
+                    o.1 += w;
+                    o.2 += w * y;
+                }
+                None => self.open.push_back((k, w, w * y)),
+            }
+        }
+        if !self.seasonal
+            && self.first_t.is_some_and(|t0| t - t0 >= self.season_s)
+            && self.seen.iter().all(|&n| n > 0)
+        {
+            self.seasonal = true;
+            // Holt restarts on the deseasonalised rate.
+            self.level = None;
+            self.trend = 0.0;
+        }
+    }
+
+    /// Adds the observed rate `y` (requests/s) at time `t` (seconds). Observations not
+    /// later than the last one are ignored.
+    pub fn observe(&mut self, t: f64, y: f64) {
+        if !(t.is_finite() && y.is_finite()) || self.last_t.is_some_and(|l| t <= l) {
+            return;
+        }
+        self.first_t.get_or_insert(t);
+        self.learn_season(t, y);
+        let r = y - self.seasonal_at(t);
+        match (self.level, self.last_t) {
+            (Some(level), Some(last)) => {
+                let dt = t - last;
+                let predicted = level + self.trend * dt;
+                let new_level = self.alpha * r + (1.0 - self.alpha) * predicted;
+                self.trend = self.beta * (new_level - level) / dt + (1.0 - self.beta) * self.trend;
+                self.level = Some(new_level);
+            }
+            _ => {
+                self.level = Some(r);
+                self.trend = 0.0;
+            }
+        }
+        self.last_t = Some(t);
+    }
+
+    /// The forecast rate at time `t` (at or after the last observation), requests/s;
+    /// `None` before the first observation.
+    pub fn forecast(&self, t: f64) -> Option<f64> {
+        let (level, last) = (self.level?, self.last_t?);
+        let h = (t - last).max(0.0);
+        Some((self.seasonal_at(t) + level + self.trend * h).max(0.0))
+    }
+}
+
+/// What the planner has learned of one scaling unit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnitState {
+    /// The rate model.
+    pub forecaster: Forecaster,
+    /// Forecasts waiting for their time to come: (time, forecast rate).
+    pub pending: VecDeque<(f64, f64)>,
+    /// Exponentially weighted mean of the squared forecast errors, (requests/s)².
+    pub error_var: f64,
+    /// Forecast errors recorded.
+    pub errors: u32,
+    /// Recent recommendations (time, replicas), for damped scale-down.
+    pub recommendations: VecDeque<(f64, u32)>,
+}
+
+/// Everything the planner has learned, per scaling unit (variant name, or `*` for the
+/// whole workload under variant selection): what a restart would need to carry over.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForecastState {
+    /// Per scaling unit.
+    pub units: BTreeMap<String, UnitState>,
+}
+
+/// The forecast planner as a [`Policy`].
+#[derive(Clone, Debug)]
+pub struct ForecastPolicy {
+    params: ForecastParams,
+    cold_start_s: f64,
+    horizon_s: f64,
+    z: f64,
+    bins: usize,
+    state: ForecastState,
+    placement: Placement,
+    info: WorkloadInfo,
+}
+
+impl ForecastPolicy {
+    /// The planner for `spec` with `params` (defaults filled from the spec as documented).
+    pub fn new(params: ForecastParams, spec: &LLMWorkloadSpec, placement: Placement) -> Self {
+        let interval = f64::from(spec.policy.interval_seconds.max(1));
+        let cold_start_s = params.cold_start_seconds.unwrap_or_else(|| {
+            spec.variants.iter().filter_map(|v| v.cold_start_seconds).fold(None, |m: Option<f64>, c| {
+                Some(m.map_or(c, |m| m.max(c)))
+            })
+            .unwrap_or(DEFAULT_COLD_START_S)
+        });
+        let horizon_s = params.horizon_seconds.unwrap_or(interval);
+        let per_interval = (params.season_seconds / interval).floor().max(2.0) as usize;
+        let bins = (params.season_bins.max(2) as usize).min(per_interval);
+        ForecastPolicy {
+            z: normal_quantile(params.percentile / 100.0).max(0.0),
+            params,
+            cold_start_s,
+            horizon_s,
+            bins,
+            state: ForecastState::default(),
+            placement,
+            info: WorkloadInfo::from_spec(spec),
+        }
+    }
+
+    /// Seconds ahead the planner covers (cold start + horizon).
+    pub fn lead_s(&self) -> f64 {
+        self.cold_start_s + self.horizon_s
+    }
+
+    /// The learned state (to persist across restarts).
+    pub fn state(&self) -> &ForecastState {
+        &self.state
+    }
+
+    /// Puts back a state taken with [`ForecastPolicy::state`].
+    pub fn restore(&mut self, state: ForecastState) {
+        self.state = state;
+    }
+
+    fn new_unit(&self) -> UnitState {
+        let p = &self.params;
+        UnitState {
+            forecaster: Forecaster::new(p.alpha, p.beta, p.gamma, p.season_seconds, self.bins),
+            pending: VecDeque::new(),
+            error_var: 0.0,
+            errors: 0,
+            recommendations: VecDeque::new(),
+        }
+    }
+
+    /// Replicas for one unit: rate `y` observed over `window_s` ending at `now`, `waiting`
+    /// requests queued, `current` replicas asked for.
+    fn recommend(&mut self, key: &str, now: f64, window_s: f64, y: f64, waiting: f64, current: u32) -> (u32, String) {
+        let lead = self.lead_s();
+        let (z, cap, stab) =
+            (self.z, self.params.capacity_rps, f64::from(self.params.scale_down_stabilization_seconds));
+        if !self.state.units.contains_key(key) {
+            let u = self.new_unit();
+            self.state.units.insert(key.to_string(), u);
+        }
+        let u = self.state.units.get_mut(key).expect("unit inserted above");
+        let window_s = window_s.max(1e-9);
+        let t_data = now - window_s / 2.0;
+        // Errors of the forecasts whose time has come.
+        while u.pending.front().is_some_and(|&(t, _)| t <= t_data) {
+            let (_, f) = u.pending.pop_front().expect("front exists");
+            let e = y - f;
+            u.error_var = if u.errors == 0 { e * e } else { (1.0 - ERROR_WEIGHT) * u.error_var + ERROR_WEIGHT * e * e };
+            u.errors += 1;
+        }
+        u.forecaster.observe(t_data, y);
+        let f = &u.forecaster;
+        if let Some(v) = f.forecast(now + lead) {
+            u.pending.push_back((now + lead, v));
+            while u.pending.len() > 10_000 {
+                u.pending.pop_front();
+            }
+        }
+        let mut peak = y;
+        for i in 0..HORIZON_SAMPLES {
+            let t = now + lead * i as f64 / (HORIZON_SAMPLES - 1) as f64;
+            peak = peak.max(f.forecast(t).unwrap_or(0.0));
+        }
+        let sigma = if u.errors >= MIN_ERRORS { u.error_var.sqrt() } else { (y / window_s).sqrt() };
+        let rate = peak + z * sigma + waiting.max(0.0) / lead.max(1.0);
+        let raw = ((rate / cap - 1e-9).ceil().max(1.0)).min(f64::from(u32::MAX / 2)) as u32;
+        u.recommendations.push_back((now, raw));
+        while u.recommendations.front().is_some_and(|&(t, _)| now - t > stab) {
+            u.recommendations.pop_front();
+        }
+        let floor = u.recommendations.iter().map(|&(_, r)| r).max().unwrap_or(raw);
+        let desired = if raw < current { floor.min(current) } else { raw };
+        let why = format!(
+            "{} rate {y:.2}, peak forecast {peak:.2} over {lead:.0} s, sigma {sigma:.2} -> {rate:.2} req/s = {raw}",
+            if f.is_seasonal() { "holt-winters" } else { "holt" }
+        );
+        (desired, why)
+    }
+}
+
+impl Policy for ForecastPolicy {
+    fn name(&self) -> &str {
+        "forecast"
+    }
+
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        if !obs.is_complete() {
+            return Decision::hold(obs, format!("forecast: holding, metrics missing: {}", obs.missing.join(", ")));
+        }
+        let info = self.info.clone();
+        let mut decision = Decision::default();
+        let mut free = free_gpus(&info, obs);
+        let mut reasons = Vec::new();
+        let unit_rate = |filter: &dyn Fn(&str) -> bool| {
+            if obs.slots.iter().all(|s| filter(&s.variant)) {
+                obs.arrival_rate_rps
+            } else {
+                obs.slots.iter().filter(|s| filter(&s.variant)).map(|s| s.arrival_rate_rps).sum()
+            }
+        };
+        let sums = |filter: &dyn Fn(&str) -> bool| {
+            obs.slots.iter().filter(|s| filter(&s.variant)).fold((0.0, 0u32), |(w, c), s| {
+                (w + s.waiting_requests, c + s.desired_replicas)
+            })
+        };
+        if self.placement.selection == VariantSelection::Fixed {
+            for (vi, v) in info.variants.iter().enumerate() {
+                let filter = |name: &str| name == v.name;
+                let y = unit_rate(&filter);
+                let (waiting, current) = sums(&filter);
+                let (n, why) = self.recommend(&v.name, obs.time_s, obs.window_s, y, waiting, current);
+                reasons.push(format!("{}: {current} -> {n} ({why})", v.name));
+                self.placement.place(&info, obs, vi, n, &mut free, &mut decision);
+            }
+        } else {
+            let all = |_: &str| true;
+            let y = unit_rate(&all);
+            let (waiting, current) = sums(&all);
+            let (n, why) = self.recommend("*", obs.time_s, obs.window_s, y, waiting, current);
+            if let Some(chosen) = self.placement.select_variant(&info, obs, n) {
+                for vi in 0..info.variants.len() {
+                    let k = if vi == chosen { n } else { 0 };
+                    self.placement.place(&info, obs, vi, k, &mut free, &mut decision);
+                }
+                reasons.push(format!("{}: {current} -> {n} ({why})", info.variants[chosen].name));
+            }
+        }
+        decision.reason = format!("forecast: {}", reasons.join("; "));
+        decision
+    }
+
+    fn reset(&mut self) {
+        self.state = ForecastState::default();
+        self.placement.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_quantiles() {
+        assert!((normal_quantile(0.5)).abs() < 1e-9);
+        assert!((normal_quantile(0.9) - 1.281_551_565_5).abs() < 1e-6);
+        assert!((normal_quantile(0.99) - 2.326_347_874).abs() < 1e-6);
+        assert!((normal_quantile(0.01) + 2.326_347_874).abs() < 1e-6);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut f = Forecaster::new(0.5, 0.1, 0.3, 600.0, 40);
+        for i in 0..100 {
+            let t = i as f64 * 15.0;
+            f.observe(t, 3.0 + (t / 100.0).sin());
+        }
+        let s = serde_json::to_string(&f).unwrap();
+        let g: Forecaster = serde_json::from_str(&s).unwrap();
+        assert_eq!(f.forecast(1600.0), g.forecast(1600.0));
+    }
+}
