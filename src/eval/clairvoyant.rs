@@ -186,11 +186,7 @@ impl Policy for Clairvoyant {
     fn decide(&mut self, obs: &Observation) -> Decision {
         let t = obs.time_s;
         let max_total = self.info.variants.iter().map(|v| v.max_replicas).max().unwrap_or(1);
-        let ticks_ahead = if self.max_step > 0 {
-            (max_total.div_ceil(self.max_step)).min(MAX_TICKS_AHEAD)
-        } else {
-            0
-        };
+        let ticks_ahead = if self.max_step > 0 { (max_total.div_ceil(self.max_step)).min(MAX_TICKS_AHEAD) } else { 0 };
         let until = t + f64::from(ticks_ahead) * self.interval_s + self.cold_start_s + self.interval_s;
         self.read_until(until);
         while self.ahead.front().is_some_and(|&a| a < t) {

@@ -13,8 +13,8 @@
 
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::config::{
-    DqnParams, ForecastParams, HpaMetric, HpaParams, HpaTarget, KpaParams, PlacementKind, PolicyKind, PolicySpec, QueueParams,
-    RayParams, StaticParams, VariantSelection,
+    DqnParams, ForecastParams, HpaMetric, HpaParams, HpaTarget, KpaParams, PlacementKind, PolicyKind, PolicySpec,
+    QueueParams, RayParams, StaticParams, VariantSelection,
 };
 use crate::policy::forecast::ForecastPolicy;
 use crate::policy::hpa::HpaScaler;
@@ -99,9 +99,7 @@ pub fn build_policy_with(
         PolicyKind::Ray => {
             Box::new(ScaledPolicy::new("ray", RayScaler::new(p.ray.clone().unwrap_or_default()), placement, info))
         }
-        PolicyKind::Forecast => {
-            Box::new(ForecastPolicy::new(p.forecast.clone().unwrap_or_default(), spec, placement))
-        }
+        PolicyKind::Forecast => Box::new(ForecastPolicy::new(p.forecast.clone().unwrap_or_default(), spec, placement)),
         PolicyKind::Dqn => {
             let params = p.dqn.as_ref().ok_or_else(|| PolicyError::Missing {
                 field: "spec.policy.dqn.checkpoint".into(),
@@ -209,7 +207,10 @@ pub fn validate_policy_spec(p: &PolicySpec) -> Result<(), PolicyError> {
                 }
             }
             if !(50.0..=99.9).contains(&f.percentile) {
-                return Err(invalid("spec.policy.forecast.percentile", format!("{} must be in [50, 99.9]", f.percentile)));
+                return Err(invalid(
+                    "spec.policy.forecast.percentile",
+                    format!("{} must be in [50, 99.9]", f.percentile),
+                ));
             }
             if !(f.alpha > 0.0 && f.alpha <= 1.0) {
                 return Err(invalid("spec.policy.forecast.alpha", format!("{} must be in (0, 1]", f.alpha)));

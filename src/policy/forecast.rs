@@ -195,7 +195,8 @@ impl Forecaster {
             if sw > 1e-12 {
                 let j = k.rem_euclid(self.profile.len() as i64) as usize;
                 let v = swy / sw;
-                self.profile[j] = if self.seen[j] == 0 { v } else { (1.0 - self.gamma) * self.profile[j] + self.gamma * v };
+                self.profile[j] =
+                    if self.seen[j] == 0 { v } else { (1.0 - self.gamma) * self.profile[j] + self.gamma * v };
                 self.seen[j] += 1;
             }
         }
@@ -208,9 +209,7 @@ impl Forecaster {
                 None => self.open.push_back((k, w, w * y)),
             }
         }
-        if !self.seasonal
-            && self.first_t.is_some_and(|t0| t - t0 >= self.season_s)
-            && self.seen.iter().all(|&n| n > 0)
+        if !self.seasonal && self.first_t.is_some_and(|t0| t - t0 >= self.season_s) && self.seen.iter().all(|&n| n > 0)
         {
             self.seasonal = true;
             // Holt restarts on the deseasonalised rate.
@@ -294,10 +293,11 @@ impl ForecastPolicy {
     pub fn new(params: ForecastParams, spec: &LLMWorkloadSpec, placement: Placement) -> Self {
         let interval = f64::from(spec.policy.interval_seconds.max(1));
         let cold_start_s = params.cold_start_seconds.unwrap_or_else(|| {
-            spec.variants.iter().filter_map(|v| v.cold_start_seconds).fold(None, |m: Option<f64>, c| {
-                Some(m.map_or(c, |m| m.max(c)))
-            })
-            .unwrap_or(DEFAULT_COLD_START_S)
+            spec.variants
+                .iter()
+                .filter_map(|v| v.cold_start_seconds)
+                .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))))
+                .unwrap_or(DEFAULT_COLD_START_S)
         });
         let horizon_s = params.horizon_seconds.unwrap_or(interval);
         let per_interval = (params.season_seconds / interval).floor().max(2.0) as usize;
@@ -411,9 +411,10 @@ impl Policy for ForecastPolicy {
             }
         };
         let sums = |filter: &dyn Fn(&str) -> bool| {
-            obs.slots.iter().filter(|s| filter(&s.variant)).fold((0.0, 0u32), |(w, c), s| {
-                (w + s.waiting_requests, c + s.desired_replicas)
-            })
+            obs.slots
+                .iter()
+                .filter(|s| filter(&s.variant))
+                .fold((0.0, 0u32), |(w, c), s| (w + s.waiting_requests, c + s.desired_replicas))
         };
         if self.placement.selection == VariantSelection::Fixed {
             for (vi, v) in info.variants.iter().enumerate() {
