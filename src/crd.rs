@@ -23,13 +23,15 @@ use crate::policy::config::PolicySpec;
     shortname = "llmw",
     namespaced,
     status = "LLMWorkloadStatus",
-    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policy.kind"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".status.summary.policy"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.policy.mode"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
-    printcolumn = r#"{"name":"RPS","type":"number","jsonPath":".status.observedArrivalRateRps"}"#,
-    printcolumn = r#"{"name":"SLO","type":"number","jsonPath":".status.sloAttainment"}"#,
-    printcolumn = r#"{"name":"$/h","type":"number","jsonPath":".status.costRateUsdPerHour"}"#,
+    printcolumn = r#"{"name":"RPS","type":"string","jsonPath":".status.summary.rps"}"#,
+    printcolumn = r#"{"name":"SLO","type":"string","jsonPath":".status.summary.slo"}"#,
+    printcolumn = r#"{"name":"$/h","type":"string","jsonPath":".status.summary.costPerHour"}"#,
+    printcolumn = r#"{"name":"Slots","type":"string","priority":1,"jsonPath":".status.summary.slots"}"#,
+    printcolumn = r#"{"name":"Last decision","type":"string","priority":1,"jsonPath":".status.summary.lastDecision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -296,9 +298,33 @@ pub struct LLMWorkloadStatus {
     /// Keys are `<variant>/<pool>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub last_scale_down: BTreeMap<String, String>,
+    /// The figures above formatted for people, for `kubectl get` (written with every status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<StatusSummary>,
     /// Conditions: Ready, Progressing, Degraded, MetricsAvailable, PolicyReady.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The status figures formatted for `kubectl get llmw` (printer columns cannot format
+/// numbers): rate with one decimal, SLO attainment in per cent, cost with two decimals,
+/// and `-o wide`'s slots and last decision. `-` where the figure is not known.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusSummary {
+    /// The deciding policy, and the policy in shadow when the mode is `shadow`
+    /// (e.g. `hpa`, `dqn (shadow)`).
+    pub policy: String,
+    /// Observed requests per second, one decimal (e.g. `176.0`).
+    pub rps: String,
+    /// Observed SLO attainment in per cent, one decimal (e.g. `95.2%`).
+    pub slo: String,
+    /// Cost of the fleet now, USD per hour, two decimals (e.g. `$12.34`).
+    pub cost_per_hour: String,
+    /// Every slot as `variant/pool ready/desired`, comma-separated.
+    pub slots: String,
+    /// The last decision's kind and reason, shortened.
+    pub last_decision: String,
 }
 
 /// Status of one (variant, pool) slot.

@@ -347,7 +347,9 @@ fn status_of(wl: &LLMWorkload) -> LLMWorkloadStatus {
 async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatus) -> Result<(), Error> {
     let ns = wl.namespace().unwrap_or_default();
     let api: Api<LLMWorkload> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut value = serde_json::to_value(status)?;
+    let mut written = status.clone();
+    written.summary = Some(self::status::summary(&wl.spec, &written));
+    let mut value = serde_json::to_value(&written)?;
     if let Some(obj) = value.as_object_mut() {
         // A merge patch leaves absent keys alone: clear what is no longer set.
         for k in

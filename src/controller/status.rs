@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::crd::{Condition, SlotStatus};
+use crate::crd::{Condition, SlotStatus, StatusSummary};
 
 use super::decide::SlotState;
 use super::desired::Slot;
@@ -159,5 +159,88 @@ mod tests {
         assert!(ready.message.contains("v/p 1/2 ready"));
         let [ready, _] = rollout_conditions(&[s(0, 0)]);
         assert_eq!(ready.reason, "NoReplicas");
+    }
+}
+
+/// The status figures formatted for `kubectl get llmw` (see [`StatusSummary`]): computed
+/// from the spec and the status about to be written, so every status write carries it.
+pub fn summary(spec: &crate::crd::LLMWorkloadSpec, st: &crate::crd::LLMWorkloadStatus) -> StatusSummary {
+    use crate::policy::PolicyMode;
+    let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
+    let kind = serde_json::to_value(spec.policy.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "-".into());
+    let shadow = spec.policy.mode == PolicyMode::Shadow;
+    let decision = if shadow { st.shadow_decision.as_ref() } else { st.last_decision.as_ref() };
+    StatusSummary {
+        policy: if shadow { format!("{kind} (shadow)") } else { kind },
+        rps: finite(st.observed_arrival_rate_rps).map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
+        slo: finite(st.slo_attainment).map(|a| format!("{:.1}%", a * 100.0)).unwrap_or_else(|| "-".into()),
+        cost_per_hour: finite(st.cost_rate_usd_per_hour).map(|c| format!("${c:.2}")).unwrap_or_else(|| "-".into()),
+        slots: if st.slots.is_empty() {
+            "-".into()
+        } else {
+            st.slots
+                .iter()
+                .map(|s| format!("{}/{} {}/{}", s.variant, s.pool, s.ready_replicas, s.desired_replicas))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        last_decision: decision.map(|d| shorten(&format!("{}: {}", d.policy, d.reason), 60)).unwrap_or_else(|| "-".into()),
+    }
+}
+
+/// `s` cut to at most `max` characters, with `…` where it was cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+    use crate::crd::{DecisionStatus, LLMWorkloadStatus};
+
+    fn spec(mode: &str) -> crate::crd::LLMWorkloadSpec {
+        serde_yaml::from_str(&format!(
+            "variants: [{{name: v, model: m, image: i, gpusPerReplica: 1, minReplicas: 1, maxReplicas: 4}}]\n\
+             gpuPools: [{{name: p, gpuType: L4, pricePerGpuHour: 0.8}}]\n\
+             slo: {{ttftMs: 2000, tpotMs: 100}}\n\
+             policy: {{kind: kpa, mode: {mode}}}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn formats_figures_for_people_and_marks_unknowns() {
+        let mut st = LLMWorkloadStatus {
+            observed_arrival_rate_rps: Some(175.98803557674114),
+            slo_attainment: Some(0.95234),
+            cost_rate_usd_per_hour: Some(12.3456),
+            slots: vec![SlotStatus { variant: "v".into(), pool: "p".into(), desired_replicas: 3, ready_replicas: 2 }],
+            last_decision: Some(DecisionStatus {
+                policy: "kpa".into(),
+                reason: "x".repeat(100),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = summary(&spec("active"), &st);
+        assert_eq!((s.policy.as_str(), s.rps.as_str(), s.slo.as_str()), ("kpa", "176.0", "95.2%"));
+        assert_eq!((s.cost_per_hour.as_str(), s.slots.as_str()), ("$12.35", "v/p 2/3"));
+        assert_eq!(s.last_decision.chars().count(), 60);
+        assert!(s.last_decision.starts_with("kpa: xxx") && s.last_decision.ends_with('…'));
+
+        st.observed_arrival_rate_rps = Some(f64::NAN);
+        st.slo_attainment = None;
+        st.slots.clear();
+        let s = summary(&spec("shadow"), &st);
+        assert_eq!((s.policy.as_str(), s.rps.as_str(), s.slo.as_str()), ("kpa (shadow)", "-", "-"));
+        assert_eq!((s.slots.as_str(), s.last_decision.as_str()), ("-", "-"), "shadow mode shows the shadow decision");
     }
 }
