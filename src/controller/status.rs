@@ -187,7 +187,9 @@ pub fn summary(spec: &crate::crd::LLMWorkloadSpec, st: &crate::crd::LLMWorkloadS
                 .collect::<Vec<_>>()
                 .join(", ")
         },
-        last_decision: decision.map(|d| shorten(&format!("{}: {}", d.policy, d.reason), 60)).unwrap_or_else(|| "-".into()),
+        last_decision: decision
+            .map(|d| shorten(&format!("{}: {}", d.policy, d.reason), 60))
+            .unwrap_or_else(|| "-".into()),
     }
 }
 
@@ -223,11 +225,7 @@ mod summary_tests {
             slo_attainment: Some(0.95234),
             cost_rate_usd_per_hour: Some(12.3456),
             slots: vec![SlotStatus { variant: "v".into(), pool: "p".into(), desired_replicas: 3, ready_replicas: 2 }],
-            last_decision: Some(DecisionStatus {
-                policy: "kpa".into(),
-                reason: "x".repeat(100),
-                ..Default::default()
-            }),
+            last_decision: Some(DecisionStatus { policy: "kpa".into(), reason: "x".repeat(100), ..Default::default() }),
             ..Default::default()
         };
         let s = summary(&spec("active"), &st);
