@@ -21,6 +21,7 @@ fn cfg(policies: &str) -> CompareConfig {
         loads: vec![1.0],
         replica_capacity_rps: Some(3.0),
         max_duration_s: Some(300.0),
+        clairvoyant_sweep: Vec::new(),
     }
 }
 

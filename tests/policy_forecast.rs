@@ -196,6 +196,7 @@ fn the_clairvoyant_reference_meets_the_slo_for_less_than_every_causal_baseline()
         loads: vec![1.0],
         replica_capacity_rps: Some(2.5),
         max_duration_s: None,
+        clairvoyant_sweep: Vec::new(),
     };
     let report = compare(&cfg).unwrap();
     let mean = |label: &str, f: &dyn Fn(&EpisodeResult) -> f64| {

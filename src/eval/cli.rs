@@ -35,6 +35,13 @@ pub struct CompareArgs {
     /// Stop each episode after this many simulated seconds.
     #[arg(long)]
     pub max_duration_s: Option<f64>,
+    /// Clairvoyant runs that trace the clairvoyant frontier (SLO attainment against
+    /// GPU-hours; docs/policies.md): `auto` (0.6, 0.8, 1, 1.25, 1.6 and 2 × the
+    /// `--replica-capacity-rps`; none without it), `none`, or capacities in requests/s per
+    /// replica, comma-separated (e.g. `0.8,1.0,1.3,1.6,2.0`). They run as
+    /// `clairvoyant:capacity=R` on the same arrivals and are never HPA/KPA references.
+    #[arg(long, default_value = "auto")]
+    pub clairvoyant_sweep: String,
     /// Directory for report.json, report.csv and the plots.
     #[arg(long, default_value = "out/compare")]
     pub out: PathBuf,
@@ -43,8 +50,28 @@ pub struct CompareArgs {
     pub no_plots: bool,
 }
 
+/// The capacities of `--clairvoyant-sweep` (see [`CompareArgs::clairvoyant_sweep`]).
+pub fn parse_sweep(text: &str, replica_capacity_rps: Option<f64>) -> anyhow::Result<Vec<f64>> {
+    match text.trim() {
+        "auto" => Ok(replica_capacity_rps.map(crate::eval::auto_sweep).unwrap_or_default()),
+        "none" | "" => Ok(Vec::new()),
+        list => list
+            .split(',')
+            .map(|x| {
+                let v: f64 = x.trim().parse().with_context(|| format!("--clairvoyant-sweep: `{x}` is not a number"))?;
+                anyhow::ensure!(v > 0.0 && v.is_finite(), "--clairvoyant-sweep: capacities must be positive, got {v}");
+                Ok(v)
+            })
+            .collect(),
+    }
+}
+
 /// Runs `llmos compare`.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let clairvoyant_sweep = parse_sweep(&args.clairvoyant_sweep, args.replica_capacity_rps)?;
+    if args.clairvoyant_sweep.trim() == "auto" && clairvoyant_sweep.is_empty() {
+        eprintln!("no clairvoyant frontier: give --replica-capacity-rps (or --clairvoyant-sweep R1,R2,...)");
+    }
     let cfg = CompareConfig {
         scenario: args.scenario.clone(),
         policies: args.policies.clone(),
@@ -53,6 +80,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         loads: args.load.clone(),
         replica_capacity_rps: args.replica_capacity_rps,
         max_duration_s: args.max_duration_s,
+        clairvoyant_sweep,
     };
     let report = compare_with(&cfg, &factory_with_dqn)?;
     print_and_write(&report, &args.out, !args.no_plots)
@@ -85,14 +113,18 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
     for (l, s) in report.loads.iter().zip(&report.arrivals) {
         println!("load ×{l}: mean {:.2} req/s, peak (60 s) {:.2} req/s", s.mean_rps, s.peak_rps);
     }
+    if !report.sweep.is_empty() {
+        println!("clairvoyant frontier (sweep): {}", report.sweep.join(", "));
+    }
     println!();
     print!("{}", stats::table(&report.rows, &report.loads));
+    // Every policy against the HPA/KPA settings and the clairvoyant frontier.
+    print!("{}", stats::figures_table(&report.figures, &report.loads));
+    print!("{}", stats::figures_text(&report.figures));
+    println!();
     // Each learned policy against the HPA and KPA settings in the run (the bar:
     // ≥ 25 % fewer GPU-hours than the best of them at equal or better SLO attainment).
-    let is_hpa_kpa = |p: &str| {
-        let kind = p.split(':').next().unwrap_or("");
-        kind == "hpa" || kind == "kpa"
-    };
+    let is_hpa_kpa = stats::is_hpa_kpa;
     for p in report.policies.iter().filter(|p| p.starts_with("dqn:")) {
         let v = stats::verdicts(&report.rows, p, &is_hpa_kpa);
         if !v.is_empty() {
@@ -124,7 +156,7 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
     let jp = out.join("report.json");
     std::fs::write(&jp, json).with_context(|| format!("writing {}", jp.display()))?;
     let cp = out.join("report.csv");
-    std::fs::write(&cp, stats::csv(&report.rows)).with_context(|| format!("writing {}", cp.display()))?;
+    std::fs::write(&cp, stats::csv_with_figures(&report.rows, &report.figures)).with_context(|| format!("writing {}", cp.display()))?;
     println!("wrote {} and {}", jp.display(), cp.display());
     if plots_too {
         let files = plots::write_all(&report, out).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
@@ -273,6 +305,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         loads: args.load.clone(),
         replica_capacity_rps: Some(args.replica_capacity_rps),
         max_duration_s: None,
+        clairvoyant_sweep: Vec::new(),
     };
     let report = compare_with(&cfg, &factory_with_dqn)?;
     print_and_write(&report, &args.out, true)

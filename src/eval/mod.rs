@@ -149,7 +149,7 @@ pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Resul
         if ctx.arrivals.peak_rps <= 0.0 {
             return Err(PolicyError::InvalidParam {
                 field: label.to_string(),
-                message: "static sizing needs the arrival rates of a trace-driven or synthetic scenario window; use `static:N` for ServeGen workloads".into(),
+                message: "static sizing needs the arrival rates of the scenario's window, and this window has no arrivals; use `static:N`".into(),
             });
         }
         let n = replicas_for_rate(rate, cap).ok_or_else(|| PolicyError::InvalidParam {
@@ -195,14 +195,15 @@ pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Resul
 }
 
 /// Arrival statistics of a scenario's window at `load`: of the trace as recorded for
-/// trace-driven scenarios, of seed 0's arrivals for synthetic ones; `None` for ServeGen
-/// scenarios (too long to read twice).
+/// trace-driven scenarios, of seed 0's arrivals for synthetic and ServeGen ones (a ServeGen
+/// slice is generated once more for this: about 0.35 s per million requests in the dev
+/// profile); the peak is over 60 s bins from the window's start in every case. `None` when
+/// the scenario has no arrivals to read.
 pub fn arrival_stats(scenario: &Scenario, window: Window, load: f64) -> Option<ArrivalStats> {
     let (a, b) = window.fractions();
-    let mut stream = match (&scenario.trace, &scenario.file.workload.synthetic) {
-        (Some(trace), _) => crate::twin::trace::ArrivalStream::replay(trace.clone(), a, b, load).ok()?,
-        (None, Some(_)) if scenario.servegen.is_none() => Twin::arrival_stream(scenario, 0, a, b, load).ok()?,
-        _ => return None,
+    let mut stream = match &scenario.trace {
+        Some(trace) => crate::twin::trace::ArrivalStream::replay(trace.clone(), a, b, load).ok()?,
+        None => Twin::arrival_stream(scenario, 0, a, b, load).ok()?,
     };
     let mut bins: Vec<u32> = Vec::new();
     let (mut n, mut last) = (0u64, 0.0f64);
@@ -338,6 +339,25 @@ pub struct CompareConfig {
     pub replica_capacity_rps: Option<f64>,
     /// Stop each episode after this many simulated seconds (for quick runs).
     pub max_duration_s: Option<f64>,
+    /// Capacities (requests/s per replica) of clairvoyant runs added to the policies, as
+    /// `clairvoyant:capacity=R`, to trace the clairvoyant frontier (see [`auto_sweep`]);
+    /// empty: none beyond those listed in `policies`.
+    pub clairvoyant_sweep: Vec<f64>,
+}
+
+/// Multipliers of `--replica-capacity-rps` in the default clairvoyant sweep: from well
+/// provisioned (0.6 × the capacity: more replicas, higher SLO attainment) to lean (2 ×).
+pub const AUTO_SWEEP: [f64; 6] = [0.6, 0.8, 1.0, 1.25, 1.6, 2.0];
+
+/// The default clairvoyant sweep for a replica capacity of `capacity_rps`: [`AUTO_SWEEP`]
+/// times it, rounded to 0.001 req/s.
+pub fn auto_sweep(capacity_rps: f64) -> Vec<f64> {
+    AUTO_SWEEP.iter().map(|m| (m * capacity_rps * 1000.0).round() / 1000.0).collect()
+}
+
+/// The policy label of a clairvoyant sweep point.
+pub fn sweep_label(capacity_rps: f64) -> String {
+    format!("clairvoyant:capacity={}", (capacity_rps * 1000.0).round() / 1000.0)
 }
 
 /// Results of a comparison: every episode plus aggregates per (policy, load).
@@ -357,8 +377,16 @@ pub struct CompareReport {
     pub seeds: u64,
     /// Arrival statistics per load.
     pub arrivals: Vec<ArrivalStats>,
+    /// The clairvoyant runs added by the sweep (`CompareConfig::clairvoyant_sweep`), also
+    /// at the end of `policies`.
+    pub sweep: Vec<String>,
     /// Aggregates per (policy, load).
     pub rows: Vec<stats::Row>,
+    /// The clairvoyant frontier per load (every clairvoyant run, listed or swept).
+    pub frontiers: Vec<stats::Frontier>,
+    /// Per (policy, load): GPU-hours saved against HPA/KPA and the share of the frontier's
+    /// saving captured.
+    pub figures: Vec<stats::PolicyFigures>,
     /// Every episode (reports only; series and CDFs are in the plots).
     pub episodes: Vec<EpisodeResult>,
 }
@@ -381,8 +409,22 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         return Err(EvalError::Config(format!("--load needs positive numbers, got {:?}", cfg.loads)));
     }
     let spec = scenario.spec.clone();
-    let choices = parse_policy_list(&cfg.policies, &spec.policy)
+    let mut choices = parse_policy_list(&cfg.policies, &spec.policy)
         .map_err(|e| EvalError::Policy { label: cfg.policies.clone(), source: e })?;
+    let mut sweep = Vec::new();
+    for &c in &cfg.clairvoyant_sweep {
+        if !(c > 0.0) || !c.is_finite() {
+            return Err(EvalError::Config(format!("--clairvoyant-sweep needs positive capacities, got {c}")));
+        }
+        let label = sweep_label(c);
+        if choices.iter().any(|x| x.label == label) {
+            continue;
+        }
+        let choice = crate::policy::build::parse_policy_name(&label, &spec.policy)
+            .map_err(|e| EvalError::Policy { label: label.clone(), source: e })?;
+        sweep.push(label);
+        choices.push(choice);
+    }
     let (a, b) = cfg.window.fractions();
     let arrivals: Vec<ArrivalStats> =
         cfg.loads.iter().map(|&l| arrival_stats(&scenario, cfg.window, l).unwrap_or_default()).collect();
@@ -427,6 +469,8 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
     let episodes = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let labels: Vec<String> = choices.iter().map(|c| c.label.clone()).collect();
     let rows = stats::aggregate(&episodes, &labels, &cfg.loads);
+    let frontiers = stats::frontiers(&rows, &cfg.loads);
+    let figures = stats::policy_figures(&rows);
     Ok(CompareReport {
         scenario: scenario.file.name.clone().unwrap_or_else(|| cfg.scenario.display().to_string()),
         window: cfg.window,
@@ -435,7 +479,10 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         loads: cfg.loads.clone(),
         seeds: cfg.seeds,
         arrivals,
+        sweep,
         rows,
+        frontiers,
+        figures,
         episodes,
     })
 }

@@ -1,6 +1,7 @@
 //! Plots of a comparison, as PNG and SVG (plotters): replicas over time against the
 //! arrival rate, latency CDFs, SLO attainment against offered load, and cost against SLO
-//! attainment (the Pareto view).
+//! attainment (the Pareto view), and GPU-hours against SLO attainment with the clairvoyant
+//! frontier (one panel per load).
 //!
 //! Text is drawn with DejaVu Sans shipped in `assets/fonts/` (licence next to it), so PNGs
 //! render without system fonts.
@@ -79,6 +80,7 @@ pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Vec<String>, Stri
     both("latency_cdf", &|r| latency_cdf(r, report), &|r| latency_cdf(r, report))?;
     both("slo_vs_load", &|r| slo_vs_load(r, report), &|r| slo_vs_load(r, report))?;
     both("cost_vs_slo", &|r| cost_vs_slo(r, report), &|r| cost_vs_slo(r, report))?;
+    both("frontier", &|r| frontier(r, report), &|r| frontier(r, report))?;
     Ok(files)
 }
 
@@ -269,5 +271,75 @@ fn cost_vs_slo<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Compa
         .label("Pareto front")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
     draw_legend(&mut c, SeriesLabelPosition::LowerRight)?;
+    Ok(())
+}
+
+/// One panel per load: the clairvoyant frontier (every clairvoyant run's mean point, the
+/// monotone front through them as a line) and every other policy's mean point over seeds.
+fn frontier<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareReport) -> DrawResult {
+    root.fill(&WHITE).map_err(e)?;
+    let root = root
+        .titled(
+            &format!(
+                "GPU-hours vs SLO attainment with the clairvoyant frontier — {} (mean over {} seeds)",
+                report.scenario, report.seeds
+            ),
+            ("sans-serif", 20),
+        )
+        .map_err(e)?;
+    let panels = root.split_evenly((1, report.loads.len().max(1)));
+    for (k, (area, &load)) in panels.iter().zip(&report.loads).enumerate() {
+        let pts: Vec<(usize, f64, f64)> = report
+            .policies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, mean_of(report, p, load, "GPU-h")?.0, mean_of(report, p, load, "SLO %")?.0)))
+            .collect();
+        let g_max = pts.iter().map(|p| p.1).fold(0.01, f64::max) * 1.15;
+        let s_min = pts.iter().map(|p| p.2).fold(100.0, f64::min);
+        let mut c = ChartBuilder::on(area)
+            .caption(format!("load ×{load}"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..g_max, (s_min - 2.0).max(0.0)..100.5)
+            .map_err(e)?;
+        c.configure_mesh().x_desc("GPU-hours").y_desc("SLO attainment (%)").draw().map_err(e)?;
+        let front: Vec<(f64, f64)> = report
+            .frontiers
+            .iter()
+            .find(|f| f.load == load)
+            .map(|f| f.points.iter().map(|&(s, g)| (g, s)).collect())
+            .unwrap_or_default();
+        if !front.is_empty() {
+            c.draw_series(LineSeries::new(front.clone(), BLACK.stroke_width(2)))
+                .map_err(e)?
+                .label("clairvoyant frontier")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        }
+        let mut n = 0;
+        for &(i, gpu, slo) in &pts {
+            let label = report.policies[i].clone();
+            if crate::eval::stats::is_clairvoyant(&label) {
+                c.draw_series(std::iter::once(Cross::new((gpu, slo), 5, BLACK.stroke_width(2)))).map_err(e)?;
+                continue;
+            }
+            let col = color(n);
+            n += 1;
+            c.draw_series(std::iter::once(Circle::new((gpu, slo), 6, col.filled())))
+                .map_err(e)?
+                .label(label.clone())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, col.filled()));
+            if k == 0 || report.loads.len() == 1 {
+                c.draw_series(std::iter::once(Text::new(
+                    label,
+                    (gpu, slo),
+                    ("sans-serif", 13).into_font().color(&BLACK),
+                )))
+                .map_err(e)?;
+            }
+        }
+        draw_legend(&mut c, SeriesLabelPosition::LowerRight)?;
+    }
     Ok(())
 }

@@ -198,11 +198,25 @@ pub fn table(rows: &[Row], loads: &[f64]) -> String {
 
 /// The aggregates as CSV: `policy,load,<column>_mean,<column>_ci95,...`.
 pub fn csv(rows: &[Row]) -> String {
+    csv_impl(rows, None)
+}
+
+/// [`csv`] with the [`PolicyFigures`] appended to each row: `hpa_kpa_reference`,
+/// `saved_vs_hpa_kpa` (fraction), `frontier_gpu_h`, `frontier_captured` (empty: not
+/// supported by the data).
+pub fn csv_with_figures(rows: &[Row], figures: &[PolicyFigures]) -> String {
+    csv_impl(rows, Some(figures))
+}
+
+fn csv_impl(rows: &[Row], figures: Option<&[PolicyFigures]>) -> String {
     let cols = columns();
     let key = |n: &str| n.to_lowercase().replace(['%'], "pct").replace(['/', ' ', '-'], "_").replace('$', "usd");
     let mut out = String::from("policy,load");
     for c in &cols {
         out.push_str(&format!(",{k}_mean,{k}_ci95", k = key(c.name)));
+    }
+    if figures.is_some() {
+        out.push_str(",hpa_kpa_reference,saved_vs_hpa_kpa,frontier_gpu_h,frontier_captured");
     }
     out.push('\n');
     for r in rows {
@@ -210,6 +224,19 @@ pub fn csv(rows: &[Row]) -> String {
         for v in &r.values {
             let f = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
             out.push_str(&format!(",{},{}", f(v.mean), f(v.ci95)));
+        }
+        if let Some(figs) = figures {
+            let g = |x: Option<f64>| x.filter(|v| v.is_finite()).map(|v| format!("{v}")).unwrap_or_default();
+            match figs.iter().find(|x| x.policy == r.policy && x.load == r.load) {
+                Some(x) => out.push_str(&format!(
+                    ",{},{},{},{}",
+                    x.reference.as_deref().unwrap_or("").replace(',', ";"),
+                    g(x.saved),
+                    g(x.frontier_gpu_h),
+                    g(x.captured)
+                )),
+                None => out.push_str(",,,,"),
+            }
         }
         out.push('\n');
     }
@@ -256,52 +283,75 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// The SLO attainment (%) and GPU-hours of a row (means over seeds), when both are finite.
+pub fn slo_and_gpu_h(r: &Row) -> Option<(f64, f64)> {
+    let val = |col: &str| r.columns.iter().position(|c| *c == col).map(|i| r.values[i].mean);
+    match (val("SLO %"), val("GPU-h")) {
+        (Some(s), Some(g)) if s.is_finite() && g.is_finite() => Some((s, g)),
+        _ => None,
+    }
+}
+
+/// The cheapest of `candidates` `(label, SLO %, GPU-h)` whose SLO attainment (to 0.1 pt) is
+/// at least `slo_pct`.
+fn cheapest_reaching<'a>(candidates: &[(&'a str, f64, f64)], slo_pct: f64) -> Option<(&'a str, f64, f64)> {
+    candidates.iter().filter(|b| round1(b.1) >= round1(slo_pct)).min_by(|a, b| a.2.total_cmp(&b.2)).copied()
+}
+
+/// The monotone front of `(SLO %, GPU-h)` points: the Pareto-optimal ones (no other point
+/// has both more SLO attainment and fewer GPU-hours), SLO compared to 0.1 pt (and returned
+/// rounded so), sorted by SLO. GPU-hours strictly increase along it.
+pub fn front(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let pts: Vec<(f64, f64)> =
+        points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|p| (round1(p.0), p.1)).collect();
+    let mut front: Vec<(f64, f64)> = pts
+        .iter()
+        .filter(|b| !pts.iter().any(|o| o.0 >= b.0 && o.1 <= b.1 && (o.0 > b.0 || o.1 < b.1)))
+        .copied()
+        .collect();
+    front.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    front.dedup_by(|a, b| a.0 == b.0);
+    front
+}
+
+/// GPU-hours of `front` (from [`front`]) at `slo_pct` (to 0.1 pt): linear between the two
+/// neighbouring points (what alternating between the two settings would cost); `None`
+/// outside the front's SLO range.
+pub fn front_at(front: &[(f64, f64)], slo_pct: f64) -> Option<f64> {
+    let at = round1(slo_pct);
+    if let Some(p) = front.iter().find(|p| p.0 == at) {
+        return Some(p.1);
+    }
+    front.windows(2).find(|w| w[0].0 <= at && at <= w[1].0).map(|w| {
+        let span = w[1].0 - w[0].0;
+        if span <= 0.0 {
+            w[0].1.min(w[1].1)
+        } else {
+            w[0].1 + (at - w[0].0) / span * (w[1].1 - w[0].1)
+        }
+    })
+}
+
 /// The verdicts of `policy` against the rows whose policy satisfies `is_baseline`, per load.
 /// Loads where the policy or every baseline lacks SLO or GPU-hour values are skipped.
 pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&str) -> bool) -> Vec<Verdict> {
-    let val = |r: &Row, col: &str| r.columns.iter().position(|c| *c == col).map(|i| r.values[i].mean);
-    let point = |r: &Row| match (val(r, "SLO %"), val(r, "GPU-h")) {
-        (Some(s), Some(g)) if s.is_finite() && g.is_finite() => Some((s, g)),
-        _ => None,
-    };
     let mut out = Vec::new();
     for r in rows.iter().filter(|r| r.policy == policy) {
-        let Some((slo, gpu)) = point(r) else { continue };
+        let Some((slo, gpu)) = slo_and_gpu_h(r) else { continue };
         let base: Vec<(&str, f64, f64)> = rows
             .iter()
             .filter(|b| b.load == r.load && b.policy != policy && is_baseline(&b.policy))
-            .filter_map(|b| point(b).map(|(s, g)| (b.policy.as_str(), s, g)))
+            .filter_map(|b| slo_and_gpu_h(b).map(|(s, g)| (b.policy.as_str(), s, g)))
             .collect();
         if base.is_empty() {
             continue;
         }
-        let reaching = base.iter().filter(|b| round1(b.1) >= round1(slo)).min_by(|a, b| a.2.total_cmp(&b.2));
-        let (reference, reaches) = match reaching {
-            Some(b) => (*b, true),
+        let (reference, reaches) = match cheapest_reaching(&base, slo) {
+            Some(b) => (b, true),
             None => (*base.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(&base[0]), false),
         };
-        // Pareto front (no other baseline has both more SLO and fewer GPU-hours), by SLO;
-        // SLO compared to 0.1 pt, as above.
-        let pts: Vec<(f64, f64)> = base.iter().map(|b| (round1(b.1), b.2)).collect();
-        let mut front: Vec<(f64, f64)> = pts
-            .iter()
-            .filter(|b| !pts.iter().any(|o| o.0 >= b.0 && o.1 <= b.1 && (o.0 > b.0 || o.1 < b.1)))
-            .copied()
-            .collect();
-        front.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        front.dedup_by(|a, b| a.0 == b.0);
-        let at = round1(slo);
-        let frontier_gpu_h = if front.len() == 1 && front[0].0 == at { Some(front[0].1) } else { None };
-        let frontier_gpu_h = frontier_gpu_h.or_else(|| {
-            front.windows(2).find(|w| w[0].0 <= at && at <= w[1].0).map(|w| {
-                let span = w[1].0 - w[0].0;
-                if span <= 0.0 {
-                    w[0].1.min(w[1].1)
-                } else {
-                    w[0].1 + (at - w[0].0) / span * (w[1].1 - w[0].1)
-                }
-            })
-        });
+        let pts: Vec<(f64, f64)> = base.iter().map(|b| (b.1, b.2)).collect();
+        let frontier_gpu_h = front_at(&front(&pts), slo);
         out.push(Verdict {
             load: r.load,
             policy: policy.to_string(),
@@ -316,6 +366,255 @@ pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&str) -> bool) 
         });
     }
     out
+}
+
+/// The kind of a policy label (`hpa:target=0.5` → `hpa`).
+pub fn kind_of(label: &str) -> &str {
+    label.split(':').next().unwrap_or("")
+}
+
+/// An HPA or KPA setting: the family the saving is measured against.
+pub fn is_hpa_kpa(label: &str) -> bool {
+    matches!(kind_of(label), "hpa" | "kpa")
+}
+
+/// A clairvoyant run: a point of the clairvoyant frontier.
+pub fn is_clairvoyant(label: &str) -> bool {
+    kind_of(label) == "clairvoyant"
+}
+
+/// The frontier's saving against the reference must be at least this fraction of the
+/// reference's GPU-hours for the captured fraction to be printed (below, the ratio divides
+/// by a difference the seeds' noise could make up).
+pub const MIN_FRONTIER_SAVING: f64 = 0.01;
+
+/// The clairvoyant frontier of one load: the monotone [`front`] of every clairvoyant run's
+/// `(SLO %, GPU-h)` (means over seeds), SLO rounded to 0.1 pt, sorted by SLO.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Frontier {
+    /// Load multiplier.
+    pub load: f64,
+    /// The front's points, `(SLO %, GPU-h)`.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The clairvoyant frontier per load (empty points where no clairvoyant run has values).
+pub fn frontiers(rows: &[Row], loads: &[f64]) -> Vec<Frontier> {
+    loads
+        .iter()
+        .map(|&load| {
+            let pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.load == load && is_clairvoyant(&r.policy))
+                .filter_map(slo_and_gpu_h)
+                .collect();
+            Frontier { load, points: front(&pts) }
+        })
+        .collect()
+}
+
+/// Two figures of one policy at one load (means over seeds), against the HPA/KPA settings
+/// and the clairvoyant runs of the same comparison. A figure the data does not support is
+/// `None`, with the reason beside it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PolicyFigures {
+    /// Load multiplier.
+    pub load: f64,
+    /// The policy.
+    pub policy: String,
+    /// Its SLO attainment, %.
+    pub slo_pct: f64,
+    /// Its GPU-hours.
+    pub gpu_h: f64,
+    /// The reference: the cheapest HPA/KPA setting (the policy itself included when it is
+    /// one) whose SLO attainment, to 0.1 pt, is at least the policy's.
+    pub reference: Option<String>,
+    /// The reference's SLO attainment, %.
+    pub reference_slo_pct: Option<f64>,
+    /// The reference's GPU-hours.
+    pub reference_gpu_h: Option<f64>,
+    /// GPU-hours saved against the reference, as a fraction of its GPU-hours (negative:
+    /// more used).
+    pub saved: Option<f64>,
+    /// Why `saved` is `None`.
+    pub saved_why: Option<String>,
+    /// The clairvoyant frontier's GPU-hours interpolated at the policy's SLO attainment.
+    pub frontier_gpu_h: Option<f64>,
+    /// (reference − policy) / (reference − frontier) GPU-hours: the share of the frontier's
+    /// saving the policy captures (1: as cheap as the frontier; 0: as the reference; above
+    /// 1: cheaper than the frontier, which is approximate; negative: dearer than the
+    /// reference).
+    pub captured: Option<f64>,
+    /// Why `captured` is `None`.
+    pub captured_why: Option<String>,
+}
+
+/// The [`PolicyFigures`] of every row with SLO and GPU-hour values, in row order.
+pub fn policy_figures(rows: &[Row]) -> Vec<PolicyFigures> {
+    let mut loads: Vec<f64> = Vec::new();
+    for r in rows {
+        if !loads.contains(&r.load) {
+            loads.push(r.load);
+        }
+    }
+    let fronts = frontiers(rows, &loads);
+    let mut out = Vec::new();
+    for r in rows {
+        let Some((slo, gpu)) = slo_and_gpu_h(r) else { continue };
+        let hk: Vec<(&str, f64, f64)> = rows
+            .iter()
+            .filter(|b| b.load == r.load && is_hpa_kpa(&b.policy))
+            .filter_map(|b| slo_and_gpu_h(b).map(|(s, g)| (b.policy.as_str(), s, g)))
+            .collect();
+        let reference = cheapest_reaching(&hk, slo);
+        let front = fronts.iter().find(|f| f.load == r.load).map(|f| f.points.as_slice()).unwrap_or(&[]);
+        let frontier_gpu_h = front_at(front, slo);
+        let mut f = PolicyFigures {
+            load: r.load,
+            policy: r.policy.clone(),
+            slo_pct: slo,
+            gpu_h: gpu,
+            reference: reference.map(|b| b.0.to_string()),
+            reference_slo_pct: reference.map(|b| b.1),
+            reference_gpu_h: reference.map(|b| b.2),
+            saved: None,
+            saved_why: None,
+            frontier_gpu_h,
+            captured: None,
+            captured_why: None,
+        };
+        match reference {
+            None if hk.is_empty() => f.saved_why = Some("no HPA/KPA setting in the run".into()),
+            None => f.saved_why = Some(format!("no HPA/KPA setting reaches {:.1} % SLO", slo)),
+            Some(b) if b.2 <= 0.0 => f.saved_why = Some(format!("{} used no GPU-hours", b.0)),
+            Some(b) => f.saved = Some((b.2 - gpu) / b.2),
+        }
+        f.captured_why = match (f.saved, reference, frontier_gpu_h) {
+            (None, _, _) => f.saved_why.clone(),
+            (Some(_), _, _) if front.is_empty() => Some("no clairvoyant run (--clairvoyant-sweep)".into()),
+            (Some(_), _, None) => Some(format!(
+                "{:.1} % SLO is outside the frontier's range [{:.1}, {:.1}] %",
+                slo,
+                front[0].0,
+                front[front.len() - 1].0
+            )),
+            (Some(_), Some(b), Some(fg)) if b.2 - fg < MIN_FRONTIER_SAVING * b.2 => Some(format!(
+                "the frontier ({fg:.2} GPU-h) saves less than {:.0} % against {} ({:.2} GPU-h)",
+                MIN_FRONTIER_SAVING * 100.0,
+                b.0,
+                b.2
+            )),
+            (Some(_), Some(b), Some(fg)) => {
+                f.captured = Some((b.2 - gpu) / (b.2 - fg));
+                None
+            }
+            (Some(_), None, Some(_)) => Some("no reference".into()),
+        };
+        out.push(f);
+    }
+    out
+}
+
+/// `–` for a figure the data does not support.
+pub const NO_FIGURE: &str = "–";
+
+fn pct_or_dash(x: Option<f64>) -> String {
+    x.map(|v| format!("{:+.0} %", v * 100.0)).unwrap_or_else(|| NO_FIGURE.to_string())
+}
+
+fn frac_or_dash(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.2}")).unwrap_or_else(|| NO_FIGURE.to_string())
+}
+
+/// The per-policy figures as a table, one block per load (`–`: not supported by the data;
+/// the verdict lines say why).
+pub fn figures_table(figures: &[PolicyFigures], loads: &[f64]) -> String {
+    let mut out = String::new();
+    for &load in loads {
+        let fs: Vec<&PolicyFigures> = figures.iter().filter(|f| f.load == load).collect();
+        if fs.is_empty() {
+            continue;
+        }
+        let mut cells = vec![[
+            "policy".to_string(),
+            "SLO %".into(),
+            "GPU-h".into(),
+            "HPA/KPA reference".into(),
+            "ref GPU-h".into(),
+            "saved vs HPA/KPA".into(),
+            "frontier GPU-h".into(),
+            "captured".into(),
+        ]];
+        for f in fs {
+            cells.push([
+                f.policy.clone(),
+                format!("{:.1}", f.slo_pct),
+                format!("{:.2}", f.gpu_h),
+                f.reference.clone().unwrap_or_else(|| NO_FIGURE.into()),
+                f.reference_gpu_h.map(|g| format!("{g:.2}")).unwrap_or_else(|| NO_FIGURE.into()),
+                pct_or_dash(f.saved),
+                f.frontier_gpu_h.map(|g| format!("{g:.2}")).unwrap_or_else(|| NO_FIGURE.into()),
+                frac_or_dash(f.captured),
+            ]);
+        }
+        let widths: Vec<usize> = (0..8).map(|i| cells.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+        out.push_str(&format!(
+            "load ×{load}  GPU-hours saved against the cheapest HPA/KPA setting at equal or better SLO, and the share of the clairvoyant frontier's saving captured (– = not supported, see below)\n"
+        ));
+        for (k, l) in cells.iter().enumerate() {
+            let line: Vec<String> = l
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let pad = widths[i].saturating_sub(s.chars().count());
+                    if i == 0 || i == 3 {
+                        format!("{s}{}", " ".repeat(pad))
+                    } else {
+                        format!("{}{s}", " ".repeat(pad))
+                    }
+                })
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+            if k == 0 {
+                out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+                out.push('\n');
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One verdict line per policy and load with the two figures, or `–` and the reason.
+pub fn figures_text(figures: &[PolicyFigures]) -> String {
+    let mut s = String::new();
+    for f in figures {
+        let saved = match (f.saved, &f.reference) {
+            (Some(v), Some(r)) => format!(
+                "{} against {r} ({:.1} % at {:.2} GPU-h)",
+                if v >= 0.0 {
+                    format!("{:.0} % fewer GPU-hours", v * 100.0)
+                } else {
+                    format!("{:.0} % more GPU-hours", -v * 100.0)
+                },
+                f.reference_slo_pct.unwrap_or(f64::NAN),
+                f.reference_gpu_h.unwrap_or(f64::NAN)
+            ),
+            _ => format!("saved vs HPA/KPA {NO_FIGURE} ({})", f.saved_why.as_deref().unwrap_or("")),
+        };
+        let captured = match (f.captured, f.frontier_gpu_h) {
+            (Some(c), Some(fg)) => {
+                format!("captures {:.0} % of the clairvoyant frontier's saving (frontier {fg:.2} GPU-h)", c * 100.0)
+            }
+            _ => format!("frontier share {NO_FIGURE} ({})", f.captured_why.as_deref().unwrap_or("")),
+        };
+        s.push_str(&format!(
+            "load ×{}: {} {:.1} % SLO at {:.2} GPU-h: {saved}; {captured}\n",
+            f.load, f.policy, f.slo_pct, f.gpu_h
+        ));
+    }
+    s
 }
 
 /// One line per verdict, saying whether `min_saving` fewer GPU-hours at equal or better
