@@ -102,7 +102,11 @@ fn unsupported_figures_are_dashes_with_a_reason() {
     assert!(l.contains(&format!("saved vs HPA/KPA {NO_FIGURE} (no HPA/KPA setting reaches")), "{l}");
     // CSV: empty fields where a figure is missing.
     let csv = stats::csv_with_figures(&rows(), &figs);
-    assert!(csv.lines().next().unwrap().ends_with(",hpa_kpa_reference,saved_vs_hpa_kpa,frontier_gpu_h,frontier_captured"));
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",hpa_kpa_reference,saved_vs_hpa_kpa,frontier_gpu_h,frontier_captured"));
     assert!(csv.lines().find(|l| l.starts_with("clairvoyant:capacity=1,")).unwrap().ends_with(",,,6,"), "{csv}");
     assert!(csv.lines().find(|l| l.starts_with("queue,")).unwrap().ends_with(",kpa,0.16666666666666666,,"), "{csv}");
 }
@@ -166,8 +170,11 @@ policy = { kind = "hpa", intervalSeconds = 15 }
 fn static_peak_and_static_mean_size_on_a_servegen_slice() {
     // One client, Poisson (Gamma shape 1): 2 req/s for ten minutes, then 6 req/s.
     let data = tempfile::tempdir().unwrap();
-    std::fs::write(data.path().join("chunk-1-trace.csv"), "0,2.0,1.0,Gamma,1.0,0.5\r\n600,6.0,1.0,Gamma,1.0,0.1667\r\n")
-        .unwrap();
+    std::fs::write(
+        data.path().join("chunk-1-trace.csv"),
+        "0,2.0,1.0,Gamma,1.0,0.5\r\n600,6.0,1.0,Gamma,1.0,0.1667\r\n",
+    )
+    .unwrap();
     let lengths = "{\"0\": {\"input_tokens\": \"{50: 0.5, 60: 0.5}\", \"output_tokens\": \"{10: 1.0}\"}}";
     std::fs::write(data.path().join("chunk-1-dataset.json"), lengths).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -156,7 +156,8 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
     let jp = out.join("report.json");
     std::fs::write(&jp, json).with_context(|| format!("writing {}", jp.display()))?;
     let cp = out.join("report.csv");
-    std::fs::write(&cp, stats::csv_with_figures(&report.rows, &report.figures)).with_context(|| format!("writing {}", cp.display()))?;
+    std::fs::write(&cp, stats::csv_with_figures(&report.rows, &report.figures))
+        .with_context(|| format!("writing {}", cp.display()))?;
     println!("wrote {} and {}", jp.display(), cp.display());
     if plots_too {
         let files = plots::write_all(&report, out).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;

@@ -403,11 +403,8 @@ pub fn frontiers(rows: &[Row], loads: &[f64]) -> Vec<Frontier> {
     loads
         .iter()
         .map(|&load| {
-            let pts: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|r| r.load == load && is_clairvoyant(&r.policy))
-                .filter_map(slo_and_gpu_h)
-                .collect();
+            let pts: Vec<(f64, f64)> =
+                rows.iter().filter(|r| r.load == load && is_clairvoyant(&r.policy)).filter_map(slo_and_gpu_h).collect();
             Frontier { load, points: front(&pts) }
         })
         .collect()
@@ -557,7 +554,8 @@ pub fn figures_table(figures: &[PolicyFigures], loads: &[f64]) -> String {
                 frac_or_dash(f.captured),
             ]);
         }
-        let widths: Vec<usize> = (0..8).map(|i| cells.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> =
+            (0..8).map(|i| cells.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
         out.push_str(&format!(
             "load ×{load}  GPU-hours saved against the cheapest HPA/KPA setting at equal or better SLO, and the share of the clairvoyant frontier's saving captured (– = not supported, see below)\n"
         ));
