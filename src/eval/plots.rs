@@ -45,7 +45,28 @@ fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>
     c: &mut ChartContext<'a, DB, CT>,
     pos: SeriesLabelPosition,
 ) -> DrawResult {
-    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(pos).draw().map_err(e)
+    c.configure_series_labels()
+        .legend_area_size(34)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(pos)
+        .draw()
+        .map_err(e)
+}
+
+/// A policy name short enough for a legend: a `dqn:` checkpoint path keeps only what
+/// follows its `checkpoints/` folder, or its last component.
+fn short_label(name: &str) -> String {
+    match name.split_once(':') {
+        Some((kind, path)) if path.contains('/') => {
+            let tail = match path.rfind("checkpoints/") {
+                Some(i) => &path[i + "checkpoints/".len()..],
+                None => path.trim_end_matches('/').rsplit('/').next().unwrap_or(path),
+            };
+            format!("{kind}:{tail}")
+        }
+        _ => name.to_string(),
+    }
 }
 
 fn e<E: std::fmt::Display>(x: E) -> String {
@@ -318,9 +339,11 @@ fn frontier<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareR
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
         }
         let mut n = 0;
+        // Names next to the points only while they can be read; the legend always.
+        let named = pts.iter().filter(|p| !crate::eval::stats::is_clairvoyant(&report.policies[p.0])).count() <= 8;
         for &(i, gpu, slo) in &pts {
-            let label = report.policies[i].clone();
-            if crate::eval::stats::is_clairvoyant(&label) {
+            let label = short_label(&report.policies[i]);
+            if crate::eval::stats::is_clairvoyant(&report.policies[i]) {
                 c.draw_series(std::iter::once(Cross::new((gpu, slo), 5, BLACK.stroke_width(2)))).map_err(e)?;
                 continue;
             }
@@ -330,7 +353,7 @@ fn frontier<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareR
                 .map_err(e)?
                 .label(label.clone())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, col.filled()));
-            if k == 0 || report.loads.len() == 1 {
+            if named && (k == 0 || report.loads.len() == 1) {
                 c.draw_series(std::iter::once(Text::new(
                     label,
                     (gpu, slo),
@@ -342,4 +365,14 @@ fn frontier<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareR
         draw_legend(&mut c, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checkpoint_paths_shorten_to_what_names_them() {
+        assert_eq!(super::short_label("dqn:docs/figures/x/checkpoints/ens-012/s0"), "dqn:ens-012/s0");
+        assert_eq!(super::short_label("dqn:ckpt/run7/"), "dqn:run7");
+        assert_eq!(super::short_label("hpa:target=0.5"), "hpa:target=0.5");
+    }
 }
