@@ -173,27 +173,40 @@ pub fn table(rows: &[Row], loads: &[f64]) -> String {
             }
             cells.push(line);
         }
-        let widths: Vec<usize> =
-            (0..cells[0].len()).map(|i| cells.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
         out.push_str(&format!("load ×{load}  (mean ±95% CI over seeds; * = best)\n"));
-        for (k, l) in cells.iter().enumerate() {
-            let line: Vec<String> = l
-                .iter()
-                .enumerate()
-                .map(
-                    |(i, s)| if i == 0 { format!("{s:<w$}", w = widths[i]) } else { format!("{s:>w$}", w = widths[i]) },
-                )
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-            if k == 0 {
-                out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-                out.push('\n');
-            }
-        }
+        push_table(&mut out, &cells, &[0]);
         out.push('\n');
     }
     out
+}
+
+/// Appends `rows` as an aligned text table (first row the header, followed by a rule):
+/// the columns in `left` are left-aligned, the others right-aligned; widths in characters.
+fn push_table<R: AsRef<[String]>>(out: &mut String, rows: &[R], left: &[usize]) {
+    let n = rows.first().map(|r| r.as_ref().len()).unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..n).map(|i| rows.iter().map(|r| r.as_ref()[i].chars().count()).max().unwrap_or(0)).collect();
+    for (k, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .as_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                let pad = " ".repeat(widths[i].saturating_sub(cell.chars().count()));
+                if left.contains(&i) {
+                    format!("{cell}{pad}")
+                } else {
+                    format!("{pad}{cell}")
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if k == 0 {
+            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * n.saturating_sub(1)));
+            out.push('\n');
+        }
+    }
 }
 
 /// The aggregates as CSV: `policy,load,<column>_mean,<column>_ci95,...`.
@@ -554,31 +567,10 @@ pub fn figures_table(figures: &[PolicyFigures], loads: &[f64]) -> String {
                 frac_or_dash(f.captured),
             ]);
         }
-        let widths: Vec<usize> =
-            (0..8).map(|i| cells.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
         out.push_str(&format!(
             "load ×{load}  GPU-hours saved against the cheapest HPA/KPA setting at equal or better SLO, and the share of the clairvoyant frontier's saving captured (– = not supported, see below)\n"
         ));
-        for (k, l) in cells.iter().enumerate() {
-            let line: Vec<String> = l
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let pad = widths[i].saturating_sub(s.chars().count());
-                    if i == 0 || i == 3 {
-                        format!("{s}{}", " ".repeat(pad))
-                    } else {
-                        format!("{}{s}", " ".repeat(pad))
-                    }
-                })
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-            if k == 0 {
-                out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-                out.push('\n');
-            }
-        }
+        push_table(&mut out, &cells, &[0, 3]);
         out.push('\n');
     }
     out
