@@ -164,6 +164,16 @@ pub struct SloSpec {
     pub target_attainment: f64,
 }
 
+impl LLMWorkloadSpec {
+    /// The pools a variant may run on: its `pools`, or every pool when empty (spec order).
+    pub fn pools_of<'a>(&'a self, variant: &'a VariantSpec) -> Vec<&'a GpuPoolSpec> {
+        self.gpu_pools
+            .iter()
+            .filter(|p| variant.pools.is_empty() || variant.pools.iter().any(|n| n == &p.name))
+            .collect()
+    }
+}
+
 impl Default for SloSpec {
     fn default() -> Self {
         SloSpec { ttft_ms: 2000.0, tpot_ms: 100.0, percentile: 90.0, target_attainment: 0.95 }

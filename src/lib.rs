@@ -14,11 +14,13 @@
 //! - [`numerics`]: libtorch's CPU floating-point path, pinned for reproducible training.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod controller;
 pub mod crd;
 pub mod eval;
 pub mod metrics;
 pub mod numerics;
+pub mod observe;
 pub mod policy;
 pub mod rl;
 pub mod twin;

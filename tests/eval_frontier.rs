@@ -126,6 +126,7 @@ fn the_sweep_runs_on_the_same_arrivals_and_is_never_a_reference() {
         replica_capacity_rps: Some(3.0),
         max_duration_s: Some(300.0),
         clairvoyant_sweep: vec![1.5, 2.5, 4.0],
+        reward: llmos::control::RewardConfig::default(),
     };
     let r = compare(&cfg).unwrap();
     // 2.5 was listed already: not run twice.
@@ -202,6 +203,7 @@ fn static_peak_and_static_mean_size_on_a_servegen_slice() {
         replica_capacity_rps: Some(2.5),
         max_duration_s: Some(300.0),
         clairvoyant_sweep: Vec::new(),
+        reward: llmos::control::RewardConfig::default(),
     };
     let r = compare(&cfg).unwrap();
     let most = |label: &str| {

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use llmos::eval::{compare, run_episode, stats, CompareConfig, Window};
+use llmos::control::RewardConfig;
+use llmos::eval::{compare, run_episode, stats, CompareConfig, RunLabel, Window};
 use llmos::policy::build::parse_policy_name;
 use llmos::policy::shield::Shield;
 use llmos::twin::{Scenario, Twin};
@@ -22,6 +23,7 @@ fn cfg(policies: &str) -> CompareConfig {
         replica_capacity_rps: Some(3.0),
         max_duration_s: Some(300.0),
         clairvoyant_sweep: Vec::new(),
+        reward: RewardConfig::default(),
     }
 }
 
@@ -48,8 +50,9 @@ fn the_shield_is_applied_in_episodes() {
     // static:100 asks for far more than capacity (4 + 8 GPUs, max 12): the shield clamps.
     let choice = parse_policy_name("static:100", &sc.spec.policy).unwrap();
     let mut policy = choice.build_for(&sc.spec).unwrap();
-    let mut shield = Shield::new(&sc.spec);
-    let r = run_episode(&mut twin, policy.as_mut(), &mut shield, "static:100", 1, 1.0);
+    let shield = Shield::new(&sc.spec);
+    let run = RunLabel { policy: "static:100", seed: 1, load: 1.0 };
+    let r = run_episode(&mut twin, policy.as_mut(), shield, run, &RewardConfig::default());
     assert!(r.shield_overrides > 0);
     assert!(r.series.iter().all(|p| p.desired_replicas <= 12));
 }
@@ -67,4 +70,26 @@ fn bad_policies_and_settings_are_clear_errors() {
     let mut c = cfg("hpa");
     c.loads = vec![0.0];
     assert!(compare(&c).unwrap_err().to_string().contains("--load"));
+}
+
+#[test]
+fn the_reported_objective_is_the_sum_of_training_rewards() {
+    // The harness and training (rollouts, the twin environment) tick through the one
+    // control loop with the one reward, so a run's objective is the return training sees.
+    let sc = Scenario::load(&scenario()).unwrap();
+    let reward = RewardConfig::default();
+    for name in ["hpa", "static:2"] {
+        let choice = parse_policy_name(name, &sc.spec.policy).unwrap();
+        let mut policy = choice.build_for(&sc.spec).unwrap();
+        let mut twin = Twin::with_window(&sc, 4, 0.0, 0.3, 1.5).unwrap();
+        let run = RunLabel { policy: name, seed: 4, load: 1.5 };
+        let r = run_episode(&mut twin, policy.as_mut(), Shield::new(&sc.spec), run, &reward);
+        let mut policy = choice.build_for(&sc.spec).unwrap();
+        let ro = llmos::rl::rollout::rollout(policy.as_mut(), &sc, 4, (0.0, 0.3), 1.5, &reward).unwrap();
+        assert!(r.ticks > 10 && r.objective != 0.0, "{name}: {} ticks, objective {}", r.ticks, r.objective);
+        assert_eq!(r.ticks as usize, ro.ticks.len(), "{name}");
+        assert_eq!(r.objective, ro.episodic_return, "{name}");
+        assert_eq!(r.objective, ro.ticks.iter().map(|t| t.reward).sum::<f64>(), "{name}");
+        assert_eq!(r.report, ro.report, "{name}");
+    }
 }

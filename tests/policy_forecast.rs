@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use llmos::eval::{compare, run_episode, CompareConfig, EpisodeResult, Window};
+use llmos::control::RewardConfig;
+use llmos::eval::{compare, run_episode, CompareConfig, EpisodeResult, RunLabel, Window};
 use llmos::policy::build::parse_policy_name;
 use llmos::policy::forecast::Forecaster;
 use llmos::policy::shield::Shield;
@@ -112,8 +113,9 @@ fn episode(sc: &Scenario, name: &str) -> EpisodeResult {
     let mut twin = Twin::with_window(sc, 1, 0.0, 1.0, 1.0).unwrap();
     let choice = parse_policy_name(name, &sc.spec.policy).unwrap();
     let mut policy = choice.build_for(&sc.spec).unwrap();
-    let mut shield = Shield::new(&sc.spec);
-    run_episode(&mut twin, policy.as_mut(), &mut shield, name, 1, 1.0)
+    let shield = Shield::new(&sc.spec);
+    let run = RunLabel { policy: name, seed: 1, load: 1.0 };
+    run_episode(&mut twin, policy.as_mut(), shield, run, &RewardConfig::default())
 }
 
 fn rate(t: f64) -> f64 {
@@ -197,6 +199,7 @@ fn the_clairvoyant_reference_meets_the_slo_for_less_than_every_causal_baseline()
         replica_capacity_rps: Some(2.5),
         max_duration_s: None,
         clairvoyant_sweep: Vec::new(),
+        reward: RewardConfig::default(),
     };
     let report = compare(&cfg).unwrap();
     let mean = |label: &str, f: &dyn Fn(&EpisodeResult) -> f64| {

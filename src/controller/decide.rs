@@ -18,80 +18,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::config::PlacementKind;
-use crate::policy::observation::{Decision, Observation, PoolObservation, SlotObservation};
+use crate::policy::observation::Decision;
 
 use super::desired::{existing_replicas, ready_replicas, spec_replicas, variant_pools, Slot};
 
-/// What the cluster says about one slot's Deployment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlotState {
-    /// `spec.replicas` (what was last applied).
-    pub desired: u32,
-    /// `status.readyReplicas`.
-    pub ready: u32,
-    /// `status.replicas` (pods that exist, ready or not).
-    pub existing: u32,
-}
+pub use crate::observe::{build_observation, SlotState};
 
 impl SlotState {
     /// The state of a Deployment.
     pub fn of(d: &Deployment) -> Self {
         SlotState { desired: spec_replicas(d), ready: ready_replicas(d), existing: existing_replicas(d) }
-    }
-}
-
-/// Builds the cluster part of the observation of `spec` at `time_s` (Unix seconds).
-///
-/// `current` holds the desired replicas per slot (the Deployment's, or the initial
-/// placement for a slot without one); `states` what the Deployments report. Cost counts
-/// every GPU that is asked for or still held: `max(desired, existing) × gpusPerReplica ×
-/// price`. Free GPUs of a pool with a capacity subtract the same count.
-pub fn build_observation(
-    spec: &LLMWorkloadSpec,
-    current: &BTreeMap<Slot, u32>,
-    states: &BTreeMap<Slot, SlotState>,
-    time_s: f64,
-    seconds_since_last_action: Option<f64>,
-) -> Observation {
-    let mut used: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut cost = 0.0;
-    let mut slots = Vec::new();
-    for v in &spec.variants {
-        for p in variant_pools(spec, v) {
-            let slot = Slot::new(&v.name, &p.name);
-            let st = states.get(&slot).copied().unwrap_or_default();
-            let desired = current.get(&slot).copied().unwrap_or(st.desired);
-            let held = desired.max(st.existing);
-            *used.entry(p.name.as_str()).or_default() += held.saturating_mul(v.gpus_per_replica);
-            cost += f64::from(held) * f64::from(v.gpus_per_replica) * p.price_per_gpu_hour;
-            slots.push(SlotObservation {
-                variant: v.name.clone(),
-                pool: p.name.clone(),
-                ready_replicas: st.ready,
-                starting_replicas: st.existing.saturating_sub(st.ready),
-                desired_replicas: desired,
-                gpus_per_replica: v.gpus_per_replica,
-                ..Default::default()
-            });
-        }
-    }
-    let pools = spec
-        .gpu_pools
-        .iter()
-        .map(|p| PoolObservation {
-            name: p.name.clone(),
-            free_gpus: p.capacity_gpus.map(|c| c.saturating_sub(used.get(p.name.as_str()).copied().unwrap_or(0))),
-            price_per_gpu_hour_usd: p.price_per_gpu_hour,
-        })
-        .collect();
-    Observation {
-        time_s,
-        window_s: f64::from(spec.metrics.window_seconds),
-        slots,
-        pools,
-        cost_rate_usd_per_hour: cost,
-        seconds_since_last_action,
-        ..Default::default()
     }
 }
 

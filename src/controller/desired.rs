@@ -35,29 +35,12 @@ pub const CONTAINER_NAME: &str = "server";
 /// Name of the container port the Service targets.
 pub const PORT_NAME: &str = "http";
 
-/// One (variant, pool) slot of a workload: where replicas of a variant may run.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Slot {
-    /// Variant name.
-    pub variant: String,
-    /// Pool name.
-    pub pool: String,
-}
-
-impl Slot {
-    /// A slot from names.
-    pub fn new(variant: impl Into<String>, pool: impl Into<String>) -> Self {
-        Slot { variant: variant.into(), pool: pool.into() }
-    }
-    /// The key used in status maps: `<variant>/<pool>`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.variant, self.pool)
-    }
-}
+/// One (variant, pool) slot of a workload (the seam's one slot identity).
+pub use crate::policy::observation::SlotId as Slot;
 
 /// The pools a variant may run on: its `pools`, or every pool when empty (spec order).
 pub fn variant_pools<'a>(spec: &'a LLMWorkloadSpec, variant: &'a VariantSpec) -> Vec<&'a GpuPoolSpec> {
-    spec.gpu_pools.iter().filter(|p| variant.pools.is_empty() || variant.pools.iter().any(|n| n == &p.name)).collect()
+    spec.pools_of(variant)
 }
 
 /// Every slot of the spec, in the order of its variants, then pools.

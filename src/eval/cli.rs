@@ -81,6 +81,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         replica_capacity_rps: args.replica_capacity_rps,
         max_duration_s: args.max_duration_s,
         clairvoyant_sweep,
+        reward: crate::control::RewardConfig::default(),
     };
     let report = compare_with(&cfg, &factory_with_dqn)?;
     print_and_write(&report, &args.out, !args.no_plots)
@@ -307,6 +308,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         replica_capacity_rps: Some(args.replica_capacity_rps),
         max_duration_s: None,
         clairvoyant_sweep: Vec::new(),
+        reward: crate::control::RewardConfig::default(),
     };
     let report = compare_with(&cfg, &factory_with_dqn)?;
     print_and_write(&report, &args.out, true)

@@ -12,9 +12,10 @@
 //!   and judged on the second (traffic it never saw). [`Window::All`] is the whole trace.
 //!
 //! # Episode loop ([`run_episode`])
-//! observe → `policy.decide` → `shield.apply` → `twin.apply` → `twin.step` →
-//! `policy.feedback(next observation, reward)` with the reward of the tick
-//! (SLO-met requests minus λ × cost; λ = [`REWARD_COST_WEIGHT`] per USD).
+//! The one control loop ([`crate::control::ControlLoop`]): observe → `policy.decide` →
+//! shield → `twin.apply` → `twin.step` → `policy.feedback(next observation, reward)`, the
+//! reward being [`RewardConfig`]'s (the one training uses), summed into
+//! [`EpisodeResult::objective`].
 //!
 //! Memory is bounded: per-request latencies stay in the twin's fixed-size histograms; an
 //! episode keeps one point per control tick (thinned to at most [`MAX_SERIES_POINTS`]).
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::control::{ControlLoop, RewardConfig};
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::build::{parse_policy_list, PolicyChoice, PolicyError, PolicyRequest};
 use crate::policy::placement::{Placement, WorkloadInfo};
@@ -39,8 +41,6 @@ use crate::twin::{Report, Scenario, Twin, TwinError};
 
 /// Fraction of a trace's span in the training window; the test window is the rest.
 pub const TRAIN_FRACTION: f64 = 0.6;
-/// Weight of cost in the per-tick reward passed to `Policy::feedback`, per USD.
-pub const REWARD_COST_WEIGHT: f64 = 10.0;
 /// Most points of the replicas-over-time series kept per episode.
 pub const MAX_SERIES_POINTS: usize = 4000;
 /// Quantile levels at which latency CDFs are sampled.
@@ -254,6 +254,9 @@ pub struct EpisodeResult {
     pub shield_overrides: u64,
     /// Control ticks.
     pub ticks: u64,
+    /// The sum of the ticks' rewards ([`RewardConfig`]): the objective training maximises,
+    /// for this run.
+    pub objective: f64,
     /// Replicas and arrivals over time (at most [`MAX_SERIES_POINTS`]).
     #[serde(skip)]
     pub series: Vec<SeriesPoint>,
@@ -262,61 +265,59 @@ pub struct EpisodeResult {
     pub cdf: [Vec<f64>; 3],
 }
 
-/// Runs one episode of `policy` in `twin` through `shield` until the twin is done.
+/// Which run an episode is: the policy's label, the seed and the load multiplier.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLabel<'a> {
+    /// The policy's label (as in the report).
+    pub policy: &'a str,
+    /// The seed the twin was built with.
+    pub seed: u64,
+    /// The load multiplier the twin was built with.
+    pub load: f64,
+}
+
+/// Runs one episode of `policy` in `twin` through `shield` until the twin is done, with
+/// the one control loop ([`ControlLoop`]); `reward` gives the per-tick reward the policy
+/// gets as feedback and whose sum is the episode's [`EpisodeResult::objective`].
 pub fn run_episode(
     twin: &mut Twin,
     policy: &mut dyn Policy,
-    shield: &mut Shield,
-    label: &str,
-    seed: u64,
-    load: f64,
+    shield: Shield,
+    run: RunLabel<'_>,
+    reward: &RewardConfig,
 ) -> EpisodeResult {
     policy.reset();
-    shield.reset();
     let interval = twin.control_interval_s().max(1e-9);
     let mut series = Vec::new();
-    let mut changes = 0u64;
-    let mut ticks = 0u64;
-    let mut obs = twin.observe();
-    shield.annotate(&mut obs);
+    let (mut changes, mut ticks, mut objective) = (0u64, 0u64, 0.0);
+    let mut control = ControlLoop::new(twin, 0, shield, reward.clone());
     while !twin.is_done() {
-        let decision = policy.decide(&obs);
-        let out = shield.apply(&obs, &decision);
-        for t in &out.decision.targets {
-            let cur = obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0);
-            if cur != t.replicas {
-                changes += 1;
-            }
-        }
-        twin.apply(&out.decision);
-        let tick = twin.step();
+        let tick = control.tick(twin, policy);
+        changes += u64::from(tick.changed_slots);
         ticks += 1;
+        objective += tick.reward;
         series.push(SeriesPoint {
-            time_s: tick.time_s,
-            arrival_rps: tick.arrived as f64 / interval,
-            desired_replicas: out.decision.total_replicas(),
-            ready_replicas: obs.ready_replicas(),
+            time_s: tick.stats.time_s,
+            arrival_rps: tick.stats.arrived as f64 / interval,
+            desired_replicas: tick.outcome.decision.total_replicas(),
+            ready_replicas: tick.observation.ready_replicas(),
         });
         if series.len() >= 2 * MAX_SERIES_POINTS {
             // Thin by half, keeping bounded memory on long traces.
             series = series.into_iter().step_by(2).collect();
         }
-        let mut next = twin.observe();
-        shield.annotate(&mut next);
-        let reward = tick.slo_met as f64 - REWARD_COST_WEIGHT * tick.cost_usd;
-        policy.feedback(&next, reward);
-        obs = next;
     }
     let hs = twin.latency_histograms();
     let cdf = hs.map(|h| (1..=CDF_LEVELS).filter_map(|i| h.quantile(i as f64 / (CDF_LEVELS + 1) as f64)).collect());
     EpisodeResult {
-        policy: label.to_string(),
-        seed,
-        load,
+        policy: run.policy.to_string(),
+        seed: run.seed,
+        load: run.load,
         report: twin.report(),
         replica_changes: changes,
-        shield_overrides: shield.overrides_total(),
+        shield_overrides: control.shield().overrides_total(),
         ticks,
+        objective,
         series,
         cdf,
     }
@@ -343,6 +344,9 @@ pub struct CompareConfig {
     /// `clairvoyant:capacity=R`, to trace the clairvoyant frontier (see [`auto_sweep`]);
     /// empty: none beyond those listed in `policies`.
     pub clairvoyant_sweep: Vec<f64>,
+    /// The per-tick reward: fed back to policies and summed into each episode's objective
+    /// (the same weights training uses by default).
+    pub reward: RewardConfig,
 }
 
 /// Multipliers of `--replica-capacity-rps` in the default clairvoyant sweep: from well
@@ -462,8 +466,8 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
             };
             let mut policy = factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
             let mut twin = Twin::with_window(&scenario, seed, a, b, load)?;
-            let mut shield = Shield::new(&spec);
-            Ok(run_episode(&mut twin, policy.as_mut(), &mut shield, &c.label, seed, load))
+            let shield = Shield::new(&spec);
+            Ok(run_episode(&mut twin, policy.as_mut(), shield, RunLabel { policy: &c.label, seed, load }, &cfg.reward))
         })
         .collect();
     let episodes = results.into_iter().collect::<Result<Vec<_>, _>>()?;

@@ -5,6 +5,7 @@
 //! from the cluster (replicas per slot, free GPUs, cost) with [`MetricsSnapshot::into_observation`]-style
 //! merging, so the policy sees the same [`Observation`] the twin produces.
 
+pub mod exposition;
 pub mod histogram;
 pub mod live;
 pub mod prometheus;

@@ -119,6 +119,7 @@ pub fn parse_exposition(text: &str) -> PodSample {
     // Families present under their current name win over legacy names.
     let present: std::collections::BTreeSet<String> = scrape.samples.iter().map(|s| unescape(&s.metric)).collect();
     let mut gauge_values: BTreeMap<Field, Vec<f64>> = BTreeMap::new();
+    let mut sums: BTreeMap<Field, f64> = BTreeMap::new();
     for sample in &scrape.samples {
         let name = unescape(&sample.metric);
         let (family, suffix) = split_histogram_suffix(&name);
@@ -143,7 +144,10 @@ pub fn parse_exposition(text: &str) -> PodSample {
                     out.problems.push(format!("{name}: {e}"));
                 }
             }
-            (MetricKind::Histogram, _, _) => {} // _sum / _count: the buckets carry what we use
+            (MetricKind::Histogram, Value::Untyped(x) | Value::Counter(x) | Value::Gauge(x), Some("_sum")) => {
+                *sums.entry(row.field).or_default() += *x;
+            }
+            (MetricKind::Histogram, _, _) => {} // _count: the +Inf bucket carries it
             (MetricKind::Gauge | MetricKind::Counter, v, None) => {
                 let x = match v {
                     Value::Gauge(x) | Value::Counter(x) | Value::Untyped(x) => *x,
@@ -159,6 +163,11 @@ pub fn parse_exposition(text: &str) -> PodSample {
                 }
             }
             _ => {}
+        }
+    }
+    for (field, sum) in sums {
+        if let Some(h) = out.histograms.get_mut(&field) {
+            h.sum = sum;
         }
     }
     for (field, values) in gauge_values {

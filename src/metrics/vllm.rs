@@ -16,6 +16,7 @@
 //! | finished requests | `vllm:request_success_total` | — | counter | sum of rates |
 //! | prompt tokens | `vllm:prompt_tokens_total` | — | counter | sum of rates |
 //! | generated tokens | `vllm:generation_tokens_total` | — | counter | sum of rates |
+//! | preemptions | `vllm:num_preemptions_total` | — | counter | sum of rates |
 //!
 //! When a pod exports both the current and the older name (some releases did, with the
 //! old one hidden behind `--show-hidden-metrics-for-version`), the current one wins.
@@ -52,6 +53,9 @@ pub const REQUEST_SUCCESS_TOTAL: &str = "vllm:request_success_total";
 pub const PROMPT_TOKENS_TOTAL: &str = "vllm:prompt_tokens_total";
 /// `vllm:generation_tokens_total`: generated tokens (counter).
 pub const GENERATION_TOKENS_TOTAL: &str = "vllm:generation_tokens_total";
+
+/// `vllm:num_preemptions_total`: requests preempted by the scheduler (counter).
+pub const NUM_PREEMPTIONS_TOTAL: &str = "vllm:num_preemptions_total";
 
 /// Label vLLM puts on every series: the served model name.
 pub const LABEL_MODEL_NAME: &str = "model_name";
@@ -99,6 +103,8 @@ pub enum Field {
     PromptTokens,
     /// Generated tokens.
     GenerationTokens,
+    /// Preempted requests.
+    Preemptions,
 }
 
 /// Prometheus metric type of a family.
@@ -130,6 +136,8 @@ pub struct MetricMapping {
     pub field: Field,
     /// The current vLLM family name.
     pub name: &'static str,
+    /// The `# HELP` text vLLM exports with the family (the twin renders the same).
+    pub help: &'static str,
     /// Older names accepted when the current one is absent.
     pub legacy_names: &'static [&'static str],
     /// Prometheus type.
@@ -143,6 +151,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::WaitingRequests,
         name: NUM_REQUESTS_WAITING,
+        help: "Number of requests waiting to be processed.",
         legacy_names: &[],
         kind: MetricKind::Gauge,
         aggregate: Aggregate::Sum,
@@ -150,6 +159,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::RunningRequests,
         name: NUM_REQUESTS_RUNNING,
+        help: "Number of requests in model execution batches.",
         legacy_names: &[],
         kind: MetricKind::Gauge,
         aggregate: Aggregate::Sum,
@@ -157,6 +167,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::KvCacheUsage,
         name: KV_CACHE_USAGE_PERC,
+        help: "KV-cache usage. 1 means 100 percent usage.",
         legacy_names: &[GPU_CACHE_USAGE_PERC_LEGACY],
         kind: MetricKind::Gauge,
         aggregate: Aggregate::Mean,
@@ -164,6 +175,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::TimeToFirstToken,
         name: TIME_TO_FIRST_TOKEN_SECONDS,
+        help: "Histogram of time to first token in seconds.",
         legacy_names: &[],
         kind: MetricKind::Histogram,
         aggregate: Aggregate::MergeBuckets,
@@ -171,6 +183,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::TimePerOutputToken,
         name: INTER_TOKEN_LATENCY_SECONDS,
+        help: "Histogram of inter-token latency in seconds.",
         legacy_names: &[TIME_PER_OUTPUT_TOKEN_SECONDS_LEGACY],
         kind: MetricKind::Histogram,
         aggregate: Aggregate::MergeBuckets,
@@ -178,6 +191,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::E2eLatency,
         name: E2E_REQUEST_LATENCY_SECONDS,
+        help: "Histogram of e2e request latency in seconds.",
         legacy_names: &[],
         kind: MetricKind::Histogram,
         aggregate: Aggregate::MergeBuckets,
@@ -185,6 +199,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::RequestSuccess,
         name: REQUEST_SUCCESS_TOTAL,
+        help: "Count of successfully processed requests.",
         legacy_names: &[],
         kind: MetricKind::Counter,
         aggregate: Aggregate::Sum,
@@ -192,6 +207,7 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::PromptTokens,
         name: PROMPT_TOKENS_TOTAL,
+        help: "Number of prefill tokens processed.",
         legacy_names: &[],
         kind: MetricKind::Counter,
         aggregate: Aggregate::Sum,
@@ -199,6 +215,15 @@ pub const METRICS: &[MetricMapping] = &[
     MetricMapping {
         field: Field::GenerationTokens,
         name: GENERATION_TOKENS_TOTAL,
+        help: "Number of generation tokens processed.",
+        legacy_names: &[],
+        kind: MetricKind::Counter,
+        aggregate: Aggregate::Sum,
+    },
+    MetricMapping {
+        field: Field::Preemptions,
+        name: NUM_PREEMPTIONS_TOTAL,
+        help: "Cumulative number of preemptions from the engine.",
         legacy_names: &[],
         kind: MetricKind::Counter,
         aggregate: Aggregate::Sum,
@@ -240,6 +265,7 @@ mod tests {
             Field::RequestSuccess,
             Field::PromptTokens,
             Field::GenerationTokens,
+            Field::Preemptions,
         ];
         for f in fields {
             assert_eq!(METRICS.iter().filter(|m| m.field == f).count(), 1, "{f:?}");

@@ -7,6 +7,28 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The identity of one (variant, GPU pool) slot of a workload: where replicas of a
+/// variant may run. The one slot key of the seam: the twin, the policies, the shield,
+/// the encoders and the controller (one Deployment per slot) all name slots by it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlotId {
+    /// Variant name.
+    pub variant: String,
+    /// Pool name.
+    pub pool: String,
+}
+
+impl SlotId {
+    /// A slot from names.
+    pub fn new(variant: impl Into<String>, pool: impl Into<String>) -> Self {
+        SlotId { variant: variant.into(), pool: pool.into() }
+    }
+    /// The key used in status maps, series and reports: `<variant>/<pool>`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.variant, self.pool)
+    }
+}
+
 /// What is observed of one (variant, GPU pool) slot of a workload.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SlotObservation {

@@ -548,14 +548,18 @@ impl ActionLayout {
         true
     }
 
-    /// The mask of allowed options, flattened over branches.
+    /// The mask of allowed options, flattened over branches; only the hold when the
+    /// observation has missing metrics.
     pub fn mask(&self, obs: &Observation, lim: &ActionLimits) -> Vec<bool> {
+        // On an observation with missing metrics the operator holds (it does not act on
+        // what it cannot see): only the hold is allowed, in training as in the cluster.
+        let blind = !obs.is_complete();
         match self.kind {
             ActionLayoutKind::Factored => {
                 let mut m = Vec::with_capacity(self.slots.len() * self.deltas.len());
                 for k in 0..self.slots.len() {
                     for &d in &self.deltas {
-                        m.push(self.delta_allowed(k, d, obs, lim));
+                        m.push(if blind { d == 0 } else { self.delta_allowed(k, d, obs, lim) });
                     }
                 }
                 m
@@ -564,7 +568,7 @@ impl ActionLayout {
                 let mut m = vec![true];
                 for k in 0..self.slots.len() {
                     for d in self.nonzero() {
-                        m.push(self.delta_allowed(k, d, obs, lim));
+                        m.push(!blind && self.delta_allowed(k, d, obs, lim));
                     }
                 }
                 m

@@ -91,76 +91,14 @@ pub fn branch_offsets(sizes: &[usize]) -> Vec<usize> {
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::control::ControlLoop;
 use crate::policy::shield::Shield;
 use crate::policy::Observation;
-use crate::twin::{Scenario, TickStats, Twin};
+use crate::twin::{Scenario, Twin};
 
 use super::encoding::{ActionLayout, ActionLayoutKind, ActionLimits, ObsEncoder, WorkloadLayout};
 
-/// Reward weights. The reward of one control tick is
-///
-/// ```text
-/// r = scale · [ w_slo · (met − miss_penalty · (finished − met + rejected)) − λ · cost_usd
-///              + w_quality · quality_sum + w_good · quality_met_sum ]
-/// ```
-///
-/// (`quality_sum` sums the variant quality of every finished request, `quality_met_sum` of
-/// those that met the SLO: with `w_slo = 0` and `w_good = 1` the return is the quality
-/// delivered in time minus λ × cost, the Lagrangian form of quality per dollar.)
-///
-/// **Why the sum is the objective the reports show.** Summed over an episode, the reward
-/// is `scale · [w_slo · (N_met − m · N_missed) − λ · Cost + w_q · Q]`, where `N_met` and
-/// `N_missed` are the episode's requests that met / missed the SLO (rejections count as
-/// misses), `Cost` is Σ price × GPU-hours and `Q` the summed quality of answered requests.
-/// On a fixed trace window every policy sees the same requests, so `N = N_met + N_missed`
-/// is a constant and the return equals `scale · [w_slo · N · ((1+m) · attainment − m) −
-/// λ · Cost + w_q · Q]`: an increasing affine function of the SLO attainment and a
-/// decreasing one of the GPU cost (GPU-hours weighted by price) that the comparison
-/// tables report. Maximising the return is maximising that weighted objective; λ sets the
-/// exchange rate (how many missed requests one dollar of GPU time is worth). The only gap
-/// is requests still in flight when a window ends, which no tick has counted yet.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct RewardConfig {
-    /// Weight of the SLO term.
-    pub slo_weight: f64,
-    /// A miss costs this many met requests (m above).
-    pub miss_penalty: f64,
-    /// λ: requests-worth per USD of GPU time.
-    pub cost_weight_per_usd: f64,
-    /// Weight of the summed quality of answered requests (0 when variants do not differ).
-    pub quality_weight: f64,
-    /// Weight of the summed quality of requests answered within the SLO.
-    pub good_quality_weight: f64,
-    /// Constant factor on every reward (keeps TD errors near the Huber knee; does not
-    /// change the optimal policy).
-    pub scale: f64,
-}
-
-impl Default for RewardConfig {
-    fn default() -> Self {
-        RewardConfig {
-            slo_weight: 1.0,
-            miss_penalty: 1.0,
-            cost_weight_per_usd: 200.0,
-            quality_weight: 0.0,
-            good_quality_weight: 0.0,
-            scale: 0.01,
-        }
-    }
-}
-
-impl RewardConfig {
-    /// The reward of one tick.
-    pub fn reward(&self, t: &TickStats) -> f64 {
-        let met = t.slo_met as f64;
-        let missed = (t.finished as f64 - met).max(0.0) + t.rejected as f64;
-        self.scale
-            * (self.slo_weight * (met - self.miss_penalty * missed) - self.cost_weight_per_usd * t.cost_usd
-                + self.quality_weight * t.quality_sum
-                + self.good_quality_weight * t.quality_met_sum)
-    }
-}
+pub use crate::control::RewardConfig;
 
 /// How training episodes are cut from the scenario's trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,9 +131,10 @@ impl Default for EpisodeConfig {
 
 /// The twin as an [`Env`]: episodes are random windows of the training part of the trace.
 ///
-/// Each step turns the chosen deltas into a [`crate::policy::Decision`], passes it
-/// through the workload's [`Shield`] (exactly as the operator would), applies it, runs
-/// one control interval, and rewards the tick with [`RewardConfig`].
+/// Each step is one tick of the one control loop ([`ControlLoop`]): the chosen deltas
+/// become a [`crate::policy::Decision`], the workload's [`Shield`] clamps it (exactly as
+/// the operator would), the twin applies it and runs one control interval, and the tick
+/// is rewarded with [`RewardConfig`].
 pub struct TwinEnv {
     scenario: Scenario,
     encoder: ObsEncoder,
@@ -203,9 +142,8 @@ pub struct TwinEnv {
     limits: ActionLimits,
     reward: RewardConfig,
     episodes: EpisodeConfig,
-    shield: Shield,
-    twin: Option<Twin>,
-    obs: Observation,
+    /// The running episode: the twin and the one control loop over it.
+    running: Option<(Twin, ControlLoop)>,
     ticks: u64,
     episode: u64,
     /// Twin control ticks simulated so far (for throughput figures).
@@ -244,10 +182,8 @@ impl TwinEnv {
             limits,
             reward,
             episodes,
-            shield: Shield::new(&spec),
             scenario,
-            twin: None,
-            obs: Observation::default(),
+            running: None,
             ticks: 0,
             episode: 0,
             twin_steps: 0,
@@ -282,9 +218,9 @@ impl TwinEnv {
     pub fn scenario(&self) -> &Scenario {
         &self.scenario
     }
-    /// The last observation.
-    pub fn observation(&self) -> &Observation {
-        &self.obs
+    /// The last observation (`None` before the first reset).
+    pub fn observation(&self) -> Option<&Observation> {
+        self.running.as_ref().map(|(_, c)| c.observation())
     }
 }
 
@@ -309,30 +245,28 @@ impl Env for TwinEnv {
         let load = loads[rng.random_range(0..loads.len())];
         let twin = Twin::with_window(&self.scenario, seed, start, start + len, load)
             .map_err(|e| RlError::Twin(e.to_string()))?;
-        self.shield.reset();
-        self.obs = twin.observe();
-        self.shield.annotate(&mut self.obs);
-        self.twin = Some(twin);
+        let control = ControlLoop::new(&twin, 0, Shield::new(&self.scenario.spec), self.reward.clone());
         self.encoder.reset();
         self.ticks = 0;
         self.episode += 1;
-        Ok((self.encoder.encode(&self.obs), self.actions.mask(&self.obs, &self.limits)))
+        let obs = control.observation();
+        let first = (self.encoder.encode(obs), self.actions.mask(obs, &self.limits));
+        self.running = Some((twin, control));
+        Ok(first)
     }
     fn step(&mut self, action: &[usize]) -> Result<EnvStep, RlError> {
-        let twin = self.twin.as_mut().ok_or_else(|| RlError::Twin("step before reset".into()))?;
-        let decision = self.actions.decision(action, &self.obs, "dqn");
-        let outcome = self.shield.apply(&self.obs, &decision);
-        twin.apply(&outcome.decision);
-        let tick = twin.step();
+        let (twin, control) = self.running.as_mut().ok_or_else(|| RlError::Twin("step before reset".into()))?;
+        let actions = &self.actions;
+        let t = control.tick_with(twin, |obs| actions.decision(action, obs, "dqn"));
+        let tick = t.stats;
         self.twin_steps += 1;
         self.ticks += 1;
-        self.obs = twin.observe();
-        self.shield.annotate(&mut self.obs);
+        let obs = control.observation();
         let truncated = twin.is_done() || self.episodes.max_ticks.is_some_and(|m| self.ticks >= m);
         Ok(EnvStep {
-            obs: self.encoder.encode(&self.obs),
-            mask: self.actions.mask(&self.obs, &self.limits),
-            reward: self.reward.reward(&tick),
+            obs: self.encoder.encode(obs),
+            mask: self.actions.mask(obs, &self.limits),
+            reward: t.reward,
             terminated: false,
             truncated,
             info: StepInfo {

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use crate::control::ControlLoop;
 use crate::policy::shield::Shield;
 use crate::policy::Policy;
 use crate::twin::{Report, Scenario, Twin};
@@ -57,38 +58,28 @@ pub fn rollout(
 ) -> Result<Rollout, RlError> {
     let mut twin =
         Twin::with_window(scenario, seed, window.0, window.1, load).map_err(|e| RlError::Twin(e.to_string()))?;
-    let mut shield = Shield::new(&scenario.spec);
     policy.reset();
-    let mut obs = twin.observe();
-    shield.annotate(&mut obs);
-    let slots: Vec<String> = obs.slots.iter().map(|s| format!("{}/{}", s.variant, s.pool)).collect();
+    let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
+    let slots: Vec<String> = control.observation().slots.iter().map(|s| format!("{}/{}", s.variant, s.pool)).collect();
     let mut ticks = Vec::new();
     let mut ret = 0.0;
     while !twin.is_done() {
-        let decision = policy.decide(&obs);
-        let out = shield.apply(&obs, &decision);
-        twin.apply(&out.decision);
+        let t = control.tick(&mut twin, policy);
+        let obs = &t.observation;
         let desired = obs
             .slots
             .iter()
-            .map(|s| out.decision.replicas(&s.variant, &s.pool).unwrap_or(s.desired_replicas))
+            .map(|s| t.outcome.decision.replicas(&s.variant, &s.pool).unwrap_or(s.desired_replicas))
             .collect();
-        let ready = obs.slots.iter().map(|s| s.ready_replicas).collect();
-        let time_s = obs.time_s;
-        let tick = twin.step();
-        let r = reward.reward(&tick);
-        ret += r;
-        obs = twin.observe();
-        shield.annotate(&mut obs);
-        policy.feedback(&obs, r);
+        ret += t.reward;
         ticks.push(TickRecord {
-            time_s,
+            time_s: obs.time_s,
             desired,
-            ready,
-            finished: tick.finished,
-            slo_met: tick.slo_met,
-            cost_usd: tick.cost_usd,
-            reward: r,
+            ready: obs.slots.iter().map(|s| s.ready_replicas).collect(),
+            finished: t.stats.finished,
+            slo_met: t.stats.slo_met,
+            cost_usd: t.stats.cost_usd,
+            reward: t.reward,
         });
     }
     Ok(Rollout { slots, ticks, report: twin.report(), episodic_return: ret })

@@ -153,6 +153,7 @@ fn validate(
     reward: &RewardConfig,
     v: &ValidationConfig,
 ) -> Result<ValidationRecord, RlError> {
+    use crate::control::ControlLoop;
     use crate::policy::shield::Shield;
     let limits = ActionLimits::from_spec(&scenario.spec, template.encoder().layout());
     let (mut ret, mut finished, mut met, mut gpu_s, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -161,19 +162,16 @@ fn validate(
             let mut twin = Twin::with_window(scenario, seed, v.window.0, v.window.1, load)
                 .map_err(|e| RlError::Twin(e.to_string()))?;
             let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
-            let mut shield = Shield::new(&scenario.spec);
+            let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
             while !twin.is_done() {
-                let mut obs = twin.observe();
-                shield.annotate(&mut obs);
-                let (decision, _, _) =
-                    greedy_decision(std::slice::from_ref(agent), &mut encoder, template.action_layout(), &limits, &obs);
-                let out = shield.apply(&obs, &decision);
-                twin.apply(&out.decision);
-                let tick = twin.step();
-                ret += reward.reward(&tick);
-                finished += tick.finished as f64;
-                met += tick.slo_met as f64;
-                gpu_s += tick.gpu_seconds;
+                let actions = template.action_layout();
+                let t = control.tick_with(&mut twin, |obs| {
+                    greedy_decision(std::slice::from_ref(agent), &mut encoder, actions, &limits, obs).0
+                });
+                ret += t.reward;
+                finished += t.stats.finished as f64;
+                met += t.stats.slo_met as f64;
+                gpu_s += t.stats.gpu_seconds;
             }
             runs += 1.0;
         }

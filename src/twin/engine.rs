@@ -22,6 +22,9 @@
 //!   steps at once, with their total time from the perf model's affine decode cost. An
 //!   arrival during a jump cuts it short at the end of the step in progress.
 
+use crate::metrics::histogram::Histogram;
+use crate::metrics::scrape::PodSample;
+use crate::metrics::vllm::Field;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -195,6 +198,18 @@ impl PromHistogram {
     pub fn new(bounds: &'static [f64]) -> PromHistogram {
         PromHistogram { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0 }
     }
+    /// The cumulative form Prometheus exposes: `(le, count ≤ le)` per bound, then `+Inf`.
+    pub fn cumulative(&self) -> Histogram {
+        let mut acc = 0u64;
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
+        for (i, b) in self.bounds.iter().enumerate() {
+            acc += self.counts.get(i).copied().unwrap_or(0);
+            buckets.push((*b, acc as f64));
+        }
+        acc += self.counts.get(self.bounds.len()).copied().unwrap_or(0);
+        buckets.push((f64::INFINITY, acc as f64));
+        Histogram { buckets, sum: self.sum }
+    }
     /// Adds `n` observations of `v`.
     pub fn observe_n(&mut self, v: f64, n: u64) {
         let i = self.bounds.partition_point(|&b| b < v);
@@ -293,6 +308,24 @@ impl Engine {
     pub fn used_blocks(&self) -> u32 {
         self.total_blocks - self.free_blocks - self.lru.len() as u32 * self.unit_blocks
     }
+    /// What this engine's `/metrics` exposes now, as the parser reads it: vLLM's gauges,
+    /// counters and histograms (cumulative buckets with vLLM's boundaries).
+    pub fn sample(&self) -> PodSample {
+        let c = &self.counters;
+        let mut s = PodSample::default();
+        s.gauges.insert(Field::WaitingRequests, self.num_waiting() as f64);
+        s.gauges.insert(Field::RunningRequests, self.num_running() as f64);
+        s.gauges.insert(Field::KvCacheUsage, self.kv_usage());
+        s.counters.insert(Field::RequestSuccess, c.request_success as f64);
+        s.counters.insert(Field::PromptTokens, c.prompt_tokens as f64);
+        s.counters.insert(Field::GenerationTokens, c.generation_tokens as f64);
+        s.counters.insert(Field::Preemptions, c.preemptions as f64);
+        s.histograms.insert(Field::TimeToFirstToken, c.ttft.cumulative());
+        s.histograms.insert(Field::TimePerOutputToken, c.itl.cumulative());
+        s.histograms.insert(Field::E2eLatency, c.e2e.cumulative());
+        s
+    }
+
     /// `vllm:kv_cache_usage_perc`, 0..=1.
     pub fn kv_usage(&self) -> f64 {
         if self.total_blocks == 0 {

@@ -45,7 +45,7 @@ pub mod trace;
 
 pub use metrics::Report;
 pub use scenario::Scenario;
-pub use sim::{ReplicaInfo, ReplicaState, TickStats, Twin};
+pub use sim::{ReplicaInfo, ReplicaState, TickStats, Twin, TWIN_NAMESPACE};
 
 /// Errors of the twin: bad input (trace rows, scenario fields) and I/O.
 #[derive(Debug, thiserror::Error)]

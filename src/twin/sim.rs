@@ -14,11 +14,13 @@
 //! Cost accrues per GPU from the start of loading to the stop, at the pool's price.
 //!
 //! **Control**: [`Twin::step`] advances one control interval (`spec.policy.intervalSeconds`);
-//! [`Twin::observe`] builds the same [`Observation`] the live operator builds from vLLM's
-//! metrics, over the last `spec.metrics.windowSeconds`; [`Twin::apply`] takes a [`Decision`].
+//! at its end the serving replicas are scraped (their vLLM metrics, as a pod exposes
+//! them), and [`Twin::observe`] builds the [`Observation`] from that scrape with the code
+//! the live operator uses ([`crate::observe`]), over the last `spec.metrics.windowSeconds`;
+//! [`Twin::apply`] takes a [`Decision`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -31,7 +33,15 @@ use super::time::Nanos;
 use super::trace::{ArrivalStream, LengthSampler};
 use super::TwinError;
 use crate::crd::LLMWorkloadSpec;
-use crate::policy::observation::{Decision, LatencyObservation, Observation, PoolObservation, SlotObservation};
+use crate::metrics::exposition::render;
+use crate::metrics::scrape::PodSample;
+use crate::metrics::vllm::LABEL_MODEL_NAME;
+use crate::metrics::Endpoint;
+use crate::observe::{build_observation, SlotState};
+use crate::policy::observation::{Decision, Observation, SlotId};
+
+/// The namespace the twin's workload is observed under (series keys and messages).
+pub const TWIN_NAMESPACE: &str = "twin";
 
 /// State of a replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -141,13 +151,6 @@ enum Ev {
     Ready { rep: usize },
 }
 
-struct Recent {
-    finish: Nanos,
-    ttft_s: f32,
-    tpot_s: f32,
-    met: bool,
-}
-
 /// The digital twin of one LLMWorkload.
 pub struct Twin {
     spec: LLMWorkloadSpec,
@@ -156,7 +159,6 @@ pub struct Twin {
     seed: u64,
     now: Nanos,
     interval: Nanos,
-    window: Nanos,
     cap: Option<Nanos>,
     lb: LoadBalancer,
     gateway_limit: u64,
@@ -196,9 +198,8 @@ pub struct Twin {
     h_ttft: LogHistogram,
     h_tpot: LogHistogram,
     h_e2e: LogHistogram,
-    recent: VecDeque<Recent>,
-    recent_arrivals: VecDeque<Nanos>,
-    recent_dispatch: VecDeque<(Nanos, u16)>,
+    /// Scrapes the serving replicas each tick: the metrics part of the observation.
+    scraper: crate::observe::PodScraper,
     kv_samples: f64,
     kv_sum: f64,
     slo_ttft_s: f64,
@@ -271,7 +272,6 @@ impl Twin {
             }
         }
         let interval = Nanos::from_secs_f64(spec.policy.interval_seconds.max(1) as f64);
-        let window = Nanos::from_secs_f64(spec.metrics.window_seconds.max(1) as f64);
         let slo_ttft_s = spec.slo.ttft_ms / 1e3;
         let slo_tpot_s = spec.slo.tpot_ms / 1e3;
         let has_quality = spec.variants.iter().any(|v| v.quality.is_some());
@@ -281,7 +281,6 @@ impl Twin {
             seed,
             now: Nanos::ZERO,
             interval,
-            window,
             cap: scenario.file.max_duration_s.map(Nanos::from_secs_f64),
             lb: scenario.file.cluster.load_balancer,
             gateway_limit: scenario.file.cluster.gateway_queue_limit,
@@ -319,9 +318,7 @@ impl Twin {
             h_ttft: LogHistogram::default(),
             h_tpot: LogHistogram::default(),
             h_e2e: LogHistogram::default(),
-            recent: VecDeque::new(),
-            recent_arrivals: VecDeque::new(),
-            recent_dispatch: VecDeque::new(),
+            scraper: crate::observe::PodScraper::default(),
             kv_samples: 0.0,
             kv_sum: 0.0,
             slo_ttft_s,
@@ -361,6 +358,8 @@ impl Twin {
             }
         }
         twin.next_arrival = twin.arrivals.next_arrival();
+        // The first scrape round: the initial replicas are up when the run starts.
+        twin.scrape();
         Ok(twin)
     }
 
@@ -670,7 +669,6 @@ impl Twin {
             self.tick.rejected += 1;
             return;
         }
-        self.recent_dispatch.push_back((self.now, slot as u16));
         let now = self.now;
         let r = &mut self.replicas[id];
         r.engine.enqueue(s);
@@ -713,7 +711,6 @@ impl Twin {
             self.quality_met_sum += q;
             self.tick.quality_met_sum += q;
         }
-        self.recent.push_back(Recent { finish: f.finish, ttft_s: ttft as f32, tpot_s: tpot as f32, met });
     }
 
     fn handle(&mut self, ev: Ev) {
@@ -776,7 +773,6 @@ impl Twin {
             } else if let Some(a) = self.next_arrival.take() {
                 self.arrived += 1;
                 self.tick.arrived += 1;
-                self.recent_arrivals.push_back(self.now);
                 self.next_id += 1;
                 let s = Seq::new(self.next_id, a.at, a.input_tokens, a.output_tokens, a.hash_ids);
                 self.dispatch(s);
@@ -796,118 +792,66 @@ impl Twin {
         };
         self.tick = TickStats::default();
         self.run_until(until);
-        // Sample KV usage of serving replicas; trim windows.
+        // Sample KV usage of serving replicas (for the report).
         let n = self.serving.len();
         if n > 0 {
             let kv: f64 = self.serving.iter().map(|&i| self.replicas[i].engine.kv_usage()).sum::<f64>() / n as f64;
             self.kv_sum += kv;
             self.kv_samples += 1.0;
         }
-        let lo = Nanos(self.now.0.saturating_sub(self.window.0));
-        while self.recent.front().is_some_and(|r| r.finish < lo) {
-            self.recent.pop_front();
-        }
-        while self.recent_arrivals.front().is_some_and(|r| *r < lo) {
-            self.recent_arrivals.pop_front();
-        }
-        while self.recent_dispatch.front().is_some_and(|r| r.0 < lo) {
-            self.recent_dispatch.pop_front();
-        }
+        self.scrape();
         let mut t = std::mem::take(&mut self.tick);
         t.time_s = self.now.as_secs_f64();
         t
     }
 
-    /// The observation a policy sees now (same fields the live operator fills).
+    /// The observation a policy sees now, built by the one builder the operator uses
+    /// ([`crate::observe`]): the fleet part from the twin's replicas, the metrics part from
+    /// the last scrape of the serving replicas' vLLM metrics (taken at the end of every
+    /// [`Twin::step`]). Exact per-request latencies go to [`Twin::report`], not here.
     pub fn observe(&self) -> Observation {
-        let window_s = self.window.as_secs_f64().min(self.now.as_secs_f64().max(1e-9));
-        let lo = Nanos(self.now.0.saturating_sub(self.window.0));
-        let mid = Nanos(self.now.0.saturating_sub(self.window.0 / 2));
-        let total = self.recent_arrivals.iter().filter(|a| **a >= lo).count();
-        let rate = total as f64 / window_s;
-        let first = self.recent_arrivals.iter().filter(|a| **a >= lo && **a < mid).count() as f64;
-        let second = total as f64 - first;
-        let arr: Vec<&(Nanos, u16)> = self.recent_dispatch.iter().filter(|a| a.0 >= lo).collect();
-        let half = window_s / 2.0;
-        let trend = if half > 0.0 { (second - first) / half / half } else { 0.0 };
-        let rec: Vec<&Recent> = self.recent.iter().filter(|r| r.finish >= lo).collect();
-        let pct = |mut v: Vec<f64>, q: f64| -> Option<f64> {
-            if v.is_empty() {
-                return None;
-            }
-            v.sort_by(|a, b| a.total_cmp(b));
-            let idx = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-            Some(v[idx])
-        };
-        let ttfts: Vec<f64> = rec.iter().map(|r| r.ttft_s as f64).collect();
-        let tpots: Vec<f64> = rec.iter().map(|r| r.tpot_s as f64).collect();
-        let latency = LatencyObservation {
-            ttft_p50_s: pct(ttfts.clone(), 0.5),
-            ttft_p90_s: pct(ttfts.clone(), 0.9),
-            ttft_p99_s: pct(ttfts, 0.99),
-            tpot_p50_s: pct(tpots.clone(), 0.5),
-            tpot_p90_s: pct(tpots.clone(), 0.9),
-            tpot_p99_s: pct(tpots, 0.99),
-        };
-        let slo = (!rec.is_empty()).then(|| rec.iter().filter(|r| r.met).count() as f64 / rec.len() as f64);
-        let mut slots = Vec::with_capacity(self.slots.len());
+        let mut current = BTreeMap::new();
+        let mut states = BTreeMap::new();
         for (si, s) in self.slots.iter().enumerate() {
-            let mut o = SlotObservation {
-                variant: self.spec.variants[s.variant].name.clone(),
-                pool: self.spec.gpu_pools[s.pool].name.clone(),
-                desired_replicas: s.desired,
-                gpus_per_replica: self.spec.variants[s.variant].gpus_per_replica.max(1),
-                ..Default::default()
-            };
-            let mut kv = 0.0;
+            let id = SlotId::new(&self.spec.variants[s.variant].name, &self.spec.gpu_pools[s.pool].name);
+            let mut st = SlotState { desired: s.desired, ..Default::default() };
             for r in self.replicas.iter().filter(|r| r.slot == si) {
                 match r.state {
                     ReplicaState::Ready | ReplicaState::Retiring => {
-                        o.ready_replicas += 1;
-                        kv += r.engine.kv_usage();
+                        st.ready += 1;
+                        st.existing += 1;
                     }
-                    ReplicaState::Pending | ReplicaState::Starting => o.starting_replicas += 1,
+                    ReplicaState::Pending | ReplicaState::Starting => st.existing += 1,
                     _ => {}
                 }
-                if r.state != ReplicaState::Stopped {
-                    o.waiting_requests += r.engine.num_waiting() as f64;
-                    o.running_requests += r.engine.num_running() as f64;
-                }
             }
-            if o.ready_replicas > 0 {
-                o.kv_cache_usage = kv / o.ready_replicas as f64;
+            current.insert(id.clone(), s.desired);
+            states.insert(id, st);
+        }
+        let since = self.last_action.map(|t| self.now.since(t).as_secs_f64());
+        let fleet = build_observation(&self.spec, &current, &states, self.now.as_secs_f64(), since);
+        self.scraper.complete(fleet)
+    }
+
+    /// Scrapes every replica that is in its Service's endpoints (ready, or asked to
+    /// retire but still serving until its replacement is ready), as the operator's direct
+    /// scrape or Prometheus would.
+    fn scrape(&mut self) {
+        let mut pods = Vec::with_capacity(self.serving.len());
+        for (id, r) in self.replicas.iter().enumerate() {
+            if !matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring) {
+                continue;
             }
-            o.arrival_rate_rps = arr.iter().filter(|a| a.1 as usize == si).count() as f64 / window_s;
-            slots.push(o);
+            let s = &self.slots[r.slot];
+            let endpoint = Endpoint {
+                variant: self.spec.variants[s.variant].name.clone(),
+                pool: self.spec.gpu_pools[s.pool].name.clone(),
+                address: format!("replica-{id}"),
+            };
+            pods.push((endpoint, r.engine.sample()));
         }
-        // Requests held at the gateway (no ready replica) show as waiting in the first slot.
-        if let Some(first) = slots.first_mut() {
-            first.waiting_requests += self.gateway.len() as f64;
-        }
-        let pools = self
-            .spec
-            .gpu_pools
-            .iter()
-            .enumerate()
-            .map(|(i, p)| PoolObservation {
-                name: p.name.clone(),
-                free_gpus: self.pool_cap[i].map(|c| c.saturating_sub(self.pool_used[i])),
-                price_per_gpu_hour_usd: p.price_per_gpu_hour,
-            })
-            .collect();
-        Observation {
-            time_s: self.now.as_secs_f64(),
-            window_s,
-            arrival_rate_rps: rate,
-            arrival_rate_trend_rps_per_s: trend,
-            latency,
-            slo_attainment: slo,
-            slots,
-            pools,
-            cost_rate_usd_per_hour: self.cost_rate_per_s * 3600.0,
-            seconds_since_last_action: self.last_action.map(|t| self.now.since(t).as_secs_f64()),
-            missing: Vec::new(),
-        }
+        let now = self.now.as_secs_f64();
+        self.scraper.scrape(TWIN_NAMESPACE, &self.name, &self.spec, now, pods);
     }
 
     /// Applies a decision: desired replicas per (variant, pool). Slots the decision does not
@@ -1010,65 +954,22 @@ impl Twin {
         out
     }
 
-    /// One replica's metrics in Prometheus text format with vLLM's names, or `None` if it
-    /// is not serving (vLLM only exposes metrics once the server is up).
-    pub fn replica_metrics_text(&self, id: usize) -> Option<String> {
-        use std::fmt::Write;
+    /// One replica's metrics as vLLM exposes them (the families of
+    /// [`crate::metrics::vllm::METRICS`]), or `None` if it is not serving (vLLM only
+    /// exposes metrics once the server is up; a draining replica still answers).
+    pub fn replica_sample(&self, id: usize) -> Option<PodSample> {
         let r = self.replicas.get(id)?;
-        if !matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring | ReplicaState::Draining) {
-            return None;
-        }
-        let model = &self.spec.variants[self.slots[r.slot].variant].model;
-        let l = format!("model_name=\"{}\"", model.replace('\\', "\\\\").replace('"', "\\\""));
-        let c = &r.engine.counters;
-        let mut s = String::new();
-        let gauge = |s: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{l}}} {v}");
-        };
-        gauge(
-            &mut s,
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches.",
-            r.engine.num_running() as f64,
-        );
-        gauge(
-            &mut s,
-            "vllm:num_requests_waiting",
-            "Number of requests waiting to be processed.",
-            r.engine.num_waiting() as f64,
-        );
-        gauge(&mut s, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", r.engine.kv_usage());
-        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{l}}} {v}");
-        };
-        counter(&mut s, "vllm:request_success_total", "Count of successfully processed requests.", c.request_success);
-        counter(&mut s, "vllm:prompt_tokens_total", "Number of prefill tokens processed.", c.prompt_tokens);
-        counter(&mut s, "vllm:generation_tokens_total", "Number of generation tokens processed.", c.generation_tokens);
-        counter(
-            &mut s,
-            "vllm:num_preemptions_total",
-            "Cumulative number of preemptions from the engine.",
-            c.preemptions,
-        );
-        for (name, help, h) in [
-            ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &c.ttft),
-            ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", &c.itl),
-            ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", &c.e2e),
-        ] {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
-            let mut acc = 0;
-            for (i, b) in h.bounds.iter().enumerate() {
-                acc += h.counts[i];
-                let _ = writeln!(s, "{name}_bucket{{{l},le=\"{b}\"}} {acc}");
-            }
-            acc += h.counts[h.bounds.len()];
-            let _ = writeln!(
-                s,
-                "{name}_bucket{{{l},le=\"+Inf\"}} {acc}\n{name}_sum{{{l}}} {}\n{name}_count{{{l}}} {acc}",
-                h.sum
-            );
-        }
-        Some(s)
+        matches!(r.state, ReplicaState::Ready | ReplicaState::Retiring | ReplicaState::Draining)
+            .then(|| r.engine.sample())
+    }
+
+    /// One replica's metrics in the Prometheus text format with vLLM's names, help texts
+    /// and `model_name` label, rendered from [`Twin::replica_sample`] by
+    /// [`crate::metrics::exposition::render`]; `None` if it is not serving.
+    pub fn replica_metrics_text(&self, id: usize) -> Option<String> {
+        let sample = self.replica_sample(id)?;
+        let model = &self.spec.variants[self.slots[self.replicas[id].slot].variant].model;
+        Some(render(&sample, &[(LABEL_MODEL_NAME, model.as_str())]))
     }
 
     /// The run's latency histograms so far (TTFT, TPOT, end-to-end; seconds), for CDFs.
