@@ -39,8 +39,7 @@ use crate::policy::static_policy::{replicas_for_rate, StaticPolicy};
 use crate::policy::Policy;
 use crate::twin::{Report, Scenario, Twin, TwinError};
 
-/// Fraction of a trace's span in the training window; the test window is the rest.
-pub const TRAIN_FRACTION: f64 = 0.6;
+pub use crate::twin::scenario::{Window, TRAIN_FRACTION};
 /// Most points of the replicas-over-time series kept per episode.
 pub const MAX_SERIES_POINTS: usize = 4000;
 /// Quantile levels at which latency CDFs are sampled.
@@ -71,29 +70,6 @@ pub enum EvalError {
         /// What failed.
         message: String,
     },
-}
-
-/// Which part of the trace to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Window {
-    /// The first [`TRAIN_FRACTION`] of the trace.
-    Train,
-    /// The rest of the trace (what learned policies are judged on).
-    Test,
-    /// The whole trace.
-    All,
-}
-
-impl Window {
-    /// `(start_frac, end_frac)` of the trace span.
-    pub fn fractions(self) -> (f64, f64) {
-        match self {
-            Window::Train => (0.0, TRAIN_FRACTION),
-            Window::Test => (TRAIN_FRACTION, 1.0),
-            Window::All => (0.0, 1.0),
-        }
-    }
 }
 
 /// Arrival statistics of a window, used to size static fleets.

@@ -6,7 +6,10 @@
 //! [`Observation`].
 
 pub mod build;
-pub mod config;
+/// The `policy` section of the spec (defined with the CRD in [`crate::crd::policy`]).
+pub mod config {
+    pub use crate::crd::policy::*;
+}
 pub mod forecast;
 pub mod hpa;
 pub mod kpa;

@@ -35,7 +35,16 @@ use serde::{Deserialize, Serialize};
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::observation::{Decision, Observation};
 
-use super::env::BranchSpec;
+
+/// One action branch: a name and the names of its options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchSpec {
+    /// What this branch controls (e.g. `replicas[small/a100]`).
+    pub name: String,
+    /// The options, in output order (e.g. `-1`, `0`, `+1`).
+    pub options: Vec<String>,
+}
 
 /// A (variant, pool) slot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

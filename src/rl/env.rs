@@ -10,15 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RlError;
 
-/// One action branch: a name and the names of its options.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BranchSpec {
-    /// What this branch controls (e.g. `replicas[small/a100]`).
-    pub name: String,
-    /// The options, in output order (e.g. `-1`, `0`, `+1`).
-    pub options: Vec<String>,
-}
+pub use super::encoding::BranchSpec;
 
 /// What a step measured besides the reward, for training logs (zero for toy problems).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -120,7 +112,7 @@ pub struct EpisodeConfig {
 impl Default for EpisodeConfig {
     fn default() -> Self {
         EpisodeConfig {
-            train_window: (0.0, crate::eval::TRAIN_FRACTION),
+            train_window: (0.0, crate::twin::scenario::TRAIN_FRACTION),
             episode_frac: 0.1,
             max_ticks: None,
             loads: vec![1.0],

@@ -12,7 +12,7 @@
 //! **Checkpoint selection.** With a [`ValidationConfig`], the greedy policy is run every
 //! `validation.every` steps (and once at the end) on a *validation* window of the trace:
 //! a window that training episodes never see and that lies before the test window
-//! (`crate::eval::TRAIN_FRACTION`), at the configured loads and replay seeds, through the
+//! (`crate::twin::scenario::TRAIN_FRACTION`), at the configured loads and replay seeds, through the
 //! same shield. The checkpoint in the output directory is then the one with the highest
 //! mean validation return (the objective the reward sums to), not simply the last
 //! weights, which are kept in `last/`. Each evaluation is a line of `validation.jsonl`.
@@ -92,7 +92,7 @@ pub struct ValidationConfig {
 impl Default for ValidationConfig {
     fn default() -> Self {
         ValidationConfig {
-            window: (0.45, crate::eval::TRAIN_FRACTION),
+            window: (0.45, crate::twin::scenario::TRAIN_FRACTION),
             loads: vec![0.5, 1.0, 1.5],
             seeds: vec![0, 1, 2, 3, 4],
             every: 2000,
@@ -104,11 +104,11 @@ impl ValidationConfig {
     /// Checks the window against the training window and the test window.
     pub fn check(&self, train_window: (f64, f64)) -> Result<(), RlError> {
         let (a, b) = self.window;
-        if !(0.0 <= a && a < b && b <= crate::eval::TRAIN_FRACTION + 1e-12) {
+        if !(0.0 <= a && a < b && b <= crate::twin::scenario::TRAIN_FRACTION + 1e-12) {
             return Err(RlError::Config(format!(
                 "validation.window {:?} must satisfy 0 ≤ start < end ≤ {} (the test window starts there)",
                 self.window,
-                crate::eval::TRAIN_FRACTION
+                crate::twin::scenario::TRAIN_FRACTION
             )));
         }
         if a < train_window.1 && train_window.0 < b {

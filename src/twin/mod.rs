@@ -29,6 +29,7 @@
 //! [`scenario`] (TOML scenarios), [`sim`] (fleet, events, stepping API), [`metrics`]
 //! (aggregates and report). See `docs/twin.md` for the model and its calibration.
 
+pub mod arrival;
 pub mod catalog;
 /// Command-line entry points.
 pub mod cli;

@@ -593,3 +593,31 @@ fn yaml_err(path: &Path, e: serde_yaml::Error) -> TwinError {
         message: e.to_string(),
     }
 }
+
+/// Fraction of a trace's span in the training window; the test window is the rest. The
+/// split of a trace into training and test traffic lives with the scenario: training
+/// ([`crate::rl`]) and judging ([`crate::eval`]) both read it from here.
+pub const TRAIN_FRACTION: f64 = 0.6;
+
+/// Which part of the trace to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    /// The first [`TRAIN_FRACTION`] of the trace.
+    Train,
+    /// The rest of the trace (what learned policies are judged on).
+    Test,
+    /// The whole trace.
+    All,
+}
+
+impl Window {
+    /// `(start_frac, end_frac)` of the trace span.
+    pub fn fractions(self) -> (f64, f64) {
+        match self {
+            Window::Train => (0.0, TRAIN_FRACTION),
+            Window::Test => (TRAIN_FRACTION, 1.0),
+            Window::All => (0.0, 1.0),
+        }
+    }
+}

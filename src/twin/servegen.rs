@@ -27,7 +27,7 @@ use rand_distr::{Distribution, Gamma, Weibull};
 use serde::Serialize;
 
 use super::time::Nanos;
-use super::trace::Arrival;
+use super::arrival::Arrival;
 use super::TwinError;
 
 /// Length of one trace window, seconds.

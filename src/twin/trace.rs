@@ -572,18 +572,7 @@ impl LengthSampler {
     }
 }
 
-/// One arriving request, as the twin sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Arrival {
-    /// Arrival time in twin time.
-    pub at: Nanos,
-    /// Prompt tokens.
-    pub input_tokens: u32,
-    /// Output tokens.
-    pub output_tokens: u32,
-    /// Prefix-block hashes (may be empty).
-    pub hash_ids: Vec<u32>,
-}
+pub use super::arrival::Arrival;
 
 /// A source of arrivals in time order.
 #[derive(Debug)]

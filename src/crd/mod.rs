@@ -11,7 +11,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::config::PolicySpec;
+pub mod policy;
+
+use policy::PolicySpec;
 
 /// Desired state of an LLM inference workload.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
