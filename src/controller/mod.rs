@@ -23,6 +23,7 @@ pub mod cli;
 pub mod decide;
 pub mod desired;
 pub mod leader;
+pub mod plan;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
