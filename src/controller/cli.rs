@@ -98,13 +98,6 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-    };
 
     let http = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone(), stopped(stop_rx.clone())));
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
@@ -138,47 +131,68 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         run_controller(ctx, args.namespace.clone(), stopped(stop_rx.clone())).await;
     } else {
         let lease_ns = args.lease_namespace.clone().unwrap_or(default_ns);
-        let elector = LeaderElector::new(client.clone(), LeaseConfig::new(&args.lease_name, &lease_ns, &identity));
-        tracing::info!(lease = %format!("{lease_ns}/{}", args.lease_name), identity = %identity, "waiting to become leader");
-        tokio::select! {
-            r = elector.acquire() => r.context("leader election")?,
-            _ = stopped(stop_rx.clone()) => {
-                let _ = http.await;
-                return Ok(());
-            }
-        }
-        tracing::info!(identity = %identity, "became leader; starting the controller");
-        let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
-        let renewer = {
-            let e = elector.clone();
-            tokio::spawn(async move {
-                e.keep_renewing().await;
-                let _ = lost_tx.send(true);
-            })
-        };
-        let mut stop = stop_rx.clone();
-        let mut lost = lost_rx.clone();
-        let shutdown = async move {
-            tokio::select! {
-                _ = stop.wait_for(|v| *v) => {},
-                _ = lost.wait_for(|v| *v) => {},
-            }
-        };
-        run_controller(ctx, args.namespace.clone(), shutdown).await;
-        renewer.abort();
-        if *lost_rx.borrow() {
-            anyhow::bail!(
-                "lost leadership of lease {lease_ns}/{}; exiting so a fresh process can compete again",
-                args.lease_name
-            );
-        }
-        match tokio::time::timeout(Duration::from_secs(5), elector.release()).await {
-            Ok(Ok(())) => tracing::info!("released the lease"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not release the lease"),
-            Err(_) => tracing::warn!("releasing the lease timed out"),
-        }
+        run_as_leader(ctx, client, &args, &lease_ns, &identity, stop_rx).await?;
     }
     let _ = http.await;
+    Ok(())
+}
+
+/// Resolves once `rx` says stop (or its sender is gone).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// With leader election: waits for the Lease `lease_ns/args.lease_name` (returns at once
+/// when told to stop first), runs the controller while it is held and releases it on a
+/// stop. Losing the Lease is an error, so the process exits and comes back as a standby.
+async fn run_as_leader(
+    ctx: Arc<Context>,
+    client: kube::Client,
+    args: &RunArgs,
+    lease_ns: &str,
+    identity: &str,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let elector = LeaderElector::new(client, LeaseConfig::new(&args.lease_name, lease_ns, identity));
+    tracing::info!(lease = %format!("{lease_ns}/{}", args.lease_name), identity = %identity, "waiting to become leader");
+    tokio::select! {
+        r = elector.acquire() => r.context("leader election")?,
+        _ = stopped(stop_rx.clone()) => return Ok(()),
+    }
+    tracing::info!(identity = %identity, "became leader; starting the controller");
+    let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+    let renewer = {
+        let e = elector.clone();
+        tokio::spawn(async move {
+            e.keep_renewing().await;
+            let _ = lost_tx.send(true);
+        })
+    };
+    let mut stop = stop_rx.clone();
+    let mut lost = lost_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => {},
+            _ = lost.wait_for(|v| *v) => {},
+        }
+    };
+    run_controller(ctx, args.namespace.clone(), shutdown).await;
+    renewer.abort();
+    if *lost_rx.borrow() {
+        anyhow::bail!(
+            "lost leadership of lease {lease_ns}/{}; exiting so a fresh process can compete again",
+            args.lease_name
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(5), elector.release()).await {
+        Ok(Ok(())) => tracing::info!("released the lease"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not release the lease"),
+        Err(_) => tracing::warn!("releasing the lease timed out"),
+    }
     Ok(())
 }
 

@@ -8,6 +8,15 @@
 //! again. Once per control interval (`spec.policy.intervalSeconds`) it also reads the
 //! metrics and lets the policy decide; between ticks it only keeps the objects in shape.
 //!
+//! A reconcile is three steps:
+//!
+//! 1. Read (here): the owned Deployments ([`plan::Observed`]) and, when a control tick is
+//!    due, the pods' endpoints and the metrics; the policy decides and the shield clamps
+//!    (under `block_in_place`). The result is data: a [`plan::TickOutcome`].
+//! 2. Plan ([`plan::plan`], pure): the Deployments and Service to apply, the Deployments
+//!    to delete, the Events, the status and when to look again, as a [`plan::Plan`].
+//! 3. Execute ([`execute::execute`]): writes the plan through the API server.
+//!
 //! - Invalid spec ([`validate::validate_spec`]): `Degraded=True`, a Warning Event naming
 //!   what to fix, and no Deployment is touched.
 //! - Missing or stale metrics: replicas are held, `MetricsAvailable=False`, Warning Event.
@@ -22,7 +31,9 @@
 pub mod cli;
 pub mod decide;
 pub mod desired;
+pub mod execute;
 pub mod leader;
+pub mod plan;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
@@ -34,21 +45,20 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::crd::{DecisionStatus, LLMWorkload, LLMWorkloadStatus, TargetStatus};
+use crate::crd::LLMWorkload;
 use crate::metrics::{Endpoint, MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource};
-use crate::policy::config::PolicyMode;
-use crate::policy::shield::{slot_key, Shield, ShieldOutcome};
-use crate::policy::{Decision, Policy};
+use crate::policy::shield::Shield;
+use crate::policy::{Observation, Policy};
 
-use decide::{build_observation, changes, decision_targets, initial_targets, make_before_break, Change, SlotState};
-use desired::{deployment_name, slots, workload_selector, Slot};
-use status::{ConditionUpdate, DEGRADED, METRICS_AVAILABLE, POLICY_READY, READY};
+use decide::build_observation;
+use desired::workload_selector;
+use plan::{Decided, EventReason, MetricsRead, Observed, Plan, PlanInput, PlannedEvent, TickOutcome};
 use telemetry::OperatorMetrics;
 
 /// The finalizer the controller puts on every workload it manages.
@@ -303,35 +313,6 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(max)
 }
 
-/// Publishes an Event about `wl`. kube's Recorder folds Events with the same
-/// (type, reason, action) into one series and keeps the first note, so `action` names
-/// what was done concretely (`Scale small/l4 1->3`, `Drain small`): different actions
-/// get their own Event, repeats of the same one count up.
-async fn publish(ctx: &Context, wl: &LLMWorkload, type_: EventType, reason: &str, action: String, note: String) {
-    let ev = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note, 1000)),
-        action: truncate(action, 120),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &wl.object_ref(&())).await {
-        tracing::warn!(workload = %key_of(wl), reason, error = %e, "cannot publish event");
-    }
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
-}
-
 fn parse_time_s(s: &str) -> Option<f64> {
     s.parse::<Timestamp>().ok().map(|t| t.as_millisecond() as f64 / 1000.0)
 }
@@ -340,28 +321,8 @@ fn time_s(t: Timestamp) -> f64 {
     t.as_millisecond() as f64 / 1000.0
 }
 
-fn status_of(wl: &LLMWorkload) -> LLMWorkloadStatus {
-    wl.status.clone().unwrap_or_default()
-}
-
-async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatus) -> Result<(), Error> {
-    let ns = wl.namespace().unwrap_or_default();
-    let api: Api<LLMWorkload> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut written = status.clone();
-    written.summary = Some(self::status::summary(&wl.spec, &written));
-    let mut value = serde_json::to_value(&written)?;
-    if let Some(obj) = value.as_object_mut() {
-        // A merge patch leaves absent keys alone: clear what is no longer set.
-        for k in
-            ["lastDecision", "shadowDecision", "observedArrivalRateRps", "sloAttainment", "costRateUsdPerHour", "slots"]
-        {
-            obj.entry(k).or_insert(serde_json::Value::Null);
-        }
-    }
-    api.patch_status(&wl.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": value })))
-        .await
-        .map_err(kube_err("writing status"))?;
-    Ok(())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The Deployments of a workload (by label, owned by it).
@@ -375,6 +336,7 @@ async fn owned_deployments(ctx: &Context, wl: &LLMWorkload) -> Result<Vec<Deploy
     Ok(list.items.into_iter().filter(|d| desired::is_owned_by(&d.metadata, wl)).collect())
 }
 
+/// The serving pods of a workload, for a metrics source that scrapes them.
 async fn endpoints(ctx: &Context, wl: &LLMWorkload) -> Vec<Endpoint> {
     let ns = wl.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -393,475 +355,144 @@ async fn endpoints(ctx: &Context, wl: &LLMWorkload) -> Vec<Endpoint> {
         .collect()
 }
 
-/// Reconciles a workload that is not being deleted.
+/// Reconciles a workload that is not being deleted: reads what exists, runs the control
+/// tick when one is due, plans ([`plan::plan`]) and executes the plan ([`execute::execute`]).
 async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = ctx.clock.now();
-    let now_str = now.to_string();
-    let name = wl.name_any();
-    let ns = wl.namespace().unwrap_or_default();
-    let key = key_of(&wl);
+    let settings = plan::Settings { invalid_spec_requeue: ctx.config.invalid_spec_requeue };
+    // Nothing is read or touched while the spec is inconsistent.
+    if let Some(p) = plan::invalid_spec(&wl, now, settings) {
+        return execute::execute(&ctx, &wl, &p).await;
+    }
+    let observed = Observed::new(&wl, owned_deployments(&ctx, &wl).await?);
+    let state = state_of(&ctx, &wl);
+    let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
+    let tick = if tick_due { Some(control_tick(&ctx, &state, &wl, &observed, now).await) } else { None };
+    let last_tick = lock(&state).last_tick;
+    let input = PlanInput {
+        workload: &wl,
+        observed: &observed,
+        now,
+        policy_error: policy_error.as_deref(),
+        tick: tick.as_ref(),
+        last_tick,
+        settings,
+    };
+    let p = plan::plan(&input);
+    remember(&ctx, &state, tick.as_ref(), &p);
+    execute::execute(&ctx, &wl, &p).await
+}
+
+/// The policy and shield of `wl`, built on its first reconcile (the shield's cooldowns
+/// restored from `status.lastScaleDown`).
+fn state_of(ctx: &Context, wl: &LLMWorkload) -> Arc<Mutex<WorkloadState>> {
+    let key = key_of(wl);
+    if let Some(s) = ctx.workload_state(&key) {
+        return s;
+    }
+    // Built outside the map's lock (loading a checkpoint can take a while).
+    let mut shield = Shield::new(&wl.spec);
+    let last_scale_down = wl.status.as_ref().map(|s| &s.last_scale_down);
+    let cooldowns: BTreeMap<String, f64> =
+        last_scale_down.into_iter().flatten().filter_map(|(k, v)| parse_time_s(v).map(|t| (k.clone(), t))).collect();
+    shield.import_state(&cooldowns);
+    let policy = (ctx.policy_builder)(&wl.spec);
+    let ws = WorkloadState { generation: wl.meta().generation, policy, shield, last_tick: None };
+    lock(&ctx.workloads).entry(key).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
+}
+
+/// Rebuilds the policy and updates the shield when the spec changed; returns whether a
+/// control tick is due (an interval passed, or the spec changed) and why the policy
+/// cannot be built, if it cannot.
+fn refresh_state(
+    ctx: &Context,
+    state: &Mutex<WorkloadState>,
+    wl: &LLMWorkload,
+    now: Timestamp,
+) -> (bool, Option<String>) {
+    let mut ws = lock(state);
     let generation = wl.meta().generation;
+    let changed = ws.generation != generation;
+    if changed {
+        ws.generation = generation;
+        ws.policy = (ctx.policy_builder)(&wl.spec);
+        ws.shield.update_spec(&wl.spec);
+    }
+    let due = changed || plan::tick_due(&wl.spec, now, ws.last_tick);
+    (due, ws.policy.as_ref().err().cloned())
+}
+
+/// The control tick: the observation (cluster part, then the metrics), and when the
+/// metrics are complete the policy's decision and the shield's clamp of it.
+async fn control_tick(
+    ctx: &Context,
+    state: &Mutex<WorkloadState>,
+    wl: &LLMWorkload,
+    observed: &Observed,
+    now: Timestamp,
+) -> TickOutcome {
     let spec = &wl.spec;
-    let interval = Duration::from_secs(u64::from(spec.policy.interval_seconds.max(1)));
-    let mut st = status_of(&wl);
-    st.observed_generation = generation;
-
-    // 1. Semantic validation: nothing is touched while the spec is inconsistent.
-    let problems = validate::validate_spec(&name, spec);
-    if !problems.is_empty() {
-        let msg = validate::summary(&problems);
-        let was_degraded =
-            status::condition(&st.conditions, DEGRADED).is_some_and(|c| c.status == "True" && c.message == msg);
-        status::set_condition(
-            &mut st.conditions,
-            ConditionUpdate::new(DEGRADED, true, "InvalidSpec", msg.clone()),
-            &now_str,
-            generation,
-        );
-        status::set_condition(
-            &mut st.conditions,
-            ConditionUpdate::new(READY, false, "InvalidSpec", "the spec is invalid; see the Degraded condition"),
-            &now_str,
-            generation,
-        );
-        if !was_degraded {
-            publish(
-                &ctx,
-                &wl,
-                EventType::Warning,
-                "InvalidSpec",
-                "ValidateSpec".into(),
-                format!("spec not applied, fix: {msg}"),
-            )
-            .await;
+    let last_action = wl.status.as_ref().and_then(|s| s.last_action_time.as_deref()).and_then(parse_time_s);
+    let since_action = last_action.map(|t| (time_s(now) - t).max(0.0));
+    let mut obs = build_observation(spec, &observed.current, &observed.states, time_s(now), since_action);
+    let (ns, name) = (wl.namespace().unwrap_or_default(), wl.name_any());
+    let eps = endpoints(ctx, wl).await;
+    let query = MetricsQuery { namespace: &ns, workload: &name, spec, endpoints: &eps };
+    let metrics = match ctx.metrics_source.observe(&query).await {
+        Ok(snapshot) => {
+            snapshot.fill(&mut obs);
+            MetricsRead::Read { source: ctx.metrics_source.name().to_string() }
         }
-        tracing::warn!(workload = %key, problems = %msg, "invalid spec");
-        patch_status(&ctx, &wl, &st).await?;
-        return Ok(Action::requeue(ctx.config.invalid_spec_requeue));
-    }
-
-    // 2. What exists.
-    let deployments = owned_deployments(&ctx, &wl).await?;
-    let all_slots = slots(spec);
-    let by_name: BTreeMap<String, &Deployment> = deployments.iter().map(|d| (d.name_any(), d)).collect();
-    let mut states: BTreeMap<Slot, SlotState> = BTreeMap::new();
-    for s in &all_slots {
-        if let Some(d) = by_name.get(&deployment_name(&name, s)) {
-            states.insert(s.clone(), SlotState::of(d));
-        }
-    }
-    let initial = initial_targets(spec);
-    let mut current: BTreeMap<Slot, u32> = BTreeMap::new();
-    for s in &all_slots {
-        let r = match states.get(s) {
-            Some(state) => state.desired,
-            None if states.keys().any(|k| k.variant == s.variant) => 0,
-            None => initial.get(s).copied().unwrap_or(0),
-        };
-        current.insert(s.clone(), r);
-    }
-
-    // 3. Per-workload state: policy and shield, rebuilt when the spec changes.
-    let state = match ctx.workload_state(&key) {
-        Some(s) => s,
-        None => {
-            // Built outside the map's lock (loading a checkpoint can take a while).
-            let mut shield = Shield::new(spec);
-            let cooldowns: BTreeMap<String, f64> =
-                st.last_scale_down.iter().filter_map(|(k, v)| parse_time_s(v).map(|t| (k.clone(), t))).collect();
-            shield.import_state(&cooldowns);
-            let ws = WorkloadState { generation, policy: (ctx.policy_builder)(spec), shield, last_tick: None };
-            let mut map = ctx.workloads.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(key.clone()).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
-        }
+        Err(e) => MetricsRead::Failed(e.to_string()),
     };
-    let (tick_due, policy_error) = {
-        let mut ws = state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut changed = false;
-        if ws.generation != generation {
-            ws.generation = generation;
-            ws.policy = (ctx.policy_builder)(spec);
-            ws.shield.update_spec(spec);
-            changed = true;
-        }
-        let due = changed
-            || ws.last_tick.is_none_or(|t| {
-                now.duration_since(t) >= SignedDuration::try_from(interval).unwrap_or(SignedDuration::ZERO)
-            });
-        (due, ws.policy.as_ref().err().cloned())
-    };
-    match &policy_error {
-        None => status::set_condition(
-            &mut st.conditions,
-            ConditionUpdate::new(
-                POLICY_READY,
-                true,
-                "PolicyBuilt",
-                format!("policy {} ({:?} mode)", spec.policy.kind.as_str(), spec.policy.mode).to_lowercase(),
-            ),
-            &now_str,
-            generation,
-        ),
-        Some(e) => {
-            let was = status::condition(&st.conditions, POLICY_READY).is_some_and(|c| c.status == "False");
-            status::set_condition(
-                &mut st.conditions,
-                ConditionUpdate::new(POLICY_READY, false, "PolicyBuildFailed", e.clone()),
-                &now_str,
-                generation,
-            );
-            if !was {
-                publish(
-                    &ctx,
-                    &wl,
-                    EventType::Warning,
-                    "PolicyBuildFailed",
-                    "BuildPolicy".into(),
-                    format!("holding replicas: {e}"),
-                )
-                .await;
-            }
-        }
-    }
-
-    // 4. The control tick: metrics → observation → policy → shield.
-    let mut targets = current.clone();
-    let mut held_variants: Vec<String> = Vec::new();
-    // Variants the policy asked to shrink at this tick (before the shield and sequencing).
-    let mut asked_down: Vec<String> = Vec::new();
-    let mut decision_kind = None;
-    if tick_due {
-        let since_action = st.last_action_time.as_deref().and_then(parse_time_s).map(|t| (time_s(now) - t).max(0.0));
-        let mut obs = build_observation(spec, &current, &states, time_s(now), since_action);
-        st.cost_rate_usd_per_hour = Some(obs.cost_rate_usd_per_hour);
-        let eps = endpoints(&ctx, &wl).await;
-        let query = MetricsQuery { namespace: &ns, workload: &name, spec, endpoints: &eps };
-        let read = ctx.metrics_source.observe(&query).await;
-        let missing = match read {
-            Ok(snapshot) => {
-                snapshot.fill(&mut obs);
-                if obs.missing.is_empty() {
-                    None
-                } else {
-                    Some(("MetricsMissing", format!("missing or stale: {}", obs.missing.join(", "))))
-                }
-            }
-            Err(e) => Some(("MetricsSourceError", e.to_string())),
-        };
-        if let Some((reason, msg)) = missing {
-            let total: u32 = current.values().sum();
-            status::set_condition(
-                &mut st.conditions,
-                ConditionUpdate::new(METRICS_AVAILABLE, false, reason, msg.clone()),
-                &now_str,
-                generation,
-            );
-            publish(
-                &ctx,
-                &wl,
-                EventType::Warning,
-                "MetricsUnavailable",
-                format!("Hold {reason}"),
-                format!("holding {total} replicas: {msg}"),
-            )
-            .await;
-            ctx.metrics.decision("hold");
-            tracing::warn!(workload = %key, reason, message = %msg, "metrics unavailable; holding replicas");
-        } else {
-            status::set_condition(
-                &mut st.conditions,
-                ConditionUpdate::new(
-                    METRICS_AVAILABLE,
-                    true,
-                    "MetricsRead",
-                    format!("read from {}", ctx.metrics_source.name()),
-                ),
-                &now_str,
-                generation,
-            );
-            st.observed_arrival_rate_rps = Some(obs.arrival_rate_rps);
-            st.slo_attainment = obs.slo_attainment;
-            let mut decide = || {
-                let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-                let ws = &mut *guard;
-                ws.shield.annotate(&mut obs);
-                ws.policy.as_mut().ok().map(|policy| {
-                    let t0 = std::time::Instant::now();
-                    let decision = policy.decide(&obs);
-                    ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
-                    let outcome = ws.shield.clamp(&obs, &decision);
-                    (policy.name().to_string(), decision, outcome)
-                })
-            };
-            // A decision is synchronous CPU work (a DQN forward pass, or a slow policy): on a
-            // multi-threaded runtime it runs in `block_in_place`, so the worker's other tasks
-            // (other workloads' reconciles, the API client's connections) move to another
-            // thread instead of waiting behind it.
-            let multi_thread = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            let decided = if multi_thread { tokio::task::block_in_place(decide) } else { decide() };
-            if let Some((policy_name, decision, outcome)) = decided {
-                let rules: Vec<String> = {
-                    let mut r: Vec<String> = outcome.overrides.iter().map(|o| o.rule.as_str().to_string()).collect();
-                    r.dedup();
-                    r
-                };
-                let proposed = decision_targets(spec, &outcome.decision, &current);
-                let record = |t: &BTreeMap<Slot, u32>| DecisionStatus {
-                    time: now_str.clone(),
-                    policy: policy_name.clone(),
-                    reason: decision.reason.clone(),
-                    targets: t
-                        .iter()
-                        .map(|(s, r)| TargetStatus { variant: s.variant.clone(), pool: s.pool.clone(), replicas: *r })
-                        .collect(),
-                    shielded: outcome.shielded(),
-                    shield_rules: rules.clone(),
-                };
-                if spec.policy.mode == PolicyMode::Shadow {
-                    st.shadow_decision = Some(record(&proposed));
-                    ctx.metrics.decision("shadow");
-                    if proposed != current {
-                        publish(
-                            &ctx,
-                            &wl,
-                            EventType::Normal,
-                            "ShadowDecision",
-                            format!("Shadow {}", describe(&proposed)),
-                            format!(
-                                "{policy_name} would set {} ({}); not applied (shadow mode)",
-                                describe(&proposed),
-                                decision.reason
-                            ),
-                        )
-                        .await;
-                    }
-                } else {
-                    let seq = make_before_break(&proposed, &current, &states);
-                    targets = seq.targets;
-                    held_variants = seq.held_variants;
-                    let asked = decision_targets(spec, &decision, &current);
-                    for v in &spec.variants {
-                        if variant_total(&asked, &v.name) < variant_total(&current, &v.name) {
-                            asked_down.push(v.name.clone());
-                        }
-                    }
-                    // Record in the shield what is really applied (cooldowns start on applied scale-downs).
-                    let mut applied = Decision { targets: Vec::new(), reason: decision.reason.clone() };
-                    for (s, r) in &targets {
-                        applied.set(&s.variant, &s.pool, *r);
-                    }
-                    let applied_outcome = ShieldOutcome { decision: applied, overrides: outcome.overrides.clone() };
-                    state.lock().unwrap_or_else(|e| e.into_inner()).shield.record(&obs, &applied_outcome);
-                    for o in &outcome.overrides {
-                        ctx.metrics.shield_override(o.rule.as_str());
-                    }
-                    if outcome.shielded() {
-                        st.shield_overrides = st.shield_overrides.saturating_add(outcome.overrides.len() as u64);
-                        let what: Vec<String> = outcome
-                            .overrides
-                            .iter()
-                            .map(|o| format!("{} {}/{} {}→{}", o.rule.as_str(), o.variant, o.pool, o.asked, o.applied))
-                            .collect();
-                        publish(
-                            &ctx,
-                            &wl,
-                            EventType::Normal,
-                            "ShieldOverride",
-                            format!("Shield {}", rules.join(",")),
-                            format!("shield changed {policy_name}'s decision: {}", what.join(", ")),
-                        )
-                        .await;
-                    }
-                    st.last_decision = Some(record(&targets));
-                    decision_kind = Some(if !held_variants.is_empty() {
-                        "switch"
-                    } else if targets.values().sum::<u32>() > current.values().sum::<u32>() {
-                        "scale_up"
-                    } else if targets.values().sum::<u32>() < current.values().sum::<u32>() {
-                        "scale_down"
-                    } else if targets != current {
-                        "rebalance"
-                    } else {
-                        "hold"
-                    });
-                }
-            } else {
-                ctx.metrics.decision("hold");
-            }
-        }
-        state.lock().unwrap_or_else(|e| e.into_inner()).last_tick = Some(now);
-    }
-    if let Some(k) = decision_kind {
-        ctx.metrics.decision(k);
-    }
-
-    // 5. Apply: one Deployment per slot, the Service; delete Deployments of lost slots.
-    let dep_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    for s in &all_slots {
-        let r = targets.get(s).copied().unwrap_or(0);
-        if let Some(d) = desired::deployment(&wl, s, r) {
-            let dn = deployment_name(&name, s);
-            dep_api
-                .patch(&dn, &pp, &Patch::Apply(&d))
-                .await
-                .map_err(kube_err(format!("applying Deployment {ns}/{dn}")))?;
-        }
-    }
-    let wanted: Vec<String> = all_slots.iter().map(|s| deployment_name(&name, s)).collect();
-    for d in &deployments {
-        let dn = d.name_any();
-        if !wanted.contains(&dn) {
-            match dep_api.delete(&dn, &DeleteParams::background()).await {
-                Ok(_) => {
-                    publish(
-                        &ctx,
-                        &wl,
-                        EventType::Normal,
-                        "DeploymentDeleted",
-                        format!("Delete {dn}"),
-                        format!("deleted {dn}: its variant or pool left the spec"),
-                    )
-                    .await
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(kube_err(format!("deleting Deployment {ns}/{dn}"))(e)),
-            }
-        }
-    }
-    let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    svc_api
-        .patch(&name, &pp, &Patch::Apply(&desired::service(&wl)))
-        .await
-        .map_err(kube_err(format!("applying Service {ns}/{name}")))?;
-
-    // 6. Events for what changed.
-    // Events compare with what the cluster had (a slot without a Deployment had 0).
-    let before: BTreeMap<Slot, u32> =
-        all_slots.iter().map(|s| (s.clone(), states.get(s).map_or(0, |st| st.desired))).collect();
-    let ch = changes(&before, &targets);
-    let first_creation = states.is_empty();
-    for c in &ch {
-        let action = match c {
-            Change::Placed { slot, to } => format!("Scale {}/{} 0->{to}", slot.variant, slot.pool),
-            Change::Up { slot, from, to } | Change::Down { slot, from, to } => {
-                format!("Scale {}/{} {from}->{to}", slot.variant, slot.pool)
-            }
-        };
-        let (reason, note) = match c {
-            Change::Placed { slot, to } => {
-                let gpu = spec.gpu_pools.iter().find(|p| p.name == slot.pool).map_or("", |p| p.gpu_type.as_str());
-                ("Placed", format!("placed {to} replica(s) of {} on pool {} ({gpu})", slot.variant, slot.pool))
-            }
-            Change::Up { slot, from, to } => {
-                ("ScaledUp", format!("{}/{}: {from} → {to} replicas", slot.variant, slot.pool))
-            }
-            Change::Down { slot, from, to } => {
-                st.last_scale_down.insert(slot_key(&slot.variant, &slot.pool), now_str.clone());
-                ("ScaledDown", format!("{}/{}: {from} → {to} replicas", slot.variant, slot.pool))
-            }
-        };
-        let why = st
-            .last_decision
-            .as_ref()
-            .filter(|_| !first_creation)
-            .map(|d| format!(" ({})", d.reason))
-            .unwrap_or_default();
-        publish(&ctx, &wl, EventType::Normal, reason, action, format!("{note}{why}")).await;
-    }
-    if !ch.is_empty() && !first_creation {
-        st.last_action_time = Some(now_str.clone());
-    }
-    let starting: Vec<&str> = spec
-        .variants
-        .iter()
-        .filter(|v| variant_total(&before, &v.name) == 0 && variant_total(&targets, &v.name) > 0)
-        .map(|v| v.name.as_str())
-        .collect();
-    let mut draining: Vec<String> = held_variants.clone();
-    draining.extend(
-        asked_down.iter().filter(|v| variant_total(&targets, v) > 0 && !starting.contains(&v.as_str())).cloned(),
-    );
-    draining.sort();
-    draining.dedup();
-    if !first_creation && !starting.is_empty() && !draining.is_empty() {
-        publish(
-            &ctx,
-            &wl,
-            EventType::Normal,
-            "VariantSwitched",
-            format!("Start {}", starting.join(",")),
-            format!(
-                "switching to {}: it starts first; {} keep(s) serving until it has a ready replica",
-                starting.join(", "),
-                draining.join(", ")
-            ),
-        )
-        .await;
-    }
-    for v in &spec.variants {
-        if variant_total(&before, &v.name) > 0
-            && variant_total(&targets, &v.name) == 0
-            && targets.values().sum::<u32>() > 0
-        {
-            let now_serving: Vec<&str> = spec
-                .variants
-                .iter()
-                .filter(|o| variant_total(&targets, &o.name) > 0)
-                .map(|o| o.name.as_str())
-                .collect();
-            publish(
-                &ctx,
-                &wl,
-                EventType::Normal,
-                "VariantSwitched",
-                format!("Drain {}", v.name),
-                format!("drained {}; now serving: {}", v.name, now_serving.join(", ")),
-            )
-            .await;
-        }
-    }
-
-    // 7. Status.
-    st.slots = status::slot_statuses(&targets, &states, &all_slots);
-    st.desired_replicas = targets.values().sum();
-    st.ready_replicas = st.slots.iter().map(|s| s.ready_replicas).sum();
-    st.last_scale_down.retain(|k, _| all_slots.iter().any(|s| s.key() == *k));
-    for c in status::rollout_conditions(&st.slots) {
-        status::set_condition(&mut st.conditions, c, &now_str, generation);
-    }
-    status::set_condition(
-        &mut st.conditions,
-        ConditionUpdate::new(DEGRADED, false, "AsExpected", "the spec is valid and applied"),
-        &now_str,
-        generation,
-    );
-    if status::condition(&st.conditions, METRICS_AVAILABLE).is_none() {
-        status::set_condition(
-            &mut st.conditions,
-            ConditionUpdate::unknown(METRICS_AVAILABLE, "NotReadYet", "no control tick yet"),
-            &now_str,
-            generation,
-        );
-    }
-    patch_status(&ctx, &wl, &st).await?;
-
-    // 8. Look again at the next tick (sooner while a switch waits for the new variant).
-    let next = {
-        let last = state.lock().unwrap_or_else(|e| e.into_inner()).last_tick.unwrap_or(now);
-        let elapsed = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
-        interval.saturating_sub(elapsed).max(Duration::from_millis(500))
-    };
-    Ok(Action::requeue(next))
+    let complete = matches!(metrics, MetricsRead::Read { .. }) && obs.missing.is_empty();
+    let decided = if complete { decide(ctx, state, &mut obs) } else { None };
+    lock(state).last_tick = Some(now);
+    TickOutcome { observation: obs, metrics, decided }
 }
 
-fn variant_total(m: &BTreeMap<Slot, u32>, variant: &str) -> u32 {
-    m.iter().filter(|(s, _)| s.variant == variant).map(|(_, r)| *r).sum()
+/// The shield annotates the observation, the policy decides, the shield clamps; `None`
+/// when the policy could not be built.
+///
+/// A decision is synchronous CPU work (a DQN forward pass, or a slow policy): on a
+/// multi-threaded runtime it runs in `block_in_place`, so the worker's other tasks (other
+/// workloads' reconciles, the API client's connections) move to another thread instead
+/// of waiting behind it.
+fn decide(ctx: &Context, state: &Mutex<WorkloadState>, obs: &mut Observation) -> Option<Decided> {
+    let mut run = || {
+        let mut guard = lock(state);
+        let ws = &mut *guard;
+        ws.shield.annotate(obs);
+        ws.policy.as_mut().ok().map(|policy| {
+            let t0 = std::time::Instant::now();
+            let decision = policy.decide(obs);
+            ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
+            let outcome = ws.shield.clamp(obs, &decision);
+            Decided { policy: policy.name().to_string(), decision, outcome }
+        })
+    };
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(run)
+    } else {
+        run()
+    }
 }
 
-fn describe(t: &BTreeMap<Slot, u32>) -> String {
-    t.iter().map(|(s, r)| format!("{}/{}={r}", s.variant, s.pool)).collect::<Vec<_>>().join(", ")
+/// Keeps what the plan decided in the controller's memory before anything is written:
+/// the shield records the applied decision (cooldowns), and the decision and the shield's
+/// overrides are counted in the operator's metrics.
+fn remember(ctx: &Context, state: &Mutex<WorkloadState>, tick: Option<&TickOutcome>, p: &Plan) {
+    if let (Some(tick), Some(applied)) = (tick, &p.shield_applied) {
+        lock(state).shield.record(&tick.observation, applied);
+    }
+    for rule in &p.shield_overrides {
+        ctx.metrics.shield_override(rule.as_str());
+    }
+    if let Some(kind) = p.decision {
+        ctx.metrics.decision(kind.as_str());
+    }
 }
 
 /// Deletes what the workload owns, before its finalizer is removed.
@@ -889,16 +520,10 @@ async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Erro
         }
         _ => {}
     }
-    ctx.workloads.lock().unwrap_or_else(|e| e.into_inner()).remove(&key_of(&wl));
-    publish(
-        &ctx,
-        &wl,
-        EventType::Normal,
-        "Deleted",
-        "Cleanup".into(),
-        format!("deleted {}", if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") }),
-    )
-    .await;
+    lock(&ctx.workloads).remove(&key_of(&wl));
+    let what = if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") };
+    let ev = PlannedEvent::normal(EventReason::Deleted, "Cleanup", format!("deleted {what}"));
+    execute::publish(&ctx, &wl, &ev).await;
     tracing::info!(workload = %key_of(&wl), deleted = ?deleted, "cleaned up");
     Ok(Action::await_change())
 }

@@ -1,0 +1,107 @@
+//! The executor: carries out a [`Plan`] through the Kubernetes API, and nothing else.
+//!
+//! It publishes the plan's notices, server-side applies its Deployments (field manager
+//! [`FIELD_MANAGER`], forced), deletes the Deployments of slots that left the spec
+//! (publishing an Event for each one it deleted; one already gone is skipped), applies
+//! the Service, publishes the Events about what changed and writes the status, in that
+//! order, stopping at the first failed write. Every decision was made by
+//! [`super::plan::plan`].
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::Event as KubeEvent;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{LLMWorkload, LLMWorkloadStatus};
+
+use super::plan::{Plan, PlannedEvent};
+use super::{key_of, kube_err, Context, Error, FIELD_MANAGER};
+
+/// Carries out `plan` for `wl` and returns when to reconcile again.
+pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Action, Error> {
+    let (ns, name) = (wl.namespace().unwrap_or_default(), wl.name_any());
+    for line in &plan.warnings {
+        tracing::warn!(workload = %key_of(wl), "{line}");
+    }
+    for ev in &plan.notices {
+        publish(ctx, wl, ev).await;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for d in &plan.apply {
+        let dn = d.name_any();
+        deployments
+            .patch(&dn, &pp, &Patch::Apply(d))
+            .await
+            .map_err(kube_err(format!("applying Deployment {ns}/{dn}")))?;
+    }
+    for del in &plan.delete {
+        match deployments.delete(&del.name, &DeleteParams::background()).await {
+            Ok(_) => publish(ctx, wl, &del.event).await,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("deleting Deployment {ns}/{}", del.name))(e)),
+        }
+    }
+    if let Some(svc) = &plan.service {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+        services
+            .patch(&name, &pp, &Patch::Apply(svc))
+            .await
+            .map_err(kube_err(format!("applying Service {ns}/{name}")))?;
+    }
+    for ev in &plan.events {
+        publish(ctx, wl, ev).await;
+    }
+    patch_status(ctx, wl, &plan.status).await?;
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+/// Publishes an Event about `wl`; a failure is logged, not returned (an Event is not
+/// worth a failed reconcile). kube's Recorder folds Events with the same (type, reason,
+/// action) into one series and keeps the first note, so the action names what was done
+/// concretely: different actions get their own Event, repeats of the same one count up.
+pub(crate) async fn publish(ctx: &Context, wl: &LLMWorkload, ev: &PlannedEvent) {
+    let event = KubeEvent {
+        type_: ev.type_,
+        reason: ev.reason.as_str().into(),
+        note: Some(truncate(ev.note.clone(), 1000)),
+        action: truncate(ev.action.clone(), 120),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &wl.object_ref(&())).await {
+        tracing::warn!(workload = %key_of(wl), reason = ev.reason.as_str(), error = %e, "cannot publish event");
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Writes `status` with a merge patch; fields it no longer sets are cleared.
+async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatus) -> Result<(), Error> {
+    let ns = wl.namespace().unwrap_or_default();
+    let api: Api<LLMWorkload> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut value = serde_json::to_value(status)?;
+    if let Some(obj) = value.as_object_mut() {
+        // A merge patch leaves absent keys alone: clear what is no longer set.
+        for k in
+            ["lastDecision", "shadowDecision", "observedArrivalRateRps", "sloAttainment", "costRateUsdPerHour", "slots"]
+        {
+            obj.entry(k).or_insert(serde_json::Value::Null);
+        }
+    }
+    api.patch_status(&wl.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": value })))
+        .await
+        .map_err(kube_err("writing status"))?;
+    Ok(())
+}
