@@ -99,8 +99,12 @@ fn graphs() -> (Graph, BTreeMap<String, Graph>) {
     let mut top = Graph::new();
     let mut folders: BTreeMap<String, Graph> = BTreeMap::new();
     for f in &files {
-        let rel: Vec<String> =
-            f.strip_prefix(src).unwrap().iter().map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
+        let rel: Vec<String> = f
+            .strip_prefix(src)
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
+            .collect();
         if rel.len() == 1 && (rel[0] == "lib" || rel[0] == "main") {
             continue;
         }

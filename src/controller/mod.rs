@@ -451,8 +451,9 @@ async fn control_tick(
     TickOutcome { observation: obs, metrics, decided }
 }
 
-/// The shield annotates the observation, the policy decides, the shield clamps; `None`
-/// when the policy could not be built.
+/// The shield annotates the observation, the policy decides, the shield clamps
+/// ([`crate::control::decide`], the step every world shares); `None` when the policy
+/// could not be built.
 ///
 /// A decision is synchronous CPU work (a DQN forward pass, or a slow policy): on a
 /// multi-threaded runtime it runs in `block_in_place`, so the worker's other tasks (other
@@ -462,14 +463,13 @@ fn decide(ctx: &Context, state: &Mutex<WorkloadState>, obs: &mut Observation) ->
     let mut run = || {
         let mut guard = lock(state);
         let ws = &mut *guard;
-        ws.shield.annotate(obs);
-        ws.policy.as_mut().ok().map(|policy| {
-            let t0 = std::time::Instant::now();
-            let decision = policy.decide(obs);
-            ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
-            let outcome = ws.shield.clamp(obs, &decision);
-            Decided { policy: policy.name().to_string(), decision, outcome }
-        })
+        let policy = ws.policy.as_mut().ok()?;
+        let t0 = std::time::Instant::now();
+        // The decision half of the one control tick; the shield records the outcome only
+        // once it is applied (`remember`), so a shadow decision starts no cooldown.
+        let (decision, outcome) = crate::control::decide(&mut ws.shield, policy.as_mut(), obs, false);
+        ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
+        Some(Decided { policy: policy.name().to_string(), decision, outcome })
     };
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);

@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::observation::{Decision, Observation};
 
-
 /// One action branch: a name and the names of its options.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
