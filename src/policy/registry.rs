@@ -561,3 +561,60 @@ impl Registry {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Every registry in use: the policy module's, and the full one (with the rl module's).
+    fn registries() -> [&'static Registry; 2] {
+        [Registry::builtin(), crate::rl::registry()]
+    }
+
+    #[test]
+    fn names_are_unique_and_every_spec_kind_has_an_entry() {
+        for r in registries() {
+            let mut names = BTreeSet::new();
+            for e in r.entries() {
+                assert!(names.insert(e.id()), "`{}` is registered twice", e.id());
+                assert!(e.usage().starts_with(e.id().name()), "{}: usage `{}`", e.id(), e.usage());
+                assert!(!e.id().name().contains([':', ',', '=']), "{}: not a command-line name", e.id());
+            }
+            let spec_kinds: Vec<PolicyKind> = r.entries().iter().filter_map(|e| e.spec_kind()).collect();
+            let unique: BTreeSet<&str> = spec_kinds.iter().map(|k| k.as_str()).collect();
+            assert_eq!(unique.len(), spec_kinds.len(), "a spec kind with two entries: {spec_kinds:?}");
+        }
+        let all = crate::rl::registry();
+        for k in PolicyKind::ALL {
+            let e = all.for_spec_kind(k).unwrap_or_else(|| panic!("`{}` has no entry", k.as_str()));
+            assert_eq!(e.id().name(), k.as_str(), "the command-line name of `kind: {}`", k.as_str());
+        }
+        // The policy module's registry has every kind but the ones modules above it add.
+        for k in PolicyKind::ALL {
+            assert_eq!(Registry::builtin().for_spec_kind(k).is_none(), k == PolicyKind::Dqn, "{}", k.as_str());
+        }
+    }
+
+    #[test]
+    fn every_name_of_the_usage_parses_and_reports_its_kind() {
+        let base = PolicySpec::default();
+        let all = crate::rl::registry();
+        for e in all.entries() {
+            let name = match e.id().name() {
+                "static" => "static:2".to_string(),
+                "dqn" => "dqn:/some/ckpt".to_string(),
+                n => n.to_string(),
+            };
+            let c = all.parse(&name, &base).unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert_eq!(c.kind(), e.id());
+            assert_eq!(all.kind_of(&name), Some(e.id()));
+            let c = all.parse(&format!("{name}:placement=spread"), &base);
+            if e.id().name() != "dqn" {
+                assert_eq!(c.unwrap().spec.placement, PlacementKind::Spread);
+            }
+        }
+        let e = Registry::builtin().parse("dqn:/x", &base).unwrap_err().to_string();
+        assert!(e.contains("rl module"), "{e}");
+    }
+}
