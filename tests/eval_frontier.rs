@@ -14,7 +14,7 @@ fn row(policy: &str, slo: f64, gpu: f64) -> Row {
     let mut values = vec![Estimate::default(); names.len()];
     values[names.iter().position(|c| *c == "SLO %").unwrap()] = Estimate { mean: slo, ci95: 0.0, n: 1 };
     values[names.iter().position(|c| *c == "GPU-h").unwrap()] = Estimate { mean: gpu, ci95: 0.0, n: 1 };
-    Row { policy: policy.into(), load: 1.0, columns: names, values }
+    Row { policy: policy.into(), kind: llmos::rl::registry().kind_of(policy), load: 1.0, columns: names, values }
 }
 
 fn fig<'a>(figs: &'a [PolicyFigures], policy: &str) -> &'a PolicyFigures {

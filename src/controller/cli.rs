@@ -43,12 +43,10 @@ pub struct RunArgs {
     pub log_level: String,
 }
 
-/// The policy builder of the operator: the policy module's builder, with the rl module's
-/// checkpoint loader for `kind: dqn`.
+/// The policy builder of the operator: every registered kind ([`crate::rl::registry`]: the
+/// policy module's and the rl module's, `kind: dqn` included).
 pub fn default_policy_builder() -> PolicyBuilder {
-    Arc::new(|spec| {
-        crate::policy::build::build_policy_with(spec, Some(&crate::rl::policy::dqn_loader)).map_err(|e| e.to_string())
-    })
+    Arc::new(|spec| crate::rl::registry().build(spec).map_err(|e| e.to_string()))
 }
 
 /// Runs `llmos run`.

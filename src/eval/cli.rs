@@ -4,10 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::eval::{compare_with, default_factory, plots, stats, CompareConfig, CompareReport, FactoryContext, Window};
-use crate::policy::build::{PolicyChoice, PolicyError, PolicyRequest};
-use crate::policy::Policy;
-use crate::rl::policy::DqnPolicy;
+use crate::eval::{compare_with, plots, stats, CompareConfig, CompareReport, Window};
+use crate::policy::registry::PolicyKindDef;
+use crate::policy::static_policy::StaticPeak;
 
 /// Arguments of `llmos compare`.
 #[derive(clap::Args, Debug)]
@@ -83,20 +82,8 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         clairvoyant_sweep,
         reward: crate::control::RewardConfig::default(),
     };
-    let report = compare_with(&cfg, &factory_with_dqn)?;
+    let report = compare_with(&cfg, crate::rl::registry())?;
     print_and_write(&report, &args.out, !args.no_plots)
-}
-
-/// Builds every policy of the harness, `dqn:PATH` included (loaded with the rl module).
-fn factory_with_dqn(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
-    match &choice.request {
-        PolicyRequest::Dqn { path, .. } => {
-            let p = DqnPolicy::load(Path::new(path), ctx.spec)
-                .map_err(|e| PolicyError::Load { path: path.clone(), message: e.to_string() })?;
-            Ok(Box::new(p))
-        }
-        _ => default_factory(choice, ctx),
-    }
 }
 
 /// Prints the comparison table and writes report.json, report.csv and (optionally) the plots.
@@ -125,8 +112,9 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
     println!();
     // Each learned policy against the HPA and KPA settings in the run (the bar:
     // ≥ 25 % fewer GPU-hours than the best of them at equal or better SLO attainment).
-    let is_hpa_kpa = stats::is_hpa_kpa;
-    for p in report.policies.iter().filter(|p| p.starts_with("dqn:")) {
+    let learned = |k: &crate::policy::KindId| crate::rl::registry().get(k.name()).is_some_and(|e| e.learned());
+    let is_hpa_kpa = |r: &stats::Row| r.is_hpa_kpa();
+    for (p, _) in report.policies.iter().zip(&report.kinds).filter(|(_, k)| learned(k)) {
         let v = stats::verdicts(&report.rows, p, &is_hpa_kpa);
         if !v.is_empty() {
             println!();
@@ -134,7 +122,7 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
         }
         // The peak-sized static fleet knows the window's peak in advance: a reference an
         // online policy would have to match, said separately so it is not missed.
-        for sv in stats::verdicts(&report.rows, p, &|b: &str| b.starts_with("static-peak")) {
+        for sv in stats::verdicts(&report.rows, p, &|b: &stats::Row| b.kind == Some(StaticPeak::ID)) {
             println!(
                 "load ×{}: against static-peak (sized from the window's own peak, not an online policy): {:.1} % at {:.2} GPU-h vs {:.1} % at {:.2} GPU-h: {}",
                 sv.load,
@@ -310,6 +298,6 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         clairvoyant_sweep: Vec::new(),
         reward: crate::control::RewardConfig::default(),
     };
-    let report = compare_with(&cfg, &factory_with_dqn)?;
+    let report = compare_with(&cfg, crate::rl::registry())?;
     print_and_write(&report, &args.out, true)
 }

@@ -20,7 +20,6 @@
 //! Memory is bounded: per-request latencies stay in the twin's fixed-size histograms; an
 //! episode keeps one point per control tick (thinned to at most [`MAX_SERIES_POINTS`]).
 
-pub mod clairvoyant;
 pub mod cli;
 pub mod plots;
 pub mod stats;
@@ -31,14 +30,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::control::{ControlLoop, RewardConfig};
-use crate::crd::LLMWorkloadSpec;
-use crate::policy::build::{parse_policy_list, PolicyChoice, PolicyError, PolicyRequest};
-use crate::policy::placement::{Placement, WorkloadInfo};
+use crate::policy::registry::{
+    ArrivalTimes, ArrivalTimesSource, BuildContext, EpisodeRun, KindId, PolicyError, Registry,
+};
 use crate::policy::shield::Shield;
-use crate::policy::static_policy::{replicas_for_rate, StaticPolicy};
 use crate::policy::Policy;
 use crate::twin::{Report, Scenario, Twin, TwinError};
 
+pub use crate::policy::registry::ArrivalStats;
 pub use crate::twin::scenario::{Window, TRAIN_FRACTION};
 /// Most points of the replicas-over-time series kept per episode.
 pub const MAX_SERIES_POINTS: usize = 4000;
@@ -72,33 +71,8 @@ pub enum EvalError {
     },
 }
 
-/// Arrival statistics of a window, used to size static fleets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct ArrivalStats {
-    /// Mean arrival rate, requests per second.
-    pub mean_rps: f64,
-    /// Peak arrival rate over 60 s bins, requests per second.
-    pub peak_rps: f64,
-}
-
-/// Builds a policy for an episode. The default ([`default_factory`]) builds every kind but
-/// `dqn`; the rl module wraps it to add `dqn:PATH`.
-pub type PolicyFactory = dyn Fn(&PolicyChoice, &FactoryContext<'_>) -> Result<Box<dyn Policy>, PolicyError> + Sync;
-
-/// What a [`PolicyFactory`] may use.
-pub struct FactoryContext<'a> {
-    /// The scenario's workload spec.
-    pub spec: &'a LLMWorkloadSpec,
-    /// Arrival statistics of the episode's window and load.
-    pub arrivals: ArrivalStats,
-    /// Requests per second one replica sustains, for static sizing (from `--replica-capacity-rps`).
-    pub replica_capacity_rps: Option<f64>,
-    /// The episode the policy is built for (`None` outside an episode); the clairvoyant
-    /// reference reads the episode's arrivals from it.
-    pub episode: Option<EpisodeContext<'a>>,
-}
-
-/// Which run of the twin a policy is built for: the arguments of [`Twin::with_window`].
+/// The run of the twin a policy is built for: the arguments of [`Twin::with_window`]. It is
+/// the [`EpisodeRun`] of the [`BuildContext`] the harness builds policies with.
 #[derive(Clone, Copy)]
 pub struct EpisodeContext<'a> {
     /// The scenario.
@@ -111,62 +85,26 @@ pub struct EpisodeContext<'a> {
     pub load: f64,
 }
 
-/// Builds `choice` for every kind but `dqn`.
-pub fn default_factory(choice: &PolicyChoice, ctx: &FactoryContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
-    let sized = |per: &Option<f64>,
-                 rate: f64,
-                 base: &crate::policy::PolicySpec,
-                 label: &str|
-     -> Result<Box<dyn Policy>, PolicyError> {
-        let cap = per.or(ctx.replica_capacity_rps).ok_or_else(|| PolicyError::Missing {
-            field: format!("{label}: capacity"),
-            message: "static sizing needs the requests per second one replica sustains: `--replica-capacity-rps R` or `static-peak:capacity=R`".into(),
-        })?;
-        if ctx.arrivals.peak_rps <= 0.0 {
-            return Err(PolicyError::InvalidParam {
-                field: label.to_string(),
-                message: "static sizing needs the arrival rates of the scenario's window, and this window has no arrivals; use `static:N`".into(),
-            });
+impl EpisodeRun for EpisodeContext<'_> {
+    fn cold_start_s(&self) -> Result<f64, String> {
+        let mut cold = 0.0f64;
+        for v in 0..self.scenario.spec.variants.len() {
+            cold = cold.max(self.scenario.cold_start_s(v).map_err(|e| e.to_string())?);
         }
-        let n = replicas_for_rate(rate, cap).ok_or_else(|| PolicyError::InvalidParam {
-            field: format!("{label}: capacity"),
-            message: format!("{cap} must be positive"),
-        })?;
-        let info = WorkloadInfo::from_spec(ctx.spec);
-        Ok(Box::new(StaticPolicy::per_variant(label, n, info, Placement::new(base.placement, base.variant_selection))))
-    };
-    match &choice.request {
-        PolicyRequest::Spec(_) => choice.build_for(ctx.spec),
-        PolicyRequest::StaticPeak { per_replica_rps, base } => {
-            sized(per_replica_rps, ctx.arrivals.peak_rps, base, &choice.label)
-        }
-        PolicyRequest::StaticMean { per_replica_rps, base } => {
-            sized(per_replica_rps, ctx.arrivals.mean_rps, base, &choice.label)
-        }
-        PolicyRequest::Clairvoyant { per_replica_rps, bin_s, base } => {
-            let cap = per_replica_rps.or(ctx.replica_capacity_rps).ok_or_else(|| PolicyError::Missing {
-                field: format!("{}: capacity", choice.label),
-                message: "the clairvoyant reference needs the requests per second one replica sustains: `clairvoyant:capacity=R` or `--replica-capacity-rps R`".into(),
-            })?;
-            let ep = ctx.episode.ok_or_else(|| PolicyError::InvalidParam {
-                field: choice.label.clone(),
-                message: "the clairvoyant reference reads a twin run's future arrivals; it exists only in the comparison harness".into(),
-            })?;
-            let params = clairvoyant::ClairvoyantParams { capacity_rps: cap, bin_s: *bin_s };
-            let placement = Placement::new(base.placement, base.variant_selection);
-            let c = clairvoyant::Clairvoyant::for_episode(
-                choice.label.clone(),
-                params,
-                ep.scenario,
-                ep.seed,
-                ep.window,
-                ep.load,
-                placement,
-            )
-            .map_err(|e| PolicyError::InvalidParam { field: choice.label.clone(), message: e.to_string() })?;
-            Ok(Box::new(c))
-        }
-        PolicyRequest::Dqn { .. } => Err(PolicyError::DqnNotAvailable),
+        Ok(cold)
+    }
+
+    fn arrival_times(&self) -> Result<ArrivalTimesSource, String> {
+        let (seed, (a, b), load) = (self.seed, self.window, self.load);
+        // Fail now, not at the first tick, if the stream cannot be built.
+        Twin::arrival_stream(self.scenario, seed, a, b, load).map_err(|e| e.to_string())?;
+        let sc = self.scenario.clone();
+        Ok(Box::new(move || {
+            let mut stream = Twin::arrival_stream(&sc, seed, a, b, load).ok()?;
+            let times: ArrivalTimes =
+                Box::new(std::iter::from_fn(move || stream.next_arrival().map(|x| x.at.as_secs_f64())));
+            Some(times)
+        }))
     }
 }
 
@@ -218,6 +156,9 @@ pub struct SeriesPoint {
 pub struct EpisodeResult {
     /// The policy's label.
     pub policy: String,
+    /// The policy's kind (set by [`compare`]; `None` for a policy run by [`run_episode`]
+    /// alone, which knows only its label).
+    pub kind: Option<KindId>,
     /// The seed.
     pub seed: u64,
     /// The load multiplier.
@@ -287,6 +228,7 @@ pub fn run_episode(
     let cdf = hs.map(|h| (1..=CDF_LEVELS).filter_map(|i| h.quantile(i as f64 / (CDF_LEVELS + 1) as f64)).collect());
     EpisodeResult {
         policy: run.policy.to_string(),
+        kind: None,
         seed: run.seed,
         load: run.load,
         report: twin.report(),
@@ -351,6 +293,8 @@ pub struct CompareReport {
     pub window_fractions: (f64, f64),
     /// Policies in the order given.
     pub policies: Vec<String>,
+    /// The kind of each policy, in the order of `policies`.
+    pub kinds: Vec<KindId>,
     /// Loads.
     pub loads: Vec<f64>,
     /// Seeds.
@@ -371,13 +315,15 @@ pub struct CompareReport {
     pub episodes: Vec<EpisodeResult>,
 }
 
-/// Runs every policy × load × seed in parallel and aggregates.
+/// Runs every policy × load × seed in parallel and aggregates, with the kinds of the
+/// `policy` module ([`Registry::builtin`]: every kind but `dqn`).
 pub fn compare(cfg: &CompareConfig) -> Result<CompareReport, EvalError> {
-    compare_with(cfg, &default_factory)
+    compare_with(cfg, Registry::builtin())
 }
 
-/// Like [`compare`] with a custom [`PolicyFactory`] (e.g. one that loads `dqn:PATH`).
-pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<CompareReport, EvalError> {
+/// Like [`compare`] with the kinds of `registry` (e.g. `crate::rl::registry()`, which
+/// builds `dqn:PATH`).
+pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareReport, EvalError> {
     let mut scenario = Scenario::load(&cfg.scenario)?;
     if let Some(d) = cfg.max_duration_s {
         scenario.file.max_duration_s = Some(scenario.file.max_duration_s.map_or(d, |m| m.min(d)));
@@ -389,7 +335,8 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         return Err(EvalError::Config(format!("--load needs positive numbers, got {:?}", cfg.loads)));
     }
     let spec = scenario.spec.clone();
-    let mut choices = parse_policy_list(&cfg.policies, &spec.policy)
+    let mut choices = registry
+        .parse_list(&cfg.policies, &spec.policy)
         .map_err(|e| EvalError::Policy { label: cfg.policies.clone(), source: e })?;
     let mut sweep = Vec::new();
     for &c in &cfg.clairvoyant_sweep {
@@ -400,8 +347,8 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         if choices.iter().any(|x| x.label == label) {
             continue;
         }
-        let choice = crate::policy::build::parse_policy_name(&label, &spec.policy)
-            .map_err(|e| EvalError::Policy { label: label.clone(), source: e })?;
+        let choice =
+            registry.parse(&label, &spec.policy).map_err(|e| EvalError::Policy { label: label.clone(), source: e })?;
         sweep.push(label);
         choices.push(choice);
     }
@@ -412,13 +359,14 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
     for (li, _) in cfg.loads.iter().enumerate() {
         for c in &choices {
             let episode = EpisodeContext { scenario: &scenario, seed: 0, window: (a, b), load: cfg.loads[li] };
-            let ctx = FactoryContext {
+            let ctx = BuildContext {
                 spec: &spec,
-                arrivals: arrivals[li],
+                label: &c.label,
+                arrivals: Some(arrivals[li]),
                 replica_capacity_rps: cfg.replica_capacity_rps,
-                episode: Some(episode),
+                episode: Some(&episode),
             };
-            factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
+            c.build(&ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
         }
     }
     let mut jobs = Vec::new();
@@ -434,16 +382,20 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         .map(|&(li, load, ci, seed)| {
             let c = &choices[ci];
             let episode = EpisodeContext { scenario: &scenario, seed, window: (a, b), load };
-            let ctx = FactoryContext {
+            let ctx = BuildContext {
                 spec: &spec,
-                arrivals: arrivals[li],
+                label: &c.label,
+                arrivals: Some(arrivals[li]),
                 replica_capacity_rps: cfg.replica_capacity_rps,
-                episode: Some(episode),
+                episode: Some(&episode),
             };
-            let mut policy = factory(c, &ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
+            let mut policy = c.build(&ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
             let mut twin = Twin::with_window(&scenario, seed, a, b, load)?;
             let shield = Shield::new(&spec);
-            Ok(run_episode(&mut twin, policy.as_mut(), shield, RunLabel { policy: &c.label, seed, load }, &cfg.reward))
+            let run = RunLabel { policy: &c.label, seed, load };
+            let mut result = run_episode(&mut twin, policy.as_mut(), shield, run, &cfg.reward);
+            result.kind = Some(c.kind());
+            Ok(result)
         })
         .collect();
     let episodes = results.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -456,6 +408,7 @@ pub fn compare_with(cfg: &CompareConfig, factory: &PolicyFactory) -> Result<Comp
         window: cfg.window,
         window_fractions: (a, b),
         policies: labels,
+        kinds: choices.iter().map(|c| c.kind()).collect(),
         loads: cfg.loads.clone(),
         seeds: cfg.seeds,
         arrivals,

@@ -340,10 +340,12 @@ fn frontier<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareR
         }
         let mut n = 0;
         // Names next to the points only while they can be read; the legend always.
-        let named = pts.iter().filter(|p| !crate::eval::stats::is_clairvoyant(&report.policies[p.0])).count() <= 8;
+        let named =
+            pts.iter().filter(|p| !crate::eval::stats::is_clairvoyant_kind(report.kinds.get(p.0).copied())).count()
+                <= 8;
         for &(i, gpu, slo) in &pts {
             let label = short_label(&report.policies[i]);
-            if crate::eval::stats::is_clairvoyant(&report.policies[i]) {
+            if crate::eval::stats::is_clairvoyant_kind(report.kinds.get(i).copied()) {
                 c.draw_series(std::iter::once(Cross::new((gpu, slo), 5, BLACK.stroke_width(2)))).map_err(e)?;
                 continue;
             }

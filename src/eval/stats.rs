@@ -4,6 +4,10 @@
 use serde::Serialize;
 
 use crate::eval::EpisodeResult;
+use crate::policy::clairvoyant::ClairvoyantKind;
+use crate::policy::hpa::Hpa;
+use crate::policy::kpa::Kpa;
+use crate::policy::registry::{KindId, PolicyKindDef, Registry};
 
 /// Mean and 95 % confidence half-width over seeds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -103,6 +107,8 @@ pub fn columns() -> Vec<Column> {
 pub struct Row {
     /// Policy label.
     pub policy: String,
+    /// The policy's kind (from its episodes; `None` when they do not say).
+    pub kind: Option<KindId>,
     /// Load multiplier.
     pub load: f64,
     /// Column names.
@@ -122,7 +128,8 @@ pub fn aggregate(episodes: &[EpisodeResult], policies: &[String], loads: &[f64])
                 .iter()
                 .map(|c| Estimate::of(&eps.iter().map(|e| (c.get)(e).unwrap_or(f64::NAN)).collect::<Vec<_>>()))
                 .collect();
-            rows.push(Row { policy: p.clone(), load, columns: cols.iter().map(|c| c.name).collect(), values });
+            let kind = eps.iter().find_map(|e| e.kind);
+            rows.push(Row { policy: p.clone(), kind, load, columns: cols.iter().map(|c| c.name).collect(), values });
         }
     }
     rows
@@ -345,15 +352,16 @@ pub fn front_at(front: &[(f64, f64)], slo_pct: f64) -> Option<f64> {
     })
 }
 
-/// The verdicts of `policy` against the rows whose policy satisfies `is_baseline`, per load.
-/// Loads where the policy or every baseline lacks SLO or GPU-hour values are skipped.
-pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&str) -> bool) -> Vec<Verdict> {
+/// The verdicts of `policy` against the rows that satisfy `is_baseline` (e.g.
+/// [`Row::is_hpa_kpa`]), per load. Loads where the policy or every baseline lacks SLO or
+/// GPU-hour values are skipped.
+pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&Row) -> bool) -> Vec<Verdict> {
     let mut out = Vec::new();
     for r in rows.iter().filter(|r| r.policy == policy) {
         let Some((slo, gpu)) = slo_and_gpu_h(r) else { continue };
         let base: Vec<(&str, f64, f64)> = rows
             .iter()
-            .filter(|b| b.load == r.load && b.policy != policy && is_baseline(&b.policy))
+            .filter(|b| b.load == r.load && b.policy != policy && is_baseline(b))
             .filter_map(|b| slo_and_gpu_h(b).map(|(s, g)| (b.policy.as_str(), s, g)))
             .collect();
         if base.is_empty() {
@@ -381,19 +389,35 @@ pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&str) -> bool) 
     out
 }
 
-/// The kind of a policy label (`hpa:target=0.5` → `hpa`).
-pub fn kind_of(label: &str) -> &str {
-    label.split(':').next().unwrap_or("")
+/// The kinds the saving is measured against: HPA and KPA.
+pub const HPA_KPA: [KindId; 2] = [Hpa::ID, Kpa::ID];
+
+/// An HPA or KPA kind: the family the saving is measured against.
+pub fn is_hpa_kpa_kind(kind: Option<KindId>) -> bool {
+    kind.is_some_and(|k| HPA_KPA.contains(&k))
 }
 
-/// An HPA or KPA setting: the family the saving is measured against.
+/// The clairvoyant kind: the points of the clairvoyant frontier.
+pub fn is_clairvoyant_kind(kind: Option<KindId>) -> bool {
+    kind == Some(ClairvoyantKind::ID)
+}
+
+/// Whether the policy labelled `label` (a command-line name, as in reports) is an HPA or
+/// KPA setting, its kind resolved by the registry.
 pub fn is_hpa_kpa(label: &str) -> bool {
-    matches!(kind_of(label), "hpa" | "kpa")
+    is_hpa_kpa_kind(Registry::builtin().kind_of(label))
 }
 
-/// A clairvoyant run: a point of the clairvoyant frontier.
-pub fn is_clairvoyant(label: &str) -> bool {
-    kind_of(label) == "clairvoyant"
+impl Row {
+    /// An HPA or KPA setting.
+    pub fn is_hpa_kpa(&self) -> bool {
+        is_hpa_kpa_kind(self.kind)
+    }
+
+    /// A clairvoyant run.
+    pub fn is_clairvoyant(&self) -> bool {
+        is_clairvoyant_kind(self.kind)
+    }
 }
 
 /// The frontier's saving against the reference must be at least this fraction of the
@@ -417,7 +441,7 @@ pub fn frontiers(rows: &[Row], loads: &[f64]) -> Vec<Frontier> {
         .iter()
         .map(|&load| {
             let pts: Vec<(f64, f64)> =
-                rows.iter().filter(|r| r.load == load && is_clairvoyant(&r.policy)).filter_map(slo_and_gpu_h).collect();
+                rows.iter().filter(|r| r.load == load && r.is_clairvoyant()).filter_map(slo_and_gpu_h).collect();
             Frontier { load, points: front(&pts) }
         })
         .collect()
@@ -473,7 +497,7 @@ pub fn policy_figures(rows: &[Row]) -> Vec<PolicyFigures> {
         let Some((slo, gpu)) = slo_and_gpu_h(r) else { continue };
         let hk: Vec<(&str, f64, f64)> = rows
             .iter()
-            .filter(|b| b.load == r.load && is_hpa_kpa(&b.policy))
+            .filter(|b| b.load == r.load && b.is_hpa_kpa())
             .filter_map(|b| slo_and_gpu_h(b).map(|(s, g)| (b.policy.as_str(), s, g)))
             .collect();
         let reference = cheapest_reaching(&hk, slo);
@@ -666,7 +690,7 @@ mod tests {
         let names: Vec<&'static str> = columns().iter().map(|c| c.name).collect();
         values[names.iter().position(|c| *c == "SLO %").unwrap()].mean = slo;
         values[names.iter().position(|c| *c == "GPU-h").unwrap()].mean = gpu;
-        Row { policy: policy.into(), load: 1.0, columns: names, values }
+        Row { policy: policy.into(), kind: crate::rl::registry().kind_of(policy), load: 1.0, columns: names, values }
     }
 
     #[test]
@@ -679,7 +703,7 @@ mod tests {
             row("dqn:a", 93.5, 2.0),
             row("dqn:b", 97.0, 3.0),
         ];
-        let hk = |p: &str| p.starts_with("hpa") || p.starts_with("kpa");
+        let hk = |r: &Row| r.is_hpa_kpa();
         let a = &verdicts(&rows, "dqn:a", &hk)[0];
         assert_eq!(a.baseline, "hpa:target=0.5");
         assert!(a.baseline_reaches && (a.saved - 0.5).abs() < 1e-12);

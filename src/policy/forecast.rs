@@ -55,9 +55,10 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::crd::LLMWorkloadSpec;
-use crate::policy::config::{ForecastParams, VariantSelection};
+use crate::policy::config::{ForecastParams, PolicyKind, PolicySpec, VariantSelection};
 use crate::policy::observation::{Decision, Observation};
 use crate::policy::placement::{free_gpus, Placement, WorkloadInfo};
+use crate::policy::registry::{check_pos, invalid, num, BuildContext, KindId, PolicyError, PolicyKindDef};
 use crate::policy::Policy;
 
 /// Cold start assumed when neither the policy nor any variant gives one, seconds.
@@ -445,6 +446,87 @@ impl Policy for ForecastPolicy {
     fn reset(&mut self) {
         self.state = ForecastState::default();
         self.placement.reset();
+    }
+}
+
+/// The `forecast` kind (`kind: forecast`, `forecast[:KEY=VALUE]...`).
+pub struct Forecast;
+
+impl PolicyKindDef for Forecast {
+    type Params = ForecastParams;
+    const ID: KindId = KindId("forecast");
+    const USAGE: &'static str = "forecast[:capacity=RPS][:cold-start=S][:horizon=S][:percentile=P][:alpha=F][:beta=F][:season=S][:bins=N][:gamma=F][:down-window=S]";
+    const KEYS: &'static str =
+        "capacity, cold-start, horizon, percentile, alpha, beta, season, bins, gamma, down-window";
+    const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Forecast);
+
+    fn defaults(&self) -> ForecastParams {
+        ForecastParams::default()
+    }
+
+    fn from_section(&self, p: &PolicySpec) -> Result<ForecastParams, PolicyError> {
+        Ok(p.forecast.clone().unwrap_or_default())
+    }
+
+    fn to_section(&self, params: &ForecastParams, p: &mut PolicySpec) {
+        p.forecast = Some(params.clone());
+    }
+
+    fn set(&self, fc: &mut ForecastParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
+        match k {
+            "capacity" => fc.capacity_rps = num(key, v, "a number of requests per second")?,
+            "cold-start" => fc.cold_start_seconds = Some(num(key, v, "seconds")?),
+            "horizon" => fc.horizon_seconds = Some(num(key, v, "seconds")?),
+            "percentile" => fc.percentile = num(key, v, "a percentile")?,
+            "alpha" => fc.alpha = num(key, v, "a number")?,
+            "beta" => fc.beta = num(key, v, "a number")?,
+            "season" => fc.season_seconds = num(key, v, "seconds")?,
+            "bins" => fc.season_bins = num(key, v, "a whole number")?,
+            "gamma" => fc.gamma = num(key, v, "a number")?,
+            "down-window" => fc.scale_down_stabilization_seconds = num(key, v, "whole seconds")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn validate(&self, f: &ForecastParams) -> Result<(), PolicyError> {
+        check_pos("spec.policy.forecast.capacityRps", f.capacity_rps)?;
+        if let Some(c) = f.cold_start_seconds {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(invalid("spec.policy.forecast.coldStartSeconds", format!("{c} must be >= 0")));
+            }
+        }
+        if let Some(h) = f.horizon_seconds {
+            if !(h.is_finite() && h >= 0.0) {
+                return Err(invalid("spec.policy.forecast.horizonSeconds", format!("{h} must be >= 0")));
+            }
+        }
+        if !(50.0..=99.9).contains(&f.percentile) {
+            return Err(invalid("spec.policy.forecast.percentile", format!("{} must be in [50, 99.9]", f.percentile)));
+        }
+        if !(f.alpha > 0.0 && f.alpha <= 1.0) {
+            return Err(invalid("spec.policy.forecast.alpha", format!("{} must be in (0, 1]", f.alpha)));
+        }
+        if !(0.0..=1.0).contains(&f.beta) {
+            return Err(invalid("spec.policy.forecast.beta", format!("{} must be in [0, 1]", f.beta)));
+        }
+        if !(f.gamma > 0.0 && f.gamma <= 1.0) {
+            return Err(invalid("spec.policy.forecast.gamma", format!("{} must be in (0, 1]", f.gamma)));
+        }
+        if !(f.season_seconds.is_finite() && f.season_seconds >= 0.0) {
+            return Err(invalid(
+                "spec.policy.forecast.seasonSeconds",
+                format!("{} must be >= 0 (0 = no season)", f.season_seconds),
+            ));
+        }
+        if f.season_bins < 2 {
+            return Err(invalid("spec.policy.forecast.seasonBins", "must be at least 2"));
+        }
+        Ok(())
+    }
+
+    fn build(&self, params: &ForecastParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+        Ok(Box::new(ForecastPolicy::new(params.clone(), ctx.spec, ctx.placement())))
     }
 }
 

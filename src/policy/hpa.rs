@@ -31,8 +31,10 @@
 
 use std::collections::VecDeque;
 
-use crate::policy::config::{HpaMetric, HpaParams};
-use crate::policy::scaled::{Scaler, UnitMetrics};
+use crate::policy::config::{HpaMetric, HpaParams, HpaTarget, PolicyKind, PolicySpec};
+use crate::policy::registry::{check_pos, invalid, num, BuildContext, KindId, PolicyError, PolicyKindDef};
+use crate::policy::scaled::{ScaledPolicy, Scaler, UnitMetrics};
+use crate::policy::Policy;
 
 /// The HPA algorithm for one scaling unit.
 #[derive(Clone, Debug)]
@@ -139,5 +141,93 @@ impl Scaler for HpaScaler {
 
     fn explain(&self) -> String {
         self.last.clone()
+    }
+}
+
+/// The `hpa` kind (`kind: hpa`, `hpa[:KEY=VALUE]...`).
+pub struct Hpa;
+
+impl PolicyKindDef for Hpa {
+    type Params = HpaParams;
+    const ID: KindId = KindId("hpa");
+    const USAGE: &'static str = "hpa[:target=F][:metric=ongoingRequests|waitingRequests|runningRequests|kvCacheUsage][:tolerance=F][:window=S][:up-percent=N][:up-pods=N][:up-period=S]";
+    const KEYS: &'static str = "target, metric, tolerance, window, up-percent, up-pods, up-period";
+    const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Hpa);
+
+    fn defaults(&self) -> HpaParams {
+        HpaParams::default()
+    }
+
+    fn from_section(&self, p: &PolicySpec) -> Result<HpaParams, PolicyError> {
+        Ok(p.hpa.clone().unwrap_or_default())
+    }
+
+    fn to_section(&self, params: &HpaParams, p: &mut PolicySpec) {
+        p.hpa = Some(params.clone());
+    }
+
+    fn set(&self, hpa: &mut HpaParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
+        match k {
+            "target" => {
+                let t: f64 = num(key, v, "a number")?;
+                match hpa.targets.first_mut() {
+                    Some(first) => first.target = t,
+                    None => hpa.targets.push(HpaTarget { metric: HpaMetric::OngoingRequests, target: t }),
+                }
+            }
+            "metric" => {
+                let m = match v {
+                    "ongoingRequests" => HpaMetric::OngoingRequests,
+                    "waitingRequests" => HpaMetric::WaitingRequests,
+                    "runningRequests" => HpaMetric::RunningRequests,
+                    "kvCacheUsage" => HpaMetric::KvCacheUsage,
+                    _ => {
+                        return Err(invalid(
+                            key,
+                            format!("`{v}`; valid: ongoingRequests, waitingRequests, runningRequests, kvCacheUsage"),
+                        ))
+                    }
+                };
+                if let Some(first) = hpa.targets.first_mut() {
+                    first.metric = m;
+                    if m == HpaMetric::KvCacheUsage && first.target > 1.0 {
+                        first.target = 0.8;
+                    }
+                }
+            }
+            "tolerance" => hpa.tolerance = num(key, v, "a number")?,
+            "window" => hpa.scale_down_stabilization_seconds = num(key, v, "whole seconds")?,
+            "up-percent" => hpa.scale_up_percent = num(key, v, "a whole percentage")?,
+            "up-pods" => hpa.scale_up_pods = num(key, v, "a whole number")?,
+            "up-period" => hpa.scale_up_period_seconds = num(key, v, "whole seconds")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn validate(&self, h: &HpaParams) -> Result<(), PolicyError> {
+        if h.targets.is_empty() {
+            return Err(invalid("spec.policy.hpa.targets", "needs at least one metric target"));
+        }
+        for (i, t) in h.targets.iter().enumerate() {
+            check_pos(&format!("spec.policy.hpa.targets[{i}].target"), t.target)?;
+            if t.metric == HpaMetric::KvCacheUsage && t.target > 1.0 {
+                return Err(invalid(
+                    &format!("spec.policy.hpa.targets[{i}].target"),
+                    "kvCacheUsage is a fraction: use a target in (0, 1]",
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&h.tolerance) {
+            return Err(invalid("spec.policy.hpa.tolerance", format!("{} must be in [0, 1)", h.tolerance)));
+        }
+        if h.scale_up_period_seconds == 0 {
+            return Err(invalid("spec.policy.hpa.scaleUpPeriodSeconds", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn build(&self, params: &HpaParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+        Ok(Box::new(ScaledPolicy::new("hpa", HpaScaler::new(params.clone()), ctx.placement(), ctx.info())))
     }
 }

@@ -26,8 +26,10 @@
 
 use std::collections::VecDeque;
 
-use crate::policy::config::KpaParams;
-use crate::policy::scaled::{Scaler, UnitMetrics};
+use crate::policy::config::{KpaParams, PolicyKind, PolicySpec};
+use crate::policy::registry::{check_pos, invalid, num, BuildContext, KindId, PolicyError, PolicyKindDef};
+use crate::policy::scaled::{ScaledPolicy, Scaler, UnitMetrics};
+use crate::policy::Policy;
 
 /// The KPA algorithm for one scaling unit.
 #[derive(Clone, Debug)]
@@ -123,5 +125,80 @@ impl Scaler for KpaScaler {
 
     fn explain(&self) -> String {
         self.last.clone()
+    }
+}
+
+/// The `kpa` kind (`kind: kpa`, `kpa[:KEY=VALUE]...`).
+pub struct Kpa;
+
+impl PolicyKindDef for Kpa {
+    type Params = KpaParams;
+    const ID: KindId = KindId("kpa");
+    const USAGE: &'static str = "kpa[:target=F][:utilization=F][:stable-window=S][:panic-pct=F][:panic-threshold=F][:max-down-rate=F][:max-up-rate=F]";
+    const KEYS: &'static str =
+        "target, utilization, stable-window, panic-pct, panic-threshold, max-down-rate, max-up-rate";
+    const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Kpa);
+
+    fn defaults(&self) -> KpaParams {
+        KpaParams::default()
+    }
+
+    fn from_section(&self, p: &PolicySpec) -> Result<KpaParams, PolicyError> {
+        Ok(p.kpa.clone().unwrap_or_default())
+    }
+
+    fn to_section(&self, params: &KpaParams, p: &mut PolicySpec) {
+        p.kpa = Some(params.clone());
+    }
+
+    fn set(&self, kpa: &mut KpaParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
+        match k {
+            "target" => kpa.container_concurrency_target = num(key, v, "a number")?,
+            "utilization" => kpa.target_utilization = num(key, v, "a number")?,
+            "stable-window" => kpa.stable_window_seconds = num(key, v, "whole seconds")?,
+            "panic-pct" => kpa.panic_window_percentage = num(key, v, "a number")?,
+            "panic-threshold" => kpa.panic_threshold_percentage = num(key, v, "a number")?,
+            "max-down-rate" => kpa.max_scale_down_rate = num(key, v, "a number")?,
+            "max-up-rate" => kpa.max_scale_up_rate = num(key, v, "a number")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn validate(&self, k: &KpaParams) -> Result<(), PolicyError> {
+        check_pos("spec.policy.kpa.containerConcurrencyTarget", k.container_concurrency_target)?;
+        if !(k.target_utilization > 0.0 && k.target_utilization <= 1.0) {
+            return Err(invalid(
+                "spec.policy.kpa.targetUtilization",
+                format!("{} must be in (0, 1]", k.target_utilization),
+            ));
+        }
+        if k.stable_window_seconds == 0 {
+            return Err(invalid("spec.policy.kpa.stableWindowSeconds", "must be at least 1"));
+        }
+        if !(k.panic_window_percentage > 0.0 && k.panic_window_percentage <= 100.0) {
+            return Err(invalid(
+                "spec.policy.kpa.panicWindowPercentage",
+                format!("{} must be in (0, 100]", k.panic_window_percentage),
+            ));
+        }
+        check_pos("spec.policy.kpa.panicThresholdPercentage", k.panic_threshold_percentage)?;
+        if !(k.max_scale_down_rate >= 1.0) {
+            return Err(invalid(
+                "spec.policy.kpa.maxScaleDownRate",
+                format!("{} must be at least 1", k.max_scale_down_rate),
+            ));
+        }
+        if !(k.max_scale_up_rate >= 1.0) {
+            return Err(invalid(
+                "spec.policy.kpa.maxScaleUpRate",
+                format!("{} must be at least 1", k.max_scale_up_rate),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, params: &KpaParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+        Ok(Box::new(ScaledPolicy::new("kpa", KpaScaler::new(params.clone()), ctx.placement(), ctx.info())))
     }
 }

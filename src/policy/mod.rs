@@ -3,27 +3,45 @@
 //! Every autoscaler — the baselines people run today and the DQN — implements
 //! [`Policy`]; the [`shield`] clamps whatever a policy decides to the workload's hard
 //! limits. The live operator and the twin call the same code on the same
-//! [`Observation`].
+//! [`Observation`]. Each policy kind declares itself in its own file ([`PolicyKindDef`])
+//! and is listed once, below, in [`KINDS`]; the [`registry`] resolves the spec's
+//! `policy.kind`, command-line names and report kinds through that list.
 
 pub mod build;
 /// The `policy` section of the spec (defined with the CRD in [`crate::crd::policy`]).
 pub mod config {
     pub use crate::crd::policy::*;
 }
-pub mod forecast;
-pub mod hpa;
-pub mod kpa;
 pub mod observation;
 pub mod placement;
-pub mod queue;
-pub mod ray;
+pub mod registry;
 pub mod scaled;
 pub mod shield;
-#[path = "static.rs"]
-pub mod static_policy;
 
 pub use config::{PolicyKind, PolicyMode, PolicySpec};
 pub use observation::{Decision, LatencyObservation, Observation, PoolObservation, SlotObservation, SlotTarget};
+pub use registry::{KindId, PolicyEntry, PolicyKindDef, Registry};
+
+/// Declares the kind modules and lists their kinds in [`KINDS`], in order.
+macro_rules! kinds {
+    ($($(#[$attr:meta])* $module:ident: $($kind:ident),+;)*) => {
+        $($(#[$attr])* pub mod $module;)*
+        /// The policy kinds of this module, in the order `--help` lists them
+        /// ([`Registry::builtin`]).
+        pub static KINDS: &[&dyn PolicyEntry] = &[$($(&$module::$kind,)+)*];
+    };
+}
+
+// A new kind: its file in src/policy/ and one line here (`module: KindType;`).
+kinds! {
+    hpa: Hpa;
+    kpa: Kpa;
+    queue: Queue;
+    ray: Ray;
+    #[path = "static.rs"] static_policy: Static, StaticPeak, StaticMean;
+    forecast: Forecast;
+    clairvoyant: ClairvoyantKind;
+}
 
 /// Maps an observation of one workload to a decision: desired replicas per (variant, pool).
 ///

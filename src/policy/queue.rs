@@ -22,8 +22,10 @@
 //! Parameters ([`QueueParams`]): `queueLengthPerReplica` (4), `pollingIntervalSeconds`
 //! (30), `cooldownSeconds` (300), `allowScaleToZero` (false).
 
-use crate::policy::config::QueueParams;
-use crate::policy::scaled::{Scaler, UnitMetrics};
+use crate::policy::config::{PolicyKind, PolicySpec, QueueParams};
+use crate::policy::registry::{check_pos, num, BuildContext, KindId, PolicyError, PolicyKindDef};
+use crate::policy::scaled::{ScaledPolicy, Scaler, UnitMetrics};
+use crate::policy::Policy;
 
 /// The queue-threshold algorithm for one scaling unit.
 #[derive(Clone, Debug)]
@@ -92,5 +94,47 @@ impl Scaler for QueueScaler {
 
     fn explain(&self) -> String {
         self.last.clone()
+    }
+}
+
+/// The `queue` kind (`kind: queue`, `queue[:KEY=VALUE]...`).
+pub struct Queue;
+
+impl PolicyKindDef for Queue {
+    type Params = QueueParams;
+    const ID: KindId = KindId("queue");
+    const USAGE: &'static str = "queue[:target=F][:polling=S][:cooldown=S][:zero=true|false]";
+    const KEYS: &'static str = "target, polling, cooldown, zero";
+    const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Queue);
+
+    fn defaults(&self) -> QueueParams {
+        QueueParams::default()
+    }
+
+    fn from_section(&self, p: &PolicySpec) -> Result<QueueParams, PolicyError> {
+        Ok(p.queue.clone().unwrap_or_default())
+    }
+
+    fn to_section(&self, params: &QueueParams, p: &mut PolicySpec) {
+        p.queue = Some(params.clone());
+    }
+
+    fn set(&self, queue: &mut QueueParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
+        match k {
+            "target" => queue.queue_length_per_replica = num(key, v, "a number")?,
+            "polling" => queue.polling_interval_seconds = num(key, v, "whole seconds")?,
+            "cooldown" => queue.cooldown_seconds = num(key, v, "whole seconds")?,
+            "zero" => queue.allow_scale_to_zero = num(key, v, "true or false")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn validate(&self, q: &QueueParams) -> Result<(), PolicyError> {
+        check_pos("spec.policy.queue.queueLengthPerReplica", q.queue_length_per_replica)
+    }
+
+    fn build(&self, params: &QueueParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+        Ok(Box::new(ScaledPolicy::new("queue", QueueScaler::new(params.clone()), ctx.placement(), ctx.info())))
     }
 }

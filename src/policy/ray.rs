@@ -15,8 +15,10 @@
 //! Parameters ([`RayParams`]): `targetOngoingRequests` (16), `upscaleDelaySeconds` (30),
 //! `downscaleDelaySeconds` (600).
 
-use crate::policy::config::RayParams;
-use crate::policy::scaled::{Scaler, UnitMetrics};
+use crate::policy::config::{PolicyKind, PolicySpec, RayParams};
+use crate::policy::registry::{check_pos, num, BuildContext, KindId, PolicyError, PolicyKindDef};
+use crate::policy::scaled::{ScaledPolicy, Scaler, UnitMetrics};
+use crate::policy::Policy;
 
 /// The Ray Serve style algorithm for one scaling unit.
 #[derive(Clone, Debug)]
@@ -77,5 +79,46 @@ impl Scaler for RayScaler {
 
     fn explain(&self) -> String {
         self.last.clone()
+    }
+}
+
+/// The `ray` kind (`kind: ray`, `ray[:KEY=VALUE]...`).
+pub struct Ray;
+
+impl PolicyKindDef for Ray {
+    type Params = RayParams;
+    const ID: KindId = KindId("ray");
+    const USAGE: &'static str = "ray[:target=F][:up-delay=S][:down-delay=S]";
+    const KEYS: &'static str = "target, up-delay, down-delay";
+    const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Ray);
+
+    fn defaults(&self) -> RayParams {
+        RayParams::default()
+    }
+
+    fn from_section(&self, p: &PolicySpec) -> Result<RayParams, PolicyError> {
+        Ok(p.ray.clone().unwrap_or_default())
+    }
+
+    fn to_section(&self, params: &RayParams, p: &mut PolicySpec) {
+        p.ray = Some(params.clone());
+    }
+
+    fn set(&self, ray: &mut RayParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
+        match k {
+            "target" => ray.target_ongoing_requests = num(key, v, "a number")?,
+            "up-delay" => ray.upscale_delay_seconds = num(key, v, "whole seconds")?,
+            "down-delay" => ray.downscale_delay_seconds = num(key, v, "whole seconds")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn validate(&self, r: &RayParams) -> Result<(), PolicyError> {
+        check_pos("spec.policy.ray.targetOngoingRequests", r.target_ongoing_requests)
+    }
+
+    fn build(&self, params: &RayParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+        Ok(Box::new(ScaledPolicy::new("ray", RayScaler::new(params.clone()), ctx.placement(), ctx.info())))
     }
 }

@@ -14,7 +14,7 @@
 //! | [`dqn`] | the DQN: shared torso, dueling branch heads, Double DQN, Huber, n-step, masking |
 //! | [`encoding`] | [`crate::policy::Observation`] → feature vector, normaliser, action layout |
 //! | [`checkpoint`] | weights + JSON sidecar, written atomically, validated on load |
-//! | [`policy`] | [`policy::DqnPolicy`], the trained network as a [`crate::policy::Policy`] |
+//! | [`policy`] | [`policy::DqnPolicy`], the trained network as a [`crate::policy::Policy`], and the `dqn` kind ([`policy::Dqn`]) |
 //! | [`rollout`] | one policy through one twin window with the shield, tick by tick |
 //! | [`train`] | [`train::train`], the twin training entry point used by the CLI and the demo |
 //! | [`cli`] | `llmos train` |
@@ -97,6 +97,19 @@ pub mod schedule;
 pub mod tabular;
 pub mod toy;
 pub mod train;
+
+use crate::policy::registry::{PolicyEntry, Registry};
+
+/// The policy kinds of this module (they need libtorch), registered after the `policy`
+/// module's own ([`registry`]). A new learned kind: its file here and one line in this list.
+pub static KINDS: &[&dyn PolicyEntry] = &[&policy::Dqn];
+
+/// Every policy kind: the `policy` module's ([`Registry::builtin`]) and this module's
+/// [`KINDS`]. The operator and `llmos compare` build policies with it.
+pub fn registry() -> &'static Registry {
+    static ALL: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| Registry::builtin().with(KINDS))
+}
 
 pub use dqn::{DqnAgent, DqnConfig};
 pub use env::Env;

@@ -12,8 +12,8 @@
 //! next mask) seen through [`Policy::feedback`] is appended as one JSON line to
 //! `transitions.jsonl` in that directory, for offline retraining.
 //!
-//! [`dqn_loader`] is the hook the policy builder ([`crate::policy::build`]) and the
-//! comparison harness call for `kind: dqn` / `dqn:PATH`.
+//! [`Dqn`] is the `dqn` policy kind (`kind: dqn`, `dqn:PATH`), registered in
+//! [`crate::rl::registry`]: the operator and the comparison harness build it from there.
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::crd::LLMWorkloadSpec;
-use crate::policy::build::PolicyError;
-use crate::policy::config::DqnParams;
+use crate::policy::config::{DqnParams, PolicyKind, PolicySpec};
+use crate::policy::registry::{invalid, BuildContext, KindId, PolicyError, PolicyKindDef, Positional};
 use crate::policy::{Decision, Observation, Policy};
 
 use super::checkpoint::{self, Expected};
@@ -294,12 +294,58 @@ pub fn greedy_decision(
     (actions.decision(&a, obs, &reason), x, a)
 }
 
-/// The loader for `kind: dqn` that [`crate::policy::build::build_policy_with`] takes.
-pub fn dqn_loader(params: &DqnParams, spec: &LLMWorkloadSpec) -> Result<Box<dyn Policy>, PolicyError> {
-    let load_err = |e: RlError| PolicyError::Load { path: params.checkpoint.clone(), message: e.to_string() };
-    let mut p = DqnPolicy::load(Path::new(&params.checkpoint), spec).map_err(load_err)?;
-    if let Some(dir) = &params.record_transitions {
-        p.record_transitions(Path::new(dir)).map_err(load_err)?;
+/// The `dqn` kind: a trained checkpoint (`kind: dqn` with `policy.dqn`, or `dqn:PATH`).
+pub struct Dqn;
+
+impl PolicyKindDef for Dqn {
+    type Params = DqnParams;
+    const ID: KindId = KindId("dqn");
+    const USAGE: &'static str = "dqn:PATH (a trained checkpoint directory)";
+    const KEYS: &'static str = "PATH (dqn:PATH)";
+    const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Dqn);
+    const POSITIONAL: Positional = Positional::Rest("checkpoint");
+    const LEARNED: bool = true;
+
+    fn defaults(&self) -> DqnParams {
+        DqnParams::default()
     }
-    Ok(Box::new(p))
+
+    fn from_section(&self, p: &PolicySpec) -> Result<DqnParams, PolicyError> {
+        p.dqn.clone().ok_or_else(|| PolicyError::Missing {
+            field: "spec.policy.dqn.checkpoint".into(),
+            message: "kind `dqn` needs `policy.dqn.checkpoint`, the directory of a trained checkpoint".into(),
+        })
+    }
+
+    fn to_section(&self, params: &DqnParams, p: &mut PolicySpec) {
+        p.dqn = Some(params.clone());
+    }
+
+    fn set(&self, params: &mut DqnParams, k: &str, v: &str, _key: &str) -> Result<bool, PolicyError> {
+        match k {
+            "checkpoint" => params.checkpoint = v.to_string(),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn validate(&self, params: &DqnParams) -> Result<(), PolicyError> {
+        if params.checkpoint.is_empty() {
+            return Err(invalid("dqn", "give the checkpoint directory: dqn:PATH"));
+        }
+        Ok(())
+    }
+
+    fn build(&self, params: &DqnParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+        let load_err = |e: RlError| PolicyError::Load { path: params.checkpoint.clone(), message: e.to_string() };
+        let mut p = DqnPolicy::load(Path::new(&params.checkpoint), ctx.spec).map_err(load_err)?;
+        if let Some(dir) = &params.record_transitions {
+            p.record_transitions(Path::new(dir)).map_err(load_err)?;
+        }
+        Ok(Box::new(p))
+    }
+
+    fn load_checkpoint(&self, dir: &str, spec: &LLMWorkloadSpec) -> Result<Box<dyn Policy>, PolicyError> {
+        self.build(&DqnParams { checkpoint: dir.into(), record_transitions: None }, &BuildContext::of_spec(spec, "dqn"))
+    }
 }

@@ -6,9 +6,9 @@
 //!
 //! # How it gets the future
 //! The harness builds, for each episode, a second arrival stream identical to the twin's
-//! ([`Twin::arrival_stream`] with the same scenario, seed, window and load) and hands it to
-//! the policy, which reads ahead in it as simulated time advances. Only arrival times are
-//! used.
+//! (`Twin::arrival_stream` with the same scenario, seed, window and load) and hands it to
+//! the policy ([`EpisodeRun::arrival_times`]), which reads ahead in it as simulated time
+//! advances. Only arrival times are used.
 //!
 //! # Sizing (every control tick at time `t`)
 //! - `need(s)` = the peak arrival rate over `[s, s + coldStart + interval]`, measured in
@@ -44,9 +44,10 @@ use std::collections::VecDeque;
 use crate::policy::config::VariantSelection;
 use crate::policy::observation::{Decision, Observation};
 use crate::policy::placement::{free_gpus, Placement, WorkloadInfo};
+use crate::policy::registry::{
+    check_pos, num, ArrivalTimes, ArrivalTimesSource, BuildContext, EpisodeRun, KindId, PolicyError, PolicyKindDef,
+};
 use crate::policy::Policy;
-use crate::twin::trace::ArrivalStream;
-use crate::twin::{Scenario, Twin, TwinError};
 
 /// Most ticks ahead the step-limited sizing looks.
 const MAX_TICKS_AHEAD: u32 = 64;
@@ -60,15 +61,12 @@ pub struct ClairvoyantParams {
     pub bin_s: Option<f64>,
 }
 
-/// Builds the arrival stream again (on reset).
-type StreamSource = Box<dyn Fn() -> Result<ArrivalStream, TwinError> + Send>;
-
 /// The clairvoyant reference policy (see the module docs).
 pub struct Clairvoyant {
     name: String,
     params: ClairvoyantParams,
-    source: StreamSource,
-    stream: Option<ArrivalStream>,
+    source: ArrivalTimesSource,
+    stream: Option<ArrivalTimes>,
     /// The next arrival not yet moved into `ahead`, seconds.
     peeked: Option<f64>,
     /// Arrival times read ahead, seconds, in order.
@@ -88,7 +86,7 @@ impl Clairvoyant {
     pub fn new(
         name: impl Into<String>,
         params: ClairvoyantParams,
-        source: StreamSource,
+        source: ArrivalTimesSource,
         cold_start_s: f64,
         spec: &crate::crd::LLMWorkloadSpec,
         placement: Placement,
@@ -109,33 +107,24 @@ impl Clairvoyant {
         }
     }
 
-    /// The clairvoyant policy for one episode of the harness: the arrivals of
-    /// `Twin::with_window(scenario, seed, start_frac, end_frac, load)`, and the largest
-    /// cold start of the scenario's variants.
+    /// The clairvoyant policy for one run of the harness: the run's arrivals and the
+    /// largest cold start of its variants.
     pub fn for_episode(
         name: impl Into<String>,
         params: ClairvoyantParams,
-        scenario: &Scenario,
-        seed: u64,
-        (start_frac, end_frac): (f64, f64),
-        load: f64,
+        episode: &dyn EpisodeRun,
+        spec: &crate::crd::LLMWorkloadSpec,
         placement: Placement,
-    ) -> Result<Self, TwinError> {
-        let mut cold = 0.0f64;
-        for v in 0..scenario.spec.variants.len() {
-            cold = cold.max(scenario.cold_start_s(v)?);
-        }
-        // Fail now, not at the first tick, if the stream cannot be built.
-        Twin::arrival_stream(scenario, seed, start_frac, end_frac, load)?;
-        let sc = scenario.clone();
-        let source: StreamSource = Box::new(move || Twin::arrival_stream(&sc, seed, start_frac, end_frac, load));
-        Ok(Self::new(name, params, source, cold, &scenario.spec, placement))
+    ) -> Result<Self, String> {
+        let cold = episode.cold_start_s()?;
+        let source = episode.arrival_times()?;
+        Ok(Self::new(name, params, source, cold, spec, placement))
     }
 
     /// Reads arrivals up to time `until` into `ahead`.
     fn read_until(&mut self, until: f64) {
         if self.stream.is_none() {
-            self.stream = (self.source)().ok();
+            self.stream = (self.source)();
             self.peeked = None;
             self.ahead.clear();
         }
@@ -144,8 +133,8 @@ impl Clairvoyant {
         loop {
             let t = match self.peeked {
                 Some(t) => t,
-                None => match stream.next_arrival() {
-                    Some(a) => a.at.as_secs_f64(),
+                None => match stream.next() {
+                    Some(t) => t,
                     None => return,
                 },
             };
@@ -234,5 +223,65 @@ impl Policy for Clairvoyant {
         self.peeked = None;
         self.ahead.clear();
         self.placement.reset();
+    }
+}
+
+/// The `clairvoyant` kind: `clairvoyant[:capacity=RPS][:bin=S]`, built only by the
+/// comparison harness, from the run it is built for ([`BuildContext::episode`]).
+pub struct ClairvoyantKind;
+
+/// Command-line parameters of `clairvoyant`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClairvoyantArgs {
+    /// Requests per second one replica sustains, if given (else the harness's estimate).
+    pub per_replica_rps: Option<f64>,
+    /// Bin over which the peak rate is measured, seconds (default: the control interval).
+    pub bin_s: Option<f64>,
+}
+
+impl PolicyKindDef for ClairvoyantKind {
+    type Params = ClairvoyantArgs;
+    const ID: KindId = KindId("clairvoyant");
+    const USAGE: &'static str = "clairvoyant[:capacity=RPS][:bin=S] (twin only: reads the run's future arrivals)";
+    const KEYS: &'static str = "capacity, bin";
+    const NEEDS_HARNESS: bool = true;
+
+    fn defaults(&self) -> ClairvoyantArgs {
+        ClairvoyantArgs::default()
+    }
+
+    fn set(&self, params: &mut ClairvoyantArgs, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
+        match k {
+            "bin" => {
+                let b: f64 = num(key, v, "seconds")?;
+                check_pos(key, b)?;
+                params.bin_s = Some(b);
+            }
+            "capacity" => {
+                let c: f64 = num(key, v, "a number of requests per second")?;
+                check_pos(key, c)?;
+                params.per_replica_rps = Some(c);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn build(&self, params: &ClairvoyantArgs, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
+        let label = ctx.label;
+        let cap = params.per_replica_rps.or(ctx.replica_capacity_rps).ok_or_else(|| PolicyError::Missing {
+            field: format!("{label}: capacity"),
+            message: "the clairvoyant reference needs the requests per second one replica sustains: `clairvoyant:capacity=R` or `--replica-capacity-rps R`".into(),
+        })?;
+        let ep = ctx.episode.ok_or_else(|| PolicyError::InvalidParam {
+            field: label.to_string(),
+            message:
+                "the clairvoyant reference reads a twin run's future arrivals; it exists only in the comparison harness"
+                    .into(),
+        })?;
+        let p = ClairvoyantParams { capacity_rps: cap, bin_s: params.bin_s };
+        let c = Clairvoyant::for_episode(label, p, ep, ctx.spec, ctx.placement())
+            .map_err(|e| PolicyError::InvalidParam { field: label.to_string(), message: e })?;
+        Ok(Box::new(c))
     }
 }
