@@ -764,8 +764,15 @@ impl Shield {
 /// Each message says what to fix. The controller reports them in the Degraded condition.
 pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     let mut out = Vec::new();
-    let mut problem = |field: String, message: String| out.push(SpecProblem { field, message });
+    validate_pools(spec, &mut out);
+    let totals = validate_variants(spec, &mut out);
+    validate_limits(spec, &totals, &mut out);
+    out
+}
 
+/// The pools' part of [`validate_spec`].
+fn validate_pools(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) {
+    let mut problem = |field: String, message: String| out.push(SpecProblem { field, message });
     let pool_names: Vec<&str> = spec.gpu_pools.iter().map(|p| p.name.as_str()).collect();
     for (i, p) in spec.gpu_pools.iter().enumerate() {
         if pool_names[..i].contains(&p.name.as_str()) {
@@ -787,7 +794,20 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     if spec.gpu_pools.is_empty() {
         problem("spec.gpuPools".into(), "no GPU pools: add at least one pool".into());
     }
+}
 
+/// Totals over the variants that the limits are checked against.
+#[derive(Clone, Copy)]
+struct VariantTotals {
+    sum_min: u64,
+    sum_max: u64,
+    min_fleet_cost: f64,
+}
+
+/// The variants' part of [`validate_spec`].
+fn validate_variants(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) -> VariantTotals {
+    let mut problem = |field: String, message: String| out.push(SpecProblem { field, message });
+    let pool_names: Vec<&str> = spec.gpu_pools.iter().map(|p| p.name.as_str()).collect();
     let mut sum_min: u64 = 0;
     let mut sum_max: u64 = 0;
     let mut min_fleet_cost = 0.0;
@@ -856,6 +876,13 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
             min_fleet_cost += f64::from(v.min_replicas) * cheapest;
         }
     }
+    VariantTotals { sum_min, sum_max, min_fleet_cost }
+}
+
+/// The limits' and SLO's part of [`validate_spec`].
+fn validate_limits(spec: &LLMWorkloadSpec, totals: &VariantTotals, out: &mut Vec<SpecProblem>) {
+    let mut problem = |field: String, message: String| out.push(SpecProblem { field, message });
+    let VariantTotals { sum_min, sum_max, min_fleet_cost } = *totals;
     let l = &spec.limits;
     if l.min_total_replicas > l.max_total_replicas {
         problem(
@@ -906,5 +933,4 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
             format!("{} is not a fraction in 0..1", spec.slo.target_attainment),
         );
     }
-    out
 }
