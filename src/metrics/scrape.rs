@@ -214,95 +214,20 @@ impl ScrapeState {
         let workload_key = format!("{}/{}", query.namespace, query.workload);
         let window_s = f64::from(query.spec.metrics.window_seconds.max(1));
         let stale_s = f64::from(query.spec.metrics.stale_after_seconds.max(1));
-        let mut snap = MetricsSnapshot::default();
         // Forget endpoints of this workload that are gone.
         self.history.retain(|(w, addr), _| w != &workload_key || query.endpoints.iter().any(|e| &e.address == addr));
         if query.endpoints.is_empty() {
+            let mut snap = MetricsSnapshot::default();
             snap.missing.push(format!("no serving endpoints for {workload_key}"));
             return snap;
         }
 
-        let mut slot_acc: BTreeMap<(String, String), SlotAcc> = BTreeMap::new();
-        let mut ttft = Histogram::default();
-        let mut tpot = Histogram::default();
-        let mut any_rate = false;
-        let mut histogram_bounds_ok = true;
-
+        let mut r = Round { bounds_ok: true, ..Default::default() };
         for (endpoint, result) in query.endpoints.iter().zip(results) {
-            let key = (workload_key.clone(), endpoint.address.clone());
-            let hist = self.history.entry(key).or_default();
-            match result {
-                Ok(sample) => {
-                    if sample.malformed_lines > 0 {
-                        snap.missing.push(format!(
-                            "{}: {} malformed line(s) skipped",
-                            endpoint.address, sample.malformed_lines
-                        ));
-                    }
-                    for p in &sample.problems {
-                        snap.missing.push(format!("{}: {p}", endpoint.address));
-                    }
-                    hist.push_back((now_s, sample));
-                }
-                Err(why) => snap.missing.push(format!("{}: scrape failed: {why}", endpoint.address)),
-            }
-            // Keep the newest scrape at or before the window start, and everything after.
-            while hist.len() > 1 && hist[1].0 <= now_s - window_s {
-                hist.pop_front();
-            }
-            let acc = slot_acc.entry((endpoint.variant.clone(), endpoint.pool.clone())).or_default();
-            let Some((newest_t, newest)) = hist.back() else { continue };
-            if now_s - newest_t > stale_s {
-                snap.missing.push(format!(
-                    "{}: last good scrape {:.0}s ago (stale)",
-                    endpoint.address,
-                    now_s - newest_t
-                ));
-                continue;
-            }
-            acc.pods += 1;
-            for field in [Field::WaitingRequests, Field::RunningRequests, Field::KvCacheUsage] {
-                match newest.gauges.get(&field) {
-                    Some(v) => acc.gauges.entry(field).or_default().push(*v),
-                    None => snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::mapping(field).name)),
-                }
-            }
-            if hist.len() < 2 {
-                snap.missing.push(format!("{}: first scrape in window, rates need two", endpoint.address));
-                continue;
-            }
-            let (oldest_t, _) = hist[0];
-            let span = newest_t - oldest_t;
-            if span <= 0.0 {
-                continue;
-            }
-            match counter_increase(hist, Field::RequestSuccess) {
-                Some(inc) => {
-                    let in_flight = |s: &PodSample| {
-                        s.gauges.get(&Field::WaitingRequests).copied().unwrap_or(0.0)
-                            + s.gauges.get(&Field::RunningRequests).copied().unwrap_or(0.0)
-                    };
-                    let growth = in_flight(newest) - in_flight(&hist[0].1);
-                    acc.arrival_rps += ((inc + growth) / span).max(0.0);
-                    acc.rate_pods += 1;
-                    any_rate = true;
-                }
-                None => snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::REQUEST_SUCCESS_TOTAL)),
-            }
-            for (field, target) in [(Field::TimeToFirstToken, &mut ttft), (Field::TimePerOutputToken, &mut tpot)] {
-                match histogram_increase(hist, field) {
-                    Ok(Some(inc)) => {
-                        if target.add(&inc).is_err() {
-                            histogram_bounds_ok = false;
-                        }
-                    }
-                    Ok(None) => {
-                        snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::mapping(field).name))
-                    }
-                    Err(e) => snap.missing.push(format!("{}: {}: {e}", endpoint.address, vllm::mapping(field).name)),
-                }
-            }
+            let hist = self.history.entry((workload_key.clone(), endpoint.address.clone())).or_default();
+            read_endpoint(&mut r, endpoint, hist, result, (now_s, window_s, stale_s));
         }
+        let Round { mut snap, slot_acc, ttft, tpot, any_rate, bounds_ok: histogram_bounds_ok } = r;
         if !histogram_bounds_ok {
             snap.missing.push("latency histograms: bucket bounds differ between pods".into());
         }
@@ -337,6 +262,93 @@ impl ScrapeState {
         snap.slo_attainment =
             slo_attainment(&ttft, &tpot, query.spec.slo.ttft_ms / 1000.0, query.spec.slo.tpot_ms / 1000.0);
         snap
+    }
+}
+
+/// What one scrape round gathers over a workload's endpoints.
+#[derive(Default)]
+struct Round {
+    snap: MetricsSnapshot,
+    slot_acc: BTreeMap<(String, String), SlotAcc>,
+    ttft: Histogram,
+    tpot: Histogram,
+    any_rate: bool,
+    bounds_ok: bool,
+}
+
+/// Adds one endpoint's scrape (`result`, recorded into its history `hist`) to the round:
+/// its gauges from the newest scrape, its arrival rate and latency histograms from the
+/// increase over the window.
+fn read_endpoint(
+    r: &mut Round,
+    endpoint: &Endpoint,
+    hist: &mut History,
+    result: ScrapeResult,
+    (now_s, window_s, stale_s): (f64, f64, f64),
+) {
+    match result {
+        Ok(sample) => {
+            if sample.malformed_lines > 0 {
+                r.snap
+                    .missing
+                    .push(format!("{}: {} malformed line(s) skipped", endpoint.address, sample.malformed_lines));
+            }
+            for p in &sample.problems {
+                r.snap.missing.push(format!("{}: {p}", endpoint.address));
+            }
+            hist.push_back((now_s, sample));
+        }
+        Err(why) => r.snap.missing.push(format!("{}: scrape failed: {why}", endpoint.address)),
+    }
+    // Keep the newest scrape at or before the window start, and everything after.
+    while hist.len() > 1 && hist[1].0 <= now_s - window_s {
+        hist.pop_front();
+    }
+    let acc = r.slot_acc.entry((endpoint.variant.clone(), endpoint.pool.clone())).or_default();
+    let Some((newest_t, newest)) = hist.back() else { return };
+    if now_s - newest_t > stale_s {
+        r.snap.missing.push(format!("{}: last good scrape {:.0}s ago (stale)", endpoint.address, now_s - newest_t));
+        return;
+    }
+    acc.pods += 1;
+    for field in [Field::WaitingRequests, Field::RunningRequests, Field::KvCacheUsage] {
+        match newest.gauges.get(&field) {
+            Some(v) => acc.gauges.entry(field).or_default().push(*v),
+            None => r.snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::mapping(field).name)),
+        }
+    }
+    if hist.len() < 2 {
+        r.snap.missing.push(format!("{}: first scrape in window, rates need two", endpoint.address));
+        return;
+    }
+    let (oldest_t, _) = hist[0];
+    let span = newest_t - oldest_t;
+    if span <= 0.0 {
+        return;
+    }
+    match counter_increase(hist, Field::RequestSuccess) {
+        Some(inc) => {
+            let in_flight = |s: &PodSample| {
+                s.gauges.get(&Field::WaitingRequests).copied().unwrap_or(0.0)
+                    + s.gauges.get(&Field::RunningRequests).copied().unwrap_or(0.0)
+            };
+            let growth = in_flight(newest) - in_flight(&hist[0].1);
+            acc.arrival_rps += ((inc + growth) / span).max(0.0);
+            acc.rate_pods += 1;
+            r.any_rate = true;
+        }
+        None => r.snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::REQUEST_SUCCESS_TOTAL)),
+    }
+    for (field, target) in [(Field::TimeToFirstToken, &mut r.ttft), (Field::TimePerOutputToken, &mut r.tpot)] {
+        match histogram_increase(hist, field) {
+            Ok(Some(inc)) => {
+                if target.add(&inc).is_err() {
+                    r.bounds_ok = false;
+                }
+            }
+            Ok(None) => r.snap.missing.push(format!("{}: {} absent", endpoint.address, vllm::mapping(field).name)),
+            Err(e) => r.snap.missing.push(format!("{}: {}: {e}", endpoint.address, vllm::mapping(field).name)),
+        }
     }
 }
 

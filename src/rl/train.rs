@@ -32,7 +32,7 @@ use crate::twin::{Scenario, Twin};
 
 use super::checkpoint::{self, Expected};
 use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
-use super::encoding::{ActionLayoutKind, ActionLimits, ObsEncoder};
+use super::encoding::{ActionLayoutKind, ActionLimits, BranchSpec, ObsEncoder};
 use super::env::{Env, EpisodeConfig, RewardConfig, TwinEnv};
 use super::policy::greedy_decision;
 use super::schedule::EpsilonSchedule;
@@ -257,6 +257,77 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, RlError> {
     train_with_progress(cfg, &mut |_| {})
 }
 
+/// The agent to train: resumed from `cfg.resume` (its normaliser unfrozen) or new.
+fn make_agent(
+    cfg: &TrainConfig,
+    env: &TwinEnv,
+    names: &[String],
+    branches: &[BranchSpec],
+) -> Result<DqnAgent, RlError> {
+    Ok(match &cfg.resume {
+        Some(dir) => {
+            let expected = Expected { feature_names: Some(names), branches: Some(branches) };
+            let (mut a, _) = checkpoint::load(dir, &expected, cfg.dqn.device)?;
+            a.normaliser.frozen = false;
+            a
+        }
+        None => {
+            let mut d = cfg.dqn.clone();
+            d.seed = cfg.seed;
+            DqnAgent::new(names.len(), &env.branch_sizes(), d)?
+        }
+    })
+}
+
+/// What a training run measured besides its records.
+struct RunFigures {
+    updates: u64,
+    validations: u64,
+    wall_s: f64,
+}
+
+/// The run's summary, also written atomically to `train.json` in the output folder.
+fn summarise(
+    cfg: &TrainConfig,
+    records: &[EpisodeRecord],
+    agent: &DqnAgent,
+    best: Option<(f64, u64)>,
+    run: RunFigures,
+) -> Result<TrainSummary, RlError> {
+    let (selected_validation_return, selected_env_steps) = best.unwrap_or((f64::NAN, agent.env_steps));
+    let tail: Vec<&EpisodeRecord> = records.iter().rev().take(10).collect();
+    let mean = |f: &dyn Fn(&EpisodeRecord) -> f64| {
+        let v: Vec<f64> = tail.iter().map(|r| f(r)).filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let RunFigures { updates, validations, wall_s } = run;
+    let summary = TrainSummary {
+        checkpoint: cfg.out.clone(),
+        env_steps: cfg.steps,
+        total_env_steps: agent.env_steps,
+        total_updates: agent.updates,
+        updates,
+        episodes: records.len() as u64,
+        recent_return: mean(&|r| r.episodic_return),
+        recent_slo_attainment: mean(&|r| r.slo_attainment),
+        selected_env_steps,
+        selected_validation_return,
+        validations,
+        wall_s,
+        env_steps_per_s: cfg.steps as f64 / wall_s.max(1e-9),
+        updates_per_s: updates as f64 / wall_s.max(1e-9),
+    };
+    let p = cfg.out.join("train.json");
+    let text =
+        serde_json::to_vec_pretty(&summary).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
+    checkpoint::write_atomic(&p, &text)?;
+    Ok(summary)
+}
+
 /// Like [`train`], calling `on_episode` after every episode (the CLI's progress bar).
 pub fn train_with_progress(
     cfg: &TrainConfig,
@@ -284,19 +355,7 @@ pub fn train_with_progress(
     let names = env.feature_names();
     let branches = env.action_branches();
 
-    let mut agent = match &cfg.resume {
-        Some(dir) => {
-            let expected = Expected { feature_names: Some(&names), branches: Some(&branches) };
-            let (mut a, _) = checkpoint::load(dir, &expected, cfg.dqn.device)?;
-            a.normaliser.frozen = false;
-            a
-        }
-        None => {
-            let mut d = cfg.dqn.clone();
-            d.seed = cfg.seed;
-            DqnAgent::new(names.len(), &env.branch_sizes(), d)?
-        }
-    };
+    let mut agent = make_agent(cfg, &env, &names, &branches)?;
 
     fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
     let jsonl_path = cfg.out.join("metrics.jsonl");
@@ -384,37 +443,6 @@ pub fn train_with_progress(
     } else {
         save_to(&cfg.out, &agent)?;
     }
-    let (selected_validation_return, selected_env_steps) = best.unwrap_or((f64::NAN, agent.env_steps));
-
-    let tail: Vec<&EpisodeRecord> = records.iter().rev().take(10).collect();
-    let mean = |f: &dyn Fn(&EpisodeRecord) -> f64| {
-        let v: Vec<f64> = tail.iter().map(|r| f(r)).filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
-    let updates = agent.updates - updates_before;
-    let summary = TrainSummary {
-        checkpoint: cfg.out.clone(),
-        env_steps: cfg.steps,
-        total_env_steps: agent.env_steps,
-        total_updates: agent.updates,
-        updates,
-        episodes: records.len() as u64,
-        recent_return: mean(&|r| r.episodic_return),
-        recent_slo_attainment: mean(&|r| r.slo_attainment),
-        selected_env_steps,
-        selected_validation_return,
-        validations,
-        wall_s,
-        env_steps_per_s: cfg.steps as f64 / wall_s.max(1e-9),
-        updates_per_s: updates as f64 / wall_s.max(1e-9),
-    };
-    let p = cfg.out.join("train.json");
-    let text =
-        serde_json::to_vec_pretty(&summary).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
-    checkpoint::write_atomic(&p, &text)?;
-    Ok(summary)
+    let run = RunFigures { updates: agent.updates - updates_before, validations, wall_s };
+    summarise(cfg, &records, &agent, best, run)
 }

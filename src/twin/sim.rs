@@ -232,45 +232,7 @@ impl Twin {
     ) -> Result<Twin, TwinError> {
         let arrivals = Self::arrival_stream(scenario, seed, start_frac, end_frac, load)?;
         let spec = scenario.spec.clone();
-        let mut slots = Vec::new();
-        for (v, var) in spec.variants.iter().enumerate() {
-            let model = scenario.catalog.model(&var.model, &format!("spec.variants[{v}].model"))?;
-            for p in scenario.allowed_pools(v) {
-                let pool = &spec.gpu_pools[p];
-                let gpu = scenario.catalog.gpu(&pool.gpu_type, &format!("spec.gpuPools[{p}].gpuType"))?;
-                let blocks = scenario.kv_blocks(v, p)?;
-                let tp = var.gpus_per_replica.max(1);
-                let cold = scenario.cold_start_s(v)?;
-                let eng = &scenario.file.engine;
-                let mut max_len =
-                    (eng.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * eng.block_size as u64);
-                if !eng.enable_chunked_prefill {
-                    // Without chunking a whole prompt (and, after a preemption, its generated
-                    // tokens) must fit one iteration's token budget.
-                    max_len = max_len.min(eng.max_num_batched_tokens as u64);
-                }
-                slots.push(SlotInfo {
-                    variant: v,
-                    pool: p,
-                    desired: 0,
-                    perf: {
-                        let mut rp = RooflinePerf::new(model, gpu, tp);
-                        scenario.file.perf.apply(&mut rp.eff);
-                        Arc::new(rp)
-                    },
-                    blocks,
-                    max_len,
-                    cold_start: Nanos::from_secs_f64(cold),
-                    price_per_gpu_s: pool.price_per_gpu_hour / 3600.0,
-                    quality: var.quality.unwrap_or(0.0),
-                    finished: 0,
-                    gpu_s: 0.0,
-                    cost_usd: 0.0,
-                    live: 0,
-                    peak: 0,
-                });
-            }
-        }
+        let slots = Self::build_slots(scenario)?;
         let interval = Nanos::from_secs_f64(spec.policy.interval_seconds.max(1) as f64);
         let slo_ttft_s = spec.slo.ttft_ms / 1e3;
         let slo_tpot_s = spec.slo.tpot_ms / 1e3;
@@ -330,10 +292,19 @@ impl Twin {
             scratch: Vec::new(),
             spec,
         };
-        // Initial fleet, ready at time zero.
+        twin.start_initial_fleet(scenario);
+        twin.next_arrival = twin.arrivals.next_arrival();
+        // The first scrape round: the initial replicas are up when the run starts.
+        twin.scrape();
+        Ok(twin)
+    }
+
+    /// The initial fleet (the scenario's `initialReplicas`, or one replica of each variant
+    /// on its first pool), ready at time zero.
+    fn start_initial_fleet(&mut self, scenario: &Scenario) {
         let initial: Vec<(usize, u32)> = if scenario.file.initial_replicas.is_empty() {
-            (0..twin.spec.variants.len())
-                .filter_map(|v| scenario.allowed_pools(v).first().map(|&p| (twin.slot_index(v, p), 1)))
+            (0..self.spec.variants.len())
+                .filter_map(|v| scenario.allowed_pools(v).first().map(|&p| (self.slot_index(v, p), 1)))
                 .collect()
         } else {
             scenario
@@ -341,26 +312,68 @@ impl Twin {
                 .initial_replicas
                 .iter()
                 .map(|r| {
-                    let v = twin.spec.variants.iter().position(|x| x.name == r.variant).unwrap_or(0);
-                    let p = twin.spec.gpu_pools.iter().position(|x| x.name == r.pool).unwrap_or(0);
-                    (twin.slot_index(v, p), r.replicas)
+                    let v = self.spec.variants.iter().position(|x| x.name == r.variant).unwrap_or(0);
+                    let p = self.spec.gpu_pools.iter().position(|x| x.name == r.pool).unwrap_or(0);
+                    (self.slot_index(v, p), r.replicas)
                 })
                 .collect()
         };
         for (s, n) in initial {
-            twin.slots[s].desired += n;
+            self.slots[s].desired += n;
             for _ in 0..n {
-                let id = twin.create_replica(s);
-                if twin.replicas[id].state == ReplicaState::Starting {
-                    twin.replicas[id].initial = true;
-                    twin.make_ready(id);
+                let id = self.create_replica(s);
+                if self.replicas[id].state == ReplicaState::Starting {
+                    self.replicas[id].initial = true;
+                    self.make_ready(id);
                 }
             }
         }
-        twin.next_arrival = twin.arrivals.next_arrival();
-        // The first scrape round: the initial replicas are up when the run starts.
-        twin.scrape();
-        Ok(twin)
+    }
+
+    /// One slot per (variant, allowed pool): its performance model, KV blocks, longest
+    /// request, cold start and price, from the scenario's catalog and engine settings.
+    fn build_slots(scenario: &Scenario) -> Result<Vec<SlotInfo>, TwinError> {
+        let spec = &scenario.spec;
+        let mut slots = Vec::new();
+        for (v, var) in spec.variants.iter().enumerate() {
+            let model = scenario.catalog.model(&var.model, &format!("spec.variants[{v}].model"))?;
+            for p in scenario.allowed_pools(v) {
+                let pool = &spec.gpu_pools[p];
+                let gpu = scenario.catalog.gpu(&pool.gpu_type, &format!("spec.gpuPools[{p}].gpuType"))?;
+                let blocks = scenario.kv_blocks(v, p)?;
+                let tp = var.gpus_per_replica.max(1);
+                let cold = scenario.cold_start_s(v)?;
+                let eng = &scenario.file.engine;
+                let mut max_len =
+                    (eng.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * eng.block_size as u64);
+                if !eng.enable_chunked_prefill {
+                    // Without chunking a whole prompt (and, after a preemption, its generated
+                    // tokens) must fit one iteration's token budget.
+                    max_len = max_len.min(eng.max_num_batched_tokens as u64);
+                }
+                slots.push(SlotInfo {
+                    variant: v,
+                    pool: p,
+                    desired: 0,
+                    perf: {
+                        let mut rp = RooflinePerf::new(model, gpu, tp);
+                        scenario.file.perf.apply(&mut rp.eff);
+                        Arc::new(rp)
+                    },
+                    blocks,
+                    max_len,
+                    cold_start: Nanos::from_secs_f64(cold),
+                    price_per_gpu_s: pool.price_per_gpu_hour / 3600.0,
+                    quality: var.quality.unwrap_or(0.0),
+                    finished: 0,
+                    gpu_s: 0.0,
+                    cost_usd: 0.0,
+                    live: 0,
+                    peak: 0,
+                });
+            }
+        }
+        Ok(slots)
     }
 
     /// The arrivals a twin built by [`Twin::with_window`] with the same arguments replays:
