@@ -194,6 +194,89 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
+/// Trains the demo's members in parallel (one thread each, a progress bar over all) and
+/// returns the checkpoint to judge: the ensemble of the members, or the one member.
+fn train_demo_members(args: &DemoArgs) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let base: crate::rl::train::TrainConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
+    let members = args.members.max(1);
+    let dir = args.out.join("ckpt");
+    // A previous run's members would otherwise join the new ensemble.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    eprintln!(
+        "[1/2] training {members} DQN(s) for {} steps each on the training part of {} (seeds {}..={}); numerics: {}",
+        args.steps,
+        args.scenario.display(),
+        args.seed,
+        args.seed + members - 1,
+        crate::numerics::pin_from_env().map_err(anyhow::Error::msg)?
+    );
+    let bar = indicatif::ProgressBar::new(args.steps * members);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed_precise}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let results: Vec<anyhow::Result<crate::rl::train::TrainSummary>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..members)
+            .map(|k| {
+                let mut cfg = base.clone();
+                cfg.scenario = args.scenario.clone();
+                cfg.steps = args.steps;
+                cfg.seed = args.seed + k;
+                cfg.out = dir.join(format!("s{}", cfg.seed));
+                let (bar, done) = (&bar, &done);
+                sc.spawn(move || {
+                    let mut last = 0u64;
+                    let mut first: Option<u64> = None;
+                    let s = crate::rl::train::train_with_progress(&cfg, &mut |r| {
+                        let base = *first.get_or_insert(r.env_steps - r.length);
+                        let now = (r.env_steps - base).min(cfg.steps);
+                        let total = done.fetch_add(now - last, std::sync::atomic::Ordering::Relaxed) + now - last;
+                        last = now;
+                        bar.set_position(total);
+                        bar.set_message(format!(
+                            "seed {} episode {} SLO {:.1}%",
+                            cfg.seed,
+                            r.episode,
+                            r.slo_attainment * 100.0
+                        ));
+                    })?;
+                    Ok(s)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a training thread panicked"))))
+            .collect()
+    });
+    bar.finish_and_clear();
+    for r in results {
+        let s = r?;
+        eprintln!(
+            "      trained {}: {} steps, {} updates in {:.0} s ({:.0} twin steps/s); kept step {} (validation return {:.2})",
+            s.checkpoint.display(),
+            s.env_steps,
+            s.updates,
+            s.wall_s,
+            s.env_steps_per_s,
+            s.selected_env_steps,
+            s.selected_validation_return
+        );
+    }
+    Ok(if members > 1 {
+        let e = crate::rl::policy::Ensemble::write(&dir)?;
+        eprintln!("      ensemble of {} in {}", e.members.len(), dir.display());
+        dir
+    } else {
+        dir.join(format!("s{}", args.seed))
+    })
+}
+
 /// Runs `llmos demo`: trains small DQNs (an ensemble of `--members` seeds, in parallel) in
 /// the twin on the training part of a real trace, each keeping its best checkpoint on a
 /// held-out validation window, then compares the ensemble with the baselines on the test
@@ -202,88 +285,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let ckpt = match &args.checkpoint {
         Some(c) => c.clone(),
-        None => {
-            let text =
-                std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-            let base: crate::rl::train::TrainConfig =
-                toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
-            let members = args.members.max(1);
-            let dir = args.out.join("ckpt");
-            // A previous run's members would otherwise join the new ensemble.
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-            }
-            eprintln!(
-                "[1/2] training {members} DQN(s) for {} steps each on the training part of {} (seeds {}..={}); numerics: {}",
-                args.steps,
-                args.scenario.display(),
-                args.seed,
-                args.seed + members - 1,
-                crate::numerics::pin_from_env().map_err(anyhow::Error::msg)?
-            );
-            let bar = indicatif::ProgressBar::new(args.steps * members);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed_precise}  {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let done = std::sync::atomic::AtomicU64::new(0);
-            let results: Vec<anyhow::Result<crate::rl::train::TrainSummary>> = std::thread::scope(|sc| {
-                let handles: Vec<_> = (0..members)
-                    .map(|k| {
-                        let mut cfg = base.clone();
-                        cfg.scenario = args.scenario.clone();
-                        cfg.steps = args.steps;
-                        cfg.seed = args.seed + k;
-                        cfg.out = dir.join(format!("s{}", cfg.seed));
-                        let (bar, done) = (&bar, &done);
-                        sc.spawn(move || {
-                            let mut last = 0u64;
-                            let mut first: Option<u64> = None;
-                            let s = crate::rl::train::train_with_progress(&cfg, &mut |r| {
-                                let base = *first.get_or_insert(r.env_steps - r.length);
-                                let now = (r.env_steps - base).min(cfg.steps);
-                                let total =
-                                    done.fetch_add(now - last, std::sync::atomic::Ordering::Relaxed) + now - last;
-                                last = now;
-                                bar.set_position(total);
-                                bar.set_message(format!(
-                                    "seed {} episode {} SLO {:.1}%",
-                                    cfg.seed,
-                                    r.episode,
-                                    r.slo_attainment * 100.0
-                                ));
-                            })?;
-                            Ok(s)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a training thread panicked"))))
-                    .collect()
-            });
-            bar.finish_and_clear();
-            for r in results {
-                let s = r?;
-                eprintln!(
-                    "      trained {}: {} steps, {} updates in {:.0} s ({:.0} twin steps/s); kept step {} (validation return {:.2})",
-                    s.checkpoint.display(),
-                    s.env_steps,
-                    s.updates,
-                    s.wall_s,
-                    s.env_steps_per_s,
-                    s.selected_env_steps,
-                    s.selected_validation_return
-                );
-            }
-            if members > 1 {
-                let e = crate::rl::policy::Ensemble::write(&dir)?;
-                eprintln!("      ensemble of {} in {}", e.members.len(), dir.display());
-                dir
-            } else {
-                dir.join(format!("s{}", args.seed))
-            }
-        }
+        None => train_demo_members(&args)?,
     };
     let policies = format!("{},dqn:{}", args.baselines, ckpt.display());
     eprintln!("[2/2] comparing {policies} on the test window, {} seeds", args.seeds);
