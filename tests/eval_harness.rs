@@ -91,5 +91,12 @@ fn the_reported_objective_is_the_sum_of_training_rewards() {
         assert_eq!(r.objective, ro.episodic_return, "{name}");
         assert_eq!(r.objective, ro.ticks.iter().map(|t| t.reward).sum::<f64>(), "{name}");
         assert_eq!(r.report, ro.report, "{name}");
+        // The first observation is always blind (rates need two scrapes); most are not.
+        assert!(
+            r.blind_ticks >= 1 && r.blind_ticks * 4 < r.ticks,
+            "{name}: {} of {} ticks blind",
+            r.blind_ticks,
+            r.ticks
+        );
     }
 }

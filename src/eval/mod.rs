@@ -171,6 +171,10 @@ pub struct EpisodeResult {
     pub shield_overrides: u64,
     /// Control ticks.
     pub ticks: u64,
+    /// Ticks whose observation had missing metrics (a new replica's first scrape, no
+    /// serving replica): the policy could not see, and every policy but a static fleet
+    /// holds on such a tick, as the operator does.
+    pub blind_ticks: u64,
     /// The sum of the ticks' rewards ([`RewardConfig`]): the objective training maximises,
     /// for this run.
     pub objective: f64,
@@ -206,13 +210,14 @@ pub fn run_episode(
     policy.reset();
     let interval = twin.control_interval_s().max(1e-9);
     let mut series = Vec::new();
-    let (mut changes, mut ticks, mut objective) = (0u64, 0u64, 0.0);
+    let (mut changes, mut ticks, mut blind_ticks, mut objective) = (0u64, 0u64, 0u64, 0.0);
     let mut control = ControlLoop::new(twin, 0, shield, reward.clone());
     while !twin.is_done() {
         let tick = control.tick(twin, policy);
         changes += u64::from(tick.changed_slots);
         ticks += 1;
         objective += tick.reward;
+        blind_ticks += u64::from(!tick.observation.is_complete());
         series.push(SeriesPoint {
             time_s: tick.stats.time_s,
             arrival_rps: tick.stats.arrived as f64 / interval,
@@ -235,6 +240,7 @@ pub fn run_episode(
         replica_changes: changes,
         shield_overrides: control.shield().overrides_total(),
         ticks,
+        blind_ticks,
         objective,
         series,
         cdf,
