@@ -76,7 +76,80 @@ fn escape_line(line: &str) -> String {
         return format!("# {keyword} {}{after}", name.replace(':', COLON_ESCAPE));
     }
     let end = t.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(t.len());
-    format!("{}{}", t[..end].replace(':', COLON_ESCAPE), &t[end..])
+    let name = t[..end].replace(':', COLON_ESCAPE);
+    let rest = &t[end..];
+    let Some(labels) = rest.strip_prefix('{') else { return format!("{name}{rest}") };
+    match sanitize_labels(labels) {
+        // The parser's pattern wants a non-empty set between braces: `name{} 1` is `name 1`.
+        Some((clean, after)) if clean.is_empty() => format!("{name}{after}"),
+        Some((clean, after)) => format!("{name}{{{clean}}}{after}"),
+        // An unterminated label set: a line no reader accepts (counted as malformed).
+        None => "{{malformed".into(),
+    }
+}
+
+/// Reads a label set (`name="value",...}` after the opening brace) as the text format
+/// defines it (values quoted, with `\\`, `\"` and `\n` escapes, so a value may hold `,`,
+/// `=`, `}` or spaces) and writes it again with every value byte outside
+/// `[A-Za-z0-9._+-]` percent-encoded, so that `prometheus-parse`, which splits label sets
+/// on `,` and `=`, reads every pair whole. Returns the clean set and what follows the
+/// closing brace, or `None` when the set is not well formed. Only `le` is read back as a
+/// value (a number, never encoded); the other labels only keep series apart.
+fn sanitize_labels(s: &str) -> Option<(String, &str)> {
+    let mut out = Vec::new();
+    let mut chars = s.char_indices().peekable();
+    loop {
+        while chars.peek().is_some_and(|(_, c)| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let (i, c) = chars.next()?;
+        if c == '}' {
+            return Some((out.join(","), &s[i + 1..]));
+        }
+        let mut key = String::from(c);
+        while let Some(&(_, c)) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|(_, c)| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next()?.1 != '=' {
+            return None;
+        }
+        while chars.peek().is_some_and(|(_, c)| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next()?.1 != '"' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()?.1 {
+                '"' => break,
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                other => value.push(other),
+            }
+        }
+        let mut encoded = String::with_capacity(value.len());
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-') {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        out.push(format!("{key}=\"{encoded}\""));
+    }
 }
 
 fn unescape(name: &str) -> String {
@@ -514,6 +587,30 @@ vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 2.5
     fn legacy_names_are_read_when_current_absent() {
         let text = "# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{model_name=\"m\"} 0.5\n";
         assert_eq!(parse_exposition(text).gauges.get(&Field::KvCacheUsage), Some(&0.5));
+    }
+
+    #[test]
+    fn label_values_with_commas_equals_braces_and_quotes_are_read_whole() {
+        // A model name that holds every character the naive split trips on, including a
+        // fake `le` pair: the buckets must still be read by their real bounds, and the two
+        // engines' series kept apart and merged.
+        let text = concat!(
+            "# TYPE vllm:time_to_first_token_seconds histogram\n",
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"org/m,le=9 {x} \\\"q\\\"\",engine=\"0\",le=\"0.1\"} 2\n",
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"org/m,le=9 {x} \\\"q\\\"\",engine=\"0\",le=\"+Inf\"} 3\n",
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"org/m,le=9 {x} \\\"q\\\"\",engine=\"1\",le=\"0.1\"} 1\n",
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"org/m,le=9 {x} \\\"q\\\"\",engine=\"1\",le=\"+Inf\"} 4\n",
+            "# TYPE vllm:num_requests_waiting gauge\n",
+            "vllm:num_requests_waiting{model_name=\"a=b,c\"} 7\n",
+            "vllm:kv_cache_usage_perc{} 0.5\n",
+            "vllm:num_requests_running{model_name=\"unterminated} 1\n",
+        );
+        let s = parse_exposition(text);
+        assert_eq!(s.malformed_lines, 1, "{:?}", s.problems);
+        assert_eq!(s.gauges.get(&Field::WaitingRequests), Some(&7.0));
+        assert_eq!(s.gauges.get(&Field::KvCacheUsage), Some(&0.5));
+        let h = &s.histograms[&Field::TimeToFirstToken];
+        assert_eq!(h.buckets, vec![(0.1, 3.0), (f64::INFINITY, 7.0)]);
     }
 
     #[test]
