@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             llmos::numerics::pin(path);
         }
         None => {
-            llmos::numerics::pin_from_env().map_err(anyhow::Error::msg)?;
+            llmos::numerics::pin_from_env()?;
         }
     }
     match cli.command {

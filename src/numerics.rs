@@ -42,6 +42,25 @@ pub enum NumericPath {
     Native,
 }
 
+/// A numeric path that cannot be read from its setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumericsError {
+    /// The value is not a known path.
+    #[error("{variable}={value:?}: expected \"reproducible\" or \"native\"")]
+    Unknown {
+        /// Where the value came from (`LLMOS_NUMERICS`).
+        variable: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The variable holds bytes that are not UTF-8.
+    #[error("{variable} is not valid UTF-8")]
+    NotUnicode {
+        /// The variable.
+        variable: &'static str,
+    },
+}
+
 impl NumericPath {
     /// The name used by `LLMOS_NUMERICS` and `--numerics`.
     pub fn as_str(self) -> &'static str {
@@ -52,20 +71,20 @@ impl NumericPath {
     }
 
     /// Parses a `LLMOS_NUMERICS` value.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, NumericsError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "reproducible" | "" => Ok(NumericPath::Reproducible),
             "native" => Ok(NumericPath::Native),
-            other => Err(format!("{ENV}={other:?}: expected \"reproducible\" or \"native\"")),
+            other => Err(NumericsError::Unknown { variable: ENV, value: other.to_string() }),
         }
     }
 
     /// The path `LLMOS_NUMERICS` asks for (reproducible when unset).
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, NumericsError> {
         match std::env::var(ENV) {
             Ok(v) => Self::parse(&v),
             Err(std::env::VarError::NotPresent) => Ok(NumericPath::Reproducible),
-            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{ENV} is not valid UTF-8")),
+            Err(std::env::VarError::NotUnicode(_)) => Err(NumericsError::NotUnicode { variable: ENV }),
         }
     }
 }
@@ -138,7 +157,7 @@ pub fn pin(path: NumericPath) -> &'static Pinned {
 
 /// [`pin`] with the path `LLMOS_NUMERICS` asks for; an invalid value is an error naming
 /// the variable (and pins nothing).
-pub fn pin_from_env() -> Result<&'static Pinned, String> {
+pub fn pin_from_env() -> Result<&'static Pinned, NumericsError> {
     if let Some(p) = PINNED.get() {
         return Ok(p);
     }
@@ -158,7 +177,7 @@ mod tests {
     fn parses_the_two_paths_and_names_the_variable_on_garbage() {
         assert_eq!(NumericPath::parse("native"), Ok(NumericPath::Native));
         assert_eq!(NumericPath::parse(" Reproducible "), Ok(NumericPath::Reproducible));
-        let e = NumericPath::parse("fast").unwrap_err();
+        let e = NumericPath::parse("fast").unwrap_err().to_string();
         assert!(e.contains(ENV) && e.contains("fast"), "{e}");
     }
 }

@@ -196,10 +196,7 @@ pub struct DemoArgs {
 
 /// Trains the demo's members in parallel (one thread each, a progress bar over all) and
 /// returns the checkpoint to judge: the ensemble of the members, or the one member.
-fn train_demo_members(args: &DemoArgs) -> anyhow::Result<PathBuf> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let base: crate::rl::train::TrainConfig =
-        toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
+fn train_demo_members(args: &DemoArgs, base: &crate::rl::train::TrainConfig) -> anyhow::Result<PathBuf> {
     let members = args.members.max(1);
     let dir = args.out.join("ckpt");
     // A previous run's members would otherwise join the new ensemble.
@@ -212,7 +209,7 @@ fn train_demo_members(args: &DemoArgs) -> anyhow::Result<PathBuf> {
         args.scenario.display(),
         args.seed,
         args.seed + members - 1,
-        crate::numerics::pin_from_env().map_err(anyhow::Error::msg)?
+        crate::numerics::pin_from_env()?
     );
     let bar = indicatif::ProgressBar::new(args.steps * members);
     bar.set_style(
@@ -283,9 +280,12 @@ fn train_demo_members(args: &DemoArgs) -> anyhow::Result<PathBuf> {
 /// window that neither saw.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let base: crate::rl::train::TrainConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
     let ckpt = match &args.checkpoint {
         Some(c) => c.clone(),
-        None => train_demo_members(&args)?,
+        None => train_demo_members(&args, &base)?,
     };
     let policies = format!("{},dqn:{}", args.baselines, ckpt.display());
     eprintln!("[2/2] comparing {policies} on the test window, {} seeds", args.seeds);
@@ -298,7 +298,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         replica_capacity_rps: Some(args.replica_capacity_rps),
         max_duration_s: None,
         clairvoyant_sweep: Vec::new(),
-        reward: crate::control::RewardConfig::default(),
+        // The objective each episode reports is the return training maximised.
+        reward: base.reward.clone(),
     };
     let report = compare_with(&cfg, crate::rl::registry())?;
     print_and_write(&report, &args.out, true)

@@ -267,7 +267,7 @@ impl DqnAgent {
             return Err(RlError::Config(format!("action branches must be non-empty, got {sizes:?}")));
         }
         // libtorch reads its CPU path at its first operation: fix it before that.
-        crate::numerics::pin_from_env().map_err(RlError::Config)?;
+        crate::numerics::pin_from_env()?;
         tch::set_num_threads(1);
         let device = cfg.device.device();
         // libtorch's generator is process-wide: agents created on several threads at once

@@ -74,6 +74,9 @@ pub enum RlError {
         /// What the workload needs.
         workload: String,
     },
+    /// The numeric path setting (`LLMOS_NUMERICS`) is invalid.
+    #[error(transparent)]
+    Numerics(#[from] crate::numerics::NumericsError),
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
