@@ -246,10 +246,6 @@ impl PolicyKindDef for ClairvoyantKind {
     const KEYS: &'static str = "capacity, bin";
     const NEEDS_HARNESS: bool = true;
 
-    fn defaults(&self) -> ClairvoyantArgs {
-        ClairvoyantArgs::default()
-    }
-
     fn set(&self, params: &mut ClairvoyantArgs, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
         match k {
             "bin" => {

@@ -460,10 +460,6 @@ impl PolicyKindDef for Forecast {
         "capacity, cold-start, horizon, percentile, alpha, beta, season, bins, gamma, down-window";
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Forecast);
 
-    fn defaults(&self) -> ForecastParams {
-        ForecastParams::default()
-    }
-
     fn from_section(&self, p: &PolicySpec) -> Result<ForecastParams, PolicyError> {
         Ok(p.forecast.clone().unwrap_or_default())
     }

@@ -154,10 +154,6 @@ impl PolicyKindDef for Hpa {
     const KEYS: &'static str = "target, metric, tolerance, window, up-percent, up-pods, up-period";
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Hpa);
 
-    fn defaults(&self) -> HpaParams {
-        HpaParams::default()
-    }
-
     fn from_section(&self, p: &PolicySpec) -> Result<HpaParams, PolicyError> {
         Ok(p.hpa.clone().unwrap_or_default())
     }

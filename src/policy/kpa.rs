@@ -139,10 +139,6 @@ impl PolicyKindDef for Kpa {
         "target, utilization, stable-window, panic-pct, panic-threshold, max-down-rate, max-up-rate";
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Kpa);
 
-    fn defaults(&self) -> KpaParams {
-        KpaParams::default()
-    }
-
     fn from_section(&self, p: &PolicySpec) -> Result<KpaParams, PolicyError> {
         Ok(p.kpa.clone().unwrap_or_default())
     }

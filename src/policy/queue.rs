@@ -107,10 +107,6 @@ impl PolicyKindDef for Queue {
     const KEYS: &'static str = "target, polling, cooldown, zero";
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Queue);
 
-    fn defaults(&self) -> QueueParams {
-        QueueParams::default()
-    }
-
     fn from_section(&self, p: &PolicySpec) -> Result<QueueParams, PolicyError> {
         Ok(p.queue.clone().unwrap_or_default())
     }

@@ -92,10 +92,6 @@ impl PolicyKindDef for Ray {
     const KEYS: &'static str = "target, up-delay, down-delay";
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Ray);
 
-    fn defaults(&self) -> RayParams {
-        RayParams::default()
-    }
-
     fn from_section(&self, p: &PolicySpec) -> Result<RayParams, PolicyError> {
         Ok(p.ray.clone().unwrap_or_default())
     }

@@ -198,7 +198,7 @@ pub const COMMON_KEYS: &str = "placement=cheapest|spread, variants=fixed|quality
 pub trait PolicyKindDef: Send + Sync + 'static {
     /// The kind's parameters: its block of the spec's `policy` section, or what its
     /// command-line keys set.
-    type Params: Clone + fmt::Debug + Send + Sync + 'static;
+    type Params: Clone + Default + fmt::Debug + Send + Sync + 'static;
     /// The kind's id, which is also its command-line name.
     const ID: KindId;
     /// The line of [`Registry::usage`], e.g. `ray[:target=F][:up-delay=S][:down-delay=S]`.
@@ -214,8 +214,10 @@ pub trait PolicyKindDef: Send + Sync + 'static {
     /// It is learned: built from a trained checkpoint ([`PolicyKindDef::load_checkpoint`]).
     const LEARNED: bool = false;
 
-    /// The parameters a command-line name starts from.
-    fn defaults(&self) -> Self::Params;
+    /// The parameters a command-line name starts from (the parameter type's default).
+    fn defaults(&self) -> Self::Params {
+        Self::Params::default()
+    }
     /// The parameters in a spec's `policy` section (kinds of the spec; the defaults when
     /// the block is absent).
     fn from_section(&self, _p: &PolicySpec) -> Result<Self::Params, PolicyError> {

@@ -97,10 +97,6 @@ impl PolicyKindDef for Static {
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Static);
     const POSITIONAL: Positional = Positional::First("replicas");
 
-    fn defaults(&self) -> StaticParams {
-        StaticParams::default()
-    }
-
     fn from_section(&self, p: &PolicySpec) -> Result<StaticParams, PolicyError> {
         Ok(p.r#static.clone().unwrap_or_default())
     }
@@ -175,10 +171,6 @@ impl PolicyKindDef for StaticPeak {
     const KEYS: &'static str = "capacity";
     const NEEDS_HARNESS: bool = true;
 
-    fn defaults(&self) -> SizedParams {
-        SizedParams::default()
-    }
-
     fn set(&self, params: &mut SizedParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
         set_capacity(params, k, v, key)
     }
@@ -197,10 +189,6 @@ impl PolicyKindDef for StaticMean {
     const USAGE: &'static str = "static-mean[:capacity=RPS] (sized for the trace's mean rate)";
     const KEYS: &'static str = "capacity";
     const NEEDS_HARNESS: bool = true;
-
-    fn defaults(&self) -> SizedParams {
-        SizedParams::default()
-    }
 
     fn set(&self, params: &mut SizedParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
         set_capacity(params, k, v, key)

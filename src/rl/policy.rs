@@ -306,10 +306,6 @@ impl PolicyKindDef for Dqn {
     const POSITIONAL: Positional = Positional::Rest("checkpoint");
     const LEARNED: bool = true;
 
-    fn defaults(&self) -> DqnParams {
-        DqnParams::default()
-    }
-
     fn from_section(&self, p: &PolicySpec) -> Result<DqnParams, PolicyError> {
         p.dqn.clone().ok_or_else(|| PolicyError::Missing {
             field: "spec.policy.dqn.checkpoint".into(),
