@@ -257,6 +257,32 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, RlError> {
     train_with_progress(cfg, &mut |_| {})
 }
 
+/// The scenario to train on (with `cfg.trace` in place of its own, if set), after checking
+/// that validation does not overlap the training window.
+fn load_scenario(cfg: &TrainConfig) -> Result<Scenario, RlError> {
+    let mut scenario = Scenario::load(&cfg.scenario).map_err(|e| RlError::Twin(e.to_string()))?;
+    if let Some(t) = &cfg.trace {
+        scenario.set_trace(t).map_err(|e| RlError::Twin(e.to_string()))?;
+    }
+    if let Some(v) = &cfg.validation {
+        v.check(cfg.episodes.train_window)?;
+    }
+    Ok(scenario)
+}
+
+/// A training environment over `scenario` with the config's actions, reward, episodes and
+/// features.
+fn make_env(scenario: &Scenario, cfg: &TrainConfig) -> Result<TwinEnv, RlError> {
+    Ok(TwinEnv::new(scenario.clone(), cfg.action_layout, cfg.deltas.clone(), cfg.reward.clone(), cfg.episodes.clone())?
+        .with_rate_history(&cfg.rate_history_s)
+        .with_cooldown(cfg.cooldown_aware))
+}
+
+/// Opens a training log: appended to when resuming, else written anew.
+fn open_log(p: &Path, append: bool) -> Result<fs::File, RlError> {
+    fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(p).map_err(|e| io(p, e))
+}
+
 /// The agent to train: resumed from `cfg.resume` (its normaliser unfrozen) or new.
 fn make_agent(
     cfg: &TrainConfig,
@@ -333,25 +359,8 @@ pub fn train_with_progress(
     cfg: &TrainConfig,
     on_episode: &mut dyn FnMut(&EpisodeRecord),
 ) -> Result<TrainSummary, RlError> {
-    let mut scenario = Scenario::load(&cfg.scenario).map_err(|e| RlError::Twin(e.to_string()))?;
-    if let Some(t) = &cfg.trace {
-        scenario.set_trace(t).map_err(|e| RlError::Twin(e.to_string()))?;
-    }
-    if let Some(v) = &cfg.validation {
-        v.check(cfg.episodes.train_window)?;
-    }
-    let make_env = || -> Result<TwinEnv, RlError> {
-        Ok(TwinEnv::new(
-            scenario.clone(),
-            cfg.action_layout,
-            cfg.deltas.clone(),
-            cfg.reward.clone(),
-            cfg.episodes.clone(),
-        )?
-        .with_rate_history(&cfg.rate_history_s)
-        .with_cooldown(cfg.cooldown_aware))
-    };
-    let mut env = make_env()?;
+    let scenario = load_scenario(cfg)?;
+    let mut env = make_env(&scenario, cfg)?;
     let names = env.feature_names();
     let branches = env.action_branches();
 
@@ -361,9 +370,7 @@ pub fn train_with_progress(
     let jsonl_path = cfg.out.join("metrics.jsonl");
     let csv_path = cfg.out.join("metrics.csv");
     let append = cfg.resume.is_some() && jsonl_path.exists();
-    let open = |p: &Path| {
-        fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(p).map_err(|e| io(p, e))
-    };
+    let open = |p: &Path| open_log(p, append);
     let mut jsonl = std::io::BufWriter::new(open(&jsonl_path)?);
     let mut csv = csv::WriterBuilder::new().has_headers(!append).from_writer(open(&csv_path)?);
     let mut write_err: Option<RlError> = None;
@@ -383,7 +390,7 @@ pub fn train_with_progress(
         )
     };
     // Validation: a separate environment template (same layouts), its own log.
-    let template = make_env()?;
+    let template = make_env(&scenario, cfg)?;
     let val_path = cfg.out.join("validation.jsonl");
     let mut val_log = match &cfg.validation {
         Some(_) => Some(std::io::BufWriter::new(open(&val_path)?)),
