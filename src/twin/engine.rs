@@ -523,17 +523,40 @@ impl Engine {
             return None;
         }
         let mut budget = self.cfg.max_num_batched_tokens;
+        let preempted = self.schedule_running(&mut budget);
+        let admitted = !preempted && self.admit_waiting(now, &mut budget);
+        let (shape, all_decode, min_left) = self.batch_shape();
+        if shape.prefill_tokens + shape.decode_seqs == 0 {
+            // Nothing could be scheduled (cannot happen when a single request fits the cache).
+            return None;
+        }
+        self.busy = true;
+        self.iter_start = now;
+        if all_decode && !preempted && !admitted && min_left > 1 {
+            if let Some(end) = self.decode_jump(now, &shape, min_left) {
+                return Some(end);
+            }
+        }
+        self.jump = None;
+        let d = Nanos::from_secs_f64(self.perf.iteration_s(&shape)).max(Nanos(1));
+        self.iter_end = now.plus(d);
+        Some(self.iter_end)
+    }
+
+    /// Gives the running sequences their chunks of this iteration's token budget, in
+    /// order, preempting from the back when the KV cache is full; true if any was preempted.
+    fn schedule_running(&mut self, budget: &mut u32) -> bool {
         let mut preempted = false;
         let mut i = 0;
         while i < self.running.len() {
-            if budget == 0 {
+            if *budget == 0 {
                 self.running[i].chunk = 0;
                 i += 1;
                 continue;
             }
             let s = &self.running[i];
             let need = s.input + s.generated - s.computed;
-            let chunk = need.min(budget);
+            let chunk = need.min(*budget);
             let nb = self.blocks_needed(s, chunk);
             let mut self_preempted = false;
             while !self.alloc(nb) {
@@ -555,32 +578,41 @@ impl Engine {
             let s = &mut self.running[i];
             s.blocks += nb;
             s.chunk = chunk;
-            budget -= chunk;
+            *budget -= chunk;
             i += 1;
         }
+        preempted
+    }
+
+    /// Admits waiting sequences while the batch, the budget and the KV cache allow; true
+    /// if any was admitted.
+    fn admit_waiting(&mut self, now: Nanos, budget: &mut u32) -> bool {
         let mut admitted = false;
-        if !preempted {
-            while self.running.len() < self.cfg.max_num_seqs as usize && budget > 0 {
-                let Some(mut s) = self.waiting.pop_front() else { break };
-                self.match_prefix(&mut s);
-                let need = s.input + s.generated - s.computed;
-                let fits_budget = self.cfg.enable_chunked_prefill || need <= budget;
-                let chunk = need.min(budget);
-                let nb = self.blocks_needed(&s, chunk);
-                if !fits_budget || !self.alloc(nb) {
-                    self.release(&mut s);
-                    self.waiting.push_front(s);
-                    break;
-                }
-                s.blocks += nb;
-                s.chunk = chunk;
-                s.first_sched.get_or_insert(now);
-                budget -= chunk;
-                self.running.push(s);
-                admitted = true;
+        while self.running.len() < self.cfg.max_num_seqs as usize && *budget > 0 {
+            let Some(mut s) = self.waiting.pop_front() else { break };
+            self.match_prefix(&mut s);
+            let need = s.input + s.generated - s.computed;
+            let fits_budget = self.cfg.enable_chunked_prefill || need <= *budget;
+            let chunk = need.min(*budget);
+            let nb = self.blocks_needed(&s, chunk);
+            if !fits_budget || !self.alloc(nb) {
+                self.release(&mut s);
+                self.waiting.push_front(s);
+                break;
             }
+            s.blocks += nb;
+            s.chunk = chunk;
+            s.first_sched.get_or_insert(now);
+            *budget -= chunk;
+            self.running.push(s);
+            admitted = true;
         }
-        // Shape of the batch.
+        admitted
+    }
+
+    /// The shape of the batch as scheduled, whether it is decode-only, and the fewest
+    /// tokens any decoding sequence has left.
+    fn batch_shape(&self) -> (BatchShape, bool, u32) {
         let mut shape = BatchShape::default();
         let mut all_decode = true;
         let mut min_left = u32::MAX;
@@ -605,52 +637,44 @@ impl Engine {
                 }
             }
         }
-        if shape.prefill_tokens + shape.decode_seqs == 0 {
-            // Nothing could be scheduled (cannot happen when a single request fits the cache).
-            return None;
-        }
-        self.busy = true;
-        self.iter_start = now;
+        (shape, all_decode, min_left)
+    }
+
+    /// A decode jump: the batch stays the same until the first sequence finishes, or KV
+    /// runs out; computed in one step. `None` when it would be a single iteration.
+    fn decode_jump(&mut self, now: Nanos, shape: &BatchShape, min_left: u32) -> Option<Nanos> {
         let n = shape.decode_seqs;
-        if all_decode && !preempted && !admitted && min_left > 1 {
-            // Decode jump: the batch stays the same until the first sequence finishes, or KV runs out.
-            let free = self.free_blocks + self.evictable_blocks();
-            let bs = self.cfg.block_size;
-            let unit = self.unit_tokens();
-            let extra = |k: u32, run: &[Seq]| -> u64 {
-                run.iter()
-                    .map(|s| (blocks_for(s.computed - s.held.len() as u32 * unit + k, bs) - s.blocks) as u64)
-                    .sum()
-            };
-            let (mut lo, mut hi) = (1u32, min_left);
-            while lo < hi {
-                let mid = (lo + hi).div_ceil(2);
-                if extra(mid, &self.running) <= free as u64 {
-                    lo = mid
-                } else {
-                    hi = mid - 1
-                }
-            }
-            let k = lo;
-            if k > 1 {
-                let need = extra(k, &self.running) as u32;
-                let ok = self.alloc(need);
-                debug_assert!(ok);
-                for s in self.running.iter_mut() {
-                    let nb = blocks_for(s.computed - s.held.len() as u32 * unit + k, bs);
-                    s.blocks = nb;
-                }
-                let (a, b) = self.affine_for(n);
-                let j = Jump { steps: k, n, ctx0: shape.decode_ctx_tokens, a, b };
-                self.jump = Some(j);
-                self.iter_end = now.plus(j.elapsed(k));
-                return Some(self.iter_end);
+        let free = self.free_blocks + self.evictable_blocks();
+        let bs = self.cfg.block_size;
+        let unit = self.unit_tokens();
+        let extra = |k: u32, run: &[Seq]| -> u64 {
+            run.iter().map(|s| (blocks_for(s.computed - s.held.len() as u32 * unit + k, bs) - s.blocks) as u64).sum()
+        };
+        let (mut lo, mut hi) = (1u32, min_left);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if extra(mid, &self.running) <= free as u64 {
+                lo = mid
+            } else {
+                hi = mid - 1
             }
         }
-        self.jump = None;
-        let d = Nanos::from_secs_f64(self.perf.iteration_s(&shape)).max(Nanos(1));
-        self.iter_end = now.plus(d);
-        Some(self.iter_end)
+        let k = lo;
+        if k > 1 {
+            let need = extra(k, &self.running) as u32;
+            let ok = self.alloc(need);
+            debug_assert!(ok);
+            for s in self.running.iter_mut() {
+                let nb = blocks_for(s.computed - s.held.len() as u32 * unit + k, bs);
+                s.blocks = nb;
+            }
+            let (a, b) = self.affine_for(n);
+            let j = Jump { steps: k, n, ctx0: shape.decode_ctx_tokens, a, b };
+            self.jump = Some(j);
+            self.iter_end = now.plus(j.elapsed(k));
+            return Some(self.iter_end);
+        }
+        None
     }
 
     fn affine_for(&mut self, n: u64) -> (f64, f64) {
