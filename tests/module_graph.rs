@@ -1,4 +1,4 @@
-//! No dependency cycles between modules.
+//! No dependency cycles between modules, and no function over 100 lines outside tests.
 //!
 //! Reads `src/` and collects, for every module, the modules its code names
 //! (`crate::x` between top-level modules; `super::x` and `crate::<folder>::x` between the
@@ -161,4 +161,39 @@ fn the_cycle_finder_finds_cycles() {
     assert_eq!(cycle(&g), None);
     g.entry("c".into()).or_default().insert("a".into());
     assert_eq!(cycle(&g), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
+}
+
+/// Lines of every function outside unit tests: from its `fn` line to the `}` at the same
+/// indentation, both included.
+fn function_lengths() -> Vec<(usize, String)> {
+    let mut files = Vec::new();
+    rust_files(Path::new("src"), &mut files);
+    let mut out = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().take_while(|l| !l.trim_start().starts_with("#[cfg(test)]")).collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let indent = &line[..line.len() - t.len()];
+            let t = t.strip_prefix("pub ").or_else(|| t.strip_prefix("pub(crate) ")).unwrap_or(t);
+            let t = t.strip_prefix("async ").unwrap_or(t);
+            if !t.starts_with("fn ") || line.trim_end().ends_with(';') {
+                continue;
+            }
+            let close = format!("{indent}}}");
+            if let Some(j) = lines[i..].iter().position(|l| l.trim_end() == close) {
+                let name = t[3..].split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("");
+                out.push((j + 1, format!("{}: {name}", f.display())));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_outside_tests_is_over_100_lines() {
+    let fns = function_lengths();
+    assert!(fns.len() > 500, "only {} functions found", fns.len());
+    let long: Vec<_> = fns.iter().filter(|(n, _)| *n > 100).collect();
+    assert!(long.is_empty(), "functions over 100 lines: {long:?}");
 }
