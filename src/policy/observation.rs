@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// variant may run. The one slot key of the seam: the twin, the policies, the shield,
 /// the encoders and the controller (one Deployment per slot) all name slots by it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SlotId {
     /// Variant name.
     pub variant: String,

@@ -45,15 +45,9 @@ pub struct BranchSpec {
     pub options: Vec<String>,
 }
 
-/// A (variant, pool) slot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlotKey {
-    /// Variant name.
-    pub variant: String,
-    /// Pool name.
-    pub pool: String,
-}
+/// A (variant, pool) slot: the seam's one slot identity (checkpoints store it as
+/// `{variant, pool}`).
+pub use crate::policy::observation::SlotId as SlotKey;
 
 /// The shape of a workload as the network sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
