@@ -26,8 +26,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, Weibull};
 use serde::Serialize;
 
-use super::time::Nanos;
 use super::arrival::Arrival;
+use super::time::Nanos;
 use super::TwinError;
 
 /// Length of one trace window, seconds.
