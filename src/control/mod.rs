@@ -57,19 +57,15 @@ impl World for Twin {
     }
 }
 
-/// The decision half of a tick, shared by every world: the shield annotates the
-/// observation (cooldowns), the policy decides, the shield clamps. `record` says whether
-/// the outcome will be applied (the shield then starts cooldowns and counts overrides);
-/// a shadow decision is clamped without recording.
-pub fn decide(
-    shield: &mut Shield,
-    policy: &mut dyn Policy,
-    obs: &mut Observation,
-    record: bool,
-) -> (Decision, ShieldOutcome) {
+/// The decision half of a tick as the operator runs it: the shield annotates the
+/// observation (cooldowns), the policy decides, the shield clamps without recording. The
+/// caller records the outcome with [`Shield::record`] once it is applied, so a shadow
+/// decision starts no cooldown. ([`ControlLoop::tick_with`] clamps and records at once,
+/// since the twin always applies.)
+pub fn decide(shield: &mut Shield, policy: &mut dyn Policy, obs: &mut Observation) -> (Decision, ShieldOutcome) {
     shield.annotate(obs);
     let proposed = policy.decide(obs);
-    let outcome = if record { shield.apply(obs, &proposed) } else { shield.clamp(obs, &proposed) };
+    let outcome = shield.clamp(obs, &proposed);
     (proposed, outcome)
 }
 

@@ -467,7 +467,7 @@ fn decide(ctx: &Context, state: &Mutex<WorkloadState>, obs: &mut Observation) ->
         let t0 = std::time::Instant::now();
         // The decision half of the one control tick; the shield records the outcome only
         // once it is applied (`remember`), so a shadow decision starts no cooldown.
-        let (decision, outcome) = crate::control::decide(&mut ws.shield, policy.as_mut(), obs, false);
+        let (decision, outcome) = crate::control::decide(&mut ws.shield, policy.as_mut(), obs);
         ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
         Some(Decided { policy: policy.name().to_string(), decision, outcome })
     };
