@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use llmos::eval::stats::{self, columns, Estimate, PolicyFigures, Row, NO_FIGURE};
 use llmos::eval::{arrival_stats, compare, CompareConfig, Window};
 use llmos::policy::static_policy::replicas_for_rate;
-use llmos::twin::{Scenario, Twin};
+use llmos::twin::{RunWindow, Scenario, Twin};
 
 fn row(policy: &str, slo: f64, gpu: f64) -> Row {
     let names: Vec<&'static str> = columns().iter().map(|c| c.name).collect();
@@ -182,13 +182,13 @@ fn static_peak_and_static_mean_size_on_a_servegen_slice() {
     let p = dir.path().join("s.toml");
     std::fs::write(&p, format!("{SPEC}\n[workload.servegen]\ndir = \"{}\"\n", data.path().display())).unwrap();
     let sc = Scenario::load(&p).unwrap();
-    Twin::arrival_stream(&sc, 0, 0.0, 1.0, 1.0).unwrap();
+    Twin::arrival_stream(&sc, RunWindow::new(0, (0.0, 1.0), 1.0)).unwrap();
     let st = arrival_stats(&sc, Window::All, 1.0).expect("ServeGen arrival statistics");
     // 1200 + 3600 requests over 1200 s; the busiest minute is in the 6 req/s half.
     assert!((3.9..4.2).contains(&st.mean_rps), "{st:?}");
     assert!((6.0..8.5).contains(&st.peak_rps), "{st:?}");
     // The peak is over 60 s bins of seed 0's arrivals, as for traces.
-    let mut s = Twin::arrival_stream(&sc, 0, 0.0, 1.0, 1.0).unwrap();
+    let mut s = Twin::arrival_stream(&sc, RunWindow::new(0, (0.0, 1.0), 1.0)).unwrap();
     let mut bins = vec![0u32; 21];
     while let Some(a) = s.next_arrival() {
         bins[(a.at.as_secs_f64() / 60.0) as usize] += 1;

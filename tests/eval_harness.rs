@@ -7,7 +7,7 @@ use llmos::control::RewardConfig;
 use llmos::eval::{compare, run_episode, stats, CompareConfig, RunLabel, Window};
 use llmos::policy::build::parse_policy_name;
 use llmos::policy::shield::Shield;
-use llmos::twin::{Scenario, Twin};
+use llmos::twin::{RunWindow, Scenario, Twin};
 
 fn scenario() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/tiny-step-two-pools.toml")
@@ -46,7 +46,7 @@ fn every_policy_sees_the_same_arrivals_and_runs_are_deterministic() {
 #[test]
 fn the_shield_is_applied_in_episodes() {
     let sc = Scenario::load(&scenario()).unwrap();
-    let mut twin = Twin::with_window(&sc, 1, 0.0, 0.5, 1.0).unwrap();
+    let mut twin = Twin::with_window(&sc, RunWindow::new(1, (0.0, 0.5), 1.0)).unwrap();
     // static:100 asks for far more than capacity (4 + 8 GPUs, max 12): the shield clamps.
     let choice = parse_policy_name("static:100", &sc.spec.policy).unwrap();
     let mut policy = choice.build_for(&sc.spec).unwrap();
@@ -81,7 +81,7 @@ fn the_reported_objective_is_the_sum_of_training_rewards() {
     for name in ["hpa", "static:2"] {
         let choice = parse_policy_name(name, &sc.spec.policy).unwrap();
         let mut policy = choice.build_for(&sc.spec).unwrap();
-        let mut twin = Twin::with_window(&sc, 4, 0.0, 0.3, 1.5).unwrap();
+        let mut twin = Twin::with_window(&sc, RunWindow::new(4, (0.0, 0.3), 1.5)).unwrap();
         let run = RunLabel { policy: name, seed: 4, load: 1.5 };
         let r = run_episode(&mut twin, policy.as_mut(), Shield::new(&sc.spec), run, &reward);
         let mut policy = choice.build_for(&sc.spec).unwrap();

@@ -10,7 +10,7 @@ use llmos::eval::{compare, run_episode, CompareConfig, EpisodeResult, RunLabel, 
 use llmos::policy::build::parse_policy_name;
 use llmos::policy::forecast::Forecaster;
 use llmos::policy::shield::Shield;
-use llmos::twin::{Scenario, Twin};
+use llmos::twin::{RunWindow, Scenario, Twin};
 
 // ---------------- the forecaster ----------------
 
@@ -110,7 +110,7 @@ policy = {{ kind = "hpa", intervalSeconds = 15 }}
 }
 
 fn episode(sc: &Scenario, name: &str) -> EpisodeResult {
-    let mut twin = Twin::with_window(sc, 1, 0.0, 1.0, 1.0).unwrap();
+    let mut twin = Twin::with_window(sc, RunWindow::new(1, (0.0, 1.0), 1.0)).unwrap();
     let choice = parse_policy_name(name, &sc.spec.policy).unwrap();
     let mut policy = choice.build_for(&sc.spec).unwrap();
     let shield = Shield::new(&sc.spec);

@@ -19,7 +19,7 @@ use llmos::rl::policy::{DqnPolicy, Ensemble};
 use llmos::rl::rollout::rollout;
 use llmos::rl::schedule::EpsilonSchedule;
 use llmos::rl::train::{train, TrainConfig, ValidationConfig, ValidationRecord};
-use llmos::twin::{Scenario, Twin};
+use llmos::twin::{RunWindow, Scenario, Twin};
 
 fn scenario_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/tiny-step-two-pools.toml")
@@ -119,7 +119,7 @@ fn an_ensemble_averages_its_members_and_refuses_mixed_layouts() {
     assert_eq!(both.members(), 2);
     let one = DqnPolicy::load_on(&ens.join("s1"), &scenario.spec, DeviceChoice::Cpu).unwrap();
     let two = DqnPolicy::load_on(&ens.join("s2"), &scenario.spec, DeviceChoice::Cpu).unwrap();
-    let twin = Twin::with_window(&scenario, 0, 0.0, 1.0, 1.0).unwrap();
+    let twin = Twin::with_window(&scenario, RunWindow::new(0, (0.0, 1.0), 1.0)).unwrap();
     let obs = twin.observe();
     let (q, q1, q2) = (both.q_values(&obs), one.q_values(&obs), two.q_values(&obs));
     assert_eq!(q.len(), q1.len());

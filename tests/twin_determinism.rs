@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use llmos::policy::Decision;
-use llmos::twin::{Scenario, Twin};
+use llmos::twin::{RunWindow, Scenario, Twin};
 
 fn run(scenario: &Scenario, seed: u64, start: f64, end: f64) -> String {
-    let mut twin = Twin::with_window(scenario, seed, start, end, 1.0).unwrap();
+    let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (start, end), 1.0)).unwrap();
     while !twin.is_done() {
         let obs = twin.observe();
         twin.apply(&Decision::hold(&obs, "hold"));

@@ -4,7 +4,7 @@
 //! preempted requests complete.
 
 use llmos::policy::Decision;
-use llmos::twin::{Scenario, Twin};
+use llmos::twin::{RunWindow, Scenario, Twin};
 use proptest::prelude::*;
 
 /// A scenario with a deliberately small GPU (few KV blocks) so that preemption happens.
@@ -66,16 +66,16 @@ proptest! {
                 d.set("a", "big", 1);
             }
             twin.apply(&d);
-            twin.check_invariants().map_err(|e| TestCaseError::fail(e))?;
+            twin.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
             twin.step();
             prop_assert!(twin.now_s() >= last, "time went back");
             last = twin.now_s();
-            twin.check_invariants().map_err(|e| TestCaseError::fail(e))?;
+            twin.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
         }
         let mut guard = 0;
         while !twin.is_done() && guard < 2000 {
             twin.step();
-            twin.check_invariants().map_err(|e| TestCaseError::fail(e))?;
+            twin.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
             guard += 1;
         }
         prop_assert!(twin.is_done(), "did not drain");
@@ -133,7 +133,7 @@ fn variant_switch_starts_new_before_draining_old() {
 #[test]
 fn prefix_cache_accounting_on_mooncake_window() {
     let s = Scenario::load(std::path::Path::new("scenarios/mooncake-conv-prefix.toml")).unwrap();
-    let mut twin = Twin::with_window(&s, 0, 0.0, 0.04, 1.0).unwrap();
+    let mut twin = Twin::with_window(&s, RunWindow::new(0, (0.0, 0.04), 1.0)).unwrap();
     while !twin.is_done() {
         twin.step();
         twin.check_invariants().unwrap();

@@ -35,7 +35,7 @@ use crate::policy::registry::{
 };
 use crate::policy::shield::Shield;
 use crate::policy::Policy;
-use crate::twin::{Report, Scenario, Twin, TwinError};
+use crate::twin::{Report, RunWindow, Scenario, Twin, TwinError};
 
 pub use crate::policy::registry::ArrivalStats;
 pub use crate::twin::scenario::{Window, TRAIN_FRACTION};
@@ -97,10 +97,10 @@ impl EpisodeRun for EpisodeContext<'_> {
     fn arrival_times(&self) -> Result<ArrivalTimesSource, String> {
         let (seed, (a, b), load) = (self.seed, self.window, self.load);
         // Fail now, not at the first tick, if the stream cannot be built.
-        Twin::arrival_stream(self.scenario, seed, a, b, load).map_err(|e| e.to_string())?;
+        Twin::arrival_stream(self.scenario, RunWindow::new(seed, (a, b), load)).map_err(|e| e.to_string())?;
         let sc = self.scenario.clone();
         Ok(Box::new(move || {
-            let mut stream = Twin::arrival_stream(&sc, seed, a, b, load).ok()?;
+            let mut stream = Twin::arrival_stream(&sc, RunWindow::new(seed, (a, b), load)).ok()?;
             let times: ArrivalTimes =
                 Box::new(std::iter::from_fn(move || stream.next_arrival().map(|x| x.at.as_secs_f64())));
             Some(times)
@@ -117,7 +117,7 @@ pub fn arrival_stats(scenario: &Scenario, window: Window, load: f64) -> Option<A
     let (a, b) = window.fractions();
     let mut stream = match &scenario.trace {
         Some(trace) => crate::twin::trace::ArrivalStream::replay(trace.clone(), a, b, load).ok()?,
-        None => Twin::arrival_stream(scenario, 0, a, b, load).ok()?,
+        None => Twin::arrival_stream(scenario, RunWindow::new(0, (a, b), load)).ok()?,
     };
     let mut bins: Vec<u32> = Vec::new();
     let (mut n, mut last) = (0u64, 0.0f64);
@@ -396,7 +396,7 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
                 episode: Some(&episode),
             };
             let mut policy = c.build(&ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
-            let mut twin = Twin::with_window(&scenario, seed, a, b, load)?;
+            let mut twin = Twin::with_window(&scenario, RunWindow::new(seed, (a, b), load))?;
             let shield = Shield::new(&spec);
             let run = RunLabel { policy: &c.label, seed, load };
             let mut result = run_episode(&mut twin, policy.as_mut(), shield, run, &cfg.reward);

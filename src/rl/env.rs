@@ -86,7 +86,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::control::ControlLoop;
 use crate::policy::shield::Shield;
 use crate::policy::Observation;
-use crate::twin::{Scenario, Twin};
+use crate::twin::{RunWindow, Scenario, Twin};
 
 use super::encoding::{ActionLayout, ActionLayoutKind, ActionLimits, ObsEncoder, WorkloadLayout};
 
@@ -235,7 +235,7 @@ impl Env for TwinEnv {
                 self.episodes.loads.clone()
             };
         let load = loads[rng.random_range(0..loads.len())];
-        let twin = Twin::with_window(&self.scenario, seed, start, start + len, load)
+        let twin = Twin::with_window(&self.scenario, RunWindow::new(seed, (start, start + len), load))
             .map_err(|e| RlError::Twin(e.to_string()))?;
         let control = ControlLoop::new(&twin, 0, Shield::new(&self.scenario.spec), self.reward.clone());
         self.encoder.reset();

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::twin::{Scenario, Twin};
+use crate::twin::{RunWindow, Scenario, Twin};
 
 use super::checkpoint::{self, Expected};
 use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
@@ -159,7 +159,7 @@ fn validate(
     let (mut ret, mut finished, mut met, mut gpu_s, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for &load in &v.loads {
         for &seed in &v.seeds {
-            let mut twin = Twin::with_window(scenario, seed, v.window.0, v.window.1, load)
+            let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (v.window.0, v.window.1), load))
                 .map_err(|e| RlError::Twin(e.to_string()))?;
             let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
             let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());

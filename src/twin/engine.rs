@@ -22,7 +22,6 @@
 //!   steps at once, with their total time from the perf model's affine decode cost. An
 //!   arrival during a jump cuts it short at the end of the step in progress.
 
-use crate::metrics::histogram::Histogram;
 use crate::metrics::scrape::PodSample;
 use crate::metrics::vllm::Field;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -30,6 +29,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::histogram::{Histogram, E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS};
 use super::perf::{BatchShape, PerfModel};
 use super::time::Nanos;
 
@@ -153,11 +153,11 @@ pub struct EngineCounters {
     /// `vllm:generation_tokens_total`.
     pub generation_tokens: u64,
     /// `vllm:time_to_first_token_seconds`.
-    pub ttft: PromHistogram,
+    pub ttft: Histogram,
     /// `vllm:inter_token_latency_seconds`.
-    pub itl: PromHistogram,
+    pub itl: Histogram,
     /// `vllm:e2e_request_latency_seconds`.
-    pub e2e: PromHistogram,
+    pub e2e: Histogram,
     /// Preemptions.
     pub preemptions: u64,
     /// Prompt tokens looked up in the prefix cache.
@@ -166,60 +166,6 @@ pub struct EngineCounters {
     pub prefix_hits: u64,
     /// Time spent running iterations.
     pub busy_ns: u64,
-}
-
-/// A Prometheus histogram with fixed upper bounds.
-#[derive(Clone, Debug, Default)]
-pub struct PromHistogram {
-    /// Upper bounds (seconds), increasing.
-    pub bounds: &'static [f64],
-    /// Count per bucket (not cumulative); one more than bounds for +Inf.
-    pub counts: Vec<u64>,
-    /// Sum of observations.
-    pub sum: f64,
-}
-
-/// vLLM's TTFT buckets.
-pub const TTFT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-    160.0, 640.0, 2560.0,
-];
-/// vLLM's inter-token latency buckets.
-pub const ITL_BUCKETS: &[f64] =
-    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
-/// vLLM's end-to-end latency buckets.
-pub const E2E_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
-    1920.0, 7680.0,
-];
-
-impl PromHistogram {
-    /// An empty histogram with these bounds.
-    pub fn new(bounds: &'static [f64]) -> PromHistogram {
-        PromHistogram { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0 }
-    }
-    /// The cumulative form Prometheus exposes: `(le, count ≤ le)` per bound, then `+Inf`.
-    pub fn cumulative(&self) -> Histogram {
-        let mut acc = 0u64;
-        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
-        for (i, b) in self.bounds.iter().enumerate() {
-            acc += self.counts.get(i).copied().unwrap_or(0);
-            buckets.push((*b, acc as f64));
-        }
-        acc += self.counts.get(self.bounds.len()).copied().unwrap_or(0);
-        buckets.push((f64::INFINITY, acc as f64));
-        Histogram { buckets, sum: self.sum }
-    }
-    /// Adds `n` observations of `v`.
-    pub fn observe_n(&mut self, v: f64, n: u64) {
-        let i = self.bounds.partition_point(|&b| b < v);
-        self.counts[i] += n;
-        self.sum += v * n as f64;
-    }
-    /// Total observations.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -292,9 +238,9 @@ impl Engine {
             stamp: 0,
             unit_blocks,
             counters: EngineCounters {
-                ttft: PromHistogram::new(TTFT_BUCKETS),
-                itl: PromHistogram::new(ITL_BUCKETS),
-                e2e: PromHistogram::new(E2E_BUCKETS),
+                ttft: Histogram::fixed(TTFT_BUCKETS),
+                itl: Histogram::fixed(ITL_BUCKETS),
+                e2e: Histogram::fixed(E2E_BUCKETS),
                 ..Default::default()
             },
         }

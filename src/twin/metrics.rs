@@ -1,83 +1,10 @@
 //! Run metrics: per-request latencies streamed into bounded-memory aggregates, and the
 //! report (table, JSON, CSV).
 //!
-//! Latency distributions use a log-bucketed histogram ([`LogHistogram`]: 1 % relative bucket
-//! width from 1 µs to ~11 days, fixed size), so memory does not grow with the trace length.
+//! Latency distributions come from the meters' log-bucketed histograms
+//! ([`super::meters::Histogram`]), so memory does not grow with the trace length.
 
 use serde::Serialize;
-
-/// A log-bucketed histogram of positive values (seconds) with ~1 % relative error.
-#[derive(Clone, Debug)]
-pub struct LogHistogram {
-    counts: Vec<u64>,
-    zeros: u64,
-    n: u64,
-    sum: f64,
-    max: f64,
-}
-
-const H_MIN: f64 = 1e-6;
-const H_GROWTH: f64 = 1.02;
-const H_BUCKETS: usize = 1500; // 1e-6 × 1.02^1500 ≈ 8e6 s
-
-impl Default for LogHistogram {
-    fn default() -> Self {
-        LogHistogram { counts: vec![0; H_BUCKETS], zeros: 0, n: 0, sum: 0.0, max: 0.0 }
-    }
-}
-
-impl LogHistogram {
-    /// Adds one value.
-    pub fn add(&mut self, v: f64) {
-        self.n += 1;
-        if !(v > H_MIN) {
-            self.zeros += 1;
-            self.sum += v.max(0.0);
-            return;
-        }
-        self.sum += v;
-        self.max = self.max.max(v);
-        let i = ((v / H_MIN).ln() / H_GROWTH.ln()) as usize;
-        self.counts[i.min(H_BUCKETS - 1)] += 1;
-    }
-    /// Number of values.
-    pub fn count(&self) -> u64 {
-        self.n
-    }
-    /// Mean, or `None` when empty.
-    pub fn mean(&self) -> Option<f64> {
-        (self.n > 0).then(|| self.sum / self.n as f64)
-    }
-    /// The `q`-quantile (0..=1), bucket midpoint (geometric), or `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.n == 0 {
-            return None;
-        }
-        let rank = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
-        if rank <= self.zeros {
-            return Some(0.0);
-        }
-        let mut acc = self.zeros;
-        for (i, c) in self.counts.iter().enumerate() {
-            acc += c;
-            if acc >= rank {
-                let lo = H_MIN * H_GROWTH.powi(i as i32);
-                return Some((lo * H_GROWTH.sqrt()).min(self.max));
-            }
-        }
-        Some(self.max)
-    }
-    /// Summary (mean, p50, p90, p99) in seconds.
-    pub fn summary(&self) -> LatencySummary {
-        LatencySummary {
-            mean: self.mean(),
-            p50: self.quantile(0.5),
-            p90: self.quantile(0.9),
-            p99: self.quantile(0.99),
-            max: (self.n > 0).then_some(self.max),
-        }
-    }
-}
 
 /// Mean and percentiles of a latency, seconds (`None` when nothing was measured).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -277,23 +204,5 @@ impl Report {
             o(self.good_quality_per_usd),
         ];
         format!("{header}\n{}\n", row.join(","))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_quantiles_within_two_percent() {
-        let mut h = LogHistogram::default();
-        for i in 1..=10_000 {
-            h.add(i as f64 / 1000.0);
-        }
-        let p50 = h.quantile(0.5).unwrap();
-        let p99 = h.quantile(0.99).unwrap();
-        assert!((p50 / 5.0 - 1.0).abs() < 0.02, "{p50}");
-        assert!((p99 / 9.9 - 1.0).abs() < 0.02, "{p99}");
-        assert!((h.mean().unwrap() - 5.0005).abs() < 1e-9);
     }
 }

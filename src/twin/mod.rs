@@ -26,14 +26,19 @@
 //! Modules: [`time`] (integer nanoseconds), [`trace`] (readers, synthetic arrivals),
 //! [`servegen`] (ServeGen's 14-day per-client traffic and its arrival generator),
 //! [`catalog`] (GPUs, models), [`perf`] (iteration time), [`engine`] (one replica),
-//! [`scenario`] (TOML scenarios), [`sim`] (fleet, events, stepping API), [`metrics`]
-//! (aggregates and report). See `docs/twin.md` for the model and its calibration.
+//! [`scenario`] (TOML scenarios), [`sim`] (the stepping API over the parts: [`events`],
+//! [`fleet`], [`gateway`], [`meters`] with the one [`histogram`]), [`metrics`] (the report). See `docs/twin.md` for the model and its calibration.
 
 pub mod arrival;
 pub mod catalog;
 /// Command-line entry points.
 pub mod cli;
 pub mod engine;
+pub mod events;
+pub mod fleet;
+pub mod gateway;
+pub mod histogram;
+pub mod meters;
 pub mod metrics;
 pub mod perf;
 pub mod scenario;
@@ -44,9 +49,11 @@ pub mod sim;
 pub mod time;
 pub mod trace;
 
+pub use fleet::{ReplicaInfo, ReplicaState};
+pub use meters::TickStats;
 pub use metrics::Report;
-pub use scenario::Scenario;
-pub use sim::{ReplicaInfo, ReplicaState, TickStats, Twin, TWIN_NAMESPACE};
+pub use scenario::{RunWindow, Scenario};
+pub use sim::{Twin, TWIN_NAMESPACE};
 
 /// Errors of the twin: bad input (trace rows, scenario fields) and I/O.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +92,14 @@ pub enum TwinError {
         /// The field (with the file where known).
         field: String,
         /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// An internal invariant does not hold (a simulator bug; checked by tests).
+    #[error("invariant broken in {part}: {message}")]
+    Invariant {
+        /// The part (a replica, a pool, request conservation).
+        part: String,
+        /// What does not hold.
         message: String,
     },
 }

@@ -611,6 +611,33 @@ pub enum Window {
     All,
 }
 
+/// What one run replays: the traffic seed, the part of the scenario's traffic (fractions
+/// of the trace's span, of the synthetic duration, or of the ServeGen slice) and the load
+/// factor (1.0 = as recorded).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunWindow {
+    /// Seed of the run's randomness (trace resampling, synthetic arrivals).
+    pub seed: u64,
+    /// Start of the window, a fraction in 0..=1.
+    pub start_frac: f64,
+    /// End of the window, a fraction in 0..=1.
+    pub end_frac: f64,
+    /// Load factor: trace times are divided by it, rates and counts multiplied.
+    pub load: f64,
+}
+
+impl RunWindow {
+    /// The window `(start_frac, end_frac)` with this seed and load.
+    pub fn new(seed: u64, (start_frac, end_frac): (f64, f64), load: f64) -> RunWindow {
+        RunWindow { seed, start_frac, end_frac, load }
+    }
+
+    /// One of the named windows with this seed and load.
+    pub fn named(seed: u64, window: Window, load: f64) -> RunWindow {
+        RunWindow::new(seed, window.fractions(), load)
+    }
+}
+
 impl Window {
     /// `(start_frac, end_frac)` of the trace span.
     pub fn fractions(self) -> (f64, f64) {
