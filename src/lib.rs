@@ -11,12 +11,14 @@
 //! - [`eval`]: the comparison harness.
 //! - [`metrics`]: reading vLLM metrics (Prometheus or direct scrape) into observations.
 //! - [`controller`]: the reconciler that owns Deployments.
+//! - [`dataplane`]: `llmos twin-serve`, the twin as the data plane of a real API server.
 //! - [`numerics`]: libtorch's CPU floating-point path, pinned for reproducible training.
 #![warn(missing_docs)]
 
 pub mod control;
 pub mod controller;
 pub mod crd;
+pub mod dataplane;
 pub mod eval;
 pub mod metrics;
 pub mod numerics;

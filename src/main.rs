@@ -26,7 +26,7 @@ enum Command {
     /// Print statistics of a trace file (rows, span, rate, burstiness, tokens).
     TraceStats(llmos::twin::cli::TraceStatsArgs),
     /// Serve the twin as the data plane of a real API server (simulated vLLM replicas).
-    TwinServe(llmos::twin::serve::ServeArgs),
+    TwinServe(llmos::dataplane::ServeArgs),
     /// Compare policies on identical traffic in the twin.
     Compare(llmos::eval::cli::CompareArgs),
     /// Train a DQN policy in the twin.
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Crdgen => llmos::controller::cli::crdgen(),
         Command::Simulate(args) => llmos::twin::cli::simulate(args),
         Command::TraceStats(args) => llmos::twin::cli::trace_stats(args),
-        Command::TwinServe(args) => llmos::twin::serve::run(args),
+        Command::TwinServe(args) => llmos::dataplane::run(args),
         Command::Compare(args) => llmos::eval::cli::compare(args),
         Command::Train(args) => llmos::rl::cli::train(args),
         Command::Ensemble(args) => llmos::rl::cli::ensemble(args),

@@ -1,8 +1,8 @@
 //! No dependency cycles between modules, and no function over 100 lines outside tests.
 //!
-//! Reads `src/` and collects, for every module, the modules its code names
-//! (`crate::x` between top-level modules; `super::x` and `crate::<folder>::x` between the
-//! files of one folder). Comment lines and `#[cfg(test)]` sections (unit tests may reach
+//! Reads `src/` and collects, for every module, the modules its code names (`crate::a::b`
+//! and `super::x` paths): between top-level modules, and inside every folder (nested
+//! ones too) between its files and subfolders. Comment lines and `#[cfg(test)]` sections (unit tests may reach
 //! anywhere) are skipped; a folder's `mod.rs` is its parent and not a node of the folder's
 //! graph. Both graphs must be acyclic: `rl` may use `eval`'s results or the reverse, not
 //! both; the simulator does not reach back into the controller; and so on.
@@ -26,21 +26,6 @@ fn code(path: &Path) -> String {
         }
         out.push_str(line);
         out.push('\n');
-    }
-    out
-}
-
-/// Every name that follows `prefix` in `text` (an identifier).
-fn names_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(i) = rest.find(prefix) {
-        let after = &rest[i + prefix.len()..];
-        let end = after.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(after.len());
-        if end > 0 {
-            out.push(&after[..end]);
-        }
-        rest = &after[end..];
     }
     out
 }
@@ -92,6 +77,73 @@ fn cycle(g: &Graph) -> Option<Vec<String>> {
     None
 }
 
+/// Every module path that follows `prefix` in `text` (identifiers joined by `::`; a
+/// brace group `a::{b, c::d}` gives `a::b` and `a::c::d`).
+fn paths_after(text: &str, prefix: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(prefix) {
+        rest = &rest[i + prefix.len()..];
+        rest = read_paths(rest, Vec::new(), &mut out);
+    }
+    out
+}
+
+/// Reads one path (or brace group) at the start of `text` below `base`; returns the rest.
+fn read_paths<'a>(mut text: &'a str, mut path: Vec<String>, out: &mut Vec<Vec<String>>) -> &'a str {
+    loop {
+        let t = text.trim_start();
+        if let Some(inner) = t.strip_prefix('{') {
+            let mut rest = inner;
+            loop {
+                rest = read_paths(rest, path.clone(), out).trim_start();
+                match rest.chars().next() {
+                    Some(',') => rest = &rest[1..],
+                    Some('}') => return &rest[1..],
+                    _ => return rest,
+                }
+            }
+        }
+        let end = t.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(t.len());
+        if end == 0 {
+            break;
+        }
+        path.push(t[..end].to_string());
+        text = &t[end..];
+        match text.strip_prefix("::") {
+            Some(r) => text = r,
+            None => break,
+        }
+    }
+    if !path.is_empty() {
+        out.push(path);
+    }
+    text
+}
+
+/// The longest prefix of `path` (below `src/`) that is a module: a file or a folder.
+fn module_prefix(src: &Path, path: &[String]) -> Vec<String> {
+    let mut dir = src.to_path_buf();
+    let mut out = Vec::new();
+    for name in path {
+        let is_dir = dir.join(name).join("mod.rs").exists();
+        let is_file = dir.join(format!("{name}.rs")).exists();
+        if !(is_dir || is_file) {
+            break;
+        }
+        out.push(name.clone());
+        if !is_dir {
+            break;
+        }
+        dir = dir.join(name);
+    }
+    out
+}
+
+/// The graph between top-level modules, and for every folder (`twin`, `twin/traces`, ...)
+/// the graph between its files and subfolders. A reference from module path `a` to module
+/// path `b` is an edge in the deepest folder that holds both, between the children of that
+/// folder they lie under.
 fn graphs() -> (Graph, BTreeMap<String, Graph>) {
     let src = Path::new("src");
     let mut files = Vec::new();
@@ -99,45 +151,60 @@ fn graphs() -> (Graph, BTreeMap<String, Graph>) {
     let mut top = Graph::new();
     let mut folders: BTreeMap<String, Graph> = BTreeMap::new();
     for f in &files {
-        let rel: Vec<String> = f
+        let mut me: Vec<String> = f
             .strip_prefix(src)
             .unwrap()
             .iter()
             .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
             .collect();
-        if rel.len() == 1 && (rel[0] == "lib" || rel[0] == "main") {
+        if me.len() == 1 && (me[0] == "lib" || me[0] == "main") {
             continue;
         }
-        let module = rel[0].clone();
+        if me.last().is_some_and(|m| m == "mod") {
+            me.pop();
+        }
         let text = code(f);
-        let deps = top.entry(module.clone()).or_default();
-        for n in names_after(&text, "crate::") {
-            if n != module {
-                deps.insert(n.to_string());
+        top.entry(me[0].clone()).or_default();
+        // `super::x` from a file resolves in its folder; from a folder's mod.rs, in the
+        // folder above.
+        let here: Vec<String> = me[..me.len() - 1].to_vec();
+        let mut refs: Vec<Vec<String>> = paths_after(&text, "crate::");
+        for p in paths_after(&text, "super::") {
+            refs.push(here.iter().cloned().chain(p).collect());
+        }
+        for r in refs {
+            let target = module_prefix(src, &r);
+            let common = me.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            if common >= me.len() || common >= target.len() {
+                continue; // itself, an ancestor or a descendant
+            }
+            let (from, to) = (me[common].clone(), target[common].clone());
+            if common == 0 {
+                top.entry(from).or_default().insert(to);
+            } else {
+                let g = folders.entry(me[..common].join("/")).or_default();
+                g.entry(from).or_default().insert(to);
             }
         }
-        // Files of a folder (not its mod.rs), one level down.
-        if rel.len() == 2 && rel[1] != "mod" {
-            let me = rel[1].clone();
-            let g = folders.entry(module.clone()).or_default();
-            let deps = g.entry(me.clone()).or_default();
-            let inside = format!("crate::{module}::");
-            for n in names_after(&text, "super::").into_iter().chain(names_after(&text, &inside)) {
-                let sibling = f.parent().unwrap().join(format!("{n}.rs")).exists()
-                    || f.parent().unwrap().join(n).join("mod.rs").exists();
-                if n != me && sibling {
-                    deps.insert(n.to_string());
-                }
-            }
+        if me.len() >= 2 {
+            folders.entry(here.join("/")).or_default().entry(me[me.len() - 1].clone()).or_default();
         }
     }
     (top, folders)
 }
 
+/// The code of every file under `src/<folder>`.
+fn folder_code(folder: &str) -> Vec<(std::path::PathBuf, String)> {
+    let mut files = Vec::new();
+    rust_files(&Path::new("src").join(folder), &mut files);
+    files.into_iter().map(|f| (f.clone(), code(&f))).collect()
+}
+
 #[test]
 fn top_level_modules_form_no_cycle() {
     let (top, _) = graphs();
-    for expected in ["control", "controller", "crd", "eval", "metrics", "observe", "policy", "rl", "twin"] {
+    for expected in ["control", "controller", "crd", "dataplane", "eval", "metrics", "observe", "policy", "rl", "twin"]
+    {
         assert!(top.contains_key(expected), "module {expected} not found in {:?}", top.keys());
     }
     eprintln!("{top:#?}");
@@ -147,10 +214,32 @@ fn top_level_modules_form_no_cycle() {
 #[test]
 fn files_of_each_folder_form_no_cycle() {
     let (_, folders) = graphs();
-    assert!(folders.contains_key("rl") && folders.contains_key("twin"));
+    for expected in ["rl", "twin", "twin/traces", "controller", "policy"] {
+        assert!(folders.contains_key(expected), "folder {expected} not found in {:?}", folders.keys());
+    }
+    eprintln!("{folders:#?}");
     for (folder, g) in &folders {
         assert_eq!(cycle(g), None, "a cycle between the files of src/{folder}");
     }
+}
+
+#[test]
+fn the_simulator_uses_neither_kube_nor_the_controller_nor_learning() {
+    for (file, text) in folder_code("twin") {
+        for banned in ["kube::", "k8s_openapi::", "crate::controller", "crate::rl", "crate::eval", "crate::dataplane"] {
+            assert!(!text.contains(banned), "{} names {banned}", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_folder_graph_sees_nested_folders() {
+    let (top, folders) = graphs();
+    // The trace readers' stream uses the ServeGen generator, and the twin's simulator
+    // uses the traces folder: both edges must be seen.
+    assert!(folders["twin/traces"]["stream"].contains("servegen"), "{:?}", folders["twin/traces"]);
+    assert!(folders["twin"]["sim"].contains("traces"), "{:?}", folders["twin"]);
+    assert!(top["dataplane"].contains("twin"), "{:?}", top["dataplane"]);
 }
 
 #[test]

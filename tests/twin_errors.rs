@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use llmos::twin::trace::Trace;
+use llmos::twin::traces::Trace;
 use llmos::twin::Scenario;
 
 const SPEC: &str = r#"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use llmos::policy::Decision;
-use llmos::twin::servegen::{Family, LengthSource, ServegenData, ServegenStats, ServegenStream};
+use llmos::twin::traces::servegen::{Family, LengthSource, ServegenData, ServegenStats, ServegenStream};
 use llmos::twin::{Scenario, Twin};
 
 const W: f64 = 600.0;

@@ -116,7 +116,7 @@ impl EpisodeRun for EpisodeContext<'_> {
 pub fn arrival_stats(scenario: &Scenario, window: Window, load: f64) -> Option<ArrivalStats> {
     let (a, b) = window.fractions();
     let mut stream = match &scenario.trace {
-        Some(trace) => crate::twin::trace::ArrivalStream::replay(trace.clone(), a, b, load).ok()?,
+        Some(trace) => crate::twin::traces::ArrivalStream::replay(trace.clone(), a, b, load).ok()?,
         None => Twin::arrival_stream(scenario, RunWindow::new(0, (a, b), load)).ok()?,
     };
     let mut bins: Vec<u32> = Vec::new();

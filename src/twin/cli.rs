@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::servegen::{ServegenData, ServegenStats};
-use super::trace::{Trace, TraceStats};
+use super::traces::servegen::{ServegenData, ServegenStats};
+use super::traces::{Trace, TraceStats};
 use super::{Scenario, Twin};
 use crate::policy::Decision;
 

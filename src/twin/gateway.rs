@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use super::engine::Seq;
 use super::scenario::LoadBalancer;
 use super::time::Nanos;
-use super::trace::{Arrival, ArrivalStream};
+use super::traces::{Arrival, ArrivalStream};
 
 /// Arrivals, load balancing and the held-request queue.
 pub struct Gateway {

@@ -4,7 +4,7 @@
 //! variants on GPU pools, each running a vLLM-like engine (continuous batching, paged KV
 //! cache, chunked prefill, preemption, prefix caching) whose iteration times come from a
 //! roofline [`perf`] model calibrated on measured GPU operator profiles; cold starts and GPU
-//! cost; a load balancer; traffic replayed from real traces or generated ([`trace`]).
+//! cost; a load balancer; traffic replayed from real traces or generated ([`traces`]).
 //!
 //! Policies drive it through the same seam as the live operator:
 //!
@@ -23,13 +23,12 @@
 //! # Ok::<(), llmos::twin::TwinError>(())
 //! ```
 //!
-//! Modules: [`time`] (integer nanoseconds), [`trace`] (readers, synthetic arrivals),
-//! [`servegen`] (ServeGen's 14-day per-client traffic and its arrival generator),
+//! Modules: [`time`] (integer nanoseconds), [`traces`] (trace readers, ServeGen's 14-day
+//! per-client traffic, synthetic arrivals, the arrival stream a run replays),
 //! [`catalog`] (GPUs, models), [`perf`] (iteration time), [`engine`] (one replica),
 //! [`scenario`] (TOML scenarios), [`sim`] (the stepping API over the parts: [`events`],
 //! [`fleet`], [`gateway`], [`meters`] with the one [`histogram`]), [`metrics`] (the report). See `docs/twin.md` for the model and its calibration.
 
-pub mod arrival;
 pub mod catalog;
 /// Command-line entry points.
 pub mod cli;
@@ -42,12 +41,9 @@ pub mod meters;
 pub mod metrics;
 pub mod perf;
 pub mod scenario;
-/// The twin as the data plane of a real API server.
-pub mod serve;
-pub mod servegen;
 pub mod sim;
 pub mod time;
-pub mod trace;
+pub mod traces;
 
 pub use fleet::{ReplicaInfo, ReplicaState};
 pub use meters::TickStats;

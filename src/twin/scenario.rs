@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, GpuSpec, ModelSpec};
 use super::engine::EngineConfig;
-use super::servegen::ServegenData;
-use super::trace::{ArrivalProcess, LengthDist, Trace, TraceFormat};
+use super::traces::servegen::ServegenData;
+use super::traces::{ArrivalProcess, LengthDist, Trace, TraceFormat};
 use super::TwinError;
 use crate::crd::{LLMWorkload, LLMWorkloadSpec};
 
@@ -64,7 +64,7 @@ impl Default for WorkloadConfig {
 }
 
 /// ServeGen traffic: a service folder of per-client 10-minute fits, turned into arrivals by
-/// [`super::servegen::ServegenStream`] (seeded by the run's seed).
+/// [`super::traces::servegen::ServegenStream`] (seeded by the run's seed).
 ///
 /// ```toml
 /// [workload.servegen]

@@ -23,7 +23,7 @@ use super::meters::{Meters, TickStats};
 use super::metrics::Report;
 use super::scenario::{RunWindow, Scenario};
 use super::time::Nanos;
-use super::trace::{ArrivalStream, LengthSampler};
+use super::traces::{ArrivalStream, LengthSampler};
 use super::TwinError;
 use crate::crd::LLMWorkloadSpec;
 use crate::metrics::exposition::render;

@@ -1,5 +1,9 @@
 //! `llmos twin-serve`: the twin as the data plane of a real API server.
 //!
+//! It lives outside [`crate::twin`] so that the simulator itself does not depend on kube:
+//! this module is the kube-facing side (a client of the API server, an HTTP server per
+//! simulated replica), the twin is the model behind it.
+//!
 //! What a kubelet and vLLM do for real Deployments, this command does in simulation (the
 //! way kwok fakes nodes):
 //!
@@ -40,13 +44,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use super::{ReplicaState, Scenario, Twin};
 use crate::crd::LLMWorkload;
 use crate::metrics::vllm::{
     POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL,
     SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD,
 };
 use crate::policy::observation::{Decision, SlotTarget};
+use crate::twin::{ReplicaState, Scenario, Twin};
 
 /// Arguments of `llmos twin-serve`.
 #[derive(clap::Args, Debug, Clone)]

@@ -1,7 +1,7 @@
 //! The request the twin's arrival sources produce: what every trace reader
-//! ([`super::trace`], [`super::servegen`]) yields and the simulator consumes.
+//! ([`super::readers`] through [`super::stream`], [`super::servegen`]) yields and the simulator consumes.
 
-use super::time::Nanos;
+use crate::twin::time::Nanos;
 
 /// One arriving request, as the twin sees it.
 #[derive(Clone, Debug, PartialEq)]

@@ -27,8 +27,8 @@ use rand_distr::{Distribution, Gamma, Weibull};
 use serde::Serialize;
 
 use super::arrival::Arrival;
-use super::time::Nanos;
-use super::TwinError;
+use crate::twin::time::Nanos;
+use crate::twin::TwinError;
 
 /// Length of one trace window, seconds.
 pub const WINDOW_S: u64 = 600;
