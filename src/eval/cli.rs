@@ -149,7 +149,7 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
         .with_context(|| format!("writing {}", cp.display()))?;
     println!("wrote {} and {}", jp.display(), cp.display());
     if plots_too {
-        let files = plots::write_all(&report, out).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
+        let files = plots::write_all(&report, out)?;
         println!("wrote {}", files.join(", "));
     }
     Ok(())

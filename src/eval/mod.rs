@@ -86,18 +86,23 @@ pub struct EpisodeContext<'a> {
 }
 
 impl EpisodeRun for EpisodeContext<'_> {
-    fn cold_start_s(&self) -> Result<f64, String> {
+    fn cold_start_s(&self) -> Result<f64, PolicyError> {
         let mut cold = 0.0f64;
         for v in 0..self.scenario.spec.variants.len() {
-            cold = cold.max(self.scenario.cold_start_s(v).map_err(|e| e.to_string())?);
+            let c = self
+                .scenario
+                .cold_start_s(v)
+                .map_err(|e| PolicyError::Run { what: "cold start".into(), source: Box::new(e) })?;
+            cold = cold.max(c);
         }
         Ok(cold)
     }
 
-    fn arrival_times(&self) -> Result<ArrivalTimesSource, String> {
+    fn arrival_times(&self) -> Result<ArrivalTimesSource, PolicyError> {
         let (seed, (a, b), load) = (self.seed, self.window, self.load);
         // Fail now, not at the first tick, if the stream cannot be built.
-        Twin::arrival_stream(self.scenario, RunWindow::new(seed, (a, b), load)).map_err(|e| e.to_string())?;
+        Twin::arrival_stream(self.scenario, RunWindow::new(seed, (a, b), load))
+            .map_err(|e| PolicyError::Run { what: "arrivals".into(), source: Box::new(e) })?;
         let sc = self.scenario.clone();
         Ok(Box::new(move || {
             let mut stream = Twin::arrival_stream(&sc, RunWindow::new(seed, (a, b), load)).ok()?;

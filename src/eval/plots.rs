@@ -38,7 +38,13 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
-type DrawResult = Result<(), String>;
+/// A figure could not be drawn or written (plotters' drawing and backend errors, which
+/// are generic over the backend, carried as their message).
+#[derive(Debug, thiserror::Error)]
+#[error("drawing a figure: {0}")]
+pub struct PlotError(String);
+
+type DrawResult = Result<(), PlotError>;
 
 /// Draws the series legend of `c` at `pos`, on a translucent white box.
 fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
@@ -69,18 +75,18 @@ fn short_label(name: &str) -> String {
     }
 }
 
-fn e<E: std::fmt::Display>(x: E) -> String {
-    x.to_string()
+fn e<E: std::fmt::Display>(x: E) -> PlotError {
+    PlotError(x.to_string())
 }
 
 /// Writes every plot of `report` under `dir` as PNG and SVG; returns the files written.
-pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Vec<String>, String> {
+pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Vec<String>, PlotError> {
     register_font();
     let mut files = Vec::new();
     let mut both = |name: &str,
                     f: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> DrawResult,
                     g: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> DrawResult|
-     -> Result<(), String> {
+     -> DrawResult {
         let svg = dir.join(format!("{name}.svg"));
         let png = dir.join(format!("{name}.png"));
         {

@@ -38,7 +38,7 @@ use super::histogram::Histogram;
 use super::scrape::slo_attainment;
 use super::vllm::{self, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL, SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD};
 use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, SlotMetrics};
-use crate::policy::observation::LatencyObservation;
+use crate::policy::observation::{LatencyObservation, SlotId};
 
 /// Settings of the Prometheus source.
 #[derive(Clone, Debug)]
@@ -226,10 +226,10 @@ pub fn queries(query: &MetricsQuery<'_>) -> Queries {
     }
 }
 
-type SlotKey = (String, String);
+type SlotKey = SlotId;
 
 fn slot_of(s: &Series) -> Option<SlotKey> {
-    Some((s.labels.get(SERIES_LABEL_VARIANT)?.clone(), s.labels.get(SERIES_LABEL_POOL)?.clone()))
+    Some(SlotId::new(s.labels.get(SERIES_LABEL_VARIANT)?, s.labels.get(SERIES_LABEL_POOL)?))
 }
 
 /// Per-slot values of a grouped answer; NaN values and series without slot labels are
@@ -239,7 +239,7 @@ fn per_slot(what: &str, series: &[Series], missing: &mut Vec<String>) -> BTreeMa
     for s in series {
         match slot_of(s) {
             None => missing.push(format!("{what}: series without {SERIES_LABEL_VARIANT}/{SERIES_LABEL_POOL} labels")),
-            Some(k) if s.value.is_nan() => missing.push(format!("{what}: NaN for slot {}/{}", k.0, k.1)),
+            Some(k) if s.value.is_nan() => missing.push(format!("{what}: NaN for slot {}", k.key())),
             Some(k) => {
                 out.insert(k, s.value);
             }
@@ -378,7 +378,7 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
     let mut stale_slots = BTreeSet::new();
     for (k, age) in per_slot("sample age", &a.age, m) {
         if age > stale {
-            m.push(format!("slot {}/{}: newest sample is {age:.0}s old (stale after {stale:.0}s)", k.0, k.1));
+            m.push(format!("slot {}: newest sample is {age:.0}s old (stale after {stale:.0}s)", k.key()));
             stale_slots.insert(k);
         }
     }
@@ -401,7 +401,7 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
             (vllm::KV_CACHE_USAGE_PERC, &kv),
         ] {
             if !map.contains_key(k) {
-                m.push(format!("{name}: absent for slot {}/{}", k.0, k.1));
+                m.push(format!("{name}: absent for slot {}", k.key()));
             }
         }
         let arrival = match completions.get(k) {
@@ -411,18 +411,17 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
             }
             None => {
                 m.push(format!(
-                    "rate({}[{w:.0}s]): absent for slot {}/{} (fewer than two samples in the window?)",
+                    "rate({}[{w:.0}s]): absent for slot {} (fewer than two samples in the window?)",
                     vllm::REQUEST_SUCCESS_TOTAL,
-                    k.0,
-                    k.1
+                    k.key()
                 ));
                 0.0
             }
         };
         total_arrival += arrival;
         snap.slots.push(SlotMetrics {
-            variant: k.0.clone(),
-            pool: k.1.clone(),
+            variant: k.variant.clone(),
+            pool: k.pool.clone(),
             waiting_requests: waiting.get(k).copied().unwrap_or(0.0),
             running_requests: running.get(k).copied().unwrap_or(0.0),
             kv_cache_usage: kv.get(k).copied().unwrap_or(0.0),

@@ -45,7 +45,7 @@ use prometheus_parse::{LineInfo, Scrape, Value};
 use super::histogram::Histogram;
 use super::vllm::{self, Aggregate, Field, MetricKind};
 use super::{Endpoint, MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, SlotMetrics};
-use crate::policy::observation::LatencyObservation;
+use crate::policy::observation::{LatencyObservation, SlotId};
 
 /// What replaces `:` in metric names while `prometheus-parse` reads a line.
 pub const COLON_ESCAPE: &str = "__llmos_colon__";
@@ -277,8 +277,28 @@ pub struct ScrapeState {
     last_arrival: HashMap<String, (f64, f64)>,
 }
 
+/// Why one endpoint could not be scraped.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeFailure {
+    /// The request failed (connection refused, timeout, a body that could not be read).
+    #[error("{0}")]
+    Request(#[from] reqwest::Error),
+    /// The endpoint answered with an error status.
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    /// Any other failure, described (for callers that scrape by other means).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<&str> for ScrapeFailure {
+    fn from(s: &str) -> Self {
+        ScrapeFailure::Other(s.to_string())
+    }
+}
+
 /// The result of scraping one endpoint.
-pub type ScrapeResult = Result<PodSample, String>;
+pub type ScrapeResult = Result<PodSample, ScrapeFailure>;
 
 impl ScrapeState {
     /// Records this round's scrapes of `query`'s endpoints at time `now_s` and computes
@@ -306,7 +326,7 @@ impl ScrapeState {
         }
 
         let mut total_arrival = 0.0;
-        for ((variant, pool), acc) in slot_acc {
+        for (SlotId { variant, pool }, acc) in slot_acc {
             let gauge = |f: Field| acc.gauges.get(&f).map(|v| v.iter().sum::<f64>());
             let kv = acc.gauges.get(&Field::KvCacheUsage).map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64);
             if acc.pods == 0 {
@@ -342,7 +362,7 @@ impl ScrapeState {
 #[derive(Default)]
 struct Round {
     snap: MetricsSnapshot,
-    slot_acc: BTreeMap<(String, String), SlotAcc>,
+    slot_acc: BTreeMap<SlotId, SlotAcc>,
     ttft: Histogram,
     tpot: Histogram,
     any_rate: bool,
@@ -377,7 +397,7 @@ fn read_endpoint(
     while hist.len() > 1 && hist[1].0 <= now_s - window_s {
         hist.pop_front();
     }
-    let acc = r.slot_acc.entry((endpoint.variant.clone(), endpoint.pool.clone())).or_default();
+    let acc = r.slot_acc.entry(SlotId::new(&endpoint.variant, &endpoint.pool)).or_default();
     let Some((newest_t, newest)) = hist.back() else { return };
     if now_s - newest_t > stale_s {
         r.snap.missing.push(format!("{}: last good scrape {:.0}s ago (stale)", endpoint.address, now_s - newest_t));
@@ -512,11 +532,11 @@ impl ScrapeSource {
 
     async fn scrape_one(&self, endpoint: &Endpoint) -> ScrapeResult {
         let url = format!("http://{}{}", endpoint.address, self.config.path);
-        let resp = self.client.get(&url).send().await.map_err(|e| e.to_string())?;
+        let resp = self.client.get(&url).send().await?;
         if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status()));
+            return Err(ScrapeFailure::Status(resp.status()));
         }
-        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let text = resp.text().await?;
         Ok(parse_exposition(&text))
     }
 }
@@ -534,7 +554,7 @@ impl MetricsSource for ScrapeSource {
         Box::pin(async move {
             let results: Vec<ScrapeResult> = join_all(query.endpoints.iter().map(|e| self.scrape_one(e))).await;
             if !results.is_empty() && results.iter().all(|r| r.is_err()) {
-                let first = results.iter().find_map(|r| r.as_ref().err().cloned()).unwrap_or_default();
+                let first = results.iter().find_map(|r| r.as_ref().err().map(|e| e.to_string())).unwrap_or_default();
                 return Err(MetricsError::Unreachable {
                     source_name: "scrape".into(),
                     message: format!("none of {} endpoint(s) answered; first error: {first}", results.len()),

@@ -115,7 +115,7 @@ impl Clairvoyant {
         episode: &dyn EpisodeRun,
         spec: &crate::crd::LLMWorkloadSpec,
         placement: Placement,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PolicyError> {
         let cold = episode.cold_start_s()?;
         let source = episode.arrival_times()?;
         Ok(Self::new(name, params, source, cold, spec, placement))
@@ -276,8 +276,7 @@ impl PolicyKindDef for ClairvoyantKind {
                     .into(),
         })?;
         let p = ClairvoyantParams { capacity_rps: cap, bin_s: params.bin_s };
-        let c = Clairvoyant::for_episode(label, p, ep, ctx.spec, ctx.placement())
-            .map_err(|e| PolicyError::InvalidParam { field: label.to_string(), message: e })?;
+        let c = Clairvoyant::for_episode(label, p, ep, ctx.spec, ctx.placement())?;
         Ok(Box::new(c))
     }
 }

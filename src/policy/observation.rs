@@ -28,6 +28,11 @@ impl SlotId {
     pub fn key(&self) -> String {
         format!("{}/{}", self.variant, self.pool)
     }
+    /// The slot a [`SlotId::key`] names, or `None` if `key` has no `/` (Kubernetes names
+    /// have none, so the first `/` separates the two).
+    pub fn from_key(key: &str) -> Option<SlotId> {
+        key.split_once('/').map(|(v, p)| SlotId::new(v, p))
+    }
 }
 
 /// What is observed of one (variant, GPU pool) slot of a workload.

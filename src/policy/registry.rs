@@ -63,6 +63,16 @@ pub enum PolicyError {
         /// The valid names, with their keys.
         valid: String,
     },
+    /// What the harness knows about a run could not be read (the scenario's cold starts,
+    /// its arrival stream).
+    #[error("reading the run's {what}: {source}")]
+    Run {
+        /// What was being read.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Loading a learned policy failed.
     #[error("loading policy from `{path}`: {message}")]
     Load {
@@ -136,9 +146,9 @@ pub type ArrivalTimesSource = Box<dyn Fn() -> Option<ArrivalTimes> + Send>;
 /// traffic (the clairvoyant reference) needs.
 pub trait EpisodeRun: Sync {
     /// The largest cold start of the workload's variants, seconds.
-    fn cold_start_s(&self) -> Result<f64, String>;
+    fn cold_start_s(&self) -> Result<f64, PolicyError>;
     /// A source of the run's arrival times, exactly as the twin will see them.
-    fn arrival_times(&self) -> Result<ArrivalTimesSource, String>;
+    fn arrival_times(&self) -> Result<ArrivalTimesSource, PolicyError>;
 }
 
 /// What building a policy may use: the workload (its `policy` section is the chosen

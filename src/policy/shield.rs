@@ -60,11 +60,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::LLMWorkloadSpec;
-use crate::policy::observation::{Decision, Observation, SlotTarget};
+use crate::policy::observation::{Decision, Observation, SlotId, SlotTarget};
 
-/// The key of a (variant, pool) slot in exported state and in status: `"variant/pool"`.
+/// The key of a (variant, pool) slot in exported state and in status: `"variant/pool"`
+/// ([`SlotId::key`]).
 pub fn slot_key(variant: &str, pool: &str) -> String {
-    format!("{variant}/{pool}")
+    SlotId::new(variant, pool).key()
 }
 
 /// A shield rule; its [`ShieldRule::as_str`] is a stable CamelCase name for metric labels,
@@ -224,7 +225,7 @@ pub struct Shield {
     max_step_change: u32,
     cooldown_s: f64,
     /// Last applied scale-down per slot key, in observation seconds.
-    last_scale_down: BTreeMap<String, f64>,
+    last_scale_down: BTreeMap<SlotId, f64>,
     overrides_total: u64,
     decisions_shielded: u64,
 }
@@ -299,15 +300,16 @@ impl Shield {
 
     /// The cooldown state: time of the last applied scale-down per [`slot_key`], in seconds.
     pub fn export_state(&self) -> BTreeMap<String, f64> {
-        self.last_scale_down.clone()
+        self.last_scale_down.iter().map(|(slot, t)| (slot.key(), *t)).collect()
     }
 
     /// Restores cooldown state exported by [`Shield::export_state`] (e.g. parsed from
-    /// `status.lastScaleDown`). Entries replace those already held; non-finite times are ignored.
+    /// `status.lastScaleDown`). Entries replace those already held; non-finite times and keys
+    /// that name no slot (no `/`) are ignored.
     pub fn import_state(&mut self, state: &BTreeMap<String, f64>) {
         for (k, t) in state {
-            if t.is_finite() {
-                self.last_scale_down.insert(k.clone(), *t);
+            if let (Some(slot), true) = (SlotId::from_key(k), t.is_finite()) {
+                self.last_scale_down.insert(slot, *t);
             }
         }
     }
@@ -319,7 +321,7 @@ impl Shield {
         for s in &mut obs.slots {
             s.scale_down_blocked_s = self
                 .last_scale_down
-                .get(&slot_key(&s.variant, &s.pool))
+                .get(&SlotId::new(&s.variant, &s.pool))
                 .map(|t| (self.cooldown_s - (obs.time_s - t)).max(0.0))
                 .unwrap_or(0.0);
         }
@@ -346,7 +348,7 @@ impl Shield {
         for t in &outcome.decision.targets {
             let current = obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0);
             if t.replicas < current {
-                self.last_scale_down.insert(slot_key(&t.variant, &t.pool), obs.time_s);
+                self.last_scale_down.insert(SlotId::new(&t.variant, &t.pool), obs.time_s);
             }
         }
         self.overrides_total += outcome.overrides.len() as u64;
@@ -529,7 +531,7 @@ impl Shield {
     fn rule_cooldown(&self, slots: &mut [Slot], now_s: f64, ov: &mut Vec<Override>) {
         Self::with_diff(slots, ov, ShieldRule::ScaleDownCooldown, |slots| {
             for s in slots.iter_mut().filter(|s| s.allowed && s.target < s.current) {
-                if let Some(t) = self.last_scale_down.get(&slot_key(&s.variant, &s.pool)) {
+                if let Some(t) = self.last_scale_down.get(&SlotId::new(&s.variant, &s.pool)) {
                     if now_s - t < self.cooldown_s {
                         s.target = s.current;
                     }

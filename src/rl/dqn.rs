@@ -169,7 +169,7 @@ impl DqnConfig {
             }
             _ => {}
         }
-        self.epsilon.validate().map_err(RlError::Config)
+        self.epsilon.validate()
     }
 }
 

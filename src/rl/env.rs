@@ -235,8 +235,7 @@ impl Env for TwinEnv {
                 self.episodes.loads.clone()
             };
         let load = loads[rng.random_range(0..loads.len())];
-        let twin = Twin::with_window(&self.scenario, RunWindow::new(seed, (start, start + len), load))
-            .map_err(|e| RlError::Twin(e.to_string()))?;
+        let twin = Twin::with_window(&self.scenario, RunWindow::new(seed, (start, start + len), load))?;
         let control = ControlLoop::new(&twin, 0, Shield::new(&self.scenario.spec), self.reward.clone());
         self.encoder.reset();
         self.ticks = 0;
@@ -247,7 +246,7 @@ impl Env for TwinEnv {
         Ok(first)
     }
     fn step(&mut self, action: &[usize]) -> Result<EnvStep, RlError> {
-        let (twin, control) = self.running.as_mut().ok_or_else(|| RlError::Twin("step before reset".into()))?;
+        let (twin, control) = self.running.as_mut().ok_or(RlError::NotReset)?;
         let actions = &self.actions;
         let t = control.tick_with(twin, |obs| actions.decision(action, obs, "dqn"));
         let tick = t.stats;

@@ -85,7 +85,10 @@ pub enum RlError {
     Torch(#[from] tch::TchError),
     /// The twin reported an error.
     #[error("twin: {0}")]
-    Twin(String),
+    Twin(#[from] crate::twin::TwinError),
+    /// An environment was stepped before it was reset.
+    #[error("environment stepped before reset")]
+    NotReset,
 }
 
 pub mod checkpoint;

@@ -56,8 +56,7 @@ pub fn rollout(
     load: f64,
     reward: &RewardConfig,
 ) -> Result<Rollout, RlError> {
-    let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (window.0, window.1), load))
-        .map_err(|e| RlError::Twin(e.to_string()))?;
+    let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (window.0, window.1), load))?;
     policy.reset();
     let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
     let slots: Vec<String> = control.observation().slots.iter().map(|s| format!("{}/{}", s.variant, s.pool)).collect();

@@ -63,13 +63,13 @@ impl EpsilonSchedule {
     }
 
     /// Checks that the ε values are probabilities.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::RlError> {
         let (s, e) = match *self {
             EpsilonSchedule::Linear { start, end, .. } => (start, end),
             EpsilonSchedule::Exponential { start, end, .. } => (start, end),
         };
         if !(0.0..=1.0).contains(&s) || !(0.0..=1.0).contains(&e) {
-            return Err(format!("epsilon start {s} and end {e} must lie in [0, 1]"));
+            return Err(super::RlError::Config(format!("epsilon start {s} and end {e} must lie in [0, 1]")));
         }
         Ok(())
     }

@@ -158,7 +158,7 @@ impl QTable {
 
 /// Trains tabular Q-learning on `env`; returns the table and the return of every episode.
 pub fn train_tabular(env: &mut dyn Env, cfg: &TabularConfig) -> Result<(QTable, Vec<f64>), RlError> {
-    cfg.epsilon.validate().map_err(RlError::Config)?;
+    cfg.epsilon.validate()?;
     let mut table = QTable::new(cfg.clone(), env.branch_sizes());
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut returns = Vec::with_capacity(cfg.episodes);

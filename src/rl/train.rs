@@ -159,8 +159,7 @@ fn validate(
     let (mut ret, mut finished, mut met, mut gpu_s, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for &load in &v.loads {
         for &seed in &v.seeds {
-            let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (v.window.0, v.window.1), load))
-                .map_err(|e| RlError::Twin(e.to_string()))?;
+            let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (v.window.0, v.window.1), load))?;
             let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
             let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
             while !twin.is_done() {
@@ -260,9 +259,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, RlError> {
 /// The scenario to train on (with `cfg.trace` in place of its own, if set), after checking
 /// that validation does not overlap the training window.
 fn load_scenario(cfg: &TrainConfig) -> Result<Scenario, RlError> {
-    let mut scenario = Scenario::load(&cfg.scenario).map_err(|e| RlError::Twin(e.to_string()))?;
+    let mut scenario = Scenario::load(&cfg.scenario)?;
     if let Some(t) = &cfg.trace {
-        scenario.set_trace(t).map_err(|e| RlError::Twin(e.to_string()))?;
+        scenario.set_trace(t)?;
     }
     if let Some(v) = &cfg.validation {
         v.check(cfg.episodes.train_window)?;

@@ -306,18 +306,19 @@ impl Engine {
     }
 
     /// Checks the block accounting (tests and debug builds).
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), super::TwinError> {
+        let broken = |message: String| Err(super::TwinError::Invariant { part: "engine".into(), message });
         let private: u64 = self.running.iter().map(|s| s.blocks as u64).sum::<u64>()
             + self.waiting.iter().map(|s| s.blocks as u64).sum::<u64>();
         let cached = self.cache.len() as u64 * self.unit_blocks as u64;
         if self.free_blocks as u64 + private + cached != self.total_blocks as u64 {
-            return Err(format!(
+            return broken(format!(
                 "blocks: free {} + private {private} + cached {cached} != total {}",
                 self.free_blocks, self.total_blocks
             ));
         }
         if self.running.len() > self.cfg.max_num_seqs as usize {
-            return Err("more running than max_num_seqs".into());
+            return broken("more running than max_num_seqs".into());
         }
         Ok(())
     }
