@@ -32,7 +32,7 @@ use kube::api::{Api, ListParams};
 use kube::Client;
 use llmos::crd::LLMWorkload;
 
-use e2e_support::{free_port, missing_prerequisites, skip_requested, tail, Stack};
+use e2e_support::{check_alerts, check_dashboard, free_port, missing_prerequisites, skip_requested, tail, Stack};
 
 const NS: &str = "default";
 const WORKLOAD: &str = "chat";
@@ -132,6 +132,8 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
 
     // --- Prometheus, twin, two operators ---
     std::fs::write(stack.path("targets.json"), "[]\n").expect("targets file");
+    let op_addr_a = format!("127.0.0.1:{}", free_port());
+    stack.scrape_operators(&[&op_addr_a]);
     stack.start_prometheus();
     let prom_url = format!("http://127.0.0.1:{}", stack.prom_port);
     std::fs::write(stack.path("scenario.toml"), SCENARIO).expect("scenario file");
@@ -155,7 +157,6 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
         ],
         &[],
     );
-    let op_addr_a = format!("127.0.0.1:{}", free_port());
     stack.spawn(
         "operator-a",
         &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS],
@@ -224,6 +225,15 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
         .map(|l| l.items.iter().filter_map(|x| x.spec.as_ref()?.holder_identity.clone()).collect::<Vec<_>>())
         .unwrap_or_default();
     assert!(lease_holder.contains(&"operator-a".to_string()), "lease holders {lease_holder:?}");
+
+    // 3b. the chart's dashboard and alerts read what this run exposes: every panel's
+    // PromQL parses and returns series, every alert rule evaluates and reads metric
+    // families the operator exposes.
+    let (failed, n_queries) = check_dashboard(&prom_url).await;
+    assert!(failed.is_empty(), "dashboard queries without an answer:\n{}", failed.join("\n"));
+    let (problems, n_rules) = check_alerts(&prom_url).await;
+    assert!(n_rules >= 6 && problems.is_empty(), "{n_rules} alert rules; problems:\n{}", problems.join("\n"));
+    eprintln!("dashboard: {n_queries} queries answered with series; alerts: {n_rules} rules evaluated");
     assert!(
         !stack.log("operator-b").contains("became leader"),
         "operator-b must stay passive:\n{}",

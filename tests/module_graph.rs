@@ -1,4 +1,5 @@
-//! No dependency cycles between modules, and no function over 100 lines outside tests.
+//! No dependency cycles between modules, no function over 100 lines outside tests, and
+//! every module opening with a comment that says its job.
 //!
 //! Reads `src/` and collects, for every module, the modules its code names (`crate::a::b`
 //! and `super::x` paths): between top-level modules, and inside every folder (nested
@@ -285,4 +286,14 @@ fn no_function_outside_tests_is_over_100_lines() {
     assert!(fns.len() > 500, "only {} functions found", fns.len());
     let long: Vec<_> = fns.iter().filter(|(n, _)| *n > 100).collect();
     assert!(long.is_empty(), "functions over 100 lines: {long:?}");
+}
+
+#[test]
+fn every_module_opens_with_a_comment_saying_its_job() {
+    let mut files = Vec::new();
+    rust_files(Path::new("src"), &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(text.starts_with("//!"), "{} does not open with a `//!` comment saying its job", f.display());
+    }
 }

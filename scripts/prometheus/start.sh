@@ -4,6 +4,9 @@
 #
 #   scripts/prometheus/start.sh RUN_DIR TARGETS_FILE [PORT]
 #
+# Optional, from the environment: OPERATOR_TARGETS, a second file_sd file whose targets
+# are scraped as job `llmos-operator` (the operator's own /metrics), and RULE_FILES, rule
+# files to load (space-separated; Prometheus refuses to start on a bad one).
 # Installs Debian's `prometheus` package when no prometheus binary is found (root needed).
 # Writes RUN_DIR/prometheus.yml, RUN_DIR/prometheus.pid, RUN_DIR/prometheus.log and
 # RUN_DIR/data; prints the base URL (http://127.0.0.1:PORT) when the server is ready.
@@ -37,6 +40,24 @@ scrape_configs:
       - files: ["$TARGETS"]
         refresh_interval: 1s
 YAML
+if [ -n "${OPERATOR_TARGETS:-}" ]; then
+  case "$OPERATOR_TARGETS" in /*) ;; *) OPERATOR_TARGETS="$(pwd)/$OPERATOR_TARGETS" ;; esac
+  [ -f "$OPERATOR_TARGETS" ] || echo '[]' > "$OPERATOR_TARGETS"
+  cat >> "$RUN_DIR/prometheus.yml" <<YAML
+  - job_name: llmos-operator
+    metrics_path: /metrics
+    file_sd_configs:
+      - files: ["$OPERATOR_TARGETS"]
+        refresh_interval: 1s
+YAML
+fi
+if [ -n "${RULE_FILES:-}" ]; then
+  echo "rule_files:" >> "$RUN_DIR/prometheus.yml"
+  for f in $RULE_FILES; do
+    case "$f" in /*) ;; *) f="$(pwd)/$f" ;; esac
+    echo "  - \"$f\"" >> "$RUN_DIR/prometheus.yml"
+  done
+fi
 if [ -f "$RUN_DIR/prometheus.pid" ] && kill -0 "$(cat "$RUN_DIR/prometheus.pid")" 2>/dev/null; then
   echo "prometheus already running (pid $(cat "$RUN_DIR/prometheus.pid"))" >&2
   echo "http://127.0.0.1:$PORT"; exit 0

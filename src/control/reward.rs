@@ -59,7 +59,51 @@ impl Default for RewardConfig {
     }
 }
 
+/// A reward table that cannot be used, with the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct RewardConfigError {
+    /// The file read.
+    pub file: String,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
 impl RewardConfig {
+    /// Reads the `[reward]` table of a TOML file: a training config
+    /// (`scenarios/train/*.toml`) or a file holding only that table. Every field is
+    /// optional (the defaults above); unknown fields and values that are not finite, a
+    /// negative weight or a non-positive scale are errors naming the field.
+    pub fn from_toml(text: &str, file: &str) -> Result<RewardConfig, RewardConfigError> {
+        let err = |message: String| RewardConfigError { file: file.to_string(), message };
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let Some(reward) = table.get("reward") else {
+            return Err(err("no [reward] table".into()));
+        };
+        let cfg: RewardConfig = reward.clone().try_into().map_err(|e: toml::de::Error| err(format!("reward: {e}")))?;
+        match cfg.problem() {
+            Some(message) => Err(err(message)),
+            None => Ok(cfg),
+        }
+    }
+
+    /// What is wrong with the weights, naming the field: every weight must be finite and
+    /// non-negative, the scale finite and positive.
+    fn problem(&self) -> Option<String> {
+        let weights = [
+            ("sloWeight", self.slo_weight),
+            ("missPenalty", self.miss_penalty),
+            ("costWeightPerUsd", self.cost_weight_per_usd),
+            ("qualityWeight", self.quality_weight),
+            ("goodQualityWeight", self.good_quality_weight),
+        ];
+        if let Some((name, v)) = weights.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            return Some(format!("reward.{name}: {v} is not a finite, non-negative number"));
+        }
+        (!(self.scale.is_finite() && self.scale > 0.0))
+            .then(|| format!("reward.scale: {} must be a finite, positive number", self.scale))
+    }
+
     /// The reward of one tick.
     pub fn reward(&self, t: &TickStats) -> f64 {
         let met = t.slo_met as f64;
@@ -68,5 +112,31 @@ impl RewardConfig {
             * (self.slo_weight * (met - self.miss_penalty * missed) - self.cost_weight_per_usd * t.cost_usd
                 + self.quality_weight * t.quality_sum
                 + self.good_quality_weight * t.quality_met_sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_reward_table_of_a_training_config() {
+        let text = "[reward]\ncostWeightPerUsd = 120\nmissPenalty = 2\n\n[dqn]\nhidden = [64, 64]\n";
+        let r = RewardConfig::from_toml(text, "t.toml").unwrap();
+        assert_eq!(r.cost_weight_per_usd, 120.0);
+        assert_eq!(r.miss_penalty, 2.0);
+        assert_eq!(r.scale, RewardConfig::default().scale);
+    }
+
+    #[test]
+    fn bad_reward_tables_name_the_file_and_field() {
+        let e = RewardConfig::from_toml("[dqn]\n", "a.toml").unwrap_err().to_string();
+        assert!(e.contains("a.toml") && e.contains("[reward]"), "{e}");
+        let e = RewardConfig::from_toml("[reward]\ncostWeight = 3\n", "b.toml").unwrap_err().to_string();
+        assert!(e.contains("b.toml") && e.contains("costWeight"), "{e}");
+        let e = RewardConfig::from_toml("[reward]\nscale = 0\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("reward.scale"), "{e}");
+        let e = RewardConfig::from_toml("[reward]\nmissPenalty = -1\n", "d.toml").unwrap_err().to_string();
+        assert!(e.contains("reward.missPenalty"), "{e}");
     }
 }

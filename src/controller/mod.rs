@@ -59,7 +59,7 @@ use crate::policy::{Observation, Policy};
 use decide::build_observation;
 use desired::workload_selector;
 use plan::{Decided, EventReason, MetricsRead, Observed, Plan, PlanInput, PlannedEvent, TickOutcome};
-use telemetry::OperatorMetrics;
+use telemetry::{OperatorMetrics, WorkloadLabels, WorkloadReading};
 
 /// The finalizer the controller puts on every workload it manages.
 pub const FINALIZER: &str = "llmos.dev/cleanup";
@@ -380,7 +380,21 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     };
     let p = plan::plan(&input);
     remember(&ctx, &state, tick.as_ref(), &p);
+    if let Some(tick) = &tick {
+        ctx.metrics.workloads.record(&WorkloadReading {
+            labels: workload_labels(&wl),
+            spec: &wl.spec,
+            status: &p.status,
+            metrics_available: matches!(tick.metrics, MetricsRead::Read { .. }) && tick.observation.missing.is_empty(),
+            policy_ready: policy_error.is_none(),
+        });
+    }
     execute::execute(&ctx, &wl, &p).await
+}
+
+/// The labels of a workload's series in the operator's metrics.
+fn workload_labels(wl: &LLMWorkload) -> WorkloadLabels {
+    WorkloadLabels { namespace: wl.namespace().unwrap_or_default(), workload: wl.name_any() }
 }
 
 /// The policy and shield of `wl`, built on its first reconcile (the shield's cooldowns
@@ -497,6 +511,7 @@ fn remember(ctx: &Context, state: &Mutex<WorkloadState>, tick: Option<&TickOutco
 
 /// Deletes what the workload owns, before its finalizer is removed.
 async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.workloads.forget(&workload_labels(&wl));
     let ns = wl.namespace().unwrap_or_default();
     let name = wl.name_any();
     let dep_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);

@@ -1,12 +1,14 @@
 //! The operator's own telemetry: Prometheus metrics (`llmos_*`), the `/metrics`,
 //! `/healthz` and `/readyz` endpoints, and the tracing subscriber (text or JSON logs).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +33,182 @@ pub struct RuleLabel {
     pub rule: String,
 }
 
+/// Label set of one workload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub workload: String,
+}
+
+/// Label set of one slot count of a workload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct SlotLabels {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub workload: String,
+    /// Variant.
+    pub variant: String,
+    /// GPU pool.
+    pub pool: String,
+    /// `desired` or `ready`.
+    pub state: String,
+}
+
+/// Label set of a workload's policy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub workload: String,
+    /// The policy kind (`hpa`, `dqn`, ...).
+    pub policy: String,
+    /// `active` or `shadow`.
+    pub mode: String,
+}
+
+/// A gauge holding a float.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// What the operator knows of one workload after a control tick, for its gauges.
+pub struct WorkloadReading<'a> {
+    /// Namespace and name.
+    pub labels: WorkloadLabels,
+    /// The spec (SLO target, policy).
+    pub spec: &'a crate::crd::LLMWorkloadSpec,
+    /// The status the tick wrote (slots, SLO attainment, cost, arrivals).
+    pub status: &'a crate::crd::LLMWorkloadStatus,
+    /// The metrics source answered and nothing the policy needs was missing.
+    pub metrics_available: bool,
+    /// The policy could be built (a learned policy's checkpoint loaded).
+    pub policy_ready: bool,
+}
+
+/// Per-workload gauges (`llmos_workload_*`, `llmos_slot_replicas`): what the dashboard
+/// and the alerts in the chart read.
+#[derive(Clone, Default)]
+pub struct WorkloadGauges {
+    /// `llmos_workload_slo_attainment_ratio`: observed SLO attainment over the metrics
+    /// window (absent while unknown).
+    pub slo_attainment: Family<WorkloadLabels, FloatGauge>,
+    /// `llmos_workload_slo_target_ratio`: `spec.slo.targetAttainment`.
+    pub slo_target: Family<WorkloadLabels, FloatGauge>,
+    /// `llmos_workload_cost_per_hour_usd`: GPUs held × price.
+    pub cost_per_hour: Family<WorkloadLabels, FloatGauge>,
+    /// `llmos_workload_arrival_rate_rps`: the arrival rate the policy saw.
+    pub arrival_rate: Family<WorkloadLabels, FloatGauge>,
+    /// `llmos_workload_metrics_available`: 1 when the last tick could see, else 0.
+    pub metrics_available: Family<WorkloadLabels, FloatGauge>,
+    /// `llmos_workload_policy_ready`: 1 when the policy is built, 0 when it could not be
+    /// (the workload holds).
+    pub policy_ready: Family<WorkloadLabels, FloatGauge>,
+    /// `llmos_workload_policy_info{policy, mode}`: 1 for the workload's policy.
+    pub policy_info: Family<PolicyLabels, FloatGauge>,
+    /// `llmos_slot_replicas{variant, pool, state}`: desired and ready replicas per slot.
+    pub slot_replicas: Family<SlotLabels, FloatGauge>,
+    /// The slot and policy series set per workload, to drop the stale ones.
+    written: Arc<Mutex<BTreeMap<WorkloadLabels, (BTreeSet<SlotLabels>, BTreeSet<PolicyLabels>)>>>,
+}
+
+impl WorkloadGauges {
+    fn register(&self, registry: &mut Registry) {
+        let families = [
+            ("workload_slo_attainment_ratio", "Observed SLO attainment over the metrics window", &self.slo_attainment),
+            ("workload_slo_target_ratio", "The workload's SLO attainment target", &self.slo_target),
+            ("workload_cost_per_hour_usd", "GPU cost of the workload per hour", &self.cost_per_hour),
+            ("workload_arrival_rate_rps", "Arrival rate the policy saw, requests per second", &self.arrival_rate),
+            (
+                "workload_metrics_available",
+                "1 when the last control tick had every metric, else 0",
+                &self.metrics_available,
+            ),
+            ("workload_policy_ready", "1 when the workload's policy is built, else 0 (it holds)", &self.policy_ready),
+        ];
+        for (name, help, family) in families {
+            registry.register(name, help, family.clone());
+        }
+        registry.register("workload_policy_info", "The workload's policy and mode (value 1)", self.policy_info.clone());
+        registry.register("slot_replicas", "Desired and ready replicas per slot", self.slot_replicas.clone());
+    }
+
+    /// Sets the workload's gauges from a control tick's outcome.
+    pub fn record(&self, r: &WorkloadReading<'_>) {
+        let l = &r.labels;
+        match r.status.slo_attainment {
+            Some(v) if v.is_finite() => {
+                self.slo_attainment.get_or_create(l).set(v);
+            }
+            _ => {
+                self.slo_attainment.remove(l);
+            }
+        }
+        self.slo_target.get_or_create(l).set(r.spec.slo.target_attainment);
+        self.cost_per_hour.get_or_create(l).set(r.status.cost_rate_usd_per_hour.unwrap_or(0.0));
+        self.arrival_rate.get_or_create(l).set(r.status.observed_arrival_rate_rps.unwrap_or(0.0));
+        self.metrics_available.get_or_create(l).set(f64::from(u8::from(r.metrics_available)));
+        self.policy_ready.get_or_create(l).set(f64::from(u8::from(r.policy_ready)));
+        let mut slots = BTreeSet::new();
+        for s in &r.status.slots {
+            for (state, v) in [("desired", s.desired_replicas), ("ready", s.ready_replicas)] {
+                let key = SlotLabels {
+                    namespace: l.namespace.clone(),
+                    workload: l.workload.clone(),
+                    variant: s.variant.clone(),
+                    pool: s.pool.clone(),
+                    state: state.into(),
+                };
+                self.slot_replicas.get_or_create(&key).set(f64::from(v));
+                slots.insert(key);
+            }
+        }
+        let kind = serde_json::to_value(&r.spec.policy.kind).ok().and_then(|v| v.as_str().map(str::to_string));
+        let mode = serde_json::to_value(&r.spec.policy.mode).ok().and_then(|v| v.as_str().map(str::to_string));
+        let policy = PolicyLabels {
+            namespace: l.namespace.clone(),
+            workload: l.workload.clone(),
+            policy: kind.unwrap_or_default(),
+            mode: mode.unwrap_or_default(),
+        };
+        self.policy_info.get_or_create(&policy).set(1.0);
+        let policies = BTreeSet::from([policy]);
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((old_slots, old_policies)) = written.insert(l.clone(), (slots.clone(), policies.clone())) {
+            old_slots.difference(&slots).for_each(|k| {
+                self.slot_replicas.remove(k);
+            });
+            old_policies.difference(&policies).for_each(|k| {
+                self.policy_info.remove(k);
+            });
+        }
+    }
+
+    /// Drops every series of a deleted workload.
+    pub fn forget(&self, labels: &WorkloadLabels) {
+        for family in [
+            &self.slo_attainment,
+            &self.slo_target,
+            &self.cost_per_hour,
+            &self.arrival_rate,
+            &self.metrics_available,
+            &self.policy_ready,
+        ] {
+            family.remove(labels);
+        }
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((slots, policies)) = written.remove(labels) {
+            slots.iter().for_each(|k| {
+                self.slot_replicas.remove(k);
+            });
+            policies.iter().for_each(|k| {
+                self.policy_info.remove(k);
+            });
+        }
+    }
+}
+
 /// The operator's Prometheus metrics.
 #[derive(Clone)]
 pub struct OperatorMetrics {
@@ -46,6 +224,8 @@ pub struct OperatorMetrics {
     pub shield_overrides: Family<RuleLabel, Counter>,
     /// `llmos_policy_decision_duration_seconds`.
     pub policy_duration: Histogram,
+    /// The per-workload gauges.
+    pub workloads: WorkloadGauges,
     registry: Arc<Registry>,
 }
 
@@ -80,6 +260,8 @@ impl OperatorMetrics {
             "Time the policy took to decide",
             policy_duration.clone(),
         );
+        let workloads = WorkloadGauges::default();
+        workloads.register(&mut registry);
         OperatorMetrics {
             reconciles,
             reconcile_errors,
@@ -87,6 +269,7 @@ impl OperatorMetrics {
             decisions,
             shield_overrides,
             policy_duration,
+            workloads,
             registry: Arc::new(registry),
         }
     }
@@ -224,5 +407,64 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn workload_gauges_follow_the_status_and_drop_stale_series() {
+        use crate::crd::{LLMWorkloadSpec, LLMWorkloadStatus, SlotStatus};
+        let spec: LLMWorkloadSpec = serde_json::from_value(serde_json::json!({
+            "variants": [{"name": "small", "model": "m", "image": "i", "pools": ["a100", "l4"]}],
+            "gpuPools": [
+                {"name": "a100", "gpuType": "A100-80GB", "pricePerGpuHour": 2.0},
+                {"name": "l4", "gpuType": "L4", "pricePerGpuHour": 0.8}
+            ],
+        }))
+        .expect("valid spec");
+        let slot = |pool: &str, d, r| SlotStatus {
+            variant: "small".into(),
+            pool: pool.into(),
+            desired_replicas: d,
+            ready_replicas: r,
+        };
+        let mut status = LLMWorkloadStatus {
+            slots: vec![slot("a100", 3, 2), slot("l4", 1, 1)],
+            slo_attainment: Some(0.97),
+            cost_rate_usd_per_hour: Some(6.8),
+            observed_arrival_rate_rps: Some(12.5),
+            ..Default::default()
+        };
+        let m = OperatorMetrics::new();
+        let labels = WorkloadLabels { namespace: "ns".into(), workload: "w".into() };
+        let reading = |status: &LLMWorkloadStatus| {
+            m.workloads.record(&WorkloadReading {
+                labels: labels.clone(),
+                spec: &spec,
+                status,
+                metrics_available: true,
+                policy_ready: true,
+            })
+        };
+        reading(&status);
+        let text = m.encode();
+        for line in [
+            "llmos_workload_slo_attainment_ratio{namespace=\"ns\",workload=\"w\"} 0.97",
+            "llmos_workload_cost_per_hour_usd{namespace=\"ns\",workload=\"w\"} 6.8",
+            "llmos_workload_arrival_rate_rps{namespace=\"ns\",workload=\"w\"} 12.5",
+            "llmos_workload_metrics_available{namespace=\"ns\",workload=\"w\"} 1",
+            "llmos_slot_replicas{namespace=\"ns\",workload=\"w\",variant=\"small\",pool=\"a100\",state=\"desired\"} 3",
+            "llmos_slot_replicas{namespace=\"ns\",workload=\"w\",variant=\"small\",pool=\"l4\",state=\"ready\"} 1",
+            "llmos_workload_policy_info{namespace=\"ns\",workload=\"w\",policy=\"hpa\",mode=\"active\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // The l4 slot goes away and the attainment becomes unknown: their series go too.
+        status.slots.truncate(1);
+        status.slo_attainment = None;
+        reading(&status);
+        let text = m.encode();
+        assert!(!text.contains("pool=\"l4\""), "{text}");
+        assert!(!text.contains("llmos_workload_slo_attainment_ratio{"), "{text}");
+        m.workloads.forget(&labels);
+        assert!(!m.encode().contains("workload=\"w\""), "{}", m.encode());
     }
 }

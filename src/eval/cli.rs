@@ -41,6 +41,12 @@ pub struct CompareArgs {
     /// `clairvoyant:capacity=R` on the same arrivals and are never HPA/KPA references.
     #[arg(long, default_value = "auto")]
     pub clairvoyant_sweep: String,
+    /// A TOML file whose `[reward]` table sets the per-tick reward summed into each
+    /// episode's `objective` column (a training config such as
+    /// `scenarios/train/azure-code-select.toml` works: its objective is then the return that
+    /// training maximised). Default: the built-in weights of `control::RewardConfig`.
+    #[arg(long)]
+    pub reward_config: Option<PathBuf>,
     /// Directory for report.json, report.csv and the plots.
     #[arg(long, default_value = "out/compare")]
     pub out: PathBuf,
@@ -80,7 +86,13 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         replica_capacity_rps: args.replica_capacity_rps,
         max_duration_s: args.max_duration_s,
         clairvoyant_sweep,
-        reward: crate::control::RewardConfig::default(),
+        reward: match &args.reward_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                crate::control::RewardConfig::from_toml(&text, &path.display().to_string())?
+            }
+            None => crate::control::RewardConfig::default(),
+        },
     };
     let report = compare_with(&cfg, crate::rl::registry())?;
     print_and_write(&report, &args.out, !args.no_plots)

@@ -99,6 +99,8 @@ pub fn columns() -> Vec<Column> {
         Column { name: "rejected", higher_better: Some(false), digits: 0, get: |e| Some(e.report.rejected as f64) },
         Column { name: "quality", higher_better: Some(true), digits: 3, get: |e| e.report.mean_quality },
         Column { name: "good quality/$", higher_better: Some(true), digits: 1, get: |e| e.report.good_quality_per_usd },
+        Column { name: "objective", higher_better: Some(true), digits: 1, get: |e| Some(e.objective) },
+        Column { name: "blind ticks", higher_better: None, digits: 0, get: |e| Some(e.blind_ticks as f64) },
     ]
 }
 

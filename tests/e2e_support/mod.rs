@@ -17,6 +17,11 @@ use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
+/// The chart's alert rules (a Prometheus rule file).
+pub const ALERT_RULES: &str = "charts/llmos-operator/files/alerts.yaml";
+/// The chart's Grafana dashboard.
+pub const DASHBOARD: &str = "charts/llmos-operator/files/dashboard.json";
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -147,16 +152,26 @@ impl Stack {
         std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// Starts Prometheus on `prom_port`, scraping the targets in `targets.json`.
+    /// Starts Prometheus on `prom_port`, scraping the replicas in `targets.json` and the
+    /// operators in `operator-targets.json` (job `llmos-operator`), with the chart's alert
+    /// rules loaded.
     pub fn start_prometheus(&self) {
         let out = Command::new("bash")
             .arg(repo().join("scripts/prometheus/start.sh"))
             .arg(self.path("prom"))
             .arg(self.path("targets.json"))
             .arg(self.prom_port.to_string())
+            .env("OPERATOR_TARGETS", self.path("operator-targets.json"))
+            .env("RULE_FILES", repo().join(ALERT_RULES))
             .output()
             .expect("running scripts/prometheus/start.sh");
         assert!(out.status.success(), "Prometheus did not start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Lists the operators' metrics addresses for Prometheus to scrape (file_sd).
+    pub fn scrape_operators(&self, addrs: &[&str]) {
+        let targets = serde_json::json!([{ "targets": addrs, "labels": { "job_role": "operator" } }]);
+        std::fs::write(self.path("operator-targets.json"), targets.to_string()).expect("operator targets file");
     }
 
     /// Stops Prometheus (no-op when it does not run).
@@ -413,4 +428,78 @@ spec:
             policy = self.policy_block,
         )
     }
+}
+
+/// Every PromQL expression of the chart's Grafana dashboard (its panels' targets and its
+/// template variables' metrics), with the dashboard's `$namespace` and `$workload`
+/// variables set to match everything.
+pub fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join(DASHBOARD)).expect("reading the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let fill = |e: &str| e.replace("$namespace", ".*").replace("$workload", ".*");
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let title = format!("panel `{}` target {}", p["title"].as_str().unwrap_or("?"), t["refId"]);
+            out.push((title, fill(t["expr"].as_str().expect("expr"))));
+        }
+    }
+    for v in dash["templating"]["list"].as_array().expect("templating") {
+        if let Some(q) = v["query"]["query"].as_str() {
+            // label_values(METRIC{...}, label): the metric must have series.
+            let inner = q.trim_start_matches("label_values(").rsplit_once(',').map(|(m, _)| m).unwrap_or(q);
+            out.push((format!("variable `{}`", v["name"].as_str().unwrap_or("?")), fill(inner)));
+        }
+    }
+    out
+}
+
+/// Runs every dashboard query against Prometheus; returns what failed to parse or
+/// returned no series (empty when all is well), and how many queries ran.
+pub async fn check_dashboard(prom_url: &str) -> (Vec<String>, usize) {
+    let queries = dashboard_queries();
+    let client = reqwest::Client::new();
+    let mut failed = Vec::new();
+    for (what, expr) in &queries {
+        let resp = client.get(format!("{prom_url}/api/v1/query")).query(&[("query", expr.as_str())]).send().await;
+        let body: serde_json::Value = match resp {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(e) => {
+                failed.push(format!("{what}: {expr}: {e}"));
+                continue;
+            }
+        };
+        if body["status"] != "success" {
+            failed.push(format!("{what}: {expr}: {}", body["error"]));
+        } else if body["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+            failed.push(format!("{what}: {expr}: no series"));
+        }
+    }
+    (failed, queries.len())
+}
+
+/// Checks the chart's alert rules as the test Prometheus loaded them: every rule has been
+/// evaluated, without error. (That every metric family a rule reads is one the operator
+/// exposes is checked by `tests/chart_monitoring.rs`; here labelled counters such as
+/// `llmos_reconcile_errors_total` may have no series yet.) Returns the problems and the
+/// number of rules.
+pub async fn check_alerts(prom_url: &str) -> (Vec<String>, usize) {
+    let body: serde_json::Value = reqwest::get(format!("{prom_url}/api/v1/rules"))
+        .await
+        .expect("Prometheus rules API")
+        .json()
+        .await
+        .expect("rules JSON");
+    let mut problems = Vec::new();
+    let mut n = 0;
+    for g in body["data"]["groups"].as_array().cloned().unwrap_or_default() {
+        for r in g["rules"].as_array().cloned().unwrap_or_default() {
+            n += 1;
+            let name = r["name"].as_str().unwrap_or("?");
+            if r["health"] != "ok" {
+                problems.push(format!("rule {name}: health {} ({})", r["health"], r["lastError"]));
+            }
+        }
+    }
+    (problems, n)
 }
