@@ -17,7 +17,9 @@
 //!    of their variant and pool, removed ones drain.
 //! 3. Simulated time runs `--speed` times faster than wall time: the twin steps one
 //!    control interval (`spec.policy.intervalSeconds` of simulated time) whenever wall
-//!    time × speed has caught up with it.
+//!    time × speed has caught up with it. Counters and histograms are exposed divided by
+//!    the speed (`--raw-counters` turns that off), so a rate read over wall time is the
+//!    rate per simulated second; gauges are exposed as they are.
 //! 4. Every replica that serves gets its own loopback address `--ip-base + 1 + id` on the
 //!    variant's port, with `/metrics` answering the twin's Prometheus text (vLLM's names);
 //!    the `file_sd` targets file (`--targets-file`) lists these addresses with the labels
@@ -45,8 +47,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 use crate::crd::LLMWorkload;
+use crate::metrics::exposition::render;
 use crate::metrics::vllm::{
-    POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL,
+    LABEL_MODEL_NAME, POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL,
     SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD,
 };
 use crate::policy::observation::{Decision, SlotTarget};
@@ -71,6 +74,12 @@ pub struct ServeArgs {
     /// Simulated seconds per wall-clock second.
     #[arg(long, default_value_t = 10.0)]
     pub speed: f64,
+    /// Expose counters and histograms as the simulation counts them, so that rates read
+    /// over wall time are `--speed` times the simulated rates. By default they are divided
+    /// by `--speed`: a rate Prometheus computes over wall time is then the rate per
+    /// simulated second, what policies would see at real speed.
+    #[arg(long)]
+    pub raw_counters: bool,
     /// Seed of the twin.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -320,12 +329,23 @@ fn advance(s: &mut Served, speed: f64) {
     }
 }
 
+/// Replica `r`'s `/metrics` text: its vLLM sample with counters and histograms divided by
+/// the speed (unless `--raw-counters`), so rates over wall time are per simulated second;
+/// `None` while it does not serve.
+fn exposed_metrics(twin: &Twin, r: &crate::twin::ReplicaInfo, args: &ServeArgs) -> Option<String> {
+    let mut sample = twin.replica_sample(r.id)?;
+    if !args.raw_counters {
+        sample.scale_counts(1.0 / args.speed);
+    }
+    Some(render(&sample, &[(LABEL_MODEL_NAME, r.model.as_str())]))
+}
+
 /// Refreshes every replica's metrics text and starts/stops their HTTP servers.
 async fn refresh_servers(args: &ServeArgs, s: &mut Served) {
     let replicas = s.twin.replicas();
     let mut texts = HashMap::new();
     for r in &replicas {
-        if let Some(t) = s.twin.replica_metrics_text(r.id) {
+        if let Some(t) = exposed_metrics(&s.twin, r, args) {
             texts.insert(r.id, t);
         }
     }
@@ -497,6 +517,7 @@ mod tests {
             namespace: "default".into(),
             workload: None,
             speed: 10.0,
+            raw_counters: false,
             seed: 1,
             targets_file: PathBuf::new(),
             ip_base: Ipv4Addr::new(127, 20, 0, 0),

@@ -65,6 +65,23 @@ pub struct PodSample {
     pub malformed_lines: usize,
 }
 
+impl PodSample {
+    /// Multiplies every counter and histogram (bucket counts and sums) by `factor`,
+    /// leaving gauges alone: what a pod whose clock runs `1 / factor` times as fast would
+    /// expose, so that rates over wall time equal rates over its own time.
+    pub fn scale_counts(&mut self, factor: f64) {
+        for v in self.counters.values_mut() {
+            *v *= factor;
+        }
+        for h in self.histograms.values_mut() {
+            for (_, c) in &mut h.buckets {
+                *c *= factor;
+            }
+            h.sum *= factor;
+        }
+    }
+}
+
 fn escape_line(line: &str) -> String {
     let t = line.trim_start();
     if let Some(rest) = t.strip_prefix('#') {
@@ -570,6 +587,26 @@ impl MetricsSource for ScrapeSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaling_counts_divides_counters_and_histograms_not_gauges() {
+        let text = "# TYPE vllm:num_requests_running gauge\n\
+                    vllm:num_requests_running{model_name=\"m\"} 4\n\
+                    # TYPE vllm:request_success_total counter\n\
+                    vllm:request_success_total{model_name=\"m\",finished_reason=\"stop\"} 100\n\
+                    # TYPE vllm:e2e_request_latency_seconds histogram\n\
+                    vllm:e2e_request_latency_seconds_bucket{model_name=\"m\",le=\"1.0\"} 40\n\
+                    vllm:e2e_request_latency_seconds_bucket{model_name=\"m\",le=\"+Inf\"} 100\n\
+                    vllm:e2e_request_latency_seconds_sum{model_name=\"m\"} 120\n\
+                    vllm:e2e_request_latency_seconds_count{model_name=\"m\"} 100\n";
+        let mut s = parse_exposition(text);
+        s.scale_counts(0.1);
+        assert_eq!(s.gauges[&Field::RunningRequests], 4.0);
+        assert!((s.counters[&Field::RequestSuccess] - 10.0).abs() < 1e-9);
+        let h = &s.histograms[&Field::E2eLatency];
+        assert!((h.buckets[0].1 - 4.0).abs() < 1e-9 && (h.buckets[1].1 - 10.0).abs() < 1e-9);
+        assert!((h.sum - 12.0).abs() < 1e-9, "the mean latency is kept: {}", h.sum);
+    }
 
     const SAMPLE: &str = r#"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
 # TYPE vllm:num_requests_waiting gauge
