@@ -47,9 +47,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 use crate::crd::LLMWorkload;
-use crate::metrics::exposition::render;
 use crate::metrics::vllm::{
-    LABEL_MODEL_NAME, POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL,
+    POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL,
     SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD,
 };
 use crate::policy::observation::{Decision, SlotTarget};
@@ -329,23 +328,15 @@ fn advance(s: &mut Served, speed: f64) {
     }
 }
 
-/// Replica `r`'s `/metrics` text: its vLLM sample with counters and histograms divided by
-/// the speed (unless `--raw-counters`), so rates over wall time are per simulated second;
-/// `None` while it does not serve.
-fn exposed_metrics(twin: &Twin, r: &crate::twin::ReplicaInfo, args: &ServeArgs) -> Option<String> {
-    let mut sample = twin.replica_sample(r.id)?;
-    if !args.raw_counters {
-        sample.scale_counts(1.0 / args.speed);
-    }
-    Some(render(&sample, &[(LABEL_MODEL_NAME, r.model.as_str())]))
-}
-
 /// Refreshes every replica's metrics text and starts/stops their HTTP servers.
 async fn refresh_servers(args: &ServeArgs, s: &mut Served) {
     let replicas = s.twin.replicas();
     let mut texts = HashMap::new();
     for r in &replicas {
-        if let Some(t) = exposed_metrics(&s.twin, r, args) {
+        // Counters and histograms divided by the speed (unless `--raw-counters`), so rates
+        // over wall time are per simulated second.
+        let factor = if args.raw_counters { 1.0 } else { 1.0 / args.speed };
+        if let Some(t) = s.twin.replica_metrics_text_scaled(r.id, factor) {
             texts.insert(r.id, t);
         }
     }

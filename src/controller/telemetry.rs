@@ -164,13 +164,11 @@ impl WorkloadGauges {
                 slots.insert(key);
             }
         }
-        let kind = serde_json::to_value(&r.spec.policy.kind).ok().and_then(|v| v.as_str().map(str::to_string));
-        let mode = serde_json::to_value(&r.spec.policy.mode).ok().and_then(|v| v.as_str().map(str::to_string));
         let policy = PolicyLabels {
             namespace: l.namespace.clone(),
             workload: l.workload.clone(),
-            policy: kind.unwrap_or_default(),
-            mode: mode.unwrap_or_default(),
+            policy: r.spec.policy.kind.as_str().into(),
+            mode: r.spec.policy.mode.as_str().into(),
         };
         self.policy_info.get_or_create(&policy).set(1.0);
         let policies = BTreeSet::from([policy]);

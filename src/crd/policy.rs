@@ -66,6 +66,16 @@ pub enum PolicyMode {
     Shadow,
 }
 
+impl PolicyMode {
+    /// The lowercase name used in specs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PolicyMode::Active => "active",
+            PolicyMode::Shadow => "shadow",
+        }
+    }
+}
+
 /// Where new replicas go when a variant may run on several pools.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -77,12 +77,8 @@ pub enum EvalError {
 pub struct EpisodeContext<'a> {
     /// The scenario.
     pub scenario: &'a Scenario,
-    /// The seed.
-    pub seed: u64,
-    /// `(start_frac, end_frac)` of the window.
-    pub window: (f64, f64),
-    /// The load multiplier.
-    pub load: f64,
+    /// The seed, window and load of the run.
+    pub run: RunWindow,
 }
 
 impl EpisodeRun for EpisodeContext<'_> {
@@ -99,13 +95,13 @@ impl EpisodeRun for EpisodeContext<'_> {
     }
 
     fn arrival_times(&self) -> Result<ArrivalTimesSource, PolicyError> {
-        let (seed, (a, b), load) = (self.seed, self.window, self.load);
+        let run = self.run;
         // Fail now, not at the first tick, if the stream cannot be built.
-        Twin::arrival_stream(self.scenario, RunWindow::new(seed, (a, b), load))
+        Twin::arrival_stream(self.scenario, run)
             .map_err(|e| PolicyError::Run { what: "arrivals".into(), source: Box::new(e) })?;
         let sc = self.scenario.clone();
         Ok(Box::new(move || {
-            let mut stream = Twin::arrival_stream(&sc, RunWindow::new(seed, (a, b), load)).ok()?;
+            let mut stream = Twin::arrival_stream(&sc, run).ok()?;
             let times: ArrivalTimes =
                 Box::new(std::iter::from_fn(move || stream.next_arrival().map(|x| x.at.as_secs_f64())));
             Some(times)
@@ -369,7 +365,7 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
     // Build every policy once up front so configuration errors surface before any run.
     for (li, _) in cfg.loads.iter().enumerate() {
         for c in &choices {
-            let episode = EpisodeContext { scenario: &scenario, seed: 0, window: (a, b), load: cfg.loads[li] };
+            let episode = EpisodeContext { scenario: &scenario, run: RunWindow::new(0, (a, b), cfg.loads[li]) };
             let ctx = BuildContext {
                 spec: &spec,
                 label: &c.label,
@@ -392,7 +388,8 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
         .par_iter()
         .map(|&(li, load, ci, seed)| {
             let c = &choices[ci];
-            let episode = EpisodeContext { scenario: &scenario, seed, window: (a, b), load };
+            let run = RunWindow::new(seed, (a, b), load);
+            let episode = EpisodeContext { scenario: &scenario, run };
             let ctx = BuildContext {
                 spec: &spec,
                 label: &c.label,
@@ -401,10 +398,10 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
                 episode: Some(&episode),
             };
             let mut policy = c.build(&ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
-            let mut twin = Twin::with_window(&scenario, RunWindow::new(seed, (a, b), load))?;
+            let mut twin = Twin::with_window(&scenario, run)?;
             let shield = Shield::new(&spec);
-            let run = RunLabel { policy: &c.label, seed, load };
-            let mut result = run_episode(&mut twin, policy.as_mut(), shield, run, &cfg.reward);
+            let label = RunLabel { policy: &c.label, seed, load };
+            let mut result = run_episode(&mut twin, policy.as_mut(), shield, label, &cfg.reward);
             result.kind = Some(c.kind());
             Ok(result)
         })

@@ -142,9 +142,10 @@ pub struct SlotInfo {
     pub peak: u32,
 }
 
-/// Counters of replicas that have stopped (their engines are freed).
+/// Time and prefix-cache totals of replicas: of the stopped ones (whose engines are freed)
+/// in [`Fleet::stopped`], of all of them from [`Fleet::totals`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct StoppedTotals {
+pub struct ReplicaTotals {
     /// Iteration time.
     pub busy_ns: u64,
     /// Serving time.
@@ -170,7 +171,7 @@ pub struct Fleet {
     /// Replicas waiting for GPUs, in creation order.
     pub pending: VecDeque<usize>,
     /// What stopped replicas did.
-    pub stopped: StoppedTotals,
+    pub stopped: ReplicaTotals,
     engine_cfg: EngineConfig,
 }
 
@@ -227,7 +228,7 @@ impl Fleet {
             pool_used: vec![0; spec.gpu_pools.len()],
             pool_cap: spec.gpu_pools.iter().map(|p| p.capacity_gpus).collect(),
             pending: VecDeque::new(),
-            stopped: StoppedTotals::default(),
+            stopped: ReplicaTotals::default(),
             engine_cfg: scenario.file.engine.clone(),
         })
     }
@@ -420,9 +421,8 @@ impl Fleet {
         out
     }
 
-    /// Time and prefix-cache totals over all replicas up to `now`:
-    /// (busy ns, serving ns, prefix queries, prefix hits).
-    pub fn totals(&self, now: Nanos) -> StoppedTotals {
+    /// Time and prefix-cache totals over all replicas, stopped or not, up to `now`.
+    pub fn totals(&self, now: Nanos) -> ReplicaTotals {
         let mut t = self.stopped;
         for r in self.replicas.iter().filter(|r| r.state != ReplicaState::Stopped) {
             t.busy_ns += r.engine.counters.busy_ns;

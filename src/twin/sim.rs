@@ -324,14 +324,13 @@ impl Twin {
     /// Advances to time `until`, processing every event and arrival up to it.
     fn run_until(&mut self, until: Nanos) {
         loop {
-            let take_heap = match (self.events.next_time(), self.gateway.next_arrival_time()) {
-                (Some(h), Some(a)) => h <= a,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
+            // Heap events go before arrivals of the same instant.
+            let (t, take_heap) = match (self.events.next_time(), self.gateway.next_arrival_time()) {
+                (Some(h), Some(a)) if h <= a => (h, true),
+                (_, Some(a)) => (a, false),
+                (Some(h), None) => (h, true),
                 (None, None) => break,
             };
-            let t = if take_heap { self.events.next_time() } else { self.gateway.next_arrival_time() };
-            let t = t.unwrap_or(until);
             if t > until {
                 break;
             }
@@ -474,7 +473,17 @@ impl Twin {
     /// and `model_name` label, rendered from [`Twin::replica_sample`] by
     /// [`crate::metrics::exposition::render`]; `None` if it is not serving.
     pub fn replica_metrics_text(&self, id: usize) -> Option<String> {
-        let sample = self.replica_sample(id)?;
+        self.replica_metrics_text_scaled(id, 1.0)
+    }
+
+    /// [`Twin::replica_metrics_text`] with counters and histograms multiplied by
+    /// `counts_factor` ([`PodSample::scale_counts`]; gauges as they are): what `twin-serve`
+    /// serves when simulated time runs faster than wall time.
+    pub fn replica_metrics_text_scaled(&self, id: usize, counts_factor: f64) -> Option<String> {
+        let mut sample = self.replica_sample(id)?;
+        if counts_factor != 1.0 {
+            sample.scale_counts(counts_factor);
+        }
         let model = &self.fleet.slots[self.fleet.replicas[id].slot].model;
         Some(render(&sample, &[(LABEL_MODEL_NAME, model.as_str())]))
     }

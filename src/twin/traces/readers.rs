@@ -167,20 +167,35 @@ fn csv_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.split('\n').enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r'))).filter(|(_, l)| !l.trim().is_empty())
 }
 
-fn parse_azure(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError> {
+/// The data lines of a CSV text, the positions of the `wanted` columns in its header
+/// (matched without case) and the header's column count; an error naming the columns
+/// (`expected`) when one is missing.
+fn csv_columns<'a>(
+    text: &'a str,
+    file: &str,
+    wanted: [&str; 3],
+    expected: &str,
+) -> Result<(impl Iterator<Item = (usize, &'a str)>, [usize; 3], usize), TwinError> {
     let mut lines = csv_lines(text);
     let (hl, header) = lines.next().ok_or_else(|| err(file, 1, "empty file"))?;
     let cols: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
     let idx = |name: &str| cols.iter().position(|c| c == name);
-    let (Some(ti), Some(ci), Some(gi)) = (idx("timestamp"), idx("contexttokens"), idx("generatedtokens")) else {
-        return Err(err(file, hl, "header must have TIMESTAMP, ContextTokens and GeneratedTokens columns"));
+    let (Some(a), Some(b), Some(c)) = (idx(wanted[0]), idx(wanted[1]), idx(wanted[2])) else {
+        return Err(err(file, hl, format!("header must have {expected} columns")));
     };
+    Ok((lines, [a, b, c], cols.len()))
+}
+
+fn parse_azure(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError> {
+    let wanted = ["timestamp", "contexttokens", "generatedtokens"];
+    let (lines, [ti, ci, gi], n_cols) =
+        csv_columns(text, file, wanted, "TIMESTAMP, ContextTokens and GeneratedTokens")?;
     let mut out = Vec::new();
     let mut t0: Option<i128> = None;
     for (ln, line) in lines {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != cols.len() {
-            return Err(err(file, ln, format!("expected {} fields, found {}", cols.len(), f.len())));
+        if f.len() != n_cols {
+            return Err(err(file, ln, format!("expected {n_cols} fields, found {}", f.len())));
         }
         let t = parse_timestamp_ns(f[ti]).ok_or_else(|| {
             err(file, ln, format!("field `TIMESTAMP`: `{}` is not `YYYY-MM-DD HH:MM:SS.fffffff`", f[ti].trim()))
@@ -241,18 +256,14 @@ fn parse_mooncake(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError>
 }
 
 fn parse_burstgpt(text: &str, file: &str) -> Result<Vec<TraceRecord>, TwinError> {
-    let mut lines = csv_lines(text);
-    let (hl, header) = lines.next().ok_or_else(|| err(file, 1, "empty file"))?;
-    let cols: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
-    let idx = |name: &str| cols.iter().position(|c| c == name);
-    let (Some(ti), Some(ri), Some(si)) = (idx("timestamp"), idx("request tokens"), idx("response tokens")) else {
-        return Err(err(file, hl, "header must have Timestamp, Request tokens and Response tokens columns"));
-    };
+    let wanted = ["timestamp", "request tokens", "response tokens"];
+    let (lines, [ti, ri, si], n_cols) =
+        csv_columns(text, file, wanted, "Timestamp, Request tokens and Response tokens")?;
     let mut out = Vec::new();
     for (ln, line) in lines {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != cols.len() {
-            return Err(err(file, ln, format!("expected {} fields, found {}", cols.len(), f.len())));
+        if f.len() != n_cols {
+            return Err(err(file, ln, format!("expected {n_cols} fields, found {}", f.len())));
         }
         let t: f64 = f[ti]
             .trim()
