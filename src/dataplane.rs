@@ -303,6 +303,7 @@ async fn sync_once(
                     .map(|((v, p), r)| SlotTarget { variant: v.clone(), pool: p.clone(), replicas: *r })
                     .collect(),
                 reason: "Deployment replicas".into(),
+                warnings: Vec::new(),
             };
             tracing::info!(workload = %name, targets = ?decision.targets, "applying Deployment replicas to the twin");
             s.twin.apply(&decision);

@@ -669,3 +669,58 @@ async fn a_slow_decision_does_not_hold_up_another_workload() {
         "the fast workload's reconcile had to wait for the slow decision"
     );
 }
+
+/// The forecast planner's learned state is written to a ConfigMap owned by the workload,
+/// put back after a restart (a new controller context), and a broken one is refused with a
+/// Warning naming the ConfigMap and the key, after which the planner starts afresh and the
+/// next save replaces it.
+#[tokio::test]
+async fn the_forecast_planners_state_survives_a_restart() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let Some(mut h) = Harness::new("forecast-state").await else { return };
+    let restart = |h: &Harness| {
+        let config =
+            ControllerConfig { instance: "test".into(), policy_state_interval: Duration::ZERO, ..Default::default() };
+        let builder = llmos::controller::cli::default_policy_builder();
+        let ctx = Context::new(h.client.clone(), Arc::new(h.source.clone()), builder, config)
+            .with_clock(Arc::new(h.clock.clone()));
+        Arc::new(ctx)
+    };
+    h.ctx = restart(&h);
+    let spec =
+        serde_json::json!({"policy": {"kind": "forecast", "intervalSeconds": 10, "forecast": {"capacityRps": 2.0}}});
+    h.create(&two_variant_workload("chat", spec)).await;
+    h.reconcile("chat").await;
+    for _ in 0..4 {
+        h.tick("chat").await;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
+    let first_t = |cm: &ConfigMap| {
+        let data = cm.data.clone().expect("data");
+        assert_eq!(data["policy"], "forecast");
+        let state: serde_json::Value = serde_json::from_str(&data["state.json"]).expect("state.json is JSON");
+        state["units"]["small"]["forecaster"]["first_t"].as_f64().expect("the small variant's forecaster has data")
+    };
+    let saved = cms.get("chat-policy-state").await.expect("the state was saved");
+    let wl = h.workload("chat").await;
+    assert_eq!(saved.owner_references().first().map(|o| o.uid.clone()), wl.metadata.uid, "owned by the workload");
+    let t0 = first_t(&saved);
+
+    // A restart: the new context reads the state back and goes on from it.
+    h.ctx = restart(&h);
+    h.tick("chat").await;
+    assert_eq!(events(&h.client, &h.ns, "PolicyStateRestored").await.len(), 1, "one PolicyStateRestored event");
+    assert_eq!(first_t(&cms.get("chat-policy-state").await.unwrap()), t0, "the restored history goes on");
+
+    // A broken state: refused with a Warning naming the ConfigMap and the key; the
+    // planner starts afresh and its next save replaces it.
+    let broken = serde_json::json!({"data": {"state.json": "{\"units\": {\"small\": "}});
+    cms.patch("chat-policy-state", &PatchParams::default(), &Patch::Merge(&broken)).await.expect("break the state");
+    h.ctx = restart(&h);
+    h.tick("chat").await;
+    let rejected = events(&h.client, &h.ns, "PolicyStateRejected").await;
+    let note = rejected.first().and_then(|e| e.note.clone()).expect("a PolicyStateRejected event");
+    assert!(note.contains("chat-policy-state") && note.contains("state.json"), "{note}");
+    assert_eq!(rejected[0].type_.as_deref(), Some("Warning"));
+    assert!(first_t(&cms.get("chat-policy-state").await.unwrap()) > t0, "a fresh state replaced the broken one");
+}

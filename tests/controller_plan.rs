@@ -124,7 +124,7 @@ fn tick_outcome(wl: &LLMWorkload, observed: &Observed, tick: Tick<'_>) -> Option
         }
         Tick::Decide(targets) => {
             healthy.fill(&mut obs);
-            let mut decision = Decision { targets: Vec::new(), reason: "scripted decision".into() };
+            let mut decision = Decision::new("scripted decision");
             for (v, p, r) in targets {
                 decision.set(v, p, *r);
             }
@@ -502,6 +502,31 @@ fn plan_table() {
 }
 
 #[test]
+fn a_policy_warning_becomes_a_warning_event() {
+    let wl = workload(1, json!({}));
+    let deps = vec![
+        deployment(&wl, "small", "a100", 0, 0),
+        deployment(&wl, "small", "l4", 1, 1),
+        deployment(&wl, "large", "a100", 0, 0),
+    ];
+    let observed = Observed::new(&wl, deps);
+    let mut tick = tick_outcome(&wl, &observed, Tick::Decide(&[("small", "l4", 2)])).expect("a tick");
+    tick.decided.as_mut().expect("decided").decision.warnings.push("forecast for small is poor".into());
+    let p = plan::plan(&PlanInput {
+        workload: &wl,
+        observed: &observed,
+        now: now(),
+        policy_error: None,
+        tick: Some(&tick),
+        last_tick: None,
+        settings: SETTINGS,
+    });
+    let ev = p.notices.iter().find(|e| e.reason == EventReason::PolicyWarning).expect("a PolicyWarning notice");
+    assert_eq!((ev.type_, ev.note.as_str()), (EventType::Warning, "forecast for small is poor"));
+    assert_eq!(targets(&p).iter().find(|(k, _)| k == "small/l4").map(|t| t.1), Some(2), "the decision still applies");
+}
+
+#[test]
 fn reasons_and_kinds_keep_their_strings() {
     let reasons = [
         (EventReason::InvalidSpec, "InvalidSpec"),
@@ -515,6 +540,9 @@ fn reasons_and_kinds_keep_their_strings() {
         (EventReason::ScaledDown, "ScaledDown"),
         (EventReason::VariantSwitched, "VariantSwitched"),
         (EventReason::Deleted, "Deleted"),
+        (EventReason::PolicyWarning, "PolicyWarning"),
+        (EventReason::PolicyStateRestored, "PolicyStateRestored"),
+        (EventReason::PolicyStateRejected, "PolicyStateRejected"),
     ];
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operator.md")).expect("operator doc");
     for (r, s) in reasons {

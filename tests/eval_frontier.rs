@@ -154,6 +154,44 @@ fn the_sweep_runs_on_the_same_arrivals_and_is_never_a_reference() {
     assert_eq!(llmos::eval::auto_sweep(1.3), vec![0.78, 1.04, 1.3, 1.625, 2.08, 2.6]);
 }
 
+/// A policy compared later, with the rows of an earlier report of the same runs, gets the
+/// figures it would have had in one comparison with all of them; a report of other runs
+/// is refused, naming the file and the field.
+#[test]
+fn rows_of_an_earlier_report_judge_a_later_policy_as_one_run_would() {
+    let cfg = |policies: &str, sweep: Vec<f64>| CompareConfig {
+        scenario: tiny_step(),
+        policies: policies.into(),
+        seeds: 2,
+        window: Window::All,
+        loads: vec![1.0],
+        replica_capacity_rps: Some(3.0),
+        max_duration_s: Some(300.0),
+        clairvoyant_sweep: sweep,
+        reward: llmos::control::RewardConfig::default(),
+    };
+    let all = compare(&cfg("hpa,kpa,hpa:target=2,static:2", vec![1.5, 2.5, 4.0])).unwrap();
+    let earlier = compare(&cfg("hpa,kpa,hpa:target=2", vec![1.5, 2.5, 4.0])).unwrap();
+    let earlier = serde_json::to_value(&earlier).unwrap();
+    let registry = llmos::policy::Registry::builtin();
+    let mut later = compare(&cfg("static:2", Vec::new())).unwrap();
+    let added = llmos::eval::merge::merge_rows(&mut later, &earlier, "earlier.json", registry).unwrap();
+    assert_eq!(added.len(), 6, "{added:?}");
+    let of = |r: &llmos::eval::CompareReport| r.figures.iter().find(|f| f.policy == "static:2").cloned().unwrap();
+    assert_eq!(format!("{:?}", of(&later)), format!("{:?}", of(&all)));
+    assert_eq!(format!("{:?}", later.frontiers), format!("{:?}", all.frontiers));
+    // Other runs: refused.
+    let mut other = earlier.clone();
+    other["seeds"] = serde_json::json!(5);
+    let mut again = compare(&cfg("static:2", Vec::new())).unwrap();
+    let e = llmos::eval::merge::merge_rows(&mut again, &other, "earlier.json", registry).unwrap_err().to_string();
+    assert!(e.contains("earlier.json") && e.contains("`seeds`"), "{e}");
+    other = earlier.clone();
+    other["rows"][0]["values"][0] = serde_json::json!("x");
+    let e = llmos::eval::merge::merge_rows(&mut again, &other, "earlier.json", registry).unwrap_err().to_string();
+    assert!(e.contains("rows[0]") && e.contains("SLO %"), "{e}");
+}
+
 const SPEC: &str = r#"
 initial_replicas = [{ variant = "llama3-8b", pool = "a100", replicas = 1 }]
 [spec]

@@ -93,13 +93,22 @@ fn validation_keeps_the_best_checkpoint_and_the_last_weights() {
 
 #[test]
 fn validation_must_use_traffic_training_and_testing_do_not() {
+    let test_start = llmos::twin::scenario::TRAIN_FRACTION;
     let v = ValidationConfig { window: (0.4, 0.6), ..Default::default() };
-    let e = v.check((0.0, 0.5)).unwrap_err().to_string();
+    let e = v.check((0.0, 0.5), test_start).unwrap_err().to_string();
     assert!(e.contains("validation.window") && e.contains("overlaps episodes.trainWindow"), "{e}");
     let v = ValidationConfig { window: (0.5, 0.7), ..Default::default() };
-    let e = v.check((0.0, 0.5)).unwrap_err().to_string();
+    let e = v.check((0.0, 0.5), test_start).unwrap_err().to_string();
     assert!(e.contains("validation.window") && e.contains("test window"), "{e}");
-    assert!(ValidationConfig { window: (0.45, 0.6), ..Default::default() }.check((0.0, 0.45)).is_ok());
+    assert!(ValidationConfig { window: (0.45, 0.6), ..Default::default() }.check((0.0, 0.45), test_start).is_ok());
+    // A ServeGen slice holds no test days: its last days may validate.
+    assert!(v.check((0.0, 0.5), 1.0).is_ok());
+    let sg = llmos::twin::scenario::Scenario::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/servegen-m-small-70b-train.toml"
+    )))
+    .expect("the ServeGen training scenario loads");
+    assert_eq!(llmos::rl::train::test_start_of(&sg), 1.0);
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub mod desired;
 pub mod execute;
 pub mod leader;
 pub mod plan;
+pub mod policy_state;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
@@ -140,6 +141,9 @@ pub struct ControllerConfig {
     pub invalid_spec_requeue: Duration,
     /// Name of this operator instance in Events (`reportingInstance`).
     pub instance: String,
+    /// Shortest time between two writes of a policy's learned state
+    /// ([`policy_state`]); zero writes after every tick that changed it.
+    pub policy_state_interval: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -149,17 +153,23 @@ impl Default for ControllerConfig {
             error_backoff_max: Duration::from_secs(300),
             invalid_spec_requeue: Duration::from_secs(300),
             instance: leader::default_identity(),
+            policy_state_interval: Duration::from_secs(300),
         }
     }
 }
 
 /// What the controller keeps per workload between reconciles (rebuilt after a restart;
-/// the cooldown state survives through `status.lastScaleDown`).
+/// the cooldown state survives through `status.lastScaleDown`, a learning policy's state
+/// through its ConfigMap, [`policy_state`]).
 struct WorkloadState {
     generation: Option<i64>,
     policy: Result<Box<dyn Policy>, String>,
     shield: Shield,
     last_tick: Option<Timestamp>,
+    /// Whether the saved policy state was looked for since this state was built.
+    state_restored: bool,
+    /// When the policy state was last written, and what was written.
+    state_saved: Option<(Timestamp, serde_json::Value)>,
 }
 
 /// Everything reconcile needs.
@@ -367,6 +377,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let observed = Observed::new(&wl, owned_deployments(&ctx, &wl).await?);
     let state = state_of(&ctx, &wl);
     let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
+    restore_policy_state(&ctx, &state, &wl).await;
     let tick = if tick_due { Some(control_tick(&ctx, &state, &wl, &observed, now).await) } else { None };
     let last_tick = lock(&state).last_tick;
     let input = PlanInput {
@@ -389,7 +400,63 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             policy_ready: policy_error.is_none(),
         });
     }
-    execute::execute(&ctx, &wl, &p).await
+    let action = execute::execute(&ctx, &wl, &p).await?;
+    if tick.is_some() {
+        save_policy_state(&ctx, &state, &wl, now).await;
+    }
+    Ok(action)
+}
+
+/// On the first reconcile of `wl` since its state was built: reads the policy's saved
+/// state and gives it back to the policy, with an Event saying what came of it.
+async fn restore_policy_state(ctx: &Context, state: &Mutex<WorkloadState>, wl: &LLMWorkload) {
+    {
+        let ws = lock(state);
+        if ws.state_restored || ws.policy.as_ref().map_or(true, |p| p.export_state().is_none()) {
+            return;
+        }
+    }
+    let saved = policy_state::load(&ctx.client, wl).await;
+    let outcome = {
+        let mut ws = lock(state);
+        ws.state_restored = true;
+        match ws.policy.as_mut() {
+            Ok(p) => policy_state::restore(p.as_mut(), saved),
+            Err(_) => Ok(None),
+        }
+    };
+    let ev = match outcome {
+        Ok(None) => return,
+        Ok(Some(note)) => PlannedEvent::normal(EventReason::PolicyStateRestored, "RestorePolicyState", note),
+        Err(note) => {
+            tracing::warn!(workload = %key_of(wl), "{note}");
+            PlannedEvent::warning(EventReason::PolicyStateRejected, "RestorePolicyState", note)
+        }
+    };
+    execute::publish(ctx, wl, &ev).await;
+}
+
+/// Writes the policy's learned state to its ConfigMap when it changed and the last write
+/// is at least `policy_state_interval` old. A failed write is logged and tried again on
+/// the next tick: the state is not worth a failed reconcile.
+async fn save_policy_state(ctx: &Context, state: &Mutex<WorkloadState>, wl: &LLMWorkload, now: Timestamp) {
+    let (policy, value) = {
+        let ws = lock(state);
+        let Ok(p) = ws.policy.as_ref() else { return };
+        let Some(value) = p.export_state() else { return };
+        let interval = SignedDuration::try_from(ctx.config.policy_state_interval).unwrap_or(SignedDuration::MAX);
+        match &ws.state_saved {
+            Some((_, v)) if *v == value => return,
+            Some((t, _)) if now.duration_since(*t) < interval => return,
+            _ => {}
+        }
+        (p.name().to_string(), value)
+    };
+    let cm = policy_state::config_map(wl, &policy, &value, now);
+    match policy_state::save(&ctx.client, &cm).await {
+        Ok(()) => lock(state).state_saved = Some((now, value)),
+        Err(e) => tracing::warn!(workload = %key_of(wl), error = %e, "cannot save the policy state"),
+    }
 }
 
 /// The labels of a workload's series in the operator's metrics.
@@ -411,7 +478,14 @@ fn state_of(ctx: &Context, wl: &LLMWorkload) -> Arc<Mutex<WorkloadState>> {
         last_scale_down.into_iter().flatten().filter_map(|(k, v)| parse_time_s(v).map(|t| (k.clone(), t))).collect();
     shield.import_state(&cooldowns);
     let policy = (ctx.policy_builder)(&wl.spec);
-    let ws = WorkloadState { generation: wl.meta().generation, policy, shield, last_tick: None };
+    let ws = WorkloadState {
+        generation: wl.meta().generation,
+        policy,
+        shield,
+        last_tick: None,
+        state_restored: false,
+        state_saved: None,
+    };
     lock(&ctx.workloads).entry(key).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
 }
 
@@ -429,7 +503,16 @@ fn refresh_state(
     let changed = ws.generation != generation;
     if changed {
         ws.generation = generation;
+        let learned = ws.policy.as_ref().ok().and_then(|p| p.export_state().map(|s| (p.name().to_string(), s)));
         ws.policy = (ctx.policy_builder)(&wl.spec);
+        // What the policy learned carries over a spec change when the kind stays the same.
+        if let (Ok(p), Some((name, s))) = (ws.policy.as_mut(), learned) {
+            if p.name() == name {
+                if let Err(e) = p.import_state(s) {
+                    tracing::warn!(workload = %key_of(wl), error = %e, "the policy's state does not fit the new spec; it starts afresh");
+                }
+            }
+        }
         ws.shield.update_spec(&wl.spec);
     }
     let due = changed || plan::tick_due(&wl.spec, now, ws.last_tick);

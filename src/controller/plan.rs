@@ -58,6 +58,14 @@ pub enum EventReason {
     VariantSwitched,
     /// The finalizer deleted what the workload owned.
     Deleted,
+    /// Warning: the policy reports a condition a human should know about (e.g. the
+    /// forecast planner's forecasts have become poor).
+    PolicyWarning,
+    /// The policy's saved state (a ConfigMap) was put back after a restart.
+    PolicyStateRestored,
+    /// Warning: the policy's saved state could not be read or was rejected; the policy
+    /// starts afresh.
+    PolicyStateRejected,
 }
 
 impl EventReason {
@@ -75,6 +83,9 @@ impl EventReason {
             EventReason::ScaledDown => "ScaledDown",
             EventReason::VariantSwitched => "VariantSwitched",
             EventReason::Deleted => "Deleted",
+            EventReason::PolicyWarning => "PolicyWarning",
+            EventReason::PolicyStateRestored => "PolicyStateRestored",
+            EventReason::PolicyStateRejected => "PolicyStateRejected",
         }
     }
 }
@@ -473,6 +484,14 @@ impl<'a> Draft<'a> {
         self.set_condition(ConditionUpdate::new(METRICS_AVAILABLE, true, "MetricsRead", format!("read from {source}")));
         self.st.observed_arrival_rate_rps = Some(obs.arrival_rate_rps);
         self.st.slo_attainment = obs.slo_attainment;
+        for (d, w) in tick.decided.iter().flat_map(|d| d.decision.warnings.iter().map(move |w| (d, w))) {
+            self.notices.push(PlannedEvent::warning(
+                EventReason::PolicyWarning,
+                format!("Warn {}", d.policy),
+                w.clone(),
+            ));
+            self.warnings.push(format!("{}: {w}", d.policy));
+        }
         match &tick.decided {
             None => self.decision = Some(DecisionKind::Hold),
             Some(d) if self.spec.policy.mode == PolicyMode::Shadow => self.shadow(d),
@@ -543,7 +562,7 @@ impl<'a> Draft<'a> {
             }
         }
         // The shield records what is really applied (cooldowns start on applied scale-downs).
-        let mut applied = Decision { targets: Vec::new(), reason: d.decision.reason.clone() };
+        let mut applied = Decision::new(d.decision.reason.clone());
         for (s, r) in &self.targets {
             applied.set(&s.variant, &s.pool, *r);
         }

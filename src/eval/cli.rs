@@ -47,6 +47,12 @@ pub struct CompareArgs {
     /// training maximised). Default: the built-in weights of `control::RewardConfig`.
     #[arg(long)]
     pub reward_config: Option<PathBuf>,
+    /// A report.json of an earlier comparison of the same runs (scenario, window, seeds):
+    /// its rows for policies not run now join this comparison, and the GPU-hours saved
+    /// against HPA/KPA and the frontier share are computed over all of them (to judge a
+    /// policy trained later against references already run; `eval::merge`).
+    #[arg(long)]
+    pub with_report: Option<PathBuf>,
     /// Directory for report.json, report.csv and the plots.
     #[arg(long, default_value = "out/compare")]
     pub out: PathBuf,
@@ -94,7 +100,18 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             None => crate::control::RewardConfig::default(),
         },
     };
-    let report = compare_with(&cfg, crate::rl::registry())?;
+    let mut report = compare_with(&cfg, crate::rl::registry())?;
+    if let Some(path) = &args.with_report {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {origin}"))?;
+        let earlier: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{origin} is not JSON"))?;
+        let added = crate::eval::merge::merge_rows(&mut report, &earlier, &origin, crate::rl::registry())?;
+        println!(
+            "rows of {} from {origin} (not rerun)",
+            if added.is_empty() { "no policy".into() } else { added.join(", ") }
+        );
+    }
     print_and_write(&report, &args.out, !args.no_plots)
 }
 

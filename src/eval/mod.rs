@@ -21,6 +21,7 @@
 //! episode keeps one point per control tick (thinned to at most [`MAX_SERIES_POINTS`]).
 
 pub mod cli;
+pub mod merge;
 pub mod plots;
 pub mod stats;
 

@@ -46,9 +46,21 @@
 //!
 //! # State
 //! Everything the planner learns is in [`ForecastState`] (serde), taken with
-//! [`ForecastPolicy::state`] and put back with [`ForecastPolicy::restore`]. The operator
-//! does not persist it yet: after a restart the planner starts again from plain Holt and
-//! needs one more season before the seasonal component is back.
+//! [`ForecastPolicy::state`] and put back with [`ForecastPolicy::restore`], or as JSON
+//! through [`Policy::export_state`] / [`Policy::import_state`]: the operator keeps it in a
+//! ConfigMap owned by the workload and gives it back after a restart or a spec change, so
+//! the seasonal profile survives (docs/operator.md, "Policy state"). An imported state is
+//! checked against the parameters (knot count, season length, finite values); the current
+//! `alpha`, `beta` and `gamma` replace the saved ones. After a gap of more than
+//! [`MAX_GAP_S`] without observations (an operator down for a while) Holt's level and trend
+//! restart from the next observation and the pending forecasts are dropped; the seasonal
+//! profile is kept.
+//!
+//! # Forecast-error warning
+//! When the root-mean-square error of the recent forecasts (`σ` above, once three errors
+//! are known) exceeds [`ERROR_WARN_RATIO`] of the larger of the mean observed rate (weight
+//! 0.1 per tick) and one replica's capacity, the decision carries a warning (published by the operator as a
+//! `PolicyWarning` Event) once; it is armed again when `σ` falls below half that.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -69,6 +81,11 @@ const ERROR_WEIGHT: f64 = 0.1;
 const MIN_ERRORS: u32 = 3;
 /// Points at which the forecast is sampled over the planning horizon.
 const HORIZON_SAMPLES: usize = 9;
+/// Seconds without an observation after which Holt's level and trend restart.
+pub const MAX_GAP_S: f64 = 1800.0;
+/// RMS forecast error, as a share of max(observed rate, capacity per replica), above which
+/// the planner warns.
+pub const ERROR_WARN_RATIO: f64 = 0.5;
 
 /// The standard normal quantile of `p` in (0, 1) (Acklam's rational approximation,
 /// relative error below 1.2e-9).
@@ -163,6 +180,47 @@ impl Forecaster {
     /// Time of the last observation, seconds.
     pub fn last_time(&self) -> Option<f64> {
         self.last_t
+    }
+
+    /// Replaces the smoothing weights (kept as given, clamped as in [`Forecaster::new`]).
+    pub fn set_weights(&mut self, alpha: f64, beta: f64, gamma: f64) {
+        self.alpha = alpha.clamp(1e-6, 1.0);
+        self.beta = beta.clamp(0.0, 1.0);
+        self.gamma = gamma.clamp(1e-6, 1.0);
+    }
+
+    /// Checks a forecaster that was deserialised: `season_s` and `bins` as the policy's
+    /// parameters give them, every number finite. The error names the field.
+    pub fn check(&self, season_s: f64, bins: usize) -> Result<(), String> {
+        let bins = if season_s > 0.0 { bins.max(2) } else { 0 };
+        if (self.season_s - season_s.max(0.0)).abs() > 1e-9 {
+            return Err(format!(
+                "forecaster.season_s is {} s, the policy's seasonSeconds is {season_s} s (changed since it was saved)",
+                self.season_s
+            ));
+        }
+        if self.profile.len() != bins || self.seen.len() != bins {
+            return Err(format!(
+                "forecaster.profile has {} knots and forecaster.seen {}, the policy uses {bins} (seasonBins changed since it was saved)",
+                self.profile.len(),
+                self.seen.len()
+            ));
+        }
+        let finite = |x: f64| x.is_finite();
+        if !self.profile.iter().all(|&v| finite(v)) || !self.open.iter().all(|o| finite(o.1) && finite(o.2)) {
+            return Err("forecaster.profile or forecaster.open holds a non-finite value".into());
+        }
+        if !finite(self.trend) || !self.level.is_none_or(finite) || ![self.first_t, self.last_t].iter().flatten().all(|&t| finite(t)) {
+            return Err("forecaster.level, trend, first_t or last_t is not finite".into());
+        }
+        Ok(())
+    }
+
+    /// Forgets Holt's level and trend (kept: the seasonal profile), so the next
+    /// observation starts them again.
+    pub fn restart_level(&mut self) {
+        self.level = None;
+        self.trend = 0.0;
     }
 
     fn bin_s(&self) -> f64 {
@@ -266,6 +324,13 @@ pub struct UnitState {
     pub errors: u32,
     /// Recent recommendations (time, replicas), for damped scale-down.
     pub recommendations: VecDeque<(f64, u32)>,
+    /// Whether the large-error warning was given and not yet re-armed.
+    #[serde(default)]
+    pub error_warned: bool,
+    /// Exponentially weighted mean of the observed rate (weight 0.1), the scale the
+    /// forecast error is judged against, requests/s.
+    #[serde(default)]
+    pub rate_mean: f64,
 }
 
 /// Everything the planner has learned, per scaling unit (variant name, or `*` for the
@@ -338,12 +403,45 @@ impl ForecastPolicy {
             error_var: 0.0,
             errors: 0,
             recommendations: VecDeque::new(),
+            error_warned: false,
+            rate_mean: 0.0,
         }
     }
 
+    /// Checks a state that was deserialised against this planner's parameters and puts the
+    /// current smoothing weights into it.
+    fn checked(&self, mut state: ForecastState) -> Result<ForecastState, PolicyError> {
+        let p = &self.params;
+        for (key, u) in state.units.iter_mut() {
+            let bad = |m: String| PolicyError::State { policy: "forecast".into(), message: format!("units.{key}.{m}") };
+            u.forecaster.check(p.season_seconds, self.bins).map_err(bad)?;
+            if !(u.error_var.is_finite() && u.error_var >= 0.0) {
+                return Err(bad(format!("error_var is {}", u.error_var)));
+            }
+            if !(u.rate_mean.is_finite() && u.rate_mean >= 0.0) {
+                return Err(bad(format!("rate_mean is {}", u.rate_mean)));
+            }
+            let pending_ok = u.pending.iter().all(|&(t, v)| t.is_finite() && v.is_finite());
+            if !pending_ok || !u.recommendations.iter().all(|&(t, _)| t.is_finite()) {
+                return Err(bad("pending or recommendations hold a non-finite value".into()));
+            }
+            u.forecaster.set_weights(p.alpha, p.beta, p.gamma);
+        }
+        Ok(state)
+    }
+
     /// Replicas for one unit: rate `y` observed over `window_s` ending at `now`, `waiting`
-    /// requests queued, `current` replicas asked for.
-    fn recommend(&mut self, key: &str, now: f64, window_s: f64, y: f64, waiting: f64, current: u32) -> (u32, String) {
+    /// requests queued, `current` replicas asked for; with the reason and a warning when
+    /// the forecasts have just become poor.
+    fn recommend(
+        &mut self,
+        key: &str,
+        now: f64,
+        window_s: f64,
+        y: f64,
+        waiting: f64,
+        current: u32,
+    ) -> (u32, String, Option<String>) {
         let lead = self.lead_s();
         let (z, cap, stab) =
             (self.z, self.params.capacity_rps, f64::from(self.params.scale_down_stabilization_seconds));
@@ -354,6 +452,12 @@ impl ForecastPolicy {
         let u = self.state.units.get_mut(key).expect("unit inserted above");
         let window_s = window_s.max(1e-9);
         let t_data = now - window_s / 2.0;
+        if u.forecaster.last_time().is_some_and(|l| t_data - l > MAX_GAP_S) {
+            // Seen nothing for a while (an operator restart): the short-term state is stale.
+            u.forecaster.restart_level();
+            u.pending.clear();
+            u.recommendations.clear();
+        }
         // Errors of the forecasts whose time has come.
         while u.pending.front().is_some_and(|&(t, _)| t <= t_data) {
             let (_, f) = u.pending.pop_front().expect("front exists");
@@ -375,6 +479,20 @@ impl ForecastPolicy {
             peak = peak.max(f.forecast(t).unwrap_or(0.0));
         }
         let sigma = if u.errors >= MIN_ERRORS { u.error_var.sqrt() } else { (y / window_s).sqrt() };
+        u.rate_mean = if u.errors == 0 && u.rate_mean == 0.0 { y } else { 0.9 * u.rate_mean + 0.1 * y };
+        let scale = u.rate_mean.max(cap);
+        let mut warning = None;
+        if u.errors >= MIN_ERRORS && !u.error_warned && sigma > ERROR_WARN_RATIO * scale {
+            u.error_warned = true;
+            warning = Some(format!(
+                "forecast for {key} is poor: RMS error of the recent {lead:.0}-s-ahead forecasts {sigma:.2} req/s against a mean observed rate of {:.2} req/s ({:.0} % of max(rate, capacity {cap}) > {:.0} %); sizing adds {z:.2} x {sigma:.2} req/s",
+                u.rate_mean,
+                100.0 * sigma / scale,
+                100.0 * ERROR_WARN_RATIO
+            ));
+        } else if u.error_warned && sigma < 0.5 * ERROR_WARN_RATIO * scale {
+            u.error_warned = false;
+        }
         let rate = peak + z * sigma + waiting.max(0.0) / lead.max(1.0);
         let raw = ((rate / cap - 1e-9).ceil().max(1.0)).min(f64::from(u32::MAX / 2)) as u32;
         u.recommendations.push_back((now, raw));
@@ -387,7 +505,7 @@ impl ForecastPolicy {
             "{} rate {y:.2}, peak forecast {peak:.2} over {lead:.0} s, sigma {sigma:.2} -> {rate:.2} req/s = {raw}",
             if f.is_seasonal() { "holt-winters" } else { "holt" }
         );
-        (desired, why)
+        (desired, why, warning)
     }
 }
 
@@ -422,7 +540,8 @@ impl Policy for ForecastPolicy {
                 let filter = |name: &str| name == v.name;
                 let y = unit_rate(&filter);
                 let (waiting, current) = sums(&filter);
-                let (n, why) = self.recommend(&v.name, obs.time_s, obs.window_s, y, waiting, current);
+                let (n, why, warning) = self.recommend(&v.name, obs.time_s, obs.window_s, y, waiting, current);
+                decision.warnings.extend(warning);
                 reasons.push(format!("{}: {current} -> {n} ({why})", v.name));
                 self.placement.place(&info, obs, vi, n, &mut free, &mut decision);
             }
@@ -430,7 +549,8 @@ impl Policy for ForecastPolicy {
             let all = |_: &str| true;
             let y = unit_rate(&all);
             let (waiting, current) = sums(&all);
-            let (n, why) = self.recommend("*", obs.time_s, obs.window_s, y, waiting, current);
+            let (n, why, warning) = self.recommend("*", obs.time_s, obs.window_s, y, waiting, current);
+            decision.warnings.extend(warning);
             if let Some(chosen) = self.placement.select_variant(&info, obs, n) {
                 for vi in 0..info.variants.len() {
                     let k = if vi == chosen { n } else { 0 };
@@ -446,6 +566,17 @@ impl Policy for ForecastPolicy {
     fn reset(&mut self) {
         self.state = ForecastState::default();
         self.placement.reset();
+    }
+
+    fn export_state(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.state).ok()
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<(), PolicyError> {
+        let parsed: ForecastState = serde_json::from_value(state)
+            .map_err(|e| PolicyError::State { policy: "forecast".into(), message: e.to_string() })?;
+        self.state = self.checked(parsed)?;
+        Ok(())
     }
 }
 
@@ -536,6 +667,106 @@ mod tests {
         assert!((normal_quantile(0.9) - 1.281_551_565_5).abs() < 1e-6);
         assert!((normal_quantile(0.99) - 2.326_347_874).abs() < 1e-6);
         assert!((normal_quantile(0.01) + 2.326_347_874).abs() < 1e-6);
+    }
+
+    fn planner(params: ForecastParams) -> ForecastPolicy {
+        let spec: LLMWorkloadSpec = serde_json::from_value(serde_json::json!({
+            "variants": [{ "name": "v", "model": "m", "image": "i", "maxReplicas": 50 }],
+            "gpuPools": [{ "name": "p", "gpuType": "A100-80GB", "pricePerGpuHour": 1.0 }],
+            "slo": { "ttftMs": 2000.0, "tpotMs": 100.0 },
+            "policy": { "kind": "forecast" }
+        }))
+        .unwrap();
+        let placement = Placement::new(spec.policy.placement, spec.policy.variant_selection);
+        ForecastPolicy::new(params, &spec, placement)
+    }
+
+    fn obs(t: f64, rate: f64, desired: u32) -> Observation {
+        Observation {
+            time_s: t,
+            window_s: 60.0,
+            arrival_rate_rps: rate,
+            slots: vec![crate::policy::SlotObservation {
+                variant: "v".into(),
+                pool: "p".into(),
+                ready_replicas: desired,
+                desired_replicas: desired,
+                gpus_per_replica: 1,
+                arrival_rate_rps: rate,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Runs `p` over `rates` (one per 15-s tick from `t0`), returns the replica counts and
+    /// every warning.
+    fn run(p: &mut ForecastPolicy, t0: f64, rates: &[f64]) -> (Vec<u32>, Vec<String>) {
+        let (mut out, mut warnings, mut desired) = (Vec::new(), Vec::new(), 1);
+        for (i, &r) in rates.iter().enumerate() {
+            let d = p.decide(&obs(t0 + 15.0 * i as f64, r, desired));
+            desired = d.replicas("v", "p").unwrap_or(desired);
+            out.push(desired);
+            warnings.extend(d.warnings);
+        }
+        (out, warnings)
+    }
+
+    #[test]
+    fn an_exported_state_carries_the_planner_on() {
+        let params = ForecastParams { season_seconds: 3600.0, season_bins: 24, ..Default::default() };
+        let rates: Vec<f64> = (0..600).map(|i| 5.0 + 4.0 * (i as f64 * 15.0 / 3600.0 * std::f64::consts::TAU).sin()).collect();
+        let mut a = planner(params.clone());
+        run(&mut a, 0.0, &rates[..400]);
+        let saved = a.export_state().expect("the planner exports its state");
+        assert!(a.state().units["v"].forecaster.is_seasonal(), "a whole season was seen");
+        let mut b = planner(params.clone());
+        b.import_state(saved.clone()).expect("the same parameters accept the state");
+        assert_eq!(run(&mut a, 6000.0, &rates[400..]), run(&mut b, 6000.0, &rates[400..]), "identical from here on");
+        // Other weights are taken from the new parameters; another knot count is refused.
+        let mut c = planner(ForecastParams { alpha: 0.2, ..params.clone() });
+        c.import_state(saved.clone()).unwrap();
+        assert_eq!(c.state().units["v"].forecaster.alpha, 0.2);
+        let mut d = planner(ForecastParams { season_bins: 12, ..params.clone() });
+        let e = d.import_state(saved.clone()).unwrap_err().to_string();
+        assert!(e.contains("units.v.forecaster.profile") && e.contains("seasonBins"), "{e}");
+        assert!(d.state().units.is_empty(), "a refused state leaves the planner fresh");
+        let e = planner(params).import_state(serde_json::json!({"units": {"v": {"errors": -1}}})).unwrap_err();
+        assert!(e.to_string().contains("policy state of `forecast` rejected"), "{e}");
+    }
+
+    #[test]
+    fn a_poor_forecast_warns_once_and_rearms() {
+        let mut p = planner(ForecastParams { capacity_rps: 1.0, season_seconds: 0.0, ..Default::default() });
+        let steady = vec![10.0; 40];
+        let (_, w) = run(&mut p, 0.0, &steady);
+        assert!(w.is_empty(), "a steady rate is forecast well: {w:?}");
+        // A rate jumping between 2 and 30 req/s every tick: the forecasts are poor.
+        let wild: Vec<f64> = (0..40).map(|i| if i % 2 == 0 { 2.0 } else { 30.0 }).collect();
+        let (_, w) = run(&mut p, 600.0, &wild);
+        assert_eq!(w.len(), 1, "one warning while the forecasts stay poor: {w:?}");
+        assert!(w[0].contains("forecast for v is poor") && w[0].contains("RMS error"), "{}", w[0]);
+        let (_, w) = run(&mut p, 1200.0, &steady.repeat(3));
+        assert!(w.is_empty(), "{w:?}");
+        let (_, w) = run(&mut p, 3000.0, &wild);
+        assert_eq!(w.len(), 1, "warned again after the forecasts recovered: {w:?}");
+    }
+
+    #[test]
+    fn after_a_long_gap_the_level_restarts_and_the_season_stays() {
+        let params = ForecastParams { season_seconds: 3600.0, season_bins: 24, ..Default::default() };
+        let mut p = planner(params);
+        let rising: Vec<f64> = (0..300).map(|i| 2.0 + i as f64 * 0.1).collect();
+        run(&mut p, 0.0, &rising);
+        let before = p.state().units["v"].forecaster.clone();
+        assert!(before.is_seasonal() && before.trend > 0.0);
+        // Two hours later: the old trend would have carried the level far up.
+        run(&mut p, 4500.0 + 7200.0, &[5.0]);
+        let after = &p.state().units["v"].forecaster;
+        let changed = after.profile.iter().zip(&before.profile).filter(|(a, b)| a != b).count();
+        assert!(after.is_seasonal() && changed <= 2, "the profile is kept (only the knots open before the gap fold in): {changed} changed");
+        assert_eq!(after.trend, 0.0, "Holt's trend restarted");
+        assert_eq!(p.state().units["v"].pending.len(), 1, "stale forecasts dropped, one new one");
     }
 
     #[test]

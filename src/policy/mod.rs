@@ -57,4 +57,17 @@ pub trait Policy: Send {
     /// Called after the effect of the last decision is seen: the next observation and
     /// the reward of the tick in between. Learners use it; heuristics ignore it.
     fn feedback(&mut self, _next: &Observation, _reward: f64) {}
+    /// What the policy has learned that an operator restart should not lose (the forecast
+    /// planner's seasonal profile and error model), as JSON; `None` (the default) for
+    /// policies that rebuild their state from a few observations. The operator stores it
+    /// in a ConfigMap (docs/operator.md, "Policy state") and gives it back with
+    /// [`Policy::import_state`] after a restart or a spec change.
+    fn export_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Puts back a state exported by the same kind of policy. A state that does not parse
+    /// is an error naming what is wrong, and the policy keeps its own state.
+    fn import_state(&mut self, _state: serde_json::Value) -> Result<(), registry::PolicyError> {
+        Ok(())
+    }
 }

@@ -168,9 +168,18 @@ pub struct Decision {
     pub targets: Vec<SlotTarget>,
     /// Why, in one line (shown in status and Events).
     pub reason: String,
+    /// Conditions the policy wants a human to know about, one line each (e.g. the
+    /// forecast planner's forecasts have become poor); the operator publishes each as a
+    /// Warning Event (`PolicyWarning`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Decision {
+    /// An empty decision (every slot keeps its desired count) with `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Decision { targets: Vec::new(), reason: reason.into(), warnings: Vec::new() }
+    }
     /// A decision that keeps every slot of `obs` at its current desired count.
     pub fn hold(obs: &Observation, reason: impl Into<String>) -> Self {
         Decision {
@@ -180,6 +189,7 @@ impl Decision {
                 .map(|s| SlotTarget { variant: s.variant.clone(), pool: s.pool.clone(), replicas: s.desired_replicas })
                 .collect(),
             reason: reason.into(),
+            warnings: Vec::new(),
         }
     }
     /// Desired replicas for (variant, pool), if the decision names that slot.

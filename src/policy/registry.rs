@@ -81,6 +81,15 @@ pub enum PolicyError {
         /// Why.
         message: String,
     },
+    /// A saved policy state could not be put back (it does not parse, or it was saved by
+    /// another kind of policy).
+    #[error("policy state of `{policy}` rejected: {message}")]
+    State {
+        /// The policy kind that was given the state.
+        policy: String,
+        /// What is wrong, naming the field where one is known.
+        message: String,
+    },
 }
 
 /// A [`PolicyError::InvalidParam`] for `field`.

@@ -385,6 +385,7 @@ impl Shield {
                     .map(|s| SlotTarget { variant: s.variant.clone(), pool: s.pool.clone(), replicas: s.target })
                     .collect(),
                 reason: decision.reason.clone(),
+                warnings: decision.warnings.clone(),
             },
             overrides,
         }

@@ -482,7 +482,7 @@ impl ActionLayout {
     /// The decision an action means in `obs`: desired replicas + delta per slot.
     pub fn decision(&self, action: &[usize], obs: &Observation, reason: &str) -> Decision {
         let deltas = self.slot_deltas(action);
-        let mut d = Decision { targets: Vec::new(), reason: reason.to_string() };
+        let mut d = Decision::new(reason);
         for (s, delta) in self.slots.iter().zip(deltas) {
             let cur = obs.slot(&s.variant, &s.pool).map(|x| x.desired_replicas).unwrap_or(0) as i64;
             d.set(&s.variant, &s.pool, (cur + delta as i64).max(0) as u32);

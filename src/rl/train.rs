@@ -101,14 +101,15 @@ impl Default for ValidationConfig {
 }
 
 impl ValidationConfig {
-    /// Checks the window against the training window and the test window.
-    pub fn check(&self, train_window: (f64, f64)) -> Result<(), RlError> {
+    /// Checks the window against the training window and the test window, which starts
+    /// at `test_start` (a fraction of the scenario's traffic; 1 when the scenario's test
+    /// traffic is another scenario, as for ServeGen's days: [`test_start_of`]).
+    pub fn check(&self, train_window: (f64, f64), test_start: f64) -> Result<(), RlError> {
         let (a, b) = self.window;
-        if !(0.0 <= a && a < b && b <= crate::twin::scenario::TRAIN_FRACTION + 1e-12) {
+        if !(0.0 <= a && a < b && b <= test_start + 1e-12) {
             return Err(RlError::Config(format!(
-                "validation.window {:?} must satisfy 0 ≤ start < end ≤ {} (the test window starts there)",
+                "validation.window {:?} must satisfy 0 ≤ start < end ≤ {test_start} (the test window starts there)",
                 self.window,
-                crate::twin::scenario::TRAIN_FRACTION
             )));
         }
         if a < train_window.1 && train_window.0 < b {
@@ -264,9 +265,22 @@ fn load_scenario(cfg: &TrainConfig) -> Result<Scenario, RlError> {
         scenario.set_trace(t)?;
     }
     if let Some(v) = &cfg.validation {
-        v.check(cfg.episodes.train_window)?;
+        v.check(cfg.episodes.train_window, test_start_of(&scenario))?;
     }
     Ok(scenario)
+}
+
+/// Where the test window starts in `scenario`, as a fraction of its traffic: the last
+/// 40 % of a trace (`--window test`, [`crate::twin::scenario::TRAIN_FRACTION`]), but 1 for
+/// a ServeGen scenario, which is one slice of days whose test days are another scenario
+/// file (`scenarios/servegen-m-small-70b-{train,test}.toml`): training and validation may
+/// then split the whole slice.
+pub fn test_start_of(scenario: &Scenario) -> f64 {
+    if scenario.servegen.is_some() && scenario.trace.is_none() {
+        1.0
+    } else {
+        crate::twin::scenario::TRAIN_FRACTION
+    }
 }
 
 /// A training environment over `scenario` with the config's actions, reward, episodes and

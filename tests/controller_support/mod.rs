@@ -241,7 +241,7 @@ impl Policy for ScriptedPolicy {
         match self.0.targets.lock().unwrap().clone() {
             None => Decision::hold(obs, "scripted: hold"),
             Some(t) => {
-                let mut d = Decision { targets: Vec::new(), reason: "scripted decision".into() };
+                let mut d = Decision::new("scripted decision");
                 for (v, p, r) in t {
                     d.set(&v, &p, r);
                 }
