@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => llmos::controller::cli::run(args),
         Command::Crdgen => llmos::controller::cli::crdgen(),
         Command::Simulate(args) => llmos::twin::cli::simulate(args),
-        Command::TraceStats(args) => llmos::twin::cli::trace_stats(args),
+        Command::TraceStats(args) => llmos::eval::cli::trace_stats(args),
         Command::TwinServe(args) => llmos::dataplane::run(args),
         Command::Compare(args) => llmos::eval::cli::compare(args),
         Command::Train(args) => llmos::rl::cli::train(args),

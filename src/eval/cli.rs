@@ -333,3 +333,37 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let report = compare_with(&cfg, crate::rl::registry())?;
     print_and_write(&report, &args.out, true)
 }
+
+/// Runs `llmos trace-stats` ([`crate::twin::cli::trace_stats`]) and, for a ServeGen folder
+/// with `--plot`, draws its hourly rate over the days with the `--split-days` segments.
+pub fn trace_stats(args: crate::twin::cli::TraceStatsArgs) -> anyhow::Result<()> {
+    let plot = args.plot.clone();
+    let (dir, split) = (args.file.clone(), args.split_days.clone());
+    crate::twin::cli::trace_stats(args)?;
+    let Some(path) = plot else { return Ok(()) };
+    anyhow::ensure!(dir.is_dir(), "--plot draws a ServeGen folder's rate; {} is a file", dir.display());
+    let data = crate::twin::traces::servegen::ServegenData::load(&dir, &[])?;
+    let stats = crate::twin::traces::servegen::ServegenStats::of(&data);
+    let days = stats.hourly_rps.len() as f64 / 24.0;
+    let mut edges = vec![0.0];
+    edges.extend(split.iter().copied().filter(|d| *d > 0.0 && *d < days));
+    edges.push(days);
+    let labels: Vec<String> = edges
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let name = match (edges.len(), i) {
+                (4, 0) => "training ",
+                (4, 1) => "validation ",
+                (4, 2) => "test ",
+                _ => "",
+            };
+            format!("{name}days {:.0}-{:.0}", w[0] + 1.0, w[1])
+        })
+        .collect();
+    let splits: Vec<(f64, f64, &str)> = edges.windows(2).zip(&labels).map(|(w, l)| (w[0], w[1], l.as_str())).collect();
+    let title = format!("{}: hourly arrival rate over {days:.0} days (rates at x1)", dir.display());
+    plots::rate_over_days(&stats.hourly_rps, &splits, &title, &path)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

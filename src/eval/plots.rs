@@ -375,6 +375,60 @@ fn frontier<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &CompareR
     Ok(())
 }
 
+/// Draws the hourly arrival rate of a ServeGen folder over its days (`llmos trace-stats
+/// DIR --plot FILE.png`), with the scenario's day split marked: `splits` are
+/// `(first day, last day (exclusive), label)`, e.g. training, validation, test. Writes a
+/// PNG when `path` ends in `.png`, else an SVG.
+pub fn rate_over_days(
+    hourly_rps: &[f64],
+    splits: &[(f64, f64, &str)],
+    title: &str,
+    path: &Path,
+) -> Result<(), PlotError> {
+    register_font();
+    if path.extension().is_some_and(|x| x == "png") {
+        let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+        rate_chart(&root, hourly_rps, splits, title)?;
+        root.present().map_err(e)
+    } else {
+        let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
+        rate_chart(&root, hourly_rps, splits, title)?;
+        root.present().map_err(e)
+    }
+}
+
+fn rate_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    hourly_rps: &[f64],
+    splits: &[(f64, f64, &str)],
+    title: &str,
+) -> DrawResult {
+    root.fill(&WHITE).map_err(e)?;
+    let days = (hourly_rps.len() as f64 / 24.0).max(1.0);
+    let y_max = hourly_rps.iter().copied().fold(0.1, f64::max) * 1.15;
+    let mut c = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..days, 0.0..y_max)
+        .map_err(e)?;
+    c.configure_mesh().x_desc("day").y_desc("mean arrival rate per hour (req/s)").x_labels(15).draw().map_err(e)?;
+    for (i, &(a, b, label)) in splits.iter().enumerate() {
+        let shade = color(i).mix(0.12);
+        c.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b, y_max)], shade.filled())))
+            .map_err(e)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color(i).mix(0.4).filled()));
+    }
+    let line = hourly_rps.iter().enumerate().map(|(h, &r)| ((h as f64 + 0.5) / 24.0, r));
+    c.draw_series(LineSeries::new(line, BLACK.stroke_width(1)))
+        .map_err(e)?
+        .label("arrival rate (hourly mean)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
+    draw_legend(&mut c, SeriesLabelPosition::UpperRight)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -382,5 +436,17 @@ mod tests {
         assert_eq!(super::short_label("dqn:docs/figures/x/checkpoints/ens-012/s0"), "dqn:ens-012/s0");
         assert_eq!(super::short_label("dqn:ckpt/run7/"), "dqn:run7");
         assert_eq!(super::short_label("hpa:target=0.5"), "hpa:target=0.5");
+    }
+
+    #[test]
+    fn the_rate_over_days_is_drawn_with_its_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rate.svg");
+        let hourly: Vec<f64> = (0..72).map(|h| 10.0 + (h % 24) as f64).collect();
+        let splits = [(0.0, 2.0, "training days 1-2"), (2.0, 3.0, "test days 3-3")];
+        super::rate_over_days(&hourly, &splits, "three days", &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("three days") && svg.contains("training days 1-2") && svg.contains("test days 3-3"));
+        assert!(svg.contains("<polyline"), "the rate is drawn as a line");
     }
 }

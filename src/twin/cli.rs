@@ -112,6 +112,15 @@ pub struct TraceStatsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// For a ServeGen folder: also draw its hourly rate over the days to this file (PNG
+    /// when it ends in `.png`, else SVG; drawn by `eval::cli::trace_stats`).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Days where the plot's shaded segments change, comma-separated (e.g. `9,11`: days
+    /// 1-9, 10-11 and 12-14, the training, validation and test days of the ServeGen
+    /// scenarios).
+    #[arg(long, value_delimiter = ',')]
+    pub split_days: Vec<f64>,
 }
 
 fn servegen_stats(args: &TraceStatsArgs) -> anyhow::Result<()> {
