@@ -118,6 +118,34 @@ fn alert_rules_pass_promtool_and_read_exposed_families() {
     );
 }
 
+/// Each alert fires on the series that should raise it, after its `for`, with its labels
+/// and annotations, and stays silent on a healthy workload (`promtool test rules` over
+/// `tests/data/alerts_test.yaml`, which must cover every alert of the file).
+#[test]
+fn every_alert_fires_when_it_should_and_not_before() {
+    const TESTS: &str = "tests/data/alerts_test.yaml";
+    let rules = std::fs::read_to_string(ALERTS).expect("alerts file");
+    let tests = std::fs::read_to_string(TESTS).expect("alert tests");
+    for line in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        let fires = tests.split("alertname: ").skip(1).any(|case| {
+            case.starts_with(&format!("{line}\n")) && case.lines().nth(1).is_some_and(|l| !l.contains("exp_alerts: []"))
+        });
+        assert!(fires, "{TESTS} has no case where {line} fires");
+    }
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().find(|p| Path::new(p).exists());
+    let Some(promtool) = promtool else {
+        eprintln!("promtool not installed (Debian's prometheus package has it): alert firing not tested");
+        return;
+    };
+    let out = Command::new(promtool).args(["test", "rules", TESTS]).output().expect("running promtool");
+    assert!(
+        out.status.success(),
+        "promtool test rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_chart_templates_carry_the_files() {
     let dashboard = std::fs::read_to_string("charts/llmos-operator/templates/dashboard.yaml").expect("template");
