@@ -116,6 +116,11 @@ impl WorkloadInfo {
     }
 }
 
+/// The most replicas [`Placement::place`] places for one variant: the CRD's ceiling on
+/// `limits.maxTotalReplicas` (a request beyond it is placed as this many, and the shield
+/// clamps to the spec's limits as always).
+pub const MAX_PLACED_REPLICAS: u32 = 10_000;
+
 /// Places a variant's replicas on pools and picks the serving variant.
 #[derive(Clone, Debug)]
 pub struct Placement {
@@ -207,6 +212,10 @@ impl Placement {
         if v.pools.is_empty() {
             return;
         }
+        // A garbage input (an absurd metric sample, an edited saved state) can make a
+        // policy ask for billions of replicas; placing them one by one would stall the
+        // reconcile. No spec allows more than this; the shield clamps to the spec after.
+        let total = total.min(MAX_PLACED_REPLICAS);
         let current: Vec<u32> = v
             .pools
             .iter()
