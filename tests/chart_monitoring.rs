@@ -104,15 +104,22 @@ fn alert_rules_pass_promtool_and_read_exposed_families() {
     {
         assert!(text.contains(&format!("alert: {alert}")), "missing alert {alert}");
     }
+    promtool(&["check", "rules", ALERTS], "rule syntax checked only end to end");
+}
+
+/// Runs `promtool ARGS` and asserts it succeeds; without promtool (Debian's `prometheus`
+/// package has it) says what goes untested (`untested`) and returns.
+fn promtool(args: &[&str], untested: &str) {
     let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().find(|p| Path::new(p).exists());
     let Some(promtool) = promtool else {
-        eprintln!("promtool not installed (Debian's prometheus package has it): rule syntax checked only end to end");
+        eprintln!("promtool not installed: {untested}");
         return;
     };
-    let out = Command::new(promtool).args(["check", "rules", ALERTS]).output().expect("running promtool");
+    let out = Command::new(promtool).args(args).output().expect("running promtool");
     assert!(
         out.status.success(),
-        "promtool check rules failed:\n{}{}",
+        "promtool {} failed:\n{}{}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -132,18 +139,7 @@ fn every_alert_fires_when_it_should_and_not_before() {
         });
         assert!(fires, "{TESTS} has no case where {line} fires");
     }
-    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().find(|p| Path::new(p).exists());
-    let Some(promtool) = promtool else {
-        eprintln!("promtool not installed (Debian's prometheus package has it): alert firing not tested");
-        return;
-    };
-    let out = Command::new(promtool).args(["test", "rules", TESTS]).output().expect("running promtool");
-    assert!(
-        out.status.success(),
-        "promtool test rules failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool(&["test", "rules", TESTS], "alert firing not tested");
 }
 
 #[test]

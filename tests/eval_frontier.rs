@@ -115,19 +115,24 @@ fn tiny_step() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/tiny-step-two-pools.toml")
 }
 
-#[test]
-fn the_sweep_runs_on_the_same_arrivals_and_is_never_a_reference() {
-    let cfg = CompareConfig {
+/// Two seeds of the first 300 s of the tiny step scenario with `policies` and a sweep.
+fn tiny_cfg(policies: &str, sweep: Vec<f64>) -> CompareConfig {
+    CompareConfig {
         scenario: tiny_step(),
-        policies: "hpa,kpa,static-peak,clairvoyant:capacity=2.5".into(),
+        policies: policies.into(),
         seeds: 2,
         window: Window::All,
         loads: vec![1.0],
         replica_capacity_rps: Some(3.0),
         max_duration_s: Some(300.0),
-        clairvoyant_sweep: vec![1.5, 2.5, 4.0],
+        clairvoyant_sweep: sweep,
         reward: llmos::control::RewardConfig::default(),
-    };
+    }
+}
+
+#[test]
+fn the_sweep_runs_on_the_same_arrivals_and_is_never_a_reference() {
+    let cfg = tiny_cfg("hpa,kpa,static-peak,clairvoyant:capacity=2.5", vec![1.5, 2.5, 4.0]);
     let r = compare(&cfg).unwrap();
     // 2.5 was listed already: not run twice.
     assert_eq!(r.sweep, vec!["clairvoyant:capacity=1.5", "clairvoyant:capacity=4"]);
@@ -159,22 +164,11 @@ fn the_sweep_runs_on_the_same_arrivals_and_is_never_a_reference() {
 /// is refused, naming the file and the field.
 #[test]
 fn rows_of_an_earlier_report_judge_a_later_policy_as_one_run_would() {
-    let cfg = |policies: &str, sweep: Vec<f64>| CompareConfig {
-        scenario: tiny_step(),
-        policies: policies.into(),
-        seeds: 2,
-        window: Window::All,
-        loads: vec![1.0],
-        replica_capacity_rps: Some(3.0),
-        max_duration_s: Some(300.0),
-        clairvoyant_sweep: sweep,
-        reward: llmos::control::RewardConfig::default(),
-    };
-    let all = compare(&cfg("hpa,kpa,hpa:target=2,static:2", vec![1.5, 2.5, 4.0])).unwrap();
-    let earlier = compare(&cfg("hpa,kpa,hpa:target=2", vec![1.5, 2.5, 4.0])).unwrap();
+    let all = compare(&tiny_cfg("hpa,kpa,hpa:target=2,static:2", vec![1.5, 2.5, 4.0])).unwrap();
+    let earlier = compare(&tiny_cfg("hpa,kpa,hpa:target=2", vec![1.5, 2.5, 4.0])).unwrap();
     let earlier = serde_json::to_value(&earlier).unwrap();
     let registry = llmos::policy::Registry::builtin();
-    let mut later = compare(&cfg("static:2", Vec::new())).unwrap();
+    let mut later = compare(&tiny_cfg("static:2", Vec::new())).unwrap();
     let added = llmos::eval::merge::merge_rows(&mut later, &earlier, "earlier.json", registry).unwrap();
     assert_eq!(added.len(), 6, "{added:?}");
     let of = |r: &llmos::eval::CompareReport| r.figures.iter().find(|f| f.policy == "static:2").cloned().unwrap();
@@ -183,7 +177,7 @@ fn rows_of_an_earlier_report_judge_a_later_policy_as_one_run_would() {
     // Other runs: refused.
     let mut other = earlier.clone();
     other["seeds"] = serde_json::json!(5);
-    let mut again = compare(&cfg("static:2", Vec::new())).unwrap();
+    let mut again = compare(&tiny_cfg("static:2", Vec::new())).unwrap();
     let e = llmos::eval::merge::merge_rows(&mut again, &other, "earlier.json", registry).unwrap_err().to_string();
     assert!(e.contains("earlier.json") && e.contains("`seeds`"), "{e}");
     other = earlier.clone();

@@ -443,12 +443,15 @@ async fn save_policy_state(ctx: &Context, state: &Mutex<WorkloadState>, wl: &LLM
     let (policy, value) = {
         let ws = lock(state);
         let Ok(p) = ws.policy.as_ref() else { return };
-        let Some(value) = p.export_state() else { return };
+        // The interval first: within it nothing is exported (the state is serialised
+        // only when it may be written).
         let interval = SignedDuration::try_from(ctx.config.policy_state_interval).unwrap_or(SignedDuration::MAX);
-        match &ws.state_saved {
-            Some((_, v)) if *v == value => return,
-            Some((t, _)) if now.duration_since(*t) < interval => return,
-            _ => {}
+        if ws.state_saved.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < interval) {
+            return;
+        }
+        let Some(value) = p.export_state() else { return };
+        if ws.state_saved.as_ref().is_some_and(|(_, v)| *v == value) {
+            return;
         }
         (p.name().to_string(), value)
     };

@@ -337,13 +337,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 /// Runs `llmos trace-stats` ([`crate::twin::cli::trace_stats`]) and, for a ServeGen folder
 /// with `--plot`, draws its hourly rate over the days with the `--split-days` segments.
 pub fn trace_stats(args: crate::twin::cli::TraceStatsArgs) -> anyhow::Result<()> {
-    let plot = args.plot.clone();
-    let (dir, split) = (args.file.clone(), args.split_days.clone());
-    crate::twin::cli::trace_stats(args)?;
+    let (plot, dir, split) = (args.plot.clone(), args.file.clone(), args.split_days.clone());
+    let stats = crate::twin::cli::trace_stats(args)?;
     let Some(path) = plot else { return Ok(()) };
-    anyhow::ensure!(dir.is_dir(), "--plot draws a ServeGen folder's rate; {} is a file", dir.display());
-    let data = crate::twin::traces::servegen::ServegenData::load(&dir, &[])?;
-    let stats = crate::twin::traces::servegen::ServegenStats::of(&data);
+    let Some(stats) = stats else {
+        anyhow::bail!("--plot draws a ServeGen folder's rate; {} is a file", dir.display())
+    };
     let days = stats.hourly_rps.len() as f64 / 24.0;
     let mut edges = vec![0.0];
     edges.extend(split.iter().copied().filter(|d| *d > 0.0 && *d < days));

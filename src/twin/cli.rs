@@ -113,7 +113,8 @@ pub struct TraceStatsArgs {
     #[arg(long)]
     pub json: bool,
     /// For a ServeGen folder: also draw its hourly rate over the days to this file (PNG
-    /// when it ends in `.png`, else SVG; drawn by `eval::cli::trace_stats`).
+    /// when it ends in `.png`, else SVG; drawn by `eval::cli::trace_stats` from the
+    /// statistics [`trace_stats`] returns).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Days where the plot's shaded segments change, comma-separated (e.g. `9,11`: days
@@ -123,12 +124,12 @@ pub struct TraceStatsArgs {
     pub split_days: Vec<f64>,
 }
 
-fn servegen_stats(args: &TraceStatsArgs) -> anyhow::Result<()> {
+fn servegen_stats(args: &TraceStatsArgs) -> anyhow::Result<ServegenStats> {
     let data = ServegenData::load(&args.file, &[])?;
     let s = ServegenStats::of(&data);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+        return Ok(s);
     }
     println!("folder             {} (ServeGen, rates at x1)", args.file.display());
     println!(
@@ -159,19 +160,20 @@ fn servegen_stats(args: &TraceStatsArgs) -> anyhow::Result<()> {
     for (h, r) in s.hour_of_day_rps.iter().enumerate() {
         print!("{h:>2}:{r:>8.1}{}", if h % 6 == 5 { "\n" } else { "  " });
     }
-    Ok(())
+    Ok(s)
 }
 
-/// Runs `llmos trace-stats`.
-pub fn trace_stats(args: TraceStatsArgs) -> anyhow::Result<()> {
+/// Runs `llmos trace-stats`; returns a ServeGen folder's statistics (for a caller that
+/// draws them), `None` for a trace file.
+pub fn trace_stats(args: TraceStatsArgs) -> anyhow::Result<Option<ServegenStats>> {
     if args.file.is_dir() {
-        return servegen_stats(&args);
+        return servegen_stats(&args).map(Some);
     }
     let trace = Trace::load(&args.file, None)?;
     let s = TraceStats::of(&trace);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+        return Ok(None);
     }
     println!("file               {}", args.file.display());
     println!("rows               {}", s.rows);
@@ -185,5 +187,5 @@ pub fn trace_stats(args: TraceStatsArgs) -> anyhow::Result<()> {
     if s.rows_with_hashes > 0 {
         println!("rows with prefix hashes {}", s.rows_with_hashes);
     }
-    Ok(())
+    Ok(None)
 }
