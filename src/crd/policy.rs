@@ -323,7 +323,42 @@ pub struct DqnParams {
     /// Record transitions under this directory for offline retraining.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_transitions: Option<String>,
+    /// What the policy does while the network's inputs are outside the range it was
+    /// trained on (absent: the defaults of [`OutOfRangeParams`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_range: Option<OutOfRangeParams>,
 }
+
+/// The guard of a learned policy against inputs it never saw in training.
+///
+/// Each tick, every input feature is compared with the mean and standard deviation the
+/// checkpoint recorded over its training observations; a feature further than `maxZ`
+/// standard deviations away (or, for a feature that was constant in training, any
+/// change) is out of range. While any feature is out of range, the `fallback` policy
+/// decides instead of the network; it sees every observation, so its windows and learned
+/// state are warm when it takes over. Entering and leaving the fallback are published as
+/// `PolicyWarning` Events naming the feature.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OutOfRangeParams {
+    /// Standard deviations from the training mean beyond which a feature is out of
+    /// range; 0 turns the guard off.
+    #[schemars(range(min = 0.0))]
+    pub max_z: f64,
+    /// The policy that decides while an input is out of range, in the command-line form
+    /// (`hpa`, `forecast:capacity=8`, `ray:target=16`, or `hold` to keep the current
+    /// fleet); it cannot be a learned kind.
+    pub fallback: String,
+}
+
+impl Default for OutOfRangeParams {
+    fn default() -> Self {
+        OutOfRangeParams { max_z: DEFAULT_MAX_Z, fallback: "hpa".into() }
+    }
+}
+
+/// Default [`OutOfRangeParams::max_z`].
+pub const DEFAULT_MAX_Z: f64 = 6.0;
 
 /// The `policy` section of an LLMWorkload spec.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -564,10 +564,23 @@ impl Registry {
         Ok(PolicyChoice { label: name.into(), entry, spec, params })
     }
 
-    /// Parses a comma-separated list of names (`--policies hpa,kpa,static-peak`).
+    /// Parses a comma-separated list of names (`--policies hpa,kpa,static-peak`). An item
+    /// whose part before any `:` holds `=` is not a name but a key of the name before it
+    /// (`dqn:PATH,max-z=6,fallback=hpa` is one name): kind names never hold `=`.
     pub fn parse_list(&self, list: &str, base: &PolicySpec) -> Result<Vec<PolicyChoice>, PolicyError> {
+        let mut names: Vec<String> = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let head = item.split(':').next().unwrap_or_default();
+            match names.last_mut() {
+                Some(prev) if head.contains('=') => {
+                    prev.push(',');
+                    prev.push_str(item);
+                }
+                _ => names.push(item.to_string()),
+            }
+        }
         let mut out: Vec<PolicyChoice> = Vec::new();
-        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for name in names.iter().map(String::as_str) {
             if out.iter().any(|c| c.label == name) {
                 return Err(invalid(name, "is listed twice"));
             }

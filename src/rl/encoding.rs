@@ -155,6 +155,38 @@ impl Normaliser {
         }
         (self.m2[i] / (self.count - 1) as f64).sqrt().max(1e-4)
     }
+    /// The feature of `x` furthest from the statistics, as (index, z), when it is more than
+    /// `max_z` standard deviations from the mean; `None` when every feature is within
+    /// range (or fewer than two samples were seen, or `max_z` is 0). A feature that was
+    /// constant in training (standard deviation below 1e-6) is out of range as soon as it
+    /// differs from its mean by more than 1e-3 × max(1, |mean|); its z is then reported as
+    /// the difference over 1e-6. A non-finite feature is out of range with z = ∞.
+    pub fn out_of_range(&self, x: &[f32], max_z: f64) -> Option<(usize, f64)> {
+        if self.count < 2 || max_z <= 0.0 {
+            return None;
+        }
+        let mut worst: Option<(usize, f64)> = None;
+        for (i, &v) in x.iter().enumerate().take(self.mean.len()) {
+            let v = v as f64;
+            let d = v - self.mean[i];
+            let sd = (self.m2[i] / (self.count - 1) as f64).max(0.0).sqrt();
+            let z = if !v.is_finite() {
+                f64::INFINITY
+            } else if sd < 1e-6 {
+                if d.abs() > 1e-3 * self.mean[i].abs().max(1.0) {
+                    d / 1e-6
+                } else {
+                    0.0
+                }
+            } else {
+                d / sd
+            };
+            if z.abs() > max_z && worst.is_none_or(|(_, w)| z.abs() > w.abs()) {
+                worst = Some((i, z));
+            }
+        }
+        worst
+    }
     /// Normalises features in place: (x − mean)/std, clipped to ±10.
     pub fn apply(&self, x: &mut [f32]) {
         for (i, v) in x.iter_mut().enumerate() {
@@ -583,6 +615,27 @@ impl ActionLayout {
 mod tests {
     use super::*;
     use crate::policy::observation::{PoolObservation, SlotObservation};
+
+    #[test]
+    fn out_of_range_names_the_furthest_feature() {
+        let mut n = Normaliser::new(3);
+        assert_eq!(n.out_of_range(&[1e9, 0.0, 0.0], 6.0), None, "no statistics yet");
+        for i in 0..100 {
+            // Feature 0 varies (mean 0, std about 1), feature 1 is constant, feature 2 varies.
+            let v = if i % 2 == 0 { 1.0 } else { -1.0 };
+            n.update(&[v, 5.0, 10.0 * v]);
+        }
+        assert_eq!(n.out_of_range(&[0.5, 5.0, -3.0], 6.0), None);
+        assert_eq!(n.out_of_range(&[0.5, 5.0 + 1e-4, -3.0], 6.0), None, "float noise on a constant");
+        let (i, z) = n.out_of_range(&[7.0, 5.0, 0.0], 6.0).unwrap();
+        assert_eq!(i, 0);
+        assert!((z - 7.0 / n.std(0)).abs() < 1e-9, "{z}");
+        assert_eq!(n.out_of_range(&[7.0, 5.5, 0.0], 6.0).map(|(i, _)| i), Some(1), "a constant that moved");
+        assert_eq!(n.out_of_range(&[-80.0, 5.0, 0.0], 6.0).map(|(i, _)| i), Some(0));
+        let (i, z) = n.out_of_range(&[0.0, 5.0, f32::NAN], 6.0).unwrap();
+        assert_eq!((i, z), (2, f64::INFINITY));
+        assert_eq!(n.out_of_range(&[1e9, 5.0, 0.0], 0.0), None, "a limit of 0 is off");
+    }
 
     fn obs() -> Observation {
         Observation {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::crd::LLMWorkloadSpec;
-use crate::policy::config::{DqnParams, PolicyKind, PolicySpec};
+use crate::policy::config::{DqnParams, OutOfRangeParams, PolicyKind, PolicySpec};
 use crate::policy::registry::{invalid, BuildContext, KindId, PolicyError, PolicyKindDef, Positional};
 use crate::policy::{Decision, Observation, Policy};
 
@@ -115,6 +115,60 @@ impl Ensemble {
     }
 }
 
+/// What a learned policy does while its inputs are outside its training range
+/// ([`OutOfRangeParams`]): the limit, the fallback policy (`None`: hold) and whether it
+/// is deciding now.
+pub struct Guard {
+    max_z: f64,
+    name: String,
+    fallback: Option<Box<dyn Policy>>,
+    /// The feature that put the policy on the fallback and its z, while it is there.
+    active: Option<(String, f64)>,
+    /// Ticks decided by the fallback since the policy was built or reset.
+    fallback_ticks: u64,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard").field("max_z", &self.max_z).field("fallback", &self.name).finish()
+    }
+}
+
+impl Guard {
+    /// The guard of `params` for a workload with `spec`: the fallback is built from its
+    /// command-line form with the spec's own `policy` section as the base; `hold` keeps the
+    /// current fleet. A learned fallback, or one only the comparison harness can build, is
+    /// refused.
+    pub fn build(params: &OutOfRangeParams, spec: &LLMWorkloadSpec) -> Result<Guard, PolicyError> {
+        let field = "spec.policy.dqn.outOfRange";
+        if !params.max_z.is_finite() || params.max_z < 0.0 {
+            return Err(invalid(&format!("{field}.maxZ"), format!("must be 0 (off) or positive, not {}", params.max_z)));
+        }
+        let name = params.fallback.trim().to_string();
+        let fallback = if name == "hold" {
+            None
+        } else {
+            let reg = super::registry();
+            let choice = reg
+                .parse(&name, &spec.policy)
+                .map_err(|e| invalid(&format!("{field}.fallback"), format!("`{name}`: {e}")))?;
+            let entry = reg.get(choice.kind().name());
+            if entry.is_some_and(|e| e.learned() || e.needs_harness()) {
+                return Err(invalid(
+                    &format!("{field}.fallback"),
+                    format!("`{name}` cannot be a fallback: give a heuristic kind (hpa, kpa, forecast, ray, queue, static) or hold"),
+                ));
+            }
+            Some(
+                choice
+                    .build_for(spec)
+                    .map_err(|e| invalid(&format!("{field}.fallback"), format!("`{name}`: {e}")))?,
+            )
+        };
+        Ok(Guard { max_z: params.max_z, name, fallback, active: None, fallback_ticks: 0 })
+    }
+}
+
 /// A greedy policy from a trained DQN checkpoint (or an [`Ensemble`] of them).
 pub struct DqnPolicy {
     agents: Vec<DqnAgent>,
@@ -124,6 +178,7 @@ pub struct DqnPolicy {
     last: Option<(Vec<f32>, Vec<usize>)>,
     recorder: Option<(PathBuf, BufWriter<fs::File>)>,
     record_errors: u64,
+    guard: Option<Guard>,
 }
 
 impl std::fmt::Debug for DqnPolicy {
@@ -184,7 +239,31 @@ impl DqnPolicy {
             last: None,
             recorder: None,
             record_errors: 0,
+            guard: None,
         })
+    }
+
+    /// Puts `guard` in front of the network: while an input is out of its training range,
+    /// the guard's fallback decides (see [`OutOfRangeParams`]).
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Ticks decided by the out-of-range fallback since the policy was built or reset.
+    pub fn fallback_ticks(&self) -> u64 {
+        self.guard.as_ref().map_or(0, |g| g.fallback_ticks)
+    }
+
+    /// The input feature furthest outside the training range of any member, as (name, z),
+    /// when it is beyond `max_z` standard deviations.
+    fn out_of_range(&self, x: &[f32], max_z: f64) -> Option<(String, f64)> {
+        let names = self.encoder.feature_names();
+        self.agents
+            .iter()
+            .filter_map(|a| a.normaliser.out_of_range(x, max_z))
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .map(|(i, z)| (names.get(i).cloned().unwrap_or_else(|| format!("feature {i}")), z))
     }
 
     /// Appends transitions to `dir/transitions.jsonl` from now on.
@@ -223,21 +302,79 @@ impl Policy for DqnPolicy {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
+        // The fallback sees every observation, so its windows are warm when it takes over.
+        let fallback = self.guard.as_mut().and_then(|g| g.fallback.as_mut()).map(|p| p.decide(obs));
         if !obs.is_complete() {
             self.last = None;
             return Decision::hold(obs, format!("dqn: holding, missing metrics: {}", obs.missing.join(", ")));
         }
         let (d, x, a) = greedy_decision(&self.agents, &mut self.encoder, &self.actions, &self.limits, obs);
-        self.last = Some((x, a));
-        d
+        let Some(max_z) = self.guard.as_ref().map(|g| g.max_z) else {
+            self.last = Some((x, a));
+            return d;
+        };
+        let outside = self.out_of_range(&x, max_z);
+        let g = self.guard.as_mut().expect("guard checked above");
+        match outside {
+            Some((feature, z)) => {
+                // The network's choice is not a transition of the policy that acted.
+                self.last = None;
+                g.fallback_ticks += 1;
+                let mut out = match fallback {
+                    Some(f) => f,
+                    None => Decision::hold(obs, "hold"),
+                };
+                if g.active.is_none() {
+                    out.warnings.push(format!(
+                        "input {feature} is {z:.1} standard deviations from the training mean (limit {max_z}); \
+                         {} decides until every input is back in range",
+                        g.name
+                    ));
+                }
+                out.reason = format!("dqn: {feature} out of training range (z {z:.1}), fallback {}", out.reason);
+                g.active = Some((feature, z));
+                out
+            }
+            None => {
+                self.last = Some((x, a));
+                let mut d = d;
+                if let Some((feature, _)) = g.active.take() {
+                    d.warnings.push(format!(
+                        "inputs back in the training range ({feature} was the last out); the network decides again"
+                    ));
+                }
+                d
+            }
+        }
     }
 
     fn reset(&mut self) {
         self.last = None;
         self.encoder.reset();
+        if let Some(g) = self.guard.as_mut() {
+            g.active = None;
+            g.fallback_ticks = 0;
+            if let Some(f) = g.fallback.as_mut() {
+                f.reset();
+            }
+        }
+    }
+
+    fn export_state(&self) -> Option<serde_json::Value> {
+        self.guard.as_ref().and_then(|g| g.fallback.as_ref()).and_then(|f| f.export_state())
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<(), PolicyError> {
+        match self.guard.as_mut().and_then(|g| g.fallback.as_mut()) {
+            Some(f) => f.import_state(state),
+            None => Ok(()),
+        }
     }
 
     fn feedback(&mut self, next: &Observation, reward: f64) {
+        if let Some(f) = self.guard.as_mut().and_then(|g| g.fallback.as_mut()) {
+            f.feedback(next, reward);
+        }
         let Some((path, w)) = self.recorder.as_mut() else { return };
         let Some((obs, action)) = self.last.as_ref() else { return };
         let next_obs = self.encoder.encode(next);
@@ -300,8 +437,9 @@ pub struct Dqn;
 impl PolicyKindDef for Dqn {
     type Params = DqnParams;
     const ID: KindId = KindId("dqn");
-    const USAGE: &'static str = "dqn:PATH (a trained checkpoint directory)";
-    const KEYS: &'static str = "PATH (dqn:PATH)";
+    const USAGE: &'static str =
+        "dqn:PATH[,max-z=Z][,fallback=POLICY] (a trained checkpoint directory; inputs beyond Z standard deviations of training hand the decision to POLICY)";
+    const KEYS: &'static str = "PATH (dqn:PATH), max-z, fallback (after the path, separated by commas)";
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Dqn);
     const POSITIONAL: Positional = Positional::Rest("checkpoint");
     const LEARNED: bool = true;
@@ -317,9 +455,29 @@ impl PolicyKindDef for Dqn {
         p.dqn = Some(params.clone());
     }
 
-    fn set(&self, params: &mut DqnParams, k: &str, v: &str, _key: &str) -> Result<bool, PolicyError> {
+    fn set(&self, params: &mut DqnParams, k: &str, v: &str, key: &str) -> Result<bool, PolicyError> {
         match k {
-            "checkpoint" => params.checkpoint = v.to_string(),
+            // `dqn:PATH,max-z=6,fallback=forecast:capacity=8`: the path, then keys after commas
+            // (the fallback is last-but-anything: its own `:` keys stay with it).
+            "checkpoint" => {
+                let mut items = v.split(',');
+                params.checkpoint = items.next().unwrap_or_default().trim().to_string();
+                for item in items {
+                    let Some((k2, v2)) = item.split_once('=') else {
+                        return Err(invalid(key, format!("`{item}` is not KEY=VALUE; keys after the path: max-z, fallback")));
+                    };
+                    let g = params.out_of_range.get_or_insert_with(OutOfRangeParams::default);
+                    match k2.trim() {
+                        "max-z" => {
+                            g.max_z = crate::policy::registry::num("dqn:max-z", v2.trim(), "a number of standard deviations")?
+                        }
+                        "fallback" => g.fallback = v2.trim().to_string(),
+                        other => {
+                            return Err(invalid(key, format!("unknown key `{other}`; keys after the path: max-z, fallback")))
+                        }
+                    }
+                }
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -328,6 +486,14 @@ impl PolicyKindDef for Dqn {
     fn validate(&self, params: &DqnParams) -> Result<(), PolicyError> {
         if params.checkpoint.is_empty() {
             return Err(invalid("dqn", "give the checkpoint directory: dqn:PATH"));
+        }
+        if let Some(g) = &params.out_of_range {
+            if !g.max_z.is_finite() || g.max_z < 0.0 {
+                return Err(invalid("spec.policy.dqn.outOfRange.maxZ", format!("must be 0 (off) or positive, not {}", g.max_z)));
+            }
+            if g.fallback.trim().is_empty() {
+                return Err(invalid("spec.policy.dqn.outOfRange.fallback", "give a policy (e.g. hpa) or hold"));
+            }
         }
         Ok(())
     }
@@ -338,10 +504,17 @@ impl PolicyKindDef for Dqn {
         if let Some(dir) = &params.record_transitions {
             p.record_transitions(Path::new(dir)).map_err(load_err)?;
         }
+        let guard = params.out_of_range.clone().unwrap_or_default();
+        if guard.max_z > 0.0 {
+            p = p.with_guard(Guard::build(&guard, ctx.spec)?);
+        }
         Ok(Box::new(p))
     }
 
     fn load_checkpoint(&self, dir: &str, spec: &LLMWorkloadSpec) -> Result<Box<dyn Policy>, PolicyError> {
-        self.build(&DqnParams { checkpoint: dir.into(), record_transitions: None }, &BuildContext::of_spec(spec, "dqn"))
+        self.build(
+            &DqnParams { checkpoint: dir.into(), record_transitions: None, out_of_range: None },
+            &BuildContext::of_spec(spec, "dqn"),
+        )
     }
 }
