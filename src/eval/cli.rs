@@ -139,19 +139,28 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
     print!("{}", stats::figures_table(&report.figures, &report.loads));
     print!("{}", stats::figures_text(&report.figures));
     println!();
-    // Each learned policy against the HPA and KPA settings in the run (the bar:
-    // ≥ 25 % fewer GPU-hours than the best of them at equal or better SLO attainment).
+    print!("{}", stats::target_text(&report.target_winners));
+    // Each policy against the HPA and KPA settings in the run at iso-SLO (the bar: ≥ 25 %
+    // fewer GPU-hours than their front at the policy's SLO attainment, in a cell that
+    // counts; `stats::Verdict::meets`).
     let learned = |k: &crate::policy::KindId| crate::rl::registry().get(k.name()).is_some_and(|e| e.learned());
     let is_hpa_kpa = |r: &stats::Row| r.is_hpa_kpa();
-    for (p, _) in report.policies.iter().zip(&report.kinds).filter(|(_, k)| learned(k)) {
-        let v = stats::verdicts(&report.rows, p, &is_hpa_kpa);
+    // Every policy but the HPA/KPA settings and the clairvoyant runs gets the iso-SLO
+    // verdict; the learned ones also the static-peak line.
+    let judged = |k: &crate::policy::KindId| !stats::is_hpa_kpa_kind(Some(*k)) && !stats::is_clairvoyant_kind(Some(*k));
+    for (p, k) in report.policies.iter().zip(&report.kinds).filter(|(_, k)| judged(k)) {
+        let v = stats::verdicts(&report.rows, p, &is_hpa_kpa, report.slo_target_pct);
         if !v.is_empty() {
             println!();
             print!("{}", stats::verdict_text(&v, "HPA/KPA", 0.25));
         }
+        if !learned(k) {
+            continue;
+        }
         // The peak-sized static fleet knows the window's peak in advance: a reference an
         // online policy would have to match, said separately so it is not missed.
-        for sv in stats::verdicts(&report.rows, p, &|b: &stats::Row| b.kind == Some(StaticPeak::ID)) {
+        for sv in stats::verdicts(&report.rows, p, &|b: &stats::Row| b.kind == Some(StaticPeak::ID), report.slo_target_pct)
+        {
             println!(
                 "load ×{}: against static-peak (sized from the window's own peak, not an online policy): {:.1} % at {:.2} GPU-h vs {:.1} % at {:.2} GPU-h: {}",
                 sv.load,

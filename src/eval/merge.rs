@@ -57,6 +57,7 @@ pub fn merge_rows(
     }
     report.frontiers = stats::frontiers(&report.rows, &report.loads);
     report.figures = stats::policy_figures(&report.rows);
+    report.target_winners = stats::target_winners(&report.rows, &report.loads, report.slo_target_pct);
     Ok(added)
 }
 

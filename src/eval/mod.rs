@@ -319,6 +319,10 @@ pub struct CompareReport {
     /// Per (policy, load): GPU-hours saved against HPA/KPA and the share of the frontier's
     /// saving captured.
     pub figures: Vec<stats::PolicyFigures>,
+    /// The workload's SLO attainment target, % (`spec.slo.targetAttainment` × 100).
+    pub slo_target_pct: f64,
+    /// Per load: the policies meeting the SLO target, cheapest first.
+    pub target_winners: Vec<stats::TargetWinner>,
     /// Every episode (reports only; series and CDFs are in the plots).
     pub episodes: Vec<EpisodeResult>,
 }
@@ -412,6 +416,8 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
     let rows = stats::aggregate(&episodes, &labels, &cfg.loads);
     let frontiers = stats::frontiers(&rows, &cfg.loads);
     let figures = stats::policy_figures(&rows);
+    let slo_target_pct = scenario.spec.slo.target_attainment * 100.0;
+    let target_winners = stats::target_winners(&rows, &cfg.loads, slo_target_pct);
     Ok(CompareReport {
         scenario: scenario.file.name.clone().unwrap_or_else(|| cfg.scenario.display().to_string()),
         window: cfg.window,
@@ -425,6 +431,8 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
         rows,
         frontiers,
         figures,
+        slo_target_pct,
+        target_winners,
         episodes,
     })
 }

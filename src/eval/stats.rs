@@ -292,12 +292,46 @@ pub struct Verdict {
     /// (what alternating between two neighbouring settings would cost); `None` outside
     /// the front's range.
     pub frontier_gpu_h: Option<f64>,
+    /// The workload's SLO attainment target, % (`spec.slo.targetAttainment`).
+    pub target_pct: f64,
+    /// The highest SLO attainment of any baseline at this load, %.
+    pub best_baseline_slo_pct: f64,
+    /// GPU-hours the baselines need at the policy's SLO attainment (the iso-SLO
+    /// reference): the front interpolated there, or, outside the front's range, its
+    /// nearest end (above it: the cheapest setting of the best SLO, which still has a
+    /// lower SLO than the policy; below it: the cheapest setting, which has a higher one).
+    pub iso_gpu_h: f64,
+    /// Where the policy's SLO attainment lies against the baselines' front.
+    pub iso_where: FrontPosition,
+    /// GPU-hours saved against `iso_gpu_h`, as a fraction (negative: more used).
+    pub iso_saved: f64,
+    /// Whether the cell counts: the policy's SLO attainment is at least the target, or
+    /// within [`ISO_SLO_SLACK_PT`] of the best baseline's.
+    pub counts: bool,
 }
 
+/// Where a policy's SLO attainment lies against a front of baselines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FrontPosition {
+    /// Between the front's lowest and highest SLO attainment: the front is interpolated.
+    Within,
+    /// Above every baseline's SLO attainment.
+    Above,
+    /// Below every baseline's SLO attainment.
+    Below,
+}
+
+/// A cell counts when the policy's SLO attainment is within this many points of the best
+/// baseline's (or at least the workload's target).
+pub const ISO_SLO_SLACK_PT: f64 = 1.0;
+
 impl Verdict {
-    /// At least `min_saving` fewer GPU-hours at equal or better SLO attainment.
+    /// The verdict of the project, defined here once: the cell counts
+    /// ([`Verdict::counts`]), and the policy uses at least `min_saving` fewer GPU-hours
+    /// than the baselines' front at its own SLO attainment ([`Verdict::iso_saved`]).
     pub fn meets(&self, min_saving: f64) -> bool {
-        self.saved >= min_saving && round1(self.slo_pct) >= round1(self.baseline_slo_pct)
+        self.counts && self.iso_saved >= min_saving
     }
 }
 
@@ -355,9 +389,10 @@ pub fn front_at(front: &[(f64, f64)], slo_pct: f64) -> Option<f64> {
 }
 
 /// The verdicts of `policy` against the rows that satisfy `is_baseline` (e.g.
-/// [`Row::is_hpa_kpa`]), per load. Loads where the policy or every baseline lacks SLO or
-/// GPU-hour values are skipped.
-pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&Row) -> bool) -> Vec<Verdict> {
+/// [`Row::is_hpa_kpa`]), per load, for a workload whose SLO attainment target is
+/// `target_pct` %. Loads where the policy or every baseline lacks SLO or GPU-hour values
+/// are skipped.
+pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&Row) -> bool, target_pct: f64) -> Vec<Verdict> {
     let mut out = Vec::new();
     for r in rows.iter().filter(|r| r.policy == policy) {
         let Some((slo, gpu)) = slo_and_gpu_h(r) else { continue };
@@ -374,7 +409,16 @@ pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&Row) -> bool) 
             None => (*base.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(&base[0]), false),
         };
         let pts: Vec<(f64, f64)> = base.iter().map(|b| (b.1, b.2)).collect();
-        let frontier_gpu_h = front_at(&front(&pts), slo);
+        let fr = front(&pts);
+        let frontier_gpu_h = front_at(&fr, slo);
+        let best = base.iter().map(|b| b.1).fold(f64::NEG_INFINITY, f64::max);
+        let (iso_gpu_h, iso_where) = match (frontier_gpu_h, fr.first(), fr.last()) {
+            (Some(g), _, _) => (g, FrontPosition::Within),
+            (None, Some(lo), _) if round1(slo) < lo.0 => (lo.1, FrontPosition::Below),
+            (None, _, Some(hi)) => (hi.1, FrontPosition::Above),
+            (None, _, None) => (f64::NAN, FrontPosition::Within),
+        };
+        let counts = round1(slo) >= round1(target_pct) || round1(slo) >= round1(best - ISO_SLO_SLACK_PT);
         out.push(Verdict {
             load: r.load,
             policy: policy.to_string(),
@@ -386,9 +430,70 @@ pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&Row) -> bool) 
             baseline_reaches: reaches,
             saved: if reference.2 > 0.0 { (reference.2 - gpu) / reference.2 } else { f64::NAN },
             frontier_gpu_h,
+            target_pct,
+            best_baseline_slo_pct: best,
+            iso_gpu_h,
+            iso_where,
+            iso_saved: if iso_gpu_h > 0.0 { (iso_gpu_h - gpu) / iso_gpu_h } else { f64::NAN },
+            counts,
         });
     }
     out
+}
+
+/// The plain question per load: of the policies run (clairvoyant references excluded),
+/// which meets the workload's SLO attainment target with the fewest GPU-hours.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetWinner {
+    /// Load multiplier.
+    pub load: f64,
+    /// The target, %.
+    pub target_pct: f64,
+    /// The policies that meet the target (to 0.1 pt), cheapest first, as
+    /// `(policy, SLO %, GPU-h)`; empty when none does.
+    pub meeting: Vec<(String, f64, f64)>,
+}
+
+/// [`TargetWinner`] per load.
+pub fn target_winners(rows: &[Row], loads: &[f64], target_pct: f64) -> Vec<TargetWinner> {
+    loads
+        .iter()
+        .map(|&load| {
+            let mut meeting: Vec<(String, f64, f64)> = rows
+                .iter()
+                .filter(|r| r.load == load && !r.is_clairvoyant())
+                .filter_map(|r| slo_and_gpu_h(r).map(|(s, g)| (r.policy.clone(), s, g)))
+                .filter(|(_, s, _)| round1(*s) >= round1(target_pct))
+                .collect();
+            meeting.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
+            TargetWinner { load, target_pct, meeting }
+        })
+        .collect()
+}
+
+/// One line per load: the policy that meets the target with the fewest GPU-hours, and the
+/// next two.
+pub fn target_text(winners: &[TargetWinner]) -> String {
+    let mut s = String::new();
+    for w in winners {
+        match w.meeting.split_first() {
+            None => s.push_str(&format!("load ×{}: no policy meets the {:.1} % SLO target\n", w.load, w.target_pct)),
+            Some((first, rest)) => {
+                let next: Vec<String> =
+                    rest.iter().take(2).map(|(p, sl, g)| format!("{p} ({sl:.1} % at {g:.2} GPU-h)")).collect();
+                s.push_str(&format!(
+                    "load ×{}: fewest GPU-hours meeting the {:.1} % SLO target: {} ({:.1} % at {:.2} GPU-h){}\n",
+                    w.load,
+                    w.target_pct,
+                    first.0,
+                    first.1,
+                    first.2,
+                    if next.is_empty() { String::new() } else { format!("; then {}", next.join(", ")) }
+                ));
+            }
+        }
+    }
+    s
 }
 
 /// The kinds the saving is measured against: HPA and KPA.
@@ -648,14 +753,27 @@ pub fn verdict_text(verdicts: &[Verdict], family: &str, min_saving: f64) -> Stri
         } else {
             format!("{:.0} % more GPU-hours", -v.saved * 100.0)
         };
-        let frontier = v
-            .frontier_gpu_h
-            .map(|f| {
-                format!("; the {family} front at that SLO costs {f:.2} GPU-h ({:+.0} %)", (f - v.gpu_h) / f * 100.0)
-            })
-            .unwrap_or_default();
+        let iso = match v.iso_where {
+            FrontPosition::Within => format!("the {family} front at that SLO costs {:.2} GPU-h", v.iso_gpu_h),
+            FrontPosition::Above => {
+                format!("above the {family} front; its best-SLO end costs {:.2} GPU-h", v.iso_gpu_h)
+            }
+            FrontPosition::Below => {
+                format!("below the {family} front; its cheapest end costs {:.2} GPU-h", v.iso_gpu_h)
+            }
+        };
+        let judged = if !v.counts {
+            format!(
+                "not counted (SLO below the {:.1} % target and more than {ISO_SLO_SLACK_PT} pt below the best {family} setting's {:.1} %)",
+                v.target_pct, v.best_baseline_slo_pct
+            )
+        } else if v.meets(min_saving) {
+            format!("target (≥ {:.0} % fewer at iso-SLO) met", min_saving * 100.0)
+        } else {
+            format!("target (≥ {:.0} % fewer at iso-SLO) not met", min_saving * 100.0)
+        };
         s.push_str(&format!(
-            "load ×{}: {} {:.1} % SLO at {:.2} GPU-h; {against} {} ({:.1} % at {:.2} GPU-h): {saved}{frontier} → {}\n",
+            "load ×{}: {} {:.1} % SLO at {:.2} GPU-h; {against} {} ({:.1} % at {:.2} GPU-h): {saved}; {iso} ({:+.0} %) → {judged}\n",
             v.load,
             v.policy,
             v.slo_pct,
@@ -663,11 +781,7 @@ pub fn verdict_text(verdicts: &[Verdict], family: &str, min_saving: f64) -> Stri
             v.baseline,
             v.baseline_slo_pct,
             v.baseline_gpu_h,
-            if v.meets(min_saving) {
-                format!("target (≥ {:.0} % fewer at equal or better SLO) met", min_saving * 100.0)
-            } else {
-                "target not met".to_string()
-            }
+            v.iso_saved * 100.0,
         ));
     }
     s
@@ -696,7 +810,7 @@ mod tests {
     }
 
     #[test]
-    fn verdict_picks_the_cheapest_baseline_at_equal_slo_and_interpolates_the_front() {
+    fn verdict_judges_at_iso_slo_in_cells_that_count() {
         let rows = vec![
             row("hpa:target=0.5", 95.0, 4.0),
             row("hpa:target=1", 92.0, 3.0),
@@ -704,30 +818,57 @@ mod tests {
             row("queue", 99.0, 0.5),
             row("dqn:a", 93.5, 2.0),
             row("dqn:b", 97.0, 3.0),
+            row("dqn:c", 90.0, 1.0),
         ];
         let hk = |r: &Row| r.is_hpa_kpa();
-        let a = &verdicts(&rows, "dqn:a", &hk)[0];
+        // Target 95 %; the best HPA/KPA setting reaches 95 %.
+        let a = &verdicts(&rows, "dqn:a", &hk, 95.0)[0];
         assert_eq!(a.baseline, "hpa:target=0.5");
         assert!(a.baseline_reaches && (a.saved - 0.5).abs() < 1e-12);
-        // Front between (92, 3) and (95, 4): 3.5 GPU-h at 93.5 %.
+        // Front between (92, 3) and (95, 4): 3.5 GPU-h at 93.5 %; 2.0 saves 43 % at iso-SLO,
+        // but 93.5 % is below the target and 1.5 pt below the best setting: not counted.
         assert!((a.frontier_gpu_h.unwrap() - 3.5).abs() < 1e-12);
-        // Half the GPU-hours, but 1.5 pt less SLO than the setting compared with: not met.
-        assert!(!a.meets(0.25));
-        // Nobody reaches 97 %: compared with the highest-SLO setting, 25 % fewer GPU-hours.
-        let b = &verdicts(&rows, "dqn:b", &hk)[0];
+        assert!((a.iso_gpu_h - 3.5).abs() < 1e-12 && a.iso_where == FrontPosition::Within);
+        assert!((a.iso_saved - 1.5 / 3.5).abs() < 1e-12);
+        assert!(!a.counts && !a.meets(0.25));
+        // With a 93 % target the same cell counts, and meets the bar.
+        let a93 = &verdicts(&rows, "dqn:a", &hk, 93.0)[0];
+        assert!(a93.counts && a93.meets(0.25) && !a93.meets(0.45));
+        // Within 1 pt of the best setting counts even below the target.
+        let rows2 = vec![row("hpa:target=0.5", 95.0, 4.0), row("hpa:target=1", 92.0, 3.0), row("dqn:d", 94.0, 2.0)];
+        let d = &verdicts(&rows2, "dqn:d", &hk, 99.0)[0];
+        assert!(d.counts && d.meets(0.25), "{d:?}");
+        // Nobody reaches 97 %: above the front, judged against its best-SLO end.
+        let b = &verdicts(&rows, "dqn:b", &hk, 95.0)[0];
         assert!(!b.baseline_reaches && b.baseline == "hpa:target=0.5");
-        assert!((b.saved - 0.25).abs() < 1e-12 && b.meets(0.25) && !b.meets(0.3));
+        assert_eq!(b.iso_where, FrontPosition::Above);
+        assert!((b.iso_saved - 0.25).abs() < 1e-12 && b.counts && b.meets(0.25) && !b.meets(0.3));
         assert!(b.frontier_gpu_h.is_none());
-        // Lower SLO than the compared setting is never "met", however cheap.
-        let c = Verdict { slo_pct: 94.9, baseline_slo_pct: 95.0, saved: 0.9, ..a.clone() };
-        assert!(!c.meets(0.25));
+        // Far below every setting that matters: not counted, however cheap.
+        let c = &verdicts(&rows, "dqn:c", &hk, 95.0)[0];
+        assert!(!c.counts && !c.meets(0.0));
         // Equal SLO (to 0.1 pt) and half the GPU-hours: met.
-        let rows = vec![row("hpa:target=0.5", 95.0, 4.0), row("dqn:c", 95.04, 2.0)];
-        let d = &verdicts(&rows, "dqn:c", &hk)[0];
-        assert!(d.baseline_reaches && d.meets(0.25));
-        assert!(
-            verdict_text(&[d.clone()], "HPA/KPA", 0.25).contains("target (≥ 25 % fewer at equal or better SLO) met")
-        );
-        assert!(verdict_text(&[a.clone()], "HPA/KPA", 0.25).contains("target not met"));
+        let rows3 = vec![row("hpa:target=0.5", 95.0, 4.0), row("dqn:e", 95.04, 2.0)];
+        let e = &verdicts(&rows3, "dqn:e", &hk, 95.0)[0];
+        assert!(e.baseline_reaches && e.meets(0.25));
+        assert!(verdict_text(&[e.clone()], "HPA/KPA", 0.25).contains("target (≥ 25 % fewer at iso-SLO) met"));
+        assert!(verdict_text(&[a.clone()], "HPA/KPA", 0.25).contains("not counted"));
+        assert!(verdict_text(&[b.clone()], "HPA/KPA", 0.25).contains("above the HPA/KPA front"));
+    }
+
+    #[test]
+    fn the_cheapest_policy_meeting_the_target_is_named() {
+        let rows = vec![
+            row("hpa", 96.0, 4.0),
+            row("ray", 95.0, 3.0),
+            row("dqn:a", 94.0, 1.0),
+            row("clairvoyant:capacity=2", 99.0, 0.5),
+        ];
+        let w = &target_winners(&rows, &[1.0], 95.0)[0];
+        let names: Vec<&str> = w.meeting.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(names, ["ray", "hpa"], "the clairvoyant reference and a policy below the target are left out");
+        assert!(target_text(&[w.clone()]).contains("fewest GPU-hours meeting the 95.0 % SLO target: ray"));
+        let none = &target_winners(&rows, &[1.0], 99.5)[0];
+        assert!(none.meeting.is_empty() && target_text(&[none.clone()]).contains("no policy meets"));
     }
 }
