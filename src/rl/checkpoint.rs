@@ -70,6 +70,11 @@ pub struct CheckpointMeta {
     /// the same weights on another processor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numerics: Option<String>,
+    /// The algorithm that trained the weights: absent or `dqn` for a DQN, `ppo` for a PPO
+    /// actor (its logits are read as the DQN's Q-values: the greedy choice is the masked
+    /// argmax either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
     /// FNV-1a 64 checksum of the weights file, hex.
     pub weights_fnv1a64: String,
     /// Size of the weights file in bytes.
@@ -133,6 +138,22 @@ pub fn save(
     action_layout: Option<ActionLayout>,
     train: Option<serde_json::Value>,
 ) -> Result<CheckpointMeta, RlError> {
+    save_as(dir, agent, None, feature_names, branches, workload, action_layout, train)
+}
+
+/// [`save`] with the training algorithm named in the sidecar (`ppo` for a PPO actor
+/// given as [`crate::rl::ppo::PpoAgent::greedy_agent`]).
+#[allow(clippy::too_many_arguments)]
+pub fn save_as(
+    dir: &Path,
+    agent: &DqnAgent,
+    algorithm: Option<&str>,
+    feature_names: Vec<String>,
+    branches: Vec<BranchSpec>,
+    workload: Option<WorkloadLayout>,
+    action_layout: Option<ActionLayout>,
+    train: Option<serde_json::Value>,
+) -> Result<CheckpointMeta, RlError> {
     fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     // The weights go through a temp file whose extension tells tch the format.
     let tmp_weights = dir.join(".model.tmp.safetensors");
@@ -155,6 +176,7 @@ pub fn save(
         seed: agent.cfg.seed,
         train,
         numerics: numerics_of(agent),
+        algorithm: algorithm.map(str::to_string),
         weights_fnv1a64: format!("{:016x}", fnv1a64(&bytes)),
         weights_bytes: bytes.len() as u64,
     };

@@ -37,6 +37,9 @@ pub struct TrainArgs {
     /// Train on the CPU even when CUDA is available.
     #[arg(long)]
     pub cpu: bool,
+    /// Learning algorithm: `dqn` (default) or `ppo` (overrides the config's `algorithm`).
+    #[arg(long)]
+    pub algorithm: Option<String>,
 }
 
 /// Runs `llmos train`.
@@ -65,8 +68,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             other => anyhow::bail!("--action-layout must be `factored` or `joint`, got `{other}`"),
         };
     }
+    if let Some(a) = args.algorithm {
+        cfg.algorithm = match a.as_str() {
+            "dqn" => super::train::Algorithm::Dqn,
+            "ppo" => super::train::Algorithm::Ppo,
+            other => anyhow::bail!("--algorithm must be `dqn` or `ppo`, got `{other}`"),
+        };
+    }
     if args.cpu {
         cfg.dqn.device = super::dqn::DeviceChoice::Cpu;
+        cfg.ppo.device = super::dqn::DeviceChoice::Cpu;
     }
     let bar = ProgressBar::new(cfg.steps);
     bar.set_style(

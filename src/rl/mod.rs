@@ -12,6 +12,7 @@
 //! | [`toy`] | small problems with known optimal policies (chain, masked bandit) for tests |
 //! | [`tabular`] | tabular Q-learning over a discretised observation (reference learner) |
 //! | [`dqn`] | the DQN: shared torso, dueling branch heads, Double DQN, Huber, n-step, masking |
+//! | [`ppo`] | PPO: the same factored heads as a masked categorical actor, a critic, GAE(λ), clipped surrogate, parallel environments |
 //! | [`encoding`] | [`crate::policy::Observation`] → feature vector, normaliser, action layout |
 //! | [`checkpoint`] | weights + JSON sidecar, written atomically, validated on load |
 //! | [`policy`] | [`policy::DqnPolicy`], the trained network as a [`crate::policy::Policy`], and the `dqn` kind ([`policy::Dqn`]) |
@@ -97,6 +98,7 @@ pub mod dqn;
 pub mod encoding;
 pub mod env;
 pub mod policy;
+pub mod ppo;
 pub mod replay;
 pub mod rollout;
 pub mod schedule;

@@ -35,6 +35,7 @@ use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
 use super::encoding::{ActionLayoutKind, ActionLimits, BranchSpec, ObsEncoder};
 use super::env::{Env, EpisodeConfig, RewardConfig, TwinEnv};
 use super::policy::greedy_decision;
+use super::ppo::{train_ppo, PpoAgent, PpoConfig};
 use super::schedule::EpsilonSchedule;
 use super::RlError;
 
@@ -72,6 +73,21 @@ pub struct TrainConfig {
     /// Cooldown-aware agent: the shield's remaining scale-down cooldown per slot is a
     /// feature, and scale-downs it would refuse are masked (see [`TwinEnv::with_cooldown`]).
     pub cooldown_aware: bool,
+    /// The learning algorithm: `dqn` (the `dqn` section) or `ppo` (the `ppo` section).
+    pub algorithm: Algorithm,
+    /// PPO hyperparameters (with `algorithm = "ppo"`).
+    pub ppo: PpoConfig,
+}
+
+/// Which learner [`train`] runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// The DQN ([`super::dqn`]).
+    #[default]
+    Dqn,
+    /// PPO ([`super::ppo`]); its checkpoint holds the actor, loadable as `kind: dqn`.
+    Ppo,
 }
 
 /// Checkpoint selection on a held-out window (see the module docs).
@@ -210,6 +226,8 @@ impl Default for TrainConfig {
             rate_history_s: Vec::new(),
             validation: None,
             cooldown_aware: false,
+            algorithm: Algorithm::Dqn,
+            ppo: PpoConfig::default(),
         }
     }
 }
@@ -372,6 +390,9 @@ pub fn train_with_progress(
     cfg: &TrainConfig,
     on_episode: &mut dyn FnMut(&EpisodeRecord),
 ) -> Result<TrainSummary, RlError> {
+    if cfg.algorithm == Algorithm::Ppo {
+        return train_ppo_run(cfg, on_episode);
+    }
     let scenario = load_scenario(cfg)?;
     let mut env = make_env(&scenario, cfg)?;
     let names = env.feature_names();
@@ -465,4 +486,113 @@ pub fn train_with_progress(
     }
     let run = RunFigures { updates: agent.updates - updates_before, validations, wall_s };
     summarise(cfg, &records, &agent, best, run)
+}
+
+/// PPO's run: `ppo.numEnvs` twin environments (each its own episodes), the same logs,
+/// validation and checkpoint selection as the DQN's, the actor saved as a checkpoint of
+/// the DQN's format with `algorithm: ppo`.
+fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) -> Result<TrainSummary, RlError> {
+    if cfg.resume.is_some() {
+        return Err(RlError::Config(
+            "resume: a PPO checkpoint holds the actor only (not the critic); PPO training starts afresh".into(),
+        ));
+    }
+    let scenario = load_scenario(cfg)?;
+    let mut envs = (0..cfg.ppo.num_envs).map(|_| make_env(&scenario, cfg)).collect::<Result<Vec<_>, _>>()?;
+    let names = envs[0].feature_names();
+    let branches = envs[0].action_branches();
+    let mut pcfg = cfg.ppo.clone();
+    pcfg.seed = cfg.seed;
+    let mut agent = PpoAgent::new(names.len(), &envs[0].branch_sizes(), pcfg)?;
+
+    fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
+    let jsonl_path = cfg.out.join("metrics.jsonl");
+    let csv_path = cfg.out.join("metrics.csv");
+    let mut jsonl = std::io::BufWriter::new(open_log(&jsonl_path, false)?);
+    let mut csv = csv::WriterBuilder::new().has_headers(true).from_writer(open_log(&csv_path, false)?);
+    let mut write_err: Option<RlError> = None;
+
+    let layout = envs[0].encoder().layout().clone();
+    let action_layout = envs[0].action_layout().clone();
+    let train_json = serde_json::to_value(cfg).ok();
+    let save_to = |dir: &Path, greedy: &DqnAgent| {
+        checkpoint::save_as(
+            dir,
+            greedy,
+            Some("ppo"),
+            names.clone(),
+            branches.clone(),
+            Some(layout.clone()),
+            Some(action_layout.clone()),
+            train_json.clone(),
+        )
+    };
+    let template = make_env(&scenario, cfg)?;
+    let val_path = cfg.out.join("validation.jsonl");
+    let mut val_log = match &cfg.validation {
+        Some(_) => Some(std::io::BufWriter::new(open_log(&val_path, false)?)),
+        None => None,
+    };
+    let mut best: Option<(f64, u64)> = None;
+    let mut validations = 0u64;
+    let mut run_validation = |agent: &PpoAgent| -> Result<(), RlError> {
+        let Some(v) = &cfg.validation else { return Ok(()) };
+        let greedy = agent.greedy_agent()?;
+        let mut rec = validate(&greedy, &scenario, &template, &cfg.reward, v)?;
+        validations += 1;
+        if rec.mean_return.is_finite() && best.is_none_or(|(b, _)| rec.mean_return > b) {
+            best = Some((rec.mean_return, agent.env_steps));
+            rec.best = true;
+            save_to(&cfg.out, &greedy)?;
+        }
+        if let Some(w) = val_log.as_mut() {
+            let line = serde_json::to_string(&rec).unwrap_or_default();
+            writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| io(&val_path, e))?;
+        }
+        Ok(())
+    };
+    let t0 = Instant::now();
+    let every = cfg.validation.as_ref().map(|v| v.every).unwrap_or(0);
+    let (records, _) = train_ppo(
+        &mut agent,
+        &mut envs,
+        cfg.steps,
+        &mut |r| {
+            if write_err.is_none() {
+                let line = serde_json::to_string(r).unwrap_or_default();
+                if let Err(e) = writeln!(jsonl, "{line}") {
+                    write_err = Some(io(&jsonl_path, e));
+                }
+                if let Err(e) = csv.serialize(r) {
+                    write_err = Some(RlError::Config(format!("{}: {e}", csv_path.display())));
+                }
+            }
+            on_episode(r);
+        },
+        every,
+        &mut run_validation,
+    )?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    jsonl.flush().map_err(|e| io(&jsonl_path, e))?;
+    csv.flush().map_err(|e| io(&csv_path, e))?;
+    if cfg.validation.is_some() {
+        run_validation(&agent)?;
+        save_to(&cfg.out.join("last"), &agent.greedy_agent()?)?;
+    } else {
+        save_to(&cfg.out, &agent.greedy_agent()?)?;
+    }
+    let greedy = agent.greedy_agent()?;
+    let run = RunFigures { updates: agent.updates, validations, wall_s };
+    let mut summary = summarise(cfg, &records, &greedy, best, run)?;
+    // Whole rollouts: the run may take a few steps more than asked.
+    summary.env_steps = agent.env_steps;
+    summary.env_steps_per_s = agent.env_steps as f64 / wall_s.max(1e-9);
+    let p = cfg.out.join("train.json");
+    let text =
+        serde_json::to_vec_pretty(&summary).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
+    checkpoint::write_atomic(&p, &text)?;
+    Ok(summary)
 }
