@@ -65,7 +65,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         cfg.action_layout = match k.as_str() {
             "factored" => super::encoding::ActionLayoutKind::Factored,
             "joint" => super::encoding::ActionLayoutKind::Joint,
-            other => anyhow::bail!("--action-layout must be `factored` or `joint`, got `{other}`"),
+            "residual" => super::encoding::ActionLayoutKind::Residual,
+            other => anyhow::bail!("--action-layout must be `factored`, `joint` or `residual`, got `{other}`"),
         };
     }
     if let Some(a) = args.algorithm {

@@ -23,7 +23,9 @@
 //! the network exactly the scaling it was trained with. Normalised values are clipped to ±10.
 //!
 //! **Actions** ([`ActionLayout`]): see the module docs of [`crate::rl`]. Each option is a
-//! replica *delta* applied to the slot's current desired count. [`ActionLayout::mask`]
+//! replica *delta* applied to the slot's current desired count, or, in the residual
+//! layout ([`ActionLayoutKind::Residual`]), an *offset* from the replicas a base policy
+//! asks for this tick (whose targets are then features too: `slot[..].base_target`). [`ActionLayout::mask`]
 //! forbids options that would break a hard limit (negative replicas, the variant's
 //! min/max, the total min/max, the step limit, free GPUs of the pool, the budget), so the
 //! network never picks and never bootstraps from them. With the factored layout each
@@ -69,6 +71,11 @@ pub struct WorkloadLayout {
     /// scale-down cooldown still to run); false in checkpoints written before it existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cooldown_feature: bool,
+    /// Whether each slot has a `base_target` feature: the replicas the base policy of a
+    /// residual layout asks for ([`ActionLayoutKind::Residual`]); false otherwise and in
+    /// checkpoints written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base_feature: bool,
     /// The spec's scale-down cooldown, seconds (scales the cooldown feature; not stored).
     #[serde(skip)]
     pub cooldown_s: f64,
@@ -93,8 +100,15 @@ impl WorkloadLayout {
             slo_tpot_ms: spec.slo.tpot_ms,
             rate_history_s: Vec::new(),
             cooldown_feature: false,
+            base_feature: false,
             cooldown_s: f64::from(spec.limits.scale_down_cooldown_seconds),
         }
+    }
+
+    /// The same layout with (or without) the per-slot base-target feature.
+    pub fn with_base_feature(mut self, on: bool) -> Self {
+        self.base_feature = on;
+        self
     }
 
     /// The same layout with (or without) the per-slot cooldown feature.
@@ -203,6 +217,8 @@ pub struct ObsEncoder {
     layout: WorkloadLayout,
     /// (time_s, arrival rate) of recorded observations, oldest first, within the longest horizon.
     history: std::collections::VecDeque<(f64, f64)>,
+    /// The base policy's replicas per slot, for the base-target features.
+    base: Vec<f32>,
 }
 
 fn ln1p(x: f64) -> f32 {
@@ -216,7 +232,22 @@ fn signed_ln1p(x: f64) -> f32 {
 impl ObsEncoder {
     /// An encoder for `layout`.
     pub fn new(layout: WorkloadLayout) -> Self {
-        ObsEncoder { layout, history: std::collections::VecDeque::new() }
+        ObsEncoder { layout, history: std::collections::VecDeque::new(), base: Vec::new() }
+    }
+
+    /// Sets the base policy's decision the next features describe (a residual layout's
+    /// base-target features); `None` clears it (the features then equal the desired
+    /// replicas).
+    pub fn set_base(&mut self, base: Option<&Decision>) {
+        self.base = match base {
+            Some(d) => self
+                .layout
+                .slots
+                .iter()
+                .map(|s| d.replicas(&s.variant, &s.pool).map(|r| r as f32).unwrap_or(f32::NAN))
+                .collect(),
+            None => Vec::new(),
+        };
     }
 
     /// Forgets the recorded rate history (a new episode, a rebuilt policy).
@@ -295,6 +326,9 @@ impl ObsEncoder {
             if self.layout.cooldown_feature {
                 n.push(format!("slot[{}/{}].scale_down_blocked", s.variant, s.pool));
             }
+            if self.layout.base_feature {
+                n.push(format!("slot[{}/{}].base_target", s.variant, s.pool));
+            }
         }
         for p in &self.layout.pools {
             for f in ["free_gpus", "capacity_known", "price_per_gpu_hour"] {
@@ -329,7 +363,7 @@ impl ObsEncoder {
         x.push(if l.ttft_p50_s.is_some() || l.tpot_p50_s.is_some() { 1.0 } else { 0.0 });
         x.push(ln1p(obs.cost_rate_usd_per_hour));
         x.push(obs.seconds_since_last_action.map(|s| (s / 600.0).min(1.0)).unwrap_or(1.0) as f32);
-        for key in &self.layout.slots {
+        for (k, key) in self.layout.slots.iter().enumerate() {
             match obs.slot(&key.variant, &key.pool) {
                 Some(s) => {
                     let ready = s.ready_replicas as f64;
@@ -347,6 +381,11 @@ impl ObsEncoder {
                     }
                 }
                 None => x.extend_from_slice(if self.layout.cooldown_feature { &[0.0; 9] } else { &[0.0; 8] }),
+            }
+            if self.layout.base_feature {
+                let desired = obs.slot(&key.variant, &key.pool).map(|s| s.desired_replicas as f32).unwrap_or(0.0);
+                let b = self.base.get(k).copied().filter(|b| b.is_finite()).unwrap_or(desired);
+                x.push(b);
             }
         }
         for name in &self.layout.pools {
@@ -377,6 +416,9 @@ pub enum ActionLayoutKind {
     Factored,
     /// One branch: hold, or apply one non-zero delta to one slot.
     Joint,
+    /// One branch per slot, each choosing an offset from the replicas a base policy (the
+    /// forecast planner, say) asks for: with every offset 0 the policy is the base policy.
+    Residual,
 }
 
 /// The hard limits the action mask respects (a subset of what the shield enforces).
@@ -436,12 +478,23 @@ pub struct ActionLayout {
     /// them); false in checkpoints written before this existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mask_cooldown: bool,
+    /// The base policy of a residual layout, in the command-line form
+    /// (`forecast:capacity=1.3`); `None` for the other layouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl ActionLayout {
     /// A layout over `slots`.
     pub fn new(kind: ActionLayoutKind, slots: Vec<SlotKey>, deltas: Vec<i32>) -> Self {
-        ActionLayout { kind, slots, deltas, mask_cooldown: false }
+        ActionLayout { kind, slots, deltas, mask_cooldown: false, base: None }
+    }
+
+    /// The same layout over the base policy `base` (command-line form); a residual layout
+    /// needs one.
+    pub fn with_base(mut self, base: Option<String>) -> Self {
+        self.base = base;
+        self
     }
 
     /// The same layout, masking (or not) scale-downs the shield's cooldown would refuse.
@@ -461,7 +514,7 @@ impl ActionLayout {
     /// The branches (names and option names).
     pub fn branches(&self) -> Vec<BranchSpec> {
         match self.kind {
-            ActionLayoutKind::Factored => self
+            ActionLayoutKind::Factored | ActionLayoutKind::Residual => self
                 .slots
                 .iter()
                 .map(|s| BranchSpec {
@@ -484,7 +537,7 @@ impl ActionLayout {
     /// Per-slot deltas of an action (one option per branch).
     pub fn slot_deltas(&self, action: &[usize]) -> Vec<i32> {
         match self.kind {
-            ActionLayoutKind::Factored => (0..self.slots.len())
+            ActionLayoutKind::Factored | ActionLayoutKind::Residual => (0..self.slots.len())
                 .map(|k| action.get(k).and_then(|&o| self.deltas.get(o)).copied().unwrap_or(0))
                 .collect(),
             ActionLayoutKind::Joint => {
@@ -506,34 +559,55 @@ impl ActionLayout {
     /// The action that holds every slot.
     pub fn hold(&self) -> Vec<usize> {
         match self.kind {
-            ActionLayoutKind::Factored => vec![self.hold_index(); self.slots.len()],
+            ActionLayoutKind::Factored | ActionLayoutKind::Residual => vec![self.hold_index(); self.slots.len()],
             ActionLayoutKind::Joint => vec![0],
         }
     }
 
     /// The decision an action means in `obs`: desired replicas + delta per slot.
     pub fn decision(&self, action: &[usize], obs: &Observation, reason: &str) -> Decision {
+        self.decision_on(action, obs, None, reason)
+    }
+
+    /// The replicas each slot's options are offsets from: the base decision's (a residual
+    /// layout with its base given), else the desired replicas in `obs`.
+    fn reference(&self, obs: &Observation, base: Option<&Decision>) -> Vec<i64> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let desired = obs.slot(&s.variant, &s.pool).map(|x| x.desired_replicas).unwrap_or(0);
+                let from_base = match (self.kind, base) {
+                    (ActionLayoutKind::Residual, Some(b)) => b.replicas(&s.variant, &s.pool),
+                    _ => None,
+                };
+                from_base.unwrap_or(desired) as i64
+            })
+            .collect()
+    }
+
+    /// The decision an action means in `obs`: per slot, the reference replicas (the base
+    /// decision's for a residual layout, else the desired ones) plus the option's delta.
+    pub fn decision_on(&self, action: &[usize], obs: &Observation, base: Option<&Decision>, reason: &str) -> Decision {
         let deltas = self.slot_deltas(action);
+        let reference = self.reference(obs, base);
         let mut d = Decision::new(reason);
-        for (s, delta) in self.slots.iter().zip(deltas) {
-            let cur = obs.slot(&s.variant, &s.pool).map(|x| x.desired_replicas).unwrap_or(0) as i64;
+        for ((s, delta), cur) in self.slots.iter().zip(deltas).zip(reference) {
             d.set(&s.variant, &s.pool, (cur + delta as i64).max(0) as u32);
         }
         d
     }
 
-    /// Whether moving slot `k` by `delta` (others holding) respects the limits in `obs`.
-    fn delta_allowed(&self, k: usize, delta: i32, obs: &Observation, lim: &ActionLimits) -> bool {
+    /// Whether moving slot `k` by `delta` from the reference replicas (others at theirs)
+    /// respects the limits in `obs`.
+    fn delta_allowed(&self, k: usize, delta: i32, obs: &Observation, lim: &ActionLimits, reference: &[i64]) -> bool {
         if delta == 0 {
             return true;
         }
-        if delta.unsigned_abs() > lim.max_step_change.max(1) {
+        // A residual offset is not a step from the current fleet (the shield limits the step).
+        if self.kind != ActionLayoutKind::Residual && delta.unsigned_abs() > lim.max_step_change.max(1) {
             return false;
         }
-        let desired = |i: usize| {
-            let s = &self.slots[i];
-            obs.slot(&s.variant, &s.pool).map(|x| x.desired_replicas).unwrap_or(0) as i64
-        };
+        let desired = |i: usize| reference.get(i).copied().unwrap_or(0);
         let cur = desired(k);
         let new = cur + delta as i64;
         if new < 0 {
@@ -585,15 +659,22 @@ impl ActionLayout {
     /// The mask of allowed options, flattened over branches; only the hold when the
     /// observation has missing metrics.
     pub fn mask(&self, obs: &Observation, lim: &ActionLimits) -> Vec<bool> {
+        self.mask_on(obs, lim, None)
+    }
+
+    /// [`ActionLayout::mask`] with the base decision a residual layout's options are offsets
+    /// from (ignored by the other layouts).
+    pub fn mask_on(&self, obs: &Observation, lim: &ActionLimits, base: Option<&Decision>) -> Vec<bool> {
         // On an observation with missing metrics the operator holds (it does not act on
         // what it cannot see): only the hold is allowed, in training as in the cluster.
         let blind = !obs.is_complete();
+        let reference = self.reference(obs, base);
         match self.kind {
-            ActionLayoutKind::Factored => {
+            ActionLayoutKind::Factored | ActionLayoutKind::Residual => {
                 let mut m = Vec::with_capacity(self.slots.len() * self.deltas.len());
                 for k in 0..self.slots.len() {
                     for &d in &self.deltas {
-                        m.push(if blind { d == 0 } else { self.delta_allowed(k, d, obs, lim) });
+                        m.push(if blind { d == 0 } else { self.delta_allowed(k, d, obs, lim, &reference) });
                     }
                 }
                 m
@@ -602,7 +683,7 @@ impl ActionLayout {
                 let mut m = vec![true];
                 for k in 0..self.slots.len() {
                     for d in self.nonzero() {
-                        m.push(!blind && self.delta_allowed(k, d, obs, lim));
+                        m.push(!blind && self.delta_allowed(k, d, obs, lim, &reference));
                     }
                 }
                 m

@@ -140,6 +140,8 @@ pub struct TwinEnv {
     episode: u64,
     /// Twin control ticks simulated so far (for throughput figures).
     pub twin_steps: u64,
+    /// The base policy of a residual layout and its decision on the current observation.
+    base: Option<(Box<dyn crate::policy::Policy>, crate::policy::Decision)>,
 }
 
 impl TwinEnv {
@@ -179,7 +181,35 @@ impl TwinEnv {
             ticks: 0,
             episode: 0,
             twin_steps: 0,
+            base: None,
         })
+    }
+
+    /// Puts the base policy `name` (command-line form, a heuristic kind) under a residual
+    /// layout: each tick the base policy decides, its targets become features, and the
+    /// action's options are offsets from them. An error when the layout is not residual.
+    pub fn with_base(mut self, name: &str) -> Result<Self, RlError> {
+        if self.actions.kind != ActionLayoutKind::Residual {
+            return Err(RlError::Config(format!(
+                "residualBase `{name}` needs actionLayout = \"residual\" (it is {:?})",
+                self.actions.kind
+            )));
+        }
+        let policy = super::policy::build_heuristic(name, &self.scenario.spec, "residualBase")
+            .map_err(|e| RlError::Config(e.to_string()))?;
+        self.encoder = ObsEncoder::new(self.encoder.layout().clone().with_base_feature(true));
+        self.actions = self.actions.clone().with_base(Some(name.to_string()));
+        self.base = Some((policy, crate::policy::Decision::new("")));
+        Ok(self)
+    }
+
+    /// The base decision on `obs` (a residual layout), set into the encoder; `None`
+    /// otherwise.
+    fn decide_base(&mut self, obs: &Observation) -> Option<&crate::policy::Decision> {
+        let (p, d) = self.base.as_mut()?;
+        *d = p.decide(obs);
+        self.encoder.set_base(Some(d));
+        Some(d)
     }
 
     /// Adds rate-history features over the given horizons (seconds) to the observation;
@@ -240,23 +270,29 @@ impl Env for TwinEnv {
         self.encoder.reset();
         self.ticks = 0;
         self.episode += 1;
-        let obs = control.observation();
-        let first = (self.encoder.encode(obs), self.actions.mask(obs, &self.limits));
+        if let Some((p, _)) = self.base.as_mut() {
+            p.reset();
+        }
+        let obs = control.observation().clone();
+        let base = self.decide_base(&obs).cloned();
+        let first = (self.encoder.encode(&obs), self.actions.mask_on(&obs, &self.limits, base.as_ref()));
         self.running = Some((twin, control));
         Ok(first)
     }
     fn step(&mut self, action: &[usize]) -> Result<EnvStep, RlError> {
         let (twin, control) = self.running.as_mut().ok_or(RlError::NotReset)?;
         let actions = &self.actions;
-        let t = control.tick_with(twin, |obs| actions.decision(action, obs, "dqn"));
+        let base = self.base.as_ref().map(|(_, d)| d);
+        let t = control.tick_with(twin, |obs| actions.decision_on(action, obs, base, "dqn"));
         let tick = t.stats;
         self.twin_steps += 1;
         self.ticks += 1;
-        let obs = control.observation();
         let truncated = twin.is_done() || self.episodes.max_ticks.is_some_and(|m| self.ticks >= m);
+        let obs = control.observation().clone();
+        let base = self.decide_base(&obs).cloned();
         Ok(EnvStep {
-            obs: self.encoder.encode(obs),
-            mask: self.actions.mask(obs, &self.limits),
+            obs: self.encoder.encode(&obs),
+            mask: self.actions.mask_on(&obs, &self.limits, base.as_ref()),
             reward: t.reward,
             terminated: false,
             truncated,

@@ -28,7 +28,7 @@ use crate::policy::{Decision, Observation, Policy};
 
 use super::checkpoint::{self, Expected};
 use super::dqn::{masked_argmax, DeviceChoice, DqnAgent};
-use super::encoding::{ActionLayout, ActionLimits, ObsEncoder, WorkloadLayout};
+use super::encoding::{ActionLayout, ActionLayoutKind, ActionLimits, ObsEncoder, WorkloadLayout};
 use super::RlError;
 
 /// One recorded transition.
@@ -145,28 +145,27 @@ impl Guard {
             return Err(invalid(&format!("{field}.maxZ"), format!("must be 0 (off) or positive, not {}", params.max_z)));
         }
         let name = params.fallback.trim().to_string();
-        let fallback = if name == "hold" {
-            None
-        } else {
-            let reg = super::registry();
-            let choice = reg
-                .parse(&name, &spec.policy)
-                .map_err(|e| invalid(&format!("{field}.fallback"), format!("`{name}`: {e}")))?;
-            let entry = reg.get(choice.kind().name());
-            if entry.is_some_and(|e| e.learned() || e.needs_harness()) {
-                return Err(invalid(
-                    &format!("{field}.fallback"),
-                    format!("`{name}` cannot be a fallback: give a heuristic kind (hpa, kpa, forecast, ray, queue, static) or hold"),
-                ));
-            }
-            Some(
-                choice
-                    .build_for(spec)
-                    .map_err(|e| invalid(&format!("{field}.fallback"), format!("`{name}`: {e}")))?,
-            )
-        };
+        let fallback =
+            if name == "hold" { None } else { Some(build_heuristic(&name, spec, &format!("{field}.fallback"))?) };
         Ok(Guard { max_z: params.max_z, name, fallback, active: None, fallback_ticks: 0 })
     }
+}
+
+/// Builds the heuristic policy `name` (command-line form) for `spec`, the spec's own
+/// `policy` section as the base: what a learned policy leans on (the out-of-range
+/// fallback, a residual layout's base policy). A learned kind, or one only the comparison
+/// harness can build, is refused; errors name `field`.
+pub fn build_heuristic(name: &str, spec: &LLMWorkloadSpec, field: &str) -> Result<Box<dyn Policy>, PolicyError> {
+    let reg = super::registry();
+    let choice = reg.parse(name, &spec.policy).map_err(|e| invalid(field, format!("`{name}`: {e}")))?;
+    let entry = reg.get(choice.kind().name());
+    if entry.is_some_and(|e| e.learned() || e.needs_harness()) {
+        return Err(invalid(
+            field,
+            format!("`{name}` cannot be used here: give a heuristic kind (hpa, kpa, forecast, ray, queue, static) or hold"),
+        ));
+    }
+    choice.build_for(spec).map_err(|e| invalid(field, format!("`{name}`: {e}")))
 }
 
 /// A greedy policy from a trained DQN checkpoint (or an [`Ensemble`] of them).
@@ -179,6 +178,9 @@ pub struct DqnPolicy {
     recorder: Option<(PathBuf, BufWriter<fs::File>)>,
     record_errors: u64,
     guard: Option<Guard>,
+    /// The base policy of a residual layout (its decision each tick is what the network's
+    /// options are offsets from).
+    base: Option<Box<dyn Policy>>,
 }
 
 impl std::fmt::Debug for DqnPolicy {
@@ -206,10 +208,27 @@ impl DqnPolicy {
         })?;
         let history = meta.workload.as_ref().map(|w| w.rate_history_s.clone()).unwrap_or_default();
         let cooldown = meta.workload.as_ref().is_some_and(|w| w.cooldown_feature);
-        let layout = WorkloadLayout::from_spec(spec).with_rate_history(&history).with_cooldown_feature(cooldown);
+        let base_feature = meta.workload.as_ref().is_some_and(|w| w.base_feature);
+        let layout = WorkloadLayout::from_spec(spec)
+            .with_rate_history(&history)
+            .with_cooldown_feature(cooldown)
+            .with_base_feature(base_feature);
         let encoder = ObsEncoder::new(layout.clone());
         let actions = ActionLayout::new(stored.kind, layout.slots.clone(), stored.deltas.clone())
-            .with_mask_cooldown(stored.mask_cooldown);
+            .with_mask_cooldown(stored.mask_cooldown)
+            .with_base(stored.base.clone());
+        let base = match (&stored.kind, &stored.base) {
+            (ActionLayoutKind::Residual, Some(b)) => Some(build_heuristic(b, spec, "checkpoint actionLayout.base").map_err(|e| {
+                RlError::Checkpoint { path: dir.display().to_string(), message: format!("its base policy: {e}") }
+            })?),
+            (ActionLayoutKind::Residual, None) => {
+                return Err(RlError::Checkpoint {
+                    path: dir.display().to_string(),
+                    message: "has a residual action layout without a base policy".into(),
+                })
+            }
+            _ => None,
+        };
         let names = encoder.feature_names();
         let branches = actions.branches();
         let expected = Expected { feature_names: Some(&names), branches: Some(&branches) };
@@ -240,6 +259,7 @@ impl DqnPolicy {
             recorder: None,
             record_errors: 0,
             guard: None,
+            base,
         })
     }
 
@@ -302,13 +322,16 @@ impl Policy for DqnPolicy {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
-        // The fallback sees every observation, so its windows are warm when it takes over.
+        // The fallback and the base policy see every observation, so their windows and
+        // learned state are what they would be alone.
         let fallback = self.guard.as_mut().and_then(|g| g.fallback.as_mut()).map(|p| p.decide(obs));
+        let base = self.base.as_mut().map(|p| p.decide(obs));
         if !obs.is_complete() {
             self.last = None;
             return Decision::hold(obs, format!("dqn: holding, missing metrics: {}", obs.missing.join(", ")));
         }
-        let (d, x, a) = greedy_decision(&self.agents, &mut self.encoder, &self.actions, &self.limits, obs);
+        let (d, x, a) =
+            greedy_decision(&self.agents, &mut self.encoder, &self.actions, &self.limits, obs, base.as_ref());
         let Some(max_z) = self.guard.as_ref().map(|g| g.max_z) else {
             self.last = Some((x, a));
             return d;
@@ -351,6 +374,9 @@ impl Policy for DqnPolicy {
     fn reset(&mut self) {
         self.last = None;
         self.encoder.reset();
+        if let Some(b) = self.base.as_mut() {
+            b.reset();
+        }
         if let Some(g) = self.guard.as_mut() {
             g.active = None;
             g.fallback_ticks = 0;
@@ -360,20 +386,42 @@ impl Policy for DqnPolicy {
         }
     }
 
+    /// The learned state of the policies it leans on, as `{"base": …, "fallback": …}`
+    /// (the residual layout's base policy, the out-of-range fallback; each only when it
+    /// has one).
     fn export_state(&self) -> Option<serde_json::Value> {
-        self.guard.as_ref().and_then(|g| g.fallback.as_ref()).and_then(|f| f.export_state())
+        let mut m = serde_json::Map::new();
+        if let Some(s) = self.base.as_ref().and_then(|b| b.export_state()) {
+            m.insert("base".into(), s);
+        }
+        if let Some(s) = self.guard.as_ref().and_then(|g| g.fallback.as_ref()).and_then(|f| f.export_state()) {
+            m.insert("fallback".into(), s);
+        }
+        (!m.is_empty()).then_some(serde_json::Value::Object(m))
     }
 
     fn import_state(&mut self, state: serde_json::Value) -> Result<(), PolicyError> {
-        match self.guard.as_mut().and_then(|g| g.fallback.as_mut()) {
-            Some(f) => f.import_state(state),
-            None => Ok(()),
+        let serde_json::Value::Object(mut m) = state else {
+            return Err(PolicyError::State {
+                policy: "dqn".into(),
+                message: "a learned policy's state is an object with `base` and `fallback`".into(),
+            });
+        };
+        if let (Some(s), Some(b)) = (m.remove("base"), self.base.as_mut()) {
+            b.import_state(s)?;
         }
+        if let (Some(s), Some(f)) = (m.remove("fallback"), self.guard.as_mut().and_then(|g| g.fallback.as_mut())) {
+            f.import_state(s)?;
+        }
+        Ok(())
     }
 
     fn feedback(&mut self, next: &Observation, reward: f64) {
         if let Some(f) = self.guard.as_mut().and_then(|g| g.fallback.as_mut()) {
             f.feedback(next, reward);
+        }
+        if let Some(b) = self.base.as_mut() {
+            b.feedback(next, reward);
         }
         let Some((path, w)) = self.recorder.as_mut() else { return };
         let Some((obs, action)) = self.last.as_ref() else { return };
@@ -414,9 +462,11 @@ pub fn greedy_decision(
     actions: &ActionLayout,
     limits: &ActionLimits,
     obs: &Observation,
+    base: Option<&Decision>,
 ) -> (Decision, Vec<f32>, Vec<usize>) {
+    encoder.set_base(base);
     let x = encoder.encode(obs);
-    let mask = actions.mask(obs, limits);
+    let mask = actions.mask_on(obs, limits, base);
     let sizes = agents.first().map(|a| a.branch_sizes().to_vec()).unwrap_or_default();
     let a = masked_argmax(&mean_q(agents, &x), &mask, &sizes);
     let deltas = actions.slot_deltas(&a);
@@ -427,8 +477,13 @@ pub fn greedy_decision(
         .filter(|(_, d)| **d != 0)
         .map(|(s, d)| format!("{}/{} {d:+}", s.variant, s.pool))
         .collect();
-    let reason = if moves.is_empty() { "dqn: hold".to_string() } else { format!("dqn: {}", moves.join(", ")) };
-    (actions.decision(&a, obs, &reason), x, a)
+    let reason = match (base, moves.is_empty()) {
+        (Some(b), true) => format!("dqn: as the base policy ({})", b.reason),
+        (Some(b), false) => format!("dqn: base policy {}, {} ({})", if moves.len() == 1 { "offset" } else { "offsets" }, moves.join(", "), b.reason),
+        (None, true) => "dqn: hold".to_string(),
+        (None, false) => format!("dqn: {}", moves.join(", ")),
+    };
+    (actions.decision_on(&a, obs, base, &reason), x, a)
 }
 
 /// The `dqn` kind: a trained checkpoint (`kind: dqn` with `policy.dqn`, or `dqn:PATH`).

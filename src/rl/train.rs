@@ -73,6 +73,9 @@ pub struct TrainConfig {
     /// Cooldown-aware agent: the shield's remaining scale-down cooldown per slot is a
     /// feature, and scale-downs it would refuse are masked (see [`TwinEnv::with_cooldown`]).
     pub cooldown_aware: bool,
+    /// The base policy of `actionLayout = "residual"`, in the command-line form (e.g.
+    /// `forecast:capacity=1.3`): the network's options are offsets from its targets.
+    pub residual_base: Option<String>,
     /// The learning algorithm: `dqn` (the `dqn` section) or `ppo` (the `ppo` section).
     pub algorithm: Algorithm,
     /// PPO hyperparameters (with `algorithm = "ppo"`).
@@ -179,10 +182,18 @@ fn validate(
             let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (v.window.0, v.window.1), load))?;
             let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
             let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
+            let actions = template.action_layout();
+            let mut base = match &actions.base {
+                Some(b) => Some(
+                    super::policy::build_heuristic(b, &scenario.spec, "residualBase")
+                        .map_err(|e| RlError::Config(e.to_string()))?,
+                ),
+                None => None,
+            };
             while !twin.is_done() {
-                let actions = template.action_layout();
                 let t = control.tick_with(&mut twin, |obs| {
-                    greedy_decision(std::slice::from_ref(agent), &mut encoder, actions, &limits, obs).0
+                    let b = base.as_mut().map(|p| p.decide(obs));
+                    greedy_decision(std::slice::from_ref(agent), &mut encoder, actions, &limits, obs, b.as_ref()).0
                 });
                 ret += t.reward;
                 finished += t.stats.finished as f64;
@@ -226,6 +237,7 @@ impl Default for TrainConfig {
             rate_history_s: Vec::new(),
             validation: None,
             cooldown_aware: false,
+            residual_base: None,
             algorithm: Algorithm::Dqn,
             ppo: PpoConfig::default(),
         }
@@ -304,9 +316,16 @@ pub fn test_start_of(scenario: &Scenario) -> f64 {
 /// A training environment over `scenario` with the config's actions, reward, episodes and
 /// features.
 fn make_env(scenario: &Scenario, cfg: &TrainConfig) -> Result<TwinEnv, RlError> {
-    Ok(TwinEnv::new(scenario.clone(), cfg.action_layout, cfg.deltas.clone(), cfg.reward.clone(), cfg.episodes.clone())?
+    let env = TwinEnv::new(scenario.clone(), cfg.action_layout, cfg.deltas.clone(), cfg.reward.clone(), cfg.episodes.clone())?
         .with_rate_history(&cfg.rate_history_s)
-        .with_cooldown(cfg.cooldown_aware))
+        .with_cooldown(cfg.cooldown_aware);
+    match (&cfg.residual_base, cfg.action_layout) {
+        (Some(b), _) => env.with_base(b),
+        (None, ActionLayoutKind::Residual) => {
+            Err(RlError::Config("actionLayout = \"residual\" needs residualBase (e.g. \"forecast:capacity=1.3\")".into()))
+        }
+        (None, _) => Ok(env),
+    }
 }
 
 /// Opens a training log: appended to when resuming, else written anew.
