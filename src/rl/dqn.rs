@@ -217,6 +217,29 @@ impl QNetwork {
     }
 }
 
+/// Checks the action branches and readies libtorch for an agent: the pinned CPU path
+/// (libtorch reads it at its first operation), one thread, the chosen device.
+pub(crate) fn prepare_torch(sizes: &[usize], device: DeviceChoice) -> Result<Device, RlError> {
+    if sizes.is_empty() || sizes.contains(&0) {
+        return Err(RlError::Config(format!("action branches must be non-empty, got {sizes:?}")));
+    }
+    crate::numerics::pin_from_env()?;
+    tch::set_num_threads(1);
+    Ok(device.device())
+}
+
+/// Runs `init` (which creates an agent's variables) right after `tch::manual_seed(seed)`,
+/// under one process-wide lock: libtorch's generator is process-wide, so agents created on
+/// several threads at once (the demo trains its ensemble in parallel) would interleave
+/// their draws and get weights that depend on scheduling. Under the lock each agent's
+/// initial weights are a function of its seed alone.
+pub(crate) fn seeded_init<T>(seed: u64, init: impl FnOnce() -> T) -> T {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed as i64);
+    init()
+}
+
 /// What one gradient update measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpdateStats {
@@ -263,25 +286,14 @@ impl DqnAgent {
     /// A fresh agent for `obs_dim` features and branches of `sizes` options.
     pub fn new(obs_dim: usize, sizes: &[usize], cfg: DqnConfig) -> Result<Self, RlError> {
         cfg.validate()?;
-        if sizes.is_empty() || sizes.contains(&0) {
-            return Err(RlError::Config(format!("action branches must be non-empty, got {sizes:?}")));
-        }
-        // libtorch reads its CPU path at its first operation: fix it before that.
-        crate::numerics::pin_from_env()?;
-        tch::set_num_threads(1);
-        let device = cfg.device.device();
-        // libtorch's generator is process-wide: agents created on several threads at once
-        // (the demo trains its ensemble in parallel) would interleave their draws and get
-        // weights that depend on scheduling. Seeding and initialising under one lock keeps
-        // each agent's initial weights a function of its seed alone.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(cfg.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let net = QNetwork::new(&vs.root(), obs_dim, &cfg.hidden, sizes, cfg.dueling);
-        let mut target_vs = nn::VarStore::new(device);
-        let target = QNetwork::new(&target_vs.root(), obs_dim, &cfg.hidden, sizes, cfg.dueling);
-        drop(guard);
+        let device = prepare_torch(sizes, cfg.device)?;
+        let (vs, net, mut target_vs, target) = seeded_init(cfg.seed, || {
+            let vs = nn::VarStore::new(device);
+            let net = QNetwork::new(&vs.root(), obs_dim, &cfg.hidden, sizes, cfg.dueling);
+            let target_vs = nn::VarStore::new(device);
+            let target = QNetwork::new(&target_vs.root(), obs_dim, &cfg.hidden, sizes, cfg.dueling);
+            (vs, net, target_vs, target)
+        });
         target_vs.copy(&vs)?;
         target_vs.freeze();
         let opt = nn::Adam::default().build(&vs, cfg.learning_rate)?;

@@ -1,5 +1,5 @@
-//! Reinforcement learning for llmos: a DQN on libtorch (`tch`) and a tabular Q-learner,
-//! trained in the digital twin and loaded by the operator as `policy: dqn`.
+//! Reinforcement learning for llmos: a DQN and PPO on libtorch (`tch`) and a tabular
+//! Q-learner, trained in the digital twin and loaded by the operator as `policy: dqn`.
 //!
 //! The module follows the CleanRL / Stable-Baselines3 split: the shared pieces are
 //! small, separately tested files, and each learner reads top to bottom in its own file.
@@ -33,6 +33,21 @@
 //! expressed as scaling one variant's slots up and another's down (both layouts can do it
 //! in one tick with the factored layout, over two ticks with the joint one). Which layout
 //! works better on the twin is measured in `docs/results.md`.
+//!
+//! A third layout, [`encoding::ActionLayoutKind::Residual`], keeps the factored branches
+//! but makes each option an *offset* from the replicas a heuristic base policy (the
+//! forecast planner, say) asks for this tick; the base's targets are features too. With
+//! every offset 0 the learned policy is the base policy, so learning starts from a
+//! planner's behaviour instead of from nothing.
+//!
+//! ## Learners and what the operator loads
+//!
+//! The DQN ([`dqn`]) and PPO ([`ppo`]) write the same checkpoint format: PPO's actor has
+//! the DQN's torso and per-branch heads without the dueling branch, and its logits are read
+//! where the DQN's Q-values are; the greedy choice is the masked argmax either way. So one
+//! operator kind, `dqn` (`policy: {kind: dqn, dqn: {checkpoint: …}}`), loads both; the
+//! sidecar's `algorithm` says which trained it, and `llmos train --algorithm ppo` (or
+//! `algorithm = "ppo"` in the training config) picks the learner.
 
 /// Shared error type of the rl module.
 #[derive(Debug, thiserror::Error)]

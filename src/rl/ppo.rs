@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use super::dqn::{DeviceChoice, DqnAgent, DqnConfig, EpisodeRecord, QNetwork};
+use super::dqn::{prepare_torch, seeded_init, DeviceChoice, DqnAgent, DqnConfig, EpisodeRecord, QNetwork};
 use super::encoding::Normaliser;
 use super::env::{branch_offsets, Env, EnvStep};
 use super::RlError;
@@ -225,26 +225,21 @@ impl PpoAgent {
     /// A fresh agent for `obs_dim` features and branches of `sizes` options.
     pub fn new(obs_dim: usize, sizes: &[usize], cfg: PpoConfig) -> Result<Self, RlError> {
         cfg.validate()?;
-        if sizes.is_empty() || sizes.contains(&0) {
-            return Err(RlError::Config(format!("action branches must be non-empty, got {sizes:?}")));
-        }
-        crate::numerics::pin_from_env()?;
-        tch::set_num_threads(1);
-        let device = cfg.device.device();
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(cfg.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let actor = QNetwork::new(&vs.root(), obs_dim, &cfg.hidden, sizes, false);
-        let p = vs.root() / "critic";
-        let mut critic = nn::seq();
-        let mut width = obs_dim as i64;
-        for (i, h) in cfg.hidden.iter().enumerate() {
-            critic = critic.add(nn::linear(&p / format!("l{i}"), width, *h, Default::default())).add_fn(|x| x.relu());
-            width = *h;
-        }
-        critic = critic.add(nn::linear(&p / "out", width, 1, Default::default()));
-        drop(guard);
+        let device = prepare_torch(sizes, cfg.device)?;
+        let (vs, actor, critic) = seeded_init(cfg.seed, || {
+            let vs = nn::VarStore::new(device);
+            let actor = QNetwork::new(&vs.root(), obs_dim, &cfg.hidden, sizes, false);
+            let p = vs.root() / "critic";
+            let mut critic = nn::seq();
+            let mut width = obs_dim as i64;
+            for (i, h) in cfg.hidden.iter().enumerate() {
+                critic =
+                    critic.add(nn::linear(&p / format!("l{i}"), width, *h, Default::default())).add_fn(|x| x.relu());
+                width = *h;
+            }
+            critic = critic.add(nn::linear(&p / "out", width, 1, Default::default()));
+            (vs, actor, critic)
+        });
         // A near-uniform first policy: the heads' weights and biases at 1 % of their scale.
         tch::no_grad(|| {
             for (name, mut t) in vs.variables() {

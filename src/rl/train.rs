@@ -404,6 +404,88 @@ fn summarise(
     Ok(summary)
 }
 
+/// The per-episode logs of a run (`metrics.jsonl`, `metrics.csv`): appended to when
+/// resuming. A write error is kept and returned by [`EpisodeLog::finish`], never
+/// interrupting training.
+struct EpisodeLog {
+    jsonl_path: PathBuf,
+    csv_path: PathBuf,
+    jsonl: std::io::BufWriter<fs::File>,
+    csv: csv::Writer<fs::File>,
+    error: Option<RlError>,
+}
+
+impl EpisodeLog {
+    fn open(out: &Path, append: bool) -> Result<Self, RlError> {
+        let jsonl_path = out.join("metrics.jsonl");
+        let csv_path = out.join("metrics.csv");
+        let append = append && jsonl_path.exists();
+        let jsonl = std::io::BufWriter::new(open_log(&jsonl_path, append)?);
+        let csv = csv::WriterBuilder::new().has_headers(!append).from_writer(open_log(&csv_path, append)?);
+        Ok(EpisodeLog { jsonl_path, csv_path, jsonl, csv, error: None })
+    }
+
+    fn write(&mut self, r: &EpisodeRecord) {
+        if self.error.is_some() {
+            return;
+        }
+        let line = serde_json::to_string(r).unwrap_or_default();
+        if let Err(e) = writeln!(self.jsonl, "{line}") {
+            self.error = Some(io(&self.jsonl_path, e));
+        }
+        if let Err(e) = self.csv.serialize(r) {
+            self.error = Some(RlError::Config(format!("{}: {e}", self.csv_path.display())));
+        }
+    }
+
+    fn finish(mut self) -> Result<(), RlError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.jsonl.flush().map_err(|e| io(&self.jsonl_path, e))?;
+        self.csv.flush().map_err(|e| io(&self.csv_path, e))
+    }
+}
+
+/// Checkpoint selection on the validation window: keeps the best mean return and the
+/// `validation.jsonl` log.
+struct Selection {
+    path: PathBuf,
+    log: Option<std::io::BufWriter<fs::File>>,
+    best: Option<(f64, u64)>,
+    validations: u64,
+}
+
+impl Selection {
+    fn open(cfg: &TrainConfig, append: bool) -> Result<Self, RlError> {
+        let path = cfg.out.join("validation.jsonl");
+        let log = match &cfg.validation {
+            Some(_) => Some(std::io::BufWriter::new(open_log(&path, append)?)),
+            None => None,
+        };
+        Ok(Selection { path, log, best: None, validations: 0 })
+    }
+
+    /// Records one validation; when it is the best so far, marks it and calls `save`.
+    fn record(
+        &mut self,
+        mut rec: ValidationRecord,
+        save: impl FnOnce() -> Result<(), RlError>,
+    ) -> Result<(), RlError> {
+        self.validations += 1;
+        if rec.mean_return.is_finite() && self.best.is_none_or(|(b, _)| rec.mean_return > b) {
+            self.best = Some((rec.mean_return, rec.env_steps));
+            rec.best = true;
+            save()?;
+        }
+        if let Some(w) = self.log.as_mut() {
+            let line = serde_json::to_string(&rec).unwrap_or_default();
+            writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| io(&self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
 /// Like [`train`], calling `on_episode` after every episode (the CLI's progress bar).
 pub fn train_with_progress(
     cfg: &TrainConfig,
@@ -420,13 +502,8 @@ pub fn train_with_progress(
     let mut agent = make_agent(cfg, &env, &names, &branches)?;
 
     fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
-    let jsonl_path = cfg.out.join("metrics.jsonl");
-    let csv_path = cfg.out.join("metrics.csv");
-    let append = cfg.resume.is_some() && jsonl_path.exists();
-    let open = |p: &Path| open_log(p, append);
-    let mut jsonl = std::io::BufWriter::new(open(&jsonl_path)?);
-    let mut csv = csv::WriterBuilder::new().has_headers(!append).from_writer(open(&csv_path)?);
-    let mut write_err: Option<RlError> = None;
+    let append = cfg.resume.is_some();
+    let mut log = EpisodeLog::open(&cfg.out, append)?;
 
     let layout = env.encoder().layout().clone();
     let action_layout = env.action_layout().clone();
@@ -441,30 +518,15 @@ pub fn train_with_progress(
             Some(action_layout.clone()),
             train_json.clone(),
         )
+        .map(|_| ())
     };
     // Validation: a separate environment template (same layouts), its own log.
     let template = make_env(&scenario, cfg)?;
-    let val_path = cfg.out.join("validation.jsonl");
-    let mut val_log = match &cfg.validation {
-        Some(_) => Some(std::io::BufWriter::new(open(&val_path)?)),
-        None => None,
-    };
-    let mut best: Option<(f64, u64)> = None;
-    let mut validations = 0u64;
+    let mut selection = Selection::open(cfg, append && cfg.out.join("validation.jsonl").exists())?;
     let mut run_validation = |agent: &DqnAgent| -> Result<(), RlError> {
         let Some(v) = &cfg.validation else { return Ok(()) };
-        let mut rec = validate(agent, &scenario, &template, &cfg.reward, v)?;
-        validations += 1;
-        if rec.mean_return.is_finite() && best.is_none_or(|(b, _)| rec.mean_return > b) {
-            best = Some((rec.mean_return, agent.env_steps));
-            rec.best = true;
-            save_to(&cfg.out, agent)?;
-        }
-        if let Some(w) = val_log.as_mut() {
-            let line = serde_json::to_string(&rec).unwrap_or_default();
-            writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| io(&val_path, e))?;
-        }
-        Ok(())
+        let rec = validate(agent, &scenario, &template, &cfg.reward, v)?;
+        selection.record(rec, || save_to(&cfg.out, agent))
     };
 
     let updates_before = agent.updates;
@@ -475,26 +537,14 @@ pub fn train_with_progress(
         &mut env,
         cfg.steps,
         &mut |r| {
-            if write_err.is_none() {
-                let line = serde_json::to_string(r).unwrap_or_default();
-                if let Err(e) = writeln!(jsonl, "{line}") {
-                    write_err = Some(io(&jsonl_path, e));
-                }
-                if let Err(e) = csv.serialize(r) {
-                    write_err = Some(RlError::Config(format!("{}: {e}", csv_path.display())));
-                }
-            }
+            log.write(r);
             on_episode(r);
         },
         every,
         &mut run_validation,
     )?;
     let wall_s = t0.elapsed().as_secs_f64();
-    if let Some(e) = write_err {
-        return Err(e);
-    }
-    jsonl.flush().map_err(|e| io(&jsonl_path, e))?;
-    csv.flush().map_err(|e| io(&csv_path, e))?;
+    log.finish()?;
 
     if cfg.validation.is_some() {
         // The final weights compete too, and are kept in `last/` either way.
@@ -503,8 +553,8 @@ pub fn train_with_progress(
     } else {
         save_to(&cfg.out, &agent)?;
     }
-    let run = RunFigures { updates: agent.updates - updates_before, validations, wall_s };
-    summarise(cfg, &records, &agent, best, run)
+    let run = RunFigures { updates: agent.updates - updates_before, validations: selection.validations, wall_s };
+    summarise(cfg, &records, &agent, selection.best, run)
 }
 
 /// PPO's run: `ppo.numEnvs` twin environments (each its own episodes), the same logs,
@@ -525,11 +575,7 @@ fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) 
     let mut agent = PpoAgent::new(names.len(), &envs[0].branch_sizes(), pcfg)?;
 
     fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
-    let jsonl_path = cfg.out.join("metrics.jsonl");
-    let csv_path = cfg.out.join("metrics.csv");
-    let mut jsonl = std::io::BufWriter::new(open_log(&jsonl_path, false)?);
-    let mut csv = csv::WriterBuilder::new().has_headers(true).from_writer(open_log(&csv_path, false)?);
-    let mut write_err: Option<RlError> = None;
+    let mut log = EpisodeLog::open(&cfg.out, false)?;
 
     let layout = envs[0].encoder().layout().clone();
     let action_layout = envs[0].action_layout().clone();
@@ -545,30 +591,15 @@ fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) 
             Some(action_layout.clone()),
             train_json.clone(),
         )
+        .map(|_| ())
     };
     let template = make_env(&scenario, cfg)?;
-    let val_path = cfg.out.join("validation.jsonl");
-    let mut val_log = match &cfg.validation {
-        Some(_) => Some(std::io::BufWriter::new(open_log(&val_path, false)?)),
-        None => None,
-    };
-    let mut best: Option<(f64, u64)> = None;
-    let mut validations = 0u64;
+    let mut selection = Selection::open(cfg, false)?;
     let mut run_validation = |agent: &PpoAgent| -> Result<(), RlError> {
         let Some(v) = &cfg.validation else { return Ok(()) };
         let greedy = agent.greedy_agent()?;
-        let mut rec = validate(&greedy, &scenario, &template, &cfg.reward, v)?;
-        validations += 1;
-        if rec.mean_return.is_finite() && best.is_none_or(|(b, _)| rec.mean_return > b) {
-            best = Some((rec.mean_return, agent.env_steps));
-            rec.best = true;
-            save_to(&cfg.out, &greedy)?;
-        }
-        if let Some(w) = val_log.as_mut() {
-            let line = serde_json::to_string(&rec).unwrap_or_default();
-            writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| io(&val_path, e))?;
-        }
-        Ok(())
+        let rec = validate(&greedy, &scenario, &template, &cfg.reward, v)?;
+        selection.record(rec, || save_to(&cfg.out, &greedy))
     };
     let t0 = Instant::now();
     let every = cfg.validation.as_ref().map(|v| v.every).unwrap_or(0);
@@ -577,26 +608,14 @@ fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) 
         &mut envs,
         cfg.steps,
         &mut |r| {
-            if write_err.is_none() {
-                let line = serde_json::to_string(r).unwrap_or_default();
-                if let Err(e) = writeln!(jsonl, "{line}") {
-                    write_err = Some(io(&jsonl_path, e));
-                }
-                if let Err(e) = csv.serialize(r) {
-                    write_err = Some(RlError::Config(format!("{}: {e}", csv_path.display())));
-                }
-            }
+            log.write(r);
             on_episode(r);
         },
         every,
         &mut run_validation,
     )?;
     let wall_s = t0.elapsed().as_secs_f64();
-    if let Some(e) = write_err {
-        return Err(e);
-    }
-    jsonl.flush().map_err(|e| io(&jsonl_path, e))?;
-    csv.flush().map_err(|e| io(&csv_path, e))?;
+    log.finish()?;
     if cfg.validation.is_some() {
         run_validation(&agent)?;
         save_to(&cfg.out.join("last"), &agent.greedy_agent()?)?;
@@ -604,8 +623,8 @@ fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) 
         save_to(&cfg.out, &agent.greedy_agent()?)?;
     }
     let greedy = agent.greedy_agent()?;
-    let run = RunFigures { updates: agent.updates, validations, wall_s };
-    let mut summary = summarise(cfg, &records, &greedy, best, run)?;
+    let run = RunFigures { updates: agent.updates, validations: selection.validations, wall_s };
+    let mut summary = summarise(cfg, &records, &greedy, selection.best, run)?;
     // Whole rollouts: the run may take a few steps more than asked.
     summary.env_steps = agent.env_steps;
     summary.env_steps_per_s = agent.env_steps as f64 / wall_s.max(1e-9);
