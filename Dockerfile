@@ -39,6 +39,9 @@ RUN apt-get update \
  && useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin llmos
 COPY --from=builder /out/lib/ /opt/llmos/lib/
 COPY --from=builder /out/llmos /usr/local/bin/llmos
+# The shipped learned policies (policies/<name>/, each with its CARD.md), selectable as
+# `policy: {kind: dqn, dqn: {checkpoint: /opt/llmos/policies/<name>}}`.
+COPY --from=builder /src/policies/ /opt/llmos/policies/
 ENV LD_LIBRARY_PATH=/opt/llmos/lib
 USER 65532
 EXPOSE 8080

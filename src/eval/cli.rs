@@ -169,7 +169,7 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
                 sv.baseline_slo_pct,
                 sv.baseline_gpu_h,
                 if sv.saved >= 0.0 && sv.slo_pct >= sv.baseline_slo_pct - 0.05 {
-                    "the DQN is as good or better on both"
+                    "the learned policy is as good or better on both"
                 } else if sv.saved < 0.0 && sv.slo_pct <= sv.baseline_slo_pct + 0.05 {
                     "static-peak is as good or better on both"
                 } else {
@@ -199,16 +199,18 @@ pub struct DemoArgs {
     /// Scenario to train and compare in (a real trace; train on its first 60 %, judge on the last 40 %).
     #[arg(long, default_value = "scenarios/azure-code-llama3-8b-a100.toml")]
     pub scenario: PathBuf,
-    /// Training settings (a TOML file of `TrainConfig` fields, as `llmos train --config` takes).
-    #[arg(long, default_value = "scenarios/train/azure-code-select.toml")]
+    /// Training settings (a TOML file of `TrainConfig` fields, as `llmos train --config`
+    /// takes): PPO by default; `scenarios/train/azure-code-select.toml` trains the DQN
+    /// (with `--steps 40000`).
+    #[arg(long, default_value = "scenarios/train/azure-code-ppo.toml")]
     pub config: PathBuf,
-    /// Training steps (control ticks) for each DQN.
-    #[arg(long, default_value_t = 40_000)]
+    /// Training steps (control ticks) for each member.
+    #[arg(long, default_value_t = 400_000)]
     pub steps: u64,
     /// Seed of the first training run (member k trains with seed + k).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// DQNs trained (in parallel) and averaged into one ensemble policy; 1 for a single DQN.
+    /// Policies trained (in parallel) and averaged into one ensemble policy; 1 for a single one.
     #[arg(long, default_value_t = 3)]
     pub members: u64,
     /// Evaluation seeds (every policy sees the same arrivals per seed).
@@ -242,7 +244,11 @@ fn train_demo_members(args: &DemoArgs, base: &crate::rl::train::TrainConfig) -> 
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     eprintln!(
-        "[1/2] training {members} DQN(s) for {} steps each on the training part of {} (seeds {}..={}); numerics: {}",
+        "[1/2] training {members} {} policies for {} steps each on the training part of {} (seeds {}..={}); numerics: {}",
+        match base.algorithm {
+            crate::rl::train::Algorithm::Dqn => "DQN",
+            crate::rl::train::Algorithm::Ppo => "PPO",
+        },
         args.steps,
         args.scenario.display(),
         args.seed,
@@ -312,7 +318,7 @@ fn train_demo_members(args: &DemoArgs, base: &crate::rl::train::TrainConfig) -> 
     })
 }
 
-/// Runs `llmos demo`: trains small DQNs (an ensemble of `--members` seeds, in parallel) in
+/// Runs `llmos demo`: trains small policies (PPO by default; an ensemble of `--members` seeds, in parallel) in
 /// the twin on the training part of a real trace, each keeping its best checkpoint on a
 /// held-out validation window, then compares the ensemble with the baselines on the test
 /// window that neither saw.
