@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in default job: trains a small DQN in the twin on the training window of
+# The built-in default job: trains a small PPO ensemble in the twin on the training window of
 # a real trace, then compares it with HPA, KPA, the queue policy and a static fleet on
 # the test window, prints the table and writes the plots (default: out/demo/).
 # Prepares libtorch on first use (cached in ~/.cache/llmos). Extra arguments go to
