@@ -774,6 +774,28 @@ mod tests {
     }
 
     #[test]
+    fn residual_options_are_offsets_from_the_base_decision() {
+        let (a, lim) = layout(ActionLayoutKind::Residual);
+        // The base asks for 3 cheap (2 more than desired; 1 GPU is free) and 0 dear.
+        let mut base = Decision::new("base");
+        base.set("v", "cheap", 3);
+        base.set("v", "dear", 0);
+        let m = a.mask_on(&obs(), &lim, Some(&base));
+        // cheap from 3: -1 → 2 is fine for the variant; +1 → 4 and +2 → 5 need more GPUs
+        // than the one free beyond the two the base already asks for.
+        assert_eq!(&m[0..4], &[true, true, false, false]);
+        // dear from 0: -1 would go negative; the variant's max (4) allows +1 (4) but not +2 (5).
+        assert_eq!(&m[4..8], &[false, true, true, false]);
+        let hold = a.hold();
+        let d = a.decision_on(&hold, &obs(), Some(&base), "r");
+        assert_eq!((d.replicas("v", "cheap"), d.replicas("v", "dear")), (Some(3), Some(0)));
+        let d = a.decision_on(&[0, 2], &obs(), Some(&base), "r");
+        assert_eq!((d.replicas("v", "cheap"), d.replicas("v", "dear")), (Some(2), Some(1)));
+        // Without a base the residual layout reads the desired replicas, as the factored one.
+        assert_eq!(a.decision_on(&hold, &obs(), None, "r").replicas("v", "cheap"), Some(1));
+    }
+
+    #[test]
     fn joint_layout_decodes_and_masks() {
         let (a, lim) = layout(ActionLayoutKind::Joint);
         assert_eq!(a.branches()[0].options.len(), 1 + 2 * 3);
@@ -796,6 +818,7 @@ mod tests {
             slo_tpot_ms: 50.0,
             rate_history_s: vec![60.0],
             cooldown_feature: true,
+            base_feature: true,
             cooldown_s: 120.0,
         };
         let mut e = ObsEncoder::new(layout);
@@ -813,6 +836,7 @@ mod tests {
             slo_tpot_ms: 50.0,
             rate_history_s: vec![30.0],
             cooldown_feature: false,
+            base_feature: false,
             cooldown_s: 0.0,
         };
         let mut e = ObsEncoder::new(layout);
@@ -875,6 +899,7 @@ mod tests {
             slo_tpot_ms: 50.0,
             rate_history_s: vec![],
             cooldown_feature: true,
+            base_feature: false,
             cooldown_s: 120.0,
         };
         let mut e = ObsEncoder::new(layout);
