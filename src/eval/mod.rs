@@ -381,14 +381,9 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
             c.build(&ctx).map_err(|e| EvalError::Policy { label: c.label.clone(), source: e })?;
         }
     }
-    let mut jobs = Vec::new();
-    for (li, &load) in cfg.loads.iter().enumerate() {
-        for ci in 0..choices.len() {
-            for seed in 0..cfg.seeds {
-                jobs.push((li, load, ci, seed));
-            }
-        }
-    }
+    let jobs: Vec<(usize, f64, usize, u64)> = (cfg.loads.iter().enumerate())
+        .flat_map(|(li, &load)| (0..choices.len()).flat_map(move |ci| (0..cfg.seeds).map(move |seed| (li, load, ci, seed))))
+        .collect();
     let results: Vec<Result<EpisodeResult, EvalError>> = jobs
         .par_iter()
         .map(|&(li, load, ci, seed)| {
@@ -417,8 +412,8 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
     let frontiers = stats::frontiers(&rows, &cfg.loads);
     let figures = stats::policy_figures(&rows);
     let slo_target_pct = scenario.spec.slo.target_attainment * 100.0;
-    let target_winners = stats::target_winners(&rows, &cfg.loads, slo_target_pct);
     Ok(CompareReport {
+        target_winners: stats::target_winners(&rows, &cfg.loads, slo_target_pct),
         scenario: scenario.file.name.clone().unwrap_or_else(|| cfg.scenario.display().to_string()),
         window: cfg.window,
         window_fractions: (a, b),
@@ -432,7 +427,6 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
         frontiers,
         figures,
         slo_target_pct,
-        target_winners,
         episodes,
     })
 }

@@ -19,6 +19,31 @@ use crate::policy::Policy;
 
 pub use crate::policy::registry::{PolicyChoice, PolicyError};
 
+/// Builds the heuristic policy `name` (command-line form) for `spec`, the spec's own
+/// `policy` section as the base: what a learned policy leans on (its out-of-range
+/// fallback, a residual layout's base policy). Only this module's kinds can be built: a
+/// learned kind, or one only the comparison harness can build, is refused; errors name
+/// `field`.
+pub fn build_heuristic(name: &str, spec: &LLMWorkloadSpec, field: &str) -> Result<Box<dyn Policy>, PolicyError> {
+    use crate::policy::registry::invalid;
+    let refused = || {
+        invalid(
+            field,
+            format!("`{name}` cannot be used here: give a heuristic kind (hpa, kpa, forecast, ray, queue, static) or hold"),
+        )
+    };
+    let reg = Registry::builtin();
+    let choice = match reg.parse(name, &spec.policy) {
+        Ok(c) => c,
+        Err(PolicyError::NotRegistered { .. }) => return Err(refused()),
+        Err(e) => return Err(invalid(field, format!("`{name}`: {e}"))),
+    };
+    if reg.get(choice.kind().name()).is_some_and(|e| e.learned() || e.needs_harness()) {
+        return Err(refused());
+    }
+    choice.build_for(spec).map_err(|e| invalid(field, format!("`{name}`: {e}")))
+}
+
 /// Builds the policy selected by `spec.policy` (`dqn` is refused: it is built by the rl
 /// module's registry, `llmos::rl::registry()`).
 pub fn build_policy(spec: &LLMWorkloadSpec) -> Result<Box<dyn Policy>, PolicyError> {

@@ -195,7 +195,7 @@ impl TwinEnv {
                 self.actions.kind
             )));
         }
-        let policy = super::policy::build_heuristic(name, &self.scenario.spec, "residualBase")
+        let policy = crate::policy::build::build_heuristic(name, &self.scenario.spec, "residualBase")
             .map_err(|e| RlError::Config(e.to_string()))?;
         self.encoder = ObsEncoder::new(self.encoder.layout().clone().with_base_feature(true));
         self.actions = self.actions.clone().with_base(Some(name.to_string()));

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::crd::LLMWorkloadSpec;
+use crate::policy::build::build_heuristic;
 use crate::policy::config::{DqnParams, OutOfRangeParams, PolicyKind, PolicySpec};
 use crate::policy::registry::{invalid, BuildContext, KindId, PolicyError, PolicyKindDef, Positional};
 use crate::policy::{Decision, Observation, Policy};
@@ -151,22 +152,6 @@ impl Guard {
     }
 }
 
-/// Builds the heuristic policy `name` (command-line form) for `spec`, the spec's own
-/// `policy` section as the base: what a learned policy leans on (the out-of-range
-/// fallback, a residual layout's base policy). A learned kind, or one only the comparison
-/// harness can build, is refused; errors name `field`.
-pub fn build_heuristic(name: &str, spec: &LLMWorkloadSpec, field: &str) -> Result<Box<dyn Policy>, PolicyError> {
-    let reg = super::registry();
-    let choice = reg.parse(name, &spec.policy).map_err(|e| invalid(field, format!("`{name}`: {e}")))?;
-    let entry = reg.get(choice.kind().name());
-    if entry.is_some_and(|e| e.learned() || e.needs_harness()) {
-        return Err(invalid(
-            field,
-            format!("`{name}` cannot be used here: give a heuristic kind (hpa, kpa, forecast, ray, queue, static) or hold"),
-        ));
-    }
-    choice.build_for(spec).map_err(|e| invalid(field, format!("`{name}`: {e}")))
-}
 
 /// A greedy policy from a trained DQN checkpoint (or an [`Ensemble`] of them).
 pub struct DqnPolicy {

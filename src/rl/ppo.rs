@@ -421,6 +421,178 @@ struct Running {
     met: f64,
 }
 
+/// The state of a run between rollouts: the random stream (sampling, then shuffling),
+/// the episode seeds, each environment's current observation and episode, reward scaling
+/// and the finished episodes.
+struct Collector {
+    rng: ChaCha8Rng,
+    episode_seed: u64,
+    obs: Vec<Vec<f32>>,
+    masks: Vec<Vec<bool>>,
+    running: Vec<Running>,
+    scale: ReturnScale,
+    records: Vec<EpisodeRecord>,
+    episode: u64,
+}
+
+impl Collector {
+    /// Resets every environment, in order, and records the first observations.
+    fn start<E: Env>(agent: &mut PpoAgent, envs: &mut [E]) -> Result<Self, RlError> {
+        let cfg = &agent.cfg;
+        let run_seed = cfg.seed ^ agent.env_steps.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let n = envs.len();
+        let mut c = Collector {
+            rng: ChaCha8Rng::seed_from_u64(run_seed),
+            episode_seed: run_seed,
+            obs: Vec::with_capacity(n),
+            masks: Vec::with_capacity(n),
+            running: vec![Running::default(); n],
+            scale: ReturnScale { gamma: cfg.gamma, ret: vec![0.0; n], count: 0.0, mean: 0.0, m2: 0.0 },
+            records: Vec::new(),
+            episode: 0,
+        };
+        for e in envs.iter_mut() {
+            let (o, mk) = e.reset(c.next_seed())?;
+            agent.normaliser.update(&o);
+            c.obs.push(o);
+            c.masks.push(mk);
+        }
+        Ok(c)
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.episode_seed = self.episode_seed.wrapping_add(1);
+        self.episode_seed
+    }
+
+    /// One rollout of `rollout_steps` steps of every environment; `last` is the previous
+    /// update's statistics (logged with the episodes that end).
+    fn rollout<E: Env + Send>(
+        &mut self,
+        agent: &mut PpoAgent,
+        envs: &mut [E],
+        last: &PpoStats,
+        on_episode: &mut dyn FnMut(&EpisodeRecord),
+    ) -> Result<Rollout, RlError> {
+        let cfg = agent.cfg.clone();
+        let (n_envs, batch) = (envs.len(), cfg.batch_size());
+        let m: usize = agent.sizes.iter().sum();
+        let mut ro = Rollout {
+            obs: Vec::with_capacity(batch * agent.obs_dim),
+            penalty: Vec::with_capacity(batch * m),
+            actions: Vec::with_capacity(batch * agent.sizes.len()),
+            logp: Vec::with_capacity(batch),
+            values: Vec::with_capacity(batch),
+            rewards: Vec::with_capacity(batch),
+            dones: Vec::with_capacity(batch),
+        };
+        for _ in 0..cfg.rollout_steps {
+            let x: Vec<f32> = self.obs.iter().flat_map(|o| agent.normalised(o)).collect();
+            let (logits, values) = agent.evaluate_host(&x);
+            let mut actions = Vec::with_capacity(n_envs);
+            for (e, mk) in self.masks.iter().enumerate() {
+                let (a, lp) = agent.sample(&logits[e * m..(e + 1) * m], mk, &mut self.rng);
+                ro.logp.push(lp);
+                ro.actions.extend(a.iter().map(|&v| v as i64));
+                ro.penalty.extend(mk.iter().map(|&ok| if ok { 0.0 } else { MASKED }));
+                actions.push(a);
+            }
+            ro.obs.extend_from_slice(&x);
+            ro.values.extend_from_slice(&values);
+            // Every environment steps on the rayon pool; results come back in order.
+            let stepped: Vec<Result<EnvStep, RlError>> =
+                envs.par_iter_mut().zip(actions.par_iter()).map(|(e, a)| e.step(a)).collect();
+            let stepped = stepped.into_iter().collect::<Result<Vec<_>, _>>()?;
+            agent.env_steps += n_envs as u64;
+            // Truncated episodes are bootstrapped with the value of their last state.
+            let cut: Vec<usize> = (0..n_envs).filter(|&e| stepped[e].truncated && !stepped[e].terminated).collect();
+            let boot: Vec<f32> = if cut.is_empty() {
+                Vec::new()
+            } else {
+                let xs: Vec<f32> = cut.iter().flat_map(|&e| agent.normalised(&stepped[e].obs)).collect();
+                agent.evaluate_host(&xs).1
+            };
+            for (e, s) in stepped.into_iter().enumerate() {
+                let done = s.terminated || s.truncated;
+                let mut r = if cfg.normalise_rewards { self.scale.scale(e, s.reward, done) } else { s.reward };
+                if let Some(i) = cut.iter().position(|&c| c == e) {
+                    r += cfg.gamma * boot[i] as f64;
+                }
+                ro.rewards.push(r as f32);
+                ro.dones.push(if done { 1.0 } else { 0.0 });
+                self.account(e, &s);
+                if done {
+                    self.finish_episode(e, agent, last, on_episode);
+                    let (o, mk) = envs[e].reset(self.next_seed())?;
+                    agent.normaliser.update(&o);
+                    self.obs[e] = o;
+                    self.masks[e] = mk;
+                } else {
+                    agent.normaliser.update(&s.obs);
+                    self.obs[e] = s.obs;
+                    self.masks[e] = s.mask;
+                }
+            }
+        }
+        Ok(ro)
+    }
+
+    /// Adds a step's measurements to environment `e`'s running episode.
+    fn account(&mut self, e: usize, s: &EnvStep) {
+        let run = &mut self.running[e];
+        run.record.episodic_return += s.reward;
+        run.record.length += 1;
+        run.record.cost_usd += s.info.cost_usd;
+        run.record.gpu_hours += s.info.gpu_seconds / 3600.0;
+        run.finished += s.info.finished;
+        run.met += s.info.slo_met;
+    }
+
+    /// Closes environment `e`'s episode into a record.
+    fn finish_episode(
+        &mut self,
+        e: usize,
+        agent: &PpoAgent,
+        last: &PpoStats,
+        on_episode: &mut dyn FnMut(&EpisodeRecord),
+    ) {
+        let mut rec = std::mem::take(&mut self.running[e]);
+        rec.record.episode = self.episode;
+        rec.record.env_steps = agent.env_steps;
+        rec.record.updates = agent.updates;
+        rec.record.epsilon = f64::NAN;
+        rec.record.mean_loss = last.policy_loss + agent.cfg.value_coef * last.value_loss;
+        rec.record.mean_q = last.mean_value;
+        rec.record.slo_attainment = if rec.finished > 0.0 { rec.met / rec.finished } else { f64::NAN };
+        on_episode(&rec.record);
+        self.records.push(rec.record);
+        self.episode += 1;
+    }
+
+    /// GAE(λ) advantages and returns of a rollout, with the value of the states after it.
+    fn advantages(&self, agent: &PpoAgent, ro: &Rollout) -> (Vec<f32>, Vec<f32>) {
+        let cfg = &agent.cfg;
+        let (n_envs, t_steps) = (self.obs.len(), cfg.rollout_steps);
+        let x: Vec<f32> = self.obs.iter().flat_map(|o| agent.normalised(o)).collect();
+        let next_values = agent.evaluate_host(&x).1;
+        let mut adv = vec![0f32; ro.values.len()];
+        let mut last_gae = vec![0f32; n_envs];
+        let (g, lam) = (cfg.gamma as f32, cfg.gae_lambda as f32);
+        for t in (0..t_steps).rev() {
+            for e in 0..n_envs {
+                let i = t * n_envs + e;
+                let nonterminal = 1.0 - ro.dones[i];
+                let next_v = if t + 1 == t_steps { next_values[e] } else { ro.values[i + n_envs] };
+                let delta = ro.rewards[i] + g * next_v * nonterminal - ro.values[i];
+                last_gae[e] = delta + g * lam * nonterminal * last_gae[e];
+                adv[i] = last_gae[e];
+            }
+        }
+        let returns: Vec<f32> = adv.iter().zip(&ro.values).map(|(a, v)| a + v).collect();
+        (adv, returns)
+    }
+}
+
 /// Trains `agent` on `envs` (one per `num_envs`; each its own twin) for at least `steps`
 /// environment steps (whole rollouts). Calls `on_episode` after every finished episode,
 /// and `on_eval` with the agent after the first update past every `eval_every`
@@ -449,138 +621,24 @@ pub fn train_ppo<E: Env + Send>(
             )));
         }
     }
-    let (n_envs, t_steps, dim) = (cfg.num_envs, cfg.rollout_steps, agent.obs_dim);
-    let m: usize = agent.sizes.iter().sum();
-    let nb = agent.sizes.len();
-    let batch = cfg.batch_size();
-    let num_updates = steps.div_ceil(batch as u64).max(1);
-    let run_seed = cfg.seed ^ agent.env_steps.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut rng = ChaCha8Rng::seed_from_u64(run_seed);
-    let mut episode_seed = run_seed;
-    let mut next_seed = || {
-        episode_seed = episode_seed.wrapping_add(1);
-        episode_seed
-    };
-
-    // The first observation of every environment.
-    let mut obs: Vec<Vec<f32>> = Vec::with_capacity(n_envs);
-    let mut masks: Vec<Vec<bool>> = Vec::with_capacity(n_envs);
-    for e in envs.iter_mut() {
-        let (o, mk) = e.reset(next_seed())?;
-        agent.normaliser.update(&o);
-        obs.push(o);
-        masks.push(mk);
-    }
-    let mut running = vec![Running::default(); n_envs];
-    let mut scale =
-        ReturnScale { gamma: cfg.gamma, ret: vec![0.0; n_envs], count: 0.0, mean: 0.0, m2: 0.0 };
-    let mut records = Vec::new();
-    let mut episode = 0u64;
+    let num_updates = steps.div_ceil(cfg.batch_size() as u64).max(1);
+    let mut c = Collector::start(agent, envs)?;
     let mut next_eval = agent.env_steps + eval_every;
     let mut last = PpoStats::default();
-
     for update in 0..num_updates {
         if cfg.anneal_lr {
             let frac = 1.0 - update as f64 / num_updates as f64;
             agent.opt.set_lr(frac * cfg.learning_rate);
         }
-        let mut ro = Rollout {
-            obs: Vec::with_capacity(batch * dim),
-            penalty: Vec::with_capacity(batch * m),
-            actions: Vec::with_capacity(batch * nb),
-            logp: Vec::with_capacity(batch),
-            values: Vec::with_capacity(batch),
-            rewards: Vec::with_capacity(batch),
-            dones: Vec::with_capacity(batch),
-        };
-        for _ in 0..t_steps {
-            let x: Vec<f32> = obs.iter().flat_map(|o| agent.normalised(o)).collect();
-            let (logits, values) = agent.evaluate_host(&x);
-            let mut actions = Vec::with_capacity(n_envs);
-            for (e, mk) in masks.iter().enumerate() {
-                let (a, lp) = agent.sample(&logits[e * m..(e + 1) * m], mk, &mut rng);
-                ro.logp.push(lp);
-                ro.actions.extend(a.iter().map(|&v| v as i64));
-                ro.penalty.extend(mk.iter().map(|&ok| if ok { 0.0 } else { MASKED }));
-                actions.push(a);
-            }
-            ro.obs.extend_from_slice(&x);
-            ro.values.extend_from_slice(&values);
-            // Every environment steps on the rayon pool; results come back in order.
-            let stepped: Vec<Result<EnvStep, RlError>> =
-                envs.par_iter_mut().zip(actions.par_iter()).map(|(e, a)| e.step(a)).collect();
-            let stepped = stepped.into_iter().collect::<Result<Vec<_>, _>>()?;
-            agent.env_steps += n_envs as u64;
-            // Truncated episodes are bootstrapped with the value of their last state.
-            let cut: Vec<usize> = (0..n_envs).filter(|&e| stepped[e].truncated && !stepped[e].terminated).collect();
-            let boot: Vec<f32> = if cut.is_empty() {
-                Vec::new()
-            } else {
-                let xs: Vec<f32> = cut.iter().flat_map(|&e| agent.normalised(&stepped[e].obs)).collect();
-                agent.evaluate_host(&xs).1
-            };
-            for (e, s) in stepped.into_iter().enumerate() {
-                let done = s.terminated || s.truncated;
-                let mut r = if cfg.normalise_rewards { scale.scale(e, s.reward, done) } else { s.reward };
-                if let Some(i) = cut.iter().position(|&c| c == e) {
-                    r += cfg.gamma * boot[i] as f64;
-                }
-                ro.rewards.push(r as f32);
-                ro.dones.push(if done { 1.0 } else { 0.0 });
-                let run = &mut running[e];
-                run.record.episodic_return += s.reward;
-                run.record.length += 1;
-                run.record.cost_usd += s.info.cost_usd;
-                run.record.gpu_hours += s.info.gpu_seconds / 3600.0;
-                run.finished += s.info.finished;
-                run.met += s.info.slo_met;
-                if done {
-                    let mut rec = std::mem::take(run);
-                    rec.record.episode = episode;
-                    rec.record.env_steps = agent.env_steps;
-                    rec.record.updates = agent.updates;
-                    rec.record.epsilon = f64::NAN;
-                    rec.record.mean_loss = last.policy_loss + cfg.value_coef * last.value_loss;
-                    rec.record.mean_q = last.mean_value;
-                    rec.record.slo_attainment = if rec.finished > 0.0 { rec.met / rec.finished } else { f64::NAN };
-                    on_episode(&rec.record);
-                    records.push(rec.record);
-                    episode += 1;
-                    let (o, mk) = envs[e].reset(next_seed())?;
-                    agent.normaliser.update(&o);
-                    obs[e] = o;
-                    masks[e] = mk;
-                } else {
-                    agent.normaliser.update(&s.obs);
-                    obs[e] = s.obs;
-                    masks[e] = s.mask;
-                }
-            }
-        }
-        // GAE(λ) with the value of the states after the rollout.
-        let x: Vec<f32> = obs.iter().flat_map(|o| agent.normalised(o)).collect();
-        let next_values = agent.evaluate_host(&x).1;
-        let mut adv = vec![0f32; batch];
-        let mut last_gae = vec![0f32; n_envs];
-        let (g, lam) = (cfg.gamma as f32, cfg.gae_lambda as f32);
-        for t in (0..t_steps).rev() {
-            for e in 0..n_envs {
-                let i = t * n_envs + e;
-                let nonterminal = 1.0 - ro.dones[i];
-                let next_v = if t + 1 == t_steps { next_values[e] } else { ro.values[i + n_envs] };
-                let delta = ro.rewards[i] + g * next_v * nonterminal - ro.values[i];
-                last_gae[e] = delta + g * lam * nonterminal * last_gae[e];
-                adv[i] = last_gae[e];
-            }
-        }
-        let returns: Vec<f32> = adv.iter().zip(&ro.values).map(|(a, v)| a + v).collect();
-        last = update_epochs(agent, &ro, &adv, &returns, &mut rng);
+        let ro = c.rollout(agent, envs, &last, on_episode)?;
+        let (adv, returns) = c.advantages(agent, &ro);
+        last = update_epochs(agent, &ro, &adv, &returns, &mut c.rng);
         if eval_every > 0 && agent.env_steps >= next_eval {
             on_eval(agent)?;
             next_eval = agent.env_steps + eval_every;
         }
     }
-    Ok((records, last))
+    Ok((c.records, last))
 }
 
 /// The epochs of one update over a rollout; returns the means over minibatches.

@@ -185,7 +185,7 @@ fn validate(
             let actions = template.action_layout();
             let mut base = match &actions.base {
                 Some(b) => Some(
-                    super::policy::build_heuristic(b, &scenario.spec, "residualBase")
+                    crate::policy::build::build_heuristic(b, &scenario.spec, "residualBase")
                         .map_err(|e| RlError::Config(e.to_string()))?,
                 ),
                 None => None,
