@@ -161,3 +161,22 @@ fn bad_guard_settings_are_refused_naming_the_field() {
     let labels: Vec<&str> = list.iter().map(|p| p.label.as_str()).collect();
     assert_eq!(labels, ["hpa", &format!("dqn:{c},max-z=4,fallback=forecast:capacity=8"), "kpa"]);
 }
+
+/// A shipped policy is selectable by name (`policies/<name>`, from the repository root the
+/// tests run in) and loads for the workload it was trained for.
+#[test]
+fn a_shipped_policy_loads_by_name() {
+    let code = Scenario::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/azure-code-llama3-8b-a100.toml"))
+        .unwrap();
+    assert_eq!(
+        llmos::rl::policy::resolve_checkpoint("azure-code-ppo"),
+        PathBuf::from("policies/azure-code-ppo"),
+        "run from the repository root"
+    );
+    let mut p = build("dqn:azure-code-ppo", &code).unwrap();
+    let run = rollout(p.as_mut(), &code, 0, (0.6, 0.65), 1.0, &RewardConfig::default()).unwrap();
+    assert!(!run.ticks.is_empty());
+    // A name that is no shipped policy fails naming it.
+    let e = build("dqn:no-such-policy", &code).err().unwrap();
+    assert!(e.contains("no-such-policy"), "{e}");
+}

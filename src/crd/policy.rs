@@ -318,7 +318,9 @@ impl Default for ForecastParams {
 pub struct DqnParams {
     /// Directory of the checkpoint (weights + JSON sidecar), or of an ensemble of
     /// checkpoints (`ensemble.json` naming member directories, whose Q-values are
-    /// averaged), e.g. a mounted volume.
+    /// averaged), e.g. a mounted volume; or the name of a shipped policy (a bare name such
+    /// as `azure-code-ppo`, looked up under `$LLMOS_POLICIES_DIR`, `/opt/llmos/policies`
+    /// and `policies/`).
     pub checkpoint: String,
     /// Record transitions under this directory for offline retraining.
     #[serde(default, skip_serializing_if = "Option::is_none")]

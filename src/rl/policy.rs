@@ -471,6 +471,29 @@ pub fn greedy_decision(
     (actions.decision_on(&a, obs, base, &reason), x, a)
 }
 
+/// Where shipped policies are looked up by name, in order: `$LLMOS_POLICIES_DIR`, the
+/// operator image's `/opt/llmos/policies`, and `policies/` of the working directory (the
+/// repository).
+pub const POLICY_DIRS: [&str; 2] = ["/opt/llmos/policies", "policies"];
+
+/// The checkpoint directory `reference` means: the path as given when it exists or holds a
+/// `/`; else a shipped policy of that name, the first of `$LLMOS_POLICIES_DIR` and
+/// [`POLICY_DIRS`] that holds a checkpoint or an ensemble under it; else the path as given
+/// (whose loading then fails, naming it).
+pub fn resolve_checkpoint(reference: &str) -> PathBuf {
+    let given = PathBuf::from(reference);
+    if given.exists() || reference.contains('/') || reference.is_empty() {
+        return given;
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var("LLMOS_POLICIES_DIR").ok().map(PathBuf::from).into_iter().collect();
+    dirs.extend(POLICY_DIRS.iter().map(PathBuf::from));
+    let found = dirs
+        .into_iter()
+        .map(|d| d.join(reference))
+        .find(|c| c.join(ENSEMBLE_FILE).is_file() || c.join(checkpoint::META_FILE).is_file());
+    found.unwrap_or(given)
+}
+
 /// The `dqn` kind: a trained checkpoint (`kind: dqn` with `policy.dqn`, or `dqn:PATH`).
 pub struct Dqn;
 
@@ -540,7 +563,7 @@ impl PolicyKindDef for Dqn {
 
     fn build(&self, params: &DqnParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
         let load_err = |e: RlError| PolicyError::Load { path: params.checkpoint.clone(), message: e.to_string() };
-        let mut p = DqnPolicy::load(Path::new(&params.checkpoint), ctx.spec).map_err(load_err)?;
+        let mut p = DqnPolicy::load(&resolve_checkpoint(&params.checkpoint), ctx.spec).map_err(load_err)?;
         if let Some(dir) = &params.record_transitions {
             p.record_transitions(Path::new(dir)).map_err(load_err)?;
         }
