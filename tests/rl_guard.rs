@@ -79,9 +79,7 @@ impl Policy for Spy {
 
 fn build(name: &str, scenario: &Scenario) -> Result<Box<dyn Policy>, String> {
     let reg = llmos::rl::registry();
-    reg.parse(name, &scenario.spec.policy)
-        .and_then(|c| c.build_for(&scenario.spec))
-        .map_err(|e| e.to_string())
+    reg.parse(name, &scenario.spec.policy).and_then(|c| c.build_for(&scenario.spec)).map_err(|e| e.to_string())
 }
 
 fn desired(policy: &mut dyn Policy, scenario: &Scenario, load: f64) -> Vec<Vec<u32>> {
@@ -109,7 +107,8 @@ fn the_guard_hands_decisions_to_its_fallback_and_says_so() {
 
     // Twenty times the training load: the fallback takes over with a warning naming the
     // feature, and says when the network decides again.
-    let mut spy = Spy { inner: build(&format!("dqn:{c},fallback=hpa"), &scenario).unwrap(), reasons: vec![], warnings: vec![] };
+    let mut spy =
+        Spy { inner: build(&format!("dqn:{c},fallback=hpa"), &scenario).unwrap(), reasons: vec![], warnings: vec![] };
     desired(&mut spy, &scenario, 20.0);
     let fell_back = spy.reasons.iter().filter(|r| r.contains("out of training range")).count();
     assert!(fell_back > 0, "no fallback at 20x the training load: {:?}", spy.reasons);
@@ -166,8 +165,9 @@ fn bad_guard_settings_are_refused_naming_the_field() {
 /// tests run in) and loads for the workload it was trained for.
 #[test]
 fn a_shipped_policy_loads_by_name() {
-    let code = Scenario::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/azure-code-llama3-8b-a100.toml"))
-        .unwrap();
+    let code =
+        Scenario::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/azure-code-llama3-8b-a100.toml"))
+            .unwrap();
     assert_eq!(
         llmos::rl::policy::resolve_checkpoint("azure-code-ppo"),
         PathBuf::from("policies/azure-code-ppo"),

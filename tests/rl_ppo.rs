@@ -70,7 +70,11 @@ fn ppo_never_samples_a_masked_arm_and_learns_the_best_allowed_one() {
         let mut returns = Vec::new();
         train_ppo(&mut agent, &mut envs, 8_000, &mut |r| returns.push(r.episodic_return), 0, &mut |_| Ok(())).unwrap();
         let e = MaskedBandit::new(true);
-        assert_eq!(agent.greedy(&e.obs_of(0, false), &e.mask_of(0, false)), vec![3], "seed {seed}: 0.8 when 1.0 is masked");
+        assert_eq!(
+            agent.greedy(&e.obs_of(0, false), &e.mask_of(0, false)),
+            vec![3],
+            "seed {seed}: 0.8 when 1.0 is masked"
+        );
         assert_eq!(agent.greedy(&e.obs_of(1, false), &e.mask_of(1, false)), vec![2], "seed {seed}: 1.0 when allowed");
         // The last episodes earn close to the optimum (0.9 on average over the contexts).
         let tail: Vec<f64> = returns.iter().rev().take(200).copied().collect();

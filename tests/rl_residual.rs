@@ -28,10 +28,16 @@ fn whole_run() -> EpisodeConfig {
 fn zero_offsets_are_the_base_policy_tick_for_tick() {
     let scenario = Scenario::load(&scenario_path()).unwrap();
     let base = "hpa:target=4";
-    let mut env = TwinEnv::new(scenario.clone(), ActionLayoutKind::Residual, vec![-1, 0, 1], RewardConfig::default(), whole_run())
-        .unwrap()
-        .with_base(base)
-        .unwrap();
+    let mut env = TwinEnv::new(
+        scenario.clone(),
+        ActionLayoutKind::Residual,
+        vec![-1, 0, 1],
+        RewardConfig::default(),
+        whole_run(),
+    )
+    .unwrap()
+    .with_base(base)
+    .unwrap();
     assert!(env.feature_names().iter().any(|n| n.ends_with(".base_target")));
     let seed = 3;
     let (_, mut mask) = env.reset(seed).unwrap();
@@ -47,7 +53,8 @@ fn zero_offsets_are_the_base_policy_tick_for_tick() {
             break;
         }
     }
-    let mut alone = llmos::rl::registry().parse(base, &scenario.spec.policy).unwrap().build_for(&scenario.spec).unwrap();
+    let mut alone =
+        llmos::rl::registry().parse(base, &scenario.spec.policy).unwrap().build_for(&scenario.spec).unwrap();
     let run = rollout(alone.as_mut(), &scenario, seed, (0.0, 1.0), 1.0, &RewardConfig::default()).unwrap();
     let theirs: Vec<Vec<u32>> = run.ticks.iter().map(|t| t.desired.clone()).collect();
     assert_eq!(ours, theirs, "zero offsets must decide as {base} alone");
@@ -107,7 +114,13 @@ fn a_residual_checkpoint_names_its_base_and_loads_as_the_learned_policy() {
         reward: RewardConfig { cost_weight_per_usd: 5_000.0, ..Default::default() },
         episodes: whole_run(),
         algorithm: Algorithm::Ppo,
-        ppo: PpoConfig { hidden: vec![32], num_envs: 2, rollout_steps: 64, device: DeviceChoice::Cpu, ..Default::default() },
+        ppo: PpoConfig {
+            hidden: vec![32],
+            num_envs: 2,
+            rollout_steps: 64,
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        },
         ..Default::default()
     };
     train(&cfg).unwrap();

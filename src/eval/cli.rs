@@ -159,7 +159,8 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
         }
         // The peak-sized static fleet knows the window's peak in advance: a reference an
         // online policy would have to match, said separately so it is not missed.
-        for sv in stats::verdicts(&report.rows, p, &|b: &stats::Row| b.kind == Some(StaticPeak::ID), report.slo_target_pct)
+        for sv in
+            stats::verdicts(&report.rows, p, &|b: &stats::Row| b.kind == Some(StaticPeak::ID), report.slo_target_pct)
         {
             println!(
                 "load ×{}: against static-peak (sized from the window's own peak, not an online policy): {:.1} % at {:.2} GPU-h vs {:.1} % at {:.2} GPU-h: {}",

@@ -382,7 +382,9 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
         }
     }
     let jobs: Vec<(usize, f64, usize, u64)> = (cfg.loads.iter().enumerate())
-        .flat_map(|(li, &load)| (0..choices.len()).flat_map(move |ci| (0..cfg.seeds).map(move |seed| (li, load, ci, seed))))
+        .flat_map(|(li, &load)| {
+            (0..choices.len()).flat_map(move |ci| (0..cfg.seeds).map(move |seed| (li, load, ci, seed)))
+        })
         .collect();
     let results: Vec<Result<EpisodeResult, EvalError>> = jobs
         .par_iter()

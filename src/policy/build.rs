@@ -29,7 +29,9 @@ pub fn build_heuristic(name: &str, spec: &LLMWorkloadSpec, field: &str) -> Resul
     let refused = || {
         invalid(
             field,
-            format!("`{name}` cannot be used here: give a heuristic kind (hpa, kpa, forecast, ray, queue, static) or hold"),
+            format!(
+                "`{name}` cannot be used here: give a heuristic kind (hpa, kpa, forecast, ray, queue, static) or hold"
+            ),
         )
     };
     let reg = Registry::builtin();

@@ -143,7 +143,10 @@ impl Guard {
     pub fn build(params: &OutOfRangeParams, spec: &LLMWorkloadSpec) -> Result<Guard, PolicyError> {
         let field = "spec.policy.dqn.outOfRange";
         if !params.max_z.is_finite() || params.max_z < 0.0 {
-            return Err(invalid(&format!("{field}.maxZ"), format!("must be 0 (off) or positive, not {}", params.max_z)));
+            return Err(invalid(
+                &format!("{field}.maxZ"),
+                format!("must be 0 (off) or positive, not {}", params.max_z),
+            ));
         }
         let name = params.fallback.trim().to_string();
         let fallback =
@@ -151,7 +154,6 @@ impl Guard {
         Ok(Guard { max_z: params.max_z, name, fallback, active: None, fallback_ticks: 0 })
     }
 }
-
 
 /// A greedy policy from a trained DQN checkpoint (or an [`Ensemble`] of them).
 pub struct DqnPolicy {
@@ -203,9 +205,12 @@ impl DqnPolicy {
             .with_mask_cooldown(stored.mask_cooldown)
             .with_base(stored.base.clone());
         let base = match (&stored.kind, &stored.base) {
-            (ActionLayoutKind::Residual, Some(b)) => Some(build_heuristic(b, spec, "checkpoint actionLayout.base").map_err(|e| {
-                RlError::Checkpoint { path: dir.display().to_string(), message: format!("its base policy: {e}") }
-            })?),
+            (ActionLayoutKind::Residual, Some(b)) => {
+                Some(build_heuristic(b, spec, "checkpoint actionLayout.base").map_err(|e| RlError::Checkpoint {
+                    path: dir.display().to_string(),
+                    message: format!("its base policy: {e}"),
+                })?)
+            }
             (ActionLayoutKind::Residual, None) => {
                 return Err(RlError::Checkpoint {
                     path: dir.display().to_string(),
@@ -464,7 +469,12 @@ pub fn greedy_decision(
         .collect();
     let reason = match (base, moves.is_empty()) {
         (Some(b), true) => format!("dqn: as the base policy ({})", b.reason),
-        (Some(b), false) => format!("dqn: base policy {}, {} ({})", if moves.len() == 1 { "offset" } else { "offsets" }, moves.join(", "), b.reason),
+        (Some(b), false) => format!(
+            "dqn: base policy {}, {} ({})",
+            if moves.len() == 1 { "offset" } else { "offsets" },
+            moves.join(", "),
+            b.reason
+        ),
         (None, true) => "dqn: hold".to_string(),
         (None, false) => format!("dqn: {}", moves.join(", ")),
     };
@@ -527,16 +537,23 @@ impl PolicyKindDef for Dqn {
                 params.checkpoint = items.next().unwrap_or_default().trim().to_string();
                 for item in items {
                     let Some((k2, v2)) = item.split_once('=') else {
-                        return Err(invalid(key, format!("`{item}` is not KEY=VALUE; keys after the path: max-z, fallback")));
+                        return Err(invalid(
+                            key,
+                            format!("`{item}` is not KEY=VALUE; keys after the path: max-z, fallback"),
+                        ));
                     };
                     let g = params.out_of_range.get_or_insert_with(OutOfRangeParams::default);
                     match k2.trim() {
                         "max-z" => {
-                            g.max_z = crate::policy::registry::num("dqn:max-z", v2.trim(), "a number of standard deviations")?
+                            g.max_z =
+                                crate::policy::registry::num("dqn:max-z", v2.trim(), "a number of standard deviations")?
                         }
                         "fallback" => g.fallback = v2.trim().to_string(),
                         other => {
-                            return Err(invalid(key, format!("unknown key `{other}`; keys after the path: max-z, fallback")))
+                            return Err(invalid(
+                                key,
+                                format!("unknown key `{other}`; keys after the path: max-z, fallback"),
+                            ))
                         }
                     }
                 }
@@ -552,7 +569,10 @@ impl PolicyKindDef for Dqn {
         }
         if let Some(g) = &params.out_of_range {
             if !g.max_z.is_finite() || g.max_z < 0.0 {
-                return Err(invalid("spec.policy.dqn.outOfRange.maxZ", format!("must be 0 (off) or positive, not {}", g.max_z)));
+                return Err(invalid(
+                    "spec.policy.dqn.outOfRange.maxZ",
+                    format!("must be 0 (off) or positive, not {}", g.max_z),
+                ));
             }
             if g.fallback.trim().is_empty() {
                 return Err(invalid("spec.policy.dqn.outOfRange.fallback", "give a policy (e.g. hpa) or hold"));

@@ -150,11 +150,9 @@ impl PpoConfig {
                 self.num_envs * self.rollout_steps
             ));
         }
-        for (name, v) in [
-            ("learningRate", self.learning_rate),
-            ("clip", self.clip),
-            ("maxGradNorm", self.max_grad_norm),
-        ] {
+        for (name, v) in
+            [("learningRate", self.learning_rate), ("clip", self.clip), ("maxGradNorm", self.max_grad_norm)]
+        {
             if !(v > 0.0 && v.is_finite()) {
                 return bad(format!("ppo.{name} must be > 0, got {v}"));
             }
@@ -608,7 +606,11 @@ pub fn train_ppo<E: Env + Send>(
 ) -> Result<(Vec<EpisodeRecord>, PpoStats), RlError> {
     let cfg = agent.cfg.clone();
     if envs.len() != cfg.num_envs {
-        return Err(RlError::Config(format!("ppo.numEnvs is {} but {} environments were given", cfg.num_envs, envs.len())));
+        return Err(RlError::Config(format!(
+            "ppo.numEnvs is {} but {} environments were given",
+            cfg.num_envs,
+            envs.len()
+        )));
     }
     for e in envs.iter() {
         if e.obs_dim() != agent.obs_dim || e.branch_sizes() != agent.sizes {
@@ -663,7 +665,11 @@ fn update_epochs(agent: &mut PpoAgent, ro: &Rollout, adv: &[f32], returns: &[f32
         idx.shuffle(rng);
         for chunk in idx.chunks(mb) {
             let ix = Tensor::from_slice(chunk).to_device(dev);
-            let (logp, ent) = agent.log_prob_entropy(&obs.index_select(0, &ix), &penalty.index_select(0, &ix), &actions.index_select(0, &ix));
+            let (logp, ent) = agent.log_prob_entropy(
+                &obs.index_select(0, &ix),
+                &penalty.index_select(0, &ix),
+                &actions.index_select(0, &ix),
+            );
             let log_ratio = &logp - old_logp.index_select(0, &ix);
             let ratio = log_ratio.exp();
             let mut a = adv_t.index_select(0, &ix);
@@ -693,8 +699,7 @@ fn update_epochs(agent: &mut PpoAgent, ro: &Rollout, adv: &[f32], returns: &[f32
             agent.updates += 1;
             let f = |t: &Tensor| f64::try_from(t).unwrap_or(f64::NAN);
             let kl = tch::no_grad(|| ((&ratio - 1.0) - &log_ratio).mean(Kind::Float));
-            let clipped =
-                tch::no_grad(|| (&ratio - 1.0).abs().gt(cfg.clip).to_kind(Kind::Float).mean(Kind::Float));
+            let clipped = tch::no_grad(|| (&ratio - 1.0).abs().gt(cfg.clip).to_kind(Kind::Float).mean(Kind::Float));
             sums.policy_loss += f(&pg_loss);
             sums.value_loss += f(&v_loss);
             sums.entropy += f(&entropy);

@@ -316,14 +316,20 @@ pub fn test_start_of(scenario: &Scenario) -> f64 {
 /// A training environment over `scenario` with the config's actions, reward, episodes and
 /// features.
 fn make_env(scenario: &Scenario, cfg: &TrainConfig) -> Result<TwinEnv, RlError> {
-    let env = TwinEnv::new(scenario.clone(), cfg.action_layout, cfg.deltas.clone(), cfg.reward.clone(), cfg.episodes.clone())?
-        .with_rate_history(&cfg.rate_history_s)
-        .with_cooldown(cfg.cooldown_aware);
+    let env = TwinEnv::new(
+        scenario.clone(),
+        cfg.action_layout,
+        cfg.deltas.clone(),
+        cfg.reward.clone(),
+        cfg.episodes.clone(),
+    )?
+    .with_rate_history(&cfg.rate_history_s)
+    .with_cooldown(cfg.cooldown_aware);
     match (&cfg.residual_base, cfg.action_layout) {
         (Some(b), _) => env.with_base(b),
-        (None, ActionLayoutKind::Residual) => {
-            Err(RlError::Config("actionLayout = \"residual\" needs residualBase (e.g. \"forecast:capacity=1.3\")".into()))
-        }
+        (None, ActionLayoutKind::Residual) => Err(RlError::Config(
+            "actionLayout = \"residual\" needs residualBase (e.g. \"forecast:capacity=1.3\")".into(),
+        )),
         (None, _) => Ok(env),
     }
 }
@@ -467,11 +473,7 @@ impl Selection {
     }
 
     /// Records one validation; when it is the best so far, marks it and calls `save`.
-    fn record(
-        &mut self,
-        mut rec: ValidationRecord,
-        save: impl FnOnce() -> Result<(), RlError>,
-    ) -> Result<(), RlError> {
+    fn record(&mut self, mut rec: ValidationRecord, save: impl FnOnce() -> Result<(), RlError>) -> Result<(), RlError> {
         self.validations += 1;
         if rec.mean_return.is_finite() && self.best.is_none_or(|(b, _)| rec.mean_return > b) {
             self.best = Some((rec.mean_return, rec.env_steps));
