@@ -203,15 +203,6 @@ impl TwinEnv {
         Ok(self)
     }
 
-    /// The base decision on `obs` (a residual layout), set into the encoder; `None`
-    /// otherwise.
-    fn decide_base(&mut self, obs: &Observation) -> Option<&crate::policy::Decision> {
-        let (p, d) = self.base.as_mut()?;
-        *d = p.decide(obs);
-        self.encoder.set_base(Some(d));
-        Some(d)
-    }
-
     /// Adds rate-history features over the given horizons (seconds) to the observation;
     /// see [`super::encoding`].
     pub fn with_rate_history(mut self, horizons_s: &[f64]) -> Self {
@@ -246,6 +237,20 @@ impl TwinEnv {
     }
 }
 
+/// The base decision on `obs` (a residual layout), kept in `base` and set into the
+/// encoder; `None` without a base. A free function over the two fields, so the running
+/// control loop's observation can be read meanwhile without a copy.
+fn decide_base<'a>(
+    base: &'a mut Option<(Box<dyn crate::policy::Policy>, crate::policy::Decision)>,
+    encoder: &mut ObsEncoder,
+    obs: &Observation,
+) -> Option<&'a crate::policy::Decision> {
+    let (p, d) = base.as_mut()?;
+    *d = p.decide(obs);
+    encoder.set_base(Some(d));
+    Some(d)
+}
+
 impl Env for TwinEnv {
     fn feature_names(&self) -> Vec<String> {
         self.encoder.feature_names()
@@ -273,9 +278,9 @@ impl Env for TwinEnv {
         if let Some((p, _)) = self.base.as_mut() {
             p.reset();
         }
-        let obs = control.observation().clone();
-        let base = self.decide_base(&obs).cloned();
-        let first = (self.encoder.encode(&obs), self.actions.mask_on(&obs, &self.limits, base.as_ref()));
+        let obs = control.observation();
+        let base = decide_base(&mut self.base, &mut self.encoder, obs);
+        let first = (self.encoder.encode(obs), self.actions.mask_on(obs, &self.limits, base));
         self.running = Some((twin, control));
         Ok(first)
     }
@@ -288,11 +293,11 @@ impl Env for TwinEnv {
         self.twin_steps += 1;
         self.ticks += 1;
         let truncated = twin.is_done() || self.episodes.max_ticks.is_some_and(|m| self.ticks >= m);
-        let obs = control.observation().clone();
-        let base = self.decide_base(&obs).cloned();
+        let obs = control.observation();
+        let base = decide_base(&mut self.base, &mut self.encoder, obs);
         Ok(EnvStep {
-            obs: self.encoder.encode(&obs),
-            mask: self.actions.mask_on(&obs, &self.limits, base.as_ref()),
+            obs: self.encoder.encode(obs),
+            mask: self.actions.mask_on(obs, &self.limits, base),
             reward: t.reward,
             terminated: false,
             truncated,

@@ -125,8 +125,6 @@ pub struct Guard {
     fallback: Option<Box<dyn Policy>>,
     /// The feature that put the policy on the fallback and its z, while it is there.
     active: Option<(String, f64)>,
-    /// Ticks decided by the fallback since the policy was built or reset.
-    fallback_ticks: u64,
 }
 
 impl std::fmt::Debug for Guard {
@@ -142,17 +140,20 @@ impl Guard {
     /// refused.
     pub fn build(params: &OutOfRangeParams, spec: &LLMWorkloadSpec) -> Result<Guard, PolicyError> {
         let field = "spec.policy.dqn.outOfRange";
-        if !params.max_z.is_finite() || params.max_z < 0.0 {
-            return Err(invalid(
-                &format!("{field}.maxZ"),
-                format!("must be 0 (off) or positive, not {}", params.max_z),
-            ));
-        }
+        check_max_z(params.max_z)?;
         let name = params.fallback.trim().to_string();
         let fallback =
             if name == "hold" { None } else { Some(build_heuristic(&name, spec, &format!("{field}.fallback"))?) };
-        Ok(Guard { max_z: params.max_z, name, fallback, active: None, fallback_ticks: 0 })
+        Ok(Guard { max_z: params.max_z, name, fallback, active: None })
     }
+}
+
+/// `outOfRange.maxZ` must be 0 (off) or a positive number.
+fn check_max_z(max_z: f64) -> Result<(), PolicyError> {
+    if max_z.is_finite() && max_z >= 0.0 {
+        return Ok(());
+    }
+    Err(invalid("spec.policy.dqn.outOfRange.maxZ", format!("must be 0 (off) or positive, not {max_z}")))
 }
 
 /// A greedy policy from a trained DQN checkpoint (or an [`Ensemble`] of them).
@@ -260,20 +261,17 @@ impl DqnPolicy {
         self
     }
 
-    /// Ticks decided by the out-of-range fallback since the policy was built or reset.
-    pub fn fallback_ticks(&self) -> u64 {
-        self.guard.as_ref().map_or(0, |g| g.fallback_ticks)
-    }
-
     /// The input feature furthest outside the training range of any member, as (name, z),
     /// when it is beyond `max_z` standard deviations.
     fn out_of_range(&self, x: &[f32], max_z: f64) -> Option<(String, f64)> {
-        let names = self.encoder.feature_names();
-        self.agents
+        let (i, z) = self
+            .agents
             .iter()
             .filter_map(|a| a.normaliser.out_of_range(x, max_z))
-            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-            .map(|(i, z)| (names.get(i).cloned().unwrap_or_else(|| format!("feature {i}")), z))
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))?;
+        // Names only when a feature is out: they are built, not stored.
+        let name = self.encoder.feature_names().get(i).cloned().unwrap_or_else(|| format!("feature {i}"));
+        Some((name, z))
     }
 
     /// Appends transitions to `dir/transitions.jsonl` from now on.
@@ -332,7 +330,6 @@ impl Policy for DqnPolicy {
             Some((feature, z)) => {
                 // The network's choice is not a transition of the policy that acted.
                 self.last = None;
-                g.fallback_ticks += 1;
                 let mut out = match fallback {
                     Some(f) => f,
                     None => Decision::hold(obs, "hold"),
@@ -369,7 +366,6 @@ impl Policy for DqnPolicy {
         }
         if let Some(g) = self.guard.as_mut() {
             g.active = None;
-            g.fallback_ticks = 0;
             if let Some(f) = g.fallback.as_mut() {
                 f.reset();
             }
@@ -568,12 +564,7 @@ impl PolicyKindDef for Dqn {
             return Err(invalid("dqn", "give the checkpoint directory: dqn:PATH"));
         }
         if let Some(g) = &params.out_of_range {
-            if !g.max_z.is_finite() || g.max_z < 0.0 {
-                return Err(invalid(
-                    "spec.policy.dqn.outOfRange.maxZ",
-                    format!("must be 0 (off) or positive, not {}", g.max_z),
-                ));
-            }
+            check_max_z(g.max_z)?;
             if g.fallback.trim().is_empty() {
                 return Err(invalid("spec.policy.dqn.outOfRange.fallback", "give a policy (e.g. hpa) or hold"));
             }
