@@ -255,6 +255,14 @@ impl ObsEncoder {
         self.history.clear();
     }
 
+    /// Takes the SLO targets and the scale-down cooldown of `spec` (a workload of the same
+    /// slots, e.g. another episode of a training mix); features are relative to them.
+    pub fn retarget(&mut self, spec: &crate::crd::LLMWorkloadSpec) {
+        self.layout.slo_ttft_ms = spec.slo.ttft_ms;
+        self.layout.slo_tpot_ms = spec.slo.tpot_ms;
+        self.layout.cooldown_s = f64::from(spec.limits.scale_down_cooldown_seconds);
+    }
+
     /// Records `obs` in the rate history (replacing a sample with the same time) and
     /// returns its features. Observations with missing metrics are encoded but not recorded.
     pub fn encode(&mut self, obs: &Observation) -> Vec<f32> {

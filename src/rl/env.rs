@@ -89,6 +89,10 @@ use crate::policy::Observation;
 use crate::twin::{RunWindow, Scenario, Twin};
 
 use super::encoding::{ActionLayout, ActionLayoutKind, ActionLimits, ObsEncoder, WorkloadLayout};
+use super::mix::{EpisodeFactors, Randomisation};
+
+/// Seed offset of the mix's random stream (source and factors of an episode).
+const MIX_STREAM: u64 = 0x6d69_785f_7372_6373;
 
 pub use crate::control::RewardConfig;
 
@@ -121,6 +125,68 @@ impl Default for EpisodeConfig {
     }
 }
 
+/// Checks an episode configuration (windows, length, loads); the error names the field.
+pub fn check_episodes(episodes: &EpisodeConfig) -> Result<(), RlError> {
+    let (a, b) = episodes.train_window;
+    if !(0.0 <= a && a < b && b <= 1.0) || !(episodes.episode_frac > 0.0) {
+        return Err(RlError::Config(format!(
+            "episodes.trainWindow {:?} must satisfy 0 ≤ start < end ≤ 1 and episodeFrac > 0",
+            episodes.train_window
+        )));
+    }
+    if episodes.loads.is_empty() || episodes.loads.iter().any(|l| !(l.is_finite() && *l > 0.0)) {
+        return Err(RlError::Config(format!("episodes.loads {:?} must be positive and non-empty", episodes.loads)));
+    }
+    Ok(())
+}
+
+/// One scenario of a training mix, loaded.
+#[derive(Clone)]
+pub struct Source {
+    /// The scenario (its trace loaded once, shared by every episode).
+    pub scenario: Scenario,
+    /// Relative frequency of its episodes (> 0).
+    pub weight: f64,
+    /// How its episodes are cut.
+    pub episodes: EpisodeConfig,
+}
+
+impl Source {
+    /// Checks that the source has the slots and pools of `layout` (the workload the
+    /// policy is trained for) and a positive weight; the error names the scenario.
+    pub fn check(&self, layout: &WorkloadLayout) -> Result<(), RlError> {
+        let own = WorkloadLayout::from_spec(&self.scenario.spec);
+        let name = &self.scenario.name;
+        if own.slots != layout.slots || own.pools != layout.pools {
+            let show = |l: &WorkloadLayout| {
+                l.slots.iter().map(|s| format!("{}/{}", s.variant, s.pool)).collect::<Vec<_>>().join(", ")
+            };
+            return Err(RlError::Config(format!(
+                "mix scenario `{name}` has slots [{}] but the trained workload has [{}]; every scenario of a mix needs the same variant and pool names",
+                show(&own),
+                show(layout)
+            )));
+        }
+        if !(self.weight.is_finite() && self.weight > 0.0) {
+            return Err(RlError::Config(format!("mix scenario `{name}`: weight {} must be > 0", self.weight)));
+        }
+        check_episodes(&self.episodes).map_err(|e| RlError::Config(format!("mix scenario `{name}`: {e}")))
+    }
+}
+
+/// Picks a source index with probability proportional to its weight.
+pub fn pick_source(sources: &[Source], rng: &mut impl Rng) -> usize {
+    let total: f64 = sources.iter().map(|s| s.weight).sum();
+    let mut u = rng.random::<f64>() * total;
+    for (i, s) in sources.iter().enumerate() {
+        if u < s.weight {
+            return i;
+        }
+        u -= s.weight;
+    }
+    sources.len() - 1
+}
+
 /// The twin as an [`Env`]: episodes are random windows of the training part of the trace.
 ///
 /// Each step is one tick of the one control loop ([`ControlLoop`]): the chosen deltas
@@ -142,6 +208,14 @@ pub struct TwinEnv {
     pub twin_steps: u64,
     /// The base policy of a residual layout and its decision on the current observation.
     base: Option<(Box<dyn crate::policy::Policy>, crate::policy::Decision)>,
+    /// The base policy's name (rebuilt for each episode's spec in a mix).
+    base_name: Option<String>,
+    /// Training across traffic: the scenarios episodes are drawn from (empty: `scenario`
+    /// with `episodes` only) and the per-episode randomisation.
+    sources: Vec<Source>,
+    randomise: Randomisation,
+    /// The last episode's source (index into `sources`, 0 without a mix) and factors.
+    pub last_episode: (usize, EpisodeFactors),
 }
 
 impl TwinEnv {
@@ -156,16 +230,7 @@ impl TwinEnv {
         if !deltas.contains(&0) {
             return Err(RlError::Config(format!("action deltas {deltas:?} must contain 0 (hold)")));
         }
-        let (a, b) = episodes.train_window;
-        if !(0.0 <= a && a < b && b <= 1.0) || !(episodes.episode_frac > 0.0) {
-            return Err(RlError::Config(format!(
-                "episodes.trainWindow {:?} must satisfy 0 ≤ start < end ≤ 1 and episodeFrac > 0",
-                episodes.train_window
-            )));
-        }
-        if episodes.loads.is_empty() || episodes.loads.iter().any(|l| !(*l > 0.0)) {
-            return Err(RlError::Config(format!("episodes.loads {:?} must be positive and non-empty", episodes.loads)));
-        }
+        check_episodes(&episodes)?;
         let spec = scenario.spec.clone();
         let layout = WorkloadLayout::from_spec(&spec);
         let limits = ActionLimits::from_spec(&spec, &layout);
@@ -182,7 +247,24 @@ impl TwinEnv {
             episode: 0,
             twin_steps: 0,
             base: None,
+            base_name: None,
+            sources: Vec::new(),
+            randomise: Randomisation::default(),
+            last_episode: (0, Randomisation::default().draw(&mut ChaCha8Rng::seed_from_u64(0))),
         })
+    }
+
+    /// Trains across traffic: episodes are drawn from `sources` (by weight; the
+    /// environment's own scenario takes part only if listed) with `randomise` applied to
+    /// each. Every source must have this workload's slots and pools.
+    pub fn with_mix(mut self, sources: Vec<Source>, randomise: Randomisation) -> Result<Self, RlError> {
+        randomise.check()?;
+        for s in &sources {
+            s.check(self.encoder.layout())?;
+        }
+        self.sources = sources;
+        self.randomise = randomise;
+        Ok(self)
     }
 
     /// Puts the base policy `name` (command-line form, a heuristic kind) under a residual
@@ -200,6 +282,7 @@ impl TwinEnv {
         self.encoder = ObsEncoder::new(self.encoder.layout().clone().with_base_feature(true));
         self.actions = self.actions.clone().with_base(Some(name.to_string()));
         self.base = Some((policy, crate::policy::Decision::new("")));
+        self.base_name = Some(name.to_string());
         Ok(self)
     }
 
@@ -260,18 +343,39 @@ impl Env for TwinEnv {
     }
     fn reset(&mut self, seed: u64) -> Result<(Vec<f32>, Vec<bool>), RlError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let (a, b) = self.episodes.train_window;
-        let len = self.episodes.episode_frac.min(b - a);
+        // The mix draws from a stream of its own, so a run without one is as before.
+        let mut mix_rng = ChaCha8Rng::seed_from_u64(seed ^ MIX_STREAM);
+        let index = if self.sources.is_empty() { 0 } else { pick_source(&self.sources, &mut mix_rng) };
+        let factors = self.randomise.draw(&mut mix_rng);
+        let (source, episodes) = match self.sources.get(index) {
+            Some(s) => (&s.scenario, &s.episodes),
+            None => (&self.scenario, &self.episodes),
+        };
+        let (a, b) = episodes.train_window;
+        let len = episodes.episode_frac.min(b - a);
         let start = a + rng.random::<f64>() * (b - a - len);
-        let loads: Vec<f64> =
-            if self.episode < self.episodes.curriculum_episodes && self.episodes.loads.iter().any(|l| *l <= 1.0) {
-                self.episodes.loads.iter().copied().filter(|l| *l <= 1.0).collect()
-            } else {
-                self.episodes.loads.clone()
-            };
-        let load = loads[rng.random_range(0..loads.len())];
-        let twin = Twin::with_window(&self.scenario, RunWindow::new(seed, (start, start + len), load))?;
-        let control = ControlLoop::new(&twin, 0, Shield::new(&self.scenario.spec), self.reward.clone());
+        let loads: Vec<f64> = if self.episode < episodes.curriculum_episodes && episodes.loads.iter().any(|l| *l <= 1.0)
+        {
+            episodes.loads.iter().copied().filter(|l| *l <= 1.0).collect()
+        } else {
+            episodes.loads.clone()
+        };
+        let load = loads[rng.random_range(0..loads.len())] * factors.load;
+        let perturbed = if self.randomise.is_off() { None } else { Some(super::mix::perturbed(source, &factors)?) };
+        let scenario = perturbed.as_ref().unwrap_or(source);
+        let twin = Twin::with_window(scenario, RunWindow::new(seed, (start, start + len), load))?;
+        let control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), self.reward.clone());
+        if !self.sources.is_empty() || perturbed.is_some() {
+            // This episode's workload: its limits, SLO and cooldown, its base policy.
+            let spec = scenario.spec.clone();
+            self.limits = ActionLimits::from_spec(&spec, self.encoder.layout());
+            self.encoder.retarget(&spec);
+            if let (Some(name), Some(b)) = (&self.base_name, self.base.as_mut()) {
+                b.0 = crate::policy::build::build_heuristic(name, &spec, "residualBase")
+                    .map_err(|e| RlError::Config(e.to_string()))?;
+            }
+        }
+        self.last_episode = (index, factors);
         self.encoder.reset();
         self.ticks = 0;
         self.episode += 1;

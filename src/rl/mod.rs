@@ -112,6 +112,7 @@ pub mod cli;
 pub mod dqn;
 pub mod encoding;
 pub mod env;
+pub mod mix;
 pub mod policy;
 pub mod ppo;
 pub mod replay;

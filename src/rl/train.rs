@@ -33,7 +33,8 @@ use crate::twin::{RunWindow, Scenario, Twin};
 use super::checkpoint::{self, Expected};
 use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
 use super::encoding::{ActionLayoutKind, ActionLimits, BranchSpec, ObsEncoder};
-use super::env::{Env, EpisodeConfig, RewardConfig, TwinEnv};
+use super::env::{Env, EpisodeConfig, RewardConfig, Source, TwinEnv};
+use super::mix::Randomisation;
 use super::policy::greedy_decision;
 use super::ppo::{train_ppo, PpoAgent, PpoConfig};
 use super::schedule::EpsilonSchedule;
@@ -80,6 +81,35 @@ pub struct TrainConfig {
     pub algorithm: Algorithm,
     /// PPO hyperparameters (with `algorithm = "ppo"`).
     pub ppo: PpoConfig,
+    /// Training across traffic: more scenarios episodes are drawn from, besides
+    /// `scenario` (which always takes part, with weight `mainWeight`, `episodes` and
+    /// `validation`). See [`super::mix`].
+    pub mix: Vec<MixSource>,
+    /// Relative frequency of `scenario`'s episodes in a mix (> 0).
+    pub main_weight: f64,
+    /// Per-episode randomisation of load, cold start, price and SLO targets.
+    pub randomise: Randomisation,
+}
+
+/// One more scenario of a training mix (`[[mix]]` in the training config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MixSource {
+    /// Scenario TOML, resolved against the working directory like `--scenario`.
+    pub scenario: PathBuf,
+    /// Relative frequency of its episodes (> 0; `scenario`'s is `mainWeight`).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// How its episodes are cut: windows, length (a fraction of *this* scenario's
+    /// traffic), loads.
+    pub episodes: EpisodeConfig,
+    /// Its validation window for checkpoint selection; none: not validated.
+    #[serde(default)]
+    pub validation: Option<ValidationConfig>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Which learner [`train`] runs.
@@ -165,42 +195,45 @@ pub struct ValidationRecord {
     pub best: bool,
 }
 
-/// Runs the greedy agent on every (load, seed) of `v` and sums up.
+/// Runs the greedy agent on every (load, seed) of every validation set (a scenario and
+/// its window) and sums up.
 fn validate(
     agent: &DqnAgent,
-    scenario: &Scenario,
+    sets: &[(Scenario, ValidationConfig)],
     template: &TwinEnv,
     reward: &RewardConfig,
-    v: &ValidationConfig,
 ) -> Result<ValidationRecord, RlError> {
     use crate::control::ControlLoop;
     use crate::policy::shield::Shield;
-    let limits = ActionLimits::from_spec(&scenario.spec, template.encoder().layout());
     let (mut ret, mut finished, mut met, mut gpu_s, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for &load in &v.loads {
-        for &seed in &v.seeds {
-            let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (v.window.0, v.window.1), load))?;
-            let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
-            let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
-            let actions = template.action_layout();
-            let mut base = match &actions.base {
-                Some(b) => Some(
-                    crate::policy::build::build_heuristic(b, &scenario.spec, "residualBase")
-                        .map_err(|e| RlError::Config(e.to_string()))?,
-                ),
-                None => None,
-            };
-            while !twin.is_done() {
-                let t = control.tick_with(&mut twin, |obs| {
-                    let b = base.as_mut().map(|p| p.decide(obs));
-                    greedy_decision(std::slice::from_ref(agent), &mut encoder, actions, &limits, obs, b.as_ref()).0
-                });
-                ret += t.reward;
-                finished += t.stats.finished as f64;
-                met += t.stats.slo_met as f64;
-                gpu_s += t.stats.gpu_seconds;
+    for (scenario, v) in sets {
+        let limits = ActionLimits::from_spec(&scenario.spec, template.encoder().layout());
+        for &load in &v.loads {
+            for &seed in &v.seeds {
+                let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (v.window.0, v.window.1), load))?;
+                let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
+                encoder.retarget(&scenario.spec);
+                let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
+                let actions = template.action_layout();
+                let mut base = match &actions.base {
+                    Some(b) => Some(
+                        crate::policy::build::build_heuristic(b, &scenario.spec, "residualBase")
+                            .map_err(|e| RlError::Config(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                while !twin.is_done() {
+                    let t = control.tick_with(&mut twin, |obs| {
+                        let b = base.as_mut().map(|p| p.decide(obs));
+                        greedy_decision(std::slice::from_ref(agent), &mut encoder, actions, &limits, obs, b.as_ref()).0
+                    });
+                    ret += t.reward;
+                    finished += t.stats.finished as f64;
+                    met += t.stats.slo_met as f64;
+                    gpu_s += t.stats.gpu_seconds;
+                }
+                runs += 1.0;
             }
-            runs += 1.0;
         }
     }
     Ok(ValidationRecord {
@@ -240,6 +273,9 @@ impl Default for TrainConfig {
             residual_base: None,
             algorithm: Algorithm::Dqn,
             ppo: PpoConfig::default(),
+            mix: Vec::new(),
+            main_weight: 1.0,
+            randomise: Randomisation::default(),
         }
     }
 }
@@ -287,17 +323,48 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, RlError> {
     train_with_progress(cfg, &mut |_| {})
 }
 
-/// The scenario to train on (with `cfg.trace` in place of its own, if set), after checking
-/// that validation does not overlap the training window.
-fn load_scenario(cfg: &TrainConfig) -> Result<Scenario, RlError> {
+/// What a run trains and selects on.
+struct Traffic {
+    /// The workload's scenario (with `cfg.trace` in place of its own, if set).
+    scenario: Scenario,
+    /// The mix, `scenario` first; empty without `[[mix]]` and randomisation.
+    sources: Vec<Source>,
+    /// Validation sets: each scenario with its validation window.
+    validations: Vec<(Scenario, ValidationConfig)>,
+}
+
+/// Loads the scenario (and a mix's), after checking that no validation window overlaps
+/// its scenario's training window or test window.
+fn load_traffic(cfg: &TrainConfig) -> Result<Traffic, RlError> {
     let mut scenario = Scenario::load(&cfg.scenario)?;
     if let Some(t) = &cfg.trace {
         scenario.set_trace(t)?;
     }
+    let mut validations = Vec::new();
     if let Some(v) = &cfg.validation {
         v.check(cfg.episodes.train_window, test_start_of(&scenario))?;
+        validations.push((scenario.clone(), v.clone()));
     }
-    Ok(scenario)
+    let mut sources = Vec::new();
+    if !cfg.mix.is_empty() || !cfg.randomise.is_off() {
+        sources.push(Source { scenario: scenario.clone(), weight: cfg.main_weight, episodes: cfg.episodes.clone() });
+    }
+    for (i, m) in cfg.mix.iter().enumerate() {
+        let s = Scenario::load(&m.scenario)?;
+        if let Some(v) = &m.validation {
+            if cfg.validation.is_none() {
+                return Err(RlError::Config(format!(
+                    "mix[{i}] ({}) has a validation window but the run has no `validation` section (which sets how often checkpoints are selected)",
+                    m.scenario.display()
+                )));
+            }
+            v.check(m.episodes.train_window, test_start_of(&s))
+                .map_err(|e| RlError::Config(format!("mix[{i}] ({}): {e}", m.scenario.display())))?;
+            validations.push((s.clone(), v.clone()));
+        }
+        sources.push(Source { scenario: s, weight: m.weight, episodes: m.episodes.clone() });
+    }
+    Ok(Traffic { scenario, sources, validations })
 }
 
 /// Where the test window starts in `scenario`, as a fraction of its traffic: the last
@@ -313,18 +380,19 @@ pub fn test_start_of(scenario: &Scenario) -> f64 {
     }
 }
 
-/// A training environment over `scenario` with the config's actions, reward, episodes and
-/// features.
-fn make_env(scenario: &Scenario, cfg: &TrainConfig) -> Result<TwinEnv, RlError> {
+/// A training environment over the traffic with the config's actions, reward, episodes,
+/// features and mix.
+fn make_env(traffic: &Traffic, cfg: &TrainConfig) -> Result<TwinEnv, RlError> {
     let env = TwinEnv::new(
-        scenario.clone(),
+        traffic.scenario.clone(),
         cfg.action_layout,
         cfg.deltas.clone(),
         cfg.reward.clone(),
         cfg.episodes.clone(),
     )?
     .with_rate_history(&cfg.rate_history_s)
-    .with_cooldown(cfg.cooldown_aware);
+    .with_cooldown(cfg.cooldown_aware)
+    .with_mix(traffic.sources.clone(), cfg.randomise.clone())?;
     match (&cfg.residual_base, cfg.action_layout) {
         (Some(b), _) => env.with_base(b),
         (None, ActionLayoutKind::Residual) => Err(RlError::Config(
@@ -496,8 +564,8 @@ pub fn train_with_progress(
     if cfg.algorithm == Algorithm::Ppo {
         return train_ppo_run(cfg, on_episode);
     }
-    let scenario = load_scenario(cfg)?;
-    let mut env = make_env(&scenario, cfg)?;
+    let traffic = load_traffic(cfg)?;
+    let mut env = make_env(&traffic, cfg)?;
     let names = env.feature_names();
     let branches = env.action_branches();
 
@@ -523,11 +591,13 @@ pub fn train_with_progress(
         .map(|_| ())
     };
     // Validation: a separate environment template (same layouts), its own log.
-    let template = make_env(&scenario, cfg)?;
+    let template = make_env(&traffic, cfg)?;
     let mut selection = Selection::open(cfg, append && cfg.out.join("validation.jsonl").exists())?;
     let mut run_validation = |agent: &DqnAgent| -> Result<(), RlError> {
-        let Some(v) = &cfg.validation else { return Ok(()) };
-        let rec = validate(agent, &scenario, &template, &cfg.reward, v)?;
+        if cfg.validation.is_none() {
+            return Ok(());
+        }
+        let rec = validate(agent, &traffic.validations, &template, &cfg.reward)?;
         selection.record(rec, || save_to(&cfg.out, agent))
     };
 
@@ -568,8 +638,8 @@ fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) 
             "resume: a PPO checkpoint holds the actor only (not the critic); PPO training starts afresh".into(),
         ));
     }
-    let scenario = load_scenario(cfg)?;
-    let mut envs = (0..cfg.ppo.num_envs).map(|_| make_env(&scenario, cfg)).collect::<Result<Vec<_>, _>>()?;
+    let traffic = load_traffic(cfg)?;
+    let mut envs = (0..cfg.ppo.num_envs).map(|_| make_env(&traffic, cfg)).collect::<Result<Vec<_>, _>>()?;
     let names = envs[0].feature_names();
     let branches = envs[0].action_branches();
     let mut pcfg = cfg.ppo.clone();
@@ -595,12 +665,14 @@ fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) 
         )
         .map(|_| ())
     };
-    let template = make_env(&scenario, cfg)?;
+    let template = make_env(&traffic, cfg)?;
     let mut selection = Selection::open(cfg, false)?;
     let mut run_validation = |agent: &PpoAgent| -> Result<(), RlError> {
-        let Some(v) = &cfg.validation else { return Ok(()) };
+        if cfg.validation.is_none() {
+            return Ok(());
+        }
         let greedy = agent.greedy_agent()?;
-        let rec = validate(&greedy, &scenario, &template, &cfg.reward, v)?;
+        let rec = validate(&greedy, &traffic.validations, &template, &cfg.reward)?;
         selection.record(rec, || save_to(&cfg.out, &greedy))
     };
     let t0 = Instant::now();
