@@ -13,6 +13,7 @@
 //! | [`tabular`] | tabular Q-learning over a discretised observation (reference learner) |
 //! | [`dqn`] | the DQN: shared torso, dueling branch heads, Double DQN, Huber, n-step, masking |
 //! | [`ppo`] | PPO: the same factored heads as a masked categorical actor, a critic, GAE(λ), clipped surrogate, parallel environments |
+//! | [`mix`] | training across traffic: per-episode randomisation of load, cold start, price and SLO (the sources are [`env::Source`]) |
 //! | [`encoding`] | [`crate::policy::Observation`] → feature vector, normaliser, action layout |
 //! | [`checkpoint`] | weights + JSON sidecar, written atomically, validated on load |
 //! | [`policy`] | [`policy::DqnPolicy`], the trained network as a [`crate::policy::Policy`], and the `dqn` kind ([`policy::Dqn`]) |
