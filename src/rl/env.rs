@@ -208,8 +208,6 @@ pub struct TwinEnv {
     pub twin_steps: u64,
     /// The base policy of a residual layout and its decision on the current observation.
     base: Option<(Box<dyn crate::policy::Policy>, crate::policy::Decision)>,
-    /// The base policy's name (rebuilt for each episode's spec in a mix).
-    base_name: Option<String>,
     /// Training across traffic: the scenarios episodes are drawn from (empty: `scenario`
     /// with `episodes` only) and the per-episode randomisation.
     sources: Vec<Source>,
@@ -247,10 +245,9 @@ impl TwinEnv {
             episode: 0,
             twin_steps: 0,
             base: None,
-            base_name: None,
             sources: Vec::new(),
             randomise: Randomisation::default(),
-            last_episode: (0, Randomisation::default().draw(&mut ChaCha8Rng::seed_from_u64(0))),
+            last_episode: (0, EpisodeFactors::default()),
         })
     }
 
@@ -282,7 +279,6 @@ impl TwinEnv {
         self.encoder = ObsEncoder::new(self.encoder.layout().clone().with_base_feature(true));
         self.actions = self.actions.clone().with_base(Some(name.to_string()));
         self.base = Some((policy, crate::policy::Decision::new("")));
-        self.base_name = Some(name.to_string());
         Ok(self)
     }
 
@@ -367,11 +363,11 @@ impl Env for TwinEnv {
         let control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), self.reward.clone());
         if !self.sources.is_empty() || perturbed.is_some() {
             // This episode's workload: its limits, SLO and cooldown, its base policy.
-            let spec = scenario.spec.clone();
-            self.limits = ActionLimits::from_spec(&spec, self.encoder.layout());
-            self.encoder.retarget(&spec);
-            if let (Some(name), Some(b)) = (&self.base_name, self.base.as_mut()) {
-                b.0 = crate::policy::build::build_heuristic(name, &spec, "residualBase")
+            let spec = &scenario.spec;
+            self.limits = ActionLimits::from_spec(spec, self.encoder.layout());
+            self.encoder.retarget(spec);
+            if let (Some(name), Some(b)) = (&self.actions.base, self.base.as_mut()) {
+                b.0 = crate::policy::build::build_heuristic(name, spec, "residualBase")
                     .map_err(|e| RlError::Config(e.to_string()))?;
             }
         }

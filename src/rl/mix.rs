@@ -2,8 +2,8 @@
 //! workload perturbed within stated ranges, so one policy sees many kinds of traffic and
 //! many deployments instead of memorising one hour of one trace (domain randomisation).
 //!
-//! A source (`super::env::Source`) is one scenario of the mix with its weight (how often its episodes are
-//! drawn) and its episode windows. Every source must describe the same workload *shape*
+//! A source (`super::env::Source`) is one scenario of the mix with its weight (how often
+//! its episodes are drawn) and its episode windows. Every source must describe the same workload *shape*
 //! as the one the policy is trained for (the same variant and pool names, so the same
 //! slots and features); its trace, engine, prices, SLO and limits may differ.
 //!
@@ -63,6 +63,13 @@ pub struct EpisodeFactors {
     pub ttft: f64,
     /// TPOT-target multiplier.
     pub tpot: f64,
+}
+
+impl Default for EpisodeFactors {
+    /// Every factor 1: the scenario as written.
+    fn default() -> Self {
+        EpisodeFactors { load: 1.0, cold_start: 1.0, price: 1.0, ttft: 1.0, tpot: 1.0 }
+    }
 }
 
 impl Randomisation {

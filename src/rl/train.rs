@@ -103,7 +103,8 @@ pub struct MixSource {
     /// How its episodes are cut: windows, length (a fraction of *this* scenario's
     /// traffic), loads.
     pub episodes: EpisodeConfig,
-    /// Its validation window for checkpoint selection; none: not validated.
+    /// Its validation window for checkpoint selection; none: not validated. Its `every`
+    /// is not used: the run's `validation.every` says when all windows are validated.
     #[serde(default)]
     pub validation: Option<ValidationConfig>,
 }
