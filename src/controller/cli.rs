@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::journal::DecisionJournal;
 use super::leader::{default_identity, LeaderElector, LeaseConfig};
 use super::telemetry::{init_tracing, serve, Health, LogFormat, OperatorMetrics};
 use super::{run_controller, Context, ControllerConfig, PolicyBuilder, UnavailableSource};
@@ -16,9 +17,14 @@ pub struct RunArgs {
     /// Watch LLMWorkloads in this namespace only (default: $LLMOS_NAMESPACE, else all namespaces).
     #[arg(long)]
     pub namespace: Option<String>,
-    /// Address of the HTTP server with /metrics, /healthz and /readyz.
+    /// Address of the HTTP server with /metrics, /healthz, /readyz and the read-only
+    /// decision pages (/decisions).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Control ticks kept per workload for the decision pages (memory only; about 2 KB
+    /// each).
+    #[arg(long, default_value_t = super::journal::DEFAULT_CAPACITY)]
+    pub decisions_kept: usize,
     /// Take part in leader election (a Lease), so only one replica reconciles.
     #[arg(long = "leader-election", default_value_t = true, overrides_with = "no_leader_election")]
     pub leader_election: bool,
@@ -97,8 +103,15 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let http = tokio::spawn(serve(args.metrics_addr, metrics.clone(), health.clone(), stopped(stop_rx.clone())));
-    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let journal = DecisionJournal::with_capacity(args.decisions_kept);
+    let http = tokio::spawn(serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        journal.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz and /decisions");
 
     // The API server must answer before the operator calls itself ready.
     client.apiserver_version().await.context("the Kubernetes API server does not answer")?;
@@ -120,7 +133,8 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
             default_policy_builder(),
             ControllerConfig { instance: identity.clone(), ..Default::default() },
         )
-        .with_metrics(metrics),
+        .with_metrics(metrics)
+        .with_journal(journal),
     );
 
     let elect = args.leader_election && !args.no_leader_election;

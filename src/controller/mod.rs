@@ -24,6 +24,8 @@
 //! - Variant switch: the new variant starts before the old one drains
 //!   ([`decide::make_before_break`]).
 //! - Deletion: a finalizer deletes the owned Deployments and Service first.
+//! - Every control tick is kept in the [`journal::DecisionJournal`] (bounded, memory
+//!   only) that the decision pages ([`page`], `/decisions` on the metrics port) show.
 //!
 //! Everything the reconciler needs comes in a [`Context`]; tests build one with a fake
 //! metrics source, a scripted policy and a manual clock.
@@ -32,7 +34,9 @@ pub mod cli;
 pub mod decide;
 pub mod desired;
 pub mod execute;
+pub mod journal;
 pub mod leader;
+pub mod page;
 pub mod plan;
 pub mod policy_state;
 pub mod status;
@@ -55,10 +59,11 @@ use kube::{Client, Resource, ResourceExt};
 use crate::crd::LLMWorkload;
 use crate::metrics::{Endpoint, MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource};
 use crate::policy::shield::Shield;
-use crate::policy::{Observation, Policy};
+use crate::policy::{Explanation, Observation, Policy};
 
 use decide::build_observation;
 use desired::workload_selector;
+use journal::DecisionJournal;
 use plan::{Decided, EventReason, MetricsRead, Observed, Plan, PlanInput, PlannedEvent, TickOutcome};
 use telemetry::{OperatorMetrics, WorkloadLabels, WorkloadReading};
 
@@ -188,6 +193,8 @@ pub struct Context {
     pub config: ControllerConfig,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Each workload's recent ticks, for the decision pages.
+    pub journal: DecisionJournal,
     /// Per-workload state, each behind its own lock: the map's lock is held only to find
     /// or insert an entry, so a slow policy decision (or a checkpoint load) of one
     /// workload never delays another workload's reconcile.
@@ -212,6 +219,7 @@ impl Context {
             metrics: OperatorMetrics::new(),
             config,
             clock: Arc::new(SystemClock),
+            journal: DecisionJournal::default(),
             workloads: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -225,6 +233,12 @@ impl Context {
     /// Replaces the clock (tests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Replaces the decision journal (to share it with the HTTP server).
+    pub fn with_journal(mut self, journal: DecisionJournal) -> Self {
+        self.journal = journal;
         self
     }
 
@@ -378,7 +392,12 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let state = state_of(&ctx, &wl);
     let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
     restore_policy_state(&ctx, &state, &wl).await;
-    let tick = if tick_due { Some(control_tick(&ctx, &state, &wl, &observed, now).await) } else { None };
+    let (tick, explanation) = if tick_due {
+        let (t, x) = control_tick(&ctx, &state, &wl, &observed, now).await;
+        (Some(t), x)
+    } else {
+        (None, None)
+    };
     let last_tick = lock(&state).last_tick;
     let input = PlanInput {
         workload: &wl,
@@ -392,6 +411,8 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let p = plan::plan(&input);
     remember(&ctx, &state, tick.as_ref(), &p);
     if let Some(tick) = &tick {
+        let mode = wl.spec.policy.mode.as_str();
+        ctx.journal.record(&key_of(&wl), journal::Entry::new(now.to_string(), mode, tick, &p, explanation));
         ctx.metrics.workloads.record(&WorkloadReading {
             labels: workload_labels(&wl),
             spec: &wl.spec,
@@ -523,14 +544,15 @@ fn refresh_state(
 }
 
 /// The control tick: the observation (cluster part, then the metrics), and when the
-/// metrics are complete the policy's decision and the shield's clamp of it.
+/// metrics are complete the policy's decision and the shield's clamp of it, with what
+/// the policy weighed ([`Policy::explain`]).
 async fn control_tick(
     ctx: &Context,
     state: &Mutex<WorkloadState>,
     wl: &LLMWorkload,
     observed: &Observed,
     now: Timestamp,
-) -> TickOutcome {
+) -> (TickOutcome, Option<Explanation>) {
     let spec = &wl.spec;
     let last_action = wl.status.as_ref().and_then(|s| s.last_action_time.as_deref()).and_then(parse_time_s);
     let since_action = last_action.map(|t| (time_s(now) - t).max(0.0));
@@ -546,9 +568,9 @@ async fn control_tick(
         Err(e) => MetricsRead::Failed(e.to_string()),
     };
     let complete = matches!(metrics, MetricsRead::Read { .. }) && obs.missing.is_empty();
-    let decided = if complete { decide(ctx, state, &mut obs) } else { None };
+    let (decided, explanation) = if complete { decide(ctx, state, &mut obs) } else { (None, None) };
     lock(state).last_tick = Some(now);
-    TickOutcome { observation: obs, metrics, decided }
+    (TickOutcome { observation: obs, metrics, decided }, explanation)
 }
 
 /// The shield annotates the observation, the policy decides, the shield clamps
@@ -559,17 +581,21 @@ async fn control_tick(
 /// multi-threaded runtime it runs in `block_in_place`, so the worker's other tasks (other
 /// workloads' reconciles, the API client's connections) move to another thread instead
 /// of waiting behind it.
-fn decide(ctx: &Context, state: &Mutex<WorkloadState>, obs: &mut Observation) -> Option<Decided> {
+fn decide(
+    ctx: &Context,
+    state: &Mutex<WorkloadState>,
+    obs: &mut Observation,
+) -> (Option<Decided>, Option<Explanation>) {
     let mut run = || {
         let mut guard = lock(state);
         let ws = &mut *guard;
-        let policy = ws.policy.as_mut().ok()?;
+        let Ok(policy) = ws.policy.as_mut() else { return (None, None) };
         let t0 = std::time::Instant::now();
         // The decision half of the one control tick; the shield records the outcome only
         // once it is applied (`remember`), so a shadow decision starts no cooldown.
         let (decision, outcome) = crate::control::decide(&mut ws.shield, policy.as_mut(), obs);
         ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
-        Some(Decided { policy: policy.name().to_string(), decision, outcome })
+        (Some(Decided { policy: policy.name().to_string(), decision, outcome }), policy.explain())
     };
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -598,6 +624,7 @@ fn remember(ctx: &Context, state: &Mutex<WorkloadState>, tick: Option<&TickOutco
 /// Deletes what the workload owns, before its finalizer is removed.
 async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.workloads.forget(&workload_labels(&wl));
+    ctx.journal.forget(&key_of(&wl));
     let ns = wl.namespace().unwrap_or_default();
     let name = wl.name_any();
     let dep_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);

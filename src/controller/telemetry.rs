@@ -1,5 +1,6 @@
 //! The operator's own telemetry: Prometheus metrics (`llmos_*`), the `/metrics`,
-//! `/healthz` and `/readyz` endpoints, and the tracing subscriber (text or JSON logs).
+//! `/healthz` and `/readyz` endpoints, the decision pages (`/decisions`, [`super::page`]),
+//! and the tracing subscriber (text or JSON logs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,6 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use super::journal::DecisionJournal;
 
 /// Label set with an error reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -314,11 +317,13 @@ impl Health {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` resolves.
+/// Serves `/metrics`, `/healthz`, `/readyz` and the read-only decision pages
+/// (`/decisions`, [`decision_routes`]) on `addr` until `shutdown` resolves.
 pub async fn serve(
     addr: std::net::SocketAddr,
     metrics: OperatorMetrics,
     health: Health,
+    journal: DecisionJournal,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::http::StatusCode;
@@ -354,7 +359,8 @@ pub async fn serve(
                     }
                 }
             }),
-        );
+        )
+        .merge(decision_routes(journal));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -379,6 +385,63 @@ pub fn init_tracing(format: LogFormat, level: &str) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// The decision pages ([`super::page`]): `GET /decisions`, `/decisions/{namespace}/{name}`
+/// and `/decisions/{namespace}/{name}/json`, read from `journal`. Nothing here writes.
+pub fn decision_routes(journal: DecisionJournal) -> axum::Router {
+    use axum::extract::Path;
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    const HTML: &str = "text/html; charset=utf-8";
+    let (j1, j2, j3) = (journal.clone(), journal.clone(), journal);
+    axum::Router::new()
+        .route(
+            "/decisions",
+            get(move || {
+                let j = j1.clone();
+                async move { ([(header::CONTENT_TYPE, HTML)], super::page::index_html(&j.workloads())) }
+            }),
+        )
+        .route(
+            "/decisions/{namespace}/{name}",
+            get(move |Path((ns, name)): Path<(String, String)>| {
+                let j = j2.clone();
+                async move {
+                    let key = format!("{ns}/{name}");
+                    match j.entries(&key) {
+                        Some(e) => {
+                            (StatusCode::OK, [(header::CONTENT_TYPE, HTML)], super::page::workload_html(&key, &e))
+                        }
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            [(header::CONTENT_TYPE, HTML)],
+                            format!("no decisions for {}", super::page::escape(&key)),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/decisions/{namespace}/{name}/json",
+            get(move |Path((ns, name)): Path<(String, String)>| {
+                let j = j3.clone();
+                async move {
+                    let key = format!("{ns}/{name}");
+                    match j.entries(&key).map(|e| serde_json::to_string_pretty(&e)) {
+                        Some(Ok(body)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
+                        Some(Err(e)) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string())
+                        }
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            format!("no decisions for {key}"),
+                        ),
+                    }
+                }
+            }),
+        )
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use crate::eval::{CompareReport, EpisodeResult, CDF_LEVELS};
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() {
+/// Registers the bundled DejaVu Sans as `sans-serif` for plotters (once per process);
+/// every plot that draws text calls it first.
+pub fn register_font() {
     REGISTER.call_once(|| {
         // The bundled font is valid; a failure would only lose text, not the plot.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);

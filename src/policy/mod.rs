@@ -19,7 +19,9 @@ pub mod scaled;
 pub mod shield;
 
 pub use config::{PolicyKind, PolicyMode, PolicySpec};
-pub use observation::{Decision, LatencyObservation, Observation, PoolObservation, SlotObservation, SlotTarget};
+pub use observation::{
+    BranchScores, Decision, Explanation, LatencyObservation, Observation, PoolObservation, SlotObservation, SlotTarget,
+};
 pub use registry::{KindId, PolicyEntry, PolicyKindDef, Registry};
 
 /// Declares the kind modules and lists their kinds in [`KINDS`], in order.
@@ -69,5 +71,12 @@ pub trait Policy: Send {
     /// is an error naming what is wrong, and the policy keeps its own state.
     fn import_state(&mut self, _state: serde_json::Value) -> Result<(), registry::PolicyError> {
         Ok(())
+    }
+    /// What the last [`Policy::decide`] weighed, per action branch (a learned policy's
+    /// Q-values or action probabilities), for the operator's decision page; `None` (the
+    /// default) for policies whose reason line says it all, and after a hold on missing
+    /// metrics.
+    fn explain(&self) -> Option<Explanation> {
+        None
     }
 }

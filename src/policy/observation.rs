@@ -208,3 +208,36 @@ impl Decision {
         self.targets.iter().map(|t| t.replicas).sum()
     }
 }
+
+/// What a learned policy weighed at its last decision, per action branch: shown on the
+/// operator's decision page next to the decision it led to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// What the scores are: `q-value` (a DQN's expected return per option, the members'
+    /// mean for an ensemble) or `probability` (an actor's softmax over the allowed
+    /// options).
+    pub score: String,
+    /// One entry per action branch, in the layout's order.
+    pub branches: Vec<BranchScores>,
+    /// A remark on how the scores were used (e.g. an input out of its training range
+    /// handed the decision to the fallback policy); `None` when the network decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The scores of one action branch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchScores {
+    /// The branch (e.g. `replicas[llama3-8b/a100]`).
+    pub name: String,
+    /// The options' names (e.g. `-1`, `+0`, `+2`).
+    pub options: Vec<String>,
+    /// One score per option; a masked option's score is what the network gave it.
+    pub scores: Vec<f64>,
+    /// Whether each option was allowed (the limits, the cooldown and the pools' room).
+    pub allowed: Vec<bool>,
+    /// The option taken.
+    pub chosen: usize,
+}

@@ -127,6 +127,22 @@ impl ShieldRule {
             ShieldRule::Budget => "Budget",
         }
     }
+    /// What the rule enforces, in a few words (the decision page's "why").
+    pub fn meaning(&self) -> &'static str {
+        match self {
+            ShieldRule::UnknownSlot => "the spec has no such variant or pool",
+            ShieldRule::PoolNotAllowed => "the variant may not run on this pool",
+            ShieldRule::MaxStepChange => "at most limits.maxStepChange replicas per slot per tick",
+            ShieldRule::ScaleDownCooldown => "no scale-down within limits.scaleDownCooldownSeconds of the last",
+            ShieldRule::PoolCapacity => "the pool's capacityGpus would be exceeded",
+            ShieldRule::VariantMaxReplicas => "the variant's maxReplicas would be exceeded",
+            ShieldRule::TotalMaxReplicas => "limits.maxTotalReplicas would be exceeded",
+            ShieldRule::VariantMinReplicas => "the variant's minReplicas must be met",
+            ShieldRule::TotalMinReplicas => "limits.minTotalReplicas must be met",
+            ShieldRule::KeepLastReady => "the last ready replica of a workload with traffic stays",
+            ShieldRule::Budget => "limits.maxCostPerHour would be exceeded",
+        }
+    }
 }
 
 impl std::fmt::Display for ShieldRule {

@@ -25,7 +25,7 @@ use crate::crd::LLMWorkloadSpec;
 use crate::policy::build::build_heuristic;
 use crate::policy::config::{DqnParams, OutOfRangeParams, PolicyKind, PolicySpec};
 use crate::policy::registry::{invalid, BuildContext, KindId, PolicyError, PolicyKindDef, Positional};
-use crate::policy::{Decision, Observation, Policy};
+use crate::policy::{BranchScores, Decision, Explanation, Observation, Policy};
 
 use super::checkpoint::{self, Expected};
 use super::dqn::{masked_argmax, DeviceChoice, DqnAgent};
@@ -169,6 +169,11 @@ pub struct DqnPolicy {
     /// The base policy of a residual layout (its decision each tick is what the network's
     /// options are offsets from).
     base: Option<Box<dyn Policy>>,
+    /// The training algorithm named in the checkpoint (`ppo`: the outputs are an actor's
+    /// logits; else Q-values).
+    algorithm: Option<String>,
+    /// What the last decision weighed ([`Policy::explain`]).
+    explained: Option<Explanation>,
 }
 
 impl std::fmt::Debug for DqnPolicy {
@@ -251,6 +256,8 @@ impl DqnPolicy {
             record_errors: 0,
             guard: None,
             base,
+            algorithm: meta.algorithm.clone(),
+            explained: None,
         })
     }
 
@@ -316,10 +323,12 @@ impl Policy for DqnPolicy {
         let base = self.base.as_mut().map(|p| p.decide(obs));
         if !obs.is_complete() {
             self.last = None;
+            self.explained = None;
             return Decision::hold(obs, format!("dqn: holding, missing metrics: {}", obs.missing.join(", ")));
         }
-        let (d, x, a) =
-            greedy_decision(&self.agents, &mut self.encoder, &self.actions, &self.limits, obs, base.as_ref());
+        let g = greedy_scored(&self.agents, &mut self.encoder, &self.actions, &self.limits, obs, base.as_ref());
+        self.explained = Some(explanation(&self.actions, &g, self.algorithm.as_deref()));
+        let (d, x, a) = (g.decision, g.features, g.action);
         let Some(max_z) = self.guard.as_ref().map(|g| g.max_z) else {
             self.last = Some((x, a));
             return d;
@@ -342,6 +351,12 @@ impl Policy for DqnPolicy {
                     ));
                 }
                 out.reason = format!("dqn: {feature} out of training range (z {z:.1}), fallback {}", out.reason);
+                if let Some(e) = self.explained.as_mut() {
+                    e.note = Some(format!(
+                        "not used: {feature} is {z:.1} standard deviations from the training mean; {} decided",
+                        g.name
+                    ));
+                }
                 g.active = Some((feature, z));
                 out
             }
@@ -360,6 +375,7 @@ impl Policy for DqnPolicy {
 
     fn reset(&mut self) {
         self.last = None;
+        self.explained = None;
         self.encoder.reset();
         if let Some(b) = self.base.as_mut() {
             b.reset();
@@ -400,6 +416,10 @@ impl Policy for DqnPolicy {
             f.import_state(s)?;
         }
         Ok(())
+    }
+
+    fn explain(&self) -> Option<Explanation> {
+        self.explained.clone()
     }
 
     fn feedback(&mut self, next: &Observation, reward: f64) {
@@ -450,11 +470,40 @@ pub fn greedy_decision(
     obs: &Observation,
     base: Option<&Decision>,
 ) -> (Decision, Vec<f32>, Vec<usize>) {
+    let g = greedy_scored(agents, encoder, actions, limits, obs, base);
+    (g.decision, g.features, g.action)
+}
+
+/// A greedy decision with what it weighed ([`greedy_scored`]).
+#[derive(Clone, Debug)]
+pub struct Greedy {
+    /// The decision.
+    pub decision: Decision,
+    /// The raw features the network saw.
+    pub features: Vec<f32>,
+    /// The option taken per branch.
+    pub action: Vec<usize>,
+    /// The network's outputs, flattened over branches (the members' mean).
+    pub scores: Vec<f32>,
+    /// Which options were allowed, flattened alike.
+    pub mask: Vec<bool>,
+}
+
+/// [`greedy_decision`], keeping the network's outputs and the mask for an explanation.
+pub fn greedy_scored(
+    agents: &[DqnAgent],
+    encoder: &mut ObsEncoder,
+    actions: &ActionLayout,
+    limits: &ActionLimits,
+    obs: &Observation,
+    base: Option<&Decision>,
+) -> Greedy {
     encoder.set_base(base);
     let x = encoder.encode(obs);
     let mask = actions.mask_on(obs, limits, base);
     let sizes = agents.first().map(|a| a.branch_sizes().to_vec()).unwrap_or_default();
-    let a = masked_argmax(&mean_q(agents, &x), &mask, &sizes);
+    let q = mean_q(agents, &x);
+    let a = masked_argmax(&q, &mask, &sizes);
     let deltas = actions.slot_deltas(&a);
     let moves: Vec<String> = actions
         .slots
@@ -474,7 +523,37 @@ pub fn greedy_decision(
         (None, true) => "dqn: hold".to_string(),
         (None, false) => format!("dqn: {}", moves.join(", ")),
     };
-    (actions.decision_on(&a, obs, base, &reason), x, a)
+    Greedy { decision: actions.decision_on(&a, obs, base, &reason), features: x, action: a, scores: q, mask }
+}
+
+/// The per-branch explanation of a greedy decision: Q-values for a DQN, the softmax over
+/// the allowed options of an actor's logits for a PPO checkpoint (`algorithm` `ppo`).
+pub fn explanation(actions: &ActionLayout, g: &Greedy, algorithm: Option<&str>) -> Explanation {
+    let probabilities = algorithm == Some("ppo");
+    let mut off = 0;
+    let branches = actions
+        .branches()
+        .into_iter()
+        .zip(&g.action)
+        .map(|(b, &chosen)| {
+            let n = b.options.len();
+            let raw: Vec<f64> = (0..n).map(|i| g.scores.get(off + i).copied().unwrap_or(f32::NAN) as f64).collect();
+            let allowed: Vec<bool> = (0..n).map(|i| g.mask.get(off + i).copied().unwrap_or(false)).collect();
+            off += n;
+            let scores = if probabilities { softmax_allowed(&raw, &allowed) } else { raw };
+            BranchScores { name: b.name, options: b.options, scores, allowed, chosen }
+        })
+        .collect();
+    Explanation { score: if probabilities { "probability" } else { "q-value" }.into(), branches, note: None }
+}
+
+/// Softmax of `logits` over the allowed options (a masked option gets 0).
+fn softmax_allowed(logits: &[f64], allowed: &[bool]) -> Vec<f64> {
+    let max = logits.iter().zip(allowed).filter(|(_, a)| **a).map(|(l, _)| *l).fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> =
+        logits.iter().zip(allowed).map(|(l, a)| if *a && max.is_finite() { (l - max).exp() } else { 0.0 }).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| if sum > 0.0 { v / sum } else { 0.0 }).collect()
 }
 
 /// Where shipped policies are looked up by name, in order: `$LLMOS_POLICIES_DIR`, the
