@@ -5,7 +5,8 @@
 #   - libtorch from PyTorch's CPU wheel (scripts/setup-libtorch.sh, ~30 s)
 #   - etcd, kube-apiserver and kube-controller-manager 1.20 built from Debian's
 #     source package (scripts/k8s/build.sh, ~5-12 min once)
-#   - Debian's prometheus and a font for the plots
+#   - Debian's prometheus, a font for the plots, and chromium (the decision page is
+#     rendered and screenshotted headless by tests/e2e_dqn.rs)
 # Extra arguments go to `cargo test` (e.g. a test name filter). Every test binary runs
 # even when one fails; the failed tests are listed at the end.
 set -euo pipefail
@@ -14,6 +15,7 @@ t0=$(date +%s)
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_apt[*]} (apt)"

@@ -7,14 +7,16 @@
 //! - [`policy`]: the [`policy::Observation`] → [`policy::Decision`] seam, the shield and
 //!   the baseline autoscalers.
 //! - [`twin`]: the simulator of LLM serving fleets that policies are trained and judged in.
-//! - [`rl`]: the DQN (libtorch) and tabular Q-learning.
+//! - [`rl`]: the learned policies (DQN and PPO on libtorch, tabular Q-learning).
 //! - [`eval`]: the comparison harness.
 //! - [`metrics`]: reading vLLM metrics (Prometheus or direct scrape) into observations.
 //! - [`controller`]: the reconciler that owns Deployments.
 //! - [`dataplane`]: `llmos twin-serve`, the twin as the data plane of a real API server.
 //! - [`numerics`]: libtorch's CPU floating-point path, pinned for reproducible training.
+//! - [`cli`]: the `llmos` command line.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod control;
 pub mod controller;
 pub mod crd;

@@ -18,6 +18,11 @@
 //!    - `chat-mismatch`: a variant name the checkpoint was not trained for: the layout
 //!      check refuses it, `PolicyReady=False` with a message naming the mismatch, and the
 //!      replicas are held.
+//! 3. The decision pages (`/decisions` on the metrics port) show every workload's ticks:
+//!    the DQN's Q-values per branch, the shadow policy's would-be decisions, the held
+//!    workload never asked; the page renders in headless Chromium (Debian's package) and
+//!    its screenshot is what docs/operator.md shows. Every Warning Event not raised by
+//!    llmos is one docs/e2e.md explains.
 //!
 //! twin-serve runs at `--speed 1` here (the tick of the trained DQN is the live tick, and
 //! the rates Prometheus computes are the simulated ones), with a short cold start.
@@ -33,8 +38,8 @@ use kube::api::Api;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
 use e2e_support::{
-    desired_total, free_port, missing_prerequisites, skip_requested, tail, train_tiny_dqn, wait_until, Stack,
-    DQN_SCENARIO,
+    check_event_noise, chromium, desired_total, docs_figure, free_port, headless_chromium, missing_prerequisites,
+    skip_requested, tail, train_tiny_dqn, wait_until, Stack, DQN_SCENARIO,
 };
 
 const NS: &str = "default";
@@ -78,7 +83,10 @@ async fn operator_end_to_end_with_a_trained_dqn() {
         eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end DQN test");
         return;
     }
-    let missing = missing_prerequisites(true);
+    let mut missing = missing_prerequisites(true);
+    if chromium().is_none() {
+        missing.push("chromium (apt-get install chromium)".into());
+    }
     assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
     let t_all = Instant::now();
 
@@ -229,11 +237,16 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     assert!(n >= 5.0, "llmos_policy_decision_duration_seconds_count = {n}");
     let overrides: Vec<&str> = text.lines().filter(|l| l.starts_with("llmos_shield_overrides_total")).collect();
 
+    // --- 4. the decision pages, read as JSON and rendered in headless Chromium ---
+    let pages = decision_pages(&op_addr, &stack).await;
+    let noise = check_event_noise(&client, NS).await;
+    eprintln!("{pages}; {noise}");
+
     let before: Vec<i32> = series.iter().filter(|s| s.0 < STEP_AT_S).map(|s| s.1).collect();
     let after_peak = series.iter().filter(|s| s.0 >= STEP_AT_S).map(|s| s.1).max().unwrap_or(0);
     let start = before.first().copied().unwrap_or(1);
     let summary = format!(
-        "e2e dqn: {} decisions ({} policy evaluations in the operator); replicas before the step {before:?}, peak after the step {after_peak} ({}); shield overrides {overrides:?}; total wall time {:.0}s\ndecisions {decisions:?}\nseries {series:?}",
+        "e2e dqn: {} decisions ({} policy evaluations in the operator); replicas before the step {before:?}, peak after the step {after_peak} ({}); shield overrides {overrides:?}; {pages}; {noise}; total wall time {:.0}s\ndecisions {decisions:?}\nseries {series:?}",
         decisions.len(),
         n,
         if after_peak > start { "scaled up on the step" } else { "did not scale up" },
@@ -241,4 +254,78 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     );
     eprintln!("{summary}");
     let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e_dqn_summary.txt"), summary);
+}
+
+/// The operator's decision pages: the index links the workloads; the active workload's
+/// ticks carry the DQN's Q-values per branch with an allowed chosen option, and what
+/// followed each tick but the last; the shadow workload's ticks say what it would have
+/// done and applied nothing; the workload without a usable policy was never asked. The
+/// active page renders in headless Chromium (its DOM has the plot and the table) and is
+/// screenshotted (docs/operator.md shows the picture). Returns a summary line.
+async fn decision_pages(op_addr: &str, stack: &Stack) -> String {
+    let get = |path: String| async move {
+        let r = reqwest::get(format!("http://{op_addr}{path}")).await.expect("operator HTTP");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.text().await.expect("body")
+    };
+    let index = get("/decisions".into()).await;
+    for w in [ACTIVE, SHADOW, MISMATCH] {
+        assert!(index.contains(&format!("href=\"/decisions/{NS}/{w}\"")), "index does not link {w}:\n{index}");
+    }
+    let entries = |w: &'static str| {
+        let get = get.clone();
+        async move {
+            let body = get(format!("/decisions/{NS}/{w}/json")).await;
+            serde_json::from_str::<Vec<serde_json::Value>>(&body).expect("decision JSON")
+        }
+    };
+    let active = entries(ACTIVE).await;
+    let asked: Vec<&serde_json::Value> = active.iter().filter(|e| !e["proposal"].is_null()).collect();
+    assert!(asked.len() >= 5, "too few ticks with a proposal: {}", active.len());
+    for e in &asked {
+        let p = &e["proposal"];
+        assert_eq!(p["policy"], "dqn", "{e}");
+        let x = &p["explanation"];
+        assert_eq!(x["score"], "q-value", "no Q-values: {e}");
+        let b = &x["branches"][0];
+        assert_eq!(b["name"], "replicas[llama3-8b/a100]", "{e}");
+        let n = b["options"].as_array().map_or(0, |o| o.len());
+        assert!(n >= 2 && b["scores"].as_array().map_or(0, |s| s.len()) == n, "{e}");
+        let chosen = b["chosen"].as_u64().expect("chosen") as usize;
+        assert_eq!(b["allowed"][chosen], true, "the chosen option was masked: {e}");
+    }
+    let followed = active.iter().filter(|e| !e["followed"].is_null()).count();
+    assert_eq!(followed, active.len() - 1, "every tick but the last knows what followed");
+    let shadow = entries(SHADOW).await;
+    assert!(shadow.iter().any(|e| e["kind"] == "shadow"), "no shadow tick");
+    for e in &shadow {
+        assert_eq!(e["mode"], "shadow");
+        let applied: u64 = e["applied"].as_array().map_or(0, |a| a.iter().filter_map(|t| t["replicas"].as_u64()).sum());
+        assert_eq!(applied, 1, "shadow mode applied something: {e}");
+    }
+    let mismatch = entries(MISMATCH).await;
+    assert!(mismatch.iter().all(|e| e["proposal"].is_null()), "a policy that cannot be built was asked");
+    assert!(
+        mismatch.iter().all(|e| e["heldBecause"].as_str().is_some_and(|w| w.contains("cannot be built"))),
+        "the held ticks do not say why: {mismatch:?}"
+    );
+
+    let url = format!("http://{op_addr}/decisions/{NS}/{ACTIVE}");
+    let dom = headless_chromium(&stack.path(""), &url, &["--dump-dom"]);
+    assert!(
+        dom.contains("<svg") && dom.contains("q-value") && dom.contains("class=\"chosen\""),
+        "rendered page:\n{dom}"
+    );
+    let png = stack.path("decisions.png");
+    let shot = format!("--screenshot={}", png.display());
+    headless_chromium(&stack.path(""), &url, &[&shot, "--window-size=1280,1400"]);
+    assert!(std::fs::metadata(&png).map(|m| m.len() > 10_000).unwrap_or(false), "no screenshot");
+    docs_figure(&png, "decisions.png");
+    format!(
+        "decision pages: {} active ticks ({} asked), {} shadow, {} held",
+        active.len(),
+        asked.len(),
+        shadow.len(),
+        mismatch.len()
+    )
 }

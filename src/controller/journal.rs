@@ -162,6 +162,9 @@ pub struct Entry {
     /// The policy's proposal; `None` when the operator held without asking it (metrics
     /// missing, or the policy could not be built).
     pub proposal: Option<Proposal>,
+    /// Why the policy was not asked, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_because: Option<String>,
     /// Replicas per slot after this tick (in shadow mode, unchanged).
     pub applied: Vec<TargetStatus>,
     /// SLO and cost at the next tick; `None` until it is observed.
@@ -181,8 +184,15 @@ fn decision_targets(d: &Decision) -> Vec<TargetStatus> {
 
 impl Entry {
     /// The entry of a tick: `plan` is what the operator made of `tick`; `explanation` what
-    /// the policy weighed.
-    pub fn new(time: String, mode: &str, tick: &TickOutcome, plan: &Plan, explanation: Option<Explanation>) -> Self {
+    /// the policy weighed; `policy_error` why the policy cannot be built, if it cannot.
+    pub fn new(
+        time: String,
+        mode: &str,
+        tick: &TickOutcome,
+        plan: &Plan,
+        explanation: Option<Explanation>,
+        policy_error: Option<&str>,
+    ) -> Self {
         let obs = &tick.observation;
         let metrics = match &tick.metrics {
             MetricsRead::Read { source } if obs.missing.is_empty() => format!("read from {source}"),
@@ -209,6 +219,11 @@ impl Entry {
             explanation,
             warnings: d.decision.warnings.clone(),
         });
+        let held_because = match (&proposal, policy_error) {
+            (Some(_), _) => None,
+            (None, Some(e)) => Some(format!("the policy cannot be built: {e}")),
+            (None, None) => Some(format!("the metrics are incomplete ({metrics}); replicas are held")),
+        };
         Entry {
             time,
             time_s: obs.time_s,
@@ -217,6 +232,7 @@ impl Entry {
             metrics,
             seen: Seen::of(obs),
             proposal,
+            held_because,
             applied: targets_of(&plan.targets),
             followed: None,
         }
@@ -303,6 +319,7 @@ mod tests {
                 missing: vec![],
             },
             proposal: None,
+            held_because: None,
             applied: vec![],
             followed: None,
         }

@@ -412,7 +412,8 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     remember(&ctx, &state, tick.as_ref(), &p);
     if let Some(tick) = &tick {
         let mode = wl.spec.policy.mode.as_str();
-        ctx.journal.record(&key_of(&wl), journal::Entry::new(now.to_string(), mode, tick, &p, explanation));
+        let entry = journal::Entry::new(now.to_string(), mode, tick, &p, explanation, policy_error.as_deref());
+        ctx.journal.record(&key_of(&wl), entry);
         ctx.metrics.workloads.record(&WorkloadReading {
             labels: workload_labels(&wl),
             spec: &wl.spec,

@@ -188,7 +188,9 @@ fn proposal_cell(p: &Proposal, mode: &str) -> String {
 fn row(e: &Entry) -> String {
     let proposal = match &e.proposal {
         Some(p) => proposal_cell(p, &e.mode),
-        None => "<small>not asked: the operator held</small>".into(),
+        None => {
+            format!("<small>not asked: {}</small>", escape(e.held_because.as_deref().unwrap_or("the operator held")))
+        }
     };
     let followed = match &e.followed {
         Some(f) => format!(
@@ -201,12 +203,21 @@ fn row(e: &Entry) -> String {
         None => "<small>next tick not seen yet</small>".into(),
     };
     format!(
-        "<tr><td>{t}<br><span class=\"k {k}\">{k}</span></td><td>{seen}</td><td>{proposal}</td><td>{applied}</td><td>{followed}</td></tr>",
-        t = escape(&e.time),
+        "<tr><td title=\"{full}\">{t}<br><span class=\"k {k}\">{k}</span></td><td>{seen}</td><td>{proposal}</td><td>{applied}</td><td>{followed}</td></tr>",
+        full = escape(&e.time),
+        t = escape(&clock_time(&e.time)),
         k = escape(&e.kind),
         seen = seen_cell(e),
         applied = escape(&targets(&e.applied)),
     )
+}
+
+/// `HH:MM:SS` of an RFC 3339 time (the whole text when it has no `T`).
+fn clock_time(t: &str) -> String {
+    match t.split_once('T') {
+        Some((_, rest)) => rest.chars().take(8).collect(),
+        None => t.to_string(),
+    }
 }
 
 /// The page of one workload (`key` is `namespace/name`), entries oldest first.
@@ -303,10 +314,11 @@ fn draw(s: &[(f64, f64, f64, Option<f64>, f64)], svg: &mut String) -> Result<(),
         ("ready", GREEN, Box::new(|p| Some(p.2))),
         ("policy proposed (after shield)", RED, Box::new(|p| p.3)),
     ];
-    for (name, color, f) in lines {
+    // Wide lines under narrow ones, so coinciding series stay visible.
+    for ((name, color, f), width) in lines.into_iter().zip([5, 3, 1]) {
         let pts: Vec<(f64, f64)> = s.iter().filter_map(|p| f(p).map(|v| (p.0, v))).collect();
         chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .draw_series(LineSeries::new(pts, color.stroke_width(width)))
             .map_err(|e| e.to_string())?
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
@@ -369,6 +381,7 @@ mod tests {
                 }),
                 warnings: vec![],
             }),
+            held_because: None,
             applied: vec![TargetStatus { variant: "v".into(), pool: "p".into(), replicas: 5 }],
             followed: None,
         }

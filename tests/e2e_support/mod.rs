@@ -503,3 +503,112 @@ pub async fn check_alerts(prom_url: &str) -> (Vec<String>, usize) {
     }
     (problems, n)
 }
+
+/// Debian's Chromium, if installed (`scripts/test.sh` installs it).
+pub fn chromium() -> Option<PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// Runs headless Chromium on `url` with `extra` arguments (`--dump-dom`, `--screenshot=…`)
+/// in a fresh profile under `dir`, with the flags that keep it off the network; returns
+/// stdout.
+pub fn headless_chromium(dir: &std::path::Path, url: &str, extra: &[&str]) -> String {
+    let bin = chromium().expect("chromium (apt-get install chromium)");
+    let profile = dir.join(format!("chromium-profile-{}", extra.len()));
+    let out = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .current_dir(dir)
+        .output()
+        .expect("running chromium");
+    assert!(out.status.success(), "chromium failed on {url}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copies `file` to `$LLMOS_DOCS_FIGURES/<name>` when that variable is set (how the
+/// pictures in docs/operator.md are refreshed from a test run).
+pub fn docs_figure(file: &std::path::Path, name: &str) {
+    if let Some(dir) = std::env::var_os("LLMOS_DOCS_FIGURES") {
+        let dest = PathBuf::from(dir).join(name);
+        std::fs::copy(file, &dest).unwrap_or_else(|e| panic!("copying {} to {}: {e}", file.display(), dest.display()));
+        eprintln!("wrote {}", dest.display());
+    }
+}
+
+/// Warning Events in `ns`: how many llmos raised, and the others by (component, reason).
+pub async fn warning_events(client: &Client, ns: &str) -> (usize, BTreeMap<String, usize>) {
+    use k8s_openapi::api::core::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&ListParams::default()).await.expect("listing Events");
+    let mut ours = 0;
+    let mut others: BTreeMap<String, usize> = BTreeMap::new();
+    for e in list.items.iter().filter(|e| e.type_.as_deref() == Some("Warning")) {
+        let n = e.count.unwrap_or(1).max(1) as usize;
+        let component = e
+            .reporting_component
+            .clone()
+            .filter(|c| !c.is_empty())
+            .or_else(|| e.source.as_ref().and_then(|s| s.component.clone()))
+            .unwrap_or_default();
+        if component == "llmos" {
+            ours += n;
+        } else {
+            *others.entry(format!("{component}/{}", e.reason.clone().unwrap_or_default())).or_default() += n;
+        }
+    }
+    (ours, others)
+}
+
+/// Warnings not raised by llmos that docs/e2e.md explains: the endpoints controllers
+/// refuse the simulated Pods' loopback IPs as endpoint addresses.
+pub const EXPLAINED_WARNINGS: [&str; 2] = ["FailedToUpdateEndpoint", "FailedToUpdateEndpointSlices"];
+
+/// Asserts every Warning Event in `ns` not raised by llmos is one docs/e2e.md explains,
+/// and returns a line with the measured share.
+pub async fn check_event_noise(client: &Client, ns: &str) -> String {
+    let (ours, others) = warning_events(client, ns).await;
+    let unexplained: Vec<&String> =
+        others.keys().filter(|k| !EXPLAINED_WARNINGS.iter().any(|r| k.ends_with(&format!("/{r}")))).collect();
+    assert!(unexplained.is_empty(), "Warning Events nobody explains: {unexplained:?} (all others: {others:?})");
+    let theirs: usize = others.values().sum();
+    let share = if ours + theirs == 0 { 0.0 } else { theirs as f64 / (ours + theirs) as f64 };
+    format!("warning events: {ours} from llmos, {theirs} from others ({:.0}%: {others:?})", 100.0 * share)
+}
+
+/// Draws the chart's dashboard from Prometheus over [`start`, now] into `out` (the
+/// library's `llmos dashboard`); returns (panel title, series) per panel and the failed
+/// queries.
+pub async fn render_dashboard(
+    prom_url: &str,
+    start: f64,
+    out: &std::path::Path,
+) -> (Vec<(String, usize)>, Vec<String>) {
+    use llmos::metrics::dashboard::{panels, query_panels, render, RangeQuery, DASHBOARD_JSON};
+    let (title, panels) = panels(DASHBOARD_JSON).expect("the chart's dashboard");
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let q = RangeQuery {
+        prometheus: prom_url.into(),
+        namespace: ".*".into(),
+        workload: ".*".into(),
+        start,
+        end,
+        step: 2.0,
+    };
+    let data = query_panels(panels, &q).await.expect("querying the panels");
+    render(&title, &data, start, end, out).expect("drawing the dashboard");
+    let counts = data.iter().map(|d| (d.panel.title.clone(), d.series.len())).collect();
+    let errors = data.iter().flat_map(|d| d.errors.clone()).collect();
+    (counts, errors)
+}

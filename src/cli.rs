@@ -1,0 +1,70 @@
+//! The `llmos` command line: every subcommand and the global options. The binary
+//! (`src/main.rs`) parses [`Cli`] and calls [`run`]; `tests/doc_commands.rs` parses every
+//! `llmos` command the README and docs show with the same definition, so the docs cannot
+//! name a flag or subcommand that does not exist.
+
+use clap::{Parser, Subcommand};
+
+/// llmos: LLM inference deployments on Kubernetes, scaled by reinforcement learning.
+#[derive(Parser, Debug)]
+#[command(name = "llmos", version, about, long_about = None)]
+pub struct Cli {
+    /// libtorch's CPU floating-point path: `reproducible` (default; the same trained weights
+    /// on every x86-64 processor) or `native` (the processor's fastest kernels). Overrides
+    /// the LLMOS_NUMERICS environment variable.
+    #[arg(long, global = true, value_enum)]
+    pub numerics: Option<crate::numerics::NumericPath>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller against the cluster in the current kubeconfig.
+    Run(crate::controller::cli::RunArgs),
+    /// Print the LLMWorkload CustomResourceDefinition as YAML.
+    Crdgen,
+    /// Simulate a scenario in the digital twin and print its report.
+    Simulate(crate::twin::cli::SimulateArgs),
+    /// Print statistics of a trace file (rows, span, rate, burstiness, tokens).
+    TraceStats(crate::twin::cli::TraceStatsArgs),
+    /// Serve the twin as the data plane of a real API server (simulated vLLM replicas).
+    TwinServe(crate::dataplane::ServeArgs),
+    /// Compare policies on identical traffic in the twin.
+    Compare(crate::eval::cli::CompareArgs),
+    /// Train a learned policy (DQN or PPO) in the twin.
+    Train(crate::rl::cli::TrainArgs),
+    /// Make a directory of trained checkpoints (one layout, several seeds) an ensemble policy.
+    Ensemble(crate::rl::cli::EnsembleArgs),
+    /// Draw the chart's Grafana dashboard from a Prometheus server as one PNG (no Grafana needed).
+    Dashboard(crate::metrics::dashboard::DashboardArgs),
+    /// The built-in default job: train a small PPO ensemble on a real trace, compare it with the baselines.
+    Demo(crate::eval::cli::DemoArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before anything can touch libtorch: it reads its CPU path once, at its first operation.
+    match cli.numerics {
+        Some(path) => {
+            crate::numerics::pin(path);
+        }
+        None => {
+            crate::numerics::pin_from_env()?;
+        }
+    }
+    match cli.command {
+        Command::Run(args) => crate::controller::cli::run(args),
+        Command::Dashboard(args) => crate::metrics::dashboard::run(args),
+        Command::Crdgen => crate::controller::cli::crdgen(),
+        Command::Simulate(args) => crate::twin::cli::simulate(args),
+        Command::TraceStats(args) => crate::eval::cli::trace_stats(args),
+        Command::TwinServe(args) => crate::dataplane::run(args),
+        Command::Compare(args) => crate::eval::cli::compare(args),
+        Command::Train(args) => crate::rl::cli::train(args),
+        Command::Ensemble(args) => crate::rl::cli::ensemble(args),
+        Command::Demo(args) => crate::eval::cli::demo(args),
+    }
+}
