@@ -39,7 +39,7 @@ pub enum Command {
     /// Make a directory of trained checkpoints (one layout, several seeds) an ensemble policy.
     Ensemble(crate::rl::cli::EnsembleArgs),
     /// Draw the chart's Grafana dashboard from a Prometheus server as one PNG (no Grafana needed).
-    Dashboard(crate::metrics::dashboard::DashboardArgs),
+    Dashboard(crate::eval::dashboard::DashboardArgs),
     /// The built-in default job: train a small PPO ensemble on a real trace, compare it with the baselines.
     Demo(crate::eval::cli::DemoArgs),
 }
@@ -57,7 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(args) => crate::controller::cli::run(args),
-        Command::Dashboard(args) => crate::metrics::dashboard::run(args),
+        Command::Dashboard(args) => crate::eval::dashboard::run(args),
         Command::Crdgen => crate::controller::cli::crdgen(),
         Command::Simulate(args) => crate::twin::cli::simulate(args),
         Command::TraceStats(args) => crate::eval::cli::trace_stats(args),

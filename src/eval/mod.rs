@@ -19,8 +19,11 @@
 //!
 //! Memory is bounded: per-request latencies stay in the twin's fixed-size histograms; an
 //! episode keeps one point per control tick (thinned to at most [`MAX_SERIES_POINTS`]).
+//!
+//! [`dashboard`] draws the chart's Grafana panels from a Prometheus server (`llmos dashboard`).
 
 pub mod cli;
+pub mod dashboard;
 pub mod merge;
 pub mod plots;
 pub mod stats;

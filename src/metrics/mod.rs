@@ -5,9 +5,7 @@
 //! from the cluster (replicas per slot, free GPUs, cost) with [`MetricsSnapshot::into_observation`]-style
 //! merging, so the policy sees the same [`Observation`] the twin produces.
 //!
-//! [`dashboard`] draws the chart's Grafana dashboard from a Prometheus server (`llmos dashboard`).
 
-pub mod dashboard;
 pub mod exposition;
 pub mod histogram;
 pub mod live;

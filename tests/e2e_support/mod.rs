@@ -595,7 +595,7 @@ pub async fn render_dashboard(
     start: f64,
     out: &std::path::Path,
 ) -> (Vec<(String, usize)>, Vec<String>) {
-    use llmos::metrics::dashboard::{panels, query_panels, render, RangeQuery, DASHBOARD_JSON};
+    use llmos::eval::dashboard::{panels, query_panels, render, RangeQuery, DASHBOARD_JSON};
     let (title, panels) = panels(DASHBOARD_JSON).expect("the chart's dashboard");
     let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     let q = RangeQuery {

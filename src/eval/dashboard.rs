@@ -124,7 +124,7 @@ pub fn parse_matrix(body: &serde_json::Value, legend_format: &str) -> anyhow::Re
                 v.iter()
                     .filter_map(|p| {
                         let t = p[0].as_f64()?;
-                        let y = p[1].as_str().and_then(super::prometheus::parse_value)?;
+                        let y = p[1].as_str().and_then(crate::metrics::prometheus::parse_value)?;
                         y.is_finite().then_some((t, y))
                     })
                     .collect()
