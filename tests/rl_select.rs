@@ -35,7 +35,13 @@ fn config(out: PathBuf, seed: u64, steps: u64, deltas: Vec<i32>) -> TrainConfig 
         rate_history_s: vec![60.0],
         reward: RewardConfig { cost_weight_per_usd: 5_000.0, ..Default::default() },
         episodes: EpisodeConfig { train_window: (0.0, 0.5), episode_frac: 0.25, ..Default::default() },
-        validation: Some(ValidationConfig { window: (0.5, 0.6), loads: vec![1.0], seeds: vec![0, 1], every: 400 }),
+        validation: Some(ValidationConfig {
+            window: (0.5, 0.6),
+            loads: vec![1.0],
+            seeds: vec![0, 1],
+            every: 400,
+            ..Default::default()
+        }),
         dqn: DqnConfig {
             hidden: vec![32, 32],
             learning_starts: 100,
@@ -145,4 +151,44 @@ fn an_ensemble_averages_its_members_and_refuses_mixed_layouts() {
     train(&cfg).unwrap();
     let err = Ensemble::write(&ens).unwrap_err().to_string();
     assert!(err.contains("s3") && err.contains("action layout"), "{err}");
+}
+
+/// Relative selection: each validation window's return is compared with a reference
+/// policy's on the same runs (what the policy would have earned in its place), and the
+/// worst window decides. The reference's return is what `rollout` gives that policy;
+/// the score is the worst relative improvement; `best` marks each new maximum of it.
+#[test]
+fn relative_worst_selection_compares_each_window_with_the_reference() {
+    use llmos::rl::train::ValidationScore;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path().join("ckpt"), 4, 800, vec![-1, 0, 1, 2]);
+    let v = cfg.validation.as_mut().unwrap();
+    v.score = ValidationScore::RelativeWorst;
+    // Without a reference the score means nothing: refused, naming the field.
+    let err = train(&cfg).unwrap_err().to_string();
+    assert!(err.contains("validation.reference"), "{err}");
+    cfg.validation.as_mut().unwrap().reference = Some("hpa".into());
+    train(&cfg).unwrap();
+
+    let scenario = Scenario::load(&scenario_path()).unwrap();
+    let v = cfg.validation.as_ref().unwrap();
+    let mut hpa = llmos::policy::build::build_heuristic("hpa", &scenario.spec, "test").unwrap();
+    let mut reference = 0.0;
+    for &seed in &v.seeds {
+        hpa.reset();
+        reference += rollout(hpa.as_mut(), &scenario, seed, v.window, 1.0, &cfg.reward).unwrap().episodic_return;
+    }
+    reference /= v.seeds.len() as f64;
+
+    let recs = records(&cfg.out);
+    let mut running = f64::NEG_INFINITY;
+    for r in &recs {
+        assert_eq!(r.window_returns.len(), 1, "one window: {r:?}");
+        assert_eq!(r.relative.len(), 1);
+        let want = (r.window_returns[0] - reference) / reference.abs();
+        assert!((r.relative[0] - want).abs() < 1e-9, "relative {} vs {want}", r.relative[0]);
+        assert_eq!(r.score, r.relative[0], "the worst of one window is that window");
+        assert_eq!(r.best, r.score > running, "{r:?}");
+        running = running.max(r.score);
+    }
 }

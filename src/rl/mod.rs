@@ -122,6 +122,7 @@ pub mod schedule;
 pub mod tabular;
 pub mod toy;
 pub mod train;
+pub mod validation;
 
 use crate::policy::registry::{PolicyEntry, Registry};
 

@@ -14,8 +14,9 @@
 //! a window that training episodes never see and that lies before the test window
 //! (`crate::twin::scenario::TRAIN_FRACTION`), at the configured loads and replay seeds, through the
 //! same shield. The checkpoint in the output directory is then the one with the highest
-//! mean validation return (the objective the reward sums to), not simply the last
-//! weights, which are kept in `last/`. Each evaluation is a line of `validation.jsonl`.
+//! validation score (by default the mean validation return, the objective the reward sums
+//! to; with a mix, optionally each window's improvement on a reference policy:
+//! [`super::validation`]), not simply the last weights, which are kept in `last/`. Each evaluation is a line of `validation.jsonl`.
 //! DQN training is known to oscillate; this is the usual remedy, and it uses no test data.
 //!
 //! Every parameter is a field of [`TrainConfig`]; a TOML file with the same fields can be
@@ -28,16 +29,17 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::twin::{RunWindow, Scenario, Twin};
+use crate::twin::Scenario;
 
 use super::checkpoint::{self, Expected};
 use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
-use super::encoding::{ActionLayoutKind, ActionLimits, BranchSpec, ObsEncoder};
+use super::encoding::{ActionLayoutKind, BranchSpec};
 use super::env::{Env, EpisodeConfig, RewardConfig, Source, TwinEnv};
 use super::mix::Randomisation;
-use super::policy::greedy_decision;
 use super::ppo::{train_ppo, PpoAgent, PpoConfig};
 use super::schedule::EpsilonSchedule;
+use super::validation::{reference_returns, validate};
+pub use super::validation::{ValidationConfig, ValidationRecord, ValidationScore};
 use super::RlError;
 
 /// Everything a training run needs.
@@ -124,129 +126,6 @@ pub enum Algorithm {
     Ppo,
 }
 
-/// Checkpoint selection on a held-out window (see the module docs).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct ValidationConfig {
-    /// The validation window as fractions `[start, end)` of the trace: outside
-    /// `episodes.trainWindow` and ending at or before the test window.
-    pub window: (f64, f64),
-    /// Load multipliers to validate at.
-    pub loads: Vec<f64>,
-    /// Replay seeds (0 = as recorded, k > 0 = seeded resamples).
-    pub seeds: Vec<u64>,
-    /// Environment steps between evaluations.
-    pub every: u64,
-}
-
-impl Default for ValidationConfig {
-    fn default() -> Self {
-        ValidationConfig {
-            window: (0.45, crate::twin::scenario::TRAIN_FRACTION),
-            loads: vec![0.5, 1.0, 1.5],
-            seeds: vec![0, 1, 2, 3, 4],
-            every: 2000,
-        }
-    }
-}
-
-impl ValidationConfig {
-    /// Checks the window against the training window and the test window, which starts
-    /// at `test_start` (a fraction of the scenario's traffic; 1 when the scenario's test
-    /// traffic is another scenario, as for ServeGen's days: [`test_start_of`]).
-    pub fn check(&self, train_window: (f64, f64), test_start: f64) -> Result<(), RlError> {
-        let (a, b) = self.window;
-        if !(0.0 <= a && a < b && b <= test_start + 1e-12) {
-            return Err(RlError::Config(format!(
-                "validation.window {:?} must satisfy 0 ≤ start < end ≤ {test_start} (the test window starts there)",
-                self.window,
-            )));
-        }
-        if a < train_window.1 && train_window.0 < b {
-            return Err(RlError::Config(format!(
-                "validation.window {:?} overlaps episodes.trainWindow {:?}; validation must use traffic training never sees",
-                self.window, train_window
-            )));
-        }
-        if self.loads.is_empty() || self.loads.iter().any(|l| !(*l > 0.0)) {
-            return Err(RlError::Config(format!("validation.loads {:?} must be positive and non-empty", self.loads)));
-        }
-        if self.seeds.is_empty() || self.every == 0 {
-            return Err(RlError::Config("validation.seeds must be non-empty and validation.every > 0".into()));
-        }
-        Ok(())
-    }
-}
-
-/// One validation of the greedy policy (a line of `validation.jsonl`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ValidationRecord {
-    /// Environment steps trained when evaluated.
-    pub env_steps: u64,
-    /// Gradient updates done when evaluated.
-    pub updates: u64,
-    /// Mean return over the validation runs (loads × seeds).
-    pub mean_return: f64,
-    /// SLO attainment over all validation requests.
-    pub slo_attainment: f64,
-    /// GPU-hours over all validation runs.
-    pub gpu_hours: f64,
-    /// Whether this evaluation became the selected checkpoint.
-    pub best: bool,
-}
-
-/// Runs the greedy agent on every (load, seed) of every validation set (a scenario and
-/// its window) and sums up.
-fn validate(
-    agent: &DqnAgent,
-    sets: &[(Scenario, ValidationConfig)],
-    template: &TwinEnv,
-    reward: &RewardConfig,
-) -> Result<ValidationRecord, RlError> {
-    use crate::control::ControlLoop;
-    use crate::policy::shield::Shield;
-    let (mut ret, mut finished, mut met, mut gpu_s, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (scenario, v) in sets {
-        let limits = ActionLimits::from_spec(&scenario.spec, template.encoder().layout());
-        for &load in &v.loads {
-            for &seed in &v.seeds {
-                let mut twin = Twin::with_window(scenario, RunWindow::new(seed, (v.window.0, v.window.1), load))?;
-                let mut encoder = ObsEncoder::new(template.encoder().layout().clone());
-                encoder.retarget(&scenario.spec);
-                let mut control = ControlLoop::new(&twin, 0, Shield::new(&scenario.spec), reward.clone());
-                let actions = template.action_layout();
-                let mut base = match &actions.base {
-                    Some(b) => Some(
-                        crate::policy::build::build_heuristic(b, &scenario.spec, "residualBase")
-                            .map_err(|e| RlError::Config(e.to_string()))?,
-                    ),
-                    None => None,
-                };
-                while !twin.is_done() {
-                    let t = control.tick_with(&mut twin, |obs| {
-                        let b = base.as_mut().map(|p| p.decide(obs));
-                        greedy_decision(std::slice::from_ref(agent), &mut encoder, actions, &limits, obs, b.as_ref()).0
-                    });
-                    ret += t.reward;
-                    finished += t.stats.finished as f64;
-                    met += t.stats.slo_met as f64;
-                    gpu_s += t.stats.gpu_seconds;
-                }
-                runs += 1.0;
-            }
-        }
-    }
-    Ok(ValidationRecord {
-        env_steps: agent.env_steps,
-        updates: agent.updates,
-        mean_return: ret / runs,
-        slo_attainment: if finished > 0.0 { met / finished } else { f64::NAN },
-        gpu_hours: gpu_s / 3600.0,
-        best: false,
-    })
-}
-
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -322,6 +201,23 @@ fn io(path: &Path, e: std::io::Error) -> RlError {
 /// Trains as configured; see the module docs.
 pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, RlError> {
     train_with_progress(cfg, &mut |_| {})
+}
+
+/// The run's validation score.
+fn score_of(cfg: &TrainConfig) -> ValidationScore {
+    cfg.validation.as_ref().map(|v| v.score).unwrap_or_default()
+}
+
+/// The reference policy's return per validation window, when the run's score is relative
+/// (computed once: the reference does not learn).
+fn reference_of(cfg: &TrainConfig, traffic: &Traffic) -> Result<Option<Vec<f64>>, RlError> {
+    match &cfg.validation {
+        Some(v) if v.score != ValidationScore::MeanReturn => {
+            let name = v.reference.as_deref().unwrap_or("hpa");
+            Ok(Some(reference_returns(&traffic.validations, &cfg.reward, name)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// What a run trains and selects on.
@@ -522,8 +418,8 @@ impl EpisodeLog {
     }
 }
 
-/// Checkpoint selection on the validation window: keeps the best mean return and the
-/// `validation.jsonl` log.
+/// Checkpoint selection on the validation windows: keeps the best score
+/// ([`ValidationRecord::score`]) and the `validation.jsonl` log.
 struct Selection {
     path: PathBuf,
     log: Option<std::io::BufWriter<fs::File>>,
@@ -544,8 +440,8 @@ impl Selection {
     /// Records one validation; when it is the best so far, marks it and calls `save`.
     fn record(&mut self, mut rec: ValidationRecord, save: impl FnOnce() -> Result<(), RlError>) -> Result<(), RlError> {
         self.validations += 1;
-        if rec.mean_return.is_finite() && self.best.is_none_or(|(b, _)| rec.mean_return > b) {
-            self.best = Some((rec.mean_return, rec.env_steps));
+        if rec.score.is_finite() && self.best.is_none_or(|(b, _)| rec.score > b) {
+            self.best = Some((rec.score, rec.env_steps));
             rec.best = true;
             save()?;
         }
@@ -593,12 +489,13 @@ pub fn train_with_progress(
     };
     // Validation: a separate environment template (same layouts), its own log.
     let template = make_env(&traffic, cfg)?;
+    let reference = reference_of(cfg, &traffic)?;
     let mut selection = Selection::open(cfg, append && cfg.out.join("validation.jsonl").exists())?;
     let mut run_validation = |agent: &DqnAgent| -> Result<(), RlError> {
         if cfg.validation.is_none() {
             return Ok(());
         }
-        let rec = validate(agent, &traffic.validations, &template, &cfg.reward)?;
+        let rec = validate(agent, &traffic.validations, &template, &cfg.reward, score_of(cfg), reference.as_deref())?;
         selection.record(rec, || save_to(&cfg.out, agent))
     };
 
@@ -667,13 +564,14 @@ fn train_ppo_run(cfg: &TrainConfig, on_episode: &mut dyn FnMut(&EpisodeRecord)) 
         .map(|_| ())
     };
     let template = make_env(&traffic, cfg)?;
+    let reference = reference_of(cfg, &traffic)?;
     let mut selection = Selection::open(cfg, false)?;
     let mut run_validation = |agent: &PpoAgent| -> Result<(), RlError> {
         if cfg.validation.is_none() {
             return Ok(());
         }
         let greedy = agent.greedy_agent()?;
-        let rec = validate(&greedy, &traffic.validations, &template, &cfg.reward)?;
+        let rec = validate(&greedy, &traffic.validations, &template, &cfg.reward, score_of(cfg), reference.as_deref())?;
         selection.record(rec, || save_to(&cfg.out, &greedy))
     };
     let t0 = Instant::now();
