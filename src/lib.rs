@@ -14,6 +14,7 @@
 //! - [`dataplane`]: `llmos twin-serve`, the twin as the data plane of a real API server.
 //! - [`numerics`]: libtorch's CPU floating-point path, pinned for reproducible training.
 //! - [`cli`]: the `llmos` command line.
+//! - [`fuzz`]: the fuzz targets' entry points (every parser of untrusted input).
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod controller;
 pub mod crd;
 pub mod dataplane;
 pub mod eval;
+pub mod fuzz;
 pub mod metrics;
 pub mod numerics;
 pub mod observe;

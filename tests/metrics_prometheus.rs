@@ -247,3 +247,24 @@ async fn error_answer_is_bad_answer_and_dead_server_is_unreachable() {
     let err = src.observe(&q).await.unwrap_err();
     assert!(err.to_string().contains("prometheusUrl"), "{err}");
 }
+
+#[test]
+fn assemble_refuses_infinite_and_negative_values_naming_the_series() {
+    let s = spec(None);
+    let q = MetricsQuery { namespace: "prod", workload: "chat", spec: &s, endpoints: &[] };
+    let a = Answers {
+        waiting: vec![slot("small", "a100", -3.0)],
+        running: vec![slot("small", "a100", 1.0)],
+        kv: vec![slot("small", "a100", f64::INFINITY)],
+        completions: vec![slot("small", "a100", 1.0)],
+        // In-flight requests may shrink: a negative change is a value, not an error.
+        delta: vec![slot("small", "a100", -40.0)],
+        ..Answers::default()
+    };
+    let snap = assemble(&q, &a);
+    let text = snap.missing.join("\n");
+    assert!(text.contains("vllm:num_requests_waiting: negative (-3) for slot small/a100"), "{text}");
+    assert!(text.contains("vllm:kv_cache_usage_perc: inf for slot small/a100"), "{text}");
+    assert!(!text.contains("delta"), "{text}");
+    assert_eq!(snap.slots[0].arrival_rate_rps, 0.0, "1 completion/s minus 40 over the window, floored at 0");
+}

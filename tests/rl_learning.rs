@@ -243,3 +243,71 @@ fn checkpoint_round_trips_and_rejects_what_does_not_fit() {
     let err = checkpoint::load(&ck, &Expected::default(), DeviceChoice::Cpu).unwrap_err();
     assert!(matches!(err, RlError::Json { .. }), "{err}");
 }
+
+#[test]
+fn network_shapes_match_the_built_network() {
+    for dueling in [false, true] {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _net = llmos::rl::dqn::QNetwork::new(&vs.root(), 7, &[16, 8], &[3, 5], dueling);
+        let mut built: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+        built.sort();
+        let mut computed = llmos::rl::dqn::QNetwork::shapes(7, &[16, 8], &[3, 5], dueling).unwrap();
+        computed.sort();
+        assert_eq!(built, computed, "dueling {dueling}");
+    }
+    assert!(llmos::rl::dqn::QNetwork::shapes(7, &[0], &[3], false).is_none(), "a zero width is no network");
+    assert!(llmos::rl::dqn::QNetwork::shapes(7, &[i64::MAX, 2], &[3], false).is_none(), "overflowing shapes");
+}
+
+/// Rewrites a safetensors file with `edit` applied to its header (offsets kept).
+fn edit_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+#[test]
+fn weights_are_checked_against_the_sidecar_before_libtorch_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ckpt");
+    let (agent, _) = train_chain(3);
+    let chain = Chain::new(5, 20);
+    checkpoint::save(&ck, &agent, chain.feature_names(), chain.action_branches(), None, None, None).unwrap();
+    let meta = checkpoint::read_meta(&ck).unwrap();
+    let bytes = std::fs::read(ck.join(checkpoint::WEIGHTS_FILE)).unwrap();
+    checkpoint::check_tensors("ck", &meta, &bytes).unwrap();
+
+    let first = meta.dqn.hidden[0];
+    let reshaped = edit_header(&bytes, |h| {
+        h["torso0.bias"]["shape"] = serde_json::json!([first / 2, 2]);
+    });
+    let msg = checkpoint::check_tensors("ck", &meta, &reshaped).unwrap_err().to_string();
+    assert!(msg.contains("tensor `torso0.bias` has shape") && msg.contains(&format!("[{first}]")), "{msg}");
+    let renamed = edit_header(&bytes, |h| {
+        let t = h.remove("head0.weight").unwrap();
+        h.insert("head9.weight".into(), t);
+    });
+    let msg = checkpoint::check_tensors("ck", &meta, &renamed).unwrap_err().to_string();
+    assert!(msg.contains("tensor `head0.weight` is missing"), "{msg}");
+    let msg = checkpoint::check_tensors("ck", &meta, &bytes[..40]).unwrap_err().to_string();
+    assert!(msg.contains("not a safetensors file"), "{msg}");
+
+    // A sidecar that describes a huge network is refused before anything is allocated:
+    // its weights file cannot hold the tensors it announces.
+    let mut huge = meta.clone();
+    huge.dqn.hidden = vec![1 << 40];
+    let msg = checkpoint::check_tensors("ck", &huge, &bytes).unwrap_err().to_string();
+    assert!(msg.contains("torso0.weight"), "{msg}");
+    let mut no_branch = serde_json::to_value(&meta).unwrap();
+    no_branch["branches"] = serde_json::json!([]);
+    let msg = checkpoint::parse_meta("ck", &serde_json::to_vec(&no_branch).unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("branches: empty"), "{msg}");
+}

@@ -232,14 +232,19 @@ fn slot_of(s: &Series) -> Option<SlotKey> {
     Some(SlotId::new(s.labels.get(SERIES_LABEL_VARIANT)?, s.labels.get(SERIES_LABEL_POOL)?))
 }
 
-/// Per-slot values of a grouped answer; NaN values and series without slot labels are
-/// reported in `missing`.
-fn per_slot(what: &str, series: &[Series], missing: &mut Vec<String>) -> BTreeMap<SlotKey, f64> {
+/// Per-slot values of a grouped answer. Values that cannot be true are reported in
+/// `missing` (naming the series and the slot) and left out, so the operator holds
+/// instead of acting on them: NaN, ±Inf, and, unless the quantity is `signed` (a change),
+/// a negative value. Series without slot labels are reported too.
+fn per_slot(what: &str, series: &[Series], signed: bool, missing: &mut Vec<String>) -> BTreeMap<SlotKey, f64> {
     let mut out = BTreeMap::new();
     for s in series {
         match slot_of(s) {
             None => missing.push(format!("{what}: series without {SERIES_LABEL_VARIANT}/{SERIES_LABEL_POOL} labels")),
-            Some(k) if s.value.is_nan() => missing.push(format!("{what}: NaN for slot {}", k.key())),
+            Some(k) if !s.value.is_finite() => missing.push(format!("{what}: {} for slot {}", s.value, k.key())),
+            Some(k) if !signed && s.value < 0.0 => {
+                missing.push(format!("{what}: negative ({}) for slot {}", s.value, k.key()))
+            }
             Some(k) => {
                 out.insert(k, s.value);
             }
@@ -370,13 +375,13 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
         let inst = s.labels.get("instance").cloned().unwrap_or_else(|| "?".into());
         m.push(format!("target {inst} is down (up == 0)"));
     }
-    let waiting = per_slot(vllm::NUM_REQUESTS_WAITING, &a.waiting, m);
-    let running = per_slot(vllm::NUM_REQUESTS_RUNNING, &a.running, m);
-    let kv = per_slot(vllm::KV_CACHE_USAGE_PERC, &a.kv, m);
-    let completions = per_slot(&format!("rate({})", vllm::REQUEST_SUCCESS_TOTAL), &a.completions, m);
-    let delta = per_slot("delta(in-flight requests)", &a.delta, m);
+    let waiting = per_slot(vllm::NUM_REQUESTS_WAITING, &a.waiting, false, m);
+    let running = per_slot(vllm::NUM_REQUESTS_RUNNING, &a.running, false, m);
+    let kv = per_slot(vllm::KV_CACHE_USAGE_PERC, &a.kv, false, m);
+    let completions = per_slot(&format!("rate({})", vllm::REQUEST_SUCCESS_TOTAL), &a.completions, false, m);
+    let delta = per_slot("delta(in-flight requests)", &a.delta, true, m);
     let mut stale_slots = BTreeSet::new();
-    for (k, age) in per_slot("sample age", &a.age, m) {
+    for (k, age) in per_slot("sample age", &a.age, true, m) {
         if age > stale {
             m.push(format!("slot {}: newest sample is {age:.0}s old (stale after {stale:.0}s)", k.key()));
             stale_slots.insert(k);

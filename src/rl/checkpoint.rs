@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::dqn::{DeviceChoice, DqnAgent, DqnConfig};
+use super::dqn::{DeviceChoice, DqnAgent, DqnConfig, QNetwork};
 use super::encoding::{ActionLayout, Normaliser, WorkloadLayout};
 use super::env::BranchSpec;
 use super::RlError;
@@ -189,13 +189,27 @@ pub fn save_as(
 /// Reads and checks the sidecar of the checkpoint in `dir`.
 pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, RlError> {
     let path = dir.join(META_FILE);
-    let ck = |m: String| RlError::Checkpoint { path: dir.display().to_string(), message: m };
     if !dir.is_dir() {
-        return Err(ck("no such checkpoint directory".into()));
+        return Err(RlError::Checkpoint {
+            path: dir.display().to_string(),
+            message: "no such checkpoint directory".into(),
+        });
     }
-    let text = fs::read(&path).map_err(|e| ck(format!("cannot read {META_FILE}: {e}")))?;
-    let meta: CheckpointMeta =
-        serde_json::from_slice(&text).map_err(|e| RlError::Json { path: path.display().to_string(), source: e })?;
+    let text = fs::read(&path).map_err(|e| RlError::Checkpoint {
+        path: dir.display().to_string(),
+        message: format!("cannot read {META_FILE}: {e}"),
+    })?;
+    parse_meta(&dir.display().to_string(), &text)
+}
+
+/// Parses and checks a sidecar's bytes (`origin` names the checkpoint in errors): the
+/// JSON, the format version, that the normaliser and the feature names agree, and that
+/// the network it describes is well formed (positive widths, at least one branch, no
+/// empty branch).
+pub fn parse_meta(origin: &str, bytes: &[u8]) -> Result<CheckpointMeta, RlError> {
+    let ck = |m: String| RlError::Checkpoint { path: origin.to_string(), message: m };
+    let meta: CheckpointMeta = serde_json::from_slice(bytes)
+        .map_err(|e| RlError::Json { path: format!("{origin}/{META_FILE}"), source: e })?;
     if meta.format_version != FORMAT_VERSION {
         return Err(ck(format!("format version {} (this build reads {FORMAT_VERSION})", meta.format_version)));
     }
@@ -206,7 +220,78 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, RlError> {
             meta.feature_names.len()
         )));
     }
+    if meta.feature_names.is_empty() {
+        return Err(ck("featureNames: empty (a network needs at least one input)".into()));
+    }
+    if meta.branches.is_empty() {
+        return Err(ck("branches: empty (a policy needs at least one action branch)".into()));
+    }
+    if let Some(b) = meta.branches.iter().find(|b| b.options.is_empty()) {
+        return Err(ck(format!("branches: `{}` has no options", b.name)));
+    }
+    meta.dqn.validate().map_err(|e| ck(format!("dqn: {e}")))?;
     Ok(meta)
+}
+
+/// The variables of the network `meta` describes, as [`QNetwork::shapes`] gives them.
+fn network_shapes(origin: &str, meta: &CheckpointMeta) -> Result<Vec<(String, Vec<i64>)>, RlError> {
+    let sizes: Vec<usize> = meta.branches.iter().map(|b| b.options.len()).collect();
+    QNetwork::shapes(meta.feature_names.len(), &meta.dqn.hidden, &sizes, meta.dqn.dueling).ok_or_else(|| {
+        RlError::Checkpoint {
+            path: origin.to_string(),
+            message: format!(
+                "dqn.hidden {:?} with {} features and {} branches describes no network that fits in memory",
+                meta.dqn.hidden,
+                meta.feature_names.len(),
+                sizes.len()
+            ),
+        }
+    })
+}
+
+/// Checks a weights file's bytes against its sidecar: size and checksum, then the
+/// safetensors header (read without libtorch): every tensor of the network the sidecar
+/// describes is present, 32-bit float, with the network's shape, and there is no other.
+/// Only weights that pass are handed to libtorch, so a corrupt or hostile file is an
+/// error naming the tensor, never an allocation the sidecar did not announce.
+pub fn check_weights(origin: &str, meta: &CheckpointMeta, bytes: &[u8]) -> Result<(), RlError> {
+    let sum = format!("{:016x}", fnv1a64(bytes));
+    if sum != meta.weights_fnv1a64 || bytes.len() as u64 != meta.weights_bytes {
+        return Err(RlError::Checkpoint {
+            path: origin.to_string(),
+            message: format!(
+                "{WEIGHTS_FILE} ({} bytes, checksum {sum}) does not match the sidecar ({} bytes, checksum {}): corrupt or from another write",
+                bytes.len(),
+                meta.weights_bytes,
+                meta.weights_fnv1a64
+            ),
+        });
+    }
+    check_tensors(origin, meta, bytes)
+}
+
+/// The header part of [`check_weights`]: the tensors in `bytes` are exactly the network's.
+pub fn check_tensors(origin: &str, meta: &CheckpointMeta, bytes: &[u8]) -> Result<(), RlError> {
+    let ck = |m: String| RlError::Checkpoint { path: origin.to_string(), message: format!("{WEIGHTS_FILE}: {m}") };
+    let expected = network_shapes(origin, meta)?;
+    let file =
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| ck(format!("not a safetensors file: {e:?}")))?;
+    let mut found: std::collections::BTreeMap<String, safetensors::tensor::TensorView<'_>> =
+        file.tensors().into_iter().collect();
+    for (name, shape) in &expected {
+        let t = found.remove(name).ok_or_else(|| ck(format!("tensor `{name}` is missing")))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(ck(format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
+        }
+        let got: Vec<i64> = t.shape().iter().map(|d| i64::try_from(*d).unwrap_or(-1)).collect();
+        if &got != shape {
+            return Err(ck(format!("tensor `{name}` has shape {got:?}, the network needs {shape:?}")));
+        }
+    }
+    if let Some(extra) = found.keys().next() {
+        return Err(ck(format!("tensor `{extra}` is not part of the network the sidecar describes")));
+    }
+    Ok(())
 }
 
 fn check_layout(dir: &Path, meta: &CheckpointMeta, expected: &Expected<'_>) -> Result<(), RlError> {
@@ -257,15 +342,7 @@ pub fn load(dir: &Path, expected: &Expected<'_>, device: DeviceChoice) -> Result
     let ck = |m: String| RlError::Checkpoint { path: dir.display().to_string(), message: m };
     let wpath: PathBuf = dir.join(WEIGHTS_FILE);
     let bytes = fs::read(&wpath).map_err(|e| ck(format!("cannot read {WEIGHTS_FILE}: {e}")))?;
-    let sum = format!("{:016x}", fnv1a64(&bytes));
-    if sum != meta.weights_fnv1a64 || bytes.len() as u64 != meta.weights_bytes {
-        return Err(ck(format!(
-            "{WEIGHTS_FILE} ({} bytes, checksum {sum}) does not match the sidecar ({} bytes, checksum {}): corrupt or from another write",
-            bytes.len(),
-            meta.weights_bytes,
-            meta.weights_fnv1a64
-        )));
-    }
+    check_weights(&dir.display().to_string(), &meta, &bytes)?;
     let sizes: Vec<usize> = meta.branches.iter().map(|b| b.options.len()).collect();
     let mut cfg = meta.dqn.clone();
     cfg.device = device;

@@ -47,7 +47,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut cfg = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str::<TrainConfig>(&text).with_context(|| format!("parsing {}", p.display()))?
+            TrainConfig::from_toml_str(&text, &p.display().to_string())?
         }
         None => TrainConfig::default(),
     };
@@ -119,7 +119,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     );
     if summary.validations > 0 {
         println!(
-            "checkpoint: {} (selected at step {} of {} validations, mean validation return {:.3}; last weights in {})",
+            "checkpoint: {} (selected at step {} of {} validations, validation score {:.3}; last weights in {})",
             summary.checkpoint.display(),
             summary.selected_env_steps,
             summary.validations,

@@ -199,6 +199,33 @@ impl QNetwork {
         QNetwork { torso, value, heads }
     }
 
+    /// The variables [`QNetwork::new`] creates, as `(name, shape)` in creation order,
+    /// computed without allocating them: a checkpoint's weights are checked against this
+    /// before libtorch reads them. `None` when a width is not positive or the shapes
+    /// overflow.
+    pub fn shapes(obs_dim: usize, hidden: &[i64], sizes: &[usize], dueling: bool) -> Option<Vec<(String, Vec<i64>)>> {
+        let mut out = Vec::new();
+        let mut width = i64::try_from(obs_dim).ok()?;
+        let mut linear = |name: String, inputs: i64, outputs: i64| {
+            inputs.checked_mul(outputs)?;
+            (inputs > 0 && outputs > 0).then(|| {
+                out.push((format!("{name}.weight"), vec![outputs, inputs]));
+                out.push((format!("{name}.bias"), vec![outputs]));
+            })
+        };
+        for (i, h) in hidden.iter().enumerate() {
+            linear(format!("torso{i}"), width, *h)?;
+            width = *h;
+        }
+        if dueling {
+            linear("value".into(), width, 1)?;
+        }
+        for (d, n) in sizes.iter().enumerate() {
+            linear(format!("head{d}"), width, i64::try_from(*n).ok()?)?;
+        }
+        Some(out)
+    }
+
     /// Q-values of a batch `[B, obs_dim]` → `[B, Σ branch sizes]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.torso.forward(x);

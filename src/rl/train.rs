@@ -34,7 +34,7 @@ use crate::twin::Scenario;
 use super::checkpoint::{self, Expected};
 use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
 use super::encoding::{ActionLayoutKind, BranchSpec};
-use super::env::{Env, EpisodeConfig, RewardConfig, Source, TwinEnv};
+use super::env::{check_episodes, Env, EpisodeConfig, RewardConfig, Source, TwinEnv};
 use super::mix::Randomisation;
 use super::ppo::{train_ppo, PpoAgent, PpoConfig};
 use super::schedule::EpsilonSchedule;
@@ -160,6 +160,51 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Parses a training config from TOML text (`origin` names it in errors, with the
+    /// line) and checks it ([`TrainConfig::check`]).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<TrainConfig, RlError> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
+            RlError::Config(format!("{origin}, line {line}: {}", e.message()))
+        })?;
+        cfg.check().map_err(|e| RlError::Config(format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// Checks every field that needs no file (the scenarios' own checks come when they
+    /// are loaded): the learner's hyperparameters, the action deltas, the episodes of the
+    /// run and of each mix source, the weights, the randomisation ranges, the rate-history
+    /// horizons and the validation settings. Errors name the field.
+    pub fn check(&self) -> Result<(), RlError> {
+        match self.algorithm {
+            Algorithm::Dqn => self.dqn.validate()?,
+            Algorithm::Ppo => self.ppo.validate()?,
+        }
+        if !self.deltas.contains(&0) {
+            return Err(RlError::Config(format!("deltas {:?} must contain 0 (hold)", self.deltas)));
+        }
+        check_episodes(&self.episodes)?;
+        if !(self.main_weight.is_finite() && self.main_weight > 0.0) {
+            return Err(RlError::Config(format!("mainWeight must be finite and > 0, got {}", self.main_weight)));
+        }
+        for (i, m) in self.mix.iter().enumerate() {
+            if !(m.weight.is_finite() && m.weight > 0.0) {
+                return Err(RlError::Config(format!("mix[{i}].weight must be finite and > 0, got {}", m.weight)));
+            }
+            check_episodes(&m.episodes).map_err(|e| RlError::Config(format!("mix[{i}]: {e}")))?;
+        }
+        self.randomise.check()?;
+        if let Some(h) = self.rate_history_s.iter().find(|h| !(h.is_finite() && **h > 0.0)) {
+            return Err(RlError::Config(format!("rateHistoryS must hold finite horizons > 0, got {h}")));
+        }
+        if let Some(v) = &self.validation {
+            v.check(self.episodes.train_window, 1.0)?;
+        }
+        Ok(())
+    }
+}
+
 /// What a training run produced.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -182,7 +227,8 @@ pub struct TrainSummary {
     pub recent_slo_attainment: f64,
     /// Environment steps of the selected checkpoint (the last step without validation).
     pub selected_env_steps: u64,
-    /// Mean validation return of the selected checkpoint (NaN without validation).
+    /// Validation score of the selected checkpoint (`validation.score`; the mean return
+    /// by default; NaN without validation).
     pub selected_validation_return: f64,
     /// Validations run.
     pub validations: u64,
@@ -458,6 +504,7 @@ pub fn train_with_progress(
     cfg: &TrainConfig,
     on_episode: &mut dyn FnMut(&EpisodeRecord),
 ) -> Result<TrainSummary, RlError> {
+    cfg.check()?;
     if cfg.algorithm == Algorithm::Ppo {
         return train_ppo_run(cfg, on_episode);
     }

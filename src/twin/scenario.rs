@@ -348,6 +348,11 @@ impl Scenario {
         Self::parse(s, origin, Path::new("."))
     }
 
+    /// Parses a scenario from TOML text whose relative file names resolve against `base`.
+    pub fn from_toml_str_in(s: &str, origin: &str, base: &Path) -> Result<Scenario, TwinError> {
+        Self::parse(s, origin, base)
+    }
+
     fn parse(text: &str, origin: &str, base: &Path) -> Result<Scenario, TwinError> {
         let file: ScenarioFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);

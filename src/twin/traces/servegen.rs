@@ -340,7 +340,9 @@ impl Pmf {
         self.tokens.is_empty()
     }
 
-    /// Mean tokens.
+    /// Mean tokens. Each probability is divided by the total before it is weighed, so
+    /// weights near `f64::MAX` (the file's probabilities need not sum to 1) cannot
+    /// overflow the sum.
     pub fn mean(&self) -> f64 {
         let total = self.cum.last().copied().unwrap_or(0.0);
         if total <= 0.0 {
@@ -349,10 +351,10 @@ impl Pmf {
         let mut prev = 0.0;
         let mut m = 0.0;
         for (t, c) in self.tokens.iter().zip(&self.cum) {
-            m += *t as f64 * (c - prev);
+            m += *t as f64 * ((c - prev) / total);
             prev = *c;
         }
-        m / total
+        m
     }
 
     /// Draws a token count (0 for an empty distribution).

@@ -1,0 +1,6 @@
+//! Fuzz target `servegen`: see `llmos::fuzz::servegen`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = llmos::fuzz::servegen(data);
+});
