@@ -8,7 +8,9 @@
 #   - Debian's prometheus, a font for the plots, and chromium (the decision page is
 #     rendered and screenshotted headless by tests/e2e_dqn.rs)
 # Extra arguments go to `cargo test` (e.g. a test name filter). Every test binary runs
-# even when one fails; the failed tests are listed at the end.
+# even when one fails; the failed tests are listed at the end. Then every fuzz target
+# runs for LLMOS_FUZZ_SECONDS (default 15; 0 skips; scripts/fuzz.sh installs cargo-fuzz
+# and builds the targets, ~10 min from scratch on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -41,7 +43,17 @@ trap 'rm -f "$log"' EXIT
 rc=0
 cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || rc=$?
 t2=$(date +%s)
-echo "== tests took $((t2 - t1)) s; total $((t2 - t0)) s"
+echo "== tests took $((t2 - t1)) s"
+# Every fuzz target for a bounded time (scripts/fuzz.sh; LLMOS_FUZZ_SECONDS per target,
+# 0 to skip); skipped when arguments select tests.
+fuzz_rc=0
+fuzz_s=${LLMOS_FUZZ_SECONDS:-15}
+if [ $# -eq 0 ] && [ "$fuzz_s" != 0 ]; then
+  echo "== fuzzing, ${fuzz_s} s per target"
+  bash scripts/fuzz.sh "$fuzz_s" || fuzz_rc=$?
+fi
+t3=$(date +%s)
+echo "== fuzzing took $((t3 - t2)) s; total $((t3 - t0)) s"
 # Totals over every test binary and the doc-tests, from cargo's `test result:` lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
@@ -53,5 +65,9 @@ if [ -n "$failed" ]; then
 fi
 if [ "$rc" -ne 0 ] && [ -z "$failed" ]; then
   echo "== cargo test exited with $rc (a build error or a crashed test binary: see above)"
+fi
+if [ "$fuzz_rc" -ne 0 ]; then
+  echo "== fuzzing failed (exit $fuzz_rc): a property failed or the targets did not build; see above"
+  [ "$rc" -ne 0 ] || rc=$fuzz_rc
 fi
 exit "$rc"
