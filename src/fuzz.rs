@@ -14,12 +14,12 @@
 //! |---|---|---|
 //! | `trace` | Azure CSV, Mooncake JSONL, BurstGPT CSV ([`Trace::parse`]) | sorted, starts at 0, finite statistics |
 //! | `servegen` | ServeGen rate windows and length datasets | rates finite and ≥ 0, samples from the pmf's support |
-//! | `exposition` | vLLM `/metrics` text, two scrapes ([`parse_exposition`], [`ScrapeState`]) | a snapshot with nothing missing is finite and ≥ 0 |
+//! | `exposition` | vLLM `/metrics` text, two scrapes ([`parse_exposition`], [`ScrapeState`]), then a control tick | a snapshot with nothing missing is finite and ≥ 0; on incomplete metrics the policy holds; the shield's bounds hold |
 //! | `prometheus` | Prometheus query API answers ([`parse_answer`], [`assemble`]) | the same |
 //! | `scenario` | scenario TOML ([`Scenario::from_toml_str`]) | none |
 //! | `train_config` | training TOML ([`TrainConfig::from_toml_str`]) | none |
 //! | `checkpoint` | checkpoint sidecar and safetensors header ([`checkpoint::parse_meta`], [`checkpoint::check_tensors`]) | none |
-//! | `workload` | an LLMWorkload as the API server sends it: validation, plan, policy, shield | an invalid spec writes nothing; the shield keeps every variant within its bounds |
+//! | `workload` | an LLMWorkload as the API server sends it: validation, plan, policy, shield | an invalid spec writes nothing; the first plan and the shield keep every variant within `maxReplicas` and the fleet within `maxTotalReplicas` |
 //!
 //! Readers that open the files an input names (a scenario's trace, spec file, ServeGen
 //! folder or length file; a workload's checkpoint) resolve relative names against a
@@ -36,7 +36,7 @@ use crate::crd::{LLMWorkload, LLMWorkloadSpec};
 use crate::metrics::prometheus::{assemble, parse_answer, Answers};
 use crate::metrics::scrape::{parse_exposition, ScrapeResult, ScrapeState};
 use crate::metrics::{Endpoint, MetricsQuery, MetricsSnapshot};
-use crate::observe::build_observation;
+use crate::observe::{build_observation, SlotState};
 use crate::policy::observation::{Decision, SlotId};
 use crate::policy::shield::Shield;
 use crate::rl::checkpoint;
@@ -165,11 +165,27 @@ pub fn exposition(data: &[u8]) -> bool {
     let query = MetricsQuery { namespace: "fuzz", workload: "w", spec: &spec, endpoints: &endpoints };
     let mut state = ScrapeState::default();
     let mut complete = false;
+    let slot = SlotId::new(v, p);
+    let current = BTreeMap::from([(slot.clone(), 2)]);
+    let states = BTreeMap::from([(slot, SlotState { desired: 2, ready: 2, existing: 2 })]);
+    let mut policy = crate::policy::build::build_policy(&spec).expect("the example's policy builds");
+    let shield = Shield::new(&spec);
     for (t, body) in [(0.0, a), (15.0, b)] {
         let sample = parse_exposition(body);
         let results: Vec<ScrapeResult> = vec![Ok(sample)];
         let snap = state.observe(&query, t, results);
         complete = check_snapshot(&snap);
+        // The control tick on what was read: a policy that cannot see everything holds,
+        // and whatever it decides stays within the shield's bounds.
+        let mut obs = build_observation(&spec, &current, &states, 1_800_000_000.0 + t, Some(60.0));
+        snap.fill(&mut obs);
+        let decision = policy.decide(&obs);
+        if !obs.is_complete() {
+            assert!(decision.targets.iter().all(|x| x.replicas == 2), "acted on incomplete metrics: {decision:?}");
+        }
+        let out = shield.clamp(&obs, &decision);
+        let all: u32 = out.decision.targets.iter().map(|x| x.replicas).sum();
+        assert!(all <= spec.limits.max_total_replicas, "{all} replicas > maxTotalReplicas");
     }
     complete
 }
@@ -293,6 +309,11 @@ pub fn workload(data: &[u8]) -> bool {
         return false;
     }
     let spec = &wl.spec;
+    for v in &spec.variants {
+        let planned_v: u64 =
+            planned.targets.iter().filter(|(s, _)| s.variant == v.name).map(|(_, r)| u64::from(*r)).sum();
+        assert!(planned_v <= u64::from(v.max_replicas), "first plan puts {planned_v} replicas on variant {}", v.name);
+    }
     let current: BTreeMap<SlotId, u32> = observed.current.clone();
     let mut obs = build_observation(spec, &current, &observed.states, 1_800_000_000.0, None);
     obs.arrival_rate_rps = 1.0;
@@ -310,6 +331,8 @@ pub fn workload(data: &[u8]) -> bool {
     }
     for d in &decisions {
         let out = shield.clamp(&obs, d);
+        let all: u64 = out.decision.targets.iter().map(|t| u64::from(t.replicas)).sum();
+        assert!(all <= u64::from(spec.limits.max_total_replicas), "{all} replicas > maxTotalReplicas");
         for v in &spec.variants {
             let total: u64 =
                 out.decision.targets.iter().filter(|t| t.variant == v.name).map(|t| u64::from(t.replicas)).sum();
