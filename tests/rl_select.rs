@@ -126,7 +126,7 @@ fn an_ensemble_averages_its_members_and_refuses_mixed_layouts() {
         cfg.validation = None;
         train(&cfg).unwrap();
     }
-    let e = Ensemble::write(&ens).unwrap();
+    let e = Ensemble::write(&ens, llmos::rl::policy::Combine::Mean).unwrap();
     assert_eq!(e.members, vec!["s1", "s2"]);
 
     let scenario = Scenario::load(&scenario_path()).unwrap();
@@ -149,8 +149,38 @@ fn an_ensemble_averages_its_members_and_refuses_mixed_layouts() {
     let mut cfg = config(ens.join("s3"), 3, 300, vec![-2, 0, 2]);
     cfg.validation = None;
     train(&cfg).unwrap();
-    let err = Ensemble::write(&ens).unwrap_err().to_string();
+    let err = Ensemble::write(&ens, llmos::rl::policy::Combine::Mean).unwrap_err().to_string();
     assert!(err.contains("s3") && err.contains("action layout"), "{err}");
+}
+
+#[test]
+fn a_voting_ensemble_takes_the_majority_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let ens = dir.path().join("ens");
+    for seed in [1, 2] {
+        let mut cfg = config(ens.join(format!("s{seed}")), seed, 400, vec![-1, 0, 1, 2]);
+        cfg.validation = None;
+        train(&cfg).unwrap();
+    }
+    // Two copies of s1 against s2: s1's choice is the majority on every branch.
+    std::fs::create_dir_all(ens.join("s1b")).unwrap();
+    for f in [llmos::rl::checkpoint::META_FILE, llmos::rl::checkpoint::WEIGHTS_FILE] {
+        std::fs::copy(ens.join("s1").join(f), ens.join("s1b").join(f)).unwrap();
+    }
+    let e = Ensemble::write(&ens, llmos::rl::policy::Combine::Vote).unwrap();
+    assert_eq!(e.combine, llmos::rl::policy::Combine::Vote);
+    let written = std::fs::read_to_string(ens.join(llmos::rl::policy::ENSEMBLE_FILE)).unwrap();
+    assert!(written.contains("\"combine\": \"vote\""), "{written}");
+
+    let scenario = Scenario::load(&scenario_path()).unwrap();
+    let mut voting = DqnPolicy::load_on(&ens, &scenario.spec, DeviceChoice::Cpu).unwrap();
+    let mut one = DqnPolicy::load_on(&ens.join("s1"), &scenario.spec, DeviceChoice::Cpu).unwrap();
+    let mut twin = Twin::with_window(&scenario, RunWindow::new(0, (0.0, 1.0), 1.0)).unwrap();
+    for _ in 0..20 {
+        let obs = twin.observe();
+        assert_eq!(voting.decide(&obs).targets, one.decide(&obs).targets, "at t = {}", obs.time_s);
+        twin.step();
+    }
 }
 
 /// Relative selection: each validation window's return is compared with a reference

@@ -311,7 +311,7 @@ fn train_demo_members(args: &DemoArgs, base: &crate::rl::train::TrainConfig) -> 
         );
     }
     Ok(if members > 1 {
-        let e = crate::rl::policy::Ensemble::write(&dir)?;
+        let e = crate::rl::policy::Ensemble::write(&dir, crate::rl::policy::Combine::Mean)?;
         eprintln!("      ensemble of {} in {}", e.members.len(), dir.display());
         dir
     } else {

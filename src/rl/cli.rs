@@ -139,11 +139,20 @@ pub struct EnsembleArgs {
     /// trained with several seeds into DIR/s0, DIR/s1, ...). `DIR/ensemble.json` is
     /// written; `dqn:DIR` then averages the members' Q-values.
     pub dir: PathBuf,
+    /// How the members are combined: `mean` (their mean output decides) or `vote` (each
+    /// member chooses, the most chosen option per branch wins).
+    #[arg(long, default_value = "mean")]
+    pub combine: String,
 }
 
 /// Runs `llmos ensemble`.
 pub fn ensemble(args: EnsembleArgs) -> anyhow::Result<()> {
-    let e = super::policy::Ensemble::write(&args.dir).context("could not write the ensemble")?;
+    let combine = match args.combine.as_str() {
+        "mean" => super::policy::Combine::Mean,
+        "vote" => super::policy::Combine::Vote,
+        other => anyhow::bail!("--combine must be `mean` or `vote`, got `{other}`"),
+    };
+    let e = super::policy::Ensemble::write(&args.dir, combine).context("could not write the ensemble")?;
     println!(
         "{}: ensemble of {} checkpoints ({}); use it as dqn:{}",
         args.dir.join(super::policy::ENSEMBLE_FILE).display(),

@@ -56,6 +56,28 @@ pub const ENSEMBLE_FILE: &str = "ensemble.json";
 pub struct Ensemble {
     /// Member checkpoint directories, relative to the ensemble's directory.
     pub members: Vec<String>,
+    /// How the members' outputs become one choice per branch.
+    #[serde(default, skip_serializing_if = "Combine::is_mean")]
+    pub combine: Combine,
+}
+
+/// How an [`Ensemble`] combines its members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Combine {
+    /// The greedy choice of the members' mean output (Q-values, or a PPO actor's logits).
+    #[default]
+    Mean,
+    /// Each member chooses greedily and the most chosen option per branch wins; ties go
+    /// to the higher mean probability (the softmax of each member's outputs over the
+    /// allowed options). Members whose outputs differ in scale count alike.
+    Vote,
+}
+
+impl Combine {
+    fn is_mean(&self) -> bool {
+        *self == Combine::Mean
+    }
 }
 
 impl Ensemble {
@@ -76,7 +98,7 @@ impl Ensemble {
 
     /// Makes `dir` an ensemble of every checkpoint directly under it (sorted by name), after
     /// checking that they share the observation and action layouts; returns the members.
-    pub fn write(dir: &Path) -> Result<Ensemble, RlError> {
+    pub fn write(dir: &Path, combine: Combine) -> Result<Ensemble, RlError> {
         let rd = fs::read_dir(dir).map_err(|e| RlError::Io { path: dir.display().to_string(), source: e })?;
         let mut members: Vec<String> = rd
             .filter_map(|e| e.ok())
@@ -107,7 +129,7 @@ impl Ensemble {
                 });
             }
         }
-        let e = Ensemble { members };
+        let e = Ensemble { members, combine };
         let p = dir.join(ENSEMBLE_FILE);
         let text =
             serde_json::to_vec_pretty(&e).map_err(|e| RlError::Json { path: p.display().to_string(), source: e })?;
@@ -174,6 +196,8 @@ pub struct DqnPolicy {
     algorithm: Option<String>,
     /// What the last decision weighed ([`Policy::explain`]).
     explained: Option<Explanation>,
+    /// How an ensemble's members are combined.
+    combine: Combine,
 }
 
 impl std::fmt::Debug for DqnPolicy {
@@ -190,9 +214,9 @@ impl DqnPolicy {
 
     /// Loads the checkpoint (or ensemble) in `dir` for `spec` on the chosen device.
     pub fn load_on(dir: &Path, spec: &LLMWorkloadSpec, device: DeviceChoice) -> Result<Self, RlError> {
-        let dirs: Vec<std::path::PathBuf> = match Ensemble::read(dir)? {
-            Some(e) => e.members.iter().map(|m| dir.join(m)).collect(),
-            None => vec![dir.to_path_buf()],
+        let (dirs, combine): (Vec<std::path::PathBuf>, Combine) = match Ensemble::read(dir)? {
+            Some(e) => (e.members.iter().map(|m| dir.join(m)).collect(), e.combine),
+            None => (vec![dir.to_path_buf()], Combine::Mean),
         };
         let meta = checkpoint::read_meta(&dirs[0])?;
         let stored = meta.action_layout.clone().ok_or_else(|| RlError::Checkpoint {
@@ -258,6 +282,7 @@ impl DqnPolicy {
             base,
             algorithm: meta.algorithm.clone(),
             explained: None,
+            combine,
         })
     }
 
@@ -326,7 +351,15 @@ impl Policy for DqnPolicy {
             self.explained = None;
             return Decision::hold(obs, format!("dqn: holding, missing metrics: {}", obs.missing.join(", ")));
         }
-        let g = greedy_scored(&self.agents, &mut self.encoder, &self.actions, &self.limits, obs, base.as_ref());
+        let g = greedy_combined(
+            &self.agents,
+            self.combine,
+            &mut self.encoder,
+            &self.actions,
+            &self.limits,
+            obs,
+            base.as_ref(),
+        );
         self.explained = Some(explanation(&self.actions, &g, self.algorithm.as_deref()));
         let (d, x, a) = (g.decision, g.features, g.action);
         let Some(max_z) = self.guard.as_ref().map(|g| g.max_z) else {
@@ -498,12 +531,56 @@ pub fn greedy_scored(
     obs: &Observation,
     base: Option<&Decision>,
 ) -> Greedy {
+    greedy_combined(agents, Combine::Mean, encoder, actions, limits, obs, base)
+}
+
+/// Each member's greedy option per branch, counted; ties go to the higher mean of the
+/// members' softmax over the allowed options ([`Combine::Vote`]). Returns the option
+/// per branch.
+fn vote(agents: &[DqnAgent], x: &[f32], mask: &[bool], sizes: &[usize]) -> Vec<usize> {
+    let total: usize = sizes.iter().sum();
+    let mut score = vec![0.0f64; total];
+    let n = agents.len().max(1) as f64;
+    for agent in agents {
+        let q = agent.q_values(x);
+        let mut off = 0;
+        for (&size, pick) in sizes.iter().zip(masked_argmax(&q, mask, sizes)) {
+            score[off + pick] += 1.0;
+            let allowed: Vec<usize> = (off..off + size).filter(|&j| mask.get(j).copied().unwrap_or(false)).collect();
+            let top = allowed.iter().map(|&j| f64::from(q[j])).fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = allowed.iter().map(|&j| (f64::from(q[j]) - top).exp()).sum();
+            for &j in &allowed {
+                // At most 0.5 in all: a tie-break that never outweighs one vote.
+                score[j] += 0.5 * (f64::from(q[j]) - top).exp() / z / n;
+            }
+            off += size;
+        }
+    }
+    let score: Vec<f32> = score.into_iter().map(|v| v as f32).collect();
+    masked_argmax(&score, mask, sizes)
+}
+
+/// [`greedy_scored`] with the members combined as `combine` says; the scores kept for
+/// the explanation are the members' mean either way.
+#[allow(clippy::too_many_arguments)]
+fn greedy_combined(
+    agents: &[DqnAgent],
+    combine: Combine,
+    encoder: &mut ObsEncoder,
+    actions: &ActionLayout,
+    limits: &ActionLimits,
+    obs: &Observation,
+    base: Option<&Decision>,
+) -> Greedy {
     encoder.set_base(base);
     let x = encoder.encode(obs);
     let mask = actions.mask_on(obs, limits, base);
     let sizes = agents.first().map(|a| a.branch_sizes().to_vec()).unwrap_or_default();
     let q = mean_q(agents, &x);
-    let a = masked_argmax(&q, &mask, &sizes);
+    let a = match combine {
+        Combine::Vote if agents.len() > 1 => vote(agents, &x, &mask, &sizes),
+        _ => masked_argmax(&q, &mask, &sizes),
+    };
     let deltas = actions.slot_deltas(&a);
     let moves: Vec<String> = actions
         .slots
