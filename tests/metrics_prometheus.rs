@@ -267,4 +267,16 @@ fn assemble_refuses_infinite_and_negative_values_naming_the_series() {
     assert!(text.contains("vllm:kv_cache_usage_perc: inf for slot small/a100"), "{text}");
     assert!(!text.contains("delta"), "{text}");
     assert_eq!(snap.slots[0].arrival_rate_rps, 0.0, "1 completion/s minus 40 over the window, floored at 0");
+
+    // A negative latency quantile is missing too (found by the `prometheus` fuzz target).
+    let a = Answers {
+        waiting: vec![slot("small", "a100", 1.0)],
+        running: vec![slot("small", "a100", 1.0)],
+        quantile_answers: vec![(vec![Series { labels: BTreeMap::new(), value: -40.0 }], vec![])],
+        ..Answers::default()
+    };
+    let snap = assemble(&q, &a);
+    let text = snap.missing.join("\n");
+    assert!(text.contains("histogram_quantile(0.5, vllm:time_to_first_token_seconds): negative (-40)"), "{text}");
+    assert_eq!(snap.latency.ttft_p50_s, None);
 }

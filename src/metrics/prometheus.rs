@@ -443,10 +443,20 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
     if a.ttft_b.is_empty() && !slots.is_empty() {
         m.push(format!("{}_bucket: no series in the window", vllm::TIME_TO_FIRST_TOKEN_SECONDS));
     }
-    let pick = |answers: &[Series]| answers.first().map(|s| s.value).filter(|v| v.is_finite());
+    // A quantile is NaN when the window saw no requests (None: nothing to report); a
+    // negative latency cannot be true and is reported missing.
+    let mut pick = |what: &str, q: f64, answers: &[Series]| {
+        let v = answers.first().map(|s| s.value).filter(|v| v.is_finite())?;
+        if v < 0.0 {
+            m.push(format!("histogram_quantile({q}, {what}): negative ({v})"));
+            return None;
+        }
+        Some(v)
+    };
     let mut lat = LatencyObservation::default();
     for (i, (t, p)) in a.quantile_answers.iter().enumerate() {
-        let (tv, pv) = (pick(t), pick(p));
+        let q = [0.5, 0.9, 0.99].get(i).copied().unwrap_or(f64::NAN);
+        let (tv, pv) = (pick(vllm::TIME_TO_FIRST_TOKEN_SECONDS, q, t), pick("time per output token", q, p));
         match i {
             0 => (lat.ttft_p50_s, lat.tpot_p50_s) = (tv, pv),
             1 => (lat.ttft_p90_s, lat.tpot_p90_s) = (tv, pv),
