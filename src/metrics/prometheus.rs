@@ -363,6 +363,31 @@ pub struct Answers {
     pub quantile_answers: Vec<(Vec<Series>, Vec<Series>)>,
 }
 
+/// The latency percentiles of the `(ttft, tpot)` quantile answers for p50, p90, p99. A
+/// quantile is NaN when the window saw no requests (`None`: nothing to report); a negative
+/// latency cannot be true and is reported in `missing`.
+fn latency_of(answers: &[(Vec<Series>, Vec<Series>)], missing: &mut Vec<String>) -> LatencyObservation {
+    let mut pick = |what: &str, q: f64, answers: &[Series]| {
+        let v = answers.first().map(|s| s.value).filter(|v| v.is_finite())?;
+        if v < 0.0 {
+            missing.push(format!("histogram_quantile({q}, {what}): negative ({v})"));
+            return None;
+        }
+        Some(v)
+    };
+    let mut lat = LatencyObservation::default();
+    for (i, (t, p)) in answers.iter().enumerate() {
+        let q = [0.5, 0.9, 0.99].get(i).copied().unwrap_or(f64::NAN);
+        let (tv, pv) = (pick(vllm::TIME_TO_FIRST_TOKEN_SECONDS, q, t), pick("time per output token", q, p));
+        match i {
+            0 => (lat.ttft_p50_s, lat.tpot_p50_s) = (tv, pv),
+            1 => (lat.ttft_p90_s, lat.tpot_p90_s) = (tv, pv),
+            _ => (lat.ttft_p99_s, lat.tpot_p99_s) = (tv, pv),
+        }
+    }
+    lat
+}
+
 /// Turns query answers into a snapshot (pure; unit-tested without a server).
 pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
     let mut snap = MetricsSnapshot::default();
@@ -443,27 +468,7 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
     if a.ttft_b.is_empty() && !slots.is_empty() {
         m.push(format!("{}_bucket: no series in the window", vllm::TIME_TO_FIRST_TOKEN_SECONDS));
     }
-    // A quantile is NaN when the window saw no requests (None: nothing to report); a
-    // negative latency cannot be true and is reported missing.
-    let mut pick = |what: &str, q: f64, answers: &[Series]| {
-        let v = answers.first().map(|s| s.value).filter(|v| v.is_finite())?;
-        if v < 0.0 {
-            m.push(format!("histogram_quantile({q}, {what}): negative ({v})"));
-            return None;
-        }
-        Some(v)
-    };
-    let mut lat = LatencyObservation::default();
-    for (i, (t, p)) in a.quantile_answers.iter().enumerate() {
-        let q = [0.5, 0.9, 0.99].get(i).copied().unwrap_or(f64::NAN);
-        let (tv, pv) = (pick(vllm::TIME_TO_FIRST_TOKEN_SECONDS, q, t), pick("time per output token", q, p));
-        match i {
-            0 => (lat.ttft_p50_s, lat.tpot_p50_s) = (tv, pv),
-            1 => (lat.ttft_p90_s, lat.tpot_p90_s) = (tv, pv),
-            _ => (lat.ttft_p99_s, lat.tpot_p99_s) = (tv, pv),
-        }
-    }
-    snap.latency = lat;
+    snap.latency = latency_of(&a.quantile_answers, m);
     snap.slo_attainment =
         slo_attainment(&ttft, &tpot, query.spec.slo.ttft_ms / 1000.0, query.spec.slo.tpot_ms / 1000.0);
     snap
