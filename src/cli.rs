@@ -38,6 +38,8 @@ pub enum Command {
     Train(crate::rl::cli::TrainArgs),
     /// Make a directory of trained checkpoints (one layout, several seeds) an ensemble policy.
     Ensemble(crate::rl::cli::EnsembleArgs),
+    /// Print a checkpoint's (or ensemble's) SHA-256 digest, for `policy.dqn.sha256`.
+    Digest(crate::rl::cli::DigestArgs),
     /// Draw the chart's Grafana dashboard from a Prometheus server as one PNG (no Grafana needed).
     Dashboard(crate::eval::dashboard::DashboardArgs),
     /// The built-in default job: train a small PPO ensemble on a real trace, compare it with the baselines.
@@ -65,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => crate::eval::cli::compare(args),
         Command::Train(args) => crate::rl::cli::train(args),
         Command::Ensemble(args) => crate::rl::cli::ensemble(args),
+        Command::Digest(args) => crate::rl::cli::digest(args),
         Command::Demo(args) => crate::eval::cli::demo(args),
     }
 }

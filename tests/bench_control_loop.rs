@@ -7,6 +7,7 @@
 //! cargo test --test bench_control_loop -- --ignored --nocapture
 //! # knobs: LLMOS_BENCH_WORKLOADS=100 LLMOS_BENCH_INTERVAL_S=5 LLMOS_BENCH_POLICY=hpa|dqn
 //! #        LLMOS_BENCH_WARMUP_S=20 LLMOS_BENCH_MEASURE_S=60
+//! #        LLMOS_BENCH_BIN=target/release/llmos (the operator binary measured; default: the test build)
 //! ```
 //!
 //! Set-up: etcd + kube-apiserver 1.20 on loopback (no controller-manager: Deployments
@@ -27,7 +28,11 @@
 //! `histogram_quantile` does; buckets double, so a figure is good to within its bucket).
 //! Memory is VmRSS (sampled every second, max and end) and VmHWM from
 //! `/proc/<pid>/status`. The figures go to stderr and to
-//! `$CARGO_TARGET_TMPDIR/bench_control_loop.txt`.
+//! `$CARGO_TARGET_TMPDIR/bench_control_loop.txt`. Also: control ticks, reconciles and
+//! status writes per tick (`llmos_control_ticks_total`, `llmos_status_writes_total`), the
+//! API requests per tick by verb and resource from the kube-apiserver's own
+//! `apiserver_request_total` (the operator is its only client besides this test's
+//! few reads), and the operator's CPU time from `/proc/<pid>/stat`.
 
 mod e2e_support;
 
@@ -47,30 +52,6 @@ const NS: &str = "default";
 
 fn env_u64(k: &str, default: u64) -> u64 {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Decodes one `application/x-www-form-urlencoded` value.
-fn form_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The stub's answer to one PromQL query (see the module docs).
@@ -137,7 +118,9 @@ async fn start_stub_prometheus(port: u16) {
             let params: HashMap<String, String> = q
                 .unwrap_or_default()
                 .split('&')
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (form_decode(k), form_decode(v))))
+                .filter_map(|kv| {
+                    kv.split_once('=').map(|(k, v)| (e2e_support::form_decode(k), e2e_support::form_decode(v)))
+                })
                 .collect();
             let now_s = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -180,6 +163,37 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     s.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// User + system CPU seconds of process `pid` (`/proc/<pid>/stat`, 100 ticks per second).
+fn proc_cpu_s(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// The API server's request counters by `VERB resource[/subresource]`, from its own
+/// `/metrics` (`apiserver_request_total`, summed over codes and scopes).
+async fn apiserver_requests(client: &kube::Client) -> HashMap<String, f64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(req).await.unwrap_or_default();
+    let label = |l: &str, k: &str| -> String {
+        l.split_once(&format!("{k}=\""))
+            .and_then(|(_, r)| r.split_once('"'))
+            .map_or(String::new(), |(v, _)| v.to_string())
+    };
+    let mut out = HashMap::new();
+    for l in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+        let (res, sub) = (label(l, "resource"), label(l, "subresource"));
+        let key =
+            format!("{} {res}{}", label(l, "verb"), if sub.is_empty() { String::new() } else { format!("/{sub}") });
+        *out.entry(key).or_insert(0.0) += v;
+    }
+    out
+}
+
 fn diff(a: &[(f64, f64)], b: &[(f64, f64)]) -> Vec<(f64, f64)> {
     b.iter().map(|(le, c)| (*le, c - a.iter().find(|x| x.0 == *le).map_or(0.0, |x| x.1))).collect()
 }
@@ -211,8 +225,14 @@ async fn control_loop_cost_under_many_workloads() {
         tokio::task::spawn_blocking(move || e2e_support::train_tiny_dqn(&sc, &ck)).await.expect("training");
     }
     let op_addr = format!("127.0.0.1:{}", free_port());
-    let pid =
-        stack.spawn("operator", &["run", "--metrics-addr", &op_addr, "--no-leader-election"], &[("RUST_LOG", "warn")]);
+    // LLMOS_BENCH_BIN: the operator binary to measure (e.g. target/release/llmos).
+    let bin = std::env::var("LLMOS_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_llmos").to_string());
+    let pid = stack.spawn_bin(
+        std::path::Path::new(&bin),
+        "operator",
+        &["run", "--metrics-addr", &op_addr, "--no-leader-election"],
+        &[("RUST_LOG", "warn")],
+    );
 
     let yaml: Vec<String> = (0..n).map(|i| workload_yaml(i, interval_s, &prom_url, &policy, &ckpt)).collect();
     let t_apply = Instant::now();
@@ -238,6 +258,8 @@ async fn control_loop_cost_under_many_workloads() {
         reqwest::get(format!("http://{op_addr}/metrics")).await.expect("operator /metrics").text().await.expect("body")
     };
     let a = scrape().await;
+    let api_a = apiserver_requests(&client).await;
+    let cpu_a = proc_cpu_s(pid);
     let mut rss_max = 0;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(measure) {
@@ -245,6 +267,8 @@ async fn control_loop_cost_under_many_workloads() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let b = scrape().await;
+    let api_b = apiserver_requests(&client).await;
+    let cpu_b = proc_cpu_s(pid);
     let secs = t.elapsed().as_secs_f64();
     let (rss, hwm) = (proc_status_kib(pid, "VmRSS:").unwrap_or(0), proc_status_kib(pid, "VmHWM:").unwrap_or(0));
 
@@ -264,11 +288,27 @@ async fn control_loop_cost_under_many_workloads() {
             .sum::<f64>()
     };
     let decisions: Vec<&str> = b.lines().filter(|l| l.starts_with("llmos_decisions_total")).collect();
+    let delta = |name: &str| sample_value(&b, name).unwrap_or(0.0) - sample_value(&a, name).unwrap_or(0.0);
+    let ticks = delta("llmos_control_ticks_total");
+    let writes = delta("llmos_status_writes_total{outcome=\"written\"}");
+    let unchanged = delta("llmos_status_writes_total{outcome=\"unchanged\"}");
+    let mut api: Vec<(String, f64)> = api_b
+        .iter()
+        .map(|(k, v)| (k.clone(), v - api_a.get(k).copied().unwrap_or(0.0)))
+        .filter(|x| x.1 > 0.0)
+        .collect();
+    api.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let api_total: f64 = api.iter().map(|x| x.1).sum();
+    let per_tick = |x: f64| if ticks > 0.0 { x / ticks } else { f64::NAN };
+    let api_lines: Vec<String> = api.iter().map(|(k, v)| format!("{k} {:.2}", per_tick(*v))).collect();
     let report = format!(
         "control loop: {n} LLMWorkloads, policy {policy}, interval {interval_s} s, stub Prometheus; all Deployments after {all_placed_s:.1} s; measured {secs:.0} s after {warmup} s warm-up\n\
          reconciles: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; errors {:.0}\n\
          decisions: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; {decisions:?}\n\
-         memory: VmRSS {:.1} MiB at the end, max sampled {:.1} MiB, VmHWM {:.1} MiB; reconciles total {}",
+         memory: VmRSS {:.1} MiB at the end, max sampled {:.1} MiB, VmHWM {:.1} MiB; reconciles total {}\n\
+         control ticks: {ticks:.0} ({:.1}/s); reconciles per tick {:.2}; status writes per tick {:.2} (and {:.2} skipped as unchanged)\n\
+         API requests (kube-apiserver's apiserver_request_total): {api_total:.0} ({:.2} per tick): {}\n\
+         operator CPU: {:.1} s in {secs:.0} s ({:.0} % of one core), {:.2} ms per tick",
         count(&rec),
         count(&rec) / secs,
         ms(bucket_quantile(&rec, 0.5)),
@@ -282,6 +322,15 @@ async fn control_loop_cost_under_many_workloads() {
         rss_max as f64 / 1024.0,
         hwm as f64 / 1024.0,
         sample_value(&b, "llmos_reconciles_total").unwrap_or(0.0),
+        ticks / secs,
+        per_tick(count(&rec)),
+        per_tick(writes),
+        per_tick(unchanged),
+        per_tick(api_total),
+        api_lines.join(", "),
+        cpu_b - cpu_a,
+        100.0 * (cpu_b - cpu_a) / secs,
+        1000.0 * per_tick(cpu_b - cpu_a),
     );
     eprintln!("{report}");
     let _ = std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench_control_loop.txt"), &report);

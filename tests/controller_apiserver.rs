@@ -416,6 +416,40 @@ async fn leader_election_keeps_the_second_instance_passive() {
     assert!(a.try_acquire_or_renew().await.unwrap(), "released lease is free");
 }
 
+/// Clock skew between operator replicas (each against the API server): the standby's
+/// clock runs an hour ahead of the leader's. Comparing the leader's `renewTime` with the
+/// standby's clock would hand the Lease over at every try although the leader renews on
+/// time; expiry is judged on the standby's own observations instead.
+#[tokio::test]
+async fn leader_election_is_immune_to_clock_skew() {
+    use k8s_openapi::jiff::SignedDuration;
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.client().await;
+    let ns = namespace(&client, "skew").await;
+    let a = LeaderElector::new(client.clone(), LeaseConfig::new("llmos-leader", &ns, "operator-a"));
+    let b = LeaderElector::new(client.clone(), LeaseConfig::new("llmos-leader", &ns, "operator-b"));
+    let at = |t: Timestamp, secs: i64| t.checked_add(SignedDuration::from_secs(secs)).unwrap();
+    let t0 = Timestamp::now();
+    let skew = 3600;
+    assert!(a.try_acquire_or_renew_at(t0).await.unwrap(), "first candidate takes the free lease");
+    for k in 0..12 {
+        // The leader renews every 2 s on its clock; the standby tries at the same moments.
+        let ta = at(t0, 2 * k);
+        assert!(a.try_acquire_or_renew_at(ta).await.unwrap(), "the leader renews (step {k})");
+        assert!(
+            !b.try_acquire_or_renew_at(at(ta, skew)).await.unwrap(),
+            "a standby whose clock is {skew} s ahead took the lease from a leader that renews (step {k})"
+        );
+    }
+    // The leader stops renewing: the standby takes over one lease duration (15 s) after
+    // the last change it saw, on its own clock.
+    let last_seen = at(at(t0, 22), skew);
+    assert!(!b.try_acquire_or_renew_at(at(last_seen, 14)).await.unwrap(), "taken before the lease duration");
+    assert!(b.try_acquire_or_renew_at(at(last_seen, 16)).await.unwrap(), "not taken after the lease duration");
+    assert!(!a.try_acquire_or_renew_at(at(t0, 40)).await.unwrap(), "the old leader, its clock behind, is passive");
+    assert_eq!(a.holder().await.unwrap().as_deref(), Some("operator-b"));
+}
+
 #[tokio::test]
 async fn crd_rejects_invalid_instances_at_admission() {
     let Some(cluster) = cluster() else { return };

@@ -18,7 +18,10 @@
 //!    no flapping (the replica series rises, then falls, and does not rise again);
 //! 7. the chart's dashboard is drawn from Prometheus over the run (every panel has
 //!    series) and every Warning Event not raised by llmos is one docs/e2e.md explains;
-//! 8. deleting the LLMWorkload removes its Deployments.
+//! 8. deleting the LLMWorkload removes its Deployments;
+//! 9. the operators ran as the ServiceAccount of `manifests/02-rbac.yaml` with exactly its
+//!    rights: the API server's audit log shows no refused request, and every verb the
+//!    ClusterRole grants was used or is explained (`GRANTED_NOT_REQUESTED`).
 //!
 //! Needs `~/.cache/llmos/k8s-1.20.2/bin` (scripts/k8s/build.sh), `etcd` and `prometheus`
 //! (installed by the scripts when absent). `LLMOS_SKIP_E2E=1` skips. Deadlines are generous
@@ -35,8 +38,8 @@ use kube::Client;
 use llmos::crd::LLMWorkload;
 
 use e2e_support::{
-    check_alerts, check_dashboard, check_event_noise, docs_figure, free_port, missing_prerequisites, render_dashboard,
-    skip_requested, tail, Stack,
+    apply_operator_rbac, check_alerts, check_dashboard, check_event_noise, check_rbac_audit, docs_figure, free_port,
+    missing_prerequisites, operator_kubeconfig, render_dashboard, skip_requested, tail, Stack, OPERATOR_NS,
 };
 
 const NS: &str = "default";
@@ -58,29 +61,6 @@ fn workload_yaml(prom_url: &str) -> String {
     }
     .yaml()
 }
-
-/// The replayed trace: 2 requests/s, a tenfold step at t = 400 s of simulated time
-/// (40 s of wall time at --speed 10), back to 2 requests/s at t = 1000 s.
-const SCENARIO: &str = r#"name = "e2e-step"
-description = "Load step for the end-to-end test"
-
-[workload.synthetic]
-duration_s = 4000.0
-arrival = { kind = "steps", at_s = [0.0, 400.0, 1000.0], rates_rps = [2.0, 20.0, 2.0] }
-lengths = { kind = "lognormal", input_mean = 1024.0, input_cv = 0.6, output_mean = 256.0, output_cv = 0.6, max_tokens = 4096 }
-
-[engine]
-max_num_batched_tokens = 8192
-max_num_seqs = 256
-
-[cluster]
-load_balancer = "least-outstanding"
-
-[spec]
-variants = [{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 45.0 }]
-gpuPools = [{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }]
-policy = { kind = "hpa", intervalSeconds = 2 }
-"#;
 
 async fn desired_total(client: &Client) -> i32 {
     e2e_support::desired_total(client, NS, WORKLOAD).await
@@ -135,6 +115,9 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     // --- control plane, CRD with kubectl ---
     let (mut stack, client) = Stack::start(true).await;
     stack.install_crd();
+    // The operators run as the ServiceAccount of manifests/02-rbac.yaml, with its rights only.
+    apply_operator_rbac(&stack);
+    let op_kubeconfig = operator_kubeconfig(&stack);
 
     // --- Prometheus, twin, two operators ---
     std::fs::write(stack.path("targets.json"), "[]\n").expect("targets file");
@@ -142,7 +125,10 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     stack.scrape_operators(&[&op_addr_a]);
     stack.start_prometheus();
     let prom_url = format!("http://127.0.0.1:{}", stack.prom_port);
-    std::fs::write(stack.path("scenario.toml"), SCENARIO).expect("scenario file");
+    // 2 requests/s, a tenfold step at t = 400 s of simulated time (40 s of wall time at
+    // --speed 10), back to 2 requests/s at t = 1000 s.
+    let scenario_toml = e2e_support::step_scenario("e2e-step", 4000.0, &[0.0, 400.0, 1000.0], &[2.0, 20.0, 2.0]);
+    std::fs::write(stack.path("scenario.toml"), scenario_toml).expect("scenario file");
     let scenario = stack.path("scenario.toml").display().to_string();
     let targets = stack.path("targets.json").display().to_string();
     let speed = SPEED.to_string();
@@ -165,8 +151,8 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     );
     stack.spawn(
         "operator-a",
-        &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS],
-        &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)],
+        &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", OPERATOR_NS],
+        &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url), ("KUBECONFIG", &op_kubeconfig)],
     );
 
     // 1. apply the workload; the operator creates the Deployment; the twin makes it Ready.
@@ -193,10 +179,10 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     let op_addr_b = format!("127.0.0.1:{}", free_port());
     stack.spawn(
         "operator-b",
-        &["run", "--metrics-addr", &op_addr_b, "--lease-namespace", NS],
-        &[("POD_NAME", "operator-b"), ("LLMOS_PROMETHEUS_URL", &prom_url)],
+        &["run", "--metrics-addr", &op_addr_b, "--lease-namespace", OPERATOR_NS],
+        &[("POD_NAME", "operator-b"), ("LLMOS_PROMETHEUS_URL", &prom_url), ("KUBECONFIG", &op_kubeconfig)],
     );
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
     wait_until(
         "operator-a holds the lease",
         Duration::from_secs(30),
@@ -254,8 +240,8 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     stack.kill("operator-a");
     stack.spawn(
         "operator-a2",
-        &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", NS],
-        &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url)],
+        &["run", "--metrics-addr", &op_addr_a, "--lease-namespace", OPERATOR_NS],
+        &[("POD_NAME", "operator-a"), ("LLMOS_PROMETHEUS_URL", &prom_url), ("KUBECONFIG", &op_kubeconfig)],
     );
     tokio::time::sleep(Duration::from_secs(3 * INTERVAL_S)).await;
     let after_restart = desired_total(&client).await;
@@ -334,8 +320,13 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     )
     .await;
 
+    // 8. every request the operators made was allowed by the shipped RBAC, and every
+    // grant was used or is explained (least privilege).
+    let rbac = check_rbac_audit(&stack);
+    eprintln!("{rbac}");
+
     let summary = format!(
-        "e2e: scale-up seen at {t_up:.0}s, scaled down at {t_down:.0}s, peak {peak} replicas, total wall time {:.0}s; {noise}; series {series:?}",
+        "e2e: scale-up seen at {t_up:.0}s, scaled down at {t_down:.0}s, peak {peak} replicas, total wall time {:.0}s; {noise}; series {series:?}\n{rbac}",
         t_all.elapsed().as_secs_f64()
     );
     eprintln!("{summary}");

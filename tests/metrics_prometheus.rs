@@ -280,3 +280,127 @@ fn assemble_refuses_infinite_and_negative_values_naming_the_series() {
     assert!(text.contains("histogram_quantile(0.5, vllm:time_to_first_token_seconds): negative (-40)"), "{text}");
     assert_eq!(snap.latency.ttft_p50_s, None);
 }
+
+/// A bearer token from a file goes with every query, read again at each observation (a
+/// rotated token is used at the next tick); an unreadable token file is an unreachable
+/// source naming the file, so the operator holds.
+#[tokio::test]
+async fn sends_the_bearer_token_from_its_file() {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(move |headers: HeaderMap| {
+            let seen = s2.clone();
+            async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                seen.lock().unwrap().push(auth.clone());
+                if auth.starts_with("Bearer ") {
+                    (StatusCode::OK, vector(&[(&[], "1")]))
+                } else {
+                    (StatusCode::UNAUTHORIZED, "Unauthorized".to_string())
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").expect("token file");
+    let src = PrometheusSource::new(PrometheusConfig { bearer_token_file: Some(token.clone()), ..Default::default() })
+        .expect("client");
+    let s = spec(Some(&url));
+    let q = MetricsQuery { namespace: "prod", workload: "chat", spec: &s, endpoints: &[] };
+    src.observe(&q).await.expect("observe with a token");
+    std::fs::write(&token, "second-token").expect("rotated token");
+    src.observe(&q).await.expect("observe with the rotated token");
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen.len() >= 2 && seen.iter().all(|a| a.starts_with("Bearer ")), "{seen:?}");
+        assert!(seen.contains(&"Bearer first-token".to_string()) && seen.contains(&"Bearer second-token".to_string()));
+    }
+    std::fs::remove_file(&token).expect("remove token");
+    let err = src.observe(&q).await.unwrap_err();
+    assert!(matches!(err, MetricsError::Unreachable { .. }) && err.to_string().contains("token"), "{err}");
+    // Without a token the server refuses: no snapshot, never a silent empty one.
+    let plain = PrometheusSource::new(PrometheusConfig::default()).expect("client");
+    assert!(plain.observe(&q).await.is_err());
+    server.abort();
+}
+
+/// A real Prometheus (Debian's package) serving https only, with a certificate from a CA
+/// of the test's own: queries succeed with that CA as `ca_file` and fail without it
+/// (the system roots do not know it). Skipped when `prometheus` or `openssl` is missing.
+#[tokio::test]
+async fn queries_a_real_prometheus_over_tls_with_a_ca_file() {
+    let have = |b: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {b}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !have("prometheus") || !have("openssl") {
+        eprintln!("prometheus or openssl missing: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("bash").arg("-c").arg(cmd).current_dir(d).output().expect("bash");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=llmos-test-prom-ca -keyout ca.key -out ca.crt");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=prometheus -keyout tls.key -out tls.csr");
+    sh("echo subjectAltName=IP:127.0.0.1,DNS:localhost > san.cnf && openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.cnf -out tls.crt");
+    std::fs::write(
+        d.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            d.join("tls.crt").display(),
+            d.join("tls.key").display()
+        ),
+    )
+    .expect("web config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/prometheus/start.sh"))
+        .arg(d.join("prom"))
+        .arg(d.join("targets.json"))
+        .arg(port.to_string())
+        .env("WEB_CONFIG", d.join("web.yml"))
+        .output()
+        .expect("scripts/prometheus/start.sh");
+    let stop = || {
+        let _ = std::process::Command::new("bash")
+            .arg(root.join("scripts/prometheus/stop.sh"))
+            .arg(d.join("prom"))
+            .status();
+    };
+    if !out.status.success() {
+        stop();
+        panic!("Prometheus over TLS did not start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(url.starts_with("https://"), "{url}");
+    let with_ca = PrometheusSource::new(PrometheusConfig { ca_file: Some(d.join("ca.crt")), ..Default::default() })
+        .expect("client with the CA");
+    let got = with_ca.query(&url, "vector(1)").await;
+    let without = PrometheusSource::new(PrometheusConfig::default()).expect("client").query(&url, "vector(1)").await;
+    let bad_ca = PrometheusSource::new(PrometheusConfig { ca_file: Some(d.join("web.yml")), ..Default::default() });
+    stop();
+    let got = got.expect("query over TLS with the CA");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value, 1.0);
+    let err = without.expect_err("the test CA is not a system root");
+    assert!(matches!(err, MetricsError::Unreachable { .. }), "{err}");
+    let err = bad_ca.err().expect("a CA file without certificates is refused").to_string();
+    assert!(err.contains("web.yml"), "{err}");
+}

@@ -222,3 +222,67 @@ fn relative_worst_selection_compares_each_window_with_the_reference() {
         running = running.max(r.score);
     }
 }
+
+/// `spec.policy.dqn.sha256` pins a checkpoint: the digest is what `sha256sum` gives over
+/// the listing of the files loaded (so a user can compute it without llmos), a matching
+/// checkpoint loads, a changed file is refused naming both digests, and a malformed digest
+/// is refused naming the field. An ensemble's digest covers `ensemble.json` and every
+/// member's files.
+#[test]
+fn a_pinned_digest_admits_only_that_checkpoint() {
+    use llmos::policy::config::{DqnParams, PolicyKind};
+    use llmos::rl::policy::{checkpoint_digest, ENSEMBLE_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let ens = dir.path().join("ens");
+    for seed in [1, 2] {
+        let mut cfg = config(ens.join(format!("s{seed}")), seed, 300, vec![-1, 0, 1, 2]);
+        cfg.validation = None;
+        train(&cfg).unwrap();
+    }
+    let sha256sum = |dir: &Path, files: &[&str]| -> String {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("sha256sum {} | sha256sum", files.join(" ")))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    };
+    let ck = ens.join("s1");
+    let digest = checkpoint_digest(&ck).unwrap();
+    assert_eq!(digest, sha256sum(&ck, &[checkpoint::META_FILE, checkpoint::WEIGHTS_FILE]));
+
+    let scenario = Scenario::load(&scenario_path()).unwrap();
+    let mut spec = scenario.spec.clone();
+    let registry = llmos::rl::registry();
+    let build_policy = |spec: &llmos::crd::LLMWorkloadSpec| registry.build(spec);
+    let pin = |spec: &mut llmos::crd::LLMWorkloadSpec, d: &str| {
+        spec.policy.kind = PolicyKind::Dqn;
+        spec.policy.dqn =
+            Some(DqnParams { checkpoint: ck.display().to_string(), sha256: Some(d.into()), ..Default::default() });
+    };
+    pin(&mut spec, &digest);
+    build_policy(&spec).expect("the pinned checkpoint loads");
+    pin(&mut spec, &digest.to_uppercase());
+    build_policy(&spec).expect("hex digits in either case");
+
+    // A replaced file: still a valid checkpoint, but not the pinned one.
+    let meta = ck.join(checkpoint::META_FILE);
+    let mut text = std::fs::read_to_string(&meta).unwrap();
+    text.push('\n');
+    std::fs::write(&meta, text).unwrap();
+    pin(&mut spec, &digest);
+    let err = build_policy(&spec).err().expect("a changed checkpoint is refused").to_string();
+    let now = checkpoint_digest(&ck).unwrap();
+    assert!(err.contains(&digest) && err.contains(&now) && err.contains("spec.policy.dqn.sha256"), "{err}");
+
+    pin(&mut spec, "abc123");
+    let err = build_policy(&spec).err().expect("a malformed digest is refused").to_string();
+    assert!(err.contains("spec.policy.dqn.sha256"), "{err}");
+
+    Ensemble::write(&ens, llmos::rl::policy::Combine::Mean).unwrap();
+    let files =
+        [ENSEMBLE_FILE, "s1/checkpoint.json", "s1/model.safetensors", "s2/checkpoint.json", "s2/model.safetensors"];
+    assert_eq!(checkpoint_digest(&ens).unwrap(), sha256sum(&ens, &files));
+}

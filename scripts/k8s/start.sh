@@ -5,7 +5,9 @@
 #
 #   scripts/k8s/start.sh RUNDIR
 #
-# Writes RUNDIR/kubeconfig (admin token user), RUNDIR/*.log and RUNDIR/*.pid.
+# Writes RUNDIR/kubeconfig (admin token user), RUNDIR/kubeconfig-operator (the operator's
+# ServiceAccount identity, rights from manifests/02-rbac.yaml once applied), RUNDIR/audit.log
+# (that identity's requests), RUNDIR/*.log and RUNDIR/*.pid.
 # Environment:
 #   LLMOS_K8S_BIN   directory with kube-apiserver / kube-controller-manager
 #                   (default ~/.cache/llmos/k8s-1.20.2/bin, made by scripts/k8s/build.sh)
@@ -46,25 +48,51 @@ quiet openssl genrsa -out pki/sa.key 2048
 quiet openssl rsa -in pki/sa.key -pubout -out pki/sa.pub
 TOKEN=llmos-test-admin
 echo "$TOKEN,llmos-admin,llmos-admin,system:masters" > pki/tokens.csv
+# The operator's own identity: the ServiceAccount of manifests/02-rbac.yaml (no token
+# controller runs, so a static token stands in for its projected token). Tests that
+# apply that RBAC run the operator with kubeconfig-operator and get exactly its rights.
+OP_TOKEN=llmos-test-operator
+OP_USER=system:serviceaccount:llmos-system:llmos-operator
+echo "$OP_TOKEN,$OP_USER,llmos-operator-sa,\"system:serviceaccounts,system:serviceaccounts:llmos-system,system:authenticated\"" >> pki/tokens.csv
+# Audit log of the operator's requests only (verb, resource, response code), so a test
+# can list what the operator does against what its ClusterRole grants.
+cat >audit-policy.yaml <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    users: ["$OP_USER"]
+  - level: None
+EOF
 
-etcd --name llmos-test --data-dir "$RUN/etcd" \
-  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-  --initial-cluster "llmos-test=http://127.0.0.1:$ETCD_PEER_PORT" \
-  --unsafe-no-fsync --quota-backend-bytes=1073741824 >etcd.log 2>&1 &
+# Each server's command line goes into RUNDIR/<name>.sh, so scripts/k8s/chaos.sh can stop
+# and start it again mid-test with the same flags and data.
+cat >etcd.sh <<EOF
+exec etcd --name llmos-test --data-dir "$RUN/etcd" \\
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \\
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \\
+  --initial-cluster "llmos-test=http://127.0.0.1:$ETCD_PEER_PORT" \\
+  --unsafe-no-fsync --quota-backend-bytes=1073741824
+EOF
+bash etcd.sh >etcd.log 2>&1 &
 echo $! >etcd.pid
 
 # On loopback without a kubelet: no endpoint reconciler, no ServiceAccount admission
 # (there is no token controller unless the controller-manager runs).
-"$BIN/kube-apiserver" \
-  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" --insecure-port=0 \
-  --tls-cert-file=pki/apiserver.crt --tls-private-key-file=pki/apiserver.key --client-ca-file=pki/ca.crt \
-  --token-auth-file=pki/tokens.csv --authorization-mode=RBAC \
-  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file=pki/sa.pub --service-account-signing-key-file=pki/sa.key \
-  --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
-  --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none >apiserver.log 2>&1 &
+cat >apiserver.sh <<EOF
+exec "$BIN/kube-apiserver" \\
+  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \\
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" --insecure-port=0 \\
+  --tls-cert-file=pki/apiserver.crt --tls-private-key-file=pki/apiserver.key --client-ca-file=pki/ca.crt \\
+  --token-auth-file=pki/tokens.csv --authorization-mode=RBAC \\
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \\
+  --service-account-key-file=pki/sa.pub --service-account-signing-key-file=pki/sa.key \\
+  --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \\
+  --audit-policy-file=audit-policy.yaml --audit-log-path=audit.log --audit-log-maxbackup=1 \\
+  --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none
+EOF
+bash apiserver.sh >apiserver.log 2>&1 &
 echo $! >apiserver.pid
 
 cat >kubeconfig <<EOF
@@ -84,6 +112,9 @@ contexts:
   context: {cluster: llmos-test, user: llmos-admin, namespace: default}
 current-context: llmos-test
 EOF
+
+sed -e "s/token: $TOKEN/token: $OP_TOKEN/" -e "s/name: llmos-admin/name: llmos-operator/" \
+  -e "s/user: llmos-admin/user: llmos-operator/" kubeconfig >kubeconfig-operator
 
 if [ "${WITH_KCM:-0}" = 1 ]; then
   "$BIN/kube-controller-manager" --kubeconfig=kubeconfig \

@@ -6,7 +6,9 @@
 #
 # Optional, from the environment: OPERATOR_TARGETS, a second file_sd file whose targets
 # are scraped as job `llmos-operator` (the operator's own /metrics), and RULE_FILES, rule
-# files to load (space-separated; Prometheus refuses to start on a bad one).
+# files to load (space-separated; Prometheus refuses to start on a bad one), and
+# WEB_CONFIG, a Prometheus web config file (e.g. tls_server_config: the server then
+# speaks https only, and the printed URL is https://).
 # Installs Debian's `prometheus` package when no prometheus binary is found (root needed).
 # Writes RUN_DIR/prometheus.yml, RUN_DIR/prometheus.pid, RUN_DIR/prometheus.log and
 # RUN_DIR/data; prints the base URL (http://127.0.0.1:PORT) when the server is ready.
@@ -62,7 +64,14 @@ if [ -f "$RUN_DIR/prometheus.pid" ] && kill -0 "$(cat "$RUN_DIR/prometheus.pid")
   echo "prometheus already running (pid $(cat "$RUN_DIR/prometheus.pid"))" >&2
   echo "http://127.0.0.1:$PORT"; exit 0
 fi
-nohup "$PROMETHEUS" \
+SCHEME=http
+WEB_FLAGS=()
+if [ -n "${WEB_CONFIG:-}" ]; then
+  case "$WEB_CONFIG" in /*) ;; *) WEB_CONFIG="$(pwd)/$WEB_CONFIG" ;; esac
+  WEB_FLAGS=(--web.config.file="$WEB_CONFIG")
+  grep -q tls_server_config "$WEB_CONFIG" && SCHEME=https
+fi
+nohup "$PROMETHEUS" "${WEB_FLAGS[@]}" \
   --config.file="$RUN_DIR/prometheus.yml" \
   --storage.tsdb.path="$RUN_DIR/data" \
   --storage.tsdb.retention.time=2h \
@@ -72,8 +81,8 @@ nohup "$PROMETHEUS" \
   >"$RUN_DIR/prometheus.log" 2>&1 &
 echo $! > "$RUN_DIR/prometheus.pid"
 for _ in $(seq 1 150); do
-  if curl -fsS "http://127.0.0.1:$PORT/-/ready" >/dev/null 2>&1; then
-    echo "http://127.0.0.1:$PORT"; exit 0
+  if curl -kfsS "$SCHEME://127.0.0.1:$PORT/-/ready" >/dev/null 2>&1; then
+    echo "$SCHEME://127.0.0.1:$PORT"; exit 0
   fi
   if ! kill -0 "$(cat "$RUN_DIR/prometheus.pid")" 2>/dev/null; then
     echo "prometheus exited; log:" >&2; tail -20 "$RUN_DIR/prometheus.log" >&2; exit 1

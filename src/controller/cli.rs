@@ -41,6 +41,14 @@ pub struct RunArgs {
     /// (default: $LLMOS_PROMETHEUS_URL).
     #[arg(long)]
     pub prometheus_url: Option<String>,
+    /// A file holding a bearer token for Prometheus (a mounted Secret or a projected
+    /// ServiceAccount token); read again at every tick.
+    #[arg(long)]
+    pub prometheus_bearer_token_file: Option<std::path::PathBuf>,
+    /// A PEM file of CA certificates that verify an `https://` Prometheus (e.g. a mounted
+    /// ConfigMap with the cluster's CA).
+    #[arg(long)]
+    pub prometheus_ca_file: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -113,13 +121,35 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     ));
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz and /decisions");
 
-    // The API server must answer before the operator calls itself ready.
-    client.apiserver_version().await.context("the Kubernetes API server does not answer")?;
+    // The API server must answer before the operator calls itself ready. An API server
+    // that is down at start-up (a control-plane restart) is waited for, every 2 s, not
+    // a reason to exit: /healthz answers meanwhile, /readyz does not.
+    let mut waited = 0u32;
+    loop {
+        match client.apiserver_version().await {
+            Ok(_) => break,
+            Err(e) => {
+                if waited % 15 == 0 {
+                    tracing::warn!(error = %e, waited_s = waited * 2, "the Kubernetes API server does not answer; waiting for it");
+                }
+                waited += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stopped(stop_rx.clone()) => return Ok(()),
+                }
+            }
+        }
+    }
     health.set_ready(true);
 
     // Per workload, as its spec.metrics.source says; default Prometheus URL from $LLMOS_PROMETHEUS_URL.
     let source: Arc<dyn crate::metrics::MetricsSource> =
-        match crate::metrics::SpecSource::with_default_url(args.prometheus_url.clone()) {
+        match crate::metrics::SpecSource::with_prometheus(crate::metrics::PrometheusConfig {
+            default_url: args.prometheus_url.clone(),
+            bearer_token_file: args.prometheus_bearer_token_file.clone(),
+            ca_file: args.prometheus_ca_file.clone(),
+            ..Default::default()
+        }) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the metrics sources; every workload will hold its replicas");
@@ -184,15 +214,19 @@ async fn run_as_leader(
             let _ = lost_tx.send(true);
         })
     };
+    // A stop (SIGTERM) lets in-flight reconciles finish; a lost Lease does not: the
+    // controller is dropped at once, cancelling every request still in flight, so a
+    // former leader cannot write after its successor has started (its requests may have
+    // been hanging on an API server whose etcd is down).
     let mut stop = stop_rx.clone();
-    let mut lost = lost_rx.clone();
     let shutdown = async move {
-        tokio::select! {
-            _ = stop.wait_for(|v| *v) => {},
-            _ = lost.wait_for(|v| *v) => {},
-        }
+        let _ = stop.wait_for(|v| *v).await;
     };
-    run_controller(ctx, args.namespace.clone(), shutdown).await;
+    let mut lost = lost_rx.clone();
+    tokio::select! {
+        _ = run_controller(ctx, args.namespace.clone(), shutdown) => {}
+        _ = lost.wait_for(|v| *v) => {}
+    }
     renewer.abort();
     if *lost_rx.borrow() {
         anyhow::bail!(

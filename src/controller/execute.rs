@@ -87,8 +87,15 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Writes `status` with a merge patch; fields it no longer sets are cleared.
+/// Writes `status` with a merge patch; fields it no longer sets are cleared. Nothing is
+/// sent when the workload already has exactly this status (a reconcile between ticks
+/// that changed nothing costs no write).
 async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatus) -> Result<(), Error> {
+    if wl.status.as_ref() == Some(status) {
+        ctx.metrics.status_write("unchanged");
+        return Ok(());
+    }
+    ctx.metrics.status_write("written");
     let ns = wl.namespace().unwrap_or_default();
     let api: Api<LLMWorkload> = Api::namespaced(ctx.client.clone(), &ns);
     let mut value = serde_json::to_value(status)?;

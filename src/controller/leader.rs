@@ -3,7 +3,12 @@
 //!
 //! The protocol is the one Kubernetes' own controllers use: a candidate reads the Lease;
 //! it takes it when nobody holds it, when it already holds it (a renewal), or when the
-//! holder's `renewTime + leaseDurationSeconds` has passed. Every write is a `replace`
+//! holder's record has not changed for `leaseDurationSeconds` as this candidate observed
+//! it on its own clock. The holder's `renewTime` is written with the holder's clock and
+//! is never compared with the candidate's: with clocks skewed by more than a lease
+//! duration, comparing them would let a standby take the Lease from a leader that renews
+//! on time (or keep a dead leader's Lease forever). A new candidate therefore waits one
+//! lease duration after it first sees a held Lease, as client-go's elector does. Every write is a `replace`
 //! carrying the `resourceVersion` that was read, so two candidates racing for an expired
 //! Lease cannot both win: the API server rejects the second write with a conflict.
 //! The leader renews every `retry_period`; if it cannot renew within `renew_deadline`
@@ -88,6 +93,21 @@ pub enum LeaderError {
 pub struct LeaderElector {
     api: Api<Lease>,
     cfg: LeaseConfig,
+    /// The other holder's record as last read, and when (on this candidate's clock) it
+    /// was first seen in that state.
+    observed: std::sync::Arc<std::sync::Mutex<Option<(String, Timestamp)>>>,
+}
+
+/// What identifies one state of a Lease held by someone: holder, renewal and the
+/// object's version (any renewal changes it).
+fn record_of(lease: &Lease) -> String {
+    let spec = lease.spec.as_ref();
+    format!(
+        "{}|{:?}|{}",
+        spec.and_then(|s| s.holder_identity.as_deref()).unwrap_or(""),
+        spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0),
+        lease.metadata.resource_version.as_deref().unwrap_or("")
+    )
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -97,7 +117,7 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 impl LeaderElector {
     /// A candidate using `client`.
     pub fn new(client: Client, cfg: LeaseConfig) -> Self {
-        LeaderElector { api: Api::namespaced(client, &cfg.namespace), cfg }
+        LeaderElector { api: Api::namespaced(client, &cfg.namespace), cfg, observed: Default::default() }
     }
 
     /// This candidate's settings.
@@ -149,15 +169,24 @@ impl LeaderElector {
         if !mine && holder.is_some() {
             let held_for =
                 SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(duration_s).max(1)));
-            let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
-            let expired = match renewed.and_then(|t| t.checked_add(held_for).ok()) {
-                Some(until) => until <= now,
-                None => true,
+            // Expiry on this candidate's clock only: when did it first see this record?
+            let record = record_of(&lease);
+            let since = {
+                let mut obs = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+                match obs.as_ref() {
+                    Some((r, t)) if *r == record => *t,
+                    _ => {
+                        *obs = Some((record, now));
+                        now
+                    }
+                }
             };
+            let expired = since.checked_add(held_for).map_or(true, |until| until <= now);
             if !expired {
                 return Ok(false);
             }
         }
+        let spec = lease.spec.get_or_insert_with(Default::default);
         if !mine {
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
             spec.acquire_time = Some(MicroTime(now));
@@ -212,23 +241,28 @@ impl LeaderElector {
 
     /// Renews the Lease every `retry_period` while leading; returns when leadership is
     /// lost (another holder, or no successful renewal within `renew_deadline`).
+    ///
+    /// A renewal that hangs (an API server whose etcd is down answers only after its own
+    /// 60 s timeout) is abandoned at the renew deadline: leadership ends then, not when
+    /// the request finally fails, so a leader cut off from its Lease never acts for longer
+    /// than `renew_deadline` after its last successful renewal.
     pub async fn keep_renewing(&self) {
         let mut last_ok = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.cfg.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
+            let left = self.cfg.renew_deadline.saturating_sub(last_ok.elapsed()).max(Duration::from_millis(1));
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     tracing::error!(lease = %self.cfg.name, "leader election: another candidate holds the lease");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader election: renewal failed");
-                    if last_ok.elapsed() > self.cfg.renew_deadline {
-                        tracing::error!("leader election: no renewal within the renew deadline");
-                        return;
-                    }
-                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: renewal failed"),
+                Err(_) => tracing::warn!("leader election: renewal did not answer within the renew deadline"),
+            }
+            if last_ok.elapsed() >= self.cfg.renew_deadline {
+                tracing::error!("leader election: no renewal within the renew deadline");
+                return;
             }
         }
     }

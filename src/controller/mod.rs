@@ -393,6 +393,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
     restore_policy_state(&ctx, &state, &wl).await;
     let (tick, explanation) = if tick_due {
+        ctx.metrics.ticks.inc();
         let (t, x) = control_tick(&ctx, &state, &wl, &observed, now).await;
         (Some(t), x)
     } else {
@@ -559,7 +560,11 @@ async fn control_tick(
     let since_action = last_action.map(|t| (time_s(now) - t).max(0.0));
     let mut obs = build_observation(spec, &observed.current, &observed.states, time_s(now), since_action);
     let (ns, name) = (wl.namespace().unwrap_or_default(), wl.name_any());
-    let eps = endpoints(ctx, wl).await;
+    // Only a source that scrapes the pods needs their addresses (one Pod list per tick).
+    let eps = match spec.metrics.source {
+        crate::crd::MetricsSourceKind::Scrape => endpoints(ctx, wl).await,
+        crate::crd::MetricsSourceKind::Prometheus => Vec::new(),
+    };
     let query = MetricsQuery { namespace: &ns, workload: &name, spec, endpoints: &eps };
     let metrics = match ctx.metrics_source.observe(&query).await {
         Ok(snapshot) => {
@@ -659,13 +664,20 @@ async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Erro
 
 /// Runs the controller until `shutdown` resolves: watches LLMWorkloads (in `namespace`,
 /// or all) and the Deployments and Services the operator manages.
+///
+/// An LLMWorkload triggers a reconcile only when its generation (the spec, or the
+/// deletion mark) or its finalizers change: the status the operator writes at each tick
+/// comes back through the watch, and without the filter it would trigger a second
+/// reconcile per tick. The ticks themselves come from the requeue each reconcile asks
+/// for; changes to the owned Deployments and Services still trigger a reconcile. The
+/// reflector's store, which the reconciles read, sees every change.
 pub async fn run_controller(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::StreamExt;
-    use kube::runtime::{watcher, Controller};
+    use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
     let client = ctx.client.clone();
     let (wls, deps, svcs): (Api<LLMWorkload>, Api<Deployment>, Api<Service>) = match &namespace {
         Some(ns) => {
@@ -674,7 +686,13 @@ pub async fn run_controller(
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
     };
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={}", desired::MANAGED_BY));
-    Controller::new(wls, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(wls, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    Controller::for_stream(trigger, reader)
         .owns(deps, owned.clone())
         .owns(svcs, owned)
         .graceful_shutdown_on(shutdown)

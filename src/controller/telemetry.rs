@@ -29,6 +29,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Label set with the outcome of a write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `written`, or `unchanged` (not sent).
+    pub outcome: String,
+}
+
 /// Label set with a shield rule.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabel {
@@ -225,6 +232,11 @@ pub struct OperatorMetrics {
     pub shield_overrides: Family<RuleLabel, Counter>,
     /// `llmos_policy_decision_duration_seconds`.
     pub policy_duration: Histogram,
+    /// `llmos_control_ticks_total`: reconciles that ran a control tick.
+    pub ticks: Counter,
+    /// `llmos_status_writes_total{outcome}`: status writes sent (`written`) and skipped
+    /// because the status was already what the plan wants (`unchanged`).
+    pub status_writes: Family<OutcomeLabel, Counter>,
     /// The per-workload gauges.
     pub workloads: WorkloadGauges,
     registry: Arc<Registry>,
@@ -247,7 +259,15 @@ impl OperatorMetrics {
         let decisions = Family::<KindLabel, Counter>::default();
         let shield_overrides = Family::<RuleLabel, Counter>::default();
         let policy_duration = Histogram::new(exponential_buckets(0.00001, 2.0, 18));
+        let ticks = Counter::default();
+        let status_writes = Family::<OutcomeLabel, Counter>::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register("control_ticks", "Reconciliations that ran a control tick", ticks.clone());
+        registry.register(
+            "status_writes",
+            "Status writes, by outcome (written, or unchanged and not sent)",
+            status_writes.clone(),
+        );
         registry.register("reconcile_errors", "Reconciliations that failed, by reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Time one reconciliation took", reconcile_duration.clone());
         registry.register("decisions", "Decisions made, by kind", decisions.clone());
@@ -270,6 +290,8 @@ impl OperatorMetrics {
             decisions,
             shield_overrides,
             policy_duration,
+            ticks,
+            status_writes,
             workloads,
             registry: Arc::new(registry),
         }
@@ -278,6 +300,11 @@ impl OperatorMetrics {
     /// Counts a decision of `kind`.
     pub fn decision(&self, kind: &str) {
         self.decisions.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    }
+
+    /// Counts a status write (`written`) or one skipped as unchanged (`unchanged`).
+    pub fn status_write(&self, outcome: &str) {
+        self.status_writes.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
     }
 
     /// Counts a failed reconciliation.

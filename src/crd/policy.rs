@@ -322,6 +322,13 @@ pub struct DqnParams {
     /// as `azure-code-ppo`, looked up under `$LLMOS_POLICIES_DIR`, `/opt/llmos/policies`
     /// and `policies/`).
     pub checkpoint: String,
+    /// Pins the checkpoint by its SHA-256 digest (64 hex digits, as `llmos digest DIR`
+    /// prints): a checkpoint whose digest differs is not loaded (PolicyReady=False and a
+    /// PolicyBuildFailed Event name both digests), so a replaced file on the volume
+    /// cannot change what decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
     /// Record transitions under this directory for offline retraining.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_transitions: Option<String>,

@@ -29,8 +29,15 @@ impl SpecSource {
     /// Default settings; the default Prometheus URL is `default_url`, else
     /// `$LLMOS_PROMETHEUS_URL` when set.
     pub fn with_default_url(default_url: Option<String>) -> Result<Self, MetricsError> {
-        let default_url = default_url.or_else(|| std::env::var(PROMETHEUS_URL_ENV).ok()).filter(|u| !u.is_empty());
-        Self::new(PrometheusConfig { default_url, ..Default::default() }, ScrapeConfig::default())
+        Self::with_prometheus(PrometheusConfig { default_url, ..Default::default() })
+    }
+
+    /// Default scrape settings and the given Prometheus settings; without a default URL,
+    /// `$LLMOS_PROMETHEUS_URL` when set.
+    pub fn with_prometheus(mut prometheus: PrometheusConfig) -> Result<Self, MetricsError> {
+        prometheus.default_url =
+            prometheus.default_url.or_else(|| std::env::var(PROMETHEUS_URL_ENV).ok()).filter(|u| !u.is_empty());
+        Self::new(prometheus, ScrapeConfig::default())
     }
 }
 

@@ -41,17 +41,26 @@ use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, SlotMetr
 use crate::policy::observation::{LatencyObservation, SlotId};
 
 /// Settings of the Prometheus source.
+///
+/// Authentication follows the Prometheus Operator's conventions for reaching a secured
+/// Prometheus (its `bearerTokenFile` and `tlsConfig.caFile`): a token read from a mounted
+/// file (read again at every tick, so a rotated token is picked up) and a CA bundle that
+/// verifies the server's certificate, next to the system's roots.
 #[derive(Clone, Debug)]
 pub struct PrometheusConfig {
     /// Base URL used when the workload's spec names none (e.g. `http://127.0.0.1:9090`).
     pub default_url: Option<String>,
     /// Timeout of one query, connection included.
     pub timeout: Duration,
+    /// A file holding a bearer token sent with every query (`Authorization: Bearer`).
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// A PEM file of CA certificates that verify an `https://` Prometheus.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PrometheusConfig {
     fn default() -> Self {
-        PrometheusConfig { default_url: None, timeout: Duration::from_secs(5) }
+        PrometheusConfig { default_url: None, timeout: Duration::from_secs(5), bearer_token_file: None, ca_file: None }
     }
 }
 
@@ -265,21 +274,48 @@ fn histogram_of(series: &[Series]) -> Histogram {
 impl PrometheusSource {
     /// A source with the given settings.
     pub fn new(config: PrometheusConfig) -> Result<Self, MetricsError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .build()
-            .map_err(|e| MetricsError::Unreachable { source_name: "prometheus".into(), message: e.to_string() })?;
+        let fail = |message: String| MetricsError::Unreachable { source_name: "prometheus".into(), message };
+        let mut builder = reqwest::Client::builder().timeout(config.timeout).connect_timeout(config.timeout);
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| fail(format!("cannot read the CA file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| fail(format!("the CA file {} is not PEM certificates: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(fail(format!("the CA file {} holds no certificate", ca.display())));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder.build().map_err(|e| fail(e.to_string()))?;
         Ok(PrometheusSource { client, config })
+    }
+
+    /// The bearer token to send, read from `bearer_token_file` now.
+    fn token(&self) -> Result<Option<String>, MetricsError> {
+        let Some(f) = &self.config.bearer_token_file else { return Ok(None) };
+        let t = std::fs::read_to_string(f).map_err(|e| MetricsError::Unreachable {
+            source_name: "prometheus".into(),
+            message: format!("cannot read the bearer token file {}: {e}", f.display()),
+        })?;
+        Ok(Some(t.trim().to_string()))
     }
 
     /// Runs one instant query against `base_url`.
     pub async fn query(&self, base_url: &str, promql: &str) -> Result<Vec<Series>, MetricsError> {
+        let token = self.token()?;
+        self.query_with(base_url, promql, token.as_deref()).await
+    }
+
+    async fn query_with(&self, base_url: &str, promql: &str, token: Option<&str>) -> Result<Vec<Series>, MetricsError> {
         let url = format!("{}/api/v1/query", base_url.trim_end_matches('/'));
         let unreachable =
             |message: String| MetricsError::Unreachable { source_name: format!("prometheus {base_url}"), message };
-        let resp =
-            self.client.get(&url).query(&[("query", promql)]).send().await.map_err(|e| unreachable(e.to_string()))?;
+        let mut req = self.client.get(&url).query(&[("query", promql)]);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
         let body = resp.text().await.map_err(|e| unreachable(e.to_string()))?;
         match parse_answer("prometheus", promql, &body) {
@@ -316,7 +352,8 @@ impl PrometheusSource {
             list.push(a);
             list.push(b);
         }
-        let answers = join_all(list.iter().map(|p| self.query(base, p))).await;
+        let token = self.token()?;
+        let answers = join_all(list.iter().map(|p| self.query_with(base, p, token.as_deref()))).await;
         let mut results = Vec::with_capacity(answers.len());
         for a in answers {
             results.push(a?);

@@ -145,6 +145,24 @@ pub struct EnsembleArgs {
     pub combine: String,
 }
 
+/// Arguments of `llmos digest`.
+#[derive(clap::Args, Debug)]
+pub struct DigestArgs {
+    /// A checkpoint or ensemble directory, or the name of a shipped policy.
+    pub checkpoint: String,
+}
+
+/// Runs `llmos digest`: prints the digest a spec pins with `policy.dqn.sha256`, and the
+/// files it covers.
+pub fn digest(args: DigestArgs) -> anyhow::Result<()> {
+    let dir = super::policy::resolve_checkpoint(&args.checkpoint);
+    let files = super::policy::checkpoint_files(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let d = super::policy::checkpoint_digest(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    println!("{d}");
+    eprintln!("{}: sha256 over {}", dir.display(), files.join(", "));
+    Ok(())
+}
+
 /// Runs `llmos ensemble`.
 pub fn ensemble(args: EnsembleArgs) -> anyhow::Result<()> {
     let combine = match args.combine.as_str() {

@@ -656,6 +656,68 @@ pub fn resolve_checkpoint(reference: &str) -> PathBuf {
     found.unwrap_or(given)
 }
 
+/// The files a checkpoint directory's loading reads, relative to it, in a fixed order:
+/// `checkpoint.json` and `model.safetensors`, or for an ensemble `ensemble.json` and
+/// then each member's two files in the order the ensemble lists them.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<String>, RlError> {
+    let pair = |prefix: &str| {
+        [checkpoint::META_FILE, checkpoint::WEIGHTS_FILE].map(|f| {
+            if prefix.is_empty() {
+                f.to_string()
+            } else {
+                format!("{}/{f}", prefix.trim_end_matches('/'))
+            }
+        })
+    };
+    Ok(match Ensemble::read(dir)? {
+        None => pair("").to_vec(),
+        Some(e) => {
+            let mut files = vec![ENSEMBLE_FILE.to_string()];
+            for m in &e.members {
+                files.extend(pair(m));
+            }
+            files
+        }
+    })
+}
+
+/// The SHA-256 digest of a checkpoint (or ensemble) directory, as 64 lowercase hex
+/// digits: the digest of the `sha256sum` listing of [`checkpoint_files`] (one line
+/// `<hex>  <path>` per file), so that
+/// `(cd DIR && sha256sum checkpoint.json model.safetensors) | sha256sum` gives the same
+/// value for a plain checkpoint. A spec pins a checkpoint with `policy.dqn.sha256`.
+pub fn checkpoint_digest(dir: &Path) -> Result<String, RlError> {
+    use sha2::{Digest, Sha256};
+    let mut listing = String::new();
+    for f in checkpoint_files(dir)? {
+        let p = dir.join(&f);
+        let bytes = fs::read(&p).map_err(|e| RlError::Io { path: p.display().to_string(), source: e })?;
+        listing.push_str(&format!("{:x}  {f}\n", Sha256::digest(&bytes)));
+    }
+    Ok(format!("{:x}", Sha256::digest(listing.as_bytes())))
+}
+
+/// Checks a pinned digest (64 hex digits, case-insensitive) against the checkpoint in
+/// `dir`: an error names both digests when they differ.
+pub fn check_digest(dir: &Path, pinned: &str) -> Result<(), RlError> {
+    let actual = checkpoint_digest(dir)?;
+    if actual.eq_ignore_ascii_case(pinned.trim()) {
+        return Ok(());
+    }
+    Err(RlError::Checkpoint {
+        path: dir.display().to_string(),
+        message: format!(
+            "its sha256 digest is {actual}, not the {} pinned in spec.policy.dqn.sha256; it is not loaded",
+            pinned.trim()
+        ),
+    })
+}
+
+/// Whether `s` is a SHA-256 digest written as 64 hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The `dqn` kind: a trained checkpoint (`kind: dqn` with `policy.dqn`, or `dqn:PATH`).
 pub struct Dqn;
 
@@ -663,8 +725,8 @@ impl PolicyKindDef for Dqn {
     type Params = DqnParams;
     const ID: KindId = KindId("dqn");
     const USAGE: &'static str =
-        "dqn:PATH[,max-z=Z][,fallback=POLICY] (a trained checkpoint directory; inputs beyond Z standard deviations of training hand the decision to POLICY)";
-    const KEYS: &'static str = "PATH (dqn:PATH), max-z, fallback (after the path, separated by commas)";
+        "dqn:PATH[,sha256=DIGEST][,max-z=Z][,fallback=POLICY] (a trained checkpoint directory, optionally pinned by its digest; inputs beyond Z standard deviations of training hand the decision to POLICY)";
+    const KEYS: &'static str = "PATH (dqn:PATH), sha256, max-z, fallback (after the path, separated by commas)";
     const SPEC_KIND: Option<PolicyKind> = Some(PolicyKind::Dqn);
     const POSITIONAL: Positional = Positional::Rest("checkpoint");
     const LEARNED: bool = true;
@@ -691,9 +753,13 @@ impl PolicyKindDef for Dqn {
                     let Some((k2, v2)) = item.split_once('=') else {
                         return Err(invalid(
                             key,
-                            format!("`{item}` is not KEY=VALUE; keys after the path: max-z, fallback"),
+                            format!("`{item}` is not KEY=VALUE; keys after the path: sha256, max-z, fallback"),
                         ));
                     };
+                    if k2.trim() == "sha256" {
+                        params.sha256 = Some(v2.trim().to_string());
+                        continue;
+                    }
                     let g = params.out_of_range.get_or_insert_with(OutOfRangeParams::default);
                     match k2.trim() {
                         "max-z" => {
@@ -704,7 +770,7 @@ impl PolicyKindDef for Dqn {
                         other => {
                             return Err(invalid(
                                 key,
-                                format!("unknown key `{other}`; keys after the path: max-z, fallback"),
+                                format!("unknown key `{other}`; keys after the path: sha256, max-z, fallback"),
                             ))
                         }
                     }
@@ -719,6 +785,14 @@ impl PolicyKindDef for Dqn {
         if params.checkpoint.is_empty() {
             return Err(invalid("dqn", "give the checkpoint directory: dqn:PATH"));
         }
+        if let Some(d) = &params.sha256 {
+            if !is_sha256_hex(d.trim()) {
+                return Err(invalid(
+                    "spec.policy.dqn.sha256",
+                    format!("`{d}` is not a SHA-256 digest (64 hex digits, as `llmos digest DIR` prints)"),
+                ));
+            }
+        }
         if let Some(g) = &params.out_of_range {
             check_max_z(g.max_z)?;
             if g.fallback.trim().is_empty() {
@@ -730,7 +804,11 @@ impl PolicyKindDef for Dqn {
 
     fn build(&self, params: &DqnParams, ctx: &BuildContext<'_>) -> Result<Box<dyn Policy>, PolicyError> {
         let load_err = |e: RlError| PolicyError::Load { path: params.checkpoint.clone(), message: e.to_string() };
-        let mut p = DqnPolicy::load(&resolve_checkpoint(&params.checkpoint), ctx.spec).map_err(load_err)?;
+        let dir = resolve_checkpoint(&params.checkpoint);
+        if let Some(pinned) = &params.sha256 {
+            check_digest(&dir, pinned).map_err(load_err)?;
+        }
+        let mut p = DqnPolicy::load(&dir, ctx.spec).map_err(load_err)?;
         if let Some(dir) = &params.record_transitions {
             p.record_transitions(Path::new(dir)).map_err(load_err)?;
         }
@@ -742,9 +820,6 @@ impl PolicyKindDef for Dqn {
     }
 
     fn load_checkpoint(&self, dir: &str, spec: &LLMWorkloadSpec) -> Result<Box<dyn Policy>, PolicyError> {
-        self.build(
-            &DqnParams { checkpoint: dir.into(), record_transitions: None, out_of_range: None },
-            &BuildContext::of_spec(spec, "dqn"),
-        )
+        self.build(&DqnParams { checkpoint: dir.into(), ..DqnParams::default() }, &BuildContext::of_spec(spec, "dqn"))
     }
 }

@@ -7,7 +7,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
+use serde::Deserialize;
 
 /// The chart's alert rules (a Prometheus rule file).
 pub const ALERT_RULES: &str = "charts/llmos-operator/files/alerts.yaml";
@@ -123,8 +124,13 @@ impl Stack {
 
     /// Starts `llmos ARGS` as child `name`, logging to `<name>.log`.
     pub fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) -> u32 {
+        self.spawn_bin(std::path::Path::new(env!("CARGO_BIN_EXE_llmos")), name, args, env)
+    }
+
+    /// Starts the `llmos` binary at `bin` (e.g. a release build) as child `name`.
+    pub fn spawn_bin(&mut self, bin: &std::path::Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> u32 {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmos"));
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
@@ -611,4 +617,201 @@ pub async fn render_dashboard(
     let counts = data.iter().map(|d| (d.panel.title.clone(), d.series.len())).collect();
     let errors = data.iter().flat_map(|d| d.errors.clone()).collect();
     (counts, errors)
+}
+
+/// The namespace of the operator's own objects (its ServiceAccount and Lease) in
+/// manifests/02-rbac.yaml.
+pub const OPERATOR_NS: &str = "llmos-system";
+
+/// Grants of manifests/02-rbac.yaml that a run may not exercise as a request of their
+/// own, each with why it is still needed. Anything else granted and never used fails
+/// [`check_rbac_audit`]: the ClusterRole stays least-privilege.
+pub const GRANTED_NOT_REQUESTED: &[(&str, &str, &[&str], &str)] = &[
+    ("apps", "deployments", &["create"], "server-side apply of a Deployment that does not exist yet is authorised as create"),
+    ("", "services", &["create"], "server-side apply of a Service that does not exist yet is authorised as create"),
+    ("", "services", &["get", "delete"], "cleanup reads the Service it owns and deletes it; this run's Service goes with the namespace's garbage collection"),
+    ("llmos.dev", "llmworkloads/finalizers", &["update"], "owner references with blockOwnerDeletion need it where OwnerReferencesPermissionEnforcement is on"),
+    ("", "configmaps", &["get", "create", "patch"], "the forecast planner's saved state (tests/policy_forecast_state.rs); this run uses HPA"),
+    ("apps", "deployments", &["get"], "not requested by this run: Deployments are listed by label"),
+    ("", "pods", &["get", "list", "watch"], "listed only for spec.metrics.source = scrape (the pods' addresses); this run reads Prometheus"),
+    ("llmos.dev", "llmworkloads/status", &["get", "update"], "not requested by this run: status is patched"),
+    ("llmos.dev", "llmworkloads", &["get", "update"], "not requested by this run: the finalizer is patched"),
+    ("events.k8s.io", "events", &["patch"], "a repeated Event is patched into its series; a run may only create first ones"),
+];
+
+/// Applies manifests/02-rbac.yaml (with its namespace) so that an operator started with
+/// `KUBECONFIG=<k8s>/kubeconfig-operator` has exactly the shipped rights.
+pub fn apply_operator_rbac(stack: &Stack) {
+    stack.kubectl(&["create", "namespace", OPERATOR_NS], None);
+    let rbac = std::fs::read_to_string(repo().join("manifests/02-rbac.yaml")).expect("manifests/02-rbac.yaml");
+    stack.kubectl(&["apply", "-f", "-"], Some(&rbac));
+}
+
+/// The kubeconfig of the operator's ServiceAccount identity (scripts/k8s/start.sh).
+pub fn operator_kubeconfig(stack: &Stack) -> String {
+    stack.path("k8s/kubeconfig-operator").display().to_string()
+}
+
+/// (apiGroup, resource[/subresource], verb) → (answered, refused with 403) counts of the
+/// operator's requests in the API server's audit log. A non-resource URL (`/version` at
+/// start-up) has the group "" and the resource `url:<path>`.
+pub fn audited_requests(stack: &Stack) -> BTreeMap<(String, String, String), (usize, usize)> {
+    let text = std::fs::read_to_string(stack.path("k8s/audit.log")).unwrap_or_default();
+    let mut used = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["stage"] != "ResponseComplete" {
+            continue;
+        }
+        let verb = v["verb"].as_str().unwrap_or("").to_string();
+        let code = v["responseStatus"]["code"].as_i64().unwrap_or(0);
+        let o = &v["objectRef"];
+        let key = match o["resource"].as_str() {
+            Some(resource) => {
+                let res = match o["subresource"].as_str() {
+                    Some(sub) => format!("{resource}/{sub}"),
+                    None => resource.to_string(),
+                };
+                (o["apiGroup"].as_str().unwrap_or("").to_string(), res, verb)
+            }
+            None => {
+                let path = v["requestURI"].as_str().unwrap_or("").split('?').next().unwrap_or("").to_string();
+                (String::new(), format!("url:{path}"), verb)
+            }
+        };
+        let e: &mut (usize, usize) = used.entry(key).or_insert((0, 0));
+        if code == 403 {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+    }
+    used
+}
+
+/// The (apiGroup, resource, verb) grants of the ClusterRole and Role in
+/// manifests/02-rbac.yaml.
+pub fn shipped_grants() -> BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(repo().join("manifests/02-rbac.yaml")).expect("manifests/02-rbac.yaml");
+    let mut out = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_yaml::Value::deserialize(doc).expect("RBAC YAML");
+        let kind = v["kind"].as_str().unwrap_or("");
+        if kind != "ClusterRole" && kind != "Role" {
+            continue;
+        }
+        for rule in v["rules"].as_sequence().into_iter().flatten() {
+            let strs = |k: &str| -> Vec<String> {
+                rule[k].as_sequence().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+            };
+            for g in strs("apiGroups") {
+                for r in strs("resources") {
+                    for verb in strs("verbs") {
+                        out.insert((g.clone(), r.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Checks the operator's audited requests against the shipped RBAC: nothing refused, and
+/// every grant either requested in the run or listed in [`GRANTED_NOT_REQUESTED`] with
+/// its reason. Returns a table of requests per (group, resource, verb) for the log.
+pub fn check_rbac_audit(stack: &Stack) -> String {
+    let used = audited_requests(stack);
+    assert!(!used.is_empty(), "the audit log holds no request of the operator's identity");
+    let grants = shipped_grants();
+    // A request the RBAC grants can still be refused for a moment after an API server
+    // restart, before its authorizer has read the roles again; a missing grant is
+    // refused every time. So: refused and not granted fails; a non-resource URL (allowed
+    // to every authenticated user by the default discovery roles) fails when it never
+    // got through.
+    for ((g, r, verb), (ok, refused)) in &used {
+        if let Some(path) = r.strip_prefix("url:") {
+            assert!(*ok > 0 || *refused == 0, "{verb} {path} was refused every time ({refused} requests)");
+            continue;
+        }
+        assert!(
+            grants.contains(&(g.clone(), r.clone(), verb.clone())),
+            "the operator used {verb} on {g}/{r} ({ok} answered, {refused} refused), which manifests/02-rbac.yaml does not grant"
+        );
+    }
+    let requested: BTreeSet<(String, String, String)> = used.keys().cloned().collect();
+    let unexplained: Vec<String> = grants
+        .difference(&requested)
+        .filter(|(g, r, verb)| {
+            !GRANTED_NOT_REQUESTED.iter().any(|(gg, rr, verbs, _)| gg == g && rr == r && verbs.contains(&verb.as_str()))
+        })
+        .map(|(g, r, verb)| format!("{verb} {g}/{r}"))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "granted by manifests/02-rbac.yaml but never requested and not explained in GRANTED_NOT_REQUESTED (least privilege):\n{}",
+        unexplained.join("\n")
+    );
+    let mut table = String::from(
+        "operator requests by (group, resource, verb): answered, refused while the API server's authorizer started:\n",
+    );
+    for ((g, r, verb), (ok, refused)) in &used {
+        let what = if g.is_empty() { r.clone() } else { format!("{g}/{r}") };
+        table.push_str(&format!("  {verb:<7} {what:<40} {ok} {refused}\n"));
+    }
+    table
+}
+
+/// A load-step scenario for `twin-serve` with the layout of the workloads the end-to-end
+/// tests apply (one variant `llama3-8b` on pool `a100`, HPA every 2 s): arrivals at
+/// `rates_rps[i]` requests/s from `at_s[i]`, over `duration_s` of simulated time.
+pub fn step_scenario(name: &str, duration_s: f64, at_s: &[f64], rates_rps: &[f64]) -> String {
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ");
+    format!(
+        r#"name = "{name}"
+description = "Load step for an end-to-end test"
+
+[workload.synthetic]
+duration_s = {duration_s:.1}
+arrival = {{ kind = "steps", at_s = [{}], rates_rps = [{}] }}
+lengths = {{ kind = "lognormal", input_mean = 1024.0, input_cv = 0.6, output_mean = 256.0, output_cv = 0.6, max_tokens = 4096 }}
+
+[engine]
+max_num_batched_tokens = 8192
+max_num_seqs = 256
+
+[cluster]
+load_balancer = "least-outstanding"
+
+[spec]
+variants = [{{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 45.0 }}]
+gpuPools = [{{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }}]
+policy = {{ kind = "hpa", intervalSeconds = 2 }}
+"#,
+        list(at_s),
+        list(rates_rps)
+    )
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value (a query string's PromQL).
+pub fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
