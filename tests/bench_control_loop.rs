@@ -260,6 +260,7 @@ async fn control_loop_cost_under_many_workloads() {
     let a = scrape().await;
     let api_a = apiserver_requests(&client).await;
     let cpu_a = proc_cpu_s(pid);
+    let rss_start = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let mut rss_max = 0;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(measure) {
@@ -288,10 +289,17 @@ async fn control_loop_cost_under_many_workloads() {
             .sum::<f64>()
     };
     let decisions: Vec<&str> = b.lines().filter(|l| l.starts_with("llmos_decisions_total")).collect();
+    let error_reasons: Vec<&str> = b.lines().filter(|l| l.starts_with("llmos_reconcile_errors_total{")).collect();
+    let log = stack.log("operator");
+    let first_errors: Vec<&str> = log.lines().filter(|l| l.contains("reconcile failed")).take(3).collect();
     let delta = |name: &str| sample_value(&b, name).unwrap_or(0.0) - sample_value(&a, name).unwrap_or(0.0);
     let ticks = delta("llmos_control_ticks_total");
     let writes = delta("llmos_status_writes_total{outcome=\"written\"}");
     let unchanged = delta("llmos_status_writes_total{outcome=\"unchanged\"}");
+    let applies = delta("llmos_object_writes_total{object=\"deployment\",outcome=\"written\"}")
+        + delta("llmos_object_writes_total{object=\"service\",outcome=\"written\"}");
+    let applies_skipped = delta("llmos_object_writes_total{object=\"deployment\",outcome=\"unchanged\"}")
+        + delta("llmos_object_writes_total{object=\"service\",outcome=\"unchanged\"}");
     let mut api: Vec<(String, f64)> = api_b
         .iter()
         .map(|(k, v)| (k.clone(), v - api_a.get(k).copied().unwrap_or(0.0)))
@@ -303,10 +311,10 @@ async fn control_loop_cost_under_many_workloads() {
     let api_lines: Vec<String> = api.iter().map(|(k, v)| format!("{k} {:.2}", per_tick(*v))).collect();
     let report = format!(
         "control loop: {n} LLMWorkloads, policy {policy}, interval {interval_s} s, stub Prometheus; all Deployments after {all_placed_s:.1} s; measured {secs:.0} s after {warmup} s warm-up\n\
-         reconciles: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; errors {:.0}\n\
+         reconciles: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; errors {:.0} {error_reasons:?} {first_errors:?}\n\
          decisions: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; {decisions:?}\n\
-         memory: VmRSS {:.1} MiB at the end, max sampled {:.1} MiB, VmHWM {:.1} MiB; reconciles total {}\n\
-         control ticks: {ticks:.0} ({:.1}/s); reconciles per tick {:.2}; status writes per tick {:.2} (and {:.2} skipped as unchanged)\n\
+         memory: VmRSS {:.1} MiB at the start of the measurement, {:.1} MiB at the end, max sampled {:.1} MiB, VmHWM {:.1} MiB; reconciles total {}\n\
+         control ticks: {ticks:.0} ({:.1}/s); reconciles per tick {:.2}; status writes per tick {:.2} (and {:.2} skipped as unchanged); Deployment and Service applies per tick {:.2} (and {:.2} skipped)\n\
          API requests (kube-apiserver's apiserver_request_total): {api_total:.0} ({:.2} per tick): {}\n\
          operator CPU: {:.1} s in {secs:.0} s ({:.0} % of one core), {:.2} ms per tick",
         count(&rec),
@@ -318,6 +326,7 @@ async fn control_loop_cost_under_many_workloads() {
         count(&dec) / secs,
         ms(bucket_quantile(&dec, 0.5)),
         ms(bucket_quantile(&dec, 0.99)),
+        rss_start as f64 / 1024.0,
         rss as f64 / 1024.0,
         rss_max as f64 / 1024.0,
         hwm as f64 / 1024.0,
@@ -326,6 +335,8 @@ async fn control_loop_cost_under_many_workloads() {
         per_tick(count(&rec)),
         per_tick(writes),
         per_tick(unchanged),
+        per_tick(applies),
+        per_tick(applies_skipped),
         per_tick(api_total),
         api_lines.join(", "),
         cpu_b - cpu_a,

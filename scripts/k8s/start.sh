@@ -88,7 +88,7 @@ exec "$BIN/kube-apiserver" \\
   --token-auth-file=pki/tokens.csv --authorization-mode=RBAC \\
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \\
   --service-account-key-file=pki/sa.pub --service-account-signing-key-file=pki/sa.key \\
-  --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \\
+  --service-cluster-ip-range=10.0.0.0/16 --allow-privileged=true \\
   --audit-policy-file=audit-policy.yaml --audit-log-path=audit.log --audit-log-maxbackup=1 \\
   --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none
 EOF

@@ -1,7 +1,8 @@
 //! The executor: carries out a [`Plan`] through the Kubernetes API, and nothing else.
 //!
 //! It publishes the plan's notices, server-side applies its Deployments (field manager
-//! [`FIELD_MANAGER`], forced), deletes the Deployments of slots that left the spec
+//! [`FIELD_MANAGER`], forced; an apply identical to the last one this process made to a
+//! Deployment whose generation has not moved since is skipped, see [`Written`]), deletes the Deployments of slots that left the spec
 //! (publishing an Event for each one it deleted; one already gone is skipped), applies
 //! the Service, publishes the Events about what changed and writes the status, in that
 //! order, stopping at the first failed write. Every decision was made by
@@ -32,12 +33,32 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     for d in &plan.apply {
         let dn = d.name_any();
-        deployments
+        let key = format!("{ns}/{dn}");
+        let digest = content_digest(d);
+        let same = match (plan.observed_generations.get(&dn), written(ctx, &key)) {
+            (Some((generation, uid)), Some(Written::Deployment { digest: d, generation: g, uid: u })) => {
+                d == digest && g == *generation && u == content_digest(uid)
+            }
+            _ => false,
+        };
+        if same {
+            ctx.metrics.object_write("deployment", "unchanged");
+            continue;
+        }
+        let out = deployments
             .patch(&dn, &pp, &Patch::Apply(d))
             .await
             .map_err(kube_err(format!("applying Deployment {ns}/{dn}")))?;
+        ctx.metrics.object_write("deployment", "written");
+        let w = out.metadata.generation.zip(out.metadata.uid.as_ref()).map(|(generation, uid)| Written::Deployment {
+            digest,
+            generation,
+            uid: content_digest(uid),
+        });
+        remember_written(ctx, key, w);
     }
     for del in &plan.delete {
+        forget_written(ctx, &ns, std::slice::from_ref(&del.name));
         match deployments.delete(&del.name, &DeleteParams::background()).await {
             Ok(_) => publish(ctx, wl, &del.event).await,
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -45,17 +66,86 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
         }
     }
     if let Some(svc) = &plan.service {
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-        services
-            .patch(&name, &pp, &Patch::Apply(svc))
-            .await
-            .map_err(kube_err(format!("applying Service {ns}/{name}")))?;
+        let key = format!("{ns}/{name}");
+        let digest = content_digest(svc);
+        let fresh = matches!(written(ctx, &key), Some(Written::Service { digest: d, at }) if d == digest && at.elapsed() < SERVICE_REASSERT);
+        if fresh {
+            ctx.metrics.object_write("service", "unchanged");
+        } else {
+            let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+            services
+                .patch(&name, &pp, &Patch::Apply(svc))
+                .await
+                .map_err(kube_err(format!("applying Service {ns}/{name}")))?;
+            ctx.metrics.object_write("service", "written");
+            remember_written(ctx, key, Some(Written::Service { digest, at: std::time::Instant::now() }));
+        }
     }
     for ev in &plan.events {
         publish(ctx, wl, ev).await;
     }
     patch_status(ctx, wl, &plan.status).await?;
     Ok(Action::requeue(plan.requeue_after))
+}
+
+/// How long an applied Service is trusted to be as written: it has no generation to tell
+/// whether someone changed it, so it is applied again at least this often.
+const SERVICE_REASSERT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What this process last applied to an object, so that an apply that would change
+/// nothing is not sent (a tick then costs one Deployment list and one status write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// A Deployment: the digest of what was applied and the generation the API server
+    /// gave it. Anyone else's change to its spec raises the generation, and the next
+    /// reconcile applies again.
+    Deployment {
+        /// Digest of the applied object.
+        digest: u64,
+        /// `metadata.generation` after the apply.
+        generation: i64,
+        /// Digest of the object's `uid` (a Deployment deleted and created again by
+        /// someone else is another object).
+        uid: u64,
+    },
+    /// A Service: the digest of what was applied and when.
+    Service {
+        /// Digest of the applied object.
+        digest: u64,
+        /// When it was applied.
+        at: std::time::Instant,
+    },
+}
+
+fn content_digest<T: serde::Serialize>(obj: &T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(obj).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+fn written(ctx: &Context, key: &str) -> Option<Written> {
+    ctx.written.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied()
+}
+
+fn remember_written(ctx: &Context, key: String, w: Option<Written>) {
+    let mut m = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
+    match w {
+        Some(w) => {
+            m.insert(key, w);
+        }
+        None => {
+            m.remove(&key);
+        }
+    }
+}
+
+/// Forgets what was applied to the objects `names` in `ns` (they were deleted).
+pub(crate) fn forget_written(ctx: &Context, ns: &str, names: &[String]) {
+    let mut m = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
+    for n in names {
+        m.remove(&format!("{ns}/{}", n.trim_start_matches("service/")));
+    }
 }
 
 /// Publishes an Event about `wl`; a failure is logged, not returned (an Event is not

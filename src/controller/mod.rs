@@ -200,6 +200,11 @@ pub struct Context {
     /// workload never delays another workload's reconcile.
     workloads: Mutex<HashMap<String, Arc<Mutex<WorkloadState>>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// What this process last applied per object (`ns/name`): see [`execute::Written`].
+    written: Mutex<HashMap<String, execute::Written>>,
+    /// The owned Deployments as the controller's watch sees them (set by
+    /// [`run_controller`]); a reconcile reads them here instead of listing them.
+    deployments: std::sync::OnceLock<kube::runtime::reflector::Store<Deployment>>,
 }
 
 impl Context {
@@ -222,6 +227,8 @@ impl Context {
             journal: DecisionJournal::default(),
             workloads: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+            deployments: std::sync::OnceLock::new(),
         }
     }
 
@@ -349,9 +356,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The Deployments of a workload (by label, owned by it).
+/// The Deployments of a workload (by label, owned by it): from the watch's cache once it
+/// has synced (a list per tick would read every Deployment of the namespace from etcd,
+/// so each tick would cost O(workloads) and all ticks O(workloads²)); before that, and
+/// without a running controller, by a list.
 async fn owned_deployments(ctx: &Context, wl: &LLMWorkload) -> Result<Vec<Deployment>, Error> {
+    use futures::FutureExt;
     let ns = wl.namespace().unwrap_or_default();
+    if let Some(store) = ctx.deployments.get() {
+        if store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+            let name = wl.name_any();
+            let mut out: Vec<Deployment> = store
+                .state()
+                .into_iter()
+                .filter(|d| d.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|d| d.labels().get(desired::LABEL_WORKLOAD) == Some(&name))
+                .filter(|d| desired::is_owned_by(&d.metadata, wl))
+                .map(|d| (*d).clone())
+                .collect();
+            out.sort_by_key(|d| d.name_any());
+            return Ok(out);
+        }
+    }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let list = api
         .list(&ListParams::default().labels(&workload_selector(&wl.name_any())))
@@ -655,6 +681,8 @@ async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Erro
         _ => {}
     }
     lock(&ctx.workloads).remove(&key_of(&wl));
+    execute::forget_written(&ctx, &ns, &deleted);
+    execute::forget_written(&ctx, &ns, std::slice::from_ref(&name));
     let what = if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") };
     let ev = PlannedEvent::normal(EventReason::Deleted, "Cleanup", format!("deleted {what}"));
     execute::publish(&ctx, &wl, &ev).await;
@@ -678,6 +706,7 @@ pub async fn run_controller(
 ) {
     use futures::StreamExt;
     use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
+    let (dep_reader, dep_writer) = reflector::store::<Deployment>();
     let client = ctx.client.clone();
     let (wls, deps, svcs): (Api<LLMWorkload>, Api<Deployment>, Api<Service>) = match &namespace {
         Some(ns) => {
@@ -692,8 +721,11 @@ pub async fn run_controller(
         .reflect(writer)
         .touched_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    // The owned Deployments: one watch feeds both the triggers and the cache reconciles read.
+    let _ = ctx.deployments.set(dep_reader);
+    let dep_stream = watcher(deps, owned.clone()).default_backoff().reflect(dep_writer).touched_objects();
     Controller::for_stream(trigger, reader)
-        .owns(deps, owned.clone())
+        .owns_stream(dep_stream)
         .owns(svcs, owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -274,6 +274,10 @@ pub struct Plan {
     pub notices: Vec<PlannedEvent>,
     /// Deployments to server-side apply, one per slot in spec order.
     pub apply: Vec<Deployment>,
+    /// `metadata.generation` and `uid` of each owned Deployment as listed, by name: the
+    /// executor skips an apply that would write what it wrote before to the same object
+    /// whose spec nobody changed since (same uid, same generation).
+    pub observed_generations: BTreeMap<String, (i64, String)>,
     /// Owned Deployments whose slot left the spec.
     pub delete: Vec<Deletion>,
     /// The Service to server-side apply (`None` for an invalid spec).
@@ -354,9 +358,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     events.extend(d.switch_events(&before));
     d.finish_status();
     let last = if input.tick.is_some() { input.now } else { input.last_tick.unwrap_or(input.now) };
+    let observed_generations = input
+        .observed
+        .deployments
+        .iter()
+        .filter_map(|dep| Some((dep.name_any(), (dep.metadata.generation?, dep.metadata.uid.clone()?))))
+        .collect();
     Plan {
         notices: d.notices,
         apply,
+        observed_generations,
         delete,
         service: Some(service),
         targets: d.targets,

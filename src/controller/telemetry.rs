@@ -36,6 +36,15 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Label set of an object write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectWriteLabel {
+    /// `deployment` or `service`.
+    pub object: String,
+    /// `written`, or `unchanged` (not sent).
+    pub outcome: String,
+}
+
 /// Label set with a shield rule.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabel {
@@ -237,6 +246,9 @@ pub struct OperatorMetrics {
     /// `llmos_status_writes_total{outcome}`: status writes sent (`written`) and skipped
     /// because the status was already what the plan wants (`unchanged`).
     pub status_writes: Family<OutcomeLabel, Counter>,
+    /// `llmos_object_writes_total{object, outcome}`: server-side applies of Deployments
+    /// and Services sent (`written`) and skipped as unchanged (`unchanged`).
+    pub object_writes: Family<ObjectWriteLabel, Counter>,
     /// The per-workload gauges.
     pub workloads: WorkloadGauges,
     registry: Arc<Registry>,
@@ -261,6 +273,12 @@ impl OperatorMetrics {
         let policy_duration = Histogram::new(exponential_buckets(0.00001, 2.0, 18));
         let ticks = Counter::default();
         let status_writes = Family::<OutcomeLabel, Counter>::default();
+        let object_writes = Family::<ObjectWriteLabel, Counter>::default();
+        registry.register(
+            "object_writes",
+            "Server-side applies of Deployments and Services, by outcome (written, or unchanged and not sent)",
+            object_writes.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register("control_ticks", "Reconciliations that ran a control tick", ticks.clone());
         registry.register(
@@ -292,6 +310,7 @@ impl OperatorMetrics {
             policy_duration,
             ticks,
             status_writes,
+            object_writes,
             workloads,
             registry: Arc::new(registry),
         }
@@ -305,6 +324,11 @@ impl OperatorMetrics {
     /// Counts a status write (`written`) or one skipped as unchanged (`unchanged`).
     pub fn status_write(&self, outcome: &str) {
         self.status_writes.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+    }
+
+    /// Counts a server-side apply of `object` (`deployment`, `service`) sent or skipped.
+    pub fn object_write(&self, object: &str, outcome: &str) {
+        self.object_writes.get_or_create(&ObjectWriteLabel { object: object.into(), outcome: outcome.into() }).inc();
     }
 
     /// Counts a failed reconciliation.
