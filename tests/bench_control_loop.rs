@@ -8,6 +8,7 @@
 //! # knobs: LLMOS_BENCH_WORKLOADS=100 LLMOS_BENCH_INTERVAL_S=5 LLMOS_BENCH_POLICY=hpa|dqn
 //! #        LLMOS_BENCH_WARMUP_S=20 LLMOS_BENCH_MEASURE_S=60
 //! #        LLMOS_BENCH_BIN=target/release/llmos (the operator binary measured; default: the test build)
+//! #        LLMOS_BENCH_DECISIONS_KEPT=N (llmos run --decisions-kept; default: the operator's)
 //! ```
 //!
 //! Set-up: etcd + kube-apiserver 1.20 on loopback (no controller-manager: Deployments
@@ -227,10 +228,17 @@ async fn control_loop_cost_under_many_workloads() {
     let op_addr = format!("127.0.0.1:{}", free_port());
     // LLMOS_BENCH_BIN: the operator binary to measure (e.g. target/release/llmos).
     let bin = std::env::var("LLMOS_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_llmos").to_string());
+    // LLMOS_BENCH_DECISIONS_KEPT: ticks kept per workload for the decision pages (the
+    // operator's default when unset).
+    let kept = std::env::var("LLMOS_BENCH_DECISIONS_KEPT").ok();
+    let mut args = vec!["run", "--metrics-addr", &op_addr, "--no-leader-election"];
+    if let Some(k) = &kept {
+        args.extend(["--decisions-kept", k.as_str()]);
+    }
     let pid = stack.spawn_bin(
         std::path::Path::new(&bin),
         "operator",
-        &["run", "--metrics-addr", &op_addr, "--no-leader-election"],
+        &args,
         &[("RUST_LOG", "warn")],
     );
 
