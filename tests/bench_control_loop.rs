@@ -235,12 +235,7 @@ async fn control_loop_cost_under_many_workloads() {
     if let Some(k) = &kept {
         args.extend(["--decisions-kept", k.as_str()]);
     }
-    let pid = stack.spawn_bin(
-        std::path::Path::new(&bin),
-        "operator",
-        &args,
-        &[("RUST_LOG", "warn")],
-    );
+    let pid = stack.spawn_bin(std::path::Path::new(&bin), "operator", &args, &[("RUST_LOG", "warn")]);
 
     let yaml: Vec<String> = (0..n).map(|i| workload_yaml(i, interval_s, &prom_url, &policy, &ckpt)).collect();
     let t_apply = Instant::now();

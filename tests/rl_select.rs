@@ -286,3 +286,27 @@ fn a_pinned_digest_admits_only_that_checkpoint() {
         [ENSEMBLE_FILE, "s1/checkpoint.json", "s1/model.safetensors", "s2/checkpoint.json", "s2/model.safetensors"];
     assert_eq!(checkpoint_digest(&ens).unwrap(), sha256sum(&ens, &files));
 }
+
+/// Every shipped policy's card states the digest of the files shipped with it, so a
+/// user can pin it (`policy.dqn.sha256`) by copying the card.
+#[test]
+fn shipped_policy_cards_state_their_digest() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&root).unwrap().flatten() {
+        let card = e.path().join("CARD.md");
+        let Ok(text) = std::fs::read_to_string(&card) else { continue };
+        let digest = llmos::rl::policy::checkpoint_digest(&e.path()).unwrap();
+        let stated: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split("sha256:").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .collect();
+        assert!(!stated.is_empty(), "{} states no sha256", card.display());
+        for d in stated {
+            assert_eq!(d, digest, "{} states {d}; the files give {digest}", card.display());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 1, "no shipped policy found under {}", root.display());
+}
