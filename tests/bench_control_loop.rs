@@ -221,7 +221,7 @@ async fn control_loop_cost_under_many_workloads() {
     let prom_url = format!("http://127.0.0.1:{prom_port}");
     let ckpt = stack.path("ckpt");
     if policy == "dqn" {
-        std::fs::write(stack.path("scenario.toml"), e2e_support::DQN_SCENARIO).expect("scenario");
+        std::fs::write(stack.path("scenario.toml"), e2e_support::dqn_scenario()).expect("scenario");
         let (sc, ck) = (stack.path("scenario.toml"), ckpt.clone());
         tokio::task::spawn_blocking(move || e2e_support::train_tiny_dqn(&sc, &ck)).await.expect("training");
     }

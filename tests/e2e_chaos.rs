@@ -331,7 +331,7 @@ async fn operator_survives_chaos() {
     stack.start_prometheus();
     let (proxy_url, fault) = start_proxy(format!("http://127.0.0.1:{}", stack.prom_port)).await;
     // 2 requests/s, then 20 from simulated t = 500 s (50 s of wall time at speed 10).
-    let scenario = e2e_support::step_scenario("e2e-chaos", 8000.0, &[0.0, 500.0], &[2.0, 20.0]);
+    let scenario = e2e_support::step_scenario("e2e-chaos", 8000.0, &[0.0, 500.0], &[2.0, 20.0], 45.0, "");
     std::fs::write(stack.path("scenario.toml"), scenario).expect("scenario file");
     let (scenario, targets) = (stack.path("scenario.toml"), stack.path("targets.json"));
     let speed = SPEED.to_string();

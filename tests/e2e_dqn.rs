@@ -38,8 +38,8 @@ use kube::api::Api;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
 use e2e_support::{
-    check_event_noise, chromium, desired_total, docs_figure, free_port, headless_chromium, missing_prerequisites,
-    skip_requested, tail, train_tiny_dqn, wait_until, Stack, DQN_SCENARIO,
+    check_event_noise, chromium, desired_total, docs_figure, dqn_scenario, free_port, headless_chromium,
+    missing_prerequisites, skip_requested, tail, train_tiny_dqn, wait_until, Stack,
 };
 
 const NS: &str = "default";
@@ -98,7 +98,7 @@ async fn operator_end_to_end_with_a_trained_dqn() {
     let prom_url = format!("http://127.0.0.1:{}", stack.prom_port);
 
     // --- 1. train the checkpoint on the scenario twin-serve will replay ---
-    std::fs::write(stack.path("scenario.toml"), DQN_SCENARIO).expect("scenario file");
+    std::fs::write(stack.path("scenario.toml"), dqn_scenario()).expect("scenario file");
     let scenario = stack.path("scenario.toml");
     let ckpt = stack.path("ckpt");
     let (sc, ck) = (scenario.clone(), ckpt.clone());

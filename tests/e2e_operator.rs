@@ -127,7 +127,8 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     let prom_url = format!("http://127.0.0.1:{}", stack.prom_port);
     // 2 requests/s, a tenfold step at t = 400 s of simulated time (40 s of wall time at
     // --speed 10), back to 2 requests/s at t = 1000 s.
-    let scenario_toml = e2e_support::step_scenario("e2e-step", 4000.0, &[0.0, 400.0, 1000.0], &[2.0, 20.0, 2.0]);
+    let scenario_toml =
+        e2e_support::step_scenario("e2e-step", 4000.0, &[0.0, 400.0, 1000.0], &[2.0, 20.0, 2.0], 45.0, "");
     std::fs::write(stack.path("scenario.toml"), scenario_toml).expect("scenario file");
     let scenario = stack.path("scenario.toml").display().to_string();
     let targets = stack.path("targets.json").display().to_string();

@@ -2,8 +2,8 @@
 //!
 //! It publishes the plan's notices, server-side applies its Deployments (field manager
 //! [`FIELD_MANAGER`], forced; an apply identical to the last one this process made to a
-//! Deployment whose generation has not moved since is skipped, see [`Written`]), deletes the Deployments of slots that left the spec
-//! (publishing an Event for each one it deleted; one already gone is skipped), applies
+//! Deployment whose generation has not moved since is skipped, see [`Written`]),
+//! deletes the Deployments of slots that left the spec (publishing an Event for each one it deleted; one already gone is skipped), applies
 //! the Service, publishes the Events about what changed and writes the status, in that
 //! order, stopping at the first failed write. Every decision was made by
 //! [`super::plan::plan`].
@@ -37,7 +37,7 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
         let digest = content_digest(d);
         let same = match (plan.observed_generations.get(&dn), written(ctx, &key)) {
             (Some((generation, uid)), Some(Written::Deployment { digest: d, generation: g, uid: u })) => {
-                d == digest && g == *generation && u == content_digest(uid)
+                d == digest && g == *generation && u == *uid
             }
             _ => false,
         };
@@ -50,10 +50,10 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
             .await
             .map_err(kube_err(format!("applying Deployment {ns}/{dn}")))?;
         ctx.metrics.object_write("deployment", "written");
-        let w = out.metadata.generation.zip(out.metadata.uid.as_ref()).map(|(generation, uid)| Written::Deployment {
+        let w = out.metadata.generation.zip(out.metadata.uid).map(|(generation, uid)| Written::Deployment {
             digest,
             generation,
-            uid: content_digest(uid),
+            uid,
         });
         remember_written(ctx, key, w);
     }
@@ -68,7 +68,8 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
     if let Some(svc) = &plan.service {
         let key = format!("{ns}/{name}");
         let digest = content_digest(svc);
-        let fresh = matches!(written(ctx, &key), Some(Written::Service { digest: d, at }) if d == digest && at.elapsed() < SERVICE_REASSERT);
+        let fresh = matches!(written(ctx, &key), Some(Written::Service { digest: d, at })
+            if d == digest && at.elapsed() < SERVICE_REASSERT);
         if fresh {
             ctx.metrics.object_write("service", "unchanged");
         } else {
@@ -93,8 +94,8 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
 const SERVICE_REASSERT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What this process last applied to an object, so that an apply that would change
-/// nothing is not sent (a tick then costs one Deployment list and one status write).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// nothing is not sent (a tick that changes nothing then costs one status write).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
     /// A Deployment: the digest of what was applied and the generation the API server
     /// gave it. Anyone else's change to its spec raises the generation, and the next
@@ -104,9 +105,9 @@ pub enum Written {
         digest: u64,
         /// `metadata.generation` after the apply.
         generation: i64,
-        /// Digest of the object's `uid` (a Deployment deleted and created again by
-        /// someone else is another object).
-        uid: u64,
+        /// The object's `uid` (a Deployment deleted and created again by someone else is
+        /// another object).
+        uid: String,
     },
     /// A Service: the digest of what was applied and when.
     Service {
@@ -125,7 +126,7 @@ fn content_digest<T: serde::Serialize>(obj: &T) -> u64 {
 }
 
 fn written(ctx: &Context, key: &str) -> Option<Written> {
-    ctx.written.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied()
+    ctx.written.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
 }
 
 fn remember_written(ctx: &Context, key: String, w: Option<Written>) {
@@ -144,7 +145,7 @@ fn remember_written(ctx: &Context, key: String, w: Option<Written>) {
 pub(crate) fn forget_written(ctx: &Context, ns: &str, names: &[String]) {
     let mut m = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
     for n in names {
-        m.remove(&format!("{ns}/{}", n.trim_start_matches("service/")));
+        m.remove(&format!("{ns}/{n}"));
     }
 }
 

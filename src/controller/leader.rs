@@ -8,9 +8,10 @@
 //! is never compared with the candidate's: with clocks skewed by more than a lease
 //! duration, comparing them would let a standby take the Lease from a leader that renews
 //! on time (or keep a dead leader's Lease forever). A new candidate therefore waits one
-//! lease duration after it first sees a held Lease, as client-go's elector does. Every write is a `replace`
-//! carrying the `resourceVersion` that was read, so two candidates racing for an expired
-//! Lease cannot both win: the API server rejects the second write with a conflict.
+//! lease duration after it first sees a held Lease, as client-go's elector does. Every
+//! write is a `replace` carrying the `resourceVersion` that was read, so two candidates
+//! racing for an expired Lease cannot both win: the API server rejects the second write
+//! with a conflict.
 //! The leader renews every `retry_period`; if it cannot renew within `renew_deadline`
 //! it must stop reconciling. On shutdown it releases the Lease (clears the holder) so a
 //! standby takes over at once instead of after `lease_duration`.

@@ -681,6 +681,7 @@ async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Erro
         _ => {}
     }
     lock(&ctx.workloads).remove(&key_of(&wl));
+    // Deployments and the Service (named after the workload) alike, by name.
     execute::forget_written(&ctx, &ns, &deleted);
     execute::forget_written(&ctx, &ns, std::slice::from_ref(&name));
     let what = if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") };

@@ -274,17 +274,17 @@ impl OperatorMetrics {
         let ticks = Counter::default();
         let status_writes = Family::<OutcomeLabel, Counter>::default();
         let object_writes = Family::<ObjectWriteLabel, Counter>::default();
-        registry.register(
-            "object_writes",
-            "Server-side applies of Deployments and Services, by outcome (written, or unchanged and not sent)",
-            object_writes.clone(),
-        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register("control_ticks", "Reconciliations that ran a control tick", ticks.clone());
         registry.register(
             "status_writes",
             "Status writes, by outcome (written, or unchanged and not sent)",
             status_writes.clone(),
+        );
+        registry.register(
+            "object_writes",
+            "Server-side applies of Deployments and Services, by outcome (written, or unchanged and not sent)",
+            object_writes.clone(),
         );
         registry.register("reconcile_errors", "Reconciliations that failed, by reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Time one reconciliation took", reconcile_duration.clone());

@@ -320,28 +320,17 @@ pub fn sample_value(text: &str, name: &str) -> Option<f64> {
 /// A scenario for a tiny DQN, trained in and replayed by the twin: 2 requests/s, ten
 /// times that from t = 20 s. Its `[spec]` has the layout of the workloads the tests and
 /// the benchmark apply (one variant `llama3-8b` on pool `a100`) and a 2 s control interval.
-pub const DQN_SCENARIO: &str = r#"name = "e2e-dqn-step"
-description = "Load step for the end-to-end DQN test"
-
-[workload.synthetic]
-duration_s = 600.0
-arrival = { kind = "steps", at_s = [0.0, 20.0], rates_rps = [2.0, 20.0] }
-lengths = { kind = "lognormal", input_mean = 1024.0, input_cv = 0.6, output_mean = 256.0, output_cv = 0.6, max_tokens = 4096 }
-
-[engine]
-max_num_batched_tokens = 8192
-max_num_seqs = 256
-
-[cluster]
-load_balancer = "least-outstanding"
-
-[spec]
-variants = [{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 10.0 }]
-gpuPools = [{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }]
-slo = { ttftMs = 2000.0, tpotMs = 100.0, percentile = 90.0, targetAttainment = 0.95 }
-limits = { minTotalReplicas = 1, maxTotalReplicas = 6, maxStepChange = 4, scaleDownCooldownSeconds = 4 }
-policy = { kind = "hpa", intervalSeconds = 2 }
-"#;
+pub fn dqn_scenario() -> String {
+    step_scenario(
+        "e2e-dqn-step",
+        600.0,
+        &[0.0, 20.0],
+        &[2.0, 20.0],
+        10.0,
+        "slo = { ttftMs = 2000.0, tpotMs = 100.0, percentile = 90.0, targetAttainment = 0.95 }\n\
+         limits = { minTotalReplicas = 1, maxTotalReplicas = 6, maxStepChange = 4, scaleDownCooldownSeconds = 4 }\n",
+    )
+}
 
 /// Trains a tiny DQN (600 control ticks of `scenario`, on the CPU, about 2 s) into `out`
 /// with the library, as `llmos train` would.
@@ -763,8 +752,16 @@ pub fn check_rbac_audit(stack: &Stack) -> String {
 
 /// A load-step scenario for `twin-serve` with the layout of the workloads the end-to-end
 /// tests apply (one variant `llama3-8b` on pool `a100`, HPA every 2 s): arrivals at
-/// `rates_rps[i]` requests/s from `at_s[i]`, over `duration_s` of simulated time.
-pub fn step_scenario(name: &str, duration_s: f64, at_s: &[f64], rates_rps: &[f64]) -> String {
+/// `rates_rps[i]` requests/s from `at_s[i]`, over `duration_s` of simulated time; the
+/// variant's cold start is `cold_start_s`, and `extra_spec` (TOML lines) joins `[spec]`.
+pub fn step_scenario(
+    name: &str,
+    duration_s: f64,
+    at_s: &[f64],
+    rates_rps: &[f64],
+    cold_start_s: f64,
+    extra_spec: &str,
+) -> String {
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ");
     format!(
         r#"name = "{name}"
@@ -783,9 +780,9 @@ max_num_seqs = 256
 load_balancer = "least-outstanding"
 
 [spec]
-variants = [{{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = 45.0 }}]
+variants = [{{ name = "llama3-8b", model = "llama-3-8b", image = "vllm/vllm-openai:v0.6.3", minReplicas = 1, maxReplicas = 6, coldStartSeconds = {cold_start_s:.1} }}]
 gpuPools = [{{ name = "a100", gpuType = "A100-80GB", pricePerGpuHour = 3.0, capacityGpus = 8 }}]
-policy = {{ kind = "hpa", intervalSeconds = 2 }}
+{extra_spec}policy = {{ kind = "hpa", intervalSeconds = 2 }}
 "#,
         list(at_s),
         list(rates_rps)
