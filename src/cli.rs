@@ -30,6 +30,8 @@ pub enum Command {
     Simulate(crate::twin::cli::SimulateArgs),
     /// Print statistics of a trace file (rows, span, rate, burstiness, tokens).
     TraceStats(crate::twin::cli::TraceStatsArgs),
+    /// Check the twin against published vLLM measurements (data/fidelity/points.csv).
+    Fidelity(crate::twin::cli::FidelityArgs),
     /// Serve the twin as the data plane of a real API server (simulated vLLM replicas).
     TwinServe(crate::dataplane::ServeArgs),
     /// Compare policies on identical traffic in the twin.
@@ -63,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crdgen => crate::controller::cli::crdgen(),
         Command::Simulate(args) => crate::twin::cli::simulate(args),
         Command::TraceStats(args) => crate::eval::cli::trace_stats(args),
+        Command::Fidelity(args) => crate::twin::cli::fidelity(args),
         Command::TwinServe(args) => crate::dataplane::run(args),
         Command::Compare(args) => crate::eval::cli::compare(args),
         Command::Train(args) => crate::rl::cli::train(args),

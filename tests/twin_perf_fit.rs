@@ -47,11 +47,19 @@ fn fitted_constants_match_profiles() {
 #[test]
 fn allreduce_fit_is_close() {
     let c = Catalog::default();
-    for (gpu, f) in [
+    for (i, (gpu, f)) in [
         ("A100-80GB", "data/profiles/network/a100_dgx/all_reduce.csv"),
         ("H100-SXM", "data/profiles/network/h100_dgx/all_reduce.csv"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (lat, bw, med) = fit_allreduce(Path::new(f)).unwrap();
+        let nccl = llmos::twin::perf::NCCL_AR[i];
+        assert!(
+            (nccl[0] / lat - 1.0).abs() < 0.05 && (nccl[1] / bw - 1.0).abs() < 0.05,
+            "{gpu}: {nccl:?} vs {lat} {bw}"
+        );
         let eff = Efficiency::for_gpu(c.gpu(gpu, "").unwrap());
         println!("{gpu}: fitted latency {:.1} us, bus {:.0} GB/s, median error {:.1}%", lat * 1e6, bw, med * 100.0);
         assert!(

@@ -39,6 +39,46 @@ pub struct SimulateArgs {
     pub timing: bool,
 }
 
+/// Arguments of `llmos fidelity`.
+#[derive(clap::Args, Debug)]
+pub struct FidelityArgs {
+    /// Points file.
+    #[arg(long, default_value = "data/fidelity/points.csv")]
+    pub points: PathBuf,
+    /// Only points whose id is in this comma-separated list.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Also print, per point, the spread of the twin's requests (p10/p50/p90 of queueing,
+    /// TTFT, TPOT and end-to-end latency) and the run's length.
+    #[arg(long)]
+    pub detail: bool,
+    /// Run with the constants from before the calibration (the "before" column of docs/fidelity.md).
+    #[arg(long)]
+    pub uncalibrated: bool,
+}
+
+/// Runs `llmos fidelity`: every point of the file through the twin, as a Markdown table
+/// with the fit and check summaries (the table of docs/fidelity.md).
+pub fn fidelity(args: FidelityArgs) -> anyhow::Result<()> {
+    use super::fidelity::{evaluate_with, markdown, read_points};
+    let mut points = read_points(&args.points)?;
+    if let Some(only) = &args.only {
+        let ids: Vec<&str> = only.split(',').map(str::trim).collect();
+        points.retain(|p| ids.contains(&p.id.as_str()));
+    }
+    let catalog = super::catalog::Catalog::default();
+    let results = evaluate_with(&points, &catalog, !args.uncalibrated)?;
+    print!("{}", markdown(&results));
+    if args.detail {
+        println!();
+        for p in &points {
+            let o = super::fidelity::run_bench_with(&p.bench, &catalog, !args.uncalibrated)?;
+            println!("{}: {}", p.id, super::fidelity::spread(&o));
+        }
+    }
+    Ok(())
+}
+
 /// Runs `llmos simulate`: the scenario's initial fleet, held fixed, over its whole workload.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let mut scenario =

@@ -33,10 +33,86 @@ use super::histogram::{Histogram, E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS};
 use super::perf::{BatchShape, PerfModel};
 use super::time::Nanos;
 
+/// Which vLLM engine the twin schedules like.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// vLLM's V1 engine (the default since vLLM 0.8): chunked prefill always on, each
+    /// step's token budget goes to running sequences (decodes) first, then to waiting
+    /// prompts; API server, tokenisation and detokenisation run in another process, so the
+    /// engine loop's CPU time per step is small. With `async_scheduling` the next step is
+    /// scheduled while the GPU runs the current one.
+    #[default]
+    V1,
+    /// vLLM's V0 engine (up to 0.7): without chunked prefill a step that admits new prompts
+    /// runs only those prefills and every decode waits (prefill-first); with
+    /// `num_scheduler_steps > 1` (multi-step scheduling, 0.6) a decode batch runs that many
+    /// steps per scheduling round, tokens are streamed at the end of the round, and new
+    /// prompts join only between rounds. Output processing and detokenisation run in the
+    /// engine loop.
+    V0,
+}
+
+/// Engine CPU costs of one scheduler (see [`Scheduler::cpu_costs`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuCosts {
+    /// CPU time on the critical path per engine step, seconds.
+    pub iter_s: f64,
+    /// CPU time per sequence in the step, seconds.
+    pub per_seq_s: f64,
+    /// Per request, outside the engine loop (HTTP, chat template, tokenisation start,
+    /// final detokenisation), seconds.
+    pub request_s: f64,
+    /// Per prompt token (tokenisation), seconds.
+    pub per_prompt_token_s: f64,
+}
+
+/// Fitted CPU costs (`docs/fidelity.md` lists the points they are fitted to):
+/// V1 synchronous, V1 with async scheduling, V0.
+pub const CPU_V1: CpuCosts = CpuCosts { iter_s: 0.25e-3, per_seq_s: 12e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
+/// See [`CPU_V1`]. No published point measures async scheduling: its per-step costs are
+/// assumed to be those of [`CPU_V1`] with half hidden behind the GPU.
+pub const CPU_V1_ASYNC: CpuCosts =
+    CpuCosts { iter_s: 0.125e-3, per_seq_s: 6e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
+/// See [`CPU_V1`].
+pub const CPU_V0: CpuCosts = CpuCosts { iter_s: 0.8e-3, per_seq_s: 15e-6, request_s: 6e-3, per_prompt_token_s: 1e-6 };
+
+impl Scheduler {
+    /// The CPU costs of this scheduler under `cfg`. V0's multi-step scheduling pays the
+    /// per-step costs once per round (spread over its steps here).
+    pub fn cpu_costs(self, cfg: &EngineConfig) -> CpuCosts {
+        let mut c = match self {
+            Scheduler::V1 if cfg.async_scheduling => CPU_V1_ASYNC,
+            Scheduler::V1 => CPU_V1,
+            Scheduler::V0 => CPU_V0,
+        };
+        if self == Scheduler::V0 && cfg.num_scheduler_steps > 1 {
+            let k = cfg.num_scheduler_steps as f64;
+            c.iter_s /= k;
+            c.per_seq_s /= k;
+        }
+        if let Some(r) = cfg.request_overhead_s {
+            c.request_s = r;
+            c.per_prompt_token_s = 0.0;
+        }
+        c
+    }
+}
+
 /// Engine knobs, named as vLLM names them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
+    /// Which vLLM engine to schedule like (`v1`, the default, or `v0`).
+    pub scheduler: Scheduler,
+    /// V1: schedule the next step while the GPU runs this one (vLLM `--async-scheduling`).
+    pub async_scheduling: bool,
+    /// V0: decode steps per scheduling round (vLLM 0.6 `--num-scheduler-steps`).
+    pub num_scheduler_steps: u32,
+    /// Per-request time outside the engine loop, seconds, tokenisation included; absent
+    /// means the scheduler's fitted value ([`Scheduler::cpu_costs`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_overhead_s: Option<f64>,
     /// Token budget of one iteration.
     pub max_num_batched_tokens: u32,
     /// Most sequences in one iteration.
@@ -47,7 +123,7 @@ pub struct EngineConfig {
     pub gpu_memory_utilization: f64,
     /// Memory kept for activations and CUDA graphs, GiB per GPU.
     pub activation_reserve_gib: f64,
-    /// Split long prompts across iterations.
+    /// Split long prompts across iterations (always on with the V1 scheduler).
     pub enable_chunked_prefill: bool,
     /// Share KV blocks of common prompt prefixes (needs hash ids in the trace).
     pub enable_prefix_caching: bool,
@@ -61,6 +137,10 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            scheduler: Scheduler::V1,
+            async_scheduling: true,
+            num_scheduler_steps: 1,
+            request_overhead_s: None,
             max_num_batched_tokens: 8192,
             max_num_seqs: 256,
             block_size: 16,
@@ -71,6 +151,13 @@ impl Default for EngineConfig {
             prefix_block_tokens: 512,
             max_model_len: None,
         }
+    }
+}
+
+impl EngineConfig {
+    /// Whether prompts are split across iterations: always with V1, as configured with V0.
+    pub fn chunked_prefill(&self) -> bool {
+        self.scheduler == Scheduler::V1 || self.enable_chunked_prefill
     }
 }
 
@@ -176,6 +263,8 @@ struct CacheEntry {
 
 #[derive(Clone, Copy, Debug)]
 struct Jump {
+    /// A multi-step round: runs to the end even when requests arrive.
+    fixed: bool,
     steps: u32,
     n: u64,
     ctx0: u64,
@@ -209,6 +298,7 @@ pub struct Engine {
     lru: BTreeMap<u64, u32>,
     stamp: u64,
     unit_blocks: u32,
+    cpu: CpuCosts,
     /// Counters for reports and the Prometheus view.
     pub counters: EngineCounters,
 }
@@ -221,7 +311,9 @@ impl Engine {
     /// An idle engine with `total_blocks` KV blocks.
     pub fn new(cfg: EngineConfig, perf: Arc<dyn PerfModel>, total_blocks: u32) -> Engine {
         let unit_blocks = (cfg.prefix_block_tokens / cfg.block_size.max(1)).max(1);
+        let cpu = cfg.scheduler.cpu_costs(&cfg);
         Engine {
+            cpu,
             affine: vec![None; cfg.max_num_seqs as usize + 1],
             cfg,
             perf,
@@ -418,16 +510,33 @@ impl Engine {
         blocks_for(self.private_tokens(s) + chunk, self.cfg.block_size).saturating_sub(s.blocks)
     }
 
+    /// Time a request spends outside the engine loop before it can be scheduled (HTTP,
+    /// chat template, tokenisation), seconds.
+    pub fn front_s(&self, input: u32) -> f64 {
+        self.cpu.request_s + self.cpu.per_prompt_token_s * input as f64
+    }
+
     /// Adds a request to the queue (call [`Engine::start_iteration`] or [`Engine::interrupt`] after).
-    pub fn enqueue(&mut self, s: Seq) {
+    ///
+    /// The request reaches the scheduler at the time it is enqueued; its latencies are
+    /// counted from [`Engine::front_s`] earlier, the time the client sent it. (A constant
+    /// delay in front of a queue shifts every arrival alike, so this is the same as delaying
+    /// the request; the per-token part is small next to the gaps between arrivals.)
+    pub fn enqueue(&mut self, mut s: Seq) {
+        let front = Nanos::from_secs_f64(self.front_s(s.input));
+        s.arrival = Nanos(s.arrival.0.saturating_sub(front.0));
         self.waiting.push_back(s);
+    }
+
+    fn multi_step(&self) -> bool {
+        self.cfg.scheduler == Scheduler::V0 && self.cfg.num_scheduler_steps > 1
     }
 
     /// If a decode jump is in progress, cuts it at the end of the step in progress at `now`.
     /// Returns the new iteration end when it changed.
     pub fn interrupt(&mut self, now: Nanos) -> Option<Nanos> {
         let j = self.jump?;
-        if !self.busy || j.steps <= 1 {
+        if !self.busy || j.steps <= 1 || j.fixed {
             return None;
         }
         let el = now.since(self.iter_start);
@@ -470,8 +579,17 @@ impl Engine {
             return None;
         }
         let mut budget = self.cfg.max_num_batched_tokens;
-        let preempted = self.schedule_running(&mut budget);
-        let admitted = !preempted && self.admit_waiting(now, &mut budget);
+        let (preempted, admitted) = if self.cfg.scheduler == Scheduler::V0 && !self.cfg.chunked_prefill() {
+            // V0 without chunked prefill: new prompts first, alone in their step.
+            if self.admit_waiting(now, &mut budget) {
+                (false, true)
+            } else {
+                (self.schedule_running(&mut budget), false)
+            }
+        } else {
+            let preempted = self.schedule_running(&mut budget);
+            (preempted, !preempted && self.admit_waiting(now, &mut budget))
+        };
         let (shape, all_decode, min_left) = self.batch_shape();
         if shape.prefill_tokens + shape.decode_seqs == 0 {
             // Nothing could be scheduled (cannot happen when a single request fits the cache).
@@ -479,7 +597,7 @@ impl Engine {
         }
         self.busy = true;
         self.iter_start = now;
-        if all_decode && !preempted && !admitted && min_left > 1 {
+        if all_decode && !preempted && !admitted && (min_left > 1 || self.multi_step()) {
             if let Some(end) = self.decode_jump(now, &shape, min_left) {
                 return Some(end);
             }
@@ -539,10 +657,13 @@ impl Engine {
             let Some(mut s) = self.waiting.pop_front() else { break };
             self.match_prefix(&mut s);
             let need = s.input + s.generated - s.computed;
-            let fits_budget = self.cfg.enable_chunked_prefill || need <= *budget;
+            let fits_budget = self.cfg.chunked_prefill() || need <= *budget;
             let chunk = need.min(*budget);
             let nb = self.blocks_needed(&s, chunk);
-            if !fits_budget || !self.alloc(nb) {
+            // V0 keeps 1 % of the blocks free for running sequences to grow into.
+            let watermark = if self.cfg.scheduler == Scheduler::V0 { self.total_blocks / 100 } else { 0 };
+            let room = self.free_blocks + self.evictable_blocks() >= nb + watermark;
+            if !fits_budget || !room || !self.alloc(nb) {
                 self.release(&mut s);
                 self.waiting.push_front(s);
                 break;
@@ -594,10 +715,18 @@ impl Engine {
         let free = self.free_blocks + self.evictable_blocks();
         let bs = self.cfg.block_size;
         let unit = self.unit_tokens();
+        // A sequence advances k tokens, or to its end if that comes first (multi-step
+        // rounds run all their steps; a sequence that ends early waits for the round).
         let extra = |k: u32, run: &[Seq]| -> u64 {
-            run.iter().map(|s| (blocks_for(s.computed - s.held.len() as u32 * unit + k, bs) - s.blocks) as u64).sum()
+            run.iter()
+                .map(|s| {
+                    let adv = k.min(s.output - s.generated);
+                    (blocks_for(s.computed - s.held.len() as u32 * unit + adv, bs) - s.blocks) as u64
+                })
+                .sum()
         };
-        let (mut lo, mut hi) = (1u32, min_left);
+        let cap = if self.multi_step() { self.cfg.num_scheduler_steps } else { min_left };
+        let (mut lo, mut hi) = (1u32, cap);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
             if extra(mid, &self.running) <= free as u64 {
@@ -612,11 +741,11 @@ impl Engine {
             let ok = self.alloc(need);
             debug_assert!(ok);
             for s in self.running.iter_mut() {
-                let nb = blocks_for(s.computed - s.held.len() as u32 * unit + k, bs);
-                s.blocks = nb;
+                let adv = k.min(s.output - s.generated);
+                s.blocks = blocks_for(s.computed - s.held.len() as u32 * unit + adv, bs);
             }
             let (a, b) = self.affine_for(n);
-            let j = Jump { steps: k, n, ctx0: shape.decode_ctx_tokens, a, b };
+            let j = Jump { fixed: self.cfg.num_scheduler_steps > 1, steps: k, n, ctx0: shape.decode_ctx_tokens, a, b };
             self.jump = Some(j);
             self.iter_end = now.plus(j.elapsed(k));
             return Some(self.iter_end);
@@ -657,9 +786,10 @@ impl Engine {
                 }
                 let steps = jump.map(|j| j.steps).unwrap_or(1);
                 if jump.is_some() {
-                    s.computed += steps;
-                    s.generated += steps;
-                    gen_tokens += steps as u64;
+                    let adv = steps.min(s.output - s.generated);
+                    s.computed += adv;
+                    s.generated += adv;
+                    gen_tokens += adv as u64;
                     decode_seqs += 1;
                 } else {
                     let was_decode = s.generated > 0 && s.input + s.generated - s.computed == 1 && s.computed > 0;

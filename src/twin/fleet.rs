@@ -193,12 +193,12 @@ impl Fleet {
                 let eng = &scenario.file.engine;
                 let mut max_len =
                     (eng.max_model_len.unwrap_or(model.max_context) as u64).min(blocks as u64 * eng.block_size as u64);
-                if !eng.enable_chunked_prefill {
+                if !eng.chunked_prefill() {
                     // Without chunking a whole prompt (and, after a preemption, its generated
                     // tokens) must fit one iteration's token budget.
                     max_len = max_len.min(eng.max_num_batched_tokens as u64);
                 }
-                let mut perf = RooflinePerf::new(model, gpu, tp);
+                let mut perf = RooflinePerf::new(model, gpu, tp).with_cpu(eng.scheduler.cpu_costs(eng));
                 scenario.file.perf.apply(&mut perf.eff);
                 slots.push(SlotInfo {
                     id: SlotId::new(&var.name, &pool.name),

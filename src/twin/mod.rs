@@ -34,6 +34,7 @@ pub mod catalog;
 pub mod cli;
 pub mod engine;
 pub mod events;
+pub mod fidelity;
 pub mod fleet;
 pub mod gateway;
 pub mod histogram;

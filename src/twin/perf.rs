@@ -39,7 +39,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{GpuSpec, ModelSpec};
+use super::catalog::{GpuSpec, ModelSpec, WeightFormat};
 use super::TwinError;
 
 /// What one engine iteration computes.
@@ -110,12 +110,35 @@ pub struct Efficiency {
     pub allreduce_latency_s: f64,
     /// All-reduce bus bandwidth, GB/s (fitted to the network profiles).
     pub allreduce_bus_gb_s: f64,
-    /// Engine CPU time per iteration (scheduling, sampling, output processing), seconds.
-    /// Not in the profiles; 2 ms is in the range vLLM's own step profiling shows.
+    /// Engine CPU time per iteration on the critical path (scheduling, input preparation,
+    /// sampling, output processing), seconds. Not in the profiles: it depends on the
+    /// engine, so [`super::engine::Scheduler::cpu_costs`] sets it per scheduler (fitted
+    /// to published end-to-end measurements, `docs/fidelity.md`).
     pub iter_overhead_s: f64,
-    /// Extra engine CPU time per sequence in the batch, seconds (15 µs).
+    /// Extra engine CPU time per sequence in the batch, seconds (set with `iter_overhead_s`).
     pub per_seq_overhead_s: f64,
+    /// Fraction of the FP8 peak that FP8 GEMMs reach (fitted to the published FP8 points
+    /// of `docs/fidelity.md`).
+    #[serde(default = "default_fp8_compute")]
+    pub fp8_compute: f64,
+    /// Fraction of the 16-bit GEMM rate that weight-only quantized GEMMs (INT4/INT8, and
+    /// FP8 on GPUs without FP8 tensor cores) reach when compute-bound: the in-kernel
+    /// dequantisation (fitted to the published INT4 points of `docs/fidelity.md`).
+    #[serde(default = "default_weight_only_compute")]
+    pub weight_only_compute: f64,
 }
+
+fn default_fp8_compute() -> f64 {
+    FP8_COMPUTE
+}
+fn default_weight_only_compute() -> f64 {
+    WEIGHT_ONLY_COMPUTE
+}
+
+/// Fraction of the FP8 peak FP8 GEMMs reach (see [`Efficiency::fp8_compute`]).
+pub const FP8_COMPUTE: f64 = 0.42;
+/// Fraction of the 16-bit rate weight-only GEMMs reach (see [`Efficiency::weight_only_compute`]).
+pub const WEIGHT_ONLY_COMPUTE: f64 = 0.6;
 
 impl Efficiency {
     /// The fitted constants for a catalog GPU. A100 figures (fitted on A100-80GB) also
@@ -134,6 +157,8 @@ impl Efficiency {
                 allreduce_bus_gb_s: H100_AR[1],
                 iter_overhead_s: 2e-3,
                 per_seq_overhead_s: 15e-6,
+                fp8_compute: FP8_COMPUTE,
+                weight_only_compute: WEIGHT_ONLY_COMPUTE,
             }
         } else {
             Efficiency {
@@ -147,6 +172,8 @@ impl Efficiency {
                 allreduce_bus_gb_s: A100_AR[1],
                 iter_overhead_s: 2e-3,
                 per_seq_overhead_s: 15e-6,
+                fp8_compute: FP8_COMPUTE,
+                weight_only_compute: WEIGHT_ONLY_COMPUTE,
             }
         }
     }
@@ -156,10 +183,18 @@ impl Efficiency {
 pub const A100_FIT: [f64; 4] = [0.704, 0.794, 1.56, 4.34e-6];
 /// Fitted (gemm_compute, memory, smooth_p, kernel_s) for H100 (see docs/twin.md).
 pub const H100_FIT: [f64; 4] = [0.689, 0.945, 1.44, 4.27e-6];
-/// Fitted all-reduce (latency s, bus GB/s) for A100 DGX.
-pub const A100_AR: [f64; 2] = [56.0e-6, 179.0];
-/// Fitted all-reduce (latency s, bus GB/s) for H100 DGX.
-pub const H100_AR: [f64; 2] = [30.4e-6, 352.0];
+/// All-reduce (latency s, bus GB/s) for A100 DGX. The bandwidth is fitted to the NCCL
+/// rows of the network profiles (latency 56 µs there); the latency is that of vLLM's
+/// custom all-reduce, which takes the small messages of decode steps over NVLink: fitted
+/// to the published 72B two-GPU batch-1 speed (`docs/fidelity.md`, point p072).
+pub const A100_AR: [f64; 2] = [20.0e-6, 179.0];
+/// All-reduce (latency s, bus GB/s) for H100 DGX: bandwidth from the NCCL profile rows
+/// (latency 30.4 µs there), latency of vLLM's custom all-reduce fitted to the published
+/// 70B four-GPU batch latency on H200 (point p027).
+pub const H100_AR: [f64; 2] = [12.0e-6, 352.0];
+/// The NCCL fit of the network profiles, (latency s, bus GB/s): A100, H100 (checked
+/// against the profiles by `tests/twin_perf_fit.rs`).
+pub const NCCL_AR: [[f64; 2]; 2] = [[56.0e-6, 179.0], [30.4e-6, 352.0]];
 
 /// The default roofline model for one (model, GPU, tensor-parallel degree).
 #[derive(Clone, Debug)]
@@ -197,9 +232,43 @@ fn smooth_max(a: f64, b: f64, p: f64) -> f64 {
 /// Roofline time of the operators of one layer that the profiles measure (everything but
 /// attention and communication), for `tokens` tokens. Also used by the fit.
 fn layer_linear_s(d: LayerDims, tokens: f64, peak_flops: f64, bw: f64, e: &Efficiency) -> f64 {
+    layer_linear_q(d, tokens, WeightPath::bf16(peak_flops * e.gemm_compute), bw, e)
+}
+
+/// How the GEMMs of a model read and multiply their weights on one GPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct WeightPath {
+    /// Bytes per weight read from HBM.
+    bytes: f64,
+    /// FLOP/s the GEMMs reach when compute-bound.
+    flops: f64,
+}
+
+impl WeightPath {
+    fn bf16(peak_flops: f64) -> WeightPath {
+        WeightPath { bytes: 2.0, flops: peak_flops }
+    }
+    /// The path of `fmt` on `gpu` under `e`: FP8 on FP8 tensor cores runs at the FP8 peak
+    /// times `fp8_compute`; weight-only formats (and FP8 on GPUs without FP8 tensor cores,
+    /// which vLLM runs as weight-only FP8) dequantise in the kernel and reach
+    /// `weight_only_compute` of the 16-bit rate.
+    fn of(fmt: WeightFormat, gpu: &GpuSpec, e: &Efficiency) -> WeightPath {
+        let bf16 = gpu.peak_bf16_tflops * 1e12 * e.gemm_compute;
+        let bytes = fmt.bytes_per_weight();
+        match (fmt, gpu.peak_fp8_tflops) {
+            (WeightFormat::Bf16, _) => WeightPath { bytes, flops: bf16 },
+            (WeightFormat::Fp8, Some(tf)) => WeightPath { bytes, flops: tf * 1e12 * e.fp8_compute },
+            _ => WeightPath { bytes, flops: bf16 * e.weight_only_compute },
+        }
+    }
+}
+
+/// [`layer_linear_s`] with the weights read and multiplied as `w` says (`w.flops` already
+/// includes the GEMM efficiency).
+fn layer_linear_q(d: LayerDims, tokens: f64, w: WeightPath, bw: f64, e: &Efficiency) -> f64 {
     let gemm = |k: f64, n: f64| {
-        let c = 2.0 * tokens * k * n / (peak_flops * e.gemm_compute);
-        let m = 2.0 * (k * n + tokens * (k + n)) / (bw * e.memory);
+        let c = 2.0 * tokens * k * n / w.flops;
+        let m = (w.bytes * k * n + 2.0 * tokens * (k + n)) / (bw * e.memory);
         smooth_max(c, m, e.smooth_p) + e.kernel_s
     };
     let g = gemm(d.h, d.q + 2.0 * d.kv) + gemm(d.q, d.h) + gemm(d.h, 2.0 * d.ffn) + gemm(d.ffn, d.h);
@@ -212,6 +281,12 @@ impl RooflinePerf {
     /// A roofline model with the fitted efficiencies of `gpu`.
     pub fn new(model: &ModelSpec, gpu: &GpuSpec, tp: u32) -> RooflinePerf {
         RooflinePerf { model: model.clone(), gpu: gpu.clone(), tp: tp.max(1), eff: Efficiency::for_gpu(gpu) }
+    }
+    /// The same model with the engine CPU costs of `cpu` (see [`super::engine::Scheduler::cpu_costs`]).
+    pub fn with_cpu(mut self, cpu: super::engine::CpuCosts) -> RooflinePerf {
+        self.eff.iter_overhead_s = cpu.iter_s;
+        self.eff.per_seq_overhead_s = cpu.per_seq_s;
+        self
     }
     fn dims(&self) -> LayerDims {
         let t = self.tp as f64;
@@ -245,7 +320,7 @@ impl PerfModel for RooflinePerf {
         let hd = self.model.head_dim as f64;
         let q_heads = d.q / hd;
         let kv_bytes_per_tok_layer = 2.0 * d.kv * self.model.dtype_bytes as f64;
-        let linear = layer_linear_s(d, tokens, f, bw, e);
+        let linear = layer_linear_q(d, tokens, WeightPath::of(self.model.weights, &self.gpu, e), bw, e);
         // Attention: prefill (compute-bound at long chunks) and decode (KV-read-bound).
         let mut attn = 0.0;
         if b.prefill_tokens > 0 {

@@ -424,12 +424,26 @@ impl Scenario {
         if !(e.gpu_memory_utilization > 0.0 && e.gpu_memory_utilization <= 1.0) {
             return Err(cfg_err(origin, "engine.gpu_memory_utilization", "must be in (0, 1]"));
         }
+        if e.num_scheduler_steps == 0 || (e.num_scheduler_steps > 1 && e.scheduler != super::engine::Scheduler::V0) {
+            return Err(cfg_err(
+                origin,
+                "engine.num_scheduler_steps",
+                "must be >= 1, and above 1 only with scheduler = \"v0\" (multi-step scheduling is a V0 feature)",
+            ));
+        }
+        if let Some(r) = e.request_overhead_s {
+            if !(r.is_finite() && (0.0..=10.0).contains(&r)) {
+                return Err(cfg_err(origin, "engine.request_overhead_s", format!("must be in [0, 10], got {r}")));
+            }
+        }
         file.perf.validate(origin)?;
         if let Some(m) = file.max_duration_s {
             if !(m.is_finite() && m > 0.0) {
                 return Err(cfg_err(origin, "max_duration_s", "must be > 0"));
             }
         }
+        let mut spec = spec;
+        derive_quantized_quality(&mut spec, &catalog);
         let s = Scenario {
             name: file.name.clone().unwrap_or_default(),
             file,
@@ -487,13 +501,8 @@ impl Scenario {
         let pool = &self.spec.gpu_pools[p];
         let model = self.catalog.model(&var.model, &format!("spec.variants[{v}].model"))?;
         let gpu = self.catalog.gpu(&pool.gpu_type, &format!("spec.gpuPools[{p}].gpuType"))?;
-        let tp = var.gpus_per_replica.max(1) as f64;
         let gib = 1024f64.powi(3);
-        let usable = self.file.engine.gpu_memory_utilization * gpu.memory_gib * gib * tp
-            - self.file.engine.activation_reserve_gib * gib * tp;
-        let kv = usable - model.weight_bytes();
-        let block_bytes = model.kv_bytes_per_token() as f64 * self.file.engine.block_size as f64;
-        let blocks = (kv / block_bytes).floor();
+        let (usable, blocks) = kv_blocks_for(model, gpu, var.gpus_per_replica, &self.file.engine);
         let min_blocks =
             (self.file.engine.max_num_batched_tokens.min(2048) as f64 / self.file.engine.block_size as f64).ceil();
         if blocks < min_blocks {
@@ -576,6 +585,37 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+/// Memory an engine of `model` on `tp` × `gpu` may use (bytes) and the whole KV blocks
+/// left after the weights: `gpu_memory_utilization × memory × tp − activation reserve × tp
+/// − weights`, over the KV bytes of one block. Negative when the weights do not fit.
+pub fn kv_blocks_for(model: &ModelSpec, gpu: &GpuSpec, tp: u32, engine: &EngineConfig) -> (f64, f64) {
+    let tp = tp.max(1) as f64;
+    let gib = 1024f64.powi(3);
+    let usable = engine.gpu_memory_utilization * gpu.memory_gib * gib * tp - engine.activation_reserve_gib * gib * tp;
+    let kv = usable - model.weight_bytes();
+    let block_bytes = model.kv_bytes_per_token() as f64 * engine.block_size as f64;
+    (usable, (kv / block_bytes).floor())
+}
+
+/// Gives a variant that names a quantized model and states no quality the quality of a
+/// variant of its base model in the same spec, scaled by the published ratio
+/// ([`super::catalog::ModelSpec::quality_vs_base`]). Without a base variant with a quality,
+/// or without a published ratio, the variant is left without one.
+pub fn derive_quantized_quality(spec: &mut LLMWorkloadSpec, catalog: &Catalog) {
+    let base_quality: Vec<(String, f64)> = spec
+        .variants
+        .iter()
+        .filter_map(|v| Some((catalog.model(&v.model, "").ok()?.name.clone(), v.quality?)))
+        .collect();
+    for v in spec.variants.iter_mut().filter(|v| v.quality.is_none()) {
+        let Ok(m) = catalog.model(&v.model, "") else { continue };
+        let (Some(base), Some(ratio)) = (&m.base, m.quality_vs_base) else { continue };
+        if let Some((_, q)) = base_quality.iter().find(|(n, _)| n == base) {
+            v.quality = Some(q * ratio);
+        }
     }
 }
 
