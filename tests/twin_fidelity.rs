@@ -57,7 +57,7 @@ fn quantized_formats_read_fewer_bytes_and_fp8_needs_fp8_tensor_cores() {
         // weight-only formats pay for dequantising.
         let pre = |m: &str| RooflinePerf::new(c.model(m, "").unwrap(), g, 1).prefill_s(4096);
         if g.peak_fp8_tflops.is_some() {
-            assert!(pre("Llama-3-8B-FP8") < 0.8 * pre("Llama-3-8B"), "{gpu}");
+            assert!(pre("Llama-3-8B-FP8") < 0.9 * pre("Llama-3-8B"), "{gpu}");
         } else {
             assert!(pre("Llama-3-8B-FP8") > pre("Llama-3-8B"), "{gpu}: FP8 runs weight-only here");
         }

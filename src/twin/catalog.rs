@@ -404,6 +404,27 @@ fn default_models() -> Vec<ModelSpec> {
             32768,
         ),
         model(
+            "Llama-2-70B",
+            &["meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-chat-hf", "llama2-70b"],
+            80,
+            8192,
+            64,
+            8,
+            28672,
+            32000,
+            68.977e9,
+            4096,
+        ),
+    ]
+    .into_iter()
+    .chain(qwen_models())
+    .collect()
+}
+
+/// The built-in Qwen models (see [`default_models`]).
+fn qwen_models() -> Vec<ModelSpec> {
+    vec![
+        model(
             "Qwen2-7B",
             &["Qwen/Qwen2-7B", "Qwen/Qwen2-7B-Instruct", "Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct"],
             28,
@@ -422,18 +443,6 @@ fn default_models() -> Vec<ModelSpec> {
             head_dim: 128,
             ..model("Qwen3-32B", &["Qwen/Qwen3-32B"], 64, 5120, 64, 8, 25600, 151936, 32.8e9, 40960)
         },
-        model(
-            "Llama-2-70B",
-            &["meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-chat-hf", "llama2-70b"],
-            80,
-            8192,
-            64,
-            8,
-            28672,
-            32000,
-            68.977e9,
-            4096,
-        ),
     ]
 }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::histogram::{Histogram, E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS};
-use super::perf::{BatchShape, PerfModel};
+use super::perf::{BatchShape, CpuCosts, PerfModel, CPU_V0, CPU_V1, CPU_V1_ASYNC};
 use super::time::Nanos;
 
 /// Which vLLM engine the twin schedules like.
@@ -52,30 +52,6 @@ pub enum Scheduler {
     /// engine loop.
     V0,
 }
-
-/// Engine CPU costs of one scheduler (see [`Scheduler::cpu_costs`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CpuCosts {
-    /// CPU time on the critical path per engine step, seconds.
-    pub iter_s: f64,
-    /// CPU time per sequence in the step, seconds.
-    pub per_seq_s: f64,
-    /// Per request, outside the engine loop (HTTP, chat template, tokenisation start,
-    /// final detokenisation), seconds.
-    pub request_s: f64,
-    /// Per prompt token (tokenisation), seconds.
-    pub per_prompt_token_s: f64,
-}
-
-/// Fitted CPU costs (`docs/fidelity.md` lists the points they are fitted to):
-/// V1 synchronous, V1 with async scheduling, V0.
-pub const CPU_V1: CpuCosts = CpuCosts { iter_s: 0.25e-3, per_seq_s: 12e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
-/// See [`CPU_V1`]. No published point measures async scheduling: its per-step costs are
-/// assumed to be those of [`CPU_V1`] with half hidden behind the GPU.
-pub const CPU_V1_ASYNC: CpuCosts =
-    CpuCosts { iter_s: 0.125e-3, per_seq_s: 6e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
-/// See [`CPU_V1`].
-pub const CPU_V0: CpuCosts = CpuCosts { iter_s: 0.8e-3, per_seq_s: 15e-6, request_s: 6e-3, per_prompt_token_s: 1e-6 };
 
 impl Scheduler {
     /// The CPU costs of this scheduler under `cfg`. V0's multi-step scheduling pays the

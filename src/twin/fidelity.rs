@@ -309,6 +309,25 @@ pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> 
         l.1 = l.1.min(cap.saturating_sub(l.0).max(1));
     }
     let server = !matches!(spec.load, Load::Offline);
+    let mut finished = drive(&mut eng, spec, &lens, server)?;
+    if !server {
+        // Offline tools time from zero, not from a send time.
+        for f in finished.iter_mut() {
+            f.arrival = Nanos::ZERO;
+        }
+    }
+    let duration_s = finished.iter().map(|f| f.finish).max().unwrap_or(Nanos::ZERO).as_secs_f64();
+    Ok(BenchOutcome {
+        prompt_tokens: finished.iter().map(|f| f.input as u64).sum(),
+        output_tokens: finished.iter().map(|f| f.output as u64).sum(),
+        finished,
+        duration_s,
+    })
+}
+
+/// Sends the requests of `lens` to `eng` as `spec.load` says and runs the engine until
+/// every request has finished; returns them in the order they finished.
+fn drive(eng: &mut Engine, spec: &BenchSpec, lens: &[(u32, u32)], server: bool) -> Result<Vec<Finished>, TwinError> {
     let front = |e: &Engine, i: u32| if server { Nanos::from_secs_f64(e.front_s(i)) } else { Nanos::ZERO };
     // (engine receive time, request index), earliest first.
     let mut pending: BinaryHeap<std::cmp::Reverse<(Nanos, u32)>> = BinaryHeap::new();
@@ -317,7 +336,7 @@ pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> 
     match spec.load {
         Load::Burst | Load::Offline => {
             for k in 0..spec.n {
-                pending.push(std::cmp::Reverse((front(&eng, lens[k as usize].0), k)));
+                pending.push(std::cmp::Reverse((front(&*eng, lens[k as usize].0), k)));
             }
             next = spec.n;
         }
@@ -327,14 +346,14 @@ pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> 
             let mut t = 0.0;
             for k in 0..spec.n {
                 let send = Nanos::from_secs_f64(t);
-                pending.push(std::cmp::Reverse((send.plus(front(&eng, lens[k as usize].0)), k)));
+                pending.push(std::cmp::Reverse((send.plus(front(&*eng, lens[k as usize].0)), k)));
                 t += exp.sample(&mut rng);
             }
             next = spec.n;
         }
         Load::Closed(c) => {
             while next < c.min(spec.n) {
-                pending.push(std::cmp::Reverse((front(&eng, lens[next as usize].0), next)));
+                pending.push(std::cmp::Reverse((front(&*eng, lens[next as usize].0), next)));
                 next += 1;
             }
         }
@@ -352,7 +371,7 @@ pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> 
                 for f in batch.drain(..) {
                     if let Load::Closed(_) = spec.load {
                         if next < spec.n {
-                            pending.push(std::cmp::Reverse((now.plus(front(&eng, lens[next as usize].0)), next)));
+                            pending.push(std::cmp::Reverse((now.plus(front(&*eng, lens[next as usize].0)), next)));
                             next += 1;
                         }
                     }
@@ -379,19 +398,7 @@ pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> 
             }
         }
     }
-    if !server {
-        // Offline tools time from zero, not from a send time.
-        for f in finished.iter_mut() {
-            f.arrival = Nanos::ZERO;
-        }
-    }
-    let duration_s = finished.iter().map(|f| f.finish).max().unwrap_or(Nanos::ZERO).as_secs_f64();
-    Ok(BenchOutcome {
-        prompt_tokens: finished.iter().map(|f| f.input as u64).sum(),
-        output_tokens: finished.iter().map(|f| f.output as u64).sum(),
-        finished,
-        duration_s,
-    })
+    Ok(finished)
 }
 
 /// Whether a point was used to choose constants or is only compared.

@@ -113,7 +113,8 @@ pub struct Efficiency {
     /// Engine CPU time per iteration on the critical path (scheduling, input preparation,
     /// sampling, output processing), seconds. Not in the profiles: it depends on the
     /// engine, so [`super::engine::Scheduler::cpu_costs`] sets it per scheduler (fitted
-    /// to published end-to-end measurements, `docs/fidelity.md`).
+    /// to published end-to-end measurements, `docs/fidelity.md`); [`Efficiency::for_gpu`]
+    /// gives the default engine's ([`CPU_V1_ASYNC`]).
     pub iter_overhead_s: f64,
     /// Extra engine CPU time per sequence in the batch, seconds (set with `iter_overhead_s`).
     pub per_seq_overhead_s: f64,
@@ -155,8 +156,8 @@ impl Efficiency {
                 attention_kernel_s: 30e-6,
                 allreduce_latency_s: H100_AR[0],
                 allreduce_bus_gb_s: H100_AR[1],
-                iter_overhead_s: 2e-3,
-                per_seq_overhead_s: 15e-6,
+                iter_overhead_s: CPU_V1_ASYNC.iter_s,
+                per_seq_overhead_s: CPU_V1_ASYNC.per_seq_s,
                 fp8_compute: FP8_COMPUTE,
                 weight_only_compute: WEIGHT_ONLY_COMPUTE,
             }
@@ -170,14 +171,38 @@ impl Efficiency {
                 attention_kernel_s: 35e-6,
                 allreduce_latency_s: A100_AR[0],
                 allreduce_bus_gb_s: A100_AR[1],
-                iter_overhead_s: 2e-3,
-                per_seq_overhead_s: 15e-6,
+                iter_overhead_s: CPU_V1_ASYNC.iter_s,
+                per_seq_overhead_s: CPU_V1_ASYNC.per_seq_s,
                 fp8_compute: FP8_COMPUTE,
                 weight_only_compute: WEIGHT_ONLY_COMPUTE,
             }
         }
     }
 }
+
+/// Engine CPU costs of one scheduler (see [`super::engine::Scheduler::cpu_costs`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuCosts {
+    /// CPU time on the critical path per engine step, seconds.
+    pub iter_s: f64,
+    /// CPU time per sequence in the step, seconds.
+    pub per_seq_s: f64,
+    /// Per request, outside the engine loop (HTTP, chat template, tokenisation start,
+    /// final detokenisation), seconds.
+    pub request_s: f64,
+    /// Per prompt token (tokenisation), seconds.
+    pub per_prompt_token_s: f64,
+}
+
+/// Fitted CPU costs (`docs/fidelity.md` lists the points they are fitted to):
+/// V1 synchronous, V1 with async scheduling, V0.
+pub const CPU_V1: CpuCosts = CpuCosts { iter_s: 0.25e-3, per_seq_s: 12e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
+/// See [`CPU_V1`]. No published point measures async scheduling: its per-step costs are
+/// assumed to be those of [`CPU_V1`] with half hidden behind the GPU.
+pub const CPU_V1_ASYNC: CpuCosts =
+    CpuCosts { iter_s: 0.125e-3, per_seq_s: 6e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
+/// See [`CPU_V1`].
+pub const CPU_V0: CpuCosts = CpuCosts { iter_s: 0.8e-3, per_seq_s: 15e-6, request_s: 6e-3, per_prompt_token_s: 1e-6 };
 
 /// Fitted (gemm_compute, memory, smooth_p, kernel_s) for A100 (see docs/twin.md).
 pub const A100_FIT: [f64; 4] = [0.704, 0.794, 1.56, 4.34e-6];
@@ -283,7 +308,7 @@ impl RooflinePerf {
         RooflinePerf { model: model.clone(), gpu: gpu.clone(), tp: tp.max(1), eff: Efficiency::for_gpu(gpu) }
     }
     /// The same model with the engine CPU costs of `cpu` (see [`super::engine::Scheduler::cpu_costs`]).
-    pub fn with_cpu(mut self, cpu: super::engine::CpuCosts) -> RooflinePerf {
+    pub fn with_cpu(mut self, cpu: CpuCosts) -> RooflinePerf {
         self.eff.iter_overhead_s = cpu.iter_s;
         self.eff.per_seq_overhead_s = cpu.per_seq_s;
         self

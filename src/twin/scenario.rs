@@ -414,28 +414,7 @@ impl Scenario {
         if !(c.weight_load_gb_s.is_finite() && c.weight_load_gb_s > 0.0) {
             return Err(cfg_err(origin, "cluster.weight_load_gb_s", "must be > 0"));
         }
-        let e = &file.engine;
-        if e.block_size == 0 || e.max_num_seqs == 0 || e.max_num_batched_tokens == 0 {
-            return Err(cfg_err(origin, "engine", "block_size, max_num_seqs and max_num_batched_tokens must be > 0"));
-        }
-        if e.enable_prefix_caching && (e.prefix_block_tokens == 0 || e.prefix_block_tokens % e.block_size != 0) {
-            return Err(cfg_err(origin, "engine.prefix_block_tokens", "must be a positive multiple of block_size"));
-        }
-        if !(e.gpu_memory_utilization > 0.0 && e.gpu_memory_utilization <= 1.0) {
-            return Err(cfg_err(origin, "engine.gpu_memory_utilization", "must be in (0, 1]"));
-        }
-        if e.num_scheduler_steps == 0 || (e.num_scheduler_steps > 1 && e.scheduler != super::engine::Scheduler::V0) {
-            return Err(cfg_err(
-                origin,
-                "engine.num_scheduler_steps",
-                "must be >= 1, and above 1 only with scheduler = \"v0\" (multi-step scheduling is a V0 feature)",
-            ));
-        }
-        if let Some(r) = e.request_overhead_s {
-            if !(r.is_finite() && (0.0..=10.0).contains(&r)) {
-                return Err(cfg_err(origin, "engine.request_overhead_s", format!("must be in [0, 10], got {r}")));
-            }
-        }
+        validate_engine(&file.engine, origin)?;
         file.perf.validate(origin)?;
         if let Some(m) = file.max_duration_s {
             if !(m.is_finite() && m > 0.0) {
@@ -586,6 +565,32 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// Checks the `[engine]` table; errors name the field.
+fn validate_engine(e: &EngineConfig, origin: &str) -> Result<(), TwinError> {
+    if e.block_size == 0 || e.max_num_seqs == 0 || e.max_num_batched_tokens == 0 {
+        return Err(cfg_err(origin, "engine", "block_size, max_num_seqs and max_num_batched_tokens must be > 0"));
+    }
+    if e.enable_prefix_caching && (e.prefix_block_tokens == 0 || e.prefix_block_tokens % e.block_size != 0) {
+        return Err(cfg_err(origin, "engine.prefix_block_tokens", "must be a positive multiple of block_size"));
+    }
+    if !(e.gpu_memory_utilization > 0.0 && e.gpu_memory_utilization <= 1.0) {
+        return Err(cfg_err(origin, "engine.gpu_memory_utilization", "must be in (0, 1]"));
+    }
+    if e.num_scheduler_steps == 0 || (e.num_scheduler_steps > 1 && e.scheduler != super::engine::Scheduler::V0) {
+        return Err(cfg_err(
+            origin,
+            "engine.num_scheduler_steps",
+            "must be >= 1, and above 1 only with scheduler = \"v0\" (multi-step scheduling is a V0 feature)",
+        ));
+    }
+    if let Some(r) = e.request_overhead_s {
+        if !(r.is_finite() && (0.0..=10.0).contains(&r)) {
+            return Err(cfg_err(origin, "engine.request_overhead_s", format!("must be in [0, 10], got {r}")));
+        }
+    }
+    Ok(())
 }
 
 /// Memory an engine of `model` on `tp` × `gpu` may use (bytes) and the whole KV blocks
