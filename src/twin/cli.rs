@@ -37,6 +37,23 @@ pub struct SimulateArgs {
     /// Print the wall time of the simulation loop to stderr (also without --quiet).
     #[arg(long)]
     pub timing: bool,
+    /// Start from (and hold) this fleet instead of the scenario's `initial_replicas`:
+    /// `VARIANT/POOL=N`, comma-separated (e.g. `llama70b-fp8/h100=2`).
+    #[arg(long)]
+    pub replicas: Option<String>,
+}
+
+/// Parses `VARIANT/POOL=N,...`.
+fn parse_fleet(text: &str) -> anyhow::Result<Vec<super::scenario::InitialReplicas>> {
+    text.split(',')
+        .map(|part| {
+            let (slot, n) =
+                part.trim().split_once('=').context(format!("--replicas: `{part}` is not VARIANT/POOL=N"))?;
+            let (variant, pool) = slot.split_once('/').context(format!("--replicas: `{slot}` is not VARIANT/POOL"))?;
+            let replicas = n.trim().parse::<u32>().context(format!("--replicas: `{n}` is not a replica count"))?;
+            Ok(super::scenario::InitialReplicas { variant: variant.trim().into(), pool: pool.trim().into(), replicas })
+        })
+        .collect()
 }
 
 /// Arguments of `llmos fidelity`.
@@ -85,6 +102,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         Scenario::load(&args.scenario).with_context(|| format!("loading scenario {}", args.scenario.display()))?;
     if let Some(t) = &args.trace {
         scenario.set_trace(t).with_context(|| format!("loading trace {}", t.display()))?;
+    }
+    if let Some(f) = &args.replicas {
+        scenario.set_initial_replicas(parse_fleet(f)?, "--replicas")?;
     }
     let mut twin = Twin::new(&scenario, args.seed)?;
     let total = twin.remaining_hint();

@@ -540,6 +540,22 @@ impl Scenario {
         if spec.policy.interval_seconds == 0 {
             return Err(cfg_err(origin, "spec.policy.intervalSeconds", "must be >= 1"));
         }
+        self.validate_initial(origin)
+    }
+
+    /// Replaces the fleet at time zero (e.g. `llmos simulate --replicas`); errors name the
+    /// entry and the unknown variant or pool.
+    pub fn set_initial_replicas(&mut self, fleet: Vec<InitialReplicas>, origin: &str) -> Result<(), TwinError> {
+        let old = std::mem::replace(&mut self.file.initial_replicas, fleet);
+        if let Err(e) = self.validate_initial(origin) {
+            self.file.initial_replicas = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn validate_initial(&self, origin: &str) -> Result<(), TwinError> {
+        let spec = &self.spec;
         for (i, r) in self.file.initial_replicas.iter().enumerate() {
             let Some(v) = spec.variants.iter().position(|x| x.name == r.variant) else {
                 return Err(cfg_err(

@@ -567,8 +567,10 @@ pub async fn warning_events(client: &Client, ns: &str) -> (usize, BTreeMap<Strin
 }
 
 /// Warnings not raised by llmos that docs/e2e.md explains: the endpoints controllers
-/// refuse the simulated Pods' loopback IPs as endpoint addresses.
-pub const EXPLAINED_WARNINGS: [&str; 2] = ["FailedToUpdateEndpoint", "FailedToUpdateEndpointSlices"];
+/// refuse the simulated Pods' loopback IPs as endpoint addresses, whether they update the
+/// Endpoints object or create it.
+pub const EXPLAINED_WARNINGS: [&str; 3] =
+    ["FailedToUpdateEndpoint", "FailedToUpdateEndpointSlices", "FailedToCreateEndpoint"];
 
 /// Asserts every Warning Event in `ns` not raised by llmos is one docs/e2e.md explains,
 /// and returns a line with the measured share.
