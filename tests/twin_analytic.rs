@@ -55,8 +55,10 @@ fn one_request_on_idle_replica() {
     let eng = &s.file.engine;
     let cpu = eng.scheduler.cpu_costs(eng);
     let perf = RooflinePerf::new(c.model("llama-3-8b", "").unwrap(), c.gpu("A100-80GB", "").unwrap(), 1).with_cpu(cpu);
-    // Latencies count from the client's send: the per-request cost (HTTP, tokenisation) first.
-    let front = cpu.request_s + cpu.per_prompt_token_s * 1500.0;
+    // Latencies count from the client's send: the per-request cost (HTTP, tokenisation)
+    // first; each token reaches the client one streaming service time after it is computed
+    // (the API server keeps up with one sequence).
+    let front = cpu.request_s + cpu.per_prompt_token_s * 1500.0 + cpu.stream_s_per_token;
     // Prompt 1500 < budget 2048: one prefill iteration.
     let prefill = perf.prefill_s(1500);
     let (a, b) = perf.decode_affine(1);
@@ -65,7 +67,8 @@ fn one_request_on_idle_replica() {
     let e2e = r.e2e_s.mean.unwrap();
     assert!((ttft - front - prefill).abs() < 1e-6, "ttft {ttft} vs front {front} + prefill {prefill}");
     assert!((e2e - front - prefill - decode).abs() < 1e-5, "e2e {e2e} vs {}", front + prefill + decode);
-    assert!((r.queue_s.mean.unwrap() - front).abs() < 1e-6, "queueing is the per-request cost alone");
+    let queue = r.queue_s.mean.unwrap() - cpu.request_s - cpu.per_prompt_token_s * 1500.0;
+    assert!(queue.abs() < 1e-6, "queueing is the per-request cost alone: {queue}");
 }
 
 #[test]

@@ -67,6 +67,9 @@ impl Scheduler {
             c.iter_s /= k;
             c.per_seq_s /= k;
         }
+        if let Some(r) = cfg.stream_tokens_per_s {
+            c.stream_s_per_token = if r > 0.0 { 1.0 / r } else { 0.0 };
+        }
         if let Some(r) = cfg.request_overhead_s {
             c.request_s = r;
             c.per_prompt_token_s = 0.0;
@@ -89,6 +92,10 @@ pub struct EngineConfig {
     /// means the scheduler's fitted value ([`Scheduler::cpu_costs`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_overhead_s: Option<f64>,
+    /// Output tokens per second the API server can stream (0: unlimited); absent means the
+    /// scheduler's fitted value ([`Scheduler::cpu_costs`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_tokens_per_s: Option<f64>,
     /// Token budget of one iteration.
     pub max_num_batched_tokens: u32,
     /// Most sequences in one iteration.
@@ -117,6 +124,7 @@ impl Default for EngineConfig {
             async_scheduling: true,
             num_scheduler_steps: 1,
             request_overhead_s: None,
+            stream_tokens_per_s: None,
             max_num_batched_tokens: 8192,
             max_num_seqs: 256,
             block_size: 16,
@@ -275,6 +283,8 @@ pub struct Engine {
     stamp: u64,
     unit_blocks: u32,
     cpu: CpuCosts,
+    /// When the API server has streamed every token so far (see [`CpuCosts::stream_s_per_token`]).
+    stream_free: Nanos,
     /// Counters for reports and the Prometheus view.
     pub counters: EngineCounters,
 }
@@ -290,6 +300,7 @@ impl Engine {
         let cpu = cfg.scheduler.cpu_costs(&cfg);
         Engine {
             cpu,
+            stream_free: Nanos::ZERO,
             affine: vec![None; cfg.max_num_seqs as usize + 1],
             cfg,
             perf,
@@ -749,6 +760,7 @@ impl Engine {
         let dur = now.since(self.iter_start);
         self.counters.busy_ns += dur.0;
         let jump = self.jump.take();
+        let now = self.delivered_at(self.iter_start, now, jump.map(|j| j.steps));
         let mut gen_tokens = 0u64;
         let mut decode_seqs = 0u64;
         let mut i = 0;
@@ -820,6 +832,33 @@ impl Engine {
         }
     }
 
+    /// When the client sees the last tokens of the iteration (or decode jump of `k` steps)
+    /// that ran from `start` to `end`: at once without a streaming limit, else when the API
+    /// server has sent them. The server is a fluid queue, one service time per token: it
+    /// ends either after the backlog and all these tokens (when it is the bottleneck), or
+    /// one step's tokens after `end` (when it keeps up with the engine).
+    fn delivered_at(&mut self, start: Nanos, end: Nanos, jump_steps: Option<u32>) -> Nanos {
+        let per_token = self.cpu.stream_s_per_token;
+        if per_token <= 0.0 {
+            return end;
+        }
+        let emitted: u64 = self
+            .running
+            .iter()
+            .filter(|s| s.chunk > 0)
+            .map(|s| match jump_steps {
+                Some(k) => k.min(s.output - s.generated) as u64,
+                None => (s.computed + s.chunk == s.input + s.generated) as u64,
+            })
+            .sum();
+        let k = jump_steps.unwrap_or(1).max(1) as u64;
+        let first_ready = Nanos(start.0 + end.since(start).0 / k);
+        let backlog_bound = self.stream_free.max(first_ready).plus(Nanos::from_secs_f64(emitted as f64 * per_token));
+        let keep_up_bound = end.plus(Nanos::from_secs_f64(emitted as f64 / k as f64 * per_token));
+        self.stream_free = backlog_bound.max(keep_up_bound);
+        self.stream_free
+    }
+
     /// Requests in this engine (running first, then waiting), for draining and reports.
     pub fn drain_all(&mut self) -> Vec<Seq> {
         let mut v: Vec<Seq> = self.running.drain(..).collect();
@@ -834,7 +873,10 @@ mod tests {
     use crate::twin::catalog::Catalog;
     use crate::twin::perf::RooflinePerf;
 
+    /// An engine whose tokens reach the client when computed (no streaming limit), so that
+    /// the timing tests see the scheduling alone.
     fn engine(blocks: u32, cfg: EngineConfig) -> Engine {
+        let cfg = EngineConfig { stream_tokens_per_s: Some(0.0), ..cfg };
         let c = Catalog::default();
         let p = RooflinePerf::new(c.model("Llama-3-8B", "").unwrap(), c.gpu("A100-80GB", "").unwrap(), 1);
         Engine::new(cfg, Arc::new(p), blocks)

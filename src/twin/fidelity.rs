@@ -270,13 +270,14 @@ pub fn run_bench(spec: &BenchSpec, catalog: &Catalog) -> Result<BenchOutcome, Tw
 
 /// [`run_bench`] with the twin's constants as they were before this calibration when
 /// `calibrated` is false: 2 ms + 15 µs per sequence of engine CPU time per step whatever
-/// the scheduler, no per-request cost, and the NCCL all-reduce latency of the network
-/// profiles ([`super::perf::NCCL_AR`]). The scheduling itself (V1/V0, multi-step) is the
+/// the scheduler, no per-request cost, no streaming limit, and the NCCL all-reduce latency
+/// of the network profiles ([`super::perf::NCCL_AR`]). The scheduling itself (V1/V0, multi-step) is the
 /// same in both.
 pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> Result<BenchOutcome, TwinError> {
     let mut spec = spec.clone();
     if !calibrated {
         spec.engine.request_overhead_s = Some(0.0);
+        spec.engine.stream_tokens_per_s = Some(0.0);
     }
     let spec = &spec;
     let model = catalog.model(&spec.model, "model")?;
@@ -371,7 +372,8 @@ fn drive(eng: &mut Engine, spec: &BenchSpec, lens: &[(u32, u32)], server: bool) 
                 for f in batch.drain(..) {
                     if let Load::Closed(_) = spec.load {
                         if next < spec.n {
-                            pending.push(std::cmp::Reverse((now.plus(front(&*eng, lens[next as usize].0)), next)));
+                            // The client sends its next request when it has the last token.
+                            pending.push(std::cmp::Reverse((f.finish.plus(front(&*eng, lens[next as usize].0)), next)));
                             next += 1;
                         }
                     }
@@ -459,6 +461,7 @@ fn parse_engine(text: &str) -> Result<EngineConfig, String> {
             "budget" => e.max_num_batched_tokens = num(v)?.max(1),
             "seqs" => e.max_num_seqs = num(v)?.max(1),
             "max_model_len" => e.max_model_len = Some(num(v)?),
+            "stream" => e.stream_tokens_per_s = Some(num(v)? as f64),
             "util" => {
                 e.gpu_memory_utilization =
                     v.parse::<f64>().ok().filter(|x| *x > 0.0 && *x <= 1.0).ok_or(format!("bad util `{v}`"))?
@@ -707,6 +710,20 @@ mod tests {
         let single = run_bench(&spec("v0 chunked=off", Load::Offline, Lengths::Fixed(32, 128), 8), &c).unwrap();
         let multi = run_bench(&spec("v0 chunked=off steps=8", Load::Offline, Lengths::Fixed(32, 128), 8), &c).unwrap();
         assert!(multi.duration_s < single.duration_s, "multi-step spreads the CPU cost");
+    }
+
+    #[test]
+    fn the_api_server_caps_streamed_tokens() {
+        let c = Catalog::default();
+        // 8B on H100 with a thousand requests at once produces far more than 2,000 tokens/s.
+        let mut s = spec("v1 seqs=1024 stream=2000", Load::Burst, Lengths::Fixed(100, 100), 1000);
+        s.gpu = "H100-SXM".into();
+        let capped = run_bench(&s, &c).unwrap();
+        let out = capped.metric(Metric::OutThroughput);
+        assert!(out <= 2000.0 * 1.001 && out > 1800.0, "{out} tokens/s");
+        s.engine.stream_tokens_per_s = Some(0.0);
+        let free = run_bench(&s, &c).unwrap();
+        assert!(free.metric(Metric::OutThroughput) > 3.0 * out, "unlimited streaming is faster");
     }
 
     #[test]

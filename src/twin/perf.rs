@@ -192,17 +192,37 @@ pub struct CpuCosts {
     pub request_s: f64,
     /// Per prompt token (tokenisation), seconds.
     pub per_prompt_token_s: f64,
+    /// Per output token streamed to a client by the API server, seconds (0: unlimited).
+    /// V1's API server is one process apart from the engine: tokens it has not yet
+    /// detokenised and sent queue behind it, and the client sees them late.
+    pub stream_s_per_token: f64,
 }
 
 /// Fitted CPU costs (`docs/fidelity.md` lists the points they are fitted to):
 /// V1 synchronous, V1 with async scheduling, V0.
-pub const CPU_V1: CpuCosts = CpuCosts { iter_s: 0.25e-3, per_seq_s: 12e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
+pub const CPU_V1: CpuCosts = CpuCosts {
+    iter_s: 0.25e-3,
+    per_seq_s: 12e-6,
+    request_s: 40e-3,
+    per_prompt_token_s: 1e-6,
+    stream_s_per_token: V1_STREAM_S_PER_TOKEN,
+};
 /// See [`CPU_V1`]. No published point measures async scheduling: its per-step costs are
 /// assumed to be those of [`CPU_V1`] with half hidden behind the GPU.
-pub const CPU_V1_ASYNC: CpuCosts =
-    CpuCosts { iter_s: 0.125e-3, per_seq_s: 6e-6, request_s: 40e-3, per_prompt_token_s: 1e-6 };
+pub const CPU_V1_ASYNC: CpuCosts = CpuCosts {
+    iter_s: 0.125e-3,
+    per_seq_s: 6e-6,
+    request_s: 40e-3,
+    per_prompt_token_s: 1e-6,
+    stream_s_per_token: V1_STREAM_S_PER_TOKEN,
+};
 /// See [`CPU_V1`].
-pub const CPU_V0: CpuCosts = CpuCosts { iter_s: 0.8e-3, per_seq_s: 15e-6, request_s: 6e-3, per_prompt_token_s: 1e-6 };
+pub const CPU_V0: CpuCosts =
+    CpuCosts { iter_s: 0.8e-3, per_seq_s: 15e-6, request_s: 6e-3, per_prompt_token_s: 1e-6, stream_s_per_token: 0.0 };
+/// Seconds V1's API server spends per streamed output token (see
+/// [`CpuCosts::stream_s_per_token`]); V0 pays its output processing in the engine loop
+/// (`per_seq_s`) instead.
+pub const V1_STREAM_S_PER_TOKEN: f64 = 1.0 / 8000.0;
 
 /// Fitted (gemm_compute, memory, smooth_p, kernel_s) for A100 (see docs/twin.md).
 pub const A100_FIT: [f64; 4] = [0.704, 0.794, 1.56, 4.34e-6];
