@@ -264,7 +264,12 @@ fn cases() -> Vec<Case> {
                 assert_eq!(p.events[0].note, "placed 1 replica(s) of small on pool l4 (L4)");
                 assert_eq!(p.events[0].action, "Scale small/l4 0->1");
                 assert_eq!(p.status.last_action_time, None, "creation is no action");
-                assert_eq!(p.requeue_after, Duration::from_secs(10), "a tick ran now");
+                // The next tick is on the workload's phase, half to one and a half intervals on.
+                assert!(
+                    (Duration::from_secs(5)..Duration::from_secs(15)).contains(&p.requeue_after),
+                    "a tick ran now: {:?}",
+                    p.requeue_after
+                );
             },
         },
         Case {
@@ -463,7 +468,11 @@ fn cases() -> Vec<Case> {
                 assert_eq!((del.event.reason, del.event.type_), (EventReason::DeploymentDeleted, EventType::Normal));
                 assert_eq!(del.event.note, "deleted chat-medium-l4: its variant or pool left the spec");
                 assert_eq!(p.apply.len(), 3, "the spec's slots are still applied");
-                assert_eq!(p.requeue_after, Duration::from_secs(6), "the rest of the interval since the last tick");
+                assert!(
+                    (Duration::from_secs(1)..Duration::from_secs(11)).contains(&p.requeue_after),
+                    "the next tick, on the workload's phase, at least half an interval after the last 4 s ago: {:?}",
+                    p.requeue_after
+                );
             },
         },
     ]
@@ -697,4 +706,36 @@ async fn executor_stops_at_the_first_failed_write() {
     drop(ctx);
     let more = tokio::time::timeout(Duration::from_secs(5), api.next_request()).await;
     assert!(matches!(more, Ok(None)), "nothing written after the failure");
+}
+
+/// Ticks keep to each workload's phase of the interval: exactly one interval apart once on
+/// it, not moved by a late tick, and a thousand workloads that tick at one instant (an
+/// operator start) spread over the interval instead of ticking together again.
+#[test]
+fn ticks_spread_over_the_interval_and_keep_their_phase() {
+    let base = workload(1, json!({}));
+    let at = |ms: i64| Timestamp::from_millisecond(ms).unwrap();
+    let t0 = now().as_millisecond();
+    let first = plan::next_tick(&base, now());
+    let gap = first.as_millisecond() - t0;
+    assert!((5_000..15_000).contains(&gap), "first tick {gap} ms after the last");
+    let second = plan::next_tick(&base, first);
+    assert_eq!(second.as_millisecond() - first.as_millisecond(), 10_000, "once on its phase, every interval");
+    let late = plan::next_tick(&base, at(first.as_millisecond() + 3_000));
+    assert_eq!(late, second, "a tick 3 s late does not move the next one");
+    assert!(
+        plan::tick_due(&base, second, Some(first))
+            && !plan::tick_due(&base, at(second.as_millisecond() - 1), Some(first))
+    );
+    // 1,000 workloads whose last tick was the same instant.
+    let mut per_second = [0u32; 10];
+    for i in 0..1000 {
+        let mut wl = base.clone();
+        wl.metadata.uid = Some(format!("7f3c2a10-0000-4000-8000-{i:012}"));
+        let next = plan::next_tick(&wl, now());
+        assert_eq!(plan::next_tick(&wl, now()), next, "the phase is stable");
+        per_second[(next.as_millisecond().rem_euclid(10_000) / 1_000) as usize] += 1;
+    }
+    let busiest = *per_second.iter().max().unwrap();
+    assert!(busiest <= 150, "ticks per second of the interval: {per_second:?}");
 }

@@ -567,7 +567,7 @@ fn refresh_state(
         }
         ws.shield.update_spec(&wl.spec);
     }
-    let due = changed || plan::tick_due(&wl.spec, now, ws.last_tick);
+    let due = changed || plan::tick_due(wl, now, ws.last_tick);
     (due, ws.policy.as_ref().err().cloned())
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
@@ -378,15 +378,41 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         shield_overrides: d.shield_overrides,
         shield_applied: d.shield_applied,
         warnings: d.warnings,
-        requeue_after: requeue_after(&input.workload.spec, input.now, last),
+        requeue_after: requeue_after(input.workload, input.now, last),
     }
 }
 
-/// Look again at the next tick: the interval less the time since the last tick, at least 0.5 s.
-fn requeue_after(spec: &LLMWorkloadSpec, now: Timestamp, last_tick: Timestamp) -> Duration {
-    let interval = Duration::from_secs(u64::from(spec.policy.interval_seconds.max(1)));
-    let elapsed = Duration::try_from(now.duration_since(last_tick)).unwrap_or(Duration::ZERO);
-    interval.saturating_sub(elapsed).max(Duration::from_millis(500))
+/// Look again at the next tick ([`next_tick`]), at least 0.5 s from now.
+fn requeue_after(wl: &LLMWorkload, now: Timestamp, last_tick: Timestamp) -> Duration {
+    let wait = Duration::try_from(next_tick(wl, last_tick).duration_since(now)).unwrap_or(Duration::ZERO);
+    wait.max(Duration::from_millis(500))
+}
+
+/// A workload's place in its control interval, in ms: a stable hash (FNV-1a) of its uid
+/// (else its namespace and name) modulo the interval. Every replica of the operator
+/// computes the same one, so a new leader keeps the workload's ticks where they were.
+pub fn tick_phase_ms(wl: &LLMWorkload, interval_ms: i64) -> i64 {
+    let key =
+        wl.metadata.uid.clone().unwrap_or_else(|| format!("{}/{}", wl.namespace().unwrap_or_default(), wl.name_any()));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % interval_ms.max(1) as u64) as i64
+}
+
+/// When the tick after `last_tick` is due: the first instant at least half an interval
+/// after it whose Unix time in ms is the workload's phase ([`tick_phase_ms`]) modulo the
+/// interval. Workloads that tick together once (an operator start, a failover, many
+/// applied at once) so spread their reconciles over the interval instead of keeping to
+/// one instant; once on its phase a workload ticks exactly every interval (a tick that
+/// runs late by less than half an interval does not move the next one).
+pub fn next_tick(wl: &LLMWorkload, last_tick: Timestamp) -> Timestamp {
+    let interval_ms = i64::from(wl.spec.policy.interval_seconds.max(1)) * 1000;
+    let earliest = last_tick.as_millisecond().saturating_add(interval_ms / 2);
+    let phase = tick_phase_ms(wl, interval_ms);
+    let wait = (phase - earliest).rem_euclid(interval_ms);
+    Timestamp::from_millisecond(earliest.saturating_add(wait)).unwrap_or(last_tick)
 }
 
 /// The objects to write: one Deployment per slot with its target replicas, deletions of
@@ -732,9 +758,8 @@ fn describe(t: &BTreeMap<Slot, u32>) -> String {
     t.iter().map(|(s, r)| format!("{}/{}={r}", s.variant, s.pool)).collect::<Vec<_>>().join(", ")
 }
 
-/// Whether `now` is at least one control interval after `last_tick` (always when there was none).
-pub fn tick_due(spec: &LLMWorkloadSpec, now: Timestamp, last_tick: Option<Timestamp>) -> bool {
-    let interval = Duration::from_secs(u64::from(spec.policy.interval_seconds.max(1)));
-    last_tick
-        .is_none_or(|t| now.duration_since(t) >= SignedDuration::try_from(interval).unwrap_or(SignedDuration::ZERO))
+/// Whether the tick after `last_tick` is due at `now` ([`next_tick`]; always when there
+/// was none).
+pub fn tick_due(wl: &LLMWorkload, now: Timestamp, last_tick: Option<Timestamp>) -> bool {
+    last_tick.is_none_or(|t| now >= next_tick(wl, t))
 }
