@@ -110,9 +110,11 @@ impl Harness {
         }
     }
 
-    /// Moves the clock past one control interval and reconciles (a control tick).
+    /// Advances the clock past the workload's next tick and reconciles. Ticks keep to the
+    /// workload's phase of its 10 s interval, so the next one is at most one and a half
+    /// intervals after the last (`plan::next_tick`).
     async fn tick(&self, name: &str) {
-        self.clock.advance(Duration::from_secs(11));
+        self.clock.advance(Duration::from_secs(16));
         self.reconcile(name).await;
     }
 
