@@ -53,7 +53,7 @@ fn one_request_on_idle_replica() {
     assert_eq!(r.finished, 1);
     let c = Catalog::default();
     let eng = &s.file.engine;
-    let cpu = eng.scheduler.cpu_costs(eng);
+    let cpu = eng.cpu_costs();
     let perf = RooflinePerf::new(c.model("llama-3-8b", "").unwrap(), c.gpu("A100-80GB", "").unwrap(), 1).with_cpu(cpu);
     // Latencies count from the client's send: the per-request cost (HTTP, tokenisation)
     // first; each token reaches the client one streaming service time after it is computed
@@ -86,7 +86,7 @@ fn low_poisson_load_has_near_zero_queueing() {
     // An arrival waits at most for the decode step in progress (~15 ms), after the
     // per-request cost (HTTP, tokenisation) that every latency counts from the client's send.
     let eng = &s.file.engine;
-    let cpu = eng.scheduler.cpu_costs(eng);
+    let cpu = eng.cpu_costs();
     let front = cpu.request_s + cpu.per_prompt_token_s * 500.0;
     assert!(r.queue_s.mean.unwrap() - front < 0.02, "mean queue {:?}, request cost {front}", r.queue_s.mean);
     assert_eq!(r.slo_attainment, Some(1.0));

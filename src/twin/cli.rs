@@ -88,9 +88,8 @@ pub fn fidelity(args: FidelityArgs) -> anyhow::Result<()> {
     print!("{}", markdown(&results));
     if args.detail {
         println!();
-        for p in &points {
-            let o = super::fidelity::run_bench_with(&p.bench, &catalog, !args.uncalibrated)?;
-            println!("{}: {}", p.id, super::fidelity::spread(&o));
+        for r in &results {
+            println!("{}: {}", r.point.id, super::fidelity::spread(&r.outcome));
         }
     }
     Ok(())

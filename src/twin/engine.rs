@@ -53,31 +53,6 @@ pub enum Scheduler {
     V0,
 }
 
-impl Scheduler {
-    /// The CPU costs of this scheduler under `cfg`. V0's multi-step scheduling pays the
-    /// per-step costs once per round (spread over its steps here).
-    pub fn cpu_costs(self, cfg: &EngineConfig) -> CpuCosts {
-        let mut c = match self {
-            Scheduler::V1 if cfg.async_scheduling => CPU_V1_ASYNC,
-            Scheduler::V1 => CPU_V1,
-            Scheduler::V0 => CPU_V0,
-        };
-        if self == Scheduler::V0 && cfg.num_scheduler_steps > 1 {
-            let k = cfg.num_scheduler_steps as f64;
-            c.iter_s /= k;
-            c.per_seq_s /= k;
-        }
-        if let Some(r) = cfg.stream_tokens_per_s {
-            c.stream_s_per_token = if r > 0.0 { 1.0 / r } else { 0.0 };
-        }
-        if let Some(r) = cfg.request_overhead_s {
-            c.request_s = r;
-            c.per_prompt_token_s = 0.0;
-        }
-        c
-    }
-}
-
 /// Engine knobs, named as vLLM names them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -89,11 +64,11 @@ pub struct EngineConfig {
     /// V0: decode steps per scheduling round (vLLM 0.6 `--num-scheduler-steps`).
     pub num_scheduler_steps: u32,
     /// Per-request time outside the engine loop, seconds, tokenisation included; absent
-    /// means the scheduler's fitted value ([`Scheduler::cpu_costs`]).
+    /// means the scheduler's fitted value ([`EngineConfig::cpu_costs`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_overhead_s: Option<f64>,
     /// Output tokens per second the API server can stream (0: unlimited); absent means the
-    /// scheduler's fitted value ([`Scheduler::cpu_costs`]).
+    /// scheduler's fitted value ([`EngineConfig::cpu_costs`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_tokens_per_s: Option<f64>,
     /// Token budget of one iteration.
@@ -142,6 +117,30 @@ impl EngineConfig {
     /// Whether prompts are split across iterations: always with V1, as configured with V0.
     pub fn chunked_prefill(&self) -> bool {
         self.scheduler == Scheduler::V1 || self.enable_chunked_prefill
+    }
+
+    /// The engine CPU costs of this configuration: its scheduler's fitted costs, with V0's
+    /// multi-step per-step costs paid once per round (spread over its steps here), and
+    /// `stream_tokens_per_s` / `request_overhead_s` where set.
+    pub fn cpu_costs(&self) -> CpuCosts {
+        let mut c = match self.scheduler {
+            Scheduler::V1 if self.async_scheduling => CPU_V1_ASYNC,
+            Scheduler::V1 => CPU_V1,
+            Scheduler::V0 => CPU_V0,
+        };
+        if self.scheduler == Scheduler::V0 && self.num_scheduler_steps > 1 {
+            let k = self.num_scheduler_steps as f64;
+            c.iter_s /= k;
+            c.per_seq_s /= k;
+        }
+        if let Some(r) = self.stream_tokens_per_s {
+            c.stream_s_per_token = if r > 0.0 { 1.0 / r } else { 0.0 };
+        }
+        if let Some(r) = self.request_overhead_s {
+            c.request_s = r;
+            c.per_prompt_token_s = 0.0;
+        }
+        c
     }
 }
 
@@ -297,7 +296,7 @@ impl Engine {
     /// An idle engine with `total_blocks` KV blocks.
     pub fn new(cfg: EngineConfig, perf: Arc<dyn PerfModel>, total_blocks: u32) -> Engine {
         let unit_blocks = (cfg.prefix_block_tokens / cfg.block_size.max(1)).max(1);
-        let cpu = cfg.scheduler.cpu_costs(&cfg);
+        let cpu = cfg.cpu_costs();
         Engine {
             cpu,
             stream_free: Nanos::ZERO,
@@ -566,8 +565,8 @@ impl Engine {
             return None;
         }
         let mut budget = self.cfg.max_num_batched_tokens;
-        let (preempted, admitted) = if self.cfg.scheduler == Scheduler::V0 && !self.cfg.chunked_prefill() {
-            // V0 without chunked prefill: new prompts first, alone in their step.
+        let (preempted, admitted) = if !self.cfg.chunked_prefill() {
+            // Without chunked prefill (V0 only): new prompts first, alone in their step.
             if self.admit_waiting(now, &mut budget) {
                 (false, true)
             } else {
@@ -732,7 +731,7 @@ impl Engine {
                 s.blocks = blocks_for(s.computed - s.held.len() as u32 * unit + adv, bs);
             }
             let (a, b) = self.affine_for(n);
-            let j = Jump { fixed: self.cfg.num_scheduler_steps > 1, steps: k, n, ctx0: shape.decode_ctx_tokens, a, b };
+            let j = Jump { fixed: self.multi_step(), steps: k, n, ctx0: shape.decode_ctx_tokens, a, b };
             self.jump = Some(j);
             self.iter_end = now.plus(j.elapsed(k));
             return Some(self.iter_end);
@@ -760,7 +759,8 @@ impl Engine {
         let dur = now.since(self.iter_start);
         self.counters.busy_ns += dur.0;
         let jump = self.jump.take();
-        let now = self.delivered_at(self.iter_start, now, jump.map(|j| j.steps));
+        // When the client sees this iteration's tokens (later than `now` behind a busy API server).
+        let seen = self.delivered_at(self.iter_start, now, jump.map(|j| j.steps));
         let mut gen_tokens = 0u64;
         let mut decode_seqs = 0u64;
         let mut i = 0;
@@ -789,9 +789,9 @@ impl Engine {
                             decode_seqs += 1;
                         }
                         if s.first_token.is_none() {
-                            s.first_token = Some(now);
+                            s.first_token = Some(seen);
                             self.counters.prompt_tokens += s.input as u64;
-                            self.counters.ttft.observe_n(now.since(s.arrival).as_secs_f64(), 1);
+                            self.counters.ttft.observe_n(seen.since(s.arrival).as_secs_f64(), 1);
                         }
                     }
                 }
@@ -807,16 +807,16 @@ impl Engine {
                 let f = Finished {
                     id: s.id,
                     arrival: s.arrival,
-                    first_sched: s.first_sched.unwrap_or(now),
-                    first_token: s.first_token.unwrap_or(now),
-                    finish: now,
+                    first_sched: s.first_sched.unwrap_or(seen),
+                    first_token: s.first_token.unwrap_or(seen),
+                    finish: seen,
                     input: s.input,
                     output: s.output,
                     preemptions: s.preemptions,
                     cached_tokens: s.cached_tokens,
                 };
                 self.counters.request_success += 1;
-                self.counters.e2e.observe_n(now.since(s.arrival).as_secs_f64(), 1);
+                self.counters.e2e.observe_n(seen.since(s.arrival).as_secs_f64(), 1);
                 out.push(f);
             } else {
                 let mut s = std::mem::replace(&mut self.running[i], Seq::new(0, Nanos::ZERO, 0, 1, Vec::new()));

@@ -292,12 +292,11 @@ pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> 
     let cap = (blocks as u64 * spec.engine.block_size as u64)
         .min(spec.engine.max_model_len.unwrap_or(model.max_context) as u64)
         .min(u32::MAX as u64) as u32;
-    let mut perf = RooflinePerf::new(model, gpu, spec.tp).with_cpu(spec.engine.scheduler.cpu_costs(&spec.engine));
+    let mut perf = RooflinePerf::new(model, gpu, spec.tp).with_cpu(spec.engine.cpu_costs());
     if !calibrated {
         perf.eff.iter_overhead_s = 2e-3;
         perf.eff.per_seq_overhead_s = 15e-6;
-        let hopper = gpu.name.starts_with('H');
-        perf.eff.allreduce_latency_s = super::perf::NCCL_AR[hopper as usize][0];
+        perf.eff.allreduce_latency_s = super::perf::nccl_allreduce_latency_s(gpu);
     }
     let mut eng = Engine::new(spec.engine.clone(), Arc::new(perf), blocks.min(u32::MAX as f64) as u32);
     let mut lens = match spec.lengths {
@@ -513,6 +512,7 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>, TwinError> {
         .iter()
         .map(|c| headers.iter().position(|h| h == *c).ok_or_else(|| err(1, format!("missing column `{c}`"))))
         .collect::<Result<_, _>>()?;
+    let catalog = Catalog::default();
     let mut out = Vec::new();
     for rec in rdr.records() {
         let rec = rec.map_err(|e| err(0, e.to_string()))?;
@@ -536,7 +536,8 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>, TwinError> {
             .filter(|v| v.is_finite() && *v > 0.0)
             .ok_or_else(|| bad(11, "a positive number".into()))?;
         let model = get(3);
-        catalog_check(&model, &get(4)).map_err(|m| bad(3, m))?;
+        catalog.model(&model, "model").map_err(|e| bad(3, e.to_string()))?;
+        catalog.gpu(&get(4), "gpu").map_err(|e| bad(4, e.to_string()))?;
         out.push(Point {
             id: get(0),
             source: get(1),
@@ -552,13 +553,6 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>, TwinError> {
     Ok(out)
 }
 
-fn catalog_check(model: &str, gpu: &str) -> Result<(), String> {
-    let c = Catalog::default();
-    c.model(model, "model").map_err(|e| e.to_string())?;
-    c.gpu(gpu, "gpu").map_err(|e| e.to_string())?;
-    Ok(())
-}
-
 /// A point and what the twin says.
 #[derive(Clone, Debug)]
 pub struct PointResult {
@@ -566,6 +560,8 @@ pub struct PointResult {
     pub point: Point,
     /// The twin's value.
     pub twin: f64,
+    /// The run it came from (for [`spread`]).
+    pub outcome: BenchOutcome,
 }
 
 impl PointResult {
@@ -588,7 +584,7 @@ pub fn evaluate_with(points: &[Point], catalog: &Catalog, calibrated: bool) -> R
         .map(|p| {
             let o = run_bench_with(&p.bench, catalog, calibrated)
                 .map_err(|e| TwinError::Config { field: format!("point {}", p.id), message: e.to_string() })?;
-            Ok(PointResult { point: p.clone(), twin: o.metric(p.metric) })
+            Ok(PointResult { point: p.clone(), twin: o.metric(p.metric), outcome: o })
         })
         .collect()
 }

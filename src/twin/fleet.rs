@@ -198,7 +198,7 @@ impl Fleet {
                     // tokens) must fit one iteration's token budget.
                     max_len = max_len.min(eng.max_num_batched_tokens as u64);
                 }
-                let mut perf = RooflinePerf::new(model, gpu, tp).with_cpu(eng.scheduler.cpu_costs(eng));
+                let mut perf = RooflinePerf::new(model, gpu, tp).with_cpu(eng.cpu_costs());
                 scenario.file.perf.apply(&mut perf.eff);
                 slots.push(SlotInfo {
                     id: SlotId::new(&var.name, &pool.name),

@@ -112,7 +112,7 @@ pub struct Efficiency {
     pub allreduce_bus_gb_s: f64,
     /// Engine CPU time per iteration on the critical path (scheduling, input preparation,
     /// sampling, output processing), seconds. Not in the profiles: it depends on the
-    /// engine, so [`super::engine::Scheduler::cpu_costs`] sets it per scheduler (fitted
+    /// engine, so [`super::engine::EngineConfig::cpu_costs`] sets it per scheduler (fitted
     /// to published end-to-end measurements, `docs/fidelity.md`); [`Efficiency::for_gpu`]
     /// gives the default engine's ([`CPU_V1_ASYNC`]).
     pub iter_overhead_s: f64,
@@ -145,8 +145,7 @@ impl Efficiency {
     /// The fitted constants for a catalog GPU. A100 figures (fitted on A100-80GB) also
     /// serve the other Ampere/Ada parts (A100-40GB, A10G, L4); H100 figures serve H200.
     pub fn for_gpu(gpu: &GpuSpec) -> Efficiency {
-        let hopper = gpu.name.starts_with('H');
-        if hopper {
+        if hopper(gpu) {
             Efficiency {
                 gemm_compute: H100_FIT[0],
                 memory: H100_FIT[1],
@@ -180,7 +179,7 @@ impl Efficiency {
     }
 }
 
-/// Engine CPU costs of one scheduler (see [`super::engine::Scheduler::cpu_costs`]).
+/// Engine CPU costs of one scheduler (see [`super::engine::EngineConfig::cpu_costs`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CpuCosts {
     /// CPU time on the critical path per engine step, seconds.
@@ -240,6 +239,18 @@ pub const H100_AR: [f64; 2] = [12.0e-6, 352.0];
 /// The NCCL fit of the network profiles, (latency s, bus GB/s): A100, H100 (checked
 /// against the profiles by `tests/twin_perf_fit.rs`).
 pub const NCCL_AR: [[f64; 2]; 2] = [[56.0e-6, 179.0], [30.4e-6, 352.0]];
+
+/// Whether `gpu` takes the H100 family's fitted constants (H100, H200) rather than the
+/// A100 family's.
+fn hopper(gpu: &GpuSpec) -> bool {
+    gpu.name.starts_with('H')
+}
+
+/// NCCL's all-reduce latency on `gpu`'s family, seconds ([`NCCL_AR`]): the twin's
+/// all-reduce latency before vLLM's custom all-reduce was modelled.
+pub fn nccl_allreduce_latency_s(gpu: &GpuSpec) -> f64 {
+    NCCL_AR[hopper(gpu) as usize][0]
+}
 
 /// The default roofline model for one (model, GPU, tensor-parallel degree).
 #[derive(Clone, Debug)]
@@ -327,7 +338,7 @@ impl RooflinePerf {
     pub fn new(model: &ModelSpec, gpu: &GpuSpec, tp: u32) -> RooflinePerf {
         RooflinePerf { model: model.clone(), gpu: gpu.clone(), tp: tp.max(1), eff: Efficiency::for_gpu(gpu) }
     }
-    /// The same model with the engine CPU costs of `cpu` (see [`super::engine::Scheduler::cpu_costs`]).
+    /// The same model with the engine CPU costs of `cpu` (see [`super::engine::EngineConfig::cpu_costs`]).
     pub fn with_cpu(mut self, cpu: CpuCosts) -> RooflinePerf {
         self.eff.iter_overhead_s = cpu.iter_s;
         self.eff.per_seq_overhead_s = cpu.per_seq_s;
