@@ -4,6 +4,8 @@
 //! learning, and the digital twin it learns in.
 //!
 //! - [`crd`]: the `LLMWorkload` custom resource.
+//! - [`arbiter`]: grants GPUs of shared pools across workloads (priority, guarantees,
+//!   max-min fair share, preemption).
 //! - [`policy`]: the [`policy::Observation`] → [`policy::Decision`] seam, the shield and
 //!   the baseline autoscalers.
 //! - [`twin`]: the simulator of LLM serving fleets that policies are trained and judged in.
@@ -17,6 +19,7 @@
 //! - [`fuzz`]: the fuzz targets' entry points (every parser of untrusted input).
 #![warn(missing_docs)]
 
+pub mod arbiter;
 pub mod cli;
 pub mod control;
 pub mod controller;
