@@ -36,6 +36,9 @@ pub enum Command {
     TwinServe(crate::dataplane::ServeArgs),
     /// Compare policies on identical traffic in the twin.
     Compare(crate::eval::cli::CompareArgs),
+    /// Run several workloads on shared GPU pools in the twin and compare allocators
+    /// (first-come, the arbiter).
+    Share(crate::eval::cluster::ShareArgs),
     /// Train a learned policy (DQN or PPO) in the twin.
     Train(crate::rl::cli::TrainArgs),
     /// Make a directory of trained checkpoints (one layout, several seeds) an ensemble policy.
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fidelity(args) => crate::twin::cli::fidelity(args),
         Command::TwinServe(args) => crate::dataplane::run(args),
         Command::Compare(args) => crate::eval::cli::compare(args),
+        Command::Share(args) => crate::eval::cluster::share(args),
         Command::Train(args) => crate::rl::cli::train(args),
         Command::Ensemble(args) => crate::rl::cli::ensemble(args),
         Command::Digest(args) => crate::rl::cli::digest(args),

@@ -14,6 +14,7 @@
 //! validation. The tick's reward is [`RewardConfig`]'s, so a harness objective and a
 //! training return for the same run are the same sum.
 
+pub mod cluster;
 pub mod reward;
 
 pub use reward::RewardConfig;
@@ -139,6 +140,42 @@ impl ControlLoop {
         self.shield.annotate(&mut next);
         let observation = std::mem::replace(&mut self.obs, next);
         Tick { observation, proposed, outcome, changed_slots, stats, reward }
+    }
+
+    /// The decision half of a tick in a world of several workloads whose decisions are
+    /// applied together ([`cluster::ClusterLoop`]): `policy` decides on the current
+    /// observation and the shield clamps, without recording (the caller records what it
+    /// applies with [`ControlLoop::settle`]).
+    pub fn propose(&mut self, policy: &mut dyn Policy) -> (Decision, ShieldOutcome) {
+        let proposed = policy.decide(&self.obs);
+        let outcome = self.shield.clamp(&self.obs, &proposed);
+        (proposed, outcome)
+    }
+
+    /// The other half of [`ControlLoop::propose`], once the world has applied `applied` (the
+    /// shield's outcome, or what an arbiter granted of it) and advanced: records it with
+    /// the shield, takes the next observation, and gives `policy` its feedback.
+    pub fn settle(
+        &mut self,
+        world: &impl World,
+        policy: &mut dyn Policy,
+        proposed: Decision,
+        applied: ShieldOutcome,
+        stats: TickStats,
+    ) -> Tick {
+        let changed_slots = applied
+            .decision
+            .targets
+            .iter()
+            .filter(|t| self.obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0) != t.replicas)
+            .count() as u32;
+        self.shield.record(&self.obs, &applied);
+        let reward = self.reward.reward(&stats);
+        let mut next = world.observe(self.workload);
+        self.shield.annotate(&mut next);
+        let observation = std::mem::replace(&mut self.obs, next);
+        policy.feedback(&self.obs, reward);
+        Tick { observation, proposed, outcome: applied, changed_slots, stats, reward }
     }
 
     /// One tick of `policy`; the policy gets the tick's reward and the next observation

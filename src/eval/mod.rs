@@ -23,6 +23,7 @@
 //! [`dashboard`] draws the chart's Grafana panels from a Prometheus server (`llmos dashboard`).
 
 pub mod cli;
+pub mod cluster;
 pub mod dashboard;
 pub mod merge;
 pub mod plots;

@@ -102,6 +102,9 @@ pub struct Replica {
     became_ready_at: Option<Nanos>,
     /// Part of the initial fleet (ready at time zero, no cold start).
     pub initial: bool,
+    /// When it was asked for (its pod created): the order pending replicas of several
+    /// workloads get freed GPUs in a shared pool.
+    pub created_at: Nanos,
 }
 
 /// A variant on a pool, with what its replicas need and what they have cost.
@@ -261,6 +264,7 @@ impl Fleet {
             placed_at: None,
             became_ready_at: None,
             initial: false,
+            created_at: Nanos::ZERO,
         });
         id
     }

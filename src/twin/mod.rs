@@ -26,10 +26,11 @@
 //! Modules: [`time`] (integer nanoseconds), [`traces`] (trace readers, ServeGen's 14-day
 //! per-client traffic, synthetic arrivals, the arrival stream a run replays),
 //! [`catalog`] (GPUs, models), [`perf`] (iteration time), [`engine`] (one replica),
-//! [`scenario`] (TOML scenarios), [`sim`] (the stepping API over the parts: [`events`],
+//! [`scenario`] (TOML scenarios), [`cluster`] (several workloads on shared GPU pools), [`sim`] (the stepping API over the parts: [`events`],
 //! [`fleet`], [`gateway`], [`meters`] with the one [`histogram`]), [`metrics`] (the report). See `docs/twin.md` for the model and its calibration.
 
 pub mod catalog;
+pub mod cluster;
 /// Command-line entry points.
 pub mod cli;
 pub mod engine;

@@ -195,6 +195,7 @@ impl Twin {
 
     fn create_replica(&mut self, slot: usize) -> usize {
         let id = self.fleet.add_replica(slot);
+        self.fleet.replicas[id].created_at = self.now;
         if !self.try_place(id) {
             self.fleet.pending.push_back(id);
         }
@@ -251,7 +252,15 @@ impl Twin {
         if let Some((gpus, price)) = released {
             self.meters.cost.release(gpus, price);
         }
-        // Freed GPUs: place pending replicas in order.
+        self.place_pending();
+        if prev == ReplicaState::Starting {
+            // A replacement that was still loading is gone: retiring replicas may drain.
+            self.retire_check();
+        }
+    }
+
+    /// Places pending replicas, oldest first, while their pools have GPUs for them.
+    fn place_pending(&mut self) {
         let mut still = std::collections::VecDeque::new();
         while let Some(p) = self.fleet.pending.pop_front() {
             if self.fleet.replicas[p].state == ReplicaState::Pending && !self.try_place(p) {
@@ -259,10 +268,6 @@ impl Twin {
             }
         }
         self.fleet.pending = still;
-        if prev == ReplicaState::Starting {
-            // A replacement that was still loading is gone: retiring replicas may drain.
-            self.retire_check();
-        }
     }
 
     fn dispatch(&mut self, s: Seq) {
@@ -360,12 +365,59 @@ impl Twin {
         };
         self.meters.tick = TickStats::default();
         self.run_until(until);
+        self.end_tick()
+    }
+
+    /// Runs the simulation up to `until` (at most the time cap) inside the current control
+    /// interval, without ending it: for a world of several twins that share GPU pools and
+    /// hand freed GPUs between them more often than once a tick
+    /// ([`super::cluster::ClusterTwin`]). [`Twin::end_tick`] ends the interval.
+    pub fn run_to(&mut self, until: Nanos) {
+        let until = match self.cap {
+            Some(c) if c < until => c.max(self.now),
+            _ => until,
+        };
+        if until > self.now {
+            self.run_until(until);
+        }
+    }
+
+    /// Ends the control interval that [`Twin::run_to`] advanced: samples KV usage, scrapes
+    /// the serving replicas, and returns what happened in the interval.
+    pub fn end_tick(&mut self) -> TickStats {
         // Sample KV usage of serving replicas (for the report).
         if let Some(kv) = self.fleet.mean_serving_kv() {
             self.meters.sample_kv(kv);
         }
         self.scrape();
         self.meters.take_tick(self.now)
+    }
+
+    /// GPUs of pool `pool` (index in the spec) this twin's replicas hold now (loading,
+    /// serving or draining).
+    pub fn pool_gpus_held(&self, pool: usize) -> u32 {
+        self.fleet.pool_used.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Replicas waiting for GPUs: (pool index, GPUs, when asked for), oldest first.
+    pub fn pending_replicas(&self) -> Vec<(usize, u32, Nanos)> {
+        self.fleet
+            .pending
+            .iter()
+            .map(|&id| &self.fleet.replicas[id])
+            .filter(|r| r.state == ReplicaState::Pending)
+            .map(|r| (self.fleet.slots[r.slot].pool, r.gpus, r.created_at))
+            .collect()
+    }
+
+    /// Sets how many GPUs of pool `pool` (index in the spec) this twin may hold (`None`:
+    /// unbounded), then places pending replicas that now fit. A capacity below what is
+    /// held stops nothing: it only keeps new replicas pending.
+    pub fn set_pool_capacity(&mut self, pool: usize, capacity: Option<u32>) {
+        if let Some(c) = self.fleet.pool_cap.get_mut(pool) {
+            *c = capacity;
+            self.place_pending();
+        }
     }
 
     /// The observation a policy sees now, built by the one builder the operator uses

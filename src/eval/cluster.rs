@@ -1,0 +1,264 @@
+//! `llmos share`: several workloads on shared GPU pools in the twin, under each
+//! [`Allocator`], on the same traffic, over seeds.
+//!
+//! Per allocator it reports the mix's **SLO-weighted goodput**: requests that met their
+//! workload's SLO, each counted with its workload's weight (the mix file's `weight`), as
+//! a total and as a share of the weighted arrivals (a rejected or late request counts as
+//! missed); per workload its SLO attainment and GPU-hours; and the arbiter's preempted,
+//! refused and substituted replicas. Every tick checks that no shared pool holds more
+//! GPUs than it has (a run that breaks it is an error, not a row).
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::stats::Estimate;
+use crate::arbiter::ArbiterEvent;
+use crate::control::cluster::{Allocator, ClusterLoop, Standing};
+use crate::control::RewardConfig;
+use crate::policy::build::{build_heuristic, build_policy};
+use crate::policy::shield::Shield;
+use crate::policy::Policy;
+use crate::twin::cluster::Mix;
+
+/// Arguments of `llmos share`.
+#[derive(clap::Args, Debug)]
+pub struct ShareArgs {
+    /// Mix file (TOML): shared pools and the workloads on them, e.g.
+    /// `scenarios/shared/three-services-one-pool.toml`.
+    #[arg(long)]
+    pub mix: PathBuf,
+    /// Allocators to compare, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "first-come,arbiter")]
+    pub allocators: Vec<Allocator>,
+    /// Number of seeds (0..N); every allocator sees the same arrivals per seed.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Every workload's policy (a heuristic kind, e.g. `hpa`), instead of its scenario's.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Write every run as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// What one workload got in one run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkloadOutcome {
+    /// Workload name.
+    pub name: String,
+    /// Requests that arrived.
+    pub arrived: u64,
+    /// Requests that finished within the SLO.
+    pub slo_met: u64,
+    /// Requests rejected.
+    pub rejected: u64,
+    /// GPU-hours held.
+    pub gpu_hours: f64,
+    /// Replicas taken from it by the arbiter (summed over ticks).
+    pub preempted_replicas: u64,
+    /// Ticks at which a slot of it got fewer replicas than proposed.
+    pub refused_ticks: u64,
+    /// Replicas granted in another slot for ones that did not fit (summed over ticks).
+    pub substituted_replicas: u64,
+}
+
+impl WorkloadOutcome {
+    /// Requests within the SLO over requests that arrived, 0..1.
+    pub fn attainment(&self) -> f64 {
+        if self.arrived == 0 {
+            1.0
+        } else {
+            self.slo_met as f64 / self.arrived as f64
+        }
+    }
+}
+
+/// One run of a mix under one allocator and seed.
+#[derive(Clone, Debug, Serialize)]
+pub struct MixRun {
+    /// Allocator.
+    pub allocator: Allocator,
+    /// Seed.
+    pub seed: u64,
+    /// Per workload, in the mix's order.
+    pub workloads: Vec<WorkloadOutcome>,
+    /// Σ weight × requests within the SLO.
+    pub weighted_goodput: f64,
+    /// Σ weight × requests within the SLO over Σ weight × arrived requests, 0..1.
+    pub weighted_attainment: f64,
+    /// GPU-hours over all workloads.
+    pub gpu_hours: f64,
+    /// Most GPUs held at once per shared pool.
+    pub peak_held_gpus: Vec<u32>,
+    /// Control ticks.
+    pub ticks: u64,
+}
+
+/// Runs `mix` once under `allocator` with `seed`; `policy` replaces every workload's
+/// policy by a heuristic kind.
+pub fn run_mix(mix: &Mix, allocator: Allocator, seed: u64, policy: Option<&str>) -> anyhow::Result<MixRun> {
+    let mut world = mix.build(seed)?;
+    let n = mix.scenarios.len();
+    let mut policies: Vec<Box<dyn Policy>> = Vec::with_capacity(n);
+    for s in &mix.scenarios {
+        policies.push(match policy {
+            Some(name) => build_heuristic(name, &s.spec, "--policy")?,
+            None => build_policy(&s.spec)?,
+        });
+    }
+    let shields = mix.scenarios.iter().map(|s| Shield::new(&s.spec)).collect();
+    let rewards = vec![RewardConfig::default(); n];
+    let standing = mix
+        .file
+        .workloads
+        .iter()
+        .map(|w| Standing { priority: w.priority, guaranteed_gpus: w.guaranteed_gpus })
+        .collect();
+    let mut control = ClusterLoop::new(&world, shields, rewards, standing, allocator);
+    let mut out: Vec<WorkloadOutcome> =
+        world.names().iter().map(|name| WorkloadOutcome { name: name.clone(), ..Default::default() }).collect();
+    let mut ticks = 0u64;
+    while !world.is_done() {
+        let tick = control.tick(&mut world, &mut policies);
+        ticks += 1;
+        world.check_invariants()?;
+        for (o, t) in out.iter_mut().zip(&tick.ticks) {
+            o.arrived += t.stats.arrived;
+            o.slo_met += t.stats.slo_met;
+            o.rejected += t.stats.rejected;
+            o.gpu_hours += t.stats.gpu_seconds / 3600.0;
+        }
+        count_events(&mut out, &tick.events);
+    }
+    let weights: Vec<f64> = mix.file.workloads.iter().map(|w| w.weight).collect();
+    let goodput: f64 = out.iter().zip(&weights).map(|(o, w)| w * o.slo_met as f64).sum();
+    let offered: f64 = out.iter().zip(&weights).map(|(o, w)| w * o.arrived as f64).sum();
+    Ok(MixRun {
+        allocator,
+        seed,
+        weighted_goodput: goodput,
+        weighted_attainment: if offered > 0.0 { goodput / offered } else { 1.0 },
+        gpu_hours: out.iter().map(|o| o.gpu_hours).sum(),
+        peak_held_gpus: world.peak_held().to_vec(),
+        workloads: out,
+        ticks,
+    })
+}
+
+fn count_events(out: &mut [WorkloadOutcome], events: &[ArbiterEvent]) {
+    let mut refused = vec![false; out.len()];
+    for e in events {
+        match *e {
+            ArbiterEvent::Preempted { workload, replicas, .. } => {
+                out[workload].preempted_replicas += u64::from(replicas)
+            }
+            ArbiterEvent::Substituted { workload, granted, .. } => {
+                out[workload].substituted_replicas += u64::from(granted)
+            }
+            ArbiterEvent::Refused { workload, .. } => refused[workload] = true,
+            ArbiterEvent::Granted { .. } => {}
+        }
+    }
+    for (o, r) in out.iter_mut().zip(refused) {
+        o.refused_ticks += u64::from(r);
+    }
+}
+
+/// Every allocator on every seed (in parallel), in (allocator, seed) order.
+pub fn run_all(mix: &Mix, allocators: &[Allocator], seeds: u64, policy: Option<&str>) -> anyhow::Result<Vec<MixRun>> {
+    let jobs: Vec<(Allocator, u64)> = allocators.iter().flat_map(|&a| (0..seeds).map(move |s| (a, s))).collect();
+    jobs.par_iter().map(|&(a, s)| run_mix(mix, a, s, policy)).collect()
+}
+
+fn est(runs: &[&MixRun], f: impl Fn(&MixRun) -> f64) -> Estimate {
+    Estimate::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+}
+
+fn fmt(e: &Estimate, scale: f64, digits: usize) -> String {
+    format!("{:.*} ± {:.*}", digits, e.mean * scale, digits, e.ci95 * scale)
+}
+
+/// The comparison as a text table: one block per allocator (mix totals), then one line
+/// per workload and allocator; means with 95 % intervals over seeds.
+pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
+    use std::fmt::Write;
+    let mut allocators: Vec<Allocator> = Vec::new();
+    for r in runs {
+        if !allocators.contains(&r.allocator) {
+            allocators.push(r.allocator);
+        }
+    }
+    let seeds = runs.iter().filter(|r| Some(r.allocator) == allocators.first().copied()).count();
+    let pools: Vec<String> = mix.file.pools.iter().map(|p| format!("{} ({} GPUs)", p.name, p.capacity_gpus)).collect();
+    let mut s = String::new();
+    let _ = writeln!(s, "mix {}: pools {}; {} seeds, 95 % intervals", mix.file.name, pools.join(", "), seeds);
+    let _ = writeln!(
+        s,
+        "{:<11} {:>22} {:>20} {:>16} {:>12} {:>10}",
+        "allocator", "weighted SLO met (%)", "weighted goodput", "GPU-hours", "preempted", "peak GPUs"
+    );
+    for &a in &allocators {
+        let rs: Vec<&MixRun> = runs.iter().filter(|r| r.allocator == a).collect();
+        let peak = rs.iter().flat_map(|r| r.peak_held_gpus.iter().copied()).max().unwrap_or(0);
+        let preempted: u64 = rs.iter().flat_map(|r| r.workloads.iter().map(|w| w.preempted_replicas)).sum();
+        let _ = writeln!(
+            s,
+            "{:<11} {:>22} {:>20} {:>16} {:>12} {:>10}",
+            a.name(),
+            fmt(&est(&rs, |r| r.weighted_attainment), 100.0, 2),
+            fmt(&est(&rs, |r| r.weighted_goodput), 1.0, 0),
+            fmt(&est(&rs, |r| r.gpu_hours), 1.0, 2),
+            format!("{:.1}/run", preempted as f64 / rs.len().max(1) as f64),
+            peak
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<16} {:>4} {:>6} {:<11} {:>16} {:>14} {:>10} {:>9} {:>12}",
+        "workload", "prio", "weight", "allocator", "SLO met (%)", "GPU-hours", "preempted", "refused", "substituted"
+    );
+    for (i, w) in mix.file.workloads.iter().enumerate() {
+        for &a in &allocators {
+            let rs: Vec<&MixRun> = runs.iter().filter(|r| r.allocator == a).collect();
+            let per = |f: &dyn Fn(&super::cluster::WorkloadOutcome) -> f64| -> f64 {
+                rs.iter().map(|r| f(&r.workloads[i])).sum::<f64>() / rs.len().max(1) as f64
+            };
+            let _ = writeln!(
+                s,
+                "{:<16} {:>4} {:>6} {:<11} {:>16} {:>14} {:>10.1} {:>9.1} {:>12.1}",
+                w.name,
+                w.priority,
+                w.weight,
+                a.name(),
+                fmt(&est(&rs, |r| r.workloads[i].attainment()), 100.0, 2),
+                fmt(&est(&rs, |r| r.workloads[i].gpu_hours), 1.0, 2),
+                per(&|o| o.preempted_replicas as f64),
+                per(&|o| o.refused_ticks as f64),
+                per(&|o| o.substituted_replicas as f64),
+            );
+        }
+    }
+    s
+}
+
+/// `llmos share`.
+pub fn share(args: ShareArgs) -> anyhow::Result<()> {
+    let mix = Mix::load(&args.mix)?;
+    if args.seeds == 0 {
+        anyhow::bail!("--seeds: give at least 1");
+    }
+    let runs = run_all(&mix, &args.allocators, args.seeds, args.policy.as_deref())?;
+    print!("{}", table(&mix, &runs));
+    if let Some(path) = &args.out {
+        let json = serde_json::to_string_pretty(&runs)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json.as_bytes())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
