@@ -41,6 +41,16 @@ pub struct ShareArgs {
     /// Write every run as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Override a shared pool's capacity, `POOL=GPUS` (repeatable), e.g. `a100=100` for the
+    /// workloads without contention.
+    #[arg(long, value_parser = parse_capacity)]
+    pub capacity: Vec<(String, u32)>,
+}
+
+fn parse_capacity(s: &str) -> Result<(String, u32), String> {
+    let (pool, n) = s.split_once('=').ok_or_else(|| format!("`{s}`: give POOL=GPUS"))?;
+    let n = n.trim().parse::<u32>().map_err(|e| format!("`{s}`: GPUS: {e}"))?;
+    Ok((pool.trim().to_string(), n))
 }
 
 /// What one workload got in one run.
@@ -246,7 +256,13 @@ pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
 
 /// `llmos share`.
 pub fn share(args: ShareArgs) -> anyhow::Result<()> {
-    let mix = Mix::load(&args.mix)?;
+    let mut mix = Mix::load(&args.mix)?;
+    for (pool, n) in &args.capacity {
+        let Some(p) = mix.file.pools.iter_mut().find(|p| &p.name == pool) else {
+            anyhow::bail!("--capacity {pool}={n}: the mix has no pool `{pool}`");
+        };
+        p.capacity_gpus = *n;
+    }
     if args.seeds == 0 {
         anyhow::bail!("--seeds: give at least 1");
     }
