@@ -24,8 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller against the cluster in the current kubeconfig.
     Run(crate::controller::cli::RunArgs),
-    /// Print the LLMWorkload CustomResourceDefinition as YAML.
-    Crdgen,
+    /// Print the CustomResourceDefinitions (LLMWorkload, then GPUPool) as one YAML stream.
+    Crdgen(crate::controller::cli::CrdgenArgs),
     /// Simulate a scenario in the digital twin and print its report.
     Simulate(crate::twin::cli::SimulateArgs),
     /// Print statistics of a trace file (rows, span, rate, burstiness, tokens).
@@ -65,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => crate::controller::cli::run(args),
         Command::Dashboard(args) => crate::eval::dashboard::run(args),
-        Command::Crdgen => crate::controller::cli::crdgen(),
+        Command::Crdgen(args) => crate::controller::cli::crdgen(args),
         Command::Simulate(args) => crate::twin::cli::simulate(args),
         Command::TraceStats(args) => crate::eval::cli::trace_stats(args),
         Command::Fidelity(args) => crate::twin::cli::fidelity(args),

@@ -509,6 +509,73 @@ async fn plain_manifests_and_examples_pass_server_side_dry_run() {
         .kubectl(&["apply", "--dry-run=server", "-n", "examples", "-f", "manifests/examples/"])
         .expect("examples pass server-side dry-run");
     assert!(out.contains("llmworkload.llmos.dev"), "{out}");
+    let out = cluster
+        .kubectl(&["apply", "--dry-run=server", "-n", "examples", "-f", "manifests/examples/shared-pools/"])
+        .expect("shared-pool examples pass server-side dry-run");
+    for want in ["gpupool.llmos.dev/a100", "gpupool.llmos.dev/shared-l4", "llmworkload.llmos.dev/chat-prod"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn gpupools_and_pool_refs_are_validated_at_admission() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.client().await;
+    let ns = namespace(&client, "admission-pools").await;
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let pools: Api<llmos::crd::GPUPool> = Api::all(client.clone());
+    let pool = |spec: serde_json::Value| -> llmos::crd::GPUPool {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "llmos.dev/v1alpha1", "kind": "GPUPool", "metadata": {"name": "a100"}, "spec": spec
+        }))
+        .expect("test pool parses")
+    };
+    let created = pools
+        .create(&dry, &pool(serde_json::json!({"gpuType": "A100-80GB", "pricePerGpuHour": 3.0})))
+        .await
+        .expect("a valid GPUPool is accepted");
+    assert_eq!(created.spec.gpu_resource, "nvidia.com/gpu", "the default is applied");
+    assert!(created.metadata.namespace.is_none(), "GPUPools are cluster-scoped");
+    let dyn_pools: Api<kube::api::DynamicObject> =
+        Api::all_with(client.clone(), &kube::api::ApiResource::erase::<llmos::crd::GPUPool>(&()));
+    let as_dyn = |v: serde_json::Value| -> kube::api::DynamicObject { serde_json::from_value(v).unwrap() };
+    for (field, spec) in [
+        ("pricePerGpuHour", serde_json::json!({"gpuType": "L4", "pricePerGpuHour": -1.0})),
+        ("gpuType", serde_json::json!({"pricePerGpuHour": 1.0})),
+        ("gpuResource", serde_json::json!({"gpuType": "L4", "pricePerGpuHour": 1.0, "gpuResource": "not a resource"})),
+    ] {
+        let obj = serde_json::json!({"apiVersion": "llmos.dev/v1alpha1", "kind": "GPUPool", "metadata": {"name": "bad"}, "spec": spec});
+        match dyn_pools.create(&dry, &as_dyn(obj)).await {
+            Err(kube::Error::Api(s)) => assert!(s.code == 422 && s.message.contains(field), "{field}: {s:?}"),
+            other => panic!("{field}: an invalid GPUPool was not rejected: {other:?}"),
+        }
+    }
+    // A workload with poolRefs only (no inline gpuPools) and scheduling is accepted.
+    let wls: Api<LLMWorkload> = Api::namespaced(client.clone(), &ns);
+    let mut refs_only = two_variant_workload(
+        "refs",
+        serde_json::json!({
+            "poolRefs": [{"pool": "a100", "maxGpus": 8}, {"name": "l4", "pool": "shared.l4"}],
+            "scheduling": {"priority": 100, "priorityClassName": "llm-high", "guaranteedGpus": 2}
+        }),
+    );
+    refs_only.spec.gpu_pools.clear();
+    wls.create(&dry, &refs_only).await.expect("a workload on poolRefs only is accepted");
+    let dyn_wls: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &kube::api::ApiResource::erase::<LLMWorkload>(&()));
+    for (field, extra) in [
+        ("name", serde_json::json!({"poolRefs": [{"name": "Bad_Slot", "pool": "a100"}]})),
+        ("maxGpus", serde_json::json!({"poolRefs": [{"pool": "a100", "maxGpus": -1}]})),
+        ("priorityClassName", serde_json::json!({"scheduling": {"priorityClassName": "Not_A_Class"}})),
+        ("guaranteedGpus", serde_json::json!({"scheduling": {"guaranteedGpus": -1}})),
+    ] {
+        let mut v = serde_json::to_value(two_variant_workload("bad", serde_json::json!({}))).unwrap();
+        merge(&mut v["spec"], extra);
+        match dyn_wls.create(&dry, &as_dyn(v)).await {
+            Err(kube::Error::Api(s)) => assert!(s.code == 422 && s.message.contains(field), "{field}: {s:?}"),
+            other => panic!("{field}: an invalid workload was not rejected: {other:?}"),
+        }
+    }
 }
 
 /// Stops a child process with SIGTERM (the operator's graceful shutdown path).

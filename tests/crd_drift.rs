@@ -1,42 +1,73 @@
 //! The checked-in CRD YAML must be exactly what `llmos crdgen` prints from the code.
 //!
-//! Three copies are checked: `crds/` (the source of truth), `manifests/` (plain install)
-//! and the Helm chart's `crds/`. Regenerate all with:
+//! Three copies are checked: `crds/` (the source of truth: one file per CRD,
+//! `llmworkloads.llmos.dev.yaml` and `gpupools.llmos.dev.yaml`), the Helm chart's `crds/`
+//! (the same files) and `manifests/00-crd.yaml` (both CRDs as one YAML stream, for the
+//! plain install). Regenerate all with:
 //!
 //! ```sh
-//! cargo run -- crdgen > crds/llmworkloads.llmos.dev.yaml
-//! cp crds/llmworkloads.llmos.dev.yaml manifests/00-crd.yaml
-//! cp crds/llmworkloads.llmos.dev.yaml charts/llmos-operator/crds/llmworkloads.llmos.dev.yaml
+//! cargo run -- crdgen > manifests/00-crd.yaml
+//! for c in llmworkloads.llmos.dev gpupools.llmos.dev; do
+//!   cargo run -- crdgen $c > crds/$c.yaml
+//!   cp crds/$c.yaml charts/llmos-operator/crds/$c.yaml
+//! done
 //! ```
 
 use std::path::Path;
 
-const COPIES: [&str; 3] = [
-    "crds/llmworkloads.llmos.dev.yaml",
-    "manifests/00-crd.yaml",
-    "charts/llmos-operator/crds/llmworkloads.llmos.dev.yaml",
-];
+/// The folders that hold one file per CRD, `<name>.yaml`.
+const PER_CRD_DIRS: [&str; 2] = ["crds", "charts/llmos-operator/crds"];
+/// The file that holds every CRD as one stream.
+const STREAM: &str = "manifests/00-crd.yaml";
+
+fn read(rel: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(root.join(rel))
+        .unwrap_or_else(|e| panic!("cannot read {rel}: {e}; regenerate it as tests/crd_drift.rs says"))
+}
 
 #[test]
-fn checked_in_crd_matches_the_code() {
-    let generated = llmos::controller::cli::crd_yaml().expect("CRD serialises");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for rel in COPIES {
-        let on_disk = std::fs::read_to_string(root.join(rel))
-            .unwrap_or_else(|e| panic!("cannot read {rel}: {e}; regenerate it with `cargo run -- crdgen > {rel}`"));
-        assert!(
-            on_disk == generated,
-            "{rel} drifted from the CRD the code generates; regenerate it with `cargo run -- crdgen > {rel}` and review the diff"
-        );
+fn checked_in_crds_match_the_code() {
+    let crds = llmos::controller::cli::crd_yamls().expect("CRDs serialise");
+    let names: Vec<&str> = crds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["llmworkloads.llmos.dev", "gpupools.llmos.dev"]);
+    for dir in PER_CRD_DIRS {
+        for (name, generated) in &crds {
+            let rel = format!("{dir}/{name}.yaml");
+            assert!(
+                read(&rel) == *generated,
+                "{rel} drifted from the CRD the code generates; regenerate it with `cargo run -- crdgen {name} > {rel}` and review the diff"
+            );
+        }
+        // No stale CRD file of a resource that no longer exists.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for e in std::fs::read_dir(&root).expect("CRD folder") {
+            let file = e.expect("entry").file_name().to_string_lossy().into_owned();
+            assert!(
+                crds.iter().any(|(n, _)| format!("{n}.yaml") == file),
+                "{dir}/{file} is not a CRD the code generates; remove it"
+            );
+        }
     }
+    let generated = llmos::controller::cli::crd_yaml().expect("CRDs serialise");
+    assert!(
+        read(STREAM) == generated,
+        "{STREAM} drifted from the CRDs the code generates; regenerate it with `cargo run -- crdgen > {STREAM}` and review the diff"
+    );
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&generated)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a CRD document"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["spec"]["names"]["kind"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, ["LLMWorkload", "GPUPool"]);
+    assert_eq!(docs[0]["spec"]["scope"], "Namespaced");
+    assert_eq!(docs[1]["spec"]["scope"], "Cluster");
 }
 
 #[test]
 fn crd_schema_is_structural_for_kubernetes_1_20() {
     // What a 1.20 API server rejects or ignores, checked without a server: no CEL rules,
-    // no oneOf/anyOf/allOf carrying types, every object node typed.
-    let generated = llmos::controller::cli::crd_yaml().expect("CRD serialises");
-    let doc: serde_json::Value = serde_yaml::from_str(&generated).expect("CRD YAML parses");
+    // no oneOf/anyOf/allOf carrying types, every object node typed; for every CRD.
+    let crds = llmos::controller::cli::crd_yamls().expect("CRDs serialise");
     fn walk(v: &serde_json::Value, path: &str, problems: &mut Vec<String>) {
         let Some(obj) = v.as_object() else { return };
         for bad in ["x-kubernetes-validations", "oneOf", "anyOf", "allOf", "$ref", "const"] {
@@ -67,8 +98,11 @@ fn crd_schema_is_structural_for_kubernetes_1_20() {
         }
     }
     let mut problems = Vec::new();
-    for (i, version) in doc["spec"]["versions"].as_array().expect("versions").iter().enumerate() {
-        walk(&version["schema"]["openAPIV3Schema"], &format!("versions[{i}]"), &mut problems);
+    for (name, yaml) in &crds {
+        let doc: serde_json::Value = serde_yaml::from_str(yaml).expect("CRD YAML parses");
+        for (i, version) in doc["spec"]["versions"].as_array().expect("versions").iter().enumerate() {
+            walk(&version["schema"]["openAPIV3Schema"], &format!("{name}: versions[{i}]"), &mut problems);
+        }
     }
     assert!(problems.is_empty(), "schema not structural for 1.20:\n{}", problems.join("\n"));
 }

@@ -275,6 +275,8 @@ fn spec(variants: Vec<VariantSpec>, pools: Vec<GpuPoolSpec>) -> LLMWorkloadSpec 
     LLMWorkloadSpec {
         variants,
         gpu_pools: pools,
+        pool_refs: vec![],
+        scheduling: Default::default(),
         slo: Default::default(),
         limits: Default::default(),
         metrics: Default::default(),

@@ -39,6 +39,8 @@ fn spec(variants: Vec<VariantSpec>, pools: Vec<GpuPoolSpec>, limits: LimitsSpec)
     LLMWorkloadSpec {
         variants,
         gpu_pools: pools,
+        pool_refs: vec![],
+        scheduling: Default::default(),
         slo: Default::default(),
         limits,
         metrics: Default::default(),

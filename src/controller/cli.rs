@@ -242,14 +242,41 @@ async fn run_as_leader(
     Ok(())
 }
 
-/// Prints the CRD YAML (`llmos crdgen`).
-pub fn crdgen() -> anyhow::Result<()> {
-    print!("{}", crd_yaml()?);
+/// Arguments of `llmos crdgen`.
+#[derive(clap::Args, Debug)]
+pub struct CrdgenArgs {
+    /// Print only this CRD (`llmworkloads.llmos.dev` or `gpupools.llmos.dev`), as
+    /// `crds/<name>.yaml` holds it.
+    pub name: Option<String>,
+}
+
+/// Prints the CRDs' YAML (`llmos crdgen`): all of them as one stream, or the one named.
+pub fn crdgen(args: CrdgenArgs) -> anyhow::Result<()> {
+    let Some(name) = args.name else {
+        print!("{}", crd_yaml()?);
+        return Ok(());
+    };
+    let all = crd_yamls()?;
+    let Some((_, yaml)) = all.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        anyhow::bail!("no CRD named {name:?}; the CRDs are {}", known.join(", "));
+    };
+    print!("{yaml}");
     Ok(())
 }
 
-/// The CRD as YAML, exactly as `llmos crdgen` prints it and `crds/` holds it.
-pub fn crd_yaml() -> anyhow::Result<String> {
+/// Every CRD of llmos as (name, YAML), in the order `llmos crdgen` prints them:
+/// `llmworkloads.llmos.dev`, then `gpupools.llmos.dev`. `crds/<name>.yaml` holds each.
+pub fn crd_yamls() -> anyhow::Result<Vec<(String, String)>> {
     use kube::CustomResourceExt;
-    Ok(serde_yaml::to_string(&crate::crd::LLMWorkload::crd())?)
+    [crate::crd::LLMWorkload::crd(), crate::crd::GPUPool::crd()]
+        .into_iter()
+        .map(|crd| Ok((crd.metadata.name.clone().unwrap_or_default(), serde_yaml::to_string(&crd)?)))
+        .collect()
+}
+
+/// The CRDs as one YAML stream (documents separated by `---`), exactly as `llmos crdgen`
+/// prints it and `manifests/00-crd.yaml` holds it.
+pub fn crd_yaml() -> anyhow::Result<String> {
+    Ok(crd_yamls()?.into_iter().map(|(_, yaml)| yaml).collect::<Vec<_>>().join("---\n"))
 }

@@ -96,9 +96,12 @@ fn toleration(t: &crate::crd::TolerationSpec) -> Toleration {
     }
 }
 
-/// The Deployment of one slot with `replicas` replicas.
+/// The Deployment of one slot with `replicas` replicas. Its pods get the pool's node
+/// selector and tolerations and the workload's `scheduling.priorityClassName`.
 ///
-/// Returns `None` when the slot names a variant or pool the spec does not have.
+/// Returns `None` when the slot names a variant or pool the spec does not have; a slot of
+/// a poolRef is known once the spec's poolRefs are resolved
+/// ([`crate::crd::pool::resolve_pools`]).
 pub fn deployment(wl: &LLMWorkload, slot: &Slot, replicas: u32) -> Option<Deployment> {
     let spec = &wl.spec;
     let variant = spec.variants.iter().find(|v| v.name == slot.variant)?;
@@ -174,6 +177,7 @@ pub fn deployment(wl: &LLMWorkload, slot: &Slot, replicas: u32) -> Option<Deploy
                     } else {
                         Some(pool.tolerations.iter().map(toleration).collect())
                     },
+                    priority_class_name: spec.scheduling.priority_class_name.clone(),
                     ..Default::default()
                 }),
             },
@@ -297,11 +301,22 @@ mod tests {
     }
 
     #[test]
+    fn pods_get_the_workloads_priority_class() {
+        let mut wl = workload();
+        wl.spec.scheduling.priority_class_name = Some("llm-high".into());
+        for slot in slots(&wl.spec) {
+            let d = deployment(&wl, &slot, 1).expect("slot");
+            let pod = d.spec.expect("spec").template.spec.expect("pod");
+            assert_eq!(pod.priority_class_name.as_deref(), Some("llm-high"), "{slot:?}");
+        }
+    }
+
+    #[test]
     fn pool_without_taints_gets_no_tolerations_and_service_spans_the_workload() {
         let wl = workload();
         let d = deployment(&wl, &Slot::new("small", "l4"), 0).expect("slot");
         let pod = d.spec.expect("spec").template.spec.expect("pod");
-        assert!(pod.tolerations.is_none() && pod.node_selector.is_none());
+        assert!(pod.tolerations.is_none() && pod.node_selector.is_none() && pod.priority_class_name.is_none());
         let svc = service(&wl);
         let sel = svc.spec.expect("spec").selector.expect("selector");
         assert_eq!(sel, BTreeMap::from([(LABEL_WORKLOAD.to_string(), "chat".to_string())]));

@@ -2,14 +2,17 @@
 //! Kubernetes 1.20 API server (no CEL there): references between fields, uniqueness,
 //! `min ≤ max` (all from [`crate::policy::shield::validate_spec`]), plus what only the
 //! controller cares about: names that must fit Kubernetes' 63-character limits and a
-//! policy section whose parameters do not fit its kind ([`crate::policy::build::validate_policy_spec`]). Each problem names the field and says what to fix;
+//! policy section whose parameters do not fit its kind ([`crate::policy::build::validate_policy_spec`]). It checks the
+//! spec as written: `poolRefs` count as pools (slot names unique over `gpuPools` and
+//! `poolRefs`, each a DNS label of at most 20 characters); whether their GPUPools exist is
+//! [`crate::crd::pool::resolve_pools`]'s to say. Each problem names the field and says what to fix;
 //! the controller turns them into a `Degraded` condition and a Warning Event and changes
 //! no Deployment.
 
 use crate::crd::LLMWorkloadSpec;
 pub use crate::policy::shield::SpecProblem;
 
-use super::desired::{deployment_name, slots};
+use super::desired::{deployment_name, Slot};
 
 /// Checks `spec` of the workload `name`; an empty list means it can be reconciled.
 pub fn validate_spec(name: &str, spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
@@ -21,7 +24,10 @@ pub fn validate_spec(name: &str, spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
             "the workload name must be at most 63 characters (it is used as a label value)".into(),
         );
     }
-    for slot in slots(spec) {
+    // Every slot, over inline pools and poolRefs alike (`slots` sees inline pools only
+    // until the poolRefs are resolved).
+    let all_slots = spec.variants.iter().flat_map(|v| spec.pool_names_of(v).into_iter().map(|p| Slot::new(&v.name, p)));
+    for slot in all_slots {
         let dn = deployment_name(name, &slot);
         if dn.len() > 63 {
             p(
@@ -91,6 +97,89 @@ mod tests {
         assert!(fields.contains(&"spec.variants[1].name".to_string()), "{fields:?}");
         assert!(fields.contains(&"spec.variants[1].minReplicas".to_string()), "{fields:?}");
         assert!(fields.contains(&"spec.gpuPools[1].name".to_string()), "{fields:?}");
+    }
+
+    fn with_refs(refs: serde_json::Value) -> LLMWorkloadSpec {
+        let mut s = serde_json::to_value(spec()).expect("spec serialises");
+        s["poolRefs"] = refs;
+        serde_json::from_value(s).expect("spec with poolRefs")
+    }
+
+    #[test]
+    fn pool_refs_count_as_pools_and_variants_may_name_their_slots() {
+        let mut s =
+            with_refs(serde_json::json!([{"pool": "shared-a100", "maxGpus": 8}, {"name": "l4", "pool": "cheap.l4"}]));
+        s.variants[0].pools = vec!["a100".into(), "shared-a100".into(), "l4".into()];
+        assert!(validate_spec("w", &s).is_empty(), "{:?}", validate_spec("w", &s));
+        s.gpu_pools.clear();
+        s.variants[0].pools = vec!["l4".into()];
+        assert!(validate_spec("w", &s).is_empty(), "{:?}", validate_spec("w", &s));
+        s.pool_refs.clear();
+        let p = validate_spec("w", &s);
+        assert!(p.iter().any(|p| p.field == "spec.gpuPools" && p.message.contains("poolRefs")), "{p:?}");
+    }
+
+    #[test]
+    fn pool_ref_slot_names_are_unique_over_both_lists_and_dns_labels() {
+        let s =
+            with_refs(serde_json::json!([{"pool": "a100"}, {"name": "x", "pool": "p"}, {"name": "x", "pool": "q"}]));
+        let p = validate_spec("w", &s);
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["spec.poolRefs[0].pool", "spec.poolRefs[2].name"], "{p:?}");
+        assert!(p[0].message.contains("spec.gpuPools[0].name"), "{}", p[0]);
+        assert!(p[1].message.contains("spec.poolRefs[1].name"), "{}", p[1]);
+        let s = with_refs(serde_json::json!([{"pool": "shared.a100"}, {"pool": "a-pool-name-of-more-than-20"}]));
+        let fields: Vec<String> = validate_spec("w", &s).into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["spec.poolRefs[0].pool", "spec.poolRefs[1].pool"]);
+    }
+
+    #[test]
+    fn guarantees_beyond_every_refs_max_gpus_are_reported() {
+        let mut s = with_refs(serde_json::json!([{"pool": "p", "maxGpus": 4}]));
+        s.scheduling.guaranteed_gpus = 4;
+        assert!(validate_spec("w", &s).is_empty());
+        s.scheduling.guaranteed_gpus = 5;
+        let p = validate_spec("w", &s);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "spec.scheduling.guaranteedGpus");
+    }
+
+    #[test]
+    fn deployment_names_of_pool_ref_slots_are_checked() {
+        let mut s = with_refs(serde_json::json!([{"name": "a-twenty-char-slot-x", "pool": "p"}]));
+        s.variants[0].pools.clear();
+        let p = validate_spec(&"x".repeat(40), &s);
+        assert!(p.iter().any(|p| p.message.contains("a-twenty-char-slot-x")), "{p:?}");
+    }
+
+    /// The documents of a YAML stream whose `kind` is `kind`.
+    fn docs_of(yaml: &str, kind: &str) -> Vec<serde_json::Value> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).expect("a YAML document"))
+            .filter(|d| d["kind"] == kind)
+            .collect()
+    }
+
+    #[test]
+    fn the_shared_pool_examples_resolve_and_validate() {
+        let pools: std::collections::BTreeMap<String, crate::crd::GPUPoolSpec> =
+            docs_of(include_str!("../../manifests/examples/shared-pools/gpupools.yaml"), "GPUPool")
+                .into_iter()
+                .map(|d| {
+                    let p: crate::crd::GPUPool = serde_json::from_value(d).expect("the example GPUPool parses");
+                    (p.metadata.name.clone().expect("named"), p.spec)
+                })
+                .collect();
+        assert_eq!(pools.len(), 2);
+        let wls = docs_of(include_str!("../../manifests/examples/shared-pools/llmworkload-shared.yaml"), "LLMWorkload");
+        let wl: crate::crd::LLMWorkload = serde_json::from_value(wls[0].clone()).expect("the example workload parses");
+        assert!(validate_spec("chat-prod", &wl.spec).is_empty(), "{:?}", validate_spec("chat-prod", &wl.spec));
+        let resolved = crate::crd::pool::resolve_pools(&wl.spec, &pools).expect("the example's poolRefs resolve");
+        assert!(validate_spec("chat-prod", &resolved).is_empty(), "{:?}", validate_spec("chat-prod", &resolved));
+        let names: Vec<&str> = resolved.gpu_pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["reserved", "a100", "l4"]);
+        assert_eq!(crate::crd::pool::shared_pool_of(&wl.spec, "l4"), Some("shared-l4"));
+        assert_eq!(wl.spec.scheduling.priority_class_name.as_deref(), Some("llm-production"));
     }
 
     #[test]

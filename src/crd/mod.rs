@@ -1,9 +1,11 @@
-//! The `LLMWorkload` custom resource: what a cluster operator applies, and what the
-//! twin simulates.
+//! The custom resources: the namespaced `LLMWorkload`, what a cluster operator applies
+//! and what the twin simulates, and the cluster-scoped [`GPUPool`] ([`pool`]) that many
+//! workloads share.
 //!
-//! A workload has model `variants` (e.g. a 7B and a 70B model behind one endpoint),
-//! `gpuPools` they may run on, an `slo`, hard `limits`, where to read `metrics`, and the
-//! `policy` that decides replicas per (variant, pool).
+//! A workload has model `variants` (e.g. a 7B and a 70B model behind one endpoint), the
+//! GPU pools they may run on (its own inline `gpuPools`, and `poolRefs` to shared
+//! GPUPools), an `slo`, hard `limits`, where to read `metrics`, its `scheduling` priority
+//! on shared pools, and the `policy` that decides replicas per (variant, pool).
 
 use std::collections::BTreeMap;
 
@@ -12,8 +14,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod policy;
+pub mod pool;
 
 use policy::PolicySpec;
+pub use pool::{GPUPool, GPUPoolSpec, GPUPoolStatus};
 
 /// Desired state of an LLM inference workload.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -41,9 +45,20 @@ pub struct LLMWorkloadSpec {
     /// Model variants that can serve this workload's traffic.
     #[schemars(length(min = 1, max = 16))]
     pub variants: Vec<VariantSpec>,
-    /// GPU node pools replicas may be placed on.
-    #[schemars(length(min = 1, max = 16))]
+    /// GPU node pools of this workload alone that replicas may be placed on. With
+    /// `poolRefs` there must be at least one pool over both lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 0, max = 16))]
     pub gpu_pools: Vec<GpuPoolSpec>,
+    /// Shared, cluster-scoped GPUPools replicas may be placed on, besides `gpuPools`.
+    /// Each becomes one more pool slot (see `crd::pool::resolve_pools`); slot names are
+    /// unique over `gpuPools` and `poolRefs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub pool_refs: Vec<PoolRefSpec>,
+    /// This workload's claim on shared pools against the other workloads in them.
+    #[serde(default, skip_serializing_if = "SchedulingSpec::is_default")]
+    pub scheduling: SchedulingSpec,
     /// Latency objectives.
     #[serde(default)]
     pub slo: SloSpec,
@@ -86,7 +101,8 @@ pub struct VariantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub quality: Option<f64>,
-    /// Pools this variant may run on; empty means every pool.
+    /// Pools this variant may run on, by slot name (of `gpuPools` or `poolRefs`); empty
+    /// means every pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<String>,
     /// Fewest replicas of this variant over all its pools.
@@ -148,6 +164,81 @@ pub struct GpuPoolSpec {
     pub capacity_gpus: Option<u32>,
 }
 
+/// A reference to a shared, cluster-scoped GPUPool: the workload gets one pool slot
+/// with the GPUPool's GPU type, price, node selector and tolerations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolRefSpec {
+    /// Slot name, unique over `gpuPools` and `poolRefs`; a DNS label (used in Deployment
+    /// names and named by variants' `pools`). Absent: the GPUPool's name, which must then
+    /// be a DNS label of at most 20 characters too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+    /// Name of the GPUPool.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub pool: String,
+    /// Most GPUs this workload may hold in the pool; absent means up to the pool's
+    /// `capacityGpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_gpus: Option<u32>,
+}
+
+impl PoolRefSpec {
+    /// The slot name: `name`, else the GPUPool's name.
+    pub fn slot_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.pool)
+    }
+}
+
+/// How a workload competes for GPUs of shared pools (`poolRefs`).
+///
+/// When the workloads in a shared GPUPool want more GPUs than it has, the arbiter grants
+/// them by `priority`, highest first; within one priority, each workload's
+/// `guaranteedGpus` are served first, and what is left is shared max-min fair (every
+/// workload gets an equal share, or what it wants when that is less, the rest going to
+/// those that want more). A workload may preempt (take GPUs already granted) only from
+/// workloads of strictly lower priority, and never a lower-priority workload's guaranteed
+/// GPUs for demand beyond its own guarantee: guaranteed GPUs are safe from everything but
+/// the guarantees of higher priorities. Inline `gpuPools` belong to one workload and are
+/// not arbitrated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SchedulingSpec {
+    /// Higher wins GPUs of a shared pool from lower when the pool is short (default 0;
+    /// negative is allowed). Set it to the `value` of the `priorityClassName` class so
+    /// that llmos and kube-scheduler order workloads the same way.
+    pub priority: i32,
+    /// A Kubernetes PriorityClass put on every pod the operator creates for this
+    /// workload, so that kube-scheduler's own preemption (of pods that cannot be
+    /// scheduled) follows the same order as llmos's grants; `priority` should equal its
+    /// value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub priority_class_name: Option<String>,
+    /// GPUs over this workload's shared pools that workloads of lower priority cannot
+    /// keep from it while it has traffic (default 0): they are served first within its
+    /// priority and are not preempted by higher priorities' demand beyond their own
+    /// guarantees. Keep the sum of guarantees within the pools' capacity and within the
+    /// namespace's GPU ResourceQuota.
+    #[schemars(range(min = 0, max = 100000))]
+    pub guaranteed_gpus: u32,
+}
+
+impl SchedulingSpec {
+    /// Whether every field has its default (the section is then left out when written).
+    pub fn is_default(&self) -> bool {
+        *self == SchedulingSpec::default()
+    }
+}
+
 /// Latency objectives: a request meets the SLO when both its TTFT and its mean TPOT do.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -167,11 +258,32 @@ pub struct SloSpec {
 }
 
 impl LLMWorkloadSpec {
-    /// The pools a variant may run on: its `pools`, or every pool when empty (spec order).
+    /// The inline pools a variant may run on: its `pools`, or every pool when empty (spec
+    /// order). A spec with `poolRefs` gets its shared pools here only once
+    /// [`pool::resolve_pools`] has made them inline.
     pub fn pools_of<'a>(&'a self, variant: &'a VariantSpec) -> Vec<&'a GpuPoolSpec> {
         self.gpu_pools
             .iter()
             .filter(|p| variant.pools.is_empty() || variant.pools.iter().any(|n| n == &p.name))
+            .collect()
+    }
+
+    /// Every pool slot name: the inline pools' names, then the poolRefs' slot names (spec
+    /// order).
+    pub fn pool_names(&self) -> Vec<&str> {
+        self.gpu_pools
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(self.pool_refs.iter().map(PoolRefSpec::slot_name))
+            .collect()
+    }
+
+    /// The pool slot names a variant may run on, over inline pools and poolRefs: its
+    /// `pools`, or every slot when empty (spec order, as [`Self::pool_names`]).
+    pub fn pool_names_of<'a>(&'a self, variant: &VariantSpec) -> Vec<&'a str> {
+        self.pool_names()
+            .into_iter()
+            .filter(|n| variant.pools.is_empty() || variant.pools.iter().any(|p| p == n))
             .collect()
     }
 }
@@ -389,7 +501,8 @@ pub struct TargetStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// Ready, Progressing, Degraded, MetricsAvailable or PolicyReady.
+    /// The condition's type (an LLMWorkload's are Ready, Progressing, Degraded,
+    /// MetricsAvailable and PolicyReady).
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

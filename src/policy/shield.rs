@@ -789,7 +789,8 @@ pub fn validate_spec(spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     out
 }
 
-/// The pools' part of [`validate_spec`].
+/// The pools' part of [`validate_spec`]: inline pools and poolRefs, whose slot names are
+/// unique over both lists.
 fn validate_pools(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) {
     let mut problem = |field: String, message: String| out.push(SpecProblem { field, message });
     let pool_names: Vec<&str> = spec.gpu_pools.iter().map(|p| p.name.as_str()).collect();
@@ -807,11 +808,39 @@ fn validate_pools(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) {
             );
         }
     }
+    let mut taken: Vec<(&str, String)> =
+        spec.gpu_pools.iter().enumerate().map(|(i, p)| (p.name.as_str(), format!("spec.gpuPools[{i}].name"))).collect();
+    for (i, r) in spec.pool_refs.iter().enumerate() {
+        let (slot, field) = (r.slot_name(), crate::crd::pool::slot_name_field(i, r));
+        if let Err(why) = crate::crd::pool::check_slot_name(slot) {
+            problem(field, format!("`{slot}` cannot be a pool slot name: {why}"));
+        } else if let Some((_, other)) = taken.iter().find(|(n, _)| *n == slot) {
+            problem(
+                field,
+                format!("pool slot name `{slot}` is already used by {other}; give this poolRef a unique `name`"),
+            );
+        } else {
+            taken.push((slot, field));
+        }
+    }
     if spec.variants.is_empty() {
         problem("spec.variants".into(), "no variants: add at least one model variant".into());
     }
-    if spec.gpu_pools.is_empty() {
-        problem("spec.gpuPools".into(), "no GPU pools: add at least one pool".into());
+    if spec.gpu_pools.is_empty() && spec.pool_refs.is_empty() {
+        problem(
+            "spec.gpuPools".into(),
+            "no GPU pools: add at least one pool to spec.gpuPools or a GPUPool to spec.poolRefs".into(),
+        );
+    }
+    let s = &spec.scheduling;
+    let ref_caps: Option<u64> = spec.pool_refs.iter().map(|r| r.max_gpus.map(u64::from)).sum();
+    if let (false, Some(cap)) = (spec.pool_refs.is_empty(), ref_caps) {
+        if u64::from(s.guaranteed_gpus) > cap {
+            problem(
+                "spec.scheduling.guaranteedGpus".into(),
+                format!("{} guaranteed GPUs, more than the poolRefs' maxGpus allow ({cap}); lower the guarantee or raise maxGpus", s.guaranteed_gpus),
+            );
+        }
     }
 }
 
@@ -823,10 +852,34 @@ struct VariantTotals {
     min_fleet_cost: f64,
 }
 
+/// What validation knows of a pool slot: an inline pool's capacity and price, or a
+/// poolRef's `maxGpus` (its GPUPool's capacity and price are not known before it is
+/// resolved).
+struct PoolView<'a> {
+    name: &'a str,
+    capacity_gpus: Option<u32>,
+    price_per_gpu_hour: Option<f64>,
+}
+
+/// The pool slots `v` may run on (spec order, inline pools first).
+fn allowed_pools<'a>(spec: &'a LLMWorkloadSpec, v: &crate::crd::VariantSpec) -> Vec<PoolView<'a>> {
+    let inline = spec.gpu_pools.iter().map(|p| PoolView {
+        name: &p.name,
+        capacity_gpus: p.capacity_gpus,
+        price_per_gpu_hour: Some(p.price_per_gpu_hour),
+    });
+    let refs = spec.pool_refs.iter().map(|r| PoolView {
+        name: r.slot_name(),
+        capacity_gpus: r.max_gpus,
+        price_per_gpu_hour: None,
+    });
+    inline.chain(refs).filter(|p| v.pools.is_empty() || v.pools.iter().any(|n| n == p.name)).collect()
+}
+
 /// The variants' part of [`validate_spec`].
 fn validate_variants(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) -> VariantTotals {
     let mut problem = |field: String, message: String| out.push(SpecProblem { field, message });
-    let pool_names: Vec<&str> = spec.gpu_pools.iter().map(|p| p.name.as_str()).collect();
+    let pool_names: Vec<&str> = spec.pool_names();
     let mut sum_min: u64 = 0;
     let mut sum_max: u64 = 0;
     let mut min_fleet_cost = 0.0;
@@ -841,7 +894,7 @@ fn validate_variants(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) -> Vari
             if !pool_names.contains(&p.as_str()) {
                 problem(
                     format!("spec.variants[{i}].pools[{j}]"),
-                    format!("variant `{}` names pool `{p}`, which is not in spec.gpuPools (known: {}); fix the name or add the pool", v.name, pool_names.join(", ")),
+                    format!("variant `{}` names pool `{p}`, which is not in spec.gpuPools or spec.poolRefs (known: {}); fix the name or add the pool", v.name, pool_names.join(", ")),
                 );
             }
         }
@@ -860,9 +913,8 @@ fn validate_variants(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) -> Vari
                 format!("variant `{}` needs at least 1 GPU per replica", v.name),
             );
         }
-        let allowed: Vec<&crate::crd::GpuPoolSpec> =
-            spec.gpu_pools.iter().filter(|p| v.pools.is_empty() || v.pools.contains(&p.name)).collect();
-        let fits: Vec<&&crate::crd::GpuPoolSpec> =
+        let allowed = allowed_pools(spec, v);
+        let fits: Vec<&PoolView> =
             allowed.iter().filter(|p| p.capacity_gpus.is_none_or(|c| c >= v.gpus_per_replica)).collect();
         if !allowed.is_empty() && fits.is_empty() {
             problem(
@@ -871,7 +923,7 @@ fn validate_variants(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) -> Vari
                     "variant `{}` needs {} GPUs per replica but none of its pools ({}) has that capacity; raise a pool's capacityGpus or allow a bigger pool",
                     v.name,
                     v.gpus_per_replica,
-                    allowed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    allowed.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
                 ),
             );
         }
@@ -889,9 +941,13 @@ fn validate_variants(spec: &LLMWorkloadSpec, out: &mut Vec<SpecProblem>) -> Vari
         }
         sum_min += u64::from(v.min_replicas);
         sum_max += u64::from(v.max_replicas);
-        let cheapest =
-            fits.iter().map(|p| f64::from(v.gpus_per_replica) * p.price_per_gpu_hour).fold(f64::INFINITY, f64::min);
-        if cheapest.is_finite() {
+        // A poolRef's price is the GPUPool's, unknown here: the cheapest is then unknown
+        // and the variant adds nothing to the lower bound of the fleet's cost.
+        let cheapest: Option<f64> = fits
+            .iter()
+            .map(|p| p.price_per_gpu_hour.map(|c| f64::from(v.gpus_per_replica) * c))
+            .try_fold(f64::INFINITY, |m, c| c.map(|c| m.min(c)));
+        if let Some(cheapest) = cheapest.filter(|c| c.is_finite()) {
             min_fleet_cost += f64::from(v.min_replicas) * cheapest;
         }
     }

@@ -91,9 +91,15 @@ pub fn start_cluster(tag: &str) -> Result<TestCluster, String> {
     }
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
     let cluster = TestCluster { kubeconfig: run_dir.join("kubeconfig"), run_dir, bin };
-    // Install the checked-in CRD the way a user would.
-    cluster.kubectl(&["apply", "-f", "crds/llmworkloads.llmos.dev.yaml"])?;
-    cluster.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd/llmworkloads.llmos.dev"])?;
+    // Install the checked-in CRDs the way a user would.
+    cluster.kubectl(&["apply", "-f", "crds/"])?;
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/llmworkloads.llmos.dev",
+        "crd/gpupools.llmos.dev",
+    ])?;
     Ok(cluster)
 }
 

@@ -206,12 +206,22 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Installs the CRD with `llmos crdgen | kubectl apply` and waits until it is established.
+    /// Installs the CRDs with `llmos crdgen | kubectl apply` and waits until they are established.
     pub fn install_crd(&self) {
         let crd = Command::new(env!("CARGO_BIN_EXE_llmos")).arg("crdgen").output().expect("llmos crdgen");
         assert!(crd.status.success(), "llmos crdgen failed");
         self.kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&crd.stdout)));
-        self.kubectl(&["wait", "--for", "condition=established", "--timeout=60s", "crd/llmworkloads.llmos.dev"], None);
+        self.kubectl(
+            &[
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout=60s",
+                "crd/llmworkloads.llmos.dev",
+                "crd/gpupools.llmos.dev",
+            ],
+            None,
+        );
     }
 }
 
@@ -628,6 +638,9 @@ pub const GRANTED_NOT_REQUESTED: &[(&str, &str, &[&str], &str)] = &[
     ("llmos.dev", "llmworkloads/status", &["get", "update"], "not requested by this run: status is patched"),
     ("llmos.dev", "llmworkloads", &["get", "update"], "not requested by this run: the finalizer is patched"),
     ("events.k8s.io", "events", &["patch"], "a repeated Event is patched into its series; a run may only create first ones"),
+    ("llmos.dev", "gpupools", &["get", "list", "watch"], "shared GPU pools are read for workloads with poolRefs; this run's workloads have inline pools only"),
+    ("llmos.dev", "gpupools/status", &["get", "patch", "update"], "a GPUPool's status is written when one exists; this run has none"),
+    ("", "nodes", &["get", "list", "watch"], "Nodes are read to count a GPUPool's allocatable GPUs; this run has no GPUPool"),
 ];
 
 /// Applies manifests/02-rbac.yaml (with its namespace) so that an operator started with
