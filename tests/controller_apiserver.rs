@@ -351,6 +351,59 @@ async fn an_invalid_spec_degrades_with_a_warning_and_touches_nothing() {
 }
 
 #[tokio::test]
+async fn pool_refs_resolve_to_gpupools_and_a_missing_one_degrades() {
+    let Some(h) = Harness::new("pool-refs").await else { return };
+    // GPUPools are cluster-scoped: one per test namespace, so parallel tests do not meet.
+    let pool_name = format!("shared-{}", h.ns);
+    let pools: Api<llmos::crd::GPUPool> = Api::all(h.client.clone());
+    let gp: llmos::crd::GPUPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "llmos.dev/v1alpha1", "kind": "GPUPool", "metadata": {"name": pool_name},
+        "spec": {"gpuType": "A100-80GB", "pricePerGpuHour": 2.5, "capacityGpus": 16,
+                 "nodeSelector": {"llmos.dev/test-pool": "shared-a100"}}
+    }))
+    .unwrap();
+    pools.create(&PostParams::default(), &gp).await.expect("GPUPool created");
+    // The a100 slot comes from the GPUPool; l4 stays inline.
+    let mut wl = two_variant_workload(
+        "shared",
+        serde_json::json!({"poolRefs": [{"name": "a100", "pool": pool_name}],
+                           "scheduling": {"priority": 5, "priorityClassName": "llm-test"}}),
+    );
+    wl.spec.gpu_pools.retain(|p| p.name == "l4");
+    h.create(&wl).await;
+    h.reconcile("shared").await;
+    let wl = h.workload("shared").await;
+    assert_eq!(condition(&wl, "Degraded").status, "False", "{:?}", wl.status);
+    let r = h.replicas().await;
+    assert!(r.contains_key("shared-large-a100") && r.contains_key("shared-small-l4"), "{r:?}");
+    let d = h.deps().get("shared-large-a100").await.expect("deployment on the shared pool");
+    let pod = d.spec.and_then(|s| s.template.spec).expect("pod spec");
+    assert_eq!(
+        pod.node_selector.unwrap_or_default().get("llmos.dev/test-pool").map(String::as_str),
+        Some("shared-a100"),
+        "the GPUPool's node selector"
+    );
+    assert_eq!(pod.priority_class_name.as_deref(), Some("llm-test"));
+
+    // A poolRef to a GPUPool that does not exist: Degraded naming the field, nothing created.
+    let mut orphan =
+        two_variant_workload("orphan", serde_json::json!({"poolRefs": [{"name": "a100", "pool": "no-such-pool"}]}));
+    orphan.spec.gpu_pools.retain(|p| p.name == "l4");
+    h.create(&orphan).await;
+    h.reconcile("orphan").await;
+    let orphan = h.workload("orphan").await;
+    let degraded = condition(&orphan, "Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        degraded.message.contains("spec.poolRefs[0].pool") && degraded.message.contains("no-such-pool"),
+        "{}",
+        degraded.message
+    );
+    assert!(!h.replicas().await.keys().any(|k| k.starts_with("orphan-")), "no Deployment for an unresolved poolRef");
+    let _ = pools.delete(&pool_name, &Default::default()).await;
+}
+
+#[tokio::test]
 async fn missing_metrics_hold_the_replicas() {
     let Some(h) = Harness::new("missing-metrics").await else { return };
     h.create(&two_variant_workload("chat", serde_json::json!({}))).await;

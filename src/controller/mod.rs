@@ -414,6 +414,11 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     if let Some(p) = plan::invalid_spec(&wl, now, settings) {
         return execute::execute(&ctx, &wl, &p).await;
     }
+    // poolRefs become pool slots like inline pools, from the GPUPools they name.
+    let wl = match resolve_pool_refs(&ctx, &wl).await? {
+        Ok(resolved) => resolved,
+        Err(e) => return execute::execute(&ctx, &wl, &plan::unresolved_pools(&wl, &e, now, settings)).await,
+    };
     let observed = Observed::new(&wl, owned_deployments(&ctx, &wl).await?);
     let state = state_of(&ctx, &wl);
     let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
@@ -454,6 +459,29 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         save_policy_state(&ctx, &state, &wl, now).await;
     }
     Ok(action)
+}
+
+/// `wl` with its `poolRefs` resolved into pool slots ([`crate::crd::pool::resolve_pools`]):
+/// the GPUPools are listed only for a workload that has poolRefs; an error names the
+/// poolRef that cannot be resolved. Until the operator arbitrates shared pools, each
+/// workload counts a shared pool's GPUs as if they were its own (capped by the ref's
+/// `maxGpus` or the pool's `capacityGpus`), and kube-scheduler leaves replicas beyond the
+/// Nodes' GPUs Pending: first come, first served.
+async fn resolve_pool_refs(
+    ctx: &Context,
+    wl: &Arc<LLMWorkload>,
+) -> Result<Result<Arc<LLMWorkload>, crate::crd::pool::PoolRefError>, Error> {
+    if wl.spec.pool_refs.is_empty() {
+        return Ok(Ok(wl.clone()));
+    }
+    let api: Api<crate::crd::GPUPool> = Api::all(ctx.client.clone());
+    let list = api.list(&ListParams::default()).await.map_err(kube_err("listing GPUPools"))?;
+    let pools = list.items.into_iter().map(|p| (p.name_any(), p.spec)).collect();
+    Ok(crate::crd::pool::resolve_pools(&wl.spec, &pools).map(|spec| {
+        let mut resolved = (**wl).clone();
+        resolved.spec = spec;
+        Arc::new(resolved)
+    }))
 }
 
 /// On the first reconcile of `wl` since its state was built: reads the policy's saved

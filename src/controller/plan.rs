@@ -311,7 +311,26 @@ pub fn invalid_spec(wl: &LLMWorkload, now: Timestamp, settings: Settings) -> Opt
     if problems.is_empty() {
         return None;
     }
-    let msg = validate::summary(&problems);
+    Some(degraded(wl, &problems, now, settings))
+}
+
+/// The plan for a spec whose `poolRefs` cannot be resolved (a GPUPool that does not
+/// exist, a slot name that clashes with a pool's): the same as for an invalid spec,
+/// naming the field.
+pub fn unresolved_pools(
+    wl: &LLMWorkload,
+    err: &crate::crd::pool::PoolRefError,
+    now: Timestamp,
+    settings: Settings,
+) -> Plan {
+    let problem = validate::SpecProblem { field: err.field().to_string(), message: err.to_string() };
+    degraded(wl, &[problem], now, settings)
+}
+
+/// `Degraded=True` (reason `InvalidSpec`) naming `problems`, a Warning Event when the
+/// message is new, and nothing else touched.
+fn degraded(wl: &LLMWorkload, problems: &[validate::SpecProblem], now: Timestamp, settings: Settings) -> Plan {
+    let msg = validate::summary(problems);
     let (now_str, generation) = (now.to_string(), wl.meta().generation);
     let mut st = wl.status.clone().unwrap_or_default();
     st.observed_generation = generation;
@@ -327,13 +346,13 @@ pub fn invalid_spec(wl: &LLMWorkload, now: Timestamp, settings: Settings) -> Opt
         let note = format!("spec not applied, fix: {msg}");
         notices.push(PlannedEvent::warning(EventReason::InvalidSpec, "ValidateSpec", note));
     }
-    Some(Plan {
+    Plan {
         notices,
         status: st,
         warnings: vec![format!("invalid spec: {msg}")],
         requeue_after: settings.invalid_spec_requeue,
         ..Default::default()
-    })
+    }
 }
 
 /// The plan of one reconcile (see the module doc); an invalid spec gives [`invalid_spec`]'s plan.
