@@ -127,12 +127,7 @@ impl ControlLoop {
     pub fn tick_with(&mut self, world: &mut impl World, choose: impl FnOnce(&Observation) -> Decision) -> Tick {
         let proposed = choose(&self.obs);
         let outcome = self.shield.apply(&self.obs, &proposed);
-        let changed_slots = outcome
-            .decision
-            .targets
-            .iter()
-            .filter(|t| self.obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0) != t.replicas)
-            .count() as u32;
+        let changed_slots = changed_slots(&self.obs, &outcome.decision);
         world.apply(self.workload, &outcome.decision);
         let stats = world.advance().into_iter().nth(self.workload).unwrap_or_default();
         let reward = self.reward.reward(&stats);
@@ -163,12 +158,7 @@ impl ControlLoop {
         applied: ShieldOutcome,
         stats: TickStats,
     ) -> Tick {
-        let changed_slots = applied
-            .decision
-            .targets
-            .iter()
-            .filter(|t| self.obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0) != t.replicas)
-            .count() as u32;
+        let changed_slots = changed_slots(&self.obs, &applied.decision);
         self.shield.record(&self.obs, &applied);
         let reward = self.reward.reward(&stats);
         let mut next = world.observe(self.workload);
@@ -185,4 +175,13 @@ impl ControlLoop {
         policy.feedback(&self.obs, tick.reward);
         tick
     }
+}
+
+/// Slots whose desired replicas `decision` changes from what `obs` saw.
+fn changed_slots(obs: &Observation, decision: &Decision) -> u32 {
+    decision
+        .targets
+        .iter()
+        .filter(|t| obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0) != t.replicas)
+        .count() as u32
 }
