@@ -30,9 +30,9 @@
 //! [`fleet`], [`gateway`], [`meters`] with the one [`histogram`]), [`metrics`] (the report). See `docs/twin.md` for the model and its calibration.
 
 pub mod catalog;
-pub mod cluster;
 /// Command-line entry points.
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod fidelity;
