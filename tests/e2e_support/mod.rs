@@ -724,9 +724,18 @@ pub fn shipped_grants() -> BTreeSet<(String, String, String)> {
 /// every grant either requested in the run or listed in [`GRANTED_NOT_REQUESTED`] with
 /// its reason. Returns a table of requests per (group, resource, verb) for the log.
 pub fn check_rbac_audit(stack: &Stack) -> String {
-    let used = audited_requests(stack);
-    assert!(!used.is_empty(), "the audit log holds no request of the operator's identity");
     let grants = shipped_grants();
+    // The API server writes a request's audit event after it has answered it, so the
+    // last requests of a run (the cleanup's deletes) can reach the log a moment after
+    // the test saw their effect: read it again until every grant is accounted for, for
+    // at most 20 s.
+    let started = Instant::now();
+    let mut used = audited_requests(stack);
+    while !unexplained_grants(&grants, &used).is_empty() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(500));
+        used = audited_requests(stack);
+    }
+    assert!(!used.is_empty(), "the audit log holds no request of the operator's identity");
     // A request the RBAC grants can still be refused for a moment after an API server
     // restart, before its authorizer has read the roles again; a missing grant is
     // refused every time. So: refused and not granted fails; a non-resource URL (allowed
@@ -742,14 +751,7 @@ pub fn check_rbac_audit(stack: &Stack) -> String {
             "the operator used {verb} on {g}/{r} ({ok} answered, {refused} refused), which manifests/02-rbac.yaml does not grant"
         );
     }
-    let requested: BTreeSet<(String, String, String)> = used.keys().cloned().collect();
-    let unexplained: Vec<String> = grants
-        .difference(&requested)
-        .filter(|(g, r, verb)| {
-            !GRANTED_NOT_REQUESTED.iter().any(|(gg, rr, verbs, _)| gg == g && rr == r && verbs.contains(&verb.as_str()))
-        })
-        .map(|(g, r, verb)| format!("{verb} {g}/{r}"))
-        .collect();
+    let unexplained = unexplained_grants(&grants, &used);
     assert!(
         unexplained.is_empty(),
         "granted by manifests/02-rbac.yaml but never requested and not explained in GRANTED_NOT_REQUESTED (least privilege):\n{}",
@@ -763,6 +765,22 @@ pub fn check_rbac_audit(stack: &Stack) -> String {
         table.push_str(&format!("  {verb:<7} {what:<40} {ok} {refused}\n"));
     }
     table
+}
+
+/// Grants never requested in `used` and not explained in [`GRANTED_NOT_REQUESTED`], as
+/// "verb group/resource" lines.
+fn unexplained_grants(
+    grants: &BTreeSet<(String, String, String)>,
+    used: &BTreeMap<(String, String, String), (usize, usize)>,
+) -> Vec<String> {
+    let requested: BTreeSet<(String, String, String)> = used.keys().cloned().collect();
+    grants
+        .difference(&requested)
+        .filter(|(g, r, verb)| {
+            !GRANTED_NOT_REQUESTED.iter().any(|(gg, rr, verbs, _)| gg == g && rr == r && verbs.contains(&verb.as_str()))
+        })
+        .map(|(g, r, verb)| format!("{verb} {g}/{r}"))
+        .collect()
 }
 
 /// A load-step scenario for `twin-serve` with the layout of the workloads the end-to-end
