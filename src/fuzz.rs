@@ -301,6 +301,7 @@ pub fn workload(data: &[u8]) -> bool {
         tick: None,
         last_tick: None,
         settings,
+        grants: None,
     };
     let planned = plan::plan(&input);
     let problems = crate::controller::validate::validate_spec(&wl.metadata.name.clone().unwrap_or_default(), &wl.spec);

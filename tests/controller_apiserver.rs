@@ -403,6 +403,251 @@ async fn pool_refs_resolve_to_gpupools_and_a_missing_one_degrades() {
     let _ = pools.delete(&pool_name, &Default::default()).await;
 }
 
+/// A workload of one 2-GPU variant `small` that may run only on the shared slot `shared`
+/// (a poolRef to `pool`), with the given scheduling.
+fn shared_workload(name: &str, pool: &str, scheduling: serde_json::Value) -> LLMWorkload {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "llmos.dev/v1alpha1", "kind": "LLMWorkload", "metadata": {"name": name},
+        "spec": {
+            "variants": [{"name": "small", "model": "meta-llama/Llama-3.1-8B-Instruct",
+                          "image": "vllm/vllm-openai:v0.6.3", "gpusPerReplica": 2, "minReplicas": 1,
+                          "maxReplicas": 8, "pools": ["shared"]}],
+            "poolRefs": [{"name": "shared", "pool": pool}],
+            "scheduling": scheduling,
+            "limits": {"maxStepChange": 8, "scaleDownCooldownSeconds": 0, "maxTotalReplicas": 8},
+            "policy": {"kind": "static", "intervalSeconds": 10}
+        }
+    }))
+    .expect("shared test workload parses")
+}
+
+#[tokio::test]
+async fn the_arbiter_grants_a_shared_pool_by_priority_and_preempts_victims_first() {
+    use k8s_openapi::api::core::v1::Node;
+    let Some(h) = Harness::new("arbiter").await else { return };
+    // One Node of 8 GPUs selected by a label of this test only, and its pool (capped at 8).
+    let label = format!("arbiter-{}", h.ns);
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": format!("gpu-node-{}", h.ns), "labels": {"llmos.dev/test-pool": label}},
+        "status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}
+    }))
+    .unwrap();
+    let node = nodes.create(&PostParams::default(), &node).await.expect("Node created");
+    if node.status.as_ref().and_then(|s| s.allocatable.as_ref()).is_none() {
+        let patch = serde_json::json!({"status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}});
+        nodes
+            .patch_status(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("Node status");
+    }
+    let pool_name = format!("arb-{}", h.ns);
+    let pools: Api<llmos::crd::GPUPool> = Api::all(h.client.clone());
+    let gp: llmos::crd::GPUPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "llmos.dev/v1alpha1", "kind": "GPUPool", "metadata": {"name": pool_name},
+        "spec": {"gpuType": "A100-80GB", "pricePerGpuHour": 2.5, "nodeSelector": {"llmos.dev/test-pool": label}}
+    }))
+    .unwrap();
+    pools.create(&PostParams::default(), &gp).await.expect("GPUPool created");
+    let total_gpus = |r: &BTreeMap<String, i32>| -> i32 { r.values().map(|n| (*n).max(0) * 2).sum() };
+
+    h.create(&shared_workload("batch", &pool_name, serde_json::json!({"priority": 0}))).await;
+    h.create(&shared_workload("chat", &pool_name, serde_json::json!({"priority": 100}))).await;
+    h.reconcile("batch").await;
+    h.reconcile("chat").await;
+    let r = h.replicas().await;
+    assert_eq!((r["batch-small-shared"], r["chat-small-shared"]), (1, 1), "first placements: {r:?}");
+
+    // batch grows into the free GPUs.
+    h.script.set(&[("small", "shared", 3)]);
+    h.tick("batch").await;
+    let r = h.replicas().await;
+    assert_eq!(r["batch-small-shared"], 3, "{r:?}");
+    assert!(total_gpus(&r) <= 8, "{r:?}");
+
+    // chat (priority 100) wants the whole pool: batch is scaled down first, chat gets it.
+    h.script.set(&[("small", "shared", 4)]);
+    h.tick("chat").await;
+    let r = h.replicas().await;
+    assert_eq!((r["batch-small-shared"], r["chat-small-shared"]), (0, 4), "{r:?}");
+    let pre = events(&h.client, &h.ns, "Preempted").await;
+    let note = pre.first().and_then(|e| e.note.clone()).unwrap_or_default();
+    assert!(
+        pre.iter().all(|e| e.regarding.as_ref().and_then(|o| o.name.as_deref()) == Some("batch"))
+            && note.contains(&format!("{}/chat", h.ns))
+            && note.contains("6 GPUs"),
+        "a Preempted Warning on batch naming chat: {note}"
+    );
+    assert_eq!(pre.first().and_then(|e| e.type_.as_deref()), Some("Warning"));
+    assert!(!events(&h.client, &h.ns, "Preempting").await.is_empty(), "chat says whom it took from");
+
+    // batch asks again: refused while chat holds the pool, and says why.
+    h.script.set(&[("small", "shared", 3)]);
+    h.tick("batch").await;
+    let r = h.replicas().await;
+    assert_eq!((r["batch-small-shared"], r["chat-small-shared"]), (0, 4), "{r:?}");
+    let refused = events(&h.client, &h.ns, "GpusRefused").await;
+    let note = refused.first().and_then(|e| e.note.clone()).unwrap_or_default();
+    assert!(note.contains("granted 0") && note.contains(&pool_name), "{note}");
+    let batch = h.workload("batch").await;
+    let arb = batch.status.as_ref().and_then(|s| s.arbitration.clone()).expect("status.arbitration");
+    assert_eq!(
+        (arb.slots[0].proposed, arb.slots[0].granted, arb.slots[0].gpu_pool.as_str()),
+        (3, 0, pool_name.as_str())
+    );
+    let last = arb.last_preempted.expect("lastPreempted");
+    assert_eq!((last.by.as_str(), last.gpus), (format!("{}/chat", h.ns).as_str(), 6));
+
+    // chat gives half back; batch gets it at its next tick.
+    h.script.set(&[("small", "shared", 2)]);
+    h.tick("chat").await;
+    h.script.set(&[("small", "shared", 3)]);
+    h.tick("batch").await;
+    let r = h.replicas().await;
+    assert_eq!((r["batch-small-shared"], r["chat-small-shared"]), (2, 2), "{r:?}");
+
+    // The GPUPool's status counts its Node, capacity and what is allocated.
+    let st = pools.get(&pool_name).await.expect("pool").status.expect("GPUPool status");
+    assert_eq!(
+        (st.nodes, st.allocatable_gpus, st.capacity_gpus, st.allocated_gpus, st.workloads),
+        (1, 8, 8, 8, 2),
+        "{st:?}"
+    );
+    assert_eq!(st.pending_gpus, 8, "no replica is ready: every allocated GPU is pending");
+    let _ = pools.delete(&pool_name, &Default::default()).await;
+    let _ = nodes.delete(&node.name_any(), &Default::default()).await;
+}
+
+/// A policy that asks, for every slot, the replicas the test wants for its variant now.
+struct Wants(Arc<std::sync::Mutex<BTreeMap<String, u32>>>);
+
+impl llmos::policy::Policy for Wants {
+    fn name(&self) -> &str {
+        "wants"
+    }
+    fn decide(&mut self, obs: &llmos::policy::Observation) -> llmos::policy::Decision {
+        let wants = self.0.lock().unwrap().clone();
+        let mut d = llmos::policy::Decision::new("what the test wants");
+        for s in &obs.slots {
+            d.set(&s.variant, &s.pool, wants.get(&s.variant).copied().unwrap_or(s.desired_replicas));
+        }
+        d
+    }
+}
+
+/// Three workloads (priorities 100, 50, 0) tick every second, each in its own task of the
+/// real controller (watch caches, concurrent reconciles), on one GPUPool of 8 GPUs that
+/// they want three times over. A watch on their Deployments checks that the GPUs desired
+/// over all three never exceed the pool at any point of the history the API server
+/// records, and the grants settle where the priorities say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ticks_never_over_commit_a_shared_pool() {
+    use futures::StreamExt;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.client().await;
+    let ns = namespace(&client, "arbiter-concurrent").await;
+    let pool_name = format!("conc-{ns}");
+    let pools: Api<llmos::crd::GPUPool> = Api::all(client.clone());
+    let gp: llmos::crd::GPUPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "llmos.dev/v1alpha1", "kind": "GPUPool", "metadata": {"name": pool_name},
+        "spec": {"gpuType": "A100-80GB", "pricePerGpuHour": 2.5, "capacityGpus": 8}
+    }))
+    .unwrap();
+    pools.create(&PostParams::default(), &gp).await.expect("GPUPool created");
+    let wants = Arc::new(std::sync::Mutex::new(BTreeMap::from([
+        ("gold".to_string(), 4u32),
+        ("silver".to_string(), 4),
+        ("bronze".to_string(), 4),
+    ])));
+    let w = wants.clone();
+    let builder: llmos::controller::PolicyBuilder =
+        Arc::new(move |_spec| Ok(Box::new(Wants(w.clone())) as Box<dyn llmos::policy::Policy>));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(FakeSource::healthy(5.0)),
+        builder,
+        ControllerConfig { instance: "test".into(), ..Default::default() },
+    ));
+    // The watch of every desired-replica change, in the API server's order.
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let history = Arc::new(std::sync::Mutex::new((BTreeMap::<String, i32>::new(), 0i32, 0usize)));
+    let h2 = history.clone();
+    let watch = tokio::spawn(async move {
+        let mut stream = watcher(deps, watcher::Config::default()).applied_objects().boxed();
+        while let Some(Ok(d)) = stream.next().await {
+            let mut h = h2.lock().unwrap();
+            h.0.insert(d.name_any(), d.spec.and_then(|s| s.replicas).unwrap_or(0));
+            let gpus: i32 = h.0.values().map(|r| r * 2).sum();
+            h.1 = h.1.max(gpus);
+            h.2 += 1;
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(llmos::controller::run_controller(ctx, Some(ns.clone()), async move {
+        let _ = stop_rx.await;
+    }));
+    let wls: Api<LLMWorkload> = Api::namespaced(client.clone(), &ns);
+    for (name, priority) in [("gold", 100), ("silver", 50), ("bronze", 0)] {
+        let mut wl = shared_workload(name, &pool_name, serde_json::json!({"priority": priority}));
+        wl.spec.variants[0].name = name.to_string();
+        wl.spec.policy.interval_seconds = 1;
+        wls.create(&PostParams::default(), &wl).await.expect("create workload");
+    }
+    let replicas = || async {
+        let r: BTreeMap<String, i32> = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|d| (d.name_any(), d.spec.and_then(|s| s.replicas).unwrap_or(0)))
+            .collect();
+        [
+            r.get("gold-gold-shared").copied().unwrap_or(-1),
+            r.get("silver-silver-shared").copied().unwrap_or(-1),
+            r.get("bronze-bronze-shared").copied().unwrap_or(-1),
+        ]
+    };
+    let settle = |expect: [i32; 3], what: &'static str| {
+        let replicas = &replicas;
+        async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                let r = replicas().await;
+                if r == expect {
+                    return;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "{what}: {r:?}, expected {expect:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    // Everyone wants 8 GPUs: gold gets the pool.
+    settle([4, 0, 0], "gold first").await;
+    // gold steps back to one replica: silver takes the rest, bronze still has nothing.
+    *wants.lock().unwrap() = BTreeMap::from([("gold".into(), 1), ("silver".into(), 4), ("bronze".into(), 4)]);
+    settle([1, 3, 0], "silver next").await;
+    // gold wants it all again: silver is preempted.
+    wants.lock().unwrap().insert("gold".into(), 4);
+    settle([4, 0, 0], "gold again").await;
+    // Everyone wants 2 GPUs: one replica each fits (6 of 8 GPUs).
+    *wants.lock().unwrap() = BTreeMap::from([("gold".into(), 1), ("silver".into(), 1), ("bronze".into(), 1)]);
+    settle([1, 1, 1], "one each").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+    watch.abort();
+    let (last, peak, changes) = history.lock().unwrap().clone();
+    eprintln!("shared pool of 8 GPUs: {changes} Deployment changes watched, peak {peak} GPUs desired, last {last:?}");
+    assert!(changes >= 9, "the watch saw the scale-ups and preemptions ({changes} changes)");
+    assert!(peak <= 8, "the desired GPUs over the three workloads reached {peak} of the pool's 8");
+    let preempted = events(&client, &ns, "Preempted").await;
+    assert!(preempted.iter().any(|e| e.regarding.as_ref().and_then(|o| o.name.as_deref()) == Some("silver")));
+    let _ = pools.delete(&pool_name, &Default::default()).await;
+}
+
 #[tokio::test]
 async fn missing_metrics_hold_the_replicas() {
     let Some(h) = Harness::new("missing-metrics").await else { return };

@@ -148,6 +148,7 @@ fn plan_for(wl: &LLMWorkload, deployments: Vec<Deployment>, tick: Tick<'_>, poli
         tick: outcome.as_ref(),
         last_tick,
         settings: SETTINGS,
+        grants: None,
     })
 }
 
@@ -529,6 +530,7 @@ fn a_policy_warning_becomes_a_warning_event() {
         tick: Some(&tick),
         last_tick: None,
         settings: SETTINGS,
+        grants: None,
     });
     let ev = p.notices.iter().find(|e| e.reason == EventReason::PolicyWarning).expect("a PolicyWarning notice");
     assert_eq!((ev.type_, ev.note.as_str()), (EventType::Warning, "forecast for small is poor"));

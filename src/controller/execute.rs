@@ -125,6 +125,15 @@ fn content_digest<T: serde::Serialize>(obj: &T) -> u64 {
     h.finish()
 }
 
+/// The generation the API server gave the Deployment `key` (`namespace/name`) when this
+/// process last applied it.
+pub(super) fn written_generation(ctx: &Context, key: &str) -> Option<i64> {
+    match written(ctx, key) {
+        Some(Written::Deployment { generation, .. }) => Some(generation),
+        _ => None,
+    }
+}
+
 fn written(ctx: &Context, key: &str) -> Option<Written> {
     ctx.written.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
 }

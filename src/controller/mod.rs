@@ -39,6 +39,7 @@ pub mod leader;
 pub mod page;
 pub mod plan;
 pub mod policy_state;
+pub mod share;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
@@ -205,6 +206,11 @@ pub struct Context {
     /// The owned Deployments as the controller's watch sees them (set by
     /// [`run_controller`]); a reconcile reads them here instead of listing them.
     deployments: std::sync::OnceLock<kube::runtime::reflector::Store<Deployment>>,
+    /// The LLMWorkloads as the controller's watch sees them (set by [`run_controller`]);
+    /// the arbiter of shared pools reads the other workloads here instead of listing them.
+    llmworkloads: std::sync::OnceLock<kube::runtime::reflector::Store<LLMWorkload>>,
+    /// The arbiter of shared GPU pools: its lock and its memory ([`share`]).
+    shared: share::SharedPools,
 }
 
 impl Context {
@@ -229,6 +235,8 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             deployments: std::sync::OnceLock::new(),
+            llmworkloads: std::sync::OnceLock::new(),
+            shared: share::SharedPools::default(),
         }
     }
 
@@ -415,7 +423,8 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         return execute::execute(&ctx, &wl, &p).await;
     }
     // poolRefs become pool slots like inline pools, from the GPUPools they name.
-    let wl = match resolve_pool_refs(&ctx, &wl).await? {
+    let written = wl.clone();
+    let (wl, gpupools) = match resolve_pool_refs(&ctx, &wl).await? {
         Ok(resolved) => resolved,
         Err(e) => return execute::execute(&ctx, &wl, &plan::unresolved_pools(&wl, &e, now, settings)).await,
     };
@@ -431,7 +440,14 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         (None, None)
     };
     let last_tick = lock(&state).last_tick;
-    let input = PlanInput {
+    // A workload on shared pools holds the arbiter's lock from its plan to its last
+    // write, so no other reconcile decides on the same GPUs meanwhile (the metrics read
+    // and the policy's decision happen before, without it).
+    let mut book = match written.spec.pool_refs.is_empty() {
+        true => None,
+        false => Some(ctx.shared.lock().await),
+    };
+    let mut input = PlanInput {
         workload: &wl,
         observed: &observed,
         now,
@@ -439,8 +455,37 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         tick: tick.as_ref(),
         last_tick,
         settings,
+        grants: None,
     };
-    let p = plan::plan(&input);
+    let mut p = plan::plan(&input);
+    // Shared slots get what the arbiter grants of what the plan proposes (victims of a
+    // preemption are scaled down in there, before this plan's writes).
+    let shared = match book.as_deref_mut() {
+        None => None,
+        Some(book) => {
+            let decided = tick.as_ref().is_some_and(|t| t.decided.is_some());
+            let traffic = tick
+                .as_ref()
+                .filter(|t| matches!(t.metrics, MetricsRead::Read { .. }))
+                .map(|t| t.observation.arrival_rate_rps > 0.0);
+            let outcome = share::arbitrate_reconcile(
+                &ctx,
+                book,
+                &written,
+                &wl,
+                &gpupools,
+                &observed.deployments,
+                &p.targets,
+                decided,
+                traffic,
+                now,
+            )
+            .await?;
+            input.grants = Some(&outcome.grants);
+            p = plan::plan(&input);
+            Some(outcome)
+        }
+    };
     remember(&ctx, &state, tick.as_ref(), &p);
     if let Some(tick) = &tick {
         let mode = wl.spec.policy.mode.as_str();
@@ -455,32 +500,40 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         });
     }
     let action = execute::execute(&ctx, &wl, &p).await?;
+    if let (Some(book), Some(outcome)) = (book.as_deref_mut(), &shared) {
+        let ready = observed.states.iter().map(|(s, st)| (s.clone(), st.ready)).collect();
+        share::settle(&ctx, book, &written, outcome, &p.targets, &ready).await;
+    }
+    drop(book);
     if tick.is_some() {
         save_policy_state(&ctx, &state, &wl, now).await;
     }
     Ok(action)
 }
 
-/// `wl` with its `poolRefs` resolved into pool slots ([`crate::crd::pool::resolve_pools`]):
-/// the GPUPools are listed only for a workload that has poolRefs; an error names the
-/// poolRef that cannot be resolved. Until the operator arbitrates shared pools, each
-/// workload counts a shared pool's GPUs as if they were its own (capped by the ref's
-/// `maxGpus` or the pool's `capacityGpus`), and kube-scheduler leaves replicas beyond the
-/// Nodes' GPUs Pending: first come, first served.
+/// GPUPools by name.
+type GpuPools = BTreeMap<String, crate::crd::GPUPool>;
+
+/// `wl` with its `poolRefs` resolved into pool slots ([`crate::crd::pool::resolve_pools`]),
+/// and the GPUPools: they are listed only for a workload that has poolRefs; an error
+/// names the poolRef that cannot be resolved. Each shared slot is capped by the ref's
+/// `maxGpus` or the pool's `capacityGpus` for the workload's own shield; what the
+/// workload gets of the pool is the arbiter's grant ([`share`]).
 async fn resolve_pool_refs(
     ctx: &Context,
     wl: &Arc<LLMWorkload>,
-) -> Result<Result<Arc<LLMWorkload>, crate::crd::pool::PoolRefError>, Error> {
+) -> Result<Result<(Arc<LLMWorkload>, GpuPools), crate::crd::pool::PoolRefError>, Error> {
     if wl.spec.pool_refs.is_empty() {
-        return Ok(Ok(wl.clone()));
+        return Ok(Ok((wl.clone(), GpuPools::new())));
     }
     let api: Api<crate::crd::GPUPool> = Api::all(ctx.client.clone());
     let list = api.list(&ListParams::default()).await.map_err(kube_err("listing GPUPools"))?;
-    let pools = list.items.into_iter().map(|p| (p.name_any(), p.spec)).collect();
-    Ok(crate::crd::pool::resolve_pools(&wl.spec, &pools).map(|spec| {
+    let pools: GpuPools = list.items.into_iter().map(|p| (p.name_any(), p)).collect();
+    let specs = pools.iter().map(|(n, p)| (n.clone(), p.spec.clone())).collect();
+    Ok(crate::crd::pool::resolve_pools(&wl.spec, &specs).map(|spec| {
         let mut resolved = (**wl).clone();
         resolved.spec = spec;
-        Arc::new(resolved)
+        (Arc::new(resolved), pools)
     }))
 }
 
@@ -685,6 +738,9 @@ fn remember(ctx: &Context, state: &Mutex<WorkloadState>, tick: Option<&TickOutco
 async fn cleanup(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.workloads.forget(&workload_labels(&wl));
     ctx.journal.forget(&key_of(&wl));
+    if !wl.spec.pool_refs.is_empty() {
+        ctx.shared.lock().await.forget(&key_of(&wl));
+    }
     let ns = wl.namespace().unwrap_or_default();
     let name = wl.name_any();
     let dep_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -752,6 +808,7 @@ pub async fn run_controller(
         .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     // The owned Deployments: one watch feeds both the triggers and the cache reconciles read.
     let _ = ctx.deployments.set(dep_reader);
+    let _ = ctx.llmworkloads.set(reader.clone());
     let dep_stream = watcher(deps, owned.clone()).default_backoff().reflect(dep_writer).touched_objects();
     Controller::for_stream(trigger, reader)
         .owns_stream(dep_stream)

@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{DecisionStatus, LLMWorkload, LLMWorkloadSpec, LLMWorkloadStatus, TargetStatus};
+use crate::crd::{ArbitrationStatus, DecisionStatus, LLMWorkload, LLMWorkloadSpec, LLMWorkloadStatus, TargetStatus};
 use crate::policy::config::PolicyMode;
 use crate::policy::shield::{slot_key, ShieldOutcome, ShieldRule};
 use crate::policy::{Decision, Observation};
@@ -66,6 +66,18 @@ pub enum EventReason {
     /// Warning: the policy's saved state could not be read or was rejected; the policy
     /// starts afresh.
     PolicyStateRejected,
+    /// Warning: the arbiter of a shared GPU pool granted fewer replicas than the workload
+    /// asked for (the pool is full of workloads of the same or higher priority).
+    GpusRefused,
+    /// Warning: a workload of higher priority took replicas of this one in a shared GPU
+    /// pool (or the pool's capacity fell below what its workloads held).
+    Preempted,
+    /// This workload took GPUs of a shared pool from a workload of lower priority; the
+    /// victim was scaled down first.
+    Preempting,
+    /// Replicas that did not fit in one shared slot were granted in another slot of the
+    /// workload (another pool, or a smaller variant).
+    Substituted,
 }
 
 impl EventReason {
@@ -86,6 +98,10 @@ impl EventReason {
             EventReason::PolicyWarning => "PolicyWarning",
             EventReason::PolicyStateRestored => "PolicyStateRestored",
             EventReason::PolicyStateRejected => "PolicyStateRejected",
+            EventReason::GpusRefused => "GpusRefused",
+            EventReason::Preempted => "Preempted",
+            EventReason::Preempting => "Preempting",
+            EventReason::Substituted => "Substituted",
         }
     }
 }
@@ -263,6 +279,22 @@ pub struct PlanInput<'a> {
     pub last_tick: Option<Timestamp>,
     /// Controller settings.
     pub settings: Settings,
+    /// What the arbiter of the shared GPU pools granted (`None` for a workload without
+    /// shared pools, or before the arbitration).
+    pub grants: Option<&'a Grants>,
+}
+
+/// What the arbiter of the shared GPU pools granted a workload at one reconcile
+/// ([`super::share`]): it replaces the targets of the workload's shared slots.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Grants {
+    /// Replicas per shared slot.
+    pub targets: BTreeMap<Slot, u32>,
+    /// Events about the arbitration (refusals, preemptions made, substitutions),
+    /// published with the change events.
+    pub events: Vec<PlannedEvent>,
+    /// The record for `status.arbitration`.
+    pub status: ArbitrationStatus,
 }
 
 /// What one reconcile writes, in the order the executor writes it: `notices`, then the
@@ -365,6 +397,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     if let Some(tick) = input.tick {
         d.tick(tick);
     }
+    if let Some(g) = input.grants {
+        d.grant(g);
+    }
     let (apply, delete, service) = writes(input.workload, input.observed, &d.targets);
     let before: BTreeMap<Slot, u32> = input
         .observed
@@ -375,6 +410,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let changes = changes(&before, &d.targets);
     let mut events = d.change_events(&changes);
     events.extend(d.switch_events(&before));
+    events.extend(input.grants.iter().flat_map(|g| g.events.iter().cloned()));
     d.finish_status();
     let last = if input.tick.is_some() { input.now } else { input.last_tick.unwrap_or(input.now) };
     let observed_generations = input
@@ -629,6 +665,41 @@ impl<'a> Draft<'a> {
         }
         self.st.last_decision = Some(self.record(d, &self.targets));
         self.decision = Some(self.kind());
+    }
+
+    /// The arbiter's grants replace the targets of the shared slots; what the shield
+    /// records as applied, the decision record and the decision's kind follow them.
+    fn grant(&mut self, g: &Grants) {
+        let mut status = g.status.clone();
+        if status.last_preempted.is_none() {
+            status.last_preempted = self.st.arbitration.as_ref().and_then(|a| a.last_preempted.clone());
+        }
+        self.st.arbitration = Some(status);
+        let mut changed = false;
+        for (s, r) in &g.targets {
+            if let Some(t) = self.targets.get_mut(s) {
+                changed |= *t != *r;
+                *t = *r;
+            }
+        }
+        if !changed {
+            return;
+        }
+        if let Some(applied) = &mut self.shield_applied {
+            for (s, r) in &g.targets {
+                applied.decision.set(&s.variant, &s.pool, *r);
+            }
+        }
+        if let Some(rec) = self.st.last_decision.as_mut().filter(|r| r.time == self.now_str) {
+            rec.targets = self
+                .targets
+                .iter()
+                .map(|(s, r)| TargetStatus { variant: s.variant.clone(), pool: s.pool.clone(), replicas: *r })
+                .collect();
+        }
+        if !matches!(self.decision, None | Some(DecisionKind::Hold) | Some(DecisionKind::Shadow)) {
+            self.decision = Some(self.kind());
+        }
     }
 
     /// Counts the shield's overrides in status and says which rule changed which slot.

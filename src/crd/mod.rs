@@ -422,6 +422,10 @@ pub struct LLMWorkloadStatus {
     /// Keys are `<variant>/<pool>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub last_scale_down: BTreeMap<String, String>,
+    /// What the arbiter of the shared GPU pools granted at the last reconcile (absent for a
+    /// workload without `poolRefs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbitration: Option<ArbitrationStatus>,
     /// The figures above formatted for people, for `kubectl get` (written with every status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<StatusSummary>,
@@ -495,6 +499,56 @@ pub struct TargetStatus {
     pub pool: String,
     /// Desired replica count.
     pub replicas: u32,
+}
+
+/// What the arbiter of the shared GPU pools decided for a workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArbitrationStatus {
+    /// When (RFC 3339).
+    pub time: String,
+    /// The workload's shared slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<ArbitratedSlot>,
+    /// What was refused, preempted or substituted, in words (empty when every proposal
+    /// was granted).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The last time a workload of higher priority took replicas of this one: who, when
+    /// and how many (kept until the next preemption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_preempted: Option<PreemptionStatus>,
+}
+
+/// One shared slot in [`ArbitrationStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArbitratedSlot {
+    /// Variant name.
+    pub variant: String,
+    /// Pool slot name (the poolRef's name).
+    pub pool: String,
+    /// The GPUPool the slot is shared through.
+    pub gpu_pool: String,
+    /// Replicas held before the arbitration.
+    pub held: u32,
+    /// Replicas the workload asked for (after its shield).
+    pub proposed: u32,
+    /// Replicas granted.
+    pub granted: u32,
+}
+
+/// A preemption of a workload's replicas by a workload of higher priority.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreemptionStatus {
+    /// When (RFC 3339).
+    pub time: String,
+    /// The workload the GPUs went to (`namespace/name`), or empty when the pool's
+    /// capacity fell below what its workloads held.
+    pub by: String,
+    /// GPUs taken.
+    pub gpus: u32,
 }
 
 /// A status condition, as Kubernetes conventions describe it.
