@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds the Kubernetes control plane llmos's integration tests run against:
-# kube-apiserver and kube-controller-manager v1.20.2 from Debian 12's `kubernetes`
+# kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 from Debian 12's `kubernetes`
 # source package (with Debian's Go 1.19), kubectl 1.20 from Debian's binary package, and
 # etcd 3.4 from Debian. No container engine, no Go module proxy needed: only a Debian
 # mirror. Run as root (it installs packages). Takes ~5-12 minutes once; the result is
@@ -9,10 +9,10 @@
 #   scripts/k8s/build.sh            then: scripts/k8s/start.sh RUNDIR / scripts/k8s/stop.sh RUNDIR
 #
 # Environment:
-#   PREFIX    where bin/{kube-apiserver,kube-controller-manager,kubectl} go
+#   PREFIX    where bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl} go
 #             (default ~/.cache/llmos/k8s-1.20.2; the tests look there or in $LLMOS_K8S_BIN)
 #   WORK      scratch space for the source tree and Go caches (default ~/.cache/llmos/k8s-build)
-#   WITH_KCM  1 (default) also builds kube-controller-manager
+#   WITH_KCM  1 (default) also builds kube-controller-manager and kube-scheduler
 set -euo pipefail
 PREFIX=${PREFIX:-$HOME/.cache/llmos/k8s-1.20.2}
 WORK=${WORK:-$HOME/.cache/llmos/k8s-build}
@@ -21,11 +21,35 @@ say() { echo "$(date +%T) $*"; }
 
 have_all() {
   [ -x "$PREFIX/bin/kube-apiserver" ] && [ -x "$PREFIX/bin/kubectl" ] && command -v etcd >/dev/null &&
-    { [ "$WITH_KCM" != 1 ] || [ -x "$PREFIX/bin/kube-controller-manager" ]; }
+    { [ "$WITH_KCM" != 1 ] || { [ -x "$PREFIX/bin/kube-controller-manager" ] && [ -x "$PREFIX/bin/kube-scheduler" ]; }; }
 }
 if have_all; then
   echo "already built: $("$PREFIX/bin/kube-apiserver" --version) in $PREFIX/bin"
   exit 0
+fi
+
+LDFLAGS="-s -w"
+V=k8s.io/kubernetes/vendor/k8s.io
+for pkg in client-go/pkg/version component-base/version; do
+  LDFLAGS="$LDFLAGS -X $V/$pkg.gitVersion=v1.20.2 -X $V/$pkg.gitMajor=1 -X $V/$pkg.gitMinor=20 -X $V/$pkg.gitTreeState=clean"
+done
+TARGETS=./cmd/kube-apiserver
+[ "$WITH_KCM" = 1 ] && TARGETS="$TARGETS ./cmd/kube-controller-manager ./cmd/kube-scheduler"
+go_env() {
+  export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$WORK/gopath GO111MODULE=off GOPROXY=off GOFLAGS= \
+    GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=$WORK/gocache
+  cd "$WORK/gopath/src/k8s.io/kubernetes"
+  export PWD="$WORK/gopath/src/k8s.io/kubernetes"
+}
+
+# A source tree prepared by an earlier run (a binary added since): only compile.
+if [ -f "$WORK/gopath/src/k8s.io/kubernetes/pkg/generated/openapi/zz_generated.openapi.go" ] &&
+  [ -x "$PREFIX/bin/kubectl" ] && command -v etcd >/dev/null && [ -x /usr/lib/go-1.19/bin/go ]; then
+  say "compiling what is missing in the prepared tree $WORK"
+  go_env
+  # shellcheck disable=SC2086
+  go build -trimpath -ldflags "$LDFLAGS" -o "$PREFIX/bin/" $TARGETS
+  have_all && { say "done: binaries in $PREFIX/bin"; exit 0; }
 fi
 
 say "packages: Debian sources, Go 1.19, etcd, and the newer reflect2/json-iterator"
@@ -66,10 +90,7 @@ for pkg in github.com/modern-go/reflect2 github.com/json-iterator/go; do
     -exec cp {} "$SRC/vendor/$pkg/" \;
 done
 
-export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$WORK/gopath GO111MODULE=off GOPROXY=off GOFLAGS= \
-  GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=$WORK/gocache
-cd "$WORK/gopath/src/k8s.io/kubernetes"
-export PWD="$WORK/gopath/src/k8s.io/kubernetes"
+go_env
 
 # The release tarball lacks the generated OpenAPI definitions the apiserver needs
 # ("undefined: openapi.GetOpenAPIDefinitions"); generate them as `make generated_files` would.
@@ -84,13 +105,6 @@ INPUTS=$(find -H . \( -not \( \( -path ./_\* -o -path ./.\* -o -path ./vendor \)
   -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r "$WORK/openapi-violations.report"
 
 say "compiling (GOPATH mode, no network)"
-V=k8s.io/kubernetes/vendor/k8s.io
-LDFLAGS="-s -w"
-for pkg in client-go/pkg/version component-base/version; do
-  LDFLAGS="$LDFLAGS -X $V/$pkg.gitVersion=v1.20.2 -X $V/$pkg.gitMajor=1 -X $V/$pkg.gitMinor=20 -X $V/$pkg.gitTreeState=clean"
-done
-TARGETS=./cmd/kube-apiserver
-[ "$WITH_KCM" = 1 ] && TARGETS="$TARGETS ./cmd/kube-controller-manager"
 # shellcheck disable=SC2086
 go build -trimpath -ldflags "$LDFLAGS" -o "$PREFIX/bin/" $TARGETS
 

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Starts a throw-away Kubernetes control plane on 127.0.0.1 for llmos's integration tests:
-# etcd, kube-apiserver 1.20 and, with WITH_KCM=1, kube-controller-manager. No kubelet, so
-# pods stay Pending; the tests (or the twin) play the data plane.
+# etcd, kube-apiserver 1.20 and, with WITH_KCM=1, kube-controller-manager (and with
+# WITH_SCHEDULER=1 kube-scheduler). No kubelet, so pods never run; the tests (or the twin)
+# play the data plane.
 #
 #   scripts/k8s/start.sh RUNDIR
 #
@@ -11,8 +12,10 @@
 # Environment:
 #   LLMOS_K8S_BIN   directory with kube-apiserver / kube-controller-manager
 #                   (default ~/.cache/llmos/k8s-1.20.2/bin, made by scripts/k8s/build.sh)
-#   ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT   loopback ports (defaults 23790 23800 26443 20257)
+#   ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHED_PORT   loopback ports
+#                   (defaults 23790 23800 26443 20257 20259)
 #   WITH_KCM=1      also start kube-controller-manager (Deployments get ReplicaSets and Pods, GC runs)
+#   WITH_SCHEDULER=1  also start kube-scheduler (Pods are bound to the Nodes a test creates)
 #   WATCH_PID=PID   stop everything automatically once process PID exits (used by the tests,
 #                   so a crashed or aborted test run leaves nothing behind)
 set -euo pipefail
@@ -22,6 +25,7 @@ ETCD_PORT=${ETCD_PORT:-23790}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-23800}
 API_PORT=${API_PORT:-26443}
 KCM_PORT=${KCM_PORT:-20257}
+SCHED_PORT=${SCHED_PORT:-20259}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 for b in "$BIN/kube-apiserver" "$(command -v etcd || true)"; do
@@ -125,6 +129,12 @@ if [ "${WITH_KCM:-0}" = 1 ]; then
     --controllers='*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,-ttl,-bootstrapsigner,-tokencleaner' \
     >controller-manager.log 2>&1 &
   echo $! >controller-manager.pid
+fi
+
+if [ "${WITH_SCHEDULER:-0}" = 1 ]; then
+  "$BIN/kube-scheduler" --kubeconfig=kubeconfig --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --port=0 \
+    --cert-dir="$RUN/scheduler-certs" --leader-elect=false >scheduler.log 2>&1 &
+  echo $! >scheduler.pid
 fi
 
 if [ -n "${WATCH_PID:-}" ]; then

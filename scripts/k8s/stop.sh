@@ -5,11 +5,11 @@
 #   scripts/k8s/stop.sh RUNDIR
 RUN=${1:?usage: scripts/k8s/stop.sh RUNDIR}
 [ -d "$RUN" ] || exit 0
-for p in controller-manager apiserver etcd; do
+for p in scheduler controller-manager apiserver etcd; do
   f="$RUN/$p.pid"
   [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null
 done
-for p in controller-manager apiserver etcd; do
+for p in scheduler controller-manager apiserver etcd; do
   f="$RUN/$p.pid"
   [ -f "$f" ] || continue
   pid=$(cat "$f")

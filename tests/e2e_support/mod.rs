@@ -52,7 +52,7 @@ pub fn skip_requested() -> bool {
 pub fn missing_prerequisites(with_kcm: bool) -> Vec<String> {
     let mut missing = Vec::new();
     let bins: &[&str] = if with_kcm {
-        &["kube-apiserver", "kube-controller-manager", "kubectl"]
+        &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"]
     } else {
         &["kube-apiserver", "kubectl"]
     };
@@ -83,6 +83,12 @@ impl Stack {
     /// Starts etcd + kube-apiserver (+ kube-controller-manager with `with_kcm`) on free
     /// loopback ports and returns the stack with a client for it.
     pub async fn start(with_kcm: bool) -> (Stack, Client) {
+        Stack::start_with(with_kcm, false).await
+    }
+
+    /// [`Stack::start`], with kube-scheduler too when `with_scheduler` (it binds Pods to
+    /// the Nodes a test creates).
+    pub async fn start_with(with_kcm: bool, with_scheduler: bool) -> (Stack, Client) {
         let dir = tempfile::tempdir().expect("temp dir");
         let k8s_dir = dir.path().join("k8s");
         let pid = std::process::id().to_string();
@@ -96,6 +102,8 @@ impl Stack {
             .env("ETCD_PEER_PORT", peer.to_string())
             .env("API_PORT", api.to_string())
             .env("KCM_PORT", kcm.to_string())
+            .env("WITH_SCHEDULER", if with_scheduler { "1" } else { "0" })
+            .env("SCHED_PORT", free_port().to_string())
             .output()
             .expect("running scripts/k8s/start.sh");
         let stack =
