@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds the Kubernetes control plane llmos's integration tests run against:
-# kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 from Debian 12's `kubernetes`
+# kube-apiserver, kube-controller-manager, kube-scheduler and the kubelet v1.20.2 from Debian 12's `kubernetes`
 # source package (with Debian's Go 1.19), kubectl 1.20 from Debian's binary package, and
 # etcd 3.4 from Debian. No container engine, no Go module proxy needed: only a Debian
 # mirror. Run as root (it installs packages). Takes ~5-12 minutes once; the result is
@@ -13,15 +13,18 @@
 #             (default ~/.cache/llmos/k8s-1.20.2; the tests look there or in $LLMOS_K8S_BIN)
 #   WORK      scratch space for the source tree and Go caches (default ~/.cache/llmos/k8s-build)
 #   WITH_KCM  1 (default) also builds kube-controller-manager and kube-scheduler
+#   WITH_KUBELET  1 (default) also builds the kubelet (scripts/node/start.sh runs it)
 set -euo pipefail
 PREFIX=${PREFIX:-$HOME/.cache/llmos/k8s-1.20.2}
 WORK=${WORK:-$HOME/.cache/llmos/k8s-build}
 WITH_KCM=${WITH_KCM:-1}
+WITH_KUBELET=${WITH_KUBELET:-1}
 say() { echo "$(date +%T) $*"; }
 
 have_all() {
   [ -x "$PREFIX/bin/kube-apiserver" ] && [ -x "$PREFIX/bin/kubectl" ] && command -v etcd >/dev/null &&
-    { [ "$WITH_KCM" != 1 ] || { [ -x "$PREFIX/bin/kube-controller-manager" ] && [ -x "$PREFIX/bin/kube-scheduler" ]; }; }
+    { [ "$WITH_KCM" != 1 ] || { [ -x "$PREFIX/bin/kube-controller-manager" ] && [ -x "$PREFIX/bin/kube-scheduler" ]; }; } &&
+    { [ "$WITH_KUBELET" != 1 ] || [ -x "$PREFIX/bin/kubelet" ]; }
 }
 if have_all; then
   echo "already built: $("$PREFIX/bin/kube-apiserver" --version) in $PREFIX/bin"
@@ -35,6 +38,8 @@ for pkg in client-go/pkg/version component-base/version; do
 done
 TARGETS=./cmd/kube-apiserver
 [ "$WITH_KCM" = 1 ] && TARGETS="$TARGETS ./cmd/kube-controller-manager ./cmd/kube-scheduler"
+# The kubelet builds without cgo like the rest (CGO_ENABLED=0 below).
+[ "$WITH_KUBELET" = 1 ] && TARGETS="$TARGETS ./cmd/kubelet"
 go_env() {
   export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$WORK/gopath GO111MODULE=off GOPROXY=off GOFLAGS= \
     GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=$WORK/gocache
