@@ -37,8 +37,10 @@ pub enum Command {
     /// Compare policies on identical traffic in the twin.
     Compare(crate::eval::cli::CompareArgs),
     /// Run several workloads on shared GPU pools in the twin and compare allocators
-    /// (first-come, the arbiter).
+    /// (first-come, the arbiter, a learned allocator).
     Share(crate::eval::cluster::ShareArgs),
+    /// Train a learned allocator (priorities per workload and tick) on a mix of workloads.
+    ShareTrain(crate::rl::allocator::ShareTrainArgs),
     /// Train a learned policy (DQN or PPO) in the twin.
     Train(crate::rl::cli::TrainArgs),
     /// Make a directory of trained checkpoints (one layout, several seeds) an ensemble policy.
@@ -72,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TwinServe(args) => crate::dataplane::run(args),
         Command::Compare(args) => crate::eval::cli::compare(args),
         Command::Share(args) => crate::eval::cluster::share(args),
+        Command::ShareTrain(args) => crate::rl::allocator::train_cli(args),
         Command::Train(args) => crate::rl::cli::train(args),
         Command::Ensemble(args) => crate::rl::cli::ensemble(args),
         Command::Digest(args) => crate::rl::cli::digest(args),

@@ -16,8 +16,8 @@ fn mix(name: &str) -> Mix {
 #[test]
 fn the_arbiter_serves_priorities_and_first_come_does_not() {
     let m = mix("three-services-one-pool.toml");
-    let first = run_mix(&m, Allocator::FirstCome, 0, Some("hpa")).expect("first-come runs");
-    let arb = run_mix(&m, Allocator::Arbiter, 0, Some("hpa")).expect("arbiter runs");
+    let first = run_mix(&m, Allocator::FirstCome, 0, Some("hpa"), None).expect("first-come runs");
+    let arb = run_mix(&m, Allocator::Arbiter, 0, Some("hpa"), None).expect("arbiter runs");
     for r in [&first, &arb] {
         assert!(r.peak_held_gpus[0] <= m.file.pools[0].capacity_gpus, "{:?}", r.peak_held_gpus);
         assert!(
@@ -46,8 +46,8 @@ fn the_arbiter_serves_priorities_and_first_come_does_not() {
 #[test]
 fn the_same_seed_gives_the_same_run() {
     let m = mix("code-bursts-first.toml");
-    let a = run_mix(&m, Allocator::Arbiter, 3, Some("hpa")).unwrap();
-    let b = run_mix(&m, Allocator::Arbiter, 3, Some("hpa")).unwrap();
+    let a = run_mix(&m, Allocator::Arbiter, 3, Some("hpa"), None).unwrap();
+    let b = run_mix(&m, Allocator::Arbiter, 3, Some("hpa"), None).unwrap();
     assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
 }
 
@@ -56,7 +56,7 @@ fn a_guaranteed_share_is_never_preempted_while_it_is_used() {
     // chat (priority 5) has 4 guaranteed GPUs; code (priority 10) bursts. The arbiter may
     // take chat's replicas above 4 GPUs only.
     let m = mix("code-bursts-first.toml");
-    let r = run_mix(&m, Allocator::Arbiter, 0, Some("hpa")).unwrap();
+    let r = run_mix(&m, Allocator::Arbiter, 0, Some("hpa"), None).unwrap();
     assert!(r.workloads[1].attainment() > 0.99, "chat keeps its SLO: {}", r.workloads[1].attainment());
 }
 

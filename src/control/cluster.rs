@@ -2,7 +2,7 @@
 //! proposes and its shield clamps, as alone; then an [`Allocator`] decides what of the
 //! proposals the shared pools give, and the world applies and advances once for all.
 //!
-//! Two allocators:
+//! Three allocators:
 //! - [`Allocator::FirstCome`]: every proposal is applied as it is; replicas that find no
 //!   GPU wait pending and get freed GPUs oldest first (what independent autoscalers on a
 //!   shared cluster get from the scheduler).
@@ -10,6 +10,8 @@
 //!   priority, guarantees first, max-min fair within a priority, preemption of strictly
 //!   lower priorities, another pool or a smaller variant before preempting; what is
 //!   applied never asks more GPUs of a pool than it has.
+//! - [`Allocator::Learned`]: the arbiter, with the priorities a trained policy chooses
+//!   every tick from all workloads' observations and proposals ([`crate::rl::allocator`]).
 
 use crate::arbiter::{arbitrate, ArbiterEvent, Claim, SlotClaim};
 use crate::policy::shield::{Shield, ShieldOutcome};
@@ -45,6 +47,9 @@ pub enum Allocator {
     FirstCome,
     /// The arbiter's grants ([`crate::arbiter::arbitrate`]).
     Arbiter,
+    /// The arbiter's grants under priorities a trained allocator policy chooses every
+    /// tick ([`crate::rl::allocator`]); its caller passes them to [`ClusterLoop::finish`].
+    Learned,
 }
 
 impl Allocator {
@@ -53,9 +58,14 @@ impl Allocator {
         match self {
             Allocator::FirstCome => "first-come",
             Allocator::Arbiter => "arbiter",
+            Allocator::Learned => "learned",
         }
     }
 }
+
+/// Every workload's proposal of one tick: what its policy asked and what its shield let
+/// through.
+pub type Proposals = Vec<(Decision, ShieldOutcome)>;
 
 /// A workload's standing in the arbitration.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,14 +116,39 @@ impl ClusterLoop {
         &self.loops[w]
     }
 
+    /// Workload `w`'s standing (its static priority and guarantee).
+    pub fn standing(&self, w: usize) -> Standing {
+        self.standing[w]
+    }
+
     /// One tick: every policy proposes, the allocator decides, the world applies and
-    /// runs one interval, every loop settles.
+    /// runs one interval, every loop settles. The learned allocator's priorities come
+    /// from its caller ([`ClusterLoop::propose`], then [`ClusterLoop::finish`]); here it
+    /// uses the static ones, as the arbiter does.
     pub fn tick(&mut self, world: &mut ClusterTwin, policies: &mut [Box<dyn Policy>]) -> ClusterTick {
-        let mut proposals: Vec<(Decision, ShieldOutcome)> =
-            self.loops.iter_mut().zip(policies.iter_mut()).map(|(lp, p)| lp.propose(p.as_mut())).collect();
+        let proposals = self.propose(policies);
+        self.finish(world, policies, proposals, None)
+    }
+
+    /// The first half of a tick: every workload's policy proposes on its observation and
+    /// its shield clamps.
+    pub fn propose(&mut self, policies: &mut [Box<dyn Policy>]) -> Proposals {
+        self.loops.iter_mut().zip(policies.iter_mut()).map(|(lp, p)| lp.propose(p.as_mut())).collect()
+    }
+
+    /// The second half: the allocator decides on `proposals` (the arbiter with
+    /// `priorities` instead of the static ones when given), the world applies and runs
+    /// one interval, every loop settles.
+    pub fn finish(
+        &mut self,
+        world: &mut ClusterTwin,
+        policies: &mut [Box<dyn Policy>],
+        mut proposals: Proposals,
+        priorities: Option<&[i32]>,
+    ) -> ClusterTick {
         let events = match self.allocator {
             Allocator::FirstCome => Vec::new(),
-            Allocator::Arbiter => self.arbitrate(world, &mut proposals),
+            Allocator::Arbiter | Allocator::Learned => self.arbitrate(world, &mut proposals, priorities),
         };
         for (w, (_, outcome)) in proposals.iter().enumerate() {
             world.apply(w, &outcome.decision);
@@ -131,9 +166,19 @@ impl ClusterLoop {
     }
 
     /// Replaces every shared slot's target by what the arbiter grants.
-    fn arbitrate(&self, world: &ClusterTwin, proposals: &mut [(Decision, ShieldOutcome)]) -> Vec<ArbiterEvent> {
-        let claims: Vec<Claim> =
+    fn arbitrate(
+        &self,
+        world: &ClusterTwin,
+        proposals: &mut [(Decision, ShieldOutcome)],
+        priorities: Option<&[i32]>,
+    ) -> Vec<ArbiterEvent> {
+        let mut claims: Vec<Claim> =
             proposals.iter().enumerate().map(|(w, (_, outcome))| self.claim(world, w, &outcome.decision)).collect();
+        if let Some(p) = priorities {
+            for (c, &p) in claims.iter_mut().zip(p) {
+                c.priority = p;
+            }
+        }
         let allocation = arbitrate(world.pools(), &claims);
         for ((_, outcome), granted) in proposals.iter_mut().zip(&allocation.granted) {
             for (t, &g) in outcome.decision.targets.iter_mut().zip(granted) {

@@ -8,7 +8,7 @@
 //! refused and substituted replicas. Every tick checks that no shared pool holds more
 //! GPUs than it has (a run that breaks it is an error, not a row).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -20,6 +20,7 @@ use crate::control::RewardConfig;
 use crate::policy::build::{build_heuristic, build_policy};
 use crate::policy::shield::Shield;
 use crate::policy::Policy;
+use crate::rl::allocator::{features, LearnedAllocator};
 use crate::twin::cluster::Mix;
 
 /// Arguments of `llmos share`.
@@ -45,6 +46,10 @@ pub struct ShareArgs {
     /// workloads without contention.
     #[arg(long, value_parser = parse_capacity)]
     pub capacity: Vec<(String, u32)>,
+    /// The learned allocator's checkpoint (`llmos share-train`), for `--allocators learned`.
+    /// Several, comma-separated (one per training seed), each a row `learned#i`.
+    #[arg(long, value_delimiter = ',')]
+    pub allocator_policy: Vec<PathBuf>,
 }
 
 fn parse_capacity(s: &str) -> Result<(String, u32), String> {
@@ -90,6 +95,9 @@ impl WorkloadOutcome {
 pub struct MixRun {
     /// Allocator.
     pub allocator: Allocator,
+    /// For the learned allocator, the index of its checkpoint in `--allocator-policy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<usize>,
     /// Seed.
     pub seed: u64,
     /// Per workload, in the mix's order.
@@ -107,8 +115,26 @@ pub struct MixRun {
 }
 
 /// Runs `mix` once under `allocator` with `seed`; `policy` replaces every workload's
-/// policy by a heuristic kind.
-pub fn run_mix(mix: &Mix, allocator: Allocator, seed: u64, policy: Option<&str>) -> anyhow::Result<MixRun> {
+/// policy by a heuristic kind; `learned` is the learned allocator's checkpoint (index,
+/// directory), which [`Allocator::Learned`] needs.
+pub fn run_mix(
+    mix: &Mix,
+    allocator: Allocator,
+    seed: u64,
+    policy: Option<&str>,
+    learned: Option<(usize, &Path)>,
+) -> anyhow::Result<MixRun> {
+    let learned_allocator = match (allocator, learned) {
+        (Allocator::Learned, Some((_, dir))) => {
+            let names: Vec<String> = mix.file.workloads.iter().map(|w| w.name.clone()).collect();
+            Some(
+                LearnedAllocator::load(dir, &names)
+                    .map_err(|e| anyhow::anyhow!("--allocator-policy {}: {e}", dir.display()))?,
+            )
+        }
+        (Allocator::Learned, None) => anyhow::bail!("--allocators learned needs --allocator-policy"),
+        _ => None,
+    };
     let mut world = mix.build(seed)?;
     let n = mix.scenarios.len();
     let mut policies: Vec<Box<dyn Policy>> = Vec::with_capacity(n);
@@ -131,7 +157,14 @@ pub fn run_mix(mix: &Mix, allocator: Allocator, seed: u64, policy: Option<&str>)
         world.names().iter().map(|name| WorkloadOutcome { name: name.clone(), ..Default::default() }).collect();
     let mut ticks = 0u64;
     while !world.is_done() {
-        let tick = control.tick(&mut world, &mut policies);
+        let tick = match &learned_allocator {
+            Some(l) => {
+                let proposals = control.propose(&mut policies);
+                let priorities = l.decide(&features(mix, &world, &control, &proposals));
+                control.finish(&mut world, &mut policies, proposals, Some(&priorities))
+            }
+            None => control.tick(&mut world, &mut policies),
+        };
         ticks += 1;
         world.check_invariants()?;
         for (o, t) in out.iter_mut().zip(&tick.ticks) {
@@ -147,6 +180,7 @@ pub fn run_mix(mix: &Mix, allocator: Allocator, seed: u64, policy: Option<&str>)
     let offered: f64 = out.iter().zip(&weights).map(|(o, w)| w * o.arrived as f64).sum();
     Ok(MixRun {
         allocator,
+        checkpoint: learned.map(|(i, _)| i),
         seed,
         weighted_goodput: goodput,
         weighted_attainment: if offered > 0.0 { goodput / offered } else { 1.0 },
@@ -176,10 +210,37 @@ fn count_events(out: &mut [WorkloadOutcome], events: &[ArbiterEvent]) {
     }
 }
 
-/// Every allocator on every seed (in parallel), in (allocator, seed) order.
-pub fn run_all(mix: &Mix, allocators: &[Allocator], seeds: u64, policy: Option<&str>) -> anyhow::Result<Vec<MixRun>> {
-    let jobs: Vec<(Allocator, u64)> = allocators.iter().flat_map(|&a| (0..seeds).map(move |s| (a, s))).collect();
-    jobs.par_iter().map(|&(a, s)| run_mix(mix, a, s, policy)).collect()
+/// Every allocator on every seed (in parallel), in (allocator, seed) order; the learned
+/// allocator once per checkpoint of `learned`.
+pub fn run_all(
+    mix: &Mix,
+    allocators: &[Allocator],
+    seeds: u64,
+    policy: Option<&str>,
+    learned: &[PathBuf],
+) -> anyhow::Result<Vec<MixRun>> {
+    type Checkpoint<'a> = Option<(usize, &'a Path)>;
+    let mut jobs: Vec<(Allocator, Checkpoint, u64)> = Vec::new();
+    for &a in allocators {
+        let checkpoints: Vec<Checkpoint> = match a {
+            Allocator::Learned if !learned.is_empty() => {
+                learned.iter().enumerate().map(|(i, p)| Some((i, p.as_path()))).collect()
+            }
+            _ => vec![None],
+        };
+        for c in checkpoints {
+            jobs.extend((0..seeds).map(|s| (a, c, s)));
+        }
+    }
+    jobs.par_iter().map(|&(a, c, s)| run_mix(mix, a, s, policy, c)).collect()
+}
+
+/// The row name of a run's allocator: `learned#i` for the i-th checkpoint.
+fn row_name(r: &MixRun) -> String {
+    match r.checkpoint {
+        Some(i) => format!("{}#{i}", r.allocator.name()),
+        None => r.allocator.name().to_string(),
+    }
 }
 
 fn est(runs: &[&MixRun], f: impl Fn(&MixRun) -> f64) -> Estimate {
@@ -194,13 +255,22 @@ fn fmt(e: &Estimate, scale: f64, digits: usize) -> String {
 /// per workload and allocator; means with 95 % intervals over seeds.
 pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
     use std::fmt::Write;
-    let mut allocators: Vec<Allocator> = Vec::new();
+    // One row per allocator (per checkpoint for the learned one), and the learned
+    // allocator pooled over its checkpoints (training seeds) when it has several.
+    let mut rows: Vec<(String, Vec<&MixRun>)> = Vec::new();
     for r in runs {
-        if !allocators.contains(&r.allocator) {
-            allocators.push(r.allocator);
+        let name = row_name(r);
+        match rows.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, rs)) => rs.push(r),
+            None => rows.push((name, vec![r])),
         }
     }
-    let seeds = runs.iter().filter(|r| Some(r.allocator) == allocators.first().copied()).count();
+    let learned: Vec<&MixRun> = runs.iter().filter(|r| r.checkpoint.is_some()).collect();
+    let checkpoints = learned.iter().filter_map(|r| r.checkpoint).max().map_or(0, |m| m + 1);
+    if checkpoints > 1 {
+        rows.push((format!("learned({checkpoints})"), learned));
+    }
+    let seeds = rows.first().map_or(0, |(_, rs)| rs.len());
     let pools: Vec<String> = mix.file.pools.iter().map(|p| format!("{} ({} GPUs)", p.name, p.capacity_gpus)).collect();
     let mut s = String::new();
     let _ = writeln!(s, "mix {}: pools {}; {} seeds, 95 % intervals", mix.file.name, pools.join(", "), seeds);
@@ -209,17 +279,16 @@ pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
         "{:<11} {:>22} {:>20} {:>16} {:>12} {:>10}",
         "allocator", "weighted SLO met (%)", "weighted goodput", "GPU-hours", "preempted", "peak GPUs"
     );
-    for &a in &allocators {
-        let rs: Vec<&MixRun> = runs.iter().filter(|r| r.allocator == a).collect();
+    for (name, rs) in &rows {
         let peak = rs.iter().flat_map(|r| r.peak_held_gpus.iter().copied()).max().unwrap_or(0);
         let preempted: u64 = rs.iter().flat_map(|r| r.workloads.iter().map(|w| w.preempted_replicas)).sum();
         let _ = writeln!(
             s,
             "{:<11} {:>22} {:>20} {:>16} {:>12} {:>10}",
-            a.name(),
-            fmt(&est(&rs, |r| r.weighted_attainment), 100.0, 2),
-            fmt(&est(&rs, |r| r.weighted_goodput), 1.0, 0),
-            fmt(&est(&rs, |r| r.gpu_hours), 1.0, 2),
+            name,
+            fmt(&est(rs, |r| r.weighted_attainment), 100.0, 2),
+            fmt(&est(rs, |r| r.weighted_goodput), 1.0, 0),
+            fmt(&est(rs, |r| r.gpu_hours), 1.0, 2),
             format!("{:.1}/run", preempted as f64 / rs.len().max(1) as f64),
             peak
         );
@@ -231,8 +300,7 @@ pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
         "workload", "prio", "weight", "allocator", "SLO met (%)", "GPU-hours", "preempted", "refused", "substituted"
     );
     for (i, w) in mix.file.workloads.iter().enumerate() {
-        for &a in &allocators {
-            let rs: Vec<&MixRun> = runs.iter().filter(|r| r.allocator == a).collect();
+        for (name, rs) in &rows {
             let per = |f: &dyn Fn(&super::cluster::WorkloadOutcome) -> f64| -> f64 {
                 rs.iter().map(|r| f(&r.workloads[i])).sum::<f64>() / rs.len().max(1) as f64
             };
@@ -242,9 +310,9 @@ pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
                 w.name,
                 w.priority,
                 w.weight,
-                a.name(),
-                fmt(&est(&rs, |r| r.workloads[i].attainment()), 100.0, 2),
-                fmt(&est(&rs, |r| r.workloads[i].gpu_hours), 1.0, 2),
+                name,
+                fmt(&est(rs, |r| r.workloads[i].attainment()), 100.0, 2),
+                fmt(&est(rs, |r| r.workloads[i].gpu_hours), 1.0, 2),
                 per(&|o| o.preempted_replicas as f64),
                 per(&|o| o.refused_ticks as f64),
                 per(&|o| o.substituted_replicas as f64),
@@ -266,7 +334,10 @@ pub fn share(args: ShareArgs) -> anyhow::Result<()> {
     if args.seeds == 0 {
         anyhow::bail!("--seeds: give at least 1");
     }
-    let runs = run_all(&mix, &args.allocators, args.seeds, args.policy.as_deref())?;
+    if args.allocators.contains(&Allocator::Learned) && args.allocator_policy.is_empty() {
+        anyhow::bail!("--allocators learned needs --allocator-policy DIR[,DIR...] (llmos share-train writes one)");
+    }
+    let runs = run_all(&mix, &args.allocators, args.seeds, args.policy.as_deref(), &args.allocator_policy)?;
     print!("{}", table(&mix, &runs));
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(&runs)?;

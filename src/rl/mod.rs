@@ -108,6 +108,7 @@ pub enum RlError {
     NotReset,
 }
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod cli;
 pub mod dqn;
