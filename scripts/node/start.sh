@@ -262,9 +262,9 @@ done
 $(tail -20 kubelet.log)"
 say "kubelet registered $NODE, Ready ($(since "$t3") s)"
 
-# The kubelet registers with the not-ready taint, which the node lifecycle controller
-# removes once the Node is Ready; scripts/k8s/start.sh does not run that controller (its
-# tests make Nodes without kubelets), so the taint goes here.
+# The API server taints a new Node not-ready (admission), and the node lifecycle
+# controller lifts the taint once the kubelet reports Ready; scripts/k8s/start.sh does not
+# run that controller (its tests make Nodes without kubelets), so the taint goes here.
 "${KUBECTL[@]}" taint nodes "$NODE" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
 # No device plugin can run without GPUs: the GPUs are advertised as an extended resource
 # on the Node's status, which the kubelet keeps (and copies to allocatable).

@@ -83,8 +83,11 @@ if [ -n "$CGROOT" ]; then
   done
 fi
 
-# The kubelet writes container logs to /var/log/pods (fixed in 1.20) and links them from
-# /var/log/containers; libcni caches results in /var/lib/cni.
+# The kubelet writes container logs to /var/log/pods/NS_NAME_UID (fixed in 1.20), links
+# them from /var/log/containers, and removes them a minute or so after a Pod is deleted;
+# the Pods it ran are in its log ("SyncLoop (ADD" lines name NAME_NS(UID)). libcni caches
+# results in /var/lib/cni.
+uids="$uids $(grep -o 'SyncLoop (ADD, "api"): "[^"]*' kubelet.log 2>/dev/null | grep -o '([0-9a-f-]*)' | tr -d '()' | sort -u)"
 for uid in $uids; do
   rm -rf /var/log/pods/*_"$uid"
 done

@@ -1,0 +1,405 @@
+//! A real node: Pods from llmos's own image run on containerd + runc under a kubelet 1.20.
+//!
+//! The stack: etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback
+//! (`scripts/k8s/start.sh`), and one node (`scripts/node/start.sh`): containerd and runc
+//! from Debian, the kubelet built with the control plane, a bridge pod network, the Node
+//! labelled `nvidia.com/gpu.product` with 8 `nvidia.com/gpu` advertised on its status. The
+//! image is built in the test from the `llmos` binary under test (`images/build.sh`: a
+//! Debian bookworm base from debootstrap, libtorch's libraries, the binary) and imported
+//! into containerd's local store; nothing is pulled from a registry.
+//!
+//! What it shows:
+//! - the operator, run from that image as a Pod (host network: the API server listens on
+//!   loopback only) with the ServiceAccount identity and RBAC of `manifests/`, is
+//!   scheduled, started from the local store ("already present on machine"), becomes
+//!   Ready through the kubelet's probe of its `/readyz` and takes the leader Lease;
+//! - a GPU Pod (the pause image, standing in for a vLLM replica) selected by GPU product
+//!   is bound to the node and runs with an address on the pod bridge, while a Pod asking
+//!   more GPUs than are left stays Pending for `Insufficient nvidia.com/gpu`;
+//! - deleted, the Pods terminate (the operator's exit status is read from the Pod's last
+//!   status) and containerd is left with no running task.
+//!
+//! Skipped, naming what refused, where the machine cannot run containers or a kubelet
+//! (not root, no cgroup v1, runc refused, no bridge: `scripts/node/start.sh` exits 3);
+//! `LLMOS_SKIP_E2E=1` skips. Waits are generous: a slow machine makes it slower, not red.
+//! Everything started is stopped when the test ends, also on a panic (drop guards, and
+//! watchdogs on the test's process id for a killed run). Figures it prints are in
+//! docs/benchmarks.md ("A real node").
+
+mod e2e_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::Client;
+
+use e2e_support::{
+    apply_operator_rbac, free_port, k8s_bin, missing_prerequisites, operator_kubeconfig, repo, skip_requested, Stack,
+    OPERATOR_NS,
+};
+
+const NODE: &str = "llmos-node-e2e";
+const GPU_PRODUCT: &str = "NVIDIA-A100-SXM4-80GB";
+/// How long anything may take before the test gives up: minutes, not seconds.
+const PATIENCE: Duration = Duration::from_secs(600);
+
+/// A node started by `scripts/node/start.sh`, stopped (containers, mounts, bridge,
+/// cgroups) when dropped.
+struct RealNode {
+    dir: PathBuf,
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo().join("scripts/node/stop.sh")).arg(&self.dir).status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Runs `images/build.sh llmos OUT BIN`; panics with its output on failure.
+fn build_image(out: &Path, bin: &Path) -> Duration {
+    let t = Instant::now();
+    let o = Command::new("bash")
+        .arg(repo().join("images/build.sh"))
+        .arg("llmos")
+        .arg(out)
+        .arg(bin)
+        .output()
+        .expect("running images/build.sh");
+    assert!(
+        o.status.success(),
+        "images/build.sh llmos failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&o.stderr));
+    t.elapsed()
+}
+
+/// Bytes of the files under `dir` (the image's layers and metadata).
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let m = e.metadata().expect("metadata");
+        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+/// Polls `f` every 250 ms until it returns `Some`, for at most [`PATIENCE`]; panics with
+/// `what` and the node's log tails.
+async fn wait_for<T, F, Fut>(what: &str, node_dir: &Path, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t = Instant::now();
+    while t.elapsed() < PATIENCE {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let tail = |name: &str| e2e_support::tail(&std::fs::read_to_string(node_dir.join(name)).unwrap_or_default());
+    panic!(
+        "timed out after {PATIENCE:?} waiting for {what}\n--- kubelet.log ---\n{}\n--- containerd.log ---\n{}",
+        tail("kubelet.log"),
+        tail("containerd.log")
+    );
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .unwrap_or(false)
+}
+
+/// The messages of the Events about Pod `name` in `ns`.
+async fn pod_events(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.kind=Pod,involvedObject.name={name}"));
+    api.list(&lp)
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_from_the_local_image_run_on_a_real_node() {
+    if skip_requested() {
+        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+        return;
+    }
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: a real node needs root (containerd, runc and the kubelet), and this test does not run as root"
+        );
+        return;
+    }
+    let mut missing = missing_prerequisites(true);
+    if !k8s_bin().join("kubelet").exists() {
+        missing.push(format!("{} (build with scripts/k8s/build.sh)", k8s_bin().join("kubelet").display()));
+    }
+    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
+
+    let (stack, client) = Stack::start_with(true, true).await;
+    stack.install_crd();
+    apply_operator_rbac(&stack);
+
+    // The image, from the binary under test.
+    let image_dir = stack.path("images/llmos");
+    let build = build_image(&image_dir, Path::new(env!("CARGO_BIN_EXE_llmos")));
+    let image_mib = dir_bytes(&image_dir) as f64 / 1_048_576.0;
+    eprintln!("measured: image llmos.local/llmos:dev {image_mib:.0} MiB, built in {:.1} s", build.as_secs_f64());
+
+    // The node. Its pod subnet and bridge are the test's own, so a node started by hand
+    // (default 10.244.0.0/24) does not collide.
+    let node_dir = stack.path("node");
+    let _node = RealNode { dir: node_dir.clone() };
+    let subnet = 100 + std::process::id() % 150;
+    let pod_cidr = format!("10.244.{subnet}.0/24");
+    let node_ip = format!("10.244.{subnet}.1");
+    let t_node = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/node/start.sh"))
+        .arg(&node_dir)
+        .env("KUBECONFIG", &stack.kubeconfig)
+        .env("NODE_NAME", NODE)
+        .env("GPU_PRODUCT", GPU_PRODUCT)
+        .env("GPU_COUNT", "8")
+        .env("POD_CIDR", &pod_cidr)
+        .env("KUBELET_PORT", free_port().to_string())
+        .env("KUBELET_HEALTHZ_PORT", free_port().to_string())
+        .env("IMAGES", &image_dir)
+        .env("WATCH_PID", std::process::id().to_string())
+        .env("READY_TIMEOUT", PATIENCE.as_secs().to_string())
+        .output()
+        .expect("running scripts/node/start.sh");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(3) {
+        let refusal = said.lines().find(|l| l.starts_with("node refused:")).unwrap_or(said.trim());
+        eprintln!("SKIPPED: this machine cannot run a real node: {refusal}");
+        return;
+    }
+    assert!(out.status.success(), "scripts/node/start.sh failed ({:?}):\n{said}", out.status.code());
+    eprint!("{said}");
+    eprintln!(
+        "measured: node start-up (containerd, image import, kubelet Ready) {:.1} s",
+        t_node.elapsed().as_secs_f64()
+    );
+
+    // The Node as the kubelet registered it, with the GPUs a device plugin would advertise.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n = nodes.get(NODE).await.expect("the Node is registered");
+    let labels = n.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("nvidia.com/gpu.product").map(String::as_str), Some(GPU_PRODUCT), "labels: {labels:?}");
+    let status = n.status.clone().expect("Node status");
+    let gpus = status.allocatable.as_ref().and_then(|a| a.get("nvidia.com/gpu")).map(|q| q.0.clone());
+    assert_eq!(gpus.as_deref(), Some("8"), "allocatable: {:?}", status.allocatable);
+    let info = status.node_info.expect("node info");
+    assert!(info.container_runtime_version.starts_with("containerd://"), "{}", info.container_runtime_version);
+    assert_eq!(info.kubelet_version, "v1.20.2");
+
+    // The operator as a Pod of its image, with the ServiceAccount identity of manifests/
+    // (a static token, as scripts/k8s/start.sh sets it up) in a kubeconfig from a ConfigMap.
+    let kubeconfig = std::fs::read_to_string(operator_kubeconfig(&stack)).expect("operator kubeconfig");
+    let ca_path = stack.path("k8s/pki/ca.crt");
+    let kubeconfig = kubeconfig.replace(&ca_path.display().to_string(), "/etc/llmos-kube/ca.crt");
+    let ca = std::fs::read_to_string(&ca_path).expect("CA");
+    std::fs::write(stack.path("kubeconfig-pod"), &kubeconfig).unwrap();
+    std::fs::write(stack.path("ca.crt"), &ca).unwrap();
+    stack.kubectl(
+        &[
+            "-n",
+            OPERATOR_NS,
+            "create",
+            "configmap",
+            "llmos-kube",
+            &format!("--from-file=kubeconfig={}", stack.path("kubeconfig-pod").display()),
+            &format!("--from-file=ca.crt={}", stack.path("ca.crt").display()),
+        ],
+        None,
+    );
+    let port = free_port();
+    let operator = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: llmos-operator, namespace: {OPERATOR_NS}, labels: {{app.kubernetes.io/name: llmos-operator}}}}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 30
+  containers:
+    - name: operator
+      image: llmos.local/llmos:dev
+      imagePullPolicy: IfNotPresent
+      args: ["run", "--metrics-addr=0.0.0.0:{port}", "--log-format=json"]
+      env:
+        - {{name: KUBECONFIG, value: /etc/llmos-kube/kubeconfig}}
+        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+      readinessProbe:
+        httpGet: {{path: /readyz, port: {port}}}
+        periodSeconds: 1
+      volumeMounts: [{{name: kube, mountPath: /etc/llmos-kube, readOnly: true}}]
+  volumes: [{{name: kube, configMap: {{name: llmos-kube}}}}]
+"#
+    );
+    // A GPU Pod on the pod network, placed by GPU product and count.
+    let gpu_pod = |name: &str, gpus: u32| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  nodeSelector: {{nvidia.com/gpu.product: {GPU_PRODUCT}}}
+  terminationGracePeriodSeconds: 5
+  containers:
+    - name: replica
+      image: llmos.local/pause:3.4.1
+      imagePullPolicy: IfNotPresent
+      resources: {{limits: {{nvidia.com/gpu: {gpus}}}}}
+"#
+        )
+    };
+    let t_pods = Instant::now();
+    stack.kubectl(&["apply", "-f", "-"], Some(&operator));
+    stack.kubectl(&["apply", "-f", "-"], Some(&gpu_pod("replica-0", 2)));
+
+    let pods_op: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let op = wait_for("the operator Pod to be Ready", &node_dir, || {
+        let pods_op = pods_op.clone();
+        async move { pods_op.get("llmos-operator").await.ok().filter(pod_ready) }
+    })
+    .await;
+    let op_ready = t_pods.elapsed();
+    let replica = wait_for("the GPU Pod to be Ready", &node_dir, || {
+        let pods = pods.clone();
+        async move { pods.get("replica-0").await.ok().filter(pod_ready) }
+    })
+    .await;
+    let replica_ready = t_pods.elapsed();
+    eprintln!(
+        "measured: Pod created to Ready: operator {:.1} s, GPU Pod {:.1} s",
+        op_ready.as_secs_f64(),
+        replica_ready.as_secs_f64()
+    );
+
+    for p in [&op, &replica] {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(NODE), "bound by kube-scheduler to the real node");
+    }
+    let op_ip = op.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+    assert_eq!(op_ip, node_ip, "a host-network Pod has the node's address");
+    let replica_ip = replica.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+    assert!(
+        replica_ip.starts_with(&format!("10.244.{subnet}.")) && replica_ip != node_ip,
+        "the GPU Pod has an address on the pod bridge ({pod_cidr}), got {replica_ip:?}"
+    );
+    // The kubelet's Events (written a moment after the fact): the image came from the local
+    // store and the container was started.
+    for (ns, name) in [(OPERATOR_NS, "llmos-operator"), ("default", "replica-0")] {
+        let events = wait_for(&format!("the kubelet's Pulled and Started Events of {ns}/{name}"), &node_dir, || {
+            let client = client.clone();
+            async move {
+                let ev = pod_events(&client, ns, name).await;
+                let pulled = ev.iter().any(|e| e.starts_with("Pulled:") && e.contains("already present on machine"));
+                let started = ev.iter().any(|e| e.starts_with("Started:"));
+                (pulled && started).then_some(ev)
+            }
+        })
+        .await;
+        eprintln!("{ns}/{name}: {}", events.join("; "));
+    }
+
+    // The operator in the Pod answers and leads.
+    let url = format!("http://{node_ip}:{port}/readyz");
+    let body = reqwest::get(&url).await.expect("GET /readyz").text().await.unwrap_or_default();
+    assert_eq!(body, "ready", "{url}");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let holder = wait_for("the operator Pod to hold the leader Lease", &node_dir, || {
+        let leases = leases.clone();
+        async move {
+            let l = leases.list(&ListParams::default()).await.ok()?;
+            l.items.into_iter().find_map(|l| l.spec?.holder_identity.filter(|h| !h.is_empty()))
+        }
+    })
+    .await;
+    eprintln!("the operator Pod holds the leader Lease as {holder}");
+
+    // 8 GPUs, 2 taken: a Pod asking 7 cannot be placed.
+    stack.kubectl(&["apply", "-f", "-"], Some(&gpu_pod("replica-too-big", 7)));
+    let why = wait_for("kube-scheduler to refuse the 7-GPU Pod", &node_dir, || {
+        let client = client.clone();
+        async move {
+            pod_events(&client, "default", "replica-too-big")
+                .await
+                .into_iter()
+                .find(|e| e.starts_with("FailedScheduling:") && e.contains("Insufficient nvidia.com/gpu"))
+        }
+    })
+    .await;
+    eprintln!("{why}");
+
+    // Deleted, the Pods terminate: their containers stop and the objects go.
+    let t_del = Instant::now();
+    let dp = DeleteParams::default();
+    pods_op.delete("llmos-operator", &dp).await.expect("delete the operator Pod");
+    pods.delete("replica-0", &dp).await.expect("delete the GPU Pod");
+    pods.delete("replica-too-big", &dp).await.expect("delete the pending Pod");
+    let exit_code = std::sync::Arc::new(std::sync::Mutex::new(None::<i32>));
+    wait_for("the deleted Pods to be gone", &node_dir, || {
+        let (pods, pods_op, exit_code) = (pods.clone(), pods_op.clone(), exit_code.clone());
+        async move {
+            match pods_op.get_opt("llmos-operator").await.ok()? {
+                Some(p) => {
+                    let term = p
+                        .status
+                        .and_then(|s| s.container_statuses)
+                        .and_then(|c| c.into_iter().next())
+                        .and_then(|c| c.state)
+                        .and_then(|s| s.terminated);
+                    if let Some(t) = term {
+                        *exit_code.lock().unwrap() = Some(t.exit_code);
+                    }
+                    None
+                }
+                None => pods.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ()),
+            }
+        }
+    })
+    .await;
+    let exit_code = *exit_code.lock().unwrap();
+    eprintln!(
+        "measured: deletion to Pods gone {:.1} s; the operator container exited with {}",
+        t_del.elapsed().as_secs_f64(),
+        exit_code.map(|c| c.to_string()).unwrap_or_else(|| "(not seen before the Pod went)".into())
+    );
+    let tasks = Command::new("ctr")
+        .args(["--address"])
+        .arg(node_dir.join("containerd.sock"))
+        .args(["-n", "k8s.io", "tasks", "ls"])
+        .output()
+        .expect("ctr tasks ls");
+    let running: Vec<String> = String::from_utf8_lossy(&tasks.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains("RUNNING"))
+        .map(str::to_string)
+        .collect();
+    assert!(running.is_empty(), "containerd still runs tasks after the Pods were deleted: {running:?}");
+    let _ = std::fs::remove_file(stack.path("kubeconfig-pod"));
+}
