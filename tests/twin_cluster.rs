@@ -1,7 +1,8 @@
 //! Several workloads on shared GPU pools in the twin (`llmos share`): the pools are never
 //! over-committed (checked at every tick by the run itself), preempted replicas drain
 //! without losing a request, the same seed gives the same run, the arbiter's priorities
-//! show in the outcome, and a bad mix file is an error naming the field.
+//! show in the outcome, a replica that does not fit its pool goes to another pool of its
+//! workload, and a bad mix file is an error naming the field.
 
 use std::path::Path;
 
@@ -58,6 +59,20 @@ fn a_guaranteed_share_is_never_preempted_while_it_is_used() {
     let m = mix("code-bursts-first.toml");
     let r = run_mix(&m, Allocator::Arbiter, 0, Some("hpa"), None).unwrap();
     assert!(r.workloads[1].attainment() > 0.99, "chat keeps its SLO: {}", r.workloads[1].attainment());
+}
+
+#[test]
+fn a_replica_that_does_not_fit_goes_to_the_other_pool() {
+    // code may run on the A100s or the H100s; its HPA asks for A100s (cheaper). Under the
+    // arbiter the replicas that do not fit there are granted on the H100s; under
+    // first-come they wait for A100s while the H100s stay idle.
+    let m = mix("two-pools.toml");
+    let first = run_mix(&m, Allocator::FirstCome, 0, Some("hpa"), None).unwrap();
+    let arb = run_mix(&m, Allocator::Arbiter, 0, Some("hpa"), None).unwrap();
+    assert_eq!(first.peak_held_gpus[1], 0, "first-come never uses the H100s");
+    assert!(arb.peak_held_gpus[1] > 0 && arb.peak_held_gpus[1] <= 4, "{:?}", arb.peak_held_gpus);
+    assert!(arb.workloads[1].substituted_replicas > 0);
+    assert!(arb.workloads[1].attainment() > first.workloads[1].attainment() + 0.1);
 }
 
 #[test]

@@ -5,8 +5,12 @@
 //! workload's SLO, each counted with its workload's weight (the mix file's `weight`), as
 //! a total and as a share of the weighted arrivals (a rejected or late request counts as
 //! missed); per workload its SLO attainment and GPU-hours; and the arbiter's preempted,
-//! refused and substituted replicas. Every tick checks that no shared pool holds more
-//! GPUs than it has (a run that breaks it is an error, not a row).
+//! refused and substituted replicas; and each allocator's difference from the arbiter,
+//! paired over seeds (every allocator sees the same arrivals per seed). The learned
+//! allocator gets a row per checkpoint (`learned#i`, one per training seed) and one
+//! pooled over them (`learned(N)`), so the spread over training seeds shows. Every tick
+//! checks that no shared pool holds more GPUs than it has (a run that breaks it is an
+//! error, not a row).
 
 use std::path::{Path, PathBuf};
 
@@ -271,22 +275,42 @@ pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
         rows.push((format!("learned({checkpoints})"), learned));
     }
     let seeds = rows.first().map_or(0, |(_, rs)| rs.len());
+    // The reference of the paired differences: the arbiter, else the first row.
+    let reference = rows.iter().find(|(n, _)| n == "arbiter").or(rows.first()).map(|(n, rs)| (n.clone(), rs.clone()));
+    let reference = reference.as_ref();
     let pools: Vec<String> = mix.file.pools.iter().map(|p| format!("{} ({} GPUs)", p.name, p.capacity_gpus)).collect();
     let mut s = String::new();
     let _ = writeln!(s, "mix {}: pools {}; {} seeds, 95 % intervals", mix.file.name, pools.join(", "), seeds);
     let _ = writeln!(
         s,
-        "{:<11} {:>22} {:>20} {:>16} {:>12} {:>10}",
-        "allocator", "weighted SLO met (%)", "weighted goodput", "GPU-hours", "preempted", "peak GPUs"
+        "{:<11} {:>22} {:>22} {:>20} {:>16} {:>12} {:>10}",
+        "allocator",
+        "weighted SLO met (%)",
+        format!("Δ vs {} (pp)", reference.map_or("-", |(n, _)| n.as_str())),
+        "weighted goodput",
+        "GPU-hours",
+        "preempted",
+        "peak GPUs"
     );
     for (name, rs) in &rows {
         let peak = rs.iter().flat_map(|r| r.peak_held_gpus.iter().copied()).max().unwrap_or(0);
         let preempted: u64 = rs.iter().flat_map(|r| r.workloads.iter().map(|w| w.preempted_replicas)).sum();
+        // Paired over seeds: every run against the reference's run on the same arrivals.
+        let delta = reference.filter(|(n, _)| n != name).map_or("-".to_string(), |(_, refs)| {
+            let d: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| {
+                    refs.iter().find(|x| x.seed == r.seed).map(|x| r.weighted_attainment - x.weighted_attainment)
+                })
+                .collect();
+            fmt(&super::stats::Estimate::of(&d), 100.0, 2)
+        });
         let _ = writeln!(
             s,
-            "{:<11} {:>22} {:>20} {:>16} {:>12} {:>10}",
+            "{:<11} {:>22} {:>22} {:>20} {:>16} {:>12} {:>10}",
             name,
             fmt(&est(rs, |r| r.weighted_attainment), 100.0, 2),
+            delta,
             fmt(&est(rs, |r| r.weighted_goodput), 1.0, 0),
             fmt(&est(rs, |r| r.gpu_hours), 1.0, 2),
             format!("{:.1}/run", preempted as f64 / rs.len().max(1) as f64),
