@@ -3,6 +3,8 @@
 # Not built on the machines this project is developed on (no container engine there):
 # this file is written to the same steps the project's scripts run (scripts/setup-libtorch.sh,
 # cargo build --release) but has not been executed; expect to adjust it on first use.
+# What runs there instead: `images/build.sh llmos OUTDIR` assembles an image with this
+# file's runtime stage settings from a local build, for containerd (docs/node.md).
 #
 #   docker build -t ghcr.io/llmos/llmos-operator:0.1.0 .
 #   docker build --build-arg LLMOS_TORCH=full -t ghcr.io/llmos/llmos-operator:0.1.0-cuda .

@@ -43,7 +43,15 @@ tar_layer() {
   [ "${3:-}" = clamp ] && opts+=(--mtime=@0 --owner=0 --group=0)
   tar -C "$dir" "${opts[@]}" -cf "$out.tmp" . && mv "$out.tmp" "$out"
 }
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+# The sha256 of file $1, remembered next to a cached layer (the libtorch layer is 400+ MiB).
+sha() {
+  if [ "${1%/*}" = "$LAYERS" ] && [ "$1.sha256" -nt "$1" ]; then
+    cat "$1.sha256"
+  else
+    sha256sum "$1" | cut -d' ' -f1 | tee "$1.sha256.tmp"
+    [ "${1%/*}" = "$LAYERS" ] && mv "$1.sha256.tmp" "$1.sha256" || rm -f "$1.sha256.tmp"
+  fi
+}
 size() { stat -c %s "$1"; }
 
 # The Debian bookworm base: debootstrap's minbase without apt's caches, lists and /dev
@@ -177,7 +185,7 @@ case "$WHAT" in
     write_image "${IMAGE_NAME:-llmos.local/llmos:dev}" \
       '{"User":"65532:65532","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","LD_LIBRARY_PATH=/opt/llmos/lib","MALLOC_ARENA_MAX=2"],"Entrypoint":["/usr/local/bin/llmos"],"Cmd":["run","--metrics-addr=0.0.0.0:8080","--log-format=json"],"ExposedPorts":{"8080/tcp":{}},"WorkingDir":"/"}' \
       "$base" "$torch" "$app"
-    rm -f "$app"
+    rm -f "$app" "$app.sha256"
     ;;
   *)
     echo "unknown image $WHAT (pause or llmos)" >&2

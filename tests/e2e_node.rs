@@ -13,9 +13,10 @@
 //!   loopback only) with the ServiceAccount identity and RBAC of `manifests/`, is
 //!   scheduled, started from the local store ("already present on machine"), becomes
 //!   Ready through the kubelet's probe of its `/readyz` and takes the leader Lease;
-//! - a GPU Pod (the pause image, standing in for a vLLM replica) selected by GPU product
-//!   is bound to the node and runs with an address on the pod bridge, while a Pod asking
-//!   more GPUs than are left stays Pending for `Insufficient nvidia.com/gpu`;
+//! - a GPU Pod selected by GPU product (the same image, standing in for a vLLM replica,
+//!   which the image cannot run yet: docs/node.md) is bound to the node and runs with an
+//!   address on the pod bridge, where the kubelet probes it and the test reaches it, while
+//!   a Pod asking more GPUs than are left stays Pending for `Insufficient nvidia.com/gpu`;
 //! - deleted, the Pods terminate (the operator's exit status is read from the Pod's last
 //!   status) and containerd is left with no running task.
 //!
@@ -222,18 +223,20 @@ async fn pods_from_the_local_image_run_on_a_real_node() {
     let ca = std::fs::read_to_string(&ca_path).expect("CA");
     std::fs::write(stack.path("kubeconfig-pod"), &kubeconfig).unwrap();
     std::fs::write(stack.path("ca.crt"), &ca).unwrap();
-    stack.kubectl(
-        &[
-            "-n",
-            OPERATOR_NS,
-            "create",
-            "configmap",
-            "llmos-kube",
-            &format!("--from-file=kubeconfig={}", stack.path("kubeconfig-pod").display()),
-            &format!("--from-file=ca.crt={}", stack.path("ca.crt").display()),
-        ],
-        None,
-    );
+    for ns in [OPERATOR_NS, "default"] {
+        stack.kubectl(
+            &[
+                "-n",
+                ns,
+                "create",
+                "configmap",
+                "llmos-kube",
+                &format!("--from-file=kubeconfig={}", stack.path("kubeconfig-pod").display()),
+                &format!("--from-file=ca.crt={}", stack.path("ca.crt").display()),
+            ],
+            None,
+        );
+    }
     let port = free_port();
     let operator = format!(
         r#"apiVersion: v1
@@ -257,8 +260,21 @@ spec:
   volumes: [{{name: kube, configMap: {{name: llmos-kube}}}}]
 "#
     );
-    // A GPU Pod on the pod network, placed by GPU product and count.
+    // A GPU Pod on the pod network, placed by GPU product and count: the same image and
+    // command, which serves /healthz at once and waits for the API server before /readyz
+    // (it cannot reach it from the pod network); the kubelet probes /healthz through the
+    // bridge. The one asking too many GPUs is the pause image (it never starts).
     let gpu_pod = |name: &str, gpus: u32| {
+        let container = if gpus <= 2 {
+            r#"image: llmos.local/llmos:dev
+      imagePullPolicy: IfNotPresent
+      args: ["run", "--metrics-addr=0.0.0.0:8080", "--log-format=json"]
+      env: [{name: KUBECONFIG, value: /etc/llmos-kube/kubeconfig}]
+      readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+      volumeMounts: [{name: kube, mountPath: /etc/llmos-kube, readOnly: true}]"#
+        } else {
+            "image: llmos.local/pause:3.4.1\n      imagePullPolicy: IfNotPresent"
+        };
         format!(
             r#"apiVersion: v1
 kind: Pod
@@ -268,9 +284,9 @@ spec:
   terminationGracePeriodSeconds: 5
   containers:
     - name: replica
-      image: llmos.local/pause:3.4.1
-      imagePullPolicy: IfNotPresent
+      {container}
       resources: {{limits: {{nvidia.com/gpu: {gpus}}}}}
+  volumes: [{{name: kube, configMap: {{name: llmos-kube}}}}]
 "#
         )
     };
@@ -325,6 +341,13 @@ spec:
         eprintln!("{ns}/{name}: {}", events.join("; "));
     }
 
+    // The GPU Pod answers on its bridge address; from the pod network it cannot reach the
+    // API server on the host's loopback, so it is alive and not ready.
+    let healthz = reqwest::get(format!("http://{replica_ip}:8080/healthz")).await.expect("GET the GPU Pod's /healthz");
+    assert_eq!(healthz.text().await.unwrap_or_default(), "ok");
+    let readyz = reqwest::get(format!("http://{replica_ip}:8080/readyz")).await.expect("GET the GPU Pod's /readyz");
+    assert_eq!(readyz.status().as_u16(), 503, "the API server is not reachable from the pod network");
+
     // The operator in the Pod answers and leads.
     let url = format!("http://{node_ip}:{port}/readyz");
     let body = reqwest::get(&url).await.expect("GET /readyz").text().await.unwrap_or_default();
@@ -377,14 +400,21 @@ spec:
                     }
                     None
                 }
-                None => pods.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ()),
+                None => Some(()),
             }
         }
     })
     .await;
+    let op_gone = t_del.elapsed();
+    wait_for("the deleted GPU Pods to be gone", &node_dir, || {
+        let pods = pods.clone();
+        async move { pods.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ()) }
+    })
+    .await;
     let exit_code = *exit_code.lock().unwrap();
     eprintln!(
-        "measured: deletion to Pods gone {:.1} s; the operator container exited with {}",
+        "measured: deletion to Pods gone: operator {:.1} s, all {:.1} s; the operator container exited with {}",
+        op_gone.as_secs_f64(),
         t_del.elapsed().as_secs_f64(),
         exit_code.map(|c| c.to_string()).unwrap_or_else(|| "(not seen before the Pod went)".into())
     );
