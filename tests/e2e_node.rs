@@ -385,7 +385,7 @@ spec:
     pods.delete("replica-too-big", &dp).await.expect("delete the pending Pod");
     let exit_code = std::sync::Arc::new(std::sync::Mutex::new(None::<i32>));
     wait_for("the deleted Pods to be gone", &node_dir, || {
-        let (pods, pods_op, exit_code) = (pods.clone(), pods_op.clone(), exit_code.clone());
+        let (pods_op, exit_code) = (pods_op.clone(), exit_code.clone());
         async move {
             match pods_op.get_opt("llmos-operator").await.ok()? {
                 Some(p) => {
