@@ -21,15 +21,15 @@ fn any_action_keeps_the_pools_and_rewards_count_weighted_misses() {
     for w in &mut m.file.workloads {
         w.window = Some((0.0, 0.1));
     }
-    let mut env = AllocatorEnv::new(m, "hpa", (0.8, 1.2));
+    let mut env = AllocatorEnv::new(m, "hpa", (0.8, 1.2), 2);
     let (obs, mask) = env.reset(7).expect("reset");
     assert_eq!(obs.len(), env.feature_names().len());
-    assert_eq!(mask.len(), 9, "three workloads, three levels each");
+    assert_eq!(mask.len(), 18, "three workloads, three levels and three headrooms each");
     let mut steps = 0;
     let mut total = 0.0;
     loop {
         // Levels cycling through every combination, the worst orders included.
-        let a = [steps % 3, (steps / 3) % 3, (steps / 9) % 3];
+        let a = [steps % 3, (steps / 3) % 3, (steps / 9) % 3, steps % 3, (steps + 1) % 3, (steps + 2) % 3];
         let s = env.step(&a).expect("a step keeps the pools (checked inside)");
         assert!(s.reward <= 0.0 && s.obs.iter().all(|x| x.is_finite()));
         total += s.reward;
@@ -75,6 +75,7 @@ fn a_short_training_writes_a_checkpoint_that_share_judges() {
         policy: "hpa".into(),
         envs: 1,
         load: vec![0.9, 1.1],
+        headroom: 0,
         learning_rate: 1e-3,
         entropy_coef: 0.01,
         out: out.clone(),

@@ -136,6 +136,33 @@ impl ClusterLoop {
         self.loops.iter_mut().zip(policies.iter_mut()).map(|(lp, p)| lp.propose(p.as_mut())).collect()
     }
 
+    /// Adds `extra[w]` replicas to workload `w`'s proposal (on its slot that has the most
+    /// replicas, the first on a tie), then lets its shield clamp the result again, so the
+    /// workload's limits still hold. A learned allocator's headroom: the arbiter then
+    /// grants the extra replicas like any demand.
+    pub fn add_headroom(&self, proposals: &mut Proposals, extra: &[u32]) {
+        for (w, ((_, outcome), &e)) in proposals.iter_mut().zip(extra).enumerate() {
+            if e == 0 {
+                continue;
+            }
+            let mut d = outcome.decision.clone();
+            let mut best: Option<usize> = None;
+            for (i, t) in d.targets.iter().enumerate() {
+                if best.is_none_or(|b| t.replicas > d.targets[b].replicas) {
+                    best = Some(i);
+                }
+            }
+            let Some(b) = best else { continue };
+            d.targets[b].replicas = d.targets[b].replicas.saturating_add(e);
+            let mut clamped = self.loops[w].clamp(&d);
+            // What the shield overrode of the policy's own proposal still counts.
+            let mut overrides = outcome.overrides.clone();
+            overrides.append(&mut clamped.overrides);
+            clamped.overrides = overrides;
+            *outcome = clamped;
+        }
+    }
+
     /// The second half: the allocator decides on `proposals` (the arbiter with
     /// `priorities` instead of the static ones when given), the world applies and runs
     /// one interval, every loop settles.

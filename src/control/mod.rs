@@ -147,6 +147,13 @@ impl ControlLoop {
         (proposed, outcome)
     }
 
+    /// The shield's clamp of `decision` on the current observation, without recording
+    /// (for a decision changed after [`ControlLoop::propose`], such as an allocator's
+    /// headroom).
+    pub fn clamp(&self, decision: &Decision) -> ShieldOutcome {
+        self.shield.clamp(&self.obs, decision)
+    }
+
     /// The other half of [`ControlLoop::propose`], once the world has applied `applied` (the
     /// shield's outcome, or what an arbiter granted of it) and advanced: records it with
     /// the shield, takes the next observation, and gives `policy` its feedback.

@@ -163,8 +163,9 @@ pub fn run_mix(
     while !world.is_done() {
         let tick = match &learned_allocator {
             Some(l) => {
-                let proposals = control.propose(&mut policies);
-                let priorities = l.decide(&features(mix, &world, &control, &proposals));
+                let mut proposals = control.propose(&mut policies);
+                let (priorities, extra) = l.decide(&features(mix, &world, &control, &proposals));
+                control.add_headroom(&mut proposals, &extra);
                 control.finish(&mut world, &mut policies, proposals, Some(&priorities))
             }
             None => control.tick(&mut world, &mut policies),

@@ -5,7 +5,10 @@
 //! **What it decides.** Each workload's policy (HPA, say) proposes replicas as alone; the
 //! learned allocator then sets one priority level per workload (`low`, `mid`, `high`: one
 //! factored head per workload) and [`crate::arbiter::arbitrate`] grants under those
-//! levels. The arbiter keeps every promise it makes under static priorities (no pool
+//! levels. Trained with `--headroom H` it also adds 0 to H replicas to each workload's
+//! proposal (a second head per workload): idle GPUs of the pool can then serve a
+//! workload whose own policy reacts late; the workload's shield clamps the result again,
+//! and the arbiter grants the extra replicas like any demand. The arbiter keeps every promise it makes under static priorities (no pool
 //! over-committed, preemption only of strictly lower levels, guarantees honoured, no
 //! refusal while a pool has room), so nothing the network outputs can break capacity or
 //! a guarantee: no mask is needed. With the levels fixed to the static order it *is* the
@@ -77,12 +80,20 @@ pub fn feature_names(names: &[String]) -> Vec<String> {
     out
 }
 
-/// One branch per workload: its priority level.
-pub fn branches(names: &[String]) -> Vec<BranchSpec> {
-    names
+/// One branch per workload for its priority level, then, with `headroom` > 0, one per
+/// workload for the replicas added to its proposal (`+0` to `+headroom`).
+pub fn branches(names: &[String], headroom: u32) -> Vec<BranchSpec> {
+    let mut out: Vec<BranchSpec> = names
         .iter()
         .map(|n| BranchSpec { name: format!("priority[{n}]"), options: LEVELS.iter().map(|l| l.to_string()).collect() })
-        .collect()
+        .collect();
+    if headroom > 0 {
+        out.extend(names.iter().map(|n| BranchSpec {
+            name: format!("headroom[{n}]"),
+            options: (0..=headroom).map(|k| format!("+{k}")).collect(),
+        }));
+    }
+    out
 }
 
 /// The features of one tick: every workload's observation and proposal, shares of the
@@ -124,9 +135,20 @@ pub fn features(mix: &Mix, world: &ClusterTwin, control: &ClusterLoop, proposals
     out.into_iter().map(|x| if x.is_finite() { x as f32 } else { 0.0 }).collect()
 }
 
-/// The arbiter priorities of an action (one level index per workload).
-pub fn priorities(action: &[usize]) -> Vec<i32> {
-    action.iter().map(|&a| a.min(LEVELS.len() - 1) as i32).collect()
+/// The arbiter priorities of an action (its first branch per workload: a level index).
+pub fn priorities(action: &[usize], workloads: usize) -> Vec<i32> {
+    action.iter().take(workloads).map(|&a| a.min(LEVELS.len() - 1) as i32).collect()
+}
+
+/// The replicas an action adds to each workload's proposal (its headroom branches; none
+/// without them).
+pub fn headroom(action: &[usize], workloads: usize) -> Vec<u32> {
+    let extra: Vec<u32> = action.iter().skip(workloads).take(workloads).map(|&a| a as u32).collect();
+    if extra.len() == workloads {
+        extra
+    } else {
+        vec![0; workloads]
+    }
 }
 
 /// One episode of a mix under the learned allocator.
@@ -166,6 +188,7 @@ pub struct AllocatorEnv {
     mix: Mix,
     policy: String,
     load_range: (f64, f64),
+    headroom: u32,
     names: Vec<String>,
     episode: Option<Episode>,
 }
@@ -173,10 +196,10 @@ pub struct AllocatorEnv {
 impl AllocatorEnv {
     /// An environment over `mix` (its windows as given), each workload's policy the
     /// heuristic `policy`, each workload's load multiplied per episode by a factor drawn
-    /// uniformly from `load_range`.
-    pub fn new(mix: Mix, policy: &str, load_range: (f64, f64)) -> Self {
+    /// uniformly from `load_range`; `headroom` > 0 adds the headroom branches.
+    pub fn new(mix: Mix, policy: &str, load_range: (f64, f64), headroom: u32) -> Self {
         let names = mix.file.workloads.iter().map(|w| w.name.clone()).collect();
-        AllocatorEnv { mix, policy: policy.to_string(), load_range, names, episode: None }
+        AllocatorEnv { mix, policy: policy.to_string(), load_range, headroom, names, episode: None }
     }
 
     fn observe(&self) -> Vec<f32> {
@@ -192,7 +215,7 @@ impl Env for AllocatorEnv {
         feature_names(&self.names)
     }
     fn action_branches(&self) -> Vec<BranchSpec> {
-        branches(&self.names)
+        branches(&self.names, self.headroom)
     }
     fn reset(&mut self, seed: u64) -> Result<(Vec<f32>, Vec<bool>), RlError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_a110);
@@ -211,8 +234,10 @@ impl Env for AllocatorEnv {
         let Some(e) = self.episode.as_mut() else {
             return Err(RlError::Config("step before reset".into()));
         };
-        let proposals = std::mem::take(&mut e.proposals);
-        let tick = e.control.finish(&mut e.world, &mut e.policies, proposals, Some(&priorities(action)));
+        let n = self.names.len();
+        let mut proposals = std::mem::take(&mut e.proposals);
+        e.control.add_headroom(&mut proposals, &headroom(action, n));
+        let tick = e.control.finish(&mut e.world, &mut e.policies, proposals, Some(&priorities(action, n)));
         e.world.check_invariants().map_err(|err| RlError::Config(format!("the shared pools broke: {err}")))?;
         let mut info = StepInfo::default();
         let mut missed = 0.0;
@@ -238,21 +263,33 @@ impl Env for AllocatorEnv {
 pub struct LearnedAllocator {
     agent: DqnAgent,
     mask: Vec<bool>,
+    workloads: usize,
 }
 
 impl LearnedAllocator {
     /// Loads the checkpoint in `dir` for workloads `names` (its features and branches must
-    /// be theirs); errors name the file and the first difference.
+    /// be theirs, with or without headroom branches); errors name the file and the first
+    /// difference.
     pub fn load(dir: &std::path::Path, names: &[String]) -> Result<Self, RlError> {
-        let (fnames, br) = (feature_names(names), branches(names));
+        // The headroom the checkpoint was trained with, from its branches (0 without).
+        let meta_path = dir.join(checkpoint::META_FILE);
+        let headroom = std::fs::read_to_string(&meta_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<checkpoint::CheckpointMeta>(&t).ok())
+            .and_then(|m| m.branches.iter().find(|b| b.name.starts_with("headroom[")).map(|b| b.options.len() as u32))
+            .map_or(0, |n| n.saturating_sub(1));
+        let (fnames, br) = (feature_names(names), branches(names, headroom));
         let expected = Expected { feature_names: Some(&fnames), branches: Some(&br) };
         let (agent, _) = checkpoint::load(dir, &expected, DeviceChoice::Cpu)?;
-        Ok(LearnedAllocator { agent, mask: vec![true; names.len() * LEVELS.len()] })
+        let options: usize = br.iter().map(|b| b.options.len()).sum();
+        Ok(LearnedAllocator { agent, mask: vec![true; options], workloads: names.len() })
     }
 
-    /// The priorities for a tick's features (the most probable level per workload).
-    pub fn decide(&self, features: &[f32]) -> Vec<i32> {
-        priorities(&self.agent.greedy(features, &self.mask))
+    /// The priorities and the replicas added to each proposal for a tick's features (the
+    /// most probable option per branch).
+    pub fn decide(&self, features: &[f32]) -> (Vec<i32>, Vec<u32>) {
+        let a = self.agent.greedy(features, &self.mask);
+        (priorities(&a, self.workloads), headroom(&a, self.workloads))
     }
 }
 
@@ -281,6 +318,11 @@ pub struct ShareTrainArgs {
     /// Range of the per-episode load factor of each workload, `MIN,MAX`.
     #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [0.8, 1.2])]
     pub load: Vec<f64>,
+    /// Most replicas the allocator may add to a workload's proposal per tick (0: it only
+    /// sets priorities). Added replicas go through the workload's shield and the arbiter
+    /// like any other demand.
+    #[arg(long, default_value_t = 0)]
+    pub headroom: u32,
     /// PPO's learning rate (annealed to zero over the run).
     #[arg(long, default_value_t = 1e-3)]
     pub learning_rate: f64,
@@ -304,7 +346,7 @@ pub fn train_cli(args: ShareTrainArgs) -> anyhow::Result<()> {
         w.window = Some((w0, w1));
     }
     let mut envs: Vec<AllocatorEnv> =
-        (0..args.envs).map(|_| AllocatorEnv::new(mix.clone(), &args.policy, (l0, l1))).collect();
+        (0..args.envs).map(|_| AllocatorEnv::new(mix.clone(), &args.policy, (l0, l1), args.headroom)).collect();
     let cfg = PpoConfig {
         num_envs: args.envs,
         seed: args.seed,
@@ -334,7 +376,7 @@ pub fn train_cli(args: ShareTrainArgs) -> anyhow::Result<()> {
     let record = serde_json::json!({
         "kind": "allocator", "mix": args.mix.display().to_string(), "window": [w0, w1], "load": [l0, l1],
         "policy": args.policy, "steps": args.steps, "envs": args.envs,
-        "learningRate": args.learning_rate, "entropyCoef": args.entropy_coef,
+        "learningRate": args.learning_rate, "entropyCoef": args.entropy_coef, "headroom": args.headroom,
     });
     checkpoint::save_as(
         &args.out,
