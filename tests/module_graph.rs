@@ -265,7 +265,11 @@ fn function_lengths() -> Vec<(usize, String)> {
         for (i, line) in lines.iter().enumerate() {
             let t = line.trim_start();
             let indent = &line[..line.len() - t.len()];
-            let t = t.strip_prefix("pub ").or_else(|| t.strip_prefix("pub(crate) ")).unwrap_or(t);
+            let t = t
+                .strip_prefix("pub ")
+                .or_else(|| t.strip_prefix("pub(crate) "))
+                .or_else(|| t.strip_prefix("pub(super) "))
+                .unwrap_or(t);
             let t = t.strip_prefix("async ").unwrap_or(t);
             if !t.starts_with("fn ") || line.trim_end().ends_with(';') {
                 continue;

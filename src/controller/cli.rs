@@ -168,15 +168,35 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     );
 
     let elect = args.leader_election && !args.no_leader_election;
+    let overdue = overdue(stop_rx.clone());
     if !elect {
         tracing::info!(namespace = ?args.namespace, "starting the controller without leader election");
-        run_controller(ctx, args.namespace.clone(), stopped(stop_rx.clone())).await;
+        tokio::select! {
+            _ = run_controller(ctx, args.namespace.clone(), stopped(stop_rx.clone())) => {}
+            _ = overdue => {}
+        }
     } else {
         let lease_ns = args.lease_namespace.clone().unwrap_or(default_ns);
-        run_as_leader(ctx, client, &args, &lease_ns, &identity, stop_rx).await?;
+        tokio::select! {
+            r = run_as_leader(ctx, client, &args, &lease_ns, &identity, stop_rx) => r?,
+            _ = overdue => {}
+        }
     }
     let _ = http.await;
     Ok(())
+}
+
+/// The longest a stop waits for in-flight reconciles (Kubernetes' default grace period
+/// is 30 s).
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Resolves [`STOP_GRACE`] after `rx` says stop. A stop lets in-flight reconciles
+/// finish, but not for longer: a controller whose watches are backing off (no CRD
+/// installed, say) would otherwise outlive the Pod's grace period and be killed.
+async fn overdue(rx: tokio::sync::watch::Receiver<bool>) {
+    stopped(rx).await;
+    tokio::time::sleep(STOP_GRACE).await;
+    tracing::warn!(grace_s = STOP_GRACE.as_secs(), "the controller did not stop in time after the signal; exiting");
 }
 
 /// Resolves once `rx` says stop (or its sender is gone).

@@ -468,19 +468,15 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
                 .as_ref()
                 .filter(|t| matches!(t.metrics, MetricsRead::Read { .. }))
                 .map(|t| t.observation.arrival_rate_rps > 0.0);
-            let outcome = share::arbitrate_reconcile(
-                &ctx,
-                book,
-                &written,
-                &wl,
-                &gpupools,
-                &observed.deployments,
-                &p.targets,
+            let ask = share::Ask {
+                wl: &written,
+                resolved: &wl,
+                own: &observed.deployments,
+                proposal: &p.targets,
                 decided,
                 traffic,
-                now,
-            )
-            .await?;
+            };
+            let outcome = share::arbitrate_reconcile(&ctx, book, &ask, &gpupools, now).await?;
             input.grants = Some(&outcome.grants);
             p = plan::plan(&input);
             Some(outcome)

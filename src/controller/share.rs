@@ -192,24 +192,65 @@ async fn all_workloads(ctx: &Context) -> Result<Vec<LLMWorkload>, Error> {
     Ok(api.list(&ListParams::default()).await.map_err(kube_err("listing LLMWorkloads"))?.items)
 }
 
-/// Arbitrates the shared pools of `wl` (as written; `resolved` with its poolRefs made
-/// pools) for one reconcile whose plan proposes `proposal`; scales victims down first.
-/// `traffic` is whether the tick saw arrivals (`None` without a tick).
-#[allow(clippy::too_many_arguments)]
+/// What one reconcile's workload asks of the arbitration.
+pub(super) struct Ask<'a> {
+    /// The workload as written (its poolRefs say which slots are shared).
+    pub wl: &'a LLMWorkload,
+    /// The same with its poolRefs resolved into pools.
+    pub resolved: &'a LLMWorkload,
+    /// Its Deployments as the reconcile read them.
+    pub own: &'a [Deployment],
+    /// Replicas per slot the plan proposes.
+    pub proposal: &'a BTreeMap<Slot, u32>,
+    /// Whether the proposal comes from a decision of this tick (else only first
+    /// placements are proposals; the rest keeps what it holds).
+    pub decided: bool,
+    /// Whether the tick saw arrivals (`None` without a tick).
+    pub traffic: Option<bool>,
+}
+
+/// The arbitration of one reconcile: its pools, members (this workload first) and claims.
+struct Round {
+    key: String,
+    at: String,
+    pools: Vec<PoolView>,
+    members: Vec<Member>,
+    claims: Vec<Claim>,
+    /// Indices of the members in the arbitrated claims (the others keep what they hold).
+    index: Vec<usize>,
+    alloc: crate::arbiter::Allocation,
+    /// Replicas granted per member and slot.
+    granted: Vec<Vec<u32>>,
+    /// Replicas held per member and slot after the victims' writes.
+    after: Vec<Vec<u32>>,
+}
+
+/// Arbitrates the shared pools of `ask.wl` for one reconcile; scales victims down first
+/// and returns the workload's grants, trimmed to what its pools have free after that.
 pub(super) async fn arbitrate_reconcile(
     ctx: &Context,
     book: &mut Book,
-    wl: &LLMWorkload,
-    resolved: &LLMWorkload,
+    ask: &Ask<'_>,
     gpupools: &BTreeMap<String, GPUPool>,
-    own: &[Deployment],
-    proposal: &BTreeMap<Slot, u32>,
-    tick_proposal: bool,
-    traffic: Option<bool>,
     now: Timestamp,
 ) -> Result<Outcome, Error> {
-    let key = key_of(wl);
-    // The pools of this workload, with their capacities.
+    let pools = pool_views(ctx, book, ask.wl, gpupools).await;
+    let members = members(ctx, ask, &pools, gpupools).await?;
+    let claims = claims(book, ask, &members, &pools);
+    let mut round = solve(key_of(ask.wl), now.to_string(), pools, members, claims);
+    scale_victims(ctx, book, &mut round).await;
+    let mine = trim_own(&round);
+    Ok(own_outcome(book, ask, &round, mine))
+}
+
+/// The GPUPools of `wl` with their capacities: `capacityGpus`, else the allocatable
+/// GPUs of the Nodes they select.
+async fn pool_views(
+    ctx: &Context,
+    book: &mut Book,
+    wl: &LLMWorkload,
+    gpupools: &BTreeMap<String, GPUPool>,
+) -> Vec<PoolView> {
     let mut names: Vec<String> = wl.spec.pool_refs.iter().map(|r| r.pool.clone()).collect();
     names.sort();
     names.dedup();
@@ -223,16 +264,26 @@ pub(super) async fn arbitrate_reconcile(
         let capacity = pool.spec.capacity_gpus.unwrap_or(allocatable);
         pools.push(PoolView { name, pool: pool.clone(), nodes, allocatable, capacity, nodes_error });
     }
+    pools
+}
+
+/// The members of the arbitration: the asking workload first, then every other that
+/// shares one of its pools (by name), each with its Deployments.
+async fn members(
+    ctx: &Context,
+    ask: &Ask<'_>,
+    pools: &[PoolView],
+    gpupools: &BTreeMap<String, GPUPool>,
+) -> Result<Vec<Member>, Error> {
+    let key = key_of(ask.wl);
     let specs: BTreeMap<String, crate::crd::GPUPoolSpec> =
         gpupools.iter().map(|(n, p)| (n.clone(), p.spec.clone())).collect();
-
-    // The members: this workload first, then every other that shares one of its pools.
     let mut members = vec![Member {
         key: key.clone(),
-        wl: wl.clone(),
-        resolved: Some(resolved.clone()),
-        deployments: own.to_vec(),
-        slots: member_slots(wl, &pools),
+        wl: ask.wl.clone(),
+        resolved: Some(ask.resolved.clone()),
+        deployments: ask.own.to_vec(),
+        slots: member_slots(ask.wl, pools),
     }];
     let mut others = all_workloads(ctx).await?;
     others.sort_by_key(key_of);
@@ -241,7 +292,7 @@ pub(super) async fn arbitrate_reconcile(
         if okey == key || other.spec.pool_refs.is_empty() {
             continue;
         }
-        let slots = member_slots(&other, &pools);
+        let slots = member_slots(&other, pools);
         if slots.is_empty() {
             continue;
         }
@@ -253,13 +304,19 @@ pub(super) async fn arbitrate_reconcile(
         let deployments = super::owned_deployments(ctx, &other).await?;
         members.push(Member { key: okey, wl: other, resolved, deployments, slots });
     }
+    Ok(members)
+}
 
-    // Their claims.
-    let held_of = |book: &Book, m: &Member, slot: &Slot| -> u32 {
-        let ons = m.wl.namespace().unwrap_or_default();
-        let dn = deployment_name(&m.wl.name_any(), slot);
-        held(book, &format!("{ons}/{dn}"), m.deployments.iter().find(|d| d.name_any() == dn))
-    };
+/// The replicas member `m` holds in `slot` ([`held`]).
+fn held_of(book: &Book, m: &Member, slot: &Slot) -> u32 {
+    let ns = m.wl.namespace().unwrap_or_default();
+    let dn = deployment_name(&m.wl.name_any(), slot);
+    held(book, &format!("{ns}/{dn}"), m.deployments.iter().find(|d| d.name_any() == dn))
+}
+
+/// Every member's claim: what it holds, and what it proposes (the asking workload: its
+/// plan; the others: their last proposal; one that cannot be scaled down: what it holds).
+fn claims(book: &Book, ask: &Ask<'_>, members: &[Member], pools: &[PoolView]) -> Vec<Claim> {
     let mut claims = Vec::with_capacity(members.len());
     for (i, m) in members.iter().enumerate() {
         let entry = book.workloads.get(&m.key);
@@ -269,12 +326,13 @@ pub(super) async fn arbitrate_reconcile(
             .map(|(slot, p, gpus)| {
                 let h = held_of(book, m, slot);
                 let exists = m.deployments.iter().any(|d| d.name_any() == deployment_name(&m.wl.name_any(), slot));
-                let proposed = if i == 0 && (tick_proposal || !exists) {
+                let asked = ask.proposal.get(slot).copied().unwrap_or(h);
+                let proposed = if i == 0 && (ask.decided || !exists) {
                     // Between ticks only a slot's first placement is a proposal; the
                     // others keep what they hold (the cache may lag behind a preemption).
-                    proposal.get(slot).copied().unwrap_or(h)
+                    asked
                 } else if i == 0 {
-                    h.min(proposal.get(slot).copied().unwrap_or(h))
+                    h.min(asked)
                 } else if m.resolved.is_none() {
                     h
                 } else {
@@ -292,7 +350,8 @@ pub(super) async fn arbitrate_reconcile(
                 }
             })
             .collect();
-        let has_traffic = if i == 0 { traffic.or(entry.map(|e| e.has_traffic)) } else { entry.map(|e| e.has_traffic) };
+        let last = entry.map(|e| e.has_traffic);
+        let has_traffic = if i == 0 { ask.traffic.or(last) } else { last };
         claims.push(Claim {
             workload: m.key.clone(),
             priority: m.wl.spec.scheduling.priority,
@@ -301,8 +360,12 @@ pub(super) async fn arbitrate_reconcile(
             slots,
         });
     }
-    // A workload that cannot be scaled down by another's reconcile keeps what it holds:
-    // it is left out of the claims and its GPUs out of the capacities.
+    claims
+}
+
+/// Runs the arbiter. A member that cannot be scaled down by another's reconcile keeps
+/// what it holds: it is left out of the claims and its GPUs out of the capacities.
+fn solve(key: String, at: String, pools: Vec<PoolView>, members: Vec<Member>, claims: Vec<Claim>) -> Round {
     let mut capacities: Vec<PoolCapacity> =
         pools.iter().map(|p| PoolCapacity { name: p.name.clone(), capacity_gpus: p.capacity }).collect();
     let fixed: Vec<bool> = members.iter().enumerate().map(|(i, m)| i > 0 && m.resolved.is_none()).collect();
@@ -319,132 +382,145 @@ pub(super) async fn arbitrate_reconcile(
     for (k, &i) in index.iter().enumerate() {
         granted[i] = alloc.granted[k].clone();
     }
+    let after = granted.clone();
+    Round { key, at, pools, members, claims, index, alloc, granted, after }
+}
 
-    // Victims first: every other workload granted less than it holds is scaled down.
-    let at = now.to_string();
-    let mut after: Vec<Vec<u32>> = granted.clone();
-    let mut taken_from: Vec<String> = Vec::new();
-    for i in 1..members.len() {
-        let m = &members[i];
-        let Some(victim) = &m.resolved else { continue };
-        for (s, (slot, p, gpus)) in m.slots.iter().enumerate() {
-            let (h, g) = (claims[i].slots[s].held, granted[i][s]);
+/// Victims first: every other member granted fewer replicas than it holds is scaled
+/// down now, with a `Preempted` Event on it. A write that fails leaves the victim's
+/// replicas counted as held.
+async fn scale_victims(ctx: &Context, book: &mut Book, round: &mut Round) {
+    for i in 1..round.members.len() {
+        let Some(victim) = round.members[i].resolved.clone() else { continue };
+        for s in 0..round.members[i].slots.len() {
+            let (h, g) = (round.claims[i].slots[s].held, round.granted[i][s]);
             if g >= h {
                 continue;
             }
-            after[i][s] = h;
-            let Some(dep) = desired::deployment(victim, slot, g) else { continue };
+            round.after[i][s] = h;
+            let slot = round.members[i].slots[s].0.clone();
+            let Some(dep) = desired::deployment(&victim, &slot, g) else { continue };
             let vns = victim.namespace().unwrap_or_default();
             let dn = dep.name_any();
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &vns);
             match api.patch(&dn, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&dep)).await {
                 Ok(out) => {
-                    after[i][s] = g;
+                    round.after[i][s] = g;
                     if let Some(generation) = out.metadata.generation {
                         book.applied.insert(format!("{vns}/{dn}"), (g, generation));
                     }
                     ctx.metrics.object_write("deployment", "written");
                 }
                 Err(e) => {
-                    tracing::warn!(workload = %m.key, deployment = %dn, error = %e, "cannot scale a preempted slot down");
+                    let who = &round.members[i].key;
+                    tracing::warn!(workload = %who, deployment = %dn, error = %e, "cannot scale a preempted slot down");
                     continue;
                 }
             }
-            let by = preemptor(&alloc.events, &index, i, s, &claims);
-            let gpus_taken = (h - g) * gpus;
-            let pool = &pools[*p].name;
-            let note = match &by {
-                Some(b) => format!(
-                    "GPUPool {pool}: {} of {} replicas of {}/{} ({gpus_taken} GPUs) preempted for {b} (priority {} > {})",
-                    h - g,
-                    h,
-                    slot.variant,
-                    slot.pool,
-                    claims.iter().find(|c| &c.workload == b).map_or(0, |c| c.priority),
-                    claims[i].priority
-                ),
-                None => format!(
-                    "GPUPool {pool}: {} of {} replicas of {}/{} ({gpus_taken} GPUs) given back: the pool's capacity \
-                     ({} GPUs) is below what its workloads held",
-                    h - g,
-                    h,
-                    slot.variant,
-                    slot.pool,
-                    pools[*p].capacity
-                ),
-            };
-            let ev = PlannedEvent::warning(EventReason::Preempted, "Preempt", note);
-            execute::publish(ctx, victim, &ev).await;
-            let e = book.workloads.entry(m.key.clone()).or_default();
-            e.last_preempted =
-                Some(PreemptionStatus { time: at.clone(), by: by.clone().unwrap_or_default(), gpus: gpus_taken });
-            if by.as_deref() == Some(key.as_str()) {
-                taken_from.push(format!(
-                    "{gpus_taken} GPUs of GPUPool {pool} from {} (priority {})",
-                    m.key, claims[i].priority
-                ));
-            }
+            let ev = PlannedEvent::warning(EventReason::Preempted, "Preempt", victim_note(round, i, s));
+            execute::publish(ctx, &victim, &ev).await;
+            let by = preemptor(&round.alloc.events, &round.index, i, s, &round.claims);
+            let gpus = (h - g) * round.members[i].slots[s].2;
+            let e = book.workloads.entry(round.members[i].key.clone()).or_default();
+            e.last_preempted = Some(PreemptionStatus { time: round.at.clone(), by: by.unwrap_or_default(), gpus });
         }
     }
+}
 
-    // This workload's grants, within what the pools have free after the victims' writes.
-    let mut mine = granted[0].clone();
-    let mut used_by_others = vec![0u32; pools.len()];
-    let mut ready_by_others = vec![0u32; pools.len()];
-    let mut workloads_in = vec![0u32; pools.len()];
-    for (i, m) in members.iter().enumerate().skip(1) {
-        let mut seen = vec![false; pools.len()];
+/// The note of a victim's `Preempted` Event (member `i`, slot `s`).
+fn victim_note(round: &Round, i: usize, s: usize) -> String {
+    let (slot, p, gpus) = &round.members[i].slots[s];
+    let (h, g) = (round.claims[i].slots[s].held, round.granted[i][s]);
+    let pool = &round.pools[*p];
+    let what = format!(
+        "GPUPool {}: {} of {h} replicas of {}/{} ({} GPUs)",
+        pool.name,
+        h - g,
+        slot.variant,
+        slot.pool,
+        (h - g) * gpus
+    );
+    match preemptor(&round.alloc.events, &round.index, i, s, &round.claims) {
+        Some(b) => {
+            let prio = round.claims.iter().find(|c| c.workload == b).map_or(0, |c| c.priority);
+            format!("{what} preempted for {b} (priority {prio} > {})", round.claims[i].priority)
+        }
+        None => {
+            format!("{what} given back: the pool's capacity ({} GPUs) is below what its workloads held", pool.capacity)
+        }
+    }
+}
+
+/// Per pool: GPUs the other members hold after the victims' writes, their ready GPUs,
+/// and how many of them use it.
+fn others_usage(round: &Round) -> Vec<(u32, u32, u32)> {
+    let mut usage = vec![(0u32, 0u32, 0u32); round.pools.len()];
+    for (i, m) in round.members.iter().enumerate().skip(1) {
+        let mut seen = vec![false; round.pools.len()];
         for (s, (slot, p, gpus)) in m.slots.iter().enumerate() {
-            used_by_others[*p] = used_by_others[*p].saturating_add(after[i][s] * gpus);
+            let held = round.after[i][s];
             let dn = deployment_name(&m.wl.name_any(), slot);
             let ready = m.deployments.iter().find(|d| d.name_any() == dn).map_or(0, ready_replicas);
-            ready_by_others[*p] = ready_by_others[*p].saturating_add(ready.min(after[i][s]) * gpus);
+            usage[*p].0 = usage[*p].0.saturating_add(held * gpus);
+            usage[*p].1 = usage[*p].1.saturating_add(ready.min(held) * gpus);
             seen[*p] = true;
         }
         for (p, s) in seen.iter().enumerate() {
-            workloads_in[p] += u32::from(*s);
+            usage[p].2 += u32::from(*s);
         }
     }
-    for (p, pool) in pools.iter().enumerate() {
-        let free = pool.capacity.saturating_sub(used_by_others[p]);
-        let slots: Vec<usize> = (0..mine.len()).filter(|&s| members[0].slots[s].1 == p).collect();
-        let mut want: u32 = slots.iter().map(|&s| mine[s] * members[0].slots[s].2).sum();
+    usage
+}
+
+/// The asking workload's grants within what its pools have free after the victims'
+/// writes (never below what it keeps of what it held).
+fn trim_own(round: &Round) -> Vec<u32> {
+    let mut mine = round.granted[0].clone();
+    let usage = others_usage(round);
+    let me = &round.members[0];
+    for (p, pool) in round.pools.iter().enumerate() {
+        let free = pool.capacity.saturating_sub(usage[p].0);
+        let slots: Vec<usize> = (0..mine.len()).filter(|&s| me.slots[s].1 == p).collect();
+        let mut want: u32 = slots.iter().map(|&s| mine[s] * me.slots[s].2).sum();
         for &s in slots.iter().rev() {
-            let floor = claims[0].slots[s].held.min(claims[0].slots[s].proposed);
+            let floor = round.claims[0].slots[s].held.min(round.claims[0].slots[s].proposed);
             while want > free && mine[s] > floor {
                 mine[s] -= 1;
-                want = want.saturating_sub(members[0].slots[s].2);
+                want = want.saturating_sub(me.slots[s].2);
             }
         }
     }
+    mine
+}
 
-    // Events and status of this workload.
-    let me = &members[0];
-    let mut events = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    if !taken_from.is_empty() {
-        let note = format!("took {} (they were scaled down first)", taken_from.join(", "));
+/// The asking workload's grants, Events and status, and what the book remembers of it.
+fn own_outcome(book: &mut Book, ask: &Ask<'_>, round: &Round, mine: Vec<u32>) -> Outcome {
+    let key = &round.key;
+    let (mut events, mut words) = (Vec::new(), Vec::new());
+    let taken: Vec<String> = (1..round.members.len())
+        .flat_map(|i| (0..round.members[i].slots.len()).map(move |s| (i, s)))
+        .filter(|&(i, s)| round.after[i][s] < round.claims[i].slots[s].held)
+        .filter(|&(i, s)| preemptor(&round.alloc.events, &round.index, i, s, &round.claims).as_deref() == Some(key))
+        .map(|(i, s)| {
+            let (_, p, gpus) = &round.members[i].slots[s];
+            let n = (round.claims[i].slots[s].held - round.after[i][s]) * gpus;
+            format!(
+                "{n} GPUs of GPUPool {} from {} (priority {})",
+                round.pools[*p].name, round.members[i].key, round.claims[i].priority
+            )
+        })
+        .collect();
+    if !taken.is_empty() {
+        let note = format!("took {} (they were scaled down first)", taken.join(", "));
         words.push(note.clone());
         events.push(PlannedEvent::normal(EventReason::Preempting, "Preempt", note));
     }
-    for (s, (slot, p, gpus)) in me.slots.iter().enumerate() {
-        let c = &claims[0].slots[s];
-        let pool = &pools[*p];
-        if mine[s] < c.proposed && !substituted(&alloc.events, &index, s) {
-            let free = pool.capacity.saturating_sub(used_by_others[*p]);
-            let why = match (&pool.nodes_error, pool.pool.spec.capacity_gpus) {
-                (Some(e), None) => format!("; {e}"),
-                (None, None) if pool.allocatable == 0 => format!(
-                    "; no Node matched by its nodeSelector advertises {} (it has no capacityGpus)",
-                    pool.pool.spec.gpu_resource
-                ),
-                _ => String::new(),
-            };
-            let note = format!(
-                "asked {} replicas of {}/{}, granted {}: GPUPool {} has {} GPUs, {free} not held by other workloads \
-                 (of the same or higher priority), {gpus} per replica{why}",
-                c.proposed, slot.variant, slot.pool, mine[s], pool.name, pool.capacity
-            );
+    let usage = others_usage(round);
+    for (s, (slot, p, gpus)) in round.members[0].slots.iter().enumerate() {
+        let c = &round.claims[0].slots[s];
+        let pool = &round.pools[*p];
+        if mine[s] < c.proposed && !substituted(&round.alloc.events, &round.index, s) {
+            let note = refusal_note(pool, slot, c, mine[s], usage[*p].0, *gpus);
             words.push(note.clone());
             events.push(PlannedEvent::warning(
                 EventReason::GpusRefused,
@@ -452,51 +528,44 @@ pub(super) async fn arbitrate_reconcile(
                 note,
             ));
         }
-        if mine[s] < c.held.min(c.proposed) {
-            let by = preemptor(&alloc.events, &index, 0, s, &claims);
+        let kept = c.held.min(c.proposed);
+        if mine[s] < kept {
+            let by = preemptor(&round.alloc.events, &round.index, 0, s, &round.claims);
+            let whom = by
+                .as_ref()
+                .map_or("(the pool's capacity is below what its workloads held)".to_string(), |b| format!("for {b}"));
             let note = format!(
-                "GPUPool {}: {} replicas of {}/{} preempted {}",
+                "GPUPool {}: {} replicas of {}/{} preempted {whom}",
                 pool.name,
-                c.held.min(c.proposed) - mine[s],
+                kept - mine[s],
                 slot.variant,
-                slot.pool,
-                by.as_ref().map_or("(the pool's capacity is below what its workloads held)".to_string(), |b| format!(
-                    "for {b}"
-                ))
+                slot.pool
             );
             words.push(note.clone());
             events.push(PlannedEvent::warning(EventReason::Preempted, "Preempt", note));
             let e = book.workloads.entry(key.clone()).or_default();
             e.last_preempted = Some(PreemptionStatus {
-                time: at.clone(),
+                time: round.at.clone(),
                 by: by.unwrap_or_default(),
-                gpus: (c.held.min(c.proposed) - mine[s]) * gpus,
+                gpus: (kept - mine[s]) * gpus,
             });
         }
     }
-    for ev in &alloc.events {
-        if let ArbiterEvent::Substituted { workload, from_slot, to_slot, missing, granted } = ev {
-            if index[*workload] != 0 {
-                continue;
-            }
-            let (from, to) = (&me.slots[*from_slot].0, &me.slots[*to_slot].0);
-            let note = format!(
-                "{missing} replicas of {}/{} did not fit; granted {granted} of {}/{} instead",
-                from.variant, from.pool, to.variant, to.pool
-            );
-            words.push(note.clone());
-            events.push(PlannedEvent::normal(EventReason::Substituted, "Substitute", note));
-        }
+    for note in substitutions(round) {
+        words.push(note.clone());
+        events.push(PlannedEvent::normal(EventReason::Substituted, "Substitute", note));
     }
+    let me = &round.members[0];
     let entry = book.workloads.entry(key.clone()).or_default();
-    if tick_proposal || entry.proposed.is_empty() {
-        entry.proposed = me.slots.iter().zip(&claims[0].slots).map(|((s, _, _), c)| (s.clone(), c.proposed)).collect();
+    if ask.decided || entry.proposed.is_empty() {
+        entry.proposed =
+            me.slots.iter().zip(&round.claims[0].slots).map(|((s, _, _), c)| (s.clone(), c.proposed)).collect();
     }
-    if let Some(t) = traffic {
+    if let Some(t) = ask.traffic {
         entry.has_traffic = t;
     }
     let status = ArbitrationStatus {
-        time: at,
+        time: round.at.clone(),
         slots: me
             .slots
             .iter()
@@ -504,9 +573,9 @@ pub(super) async fn arbitrate_reconcile(
             .map(|(s, (slot, p, _))| ArbitratedSlot {
                 variant: slot.variant.clone(),
                 pool: slot.pool.clone(),
-                gpu_pool: pools[*p].name.clone(),
-                held: claims[0].slots[s].held,
-                proposed: claims[0].slots[s].proposed,
+                gpu_pool: round.pools[*p].name.clone(),
+                held: round.claims[0].slots[s].held,
+                proposed: round.claims[0].slots[s].proposed,
                 granted: mine[s],
             })
             .collect(),
@@ -514,8 +583,44 @@ pub(super) async fn arbitrate_reconcile(
         last_preempted: entry.last_preempted.clone(),
     };
     let targets = me.slots.iter().zip(&mine).map(|((s, _, _), r)| (s.clone(), *r)).collect();
-    let others = (0..pools.len()).map(|p| (used_by_others[p], ready_by_others[p], workloads_in[p])).collect();
-    Ok(Outcome { grants: Grants { targets, events, status }, pools, others })
+    Outcome { grants: Grants { targets, events, status }, pools: round.pools.clone(), others: usage }
+}
+
+/// What the arbiter substituted for the asking workload, in words.
+fn substitutions(round: &Round) -> Vec<String> {
+    let mut out = Vec::new();
+    for ev in &round.alloc.events {
+        if let ArbiterEvent::Substituted { workload, from_slot, to_slot, missing, granted } = ev {
+            if round.index[*workload] != 0 {
+                continue;
+            }
+            let (from, to) = (&round.members[0].slots[*from_slot].0, &round.members[0].slots[*to_slot].0);
+            out.push(format!(
+                "{missing} replicas of {}/{} did not fit; granted {granted} of {}/{} instead",
+                from.variant, from.pool, to.variant, to.pool
+            ));
+        }
+    }
+    out
+}
+
+/// The note of a `GpusRefused` Event: what was asked and granted, and why the pool had
+/// no more.
+fn refusal_note(pool: &PoolView, slot: &Slot, c: &SlotClaim, granted: u32, others: u32, gpus: u32) -> String {
+    let free = pool.capacity.saturating_sub(others);
+    let why = match (&pool.nodes_error, pool.pool.spec.capacity_gpus) {
+        (Some(e), None) => format!("; {e}"),
+        (None, None) if pool.allocatable == 0 => format!(
+            "; no Node matched by its nodeSelector advertises {} (it has no capacityGpus)",
+            pool.pool.spec.gpu_resource
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "asked {} replicas of {}/{}, granted {granted}: GPUPool {} has {} GPUs, {free} not held by other workloads \
+         (of the same or higher priority), {gpus} per replica{why}",
+        c.proposed, slot.variant, slot.pool, pool.name, pool.capacity
+    )
 }
 
 /// The workload a preempted slot's GPUs went to, by name (`None`: the pool shrank).

@@ -51,7 +51,9 @@ pub struct ShareArgs {
     #[arg(long, value_parser = parse_capacity)]
     pub capacity: Vec<(String, u32)>,
     /// The learned allocator's checkpoint (`llmos share-train`), for `--allocators learned`.
-    /// Several, comma-separated (one per training seed), each a row `learned#i`.
+    /// Several, comma-separated (one per training seed), each a row `learned#i`; a
+    /// directory without a checkpoint of its own stands for the checkpoints in its
+    /// subdirectories (e.g. `policies/shared-allocator` for its `s0`, `s1`, `s2`).
     #[arg(long, value_delimiter = ',')]
     pub allocator_policy: Vec<PathBuf>,
 }
@@ -347,6 +349,30 @@ pub fn table(mix: &Mix, runs: &[MixRun]) -> String {
     s
 }
 
+/// The checkpoints `paths` name: a directory holding `checkpoint.json` is one; another
+/// directory stands for its subdirectories that hold one, in name order.
+fn expand_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.join(crate::rl::checkpoint::META_FILE).is_file() {
+            out.push(p.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(p).map_err(|e| anyhow::anyhow!("--allocator-policy {}: {e}", p.display()))?;
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|d| d.join(crate::rl::checkpoint::META_FILE).is_file())
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            anyhow::bail!("--allocator-policy {}: no checkpoint there nor in its subdirectories", p.display());
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
 /// `llmos share`.
 pub fn share(args: ShareArgs) -> anyhow::Result<()> {
     let mut mix = Mix::load(&args.mix)?;
@@ -362,7 +388,8 @@ pub fn share(args: ShareArgs) -> anyhow::Result<()> {
     if args.allocators.contains(&Allocator::Learned) && args.allocator_policy.is_empty() {
         anyhow::bail!("--allocators learned needs --allocator-policy DIR[,DIR...] (llmos share-train writes one)");
     }
-    let runs = run_all(&mix, &args.allocators, args.seeds, args.policy.as_deref(), &args.allocator_policy)?;
+    let checkpoints = expand_checkpoints(&args.allocator_policy)?;
+    let runs = run_all(&mix, &args.allocators, args.seeds, args.policy.as_deref(), &checkpoints)?;
     print!("{}", table(&mix, &runs));
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(&runs)?;

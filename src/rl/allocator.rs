@@ -135,6 +135,21 @@ pub fn features(mix: &Mix, world: &ClusterTwin, control: &ClusterLoop, proposals
     out.into_iter().map(|x| if x.is_finite() { x as f32 } else { 0.0 }).collect()
 }
 
+/// The allowed options for a tick's features: every priority level; headroom above `+0`
+/// only for a workload that has traffic (its arrival rate, the first of its features, is
+/// above zero), so no GPU is held for a workload nobody calls.
+pub fn mask(features: &[f32], workloads: usize, headroom: u32) -> Vec<bool> {
+    let mut m = vec![true; workloads * LEVELS.len()];
+    if headroom > 0 {
+        for w in 0..workloads {
+            let traffic = features.get(w * WORKLOAD_FEATURES.len()).is_some_and(|r| *r > 0.0);
+            m.push(true);
+            m.extend(std::iter::repeat_n(traffic, headroom as usize));
+        }
+    }
+    m
+}
+
 /// The arbiter priorities of an action (its first branch per workload: a level index).
 pub fn priorities(action: &[usize], workloads: usize) -> Vec<i32> {
     action.iter().take(workloads).map(|&a| a.min(LEVELS.len() - 1) as i32).collect()
@@ -227,8 +242,9 @@ impl Env for AllocatorEnv {
             start(&mix, seed, &self.policy, Allocator::Learned).map_err(|e| RlError::Config(format!("{e:#}")))?;
         let proposals = control.propose(&mut policies);
         self.episode = Some(Episode { world, control, policies, proposals });
-        let mask = vec![true; self.branch_sizes().iter().sum()];
-        Ok((self.observe(), mask))
+        let obs = self.observe();
+        let mask = mask(&obs, self.names.len(), self.headroom);
+        Ok((obs, mask))
     }
     fn step(&mut self, action: &[usize]) -> Result<EnvStep, RlError> {
         let Some(e) = self.episode.as_mut() else {
@@ -254,15 +270,16 @@ impl Env for AllocatorEnv {
         if !terminated {
             e.proposals = e.control.propose(&mut e.policies);
         }
-        let mask = vec![true; self.branch_sizes().iter().sum()];
-        Ok(EnvStep { obs: self.observe(), mask, reward: -missed / 100.0, terminated, truncated: false, info })
+        let obs = self.observe();
+        let mask = mask(&obs, self.names.len(), self.headroom);
+        Ok(EnvStep { obs, mask, reward: -missed / 100.0, terminated, truncated: false, info })
     }
 }
 
 /// A trained allocator, loaded from a checkpoint for a mix's workloads.
 pub struct LearnedAllocator {
     agent: DqnAgent,
-    mask: Vec<bool>,
+    headroom: u32,
     workloads: usize,
 }
 
@@ -281,14 +298,13 @@ impl LearnedAllocator {
         let (fnames, br) = (feature_names(names), branches(names, headroom));
         let expected = Expected { feature_names: Some(&fnames), branches: Some(&br) };
         let (agent, _) = checkpoint::load(dir, &expected, DeviceChoice::Cpu)?;
-        let options: usize = br.iter().map(|b| b.options.len()).sum();
-        Ok(LearnedAllocator { agent, mask: vec![true; options], workloads: names.len() })
+        Ok(LearnedAllocator { agent, headroom, workloads: names.len() })
     }
 
     /// The priorities and the replicas added to each proposal for a tick's features (the
     /// most probable option per branch).
     pub fn decide(&self, features: &[f32]) -> (Vec<i32>, Vec<u32>) {
-        let a = self.agent.greedy(features, &self.mask);
+        let a = self.agent.greedy(features, &mask(features, self.workloads, self.headroom));
         (priorities(&a, self.workloads), headroom(&a, self.workloads))
     }
 }

@@ -39,6 +39,11 @@ pub struct MixFile {
     /// Seconds of simulated time between two hand-outs of free GPUs (default 1).
     #[serde(default = "default_substep")]
     pub substep_seconds: f64,
+    /// Seconds of simulated time a run goes on after the last arrival of every workload
+    /// (default 900): requests still unfinished then are counted as missed, so an
+    /// allocator that starves a workload ends the run instead of holding it forever.
+    #[serde(default = "default_drain")]
+    pub drain_seconds: f64,
     /// The shared pools.
     pub pools: Vec<MixPool>,
     /// The workloads.
@@ -87,6 +92,10 @@ pub struct MixWorkload {
 fn default_substep() -> f64 {
     1.0
 }
+
+fn default_drain() -> f64 {
+    900.0
+}
 fn default_load() -> f64 {
     1.0
 }
@@ -130,6 +139,9 @@ impl Mix {
         let bad =
             |field: String, message: String| Err(TwinError::Config { field: format!("{origin}: {field}"), message });
         let f = &self.file;
+        if !(f.drain_seconds.is_finite() && f.drain_seconds >= 0.0) {
+            return bad("drain_seconds".into(), format!("must be ≥ 0, got {}", f.drain_seconds));
+        }
         if !(f.substep_seconds.is_finite() && f.substep_seconds > 0.0) {
             return bad("substep_seconds".into(), format!("must be > 0, got {}", f.substep_seconds));
         }
@@ -197,7 +209,9 @@ impl Mix {
             );
             twins.push((w.name.clone(), Twin::with_window(s, run)?));
         }
-        ClusterTwin::new(twins, self.pool_capacities(), self.file.substep_seconds)
+        let mut world = ClusterTwin::new(twins, self.pool_capacities(), self.file.substep_seconds)?;
+        world.drain = Nanos::from_secs_f64(self.file.drain_seconds.max(0.0));
+        Ok(world)
     }
 }
 
@@ -217,6 +231,10 @@ pub struct ClusterTwin {
     now: Nanos,
     /// Most GPUs held at once per shared pool, over the run.
     peak_held: Vec<u32>,
+    /// How long a run goes on after every workload's last arrival.
+    drain: Nanos,
+    /// When every workload's arrivals were first seen exhausted.
+    exhausted_at: Option<Nanos>,
 }
 
 impl ClusterTwin {
@@ -238,6 +256,8 @@ impl ClusterTwin {
             substep: Nanos::from_secs_f64(substep_s.max(1e-3)),
             interval: Nanos::from_secs_f64(interval),
             now: Nanos::ZERO,
+            drain: Nanos::from_secs_f64(default_drain()),
+            exhausted_at: None,
         };
         for p in 0..c.pools.len() {
             let held = c.held(p);
@@ -348,11 +368,18 @@ impl ClusterTwin {
             self.rebalance();
         }
         self.now = end;
+        if self.exhausted_at.is_none() && self.twins.iter().all(|t| t.arrivals_exhausted()) {
+            self.exhausted_at = Some(self.now);
+        }
         self.twins.iter_mut().map(|t| t.end_tick()).collect()
     }
 
-    /// True when every workload's run has ended.
+    /// True when every workload's run has ended, or the drain time after the last
+    /// arrival (the mix's `drain_seconds`) has passed.
     pub fn is_done(&self) -> bool {
+        if self.exhausted_at.is_some_and(|t| self.now >= t.plus(self.drain)) {
+            return true;
+        }
         self.twins.iter().all(|t| t.is_done())
     }
 

@@ -180,6 +180,11 @@ impl Twin {
         self.meters.arrived
     }
 
+    /// True when the arrival stream has no request left to deliver.
+    pub fn arrivals_exhausted(&self) -> bool {
+        self.gateway.exhausted()
+    }
+
     /// Requests in flight (in engines or at the gateway).
     pub fn in_flight(&self) -> u64 {
         self.gateway.held() as u64 + self.fleet.outstanding()
