@@ -287,6 +287,10 @@ async fn members(
     }];
     let mut others = all_workloads(ctx).await?;
     others.sort_by_key(key_of);
+    // The watch cache's Deployments grouped by workload once, so a reconcile costs one
+    // pass over them however many workloads share the pools (a list per workload
+    // before the cache has synced).
+    let cached = cached_deployments_by_workload(ctx);
     for other in others {
         let okey = key_of(&other);
         if okey == key || other.spec.pool_refs.is_empty() {
@@ -301,10 +305,39 @@ async fn members(
         } else {
             resolve_pools(&other.spec, &specs).ok().map(|spec| LLMWorkload { spec, ..other.clone() })
         };
-        let deployments = super::owned_deployments(ctx, &other).await?;
+        let deployments = match &cached {
+            Some(by_workload) => by_workload
+                .get(&okey)
+                .into_iter()
+                .flatten()
+                .filter(|d| desired::is_owned_by(&d.metadata, &other))
+                .cloned()
+                .collect(),
+            None => super::owned_deployments(ctx, &other).await?,
+        };
         members.push(Member { key: okey, wl: other, resolved, deployments, slots });
     }
     Ok(members)
+}
+
+/// The owned Deployments in the controller's watch cache by workload (`namespace/name`
+/// from their workload label), or `None` before the cache has synced.
+fn cached_deployments_by_workload(ctx: &Context) -> Option<HashMap<String, Vec<Deployment>>> {
+    use futures::FutureExt;
+    let store = ctx.deployments.get()?;
+    if !store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+        return None;
+    }
+    let mut out: HashMap<String, Vec<Deployment>> = HashMap::new();
+    for d in store.state() {
+        let Some(w) = d.labels().get(desired::LABEL_WORKLOAD) else { continue };
+        let key = format!("{}/{w}", d.namespace().unwrap_or_default());
+        out.entry(key).or_default().push((*d).clone());
+    }
+    for v in out.values_mut() {
+        v.sort_by_key(|d| d.name_any());
+    }
+    Some(out)
 }
 
 /// The replicas member `m` holds in `slot` ([`held`]).
