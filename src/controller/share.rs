@@ -325,7 +325,7 @@ async fn members(
 fn cached_deployments_by_workload(ctx: &Context) -> Option<HashMap<String, Vec<Deployment>>> {
     use futures::FutureExt;
     let store = ctx.deployments.get()?;
-    if !store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+    if store.wait_until_ready().now_or_never().is_none_or(|r| r.is_err()) {
         return None;
     }
     let mut out: HashMap<String, Vec<Deployment>> = HashMap::new();
