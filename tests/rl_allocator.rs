@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use llmos::control::cluster::Allocator;
+use llmos::control::cluster::{start_mix, Allocator};
 use llmos::eval::cluster::run_mix;
-use llmos::rl::allocator::{features, start, AllocatorEnv, LearnedAllocator, ShareTrainArgs};
+use llmos::rl::allocator::{features, AllocatorEnv, LearnedAllocator, ShareTrainArgs};
 use llmos::rl::Env;
 use llmos::twin::cluster::Mix;
 
@@ -48,7 +48,7 @@ fn the_static_order_is_the_arbiter() {
     let arbiter = run_mix(&m, Allocator::Arbiter, 1, Some("hpa"), None).expect("arbiter");
     // The learned path with levels in the static priorities' order (chat 10 > code 5 >
     // batch 0 as high > mid > low) grants the same, tick for tick.
-    let (mut world, mut control, mut policies) = start(&m, 1, "hpa", Allocator::Learned).expect("start");
+    let (mut world, mut control, mut policies) = start_mix(&m, 1, Some("hpa"), Allocator::Learned).expect("start");
     let mut met = vec![0u64; 3];
     while !world.is_done() {
         let proposals = control.propose(&mut policies);

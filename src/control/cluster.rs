@@ -16,7 +16,7 @@
 use crate::arbiter::{arbitrate, ArbiterEvent, Claim, SlotClaim};
 use crate::policy::shield::{Shield, ShieldOutcome};
 use crate::policy::{Decision, Observation, Policy};
-use crate::twin::cluster::ClusterTwin;
+use crate::twin::cluster::{ClusterTwin, Mix};
 use crate::twin::TickStats;
 
 use super::{ControlLoop, RewardConfig, Tick, World};
@@ -66,6 +66,33 @@ impl Allocator {
 /// Every workload's proposal of one tick: what its policy asked and what its shield let
 /// through.
 pub type Proposals = Vec<(Decision, ShieldOutcome)>;
+
+/// A run of a mix: the world, the control loops and every workload's policy.
+pub type MixRun = (ClusterTwin, ClusterLoop, Vec<Box<dyn Policy>>);
+
+/// The world, loops and policies of `mix` for one run with `seed`: every workload's
+/// policy its scenario's, or the heuristic `policy` for all; its shield, the default
+/// reward, and its standing from the mix file; `allocator` for the loops.
+pub fn start_mix(mix: &Mix, seed: u64, policy: Option<&str>, allocator: Allocator) -> anyhow::Result<MixRun> {
+    let world = mix.build(seed)?;
+    let mut policies: Vec<Box<dyn Policy>> = Vec::with_capacity(mix.scenarios.len());
+    for s in &mix.scenarios {
+        policies.push(match policy {
+            Some(name) => crate::policy::build::build_heuristic(name, &s.spec, "--policy")?,
+            None => crate::policy::build::build_policy(&s.spec)?,
+        });
+    }
+    let shields = mix.scenarios.iter().map(|s| Shield::new(&s.spec)).collect();
+    let rewards = vec![RewardConfig::default(); mix.scenarios.len()];
+    let standing = mix
+        .file
+        .workloads
+        .iter()
+        .map(|w| Standing { priority: w.priority, guaranteed_gpus: w.guaranteed_gpus })
+        .collect();
+    let control = ClusterLoop::new(&world, shields, rewards, standing, allocator);
+    Ok((world, control, policies))
+}
 
 /// A workload's standing in the arbitration.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -239,8 +239,9 @@ pub(super) async fn arbitrate_reconcile(
     let claims = claims(book, ask, &members, &pools);
     let mut round = solve(key_of(ask.wl), now.to_string(), pools, members, claims);
     scale_victims(ctx, book, &mut round).await;
-    let mine = trim_own(&round);
-    Ok(own_outcome(book, ask, &round, mine))
+    let usage = others_usage(&round);
+    let mine = trim_own(&round, &usage);
+    Ok(own_outcome(book, ask, &round, mine, usage))
 }
 
 /// The GPUPools of `wl` with their capacities: `capacityGpus`, else the allocatable
@@ -507,9 +508,8 @@ fn others_usage(round: &Round) -> Vec<(u32, u32, u32)> {
 
 /// The asking workload's grants within what its pools have free after the victims'
 /// writes (never below what it keeps of what it held).
-fn trim_own(round: &Round) -> Vec<u32> {
+fn trim_own(round: &Round, usage: &[(u32, u32, u32)]) -> Vec<u32> {
     let mut mine = round.granted[0].clone();
-    let usage = others_usage(round);
     let me = &round.members[0];
     for (p, pool) in round.pools.iter().enumerate() {
         let free = pool.capacity.saturating_sub(usage[p].0);
@@ -527,7 +527,7 @@ fn trim_own(round: &Round) -> Vec<u32> {
 }
 
 /// The asking workload's grants, Events and status, and what the book remembers of it.
-fn own_outcome(book: &mut Book, ask: &Ask<'_>, round: &Round, mine: Vec<u32>) -> Outcome {
+fn own_outcome(book: &mut Book, ask: &Ask<'_>, round: &Round, mine: Vec<u32>, usage: Vec<(u32, u32, u32)>) -> Outcome {
     let key = &round.key;
     let (mut events, mut words) = (Vec::new(), Vec::new());
     let taken: Vec<String> = (1..round.members.len())
@@ -548,7 +548,6 @@ fn own_outcome(book: &mut Book, ask: &Ask<'_>, round: &Round, mine: Vec<u32>) ->
         words.push(note.clone());
         events.push(PlannedEvent::normal(EventReason::Preempting, "Preempt", note));
     }
-    let usage = others_usage(round);
     for (s, (slot, p, gpus)) in round.members[0].slots.iter().enumerate() {
         let c = &round.claims[0].slots[s];
         let pool = &round.pools[*p];

@@ -19,11 +19,7 @@ use serde::Serialize;
 
 use super::stats::Estimate;
 use crate::arbiter::ArbiterEvent;
-use crate::control::cluster::{Allocator, ClusterLoop, Standing};
-use crate::control::RewardConfig;
-use crate::policy::build::{build_heuristic, build_policy};
-use crate::policy::shield::Shield;
-use crate::policy::Policy;
+use crate::control::cluster::{start_mix, Allocator};
 use crate::rl::allocator::{features, LearnedAllocator};
 use crate::twin::cluster::Mix;
 
@@ -141,24 +137,7 @@ pub fn run_mix(
         (Allocator::Learned, None) => anyhow::bail!("--allocators learned needs --allocator-policy"),
         _ => None,
     };
-    let mut world = mix.build(seed)?;
-    let n = mix.scenarios.len();
-    let mut policies: Vec<Box<dyn Policy>> = Vec::with_capacity(n);
-    for s in &mix.scenarios {
-        policies.push(match policy {
-            Some(name) => build_heuristic(name, &s.spec, "--policy")?,
-            None => build_policy(&s.spec)?,
-        });
-    }
-    let shields = mix.scenarios.iter().map(|s| Shield::new(&s.spec)).collect();
-    let rewards = vec![RewardConfig::default(); n];
-    let standing = mix
-        .file
-        .workloads
-        .iter()
-        .map(|w| Standing { priority: w.priority, guaranteed_gpus: w.guaranteed_gpus })
-        .collect();
-    let mut control = ClusterLoop::new(&world, shields, rewards, standing, allocator);
+    let (mut world, mut control, mut policies) = start_mix(mix, seed, policy, allocator)?;
     let mut out: Vec<WorkloadOutcome> =
         world.names().iter().map(|name| WorkloadOutcome { name: name.clone(), ..Default::default() }).collect();
     let mut ticks = 0u64;

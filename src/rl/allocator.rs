@@ -45,10 +45,7 @@ use super::dqn::{DeviceChoice, DqnAgent};
 use super::env::{BranchSpec, Env, EnvStep, StepInfo};
 use super::ppo::{train_ppo, PpoAgent, PpoConfig};
 use super::RlError;
-use crate::control::cluster::{Allocator, ClusterLoop, Proposals, Standing};
-use crate::control::RewardConfig;
-use crate::policy::build::build_heuristic;
-use crate::policy::shield::Shield;
+use crate::control::cluster::{start_mix, Allocator, ClusterLoop, Proposals};
 use crate::policy::Policy;
 use crate::twin::cluster::{ClusterTwin, Mix};
 
@@ -174,29 +171,6 @@ struct Episode {
     proposals: Proposals,
 }
 
-/// A run of a mix: the world, the control loops and every workload's policy.
-pub type Run = (ClusterTwin, ClusterLoop, Vec<Box<dyn Policy>>);
-
-/// Builds the world, the loops and the policies of `mix` for one run with `seed`, every
-/// workload's policy the heuristic `policy`; `allocator` for the loops.
-pub fn start(mix: &Mix, seed: u64, policy: &str, allocator: Allocator) -> anyhow::Result<Run> {
-    let world = mix.build(seed)?;
-    let mut policies: Vec<Box<dyn Policy>> = Vec::with_capacity(mix.scenarios.len());
-    for s in &mix.scenarios {
-        policies.push(build_heuristic(policy, &s.spec, "--policy")?);
-    }
-    let shields = mix.scenarios.iter().map(|s| Shield::new(&s.spec)).collect();
-    let rewards = vec![RewardConfig::default(); mix.scenarios.len()];
-    let standing = mix
-        .file
-        .workloads
-        .iter()
-        .map(|w| Standing { priority: w.priority, guaranteed_gpus: w.guaranteed_gpus })
-        .collect();
-    let control = ClusterLoop::new(&world, shields, rewards, standing, allocator);
-    Ok((world, control, policies))
-}
-
 /// The twin with several workloads as an [`Env`] for the learned allocator (see the
 /// module documentation).
 pub struct AllocatorEnv {
@@ -238,8 +212,8 @@ impl Env for AllocatorEnv {
         for w in &mut mix.file.workloads {
             w.load *= rng.random_range(self.load_range.0..=self.load_range.1);
         }
-        let (world, mut control, mut policies) =
-            start(&mix, seed, &self.policy, Allocator::Learned).map_err(|e| RlError::Config(format!("{e:#}")))?;
+        let (world, mut control, mut policies) = start_mix(&mix, seed, Some(&self.policy), Allocator::Learned)
+            .map_err(|e| RlError::Config(format!("{e:#}")))?;
         let proposals = control.propose(&mut policies);
         self.episode = Some(Episode { world, control, policies, proposals });
         let obs = self.observe();
