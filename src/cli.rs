@@ -51,6 +51,8 @@ pub enum Command {
     Dashboard(crate::eval::dashboard::DashboardArgs),
     /// The built-in default job: train a small PPO ensemble on a real trace, compare it with the baselines.
     Demo(crate::eval::cli::DemoArgs),
+    /// List a workload's recorded traffic windows, or export them as a trace the twin replays.
+    Records(crate::learning::cli::RecordsArgs),
 }
 
 /// Runs a parsed command line.
@@ -79,5 +81,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ensemble(args) => crate::rl::cli::ensemble(args),
         Command::Digest(args) => crate::rl::cli::digest(args),
         Command::Demo(args) => crate::eval::cli::demo(args),
+        Command::Records(args) => crate::learning::cli::run(args),
     }
 }

@@ -17,6 +17,7 @@
 //! - [`numerics`]: libtorch's CPU floating-point path, pinned for reproducible training.
 //! - [`cli`]: the `llmos` command line.
 //! - [`fuzz`]: the fuzz targets' entry points (every parser of untrusted input).
+//! - [`learning`]: traffic records, their export as traces, and the promotion rule.
 #![warn(missing_docs)]
 
 pub mod arbiter;
@@ -27,6 +28,7 @@ pub mod crd;
 pub mod dataplane;
 pub mod eval;
 pub mod fuzz;
+pub mod learning;
 pub mod metrics;
 pub mod numerics;
 pub mod observe;

@@ -17,6 +17,8 @@
 //! | prompt tokens | `vllm:prompt_tokens_total` | — | counter | sum of rates |
 //! | generated tokens | `vllm:generation_tokens_total` | — | counter | sum of rates |
 //! | preemptions | `vllm:num_preemptions_total` | — | counter | sum of rates |
+//! | prompt tokens per finished request | `vllm:request_prompt_tokens` | — | histogram | merge buckets |
+//! | generated tokens per finished request | `vllm:request_generation_tokens` | — | histogram | merge buckets |
 //!
 //! When a pod exports both the current and the older name (some releases did, with the
 //! old one hidden behind `--show-hidden-metrics-for-version`), the current one wins.
@@ -56,6 +58,11 @@ pub const GENERATION_TOKENS_TOTAL: &str = "vllm:generation_tokens_total";
 
 /// `vllm:num_preemptions_total`: requests preempted by the scheduler (counter).
 pub const NUM_PREEMPTIONS_TOTAL: &str = "vllm:num_preemptions_total";
+/// `vllm:request_prompt_tokens`: prompt tokens of each finished request (histogram,
+/// vLLM's 1-2-5 buckets up to the model length).
+pub const REQUEST_PROMPT_TOKENS: &str = "vllm:request_prompt_tokens";
+/// `vllm:request_generation_tokens`: generated tokens of each finished request (histogram).
+pub const REQUEST_GENERATION_TOKENS: &str = "vllm:request_generation_tokens";
 
 /// Label vLLM puts on every series: the served model name.
 pub const LABEL_MODEL_NAME: &str = "model_name";
@@ -105,6 +112,10 @@ pub enum Field {
     GenerationTokens,
     /// Preempted requests.
     Preemptions,
+    /// Prompt tokens per finished request (a distribution).
+    RequestPromptTokens,
+    /// Generated tokens per finished request (a distribution).
+    RequestGenerationTokens,
 }
 
 /// Prometheus metric type of a family.
@@ -228,6 +239,22 @@ pub const METRICS: &[MetricMapping] = &[
         kind: MetricKind::Counter,
         aggregate: Aggregate::Sum,
     },
+    MetricMapping {
+        field: Field::RequestPromptTokens,
+        name: REQUEST_PROMPT_TOKENS,
+        help: "Number of prefill tokens processed.",
+        legacy_names: &[],
+        kind: MetricKind::Histogram,
+        aggregate: Aggregate::MergeBuckets,
+    },
+    MetricMapping {
+        field: Field::RequestGenerationTokens,
+        name: REQUEST_GENERATION_TOKENS,
+        help: "Number of generation tokens processed.",
+        legacy_names: &[],
+        kind: MetricKind::Histogram,
+        aggregate: Aggregate::MergeBuckets,
+    },
 ];
 
 /// The table row for `field`.
@@ -266,6 +293,8 @@ mod tests {
             Field::PromptTokens,
             Field::GenerationTokens,
             Field::Preemptions,
+            Field::RequestPromptTokens,
+            Field::RequestGenerationTokens,
         ];
         for f in fields {
             assert_eq!(METRICS.iter().filter(|m| m.field == f).count(), 1, "{f:?}");

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::histogram::{Histogram, E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS};
+use super::histogram::{Histogram, E2E_BUCKETS, ITL_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS};
 use super::perf::{BatchShape, CpuCosts, PerfModel, CPU_V0, CPU_V1, CPU_V1_ASYNC};
 use super::time::Nanos;
 
@@ -228,6 +228,10 @@ pub struct EngineCounters {
     pub itl: Histogram,
     /// `vllm:e2e_request_latency_seconds`.
     pub e2e: Histogram,
+    /// `vllm:request_prompt_tokens` (per finished request).
+    pub request_prompt_tokens: Histogram,
+    /// `vllm:request_generation_tokens` (per finished request).
+    pub request_generation_tokens: Histogram,
     /// Preemptions.
     pub preemptions: u64,
     /// Prompt tokens looked up in the prefix cache.
@@ -319,6 +323,8 @@ impl Engine {
                 ttft: Histogram::fixed(TTFT_BUCKETS),
                 itl: Histogram::fixed(ITL_BUCKETS),
                 e2e: Histogram::fixed(E2E_BUCKETS),
+                request_prompt_tokens: Histogram::fixed(TOKEN_BUCKETS),
+                request_generation_tokens: Histogram::fixed(TOKEN_BUCKETS),
                 ..Default::default()
             },
         }
@@ -347,6 +353,8 @@ impl Engine {
         s.histograms.insert(Field::TimeToFirstToken, c.ttft.cumulative());
         s.histograms.insert(Field::TimePerOutputToken, c.itl.cumulative());
         s.histograms.insert(Field::E2eLatency, c.e2e.cumulative());
+        s.histograms.insert(Field::RequestPromptTokens, c.request_prompt_tokens.cumulative());
+        s.histograms.insert(Field::RequestGenerationTokens, c.request_generation_tokens.cumulative());
         s
     }
 
@@ -817,6 +825,8 @@ impl Engine {
                 };
                 self.counters.request_success += 1;
                 self.counters.e2e.observe_n(seen.since(s.arrival).as_secs_f64(), 1);
+                self.counters.request_prompt_tokens.observe_n(f64::from(s.input), 1);
+                self.counters.request_generation_tokens.observe_n(f64::from(s.output), 1);
                 out.push(f);
             } else {
                 let mut s = std::mem::replace(&mut self.running[i], Seq::new(0, Nanos::ZERO, 0, 1, Vec::new()));

@@ -3,7 +3,7 @@
 //! [`Histogram`] with [`Buckets::Log`] (1 % relative bucket width from 1 µs to ~11 days,
 //! fixed size) holds the report's latency distributions in bounded memory, whatever the
 //! trace length ([`super::meters`]); with [`Buckets::Fixed`] (vLLM's bucket boundaries,
-//! [`TTFT_BUCKETS`], [`ITL_BUCKETS`], [`E2E_BUCKETS`]) it is what an engine exposes as a
+//! [`TTFT_BUCKETS`], [`ITL_BUCKETS`], [`E2E_BUCKETS`], [`TOKEN_BUCKETS`]) it is what an engine exposes as a
 //! Prometheus histogram ([`super::engine`]).
 
 use super::metrics::LatencySummary;
@@ -21,6 +21,13 @@ pub const ITL_BUCKETS: &[f64] =
 pub const E2E_BUCKETS: &[f64] = &[
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
     1920.0, 7680.0,
+];
+
+/// vLLM's buckets of the per-request token histograms (`vllm:request_prompt_tokens`,
+/// `vllm:request_generation_tokens`): 1, 2, 5, 10, 20, 50, … up to the model length
+/// (here 100,000, the last 1-2-5 step under Llama 3's 131,072).
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
 ];
 
 const LOG_MIN: f64 = 1e-6;
