@@ -10,8 +10,10 @@
 //! 1. It watches (polls every `--sync-ms`) the Deployments labelled
 //!    `llmos.dev/workload` in `--namespace`, which the operator creates, and reads each
 //!    workload's `LLMWorkload` for its variants, pools and SLO.
-//! 2. Per workload it runs a [`Twin`] of the `--scenario` (its trace or synthetic
-//!    arrivals, catalog, engine and cluster settings; the spec is the cluster's), starting
+//! 2. Per workload it runs a [`Twin`] of the `--scenario`, or of the workload's own
+//!    `--workload-scenario NAME=FILE` (its trace or synthetic arrivals, catalog, engine
+//!    and cluster settings; the spec is the cluster's, `poolRefs` resolved from the
+//!    GPUPools they name), starting
 //!    with no replicas. Whenever a Deployment's `spec.replicas` changes, the twin gets the
 //!    same desired count for that (variant, pool): new replicas go through the cold start
 //!    of their variant and pool, removed ones drain.
@@ -30,7 +32,10 @@
 //!    twin's i-th replica: `Running`/`Ready` with the replica's address as `podIP` once it
 //!    serves, `Pending` while it cold-starts; the ReplicaSet and Deployment controllers
 //!    then count ready replicas themselves. Without Pods, the Deployment's status is
-//!    patched directly.
+//!    patched directly. With `--scheduled-only` (a kube-scheduler runs), only Pods bound
+//!    to a Node serve: a slot's replicas are capped by its bound Pods, and a bound Pod
+//!    being deleted is removed at once, as its kubelet would confirm (the twin drains
+//!    its replica).
 //!
 //! Stops on SIGINT/SIGTERM, removing its targets.
 
@@ -46,7 +51,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::crd::LLMWorkload;
+use crate::crd::pool::resolve_pools;
+use crate::crd::{GPUPool, GPUPoolSpec, LLMWorkload};
 use crate::metrics::vllm::{
     POD_LABEL_POOL, POD_LABEL_VARIANT, POD_LABEL_WORKLOAD, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL,
     SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD,
@@ -91,6 +97,37 @@ pub struct ServeArgs {
     /// Milliseconds between looks at the API server.
     #[arg(long, default_value_t = 250)]
     pub sync_ms: u64,
+    /// `NAME=FILE`: the LLMWorkload NAME replays the scenario FILE (its trace or synthetic
+    /// arrivals, catalogs, engine and cluster settings) instead of `--scenario`, so
+    /// workloads that share a cluster see different traffic. Repeatable.
+    #[arg(long = "workload-scenario", value_parser = parse_workload_scenario)]
+    pub workload_scenarios: Vec<(String, PathBuf)>,
+    /// A kube-scheduler places the Pods: a Pod serves only once it is bound to a Node (a
+    /// slot runs as many replicas as its Deployment asks, capped by its bound Pods), and a
+    /// bound Pod marked for deletion is removed once the twin has let its replica go (the
+    /// kubelet's confirmation). Without it, every Pod the ReplicaSet creates serves.
+    #[arg(long)]
+    pub scheduled_only: bool,
+}
+
+/// Parses `NAME=FILE` of `--workload-scenario`.
+fn parse_workload_scenario(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.to_string(), PathBuf::from(file))),
+        _ => Err(format!("expected NAME=FILE (an LLMWorkload's name and a scenario TOML), got {s:?}")),
+    }
+}
+
+/// The scenarios served: the default one and those named per workload.
+struct Scenarios {
+    default: Scenario,
+    per_workload: BTreeMap<String, Scenario>,
+}
+
+impl Scenarios {
+    fn for_workload(&self, name: &str) -> &Scenario {
+        self.per_workload.get(name).unwrap_or(&self.default)
+    }
 }
 
 /// One simulated replica's HTTP server.
@@ -131,8 +168,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         scenario.set_trace(t).with_context(|| format!("loading trace {}", t.display()))?;
     }
     scenario.file.initial_replicas.clear();
+    let mut per_workload = BTreeMap::new();
+    for (name, file) in &args.workload_scenarios {
+        let mut sc = Scenario::load(file).with_context(|| {
+            format!("loading the scenario of workload {name} (--workload-scenario {})", file.display())
+        })?;
+        sc.file.initial_replicas.clear();
+        per_workload.insert(name.clone(), sc);
+    }
+    let scenarios = Scenarios { default: scenario, per_workload };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    rt.block_on(serve(args, scenario))
+    rt.block_on(serve(args, scenarios))
 }
 
 async fn shutdown() {
@@ -154,7 +200,7 @@ async fn shutdown() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn serve(args: ServeArgs, scenario: Scenario) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, scenarios: Scenarios) -> anyhow::Result<()> {
     let client = Client::try_default().await.context("no Kubernetes configuration ($KUBECONFIG or ~/.kube/config)")?;
     client.apiserver_version().await.context("the Kubernetes API server does not answer")?;
     tracing::info!(namespace = %args.namespace, speed = args.speed, targets = %args.targets_file.display(), "twin-serve started");
@@ -164,7 +210,7 @@ async fn serve(args: ServeArgs, scenario: Scenario) -> anyhow::Result<()> {
     let stop = shutdown();
     tokio::pin!(stop);
     loop {
-        if let Err(e) = sync_once(&args, &scenario, &client, &mut served).await {
+        if let Err(e) = sync_once(&args, &scenarios, &client, &mut served).await {
             tracing::warn!(error = %format!("{e:#}"), "sync with the API server failed; retrying");
         }
         let targets = targets_json(&args, &served);
@@ -231,27 +277,15 @@ fn targets_json(args: &ServeArgs, served: &BTreeMap<String, Served>) -> String {
 
 async fn sync_once(
     args: &ServeArgs,
-    scenario: &Scenario,
+    scenarios: &Scenarios,
     client: &Client,
     served: &mut BTreeMap<String, Served>,
 ) -> anyhow::Result<()> {
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), &args.namespace);
-    let list = deps.list(&ListParams::default().labels(POD_LABEL_WORKLOAD)).await.context("listing Deployments")?;
-    // workload -> (variant, pool) -> (deployment name, desired replicas)
-    let mut wanted: BTreeMap<String, BTreeMap<(String, String), (String, u32)>> = BTreeMap::new();
-    for d in &list.items {
-        let labels = d.labels();
-        let (Some(w), Some(v), Some(p)) =
-            (labels.get(POD_LABEL_WORKLOAD), labels.get(POD_LABEL_VARIANT), labels.get(POD_LABEL_POOL))
-        else {
-            continue;
-        };
-        if args.workload.as_ref().is_some_and(|only| only != w) || d.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
-        wanted.entry(w.clone()).or_default().insert((v.clone(), p.clone()), (d.name_any(), replicas));
-    }
+    let wanted = wanted_slots(args, client).await?;
+    let bound = match args.scheduled_only {
+        true => Some(bound_pods(args, client).await?),
+        false => None,
+    };
     // Workloads whose Deployments are all gone stop.
     served.retain(|name, _| {
         let keep = wanted.contains_key(name);
@@ -260,42 +294,29 @@ async fn sync_once(
         }
         keep
     });
-    let wl_api: Api<LLMWorkload> = Api::namespaced(client.clone(), &args.namespace);
     for (name, slots) in &wanted {
         if !served.contains_key(name) {
-            let wl = match wl_api.get(name).await {
-                Ok(wl) => wl,
+            match start_workload(args, scenarios.for_workload(name), client, name).await {
+                Ok(s) => {
+                    served.insert(name.clone(), s);
+                }
                 Err(e) => {
-                    tracing::warn!(workload = %name, error = %e, "Deployments without a readable LLMWorkload; skipping");
+                    tracing::warn!(workload = %name, error = %format!("{e:#}"), "cannot simulate this workload; skipping");
                     continue;
                 }
-            };
-            let mut sc = scenario.clone();
-            sc.spec = wl.spec.clone();
-            let twin = match Twin::new(&sc, args.seed) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(workload = %name, error = %e, "cannot simulate this workload; skipping");
-                    continue;
-                }
-            };
-            tracing::info!(workload = %name, "simulating workload");
-            served.insert(
-                name.clone(),
-                Served {
-                    name: name.clone(),
-                    twin,
-                    started: Instant::now(),
-                    desired: BTreeMap::new(),
-                    texts: Arc::new(RwLock::new(HashMap::new())),
-                    servers: HashMap::new(),
-                    pod_written: HashMap::new(),
-                    deployment_written: HashMap::new(),
-                },
-            );
+            }
         }
         let Some(s) = served.get_mut(name) else { continue };
-        let desired: BTreeMap<(String, String), u32> = slots.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
+        // A slot runs what its Deployment asks, capped by its bound Pods under a scheduler.
+        let desired: BTreeMap<(String, String), u32> = slots
+            .iter()
+            .map(|(k, (_, r))| {
+                let cap = bound
+                    .as_ref()
+                    .map_or(*r, |b| b.get(&(name.clone(), k.0.clone(), k.1.clone())).copied().unwrap_or(0));
+                (k.clone(), (*r).min(cap))
+            })
+            .collect();
         if desired != s.desired {
             let decision = Decision {
                 targets: desired
@@ -316,6 +337,87 @@ async fn sync_once(
         }
     }
     Ok(())
+}
+
+/// Desired replicas per workload and (variant, pool), with the Deployment's name, from
+/// the Deployments labelled with a workload.
+async fn wanted_slots(args: &ServeArgs, client: &Client) -> anyhow::Result<BTreeMap<String, Slots>> {
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &args.namespace);
+    let list = deps.list(&ListParams::default().labels(POD_LABEL_WORKLOAD)).await.context("listing Deployments")?;
+    let mut wanted: BTreeMap<String, Slots> = BTreeMap::new();
+    for d in &list.items {
+        let labels = d.labels();
+        let (Some(w), Some(v), Some(p)) =
+            (labels.get(POD_LABEL_WORKLOAD), labels.get(POD_LABEL_VARIANT), labels.get(POD_LABEL_POOL))
+        else {
+            continue;
+        };
+        if args.workload.as_ref().is_some_and(|only| only != w) || d.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+        wanted.entry(w.clone()).or_default().insert((v.clone(), p.clone()), (d.name_any(), replicas));
+    }
+    Ok(wanted)
+}
+
+/// A workload's slots: (variant, pool) → (Deployment name, desired replicas).
+type Slots = BTreeMap<(String, String), (String, u32)>;
+
+/// Bound Pods per (workload, variant, pool), under `--scheduled-only`. A bound Pod marked
+/// for deletion is removed (grace 0): the twin let its replica go when the Deployment
+/// shrank, which is what a kubelet confirms after the drain.
+async fn bound_pods(args: &ServeArgs, client: &Client) -> anyhow::Result<BTreeMap<(String, String, String), u32>> {
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
+    let pods = pods_api.list(&ListParams::default().labels(POD_LABEL_WORKLOAD)).await.context("listing Pods")?;
+    let mut out = BTreeMap::new();
+    for p in &pods.items {
+        if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+            continue;
+        }
+        if p.metadata.deletion_timestamp.is_some() {
+            let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+            if let Err(e) = pods_api.delete(&p.name_any(), &dp).await {
+                tracing::debug!(pod = %p.name_any(), error = %e, "removing a terminated Pod");
+            }
+            continue;
+        }
+        let l = p.labels();
+        if let (Some(w), Some(v), Some(pl)) =
+            (l.get(POD_LABEL_WORKLOAD), l.get(POD_LABEL_VARIANT), l.get(POD_LABEL_POOL))
+        {
+            *out.entry((w.clone(), v.clone(), pl.clone())).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Starts simulating workload `name`: its LLMWorkload's spec (poolRefs resolved from the
+/// GPUPools they name) replaces the scenario's.
+async fn start_workload(args: &ServeArgs, scenario: &Scenario, client: &Client, name: &str) -> anyhow::Result<Served> {
+    let wl_api: Api<LLMWorkload> = Api::namespaced(client.clone(), &args.namespace);
+    let wl = wl_api.get(name).await.context("Deployments without a readable LLMWorkload")?;
+    let mut spec = wl.spec.clone();
+    if !spec.pool_refs.is_empty() {
+        let api: Api<GPUPool> = Api::all(client.clone());
+        let pools = api.list(&ListParams::default()).await.context("listing GPUPools")?;
+        let by_name: BTreeMap<String, GPUPoolSpec> = pools.items.into_iter().map(|p| (p.name_any(), p.spec)).collect();
+        spec = resolve_pools(&spec, &by_name).context("resolving spec.poolRefs")?;
+    }
+    let mut sc = scenario.clone();
+    sc.spec = spec;
+    let twin = Twin::new(&sc, args.seed)?;
+    tracing::info!(workload = %name, "simulating workload");
+    Ok(Served {
+        name: name.to_string(),
+        twin,
+        started: Instant::now(),
+        desired: BTreeMap::new(),
+        texts: Arc::new(RwLock::new(HashMap::new())),
+        servers: HashMap::new(),
+        pod_written: HashMap::new(),
+        deployment_written: HashMap::new(),
+    })
 }
 
 /// Steps the twin until simulated time has caught up with wall time × speed.
@@ -406,12 +508,7 @@ async fn start_server(
 }
 
 /// Mirrors the twin's replicas onto Pods (or, without Pods, onto Deployment status).
-async fn write_status(
-    args: &ServeArgs,
-    client: &Client,
-    s: &mut Served,
-    slots: &BTreeMap<(String, String), (String, u32)>,
-) -> anyhow::Result<()> {
+async fn write_status(args: &ServeArgs, client: &Client, s: &mut Served, slots: &Slots) -> anyhow::Result<()> {
     let replicas = s.twin.replicas();
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
     let pods = pods_api
@@ -421,7 +518,8 @@ async fn write_status(
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut by_slot: BTreeMap<(String, String), Vec<&Pod>> = BTreeMap::new();
     for p in &pods.items {
-        if p.metadata.deletion_timestamp.is_some() {
+        let unbound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none();
+        if p.metadata.deletion_timestamp.is_some() || (args.scheduled_only && unbound) {
             continue;
         }
         let l = p.labels();
@@ -514,9 +612,20 @@ mod tests {
             targets_file: PathBuf::new(),
             ip_base: Ipv4Addr::new(127, 20, 0, 0),
             sync_ms: 250,
+            workload_scenarios: Vec::new(),
+            scheduled_only: false,
         };
         assert_eq!(replica_addr(&args, 0, 8000).to_string(), "127.20.0.1:8000");
         assert_eq!(replica_addr(&args, 255, 8000).to_string(), "127.20.1.0:8000");
         assert!(replica_addr(&args, 7, 9).ip().is_loopback());
+    }
+
+    #[test]
+    fn a_workload_scenario_is_name_equals_file() {
+        assert_eq!(parse_workload_scenario("chat=a/b.toml"), Ok(("chat".into(), PathBuf::from("a/b.toml"))));
+        for bad in ["chat", "=x.toml", "chat="] {
+            let e = parse_workload_scenario(bad).unwrap_err();
+            assert!(e.contains("NAME=FILE"), "{e}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tower_test::mock::{self, Handle, SendResponse};
 
-use llmos::controller::decide::build_observation;
+use llmos::controller::decide::{build_observation, floor_without_metrics};
 use llmos::controller::desired::{self, Slot};
 use llmos::controller::execute::execute;
 use llmos::controller::plan::{
@@ -132,7 +132,11 @@ fn tick_outcome(wl: &LLMWorkload, observed: &Observed, tick: Tick<'_>) -> Option
             (read, Some(Decided { policy: "scripted".into(), decision, outcome }))
         }
     };
-    Some(TickOutcome { observation: obs, metrics, decided })
+    let floor = match decided {
+        None => floor_without_metrics(&Shield::new(&wl.spec), &obs),
+        Some(_) => None,
+    };
+    Some(TickOutcome { observation: obs, metrics, decided, floor })
 }
 
 /// Plans one reconcile of `wl` owning `deployments` with the given tick.
@@ -290,6 +294,27 @@ fn cases() -> Vec<Case> {
                 assert_eq!(p.notices[0].action, "Hold MetricsMissing");
                 assert!(p.notices[0].note.starts_with("holding 1 replicas: missing or stale: "));
                 assert!(p.changes.is_empty() && p.status.last_decision.is_none());
+            },
+        },
+        Case {
+            name: "metrics missing below the minimum (preempted to zero): raised to the floor, nothing lowered",
+            wl: wl.clone(),
+            deployments: running(0, 0),
+            tick: Tick::Missing,
+            policy_error: None,
+            decision: Some(DecisionKind::ScaleUp),
+            notices: vec![(EventType::Warning, EventReason::MetricsUnavailable)],
+            events: vec![EventReason::Placed],
+            targets: vec![("large/a100", 0), ("small/a100", 0), ("small/l4", 1)],
+            deletes: vec![],
+            conditions: vec![("MetricsAvailable", "False", "MetricsMissing")],
+            check: |p| {
+                assert!(
+                    p.notices[0].note.starts_with("holding 0 replicas, raised to the spec's minimum of 1: "),
+                    "{}",
+                    p.notices[0].note
+                );
+                assert!(p.status.last_decision.is_none(), "no policy decision was made");
             },
         },
         Case {

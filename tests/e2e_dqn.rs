@@ -272,12 +272,9 @@ async fn decision_pages(op_addr: &str, stack: &Stack) -> String {
     for w in [ACTIVE, SHADOW, MISMATCH] {
         assert!(index.contains(&format!("href=\"/decisions/{NS}/{w}\"")), "index does not link {w}:\n{index}");
     }
-    let entries = |w: &'static str| {
-        let get = get.clone();
-        async move {
-            let body = get(format!("/decisions/{NS}/{w}/json")).await;
-            serde_json::from_str::<Vec<serde_json::Value>>(&body).expect("decision JSON")
-        }
+    let entries = |w: &'static str| async move {
+        let body = get(format!("/decisions/{NS}/{w}/json")).await;
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).expect("decision JSON")
     };
     let active = entries(ACTIVE).await;
     let asked: Vec<&serde_json::Value> = active.iter().filter(|e| !e["proposal"].is_null()).collect();

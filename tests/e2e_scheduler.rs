@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::ResourceExt;
 
 use e2e_support::{
@@ -155,33 +155,7 @@ async fn kube_scheduler_places_the_shared_pool_as_the_arbiter_grants() {
     stack.kubectl(&["apply", "-f", "-"], Some(classes));
 
     // Two Nodes of 4 GPUs each, as their kubelet and device plugin would register them.
-    let nodes: Api<Node> = Api::all(client.clone());
-    for n in ["gpu-a", "gpu-b"] {
-        let node: Node = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": n, "labels": {"llmos.dev/test-pool": "a100", "kubernetes.io/hostname": n}},
-            "status": {
-                "capacity": {"nvidia.com/gpu": "4", "cpu": "64", "memory": "512Gi", "pods": "110"},
-                "allocatable": {"nvidia.com/gpu": "4", "cpu": "64", "memory": "512Gi", "pods": "110"},
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                "message": "a Node of the test", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
-                                "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-            }
-        }))
-        .unwrap();
-        nodes.create(&PostParams::default(), &node).await.expect("Node created");
-        // The API server taints a new Node not-ready; the node lifecycle controller lifts
-        // it once the kubelet reports Ready (that controller does not run here).
-        let untaint = serde_json::json!({"spec": {"taints": null}});
-        nodes.patch(n, &PatchParams::default(), &Patch::Merge(&untaint)).await.expect("Node untainted");
-    }
-    let pools: Api<GPUPool> = Api::all(client.clone());
-    let gp: GPUPool = serde_json::from_value(serde_json::json!({
-        "apiVersion": "llmos.dev/v1alpha1", "kind": "GPUPool", "metadata": {"name": "a100"},
-        "spec": {"gpuType": "A100-80GB", "pricePerGpuHour": 2.5, "nodeSelector": {"llmos.dev/test-pool": "a100"}}
-    }))
-    .unwrap();
-    pools.create(&PostParams::default(), &gp).await.expect("GPUPool created");
+    e2e_support::gpu_nodes_and_pool(&client, &["gpu-a", "gpu-b"], 4, 2.5).await;
 
     // The controller as the operator's ServiceAccount.
     let kc = kube::config::Kubeconfig::read_from(operator_kubeconfig(&stack)).expect("operator kubeconfig");
@@ -300,6 +274,7 @@ async fn kube_scheduler_places_the_shared_pool_as_the_arbiter_grants() {
     };
     assert!(!llmos_preempted.is_empty(), "the arbiter's Preempted Event on batch");
 
+    let pools: Api<GPUPool> = Api::all(client.clone());
     let st = pools.get("a100").await.expect("pool").status.expect("GPUPool status");
     assert_eq!((st.nodes, st.allocatable_gpus, st.capacity_gpus, st.workloads), (2, 8, 8, 3), "{st:?}");
     assert_eq!(st.allocated_gpus, 8, "{st:?}");

@@ -19,6 +19,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use crate::crd::LLMWorkloadSpec;
 use crate::policy::config::PlacementKind;
 use crate::policy::observation::Decision;
+use crate::policy::observation::Observation;
+use crate::policy::shield::{Shield, ShieldRule};
 
 use super::desired::{existing_replicas, ready_replicas, spec_replicas, variant_pools, Slot};
 
@@ -211,6 +213,29 @@ pub fn decision_targets(
             (s, r)
         })
         .collect()
+}
+
+/// The fleet raised to the shield's minima (`VariantMinReplicas`, `TotalMinReplicas`)
+/// when some slot is below them, for a tick without complete metrics; `None` otherwise.
+/// Nothing else of the shield's clamp is taken: without metrics nothing is lowered.
+pub fn floor_without_metrics(shield: &Shield, obs: &Observation) -> Option<Decision> {
+    let mut hold = Decision::new("hold: metrics unavailable");
+    for s in &obs.slots {
+        hold.set(&s.variant, &s.pool, s.desired_replicas);
+    }
+    let outcome = shield.clamp(obs, &hold);
+    let raised = outcome.overrides.iter().any(|o| {
+        matches!(o.rule, ShieldRule::VariantMinReplicas | ShieldRule::TotalMinReplicas) && o.applied > o.asked
+    });
+    if !raised {
+        return None;
+    }
+    let mut floor = Decision::new("the spec's minimum replicas, held without metrics");
+    for s in &obs.slots {
+        let clamped = outcome.decision.targets.iter().find(|t| t.variant == s.variant && t.pool == s.pool);
+        floor.set(&s.variant, &s.pool, clamped.map_or(s.desired_replicas, |t| t.replicas.max(s.desired_replicas)));
+    }
+    Some(floor)
 }
 
 #[cfg(test)]

@@ -463,7 +463,9 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let shared = match book.as_deref_mut() {
         None => None,
         Some(book) => {
-            let decided = tick.as_ref().is_some_and(|t| t.decided.is_some());
+            // A floor raised without metrics is a proposal too (a preempted workload asks
+            // for its minimum back).
+            let decided = tick.as_ref().is_some_and(|t| t.decided.is_some() || t.floor.is_some());
             let traffic = tick
                 .as_ref()
                 .filter(|t| matches!(t.metrics, MetricsRead::Read { .. }))
@@ -678,8 +680,9 @@ async fn control_tick(
     };
     let complete = matches!(metrics, MetricsRead::Read { .. }) && obs.missing.is_empty();
     let (decided, explanation) = if complete { decide(ctx, state, &mut obs) } else { (None, None) };
+    let floor = if complete { None } else { decide::floor_without_metrics(&lock(state).shield, &obs) };
     lock(state).last_tick = Some(now);
-    (TickOutcome { observation: obs, metrics, decided }, explanation)
+    (TickOutcome { observation: obs, metrics, decided, floor }, explanation)
 }
 
 /// The shield annotates the observation, the policy decides, the shield clamps

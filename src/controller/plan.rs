@@ -253,6 +253,11 @@ pub struct TickOutcome {
     pub metrics: MetricsRead,
     /// The decision; `None` when the metrics were incomplete or there is no policy.
     pub decided: Option<Decided>,
+    /// With incomplete metrics: the fleet raised to the shield's minima (a variant's
+    /// `minReplicas`, `limits.minTotalReplicas`), when some slot is below them. A floor
+    /// needs no metrics: a workload whose replicas were preempted to zero cannot see its
+    /// traffic until it has a replica again, and would otherwise hold at zero forever.
+    pub floor: Option<Decision>,
 }
 
 /// Settings of the controller the plan depends on.
@@ -569,9 +574,10 @@ impl<'a> Draft<'a> {
         let source = match &tick.metrics {
             MetricsRead::Read { source } if obs.missing.is_empty() => source,
             MetricsRead::Read { .. } => {
-                return self.hold_metrics("MetricsMissing", format!("missing or stale: {}", obs.missing.join(", ")))
+                let msg = format!("missing or stale: {}", obs.missing.join(", "));
+                return self.hold_metrics("MetricsMissing", msg, tick.floor.as_ref());
             }
-            MetricsRead::Failed(e) => return self.hold_metrics("MetricsSourceError", e.clone()),
+            MetricsRead::Failed(e) => return self.hold_metrics("MetricsSourceError", e.clone(), tick.floor.as_ref()),
         };
         self.set_condition(ConditionUpdate::new(METRICS_AVAILABLE, true, "MetricsRead", format!("read from {source}")));
         self.st.observed_arrival_rate_rps = Some(obs.arrival_rate_rps);
@@ -591,16 +597,28 @@ impl<'a> Draft<'a> {
         }
     }
 
-    /// Metrics are missing or the source failed: replicas are held and the reason said.
-    fn hold_metrics(&mut self, reason: &'static str, msg: String) {
+    /// Metrics are missing or the source failed: replicas are held and the reason said,
+    /// except that slots below the shield's minima are raised to them (`floor`).
+    fn hold_metrics(&mut self, reason: &'static str, msg: String, floor: Option<&Decision>) {
         let total: u32 = self.observed.current.values().sum();
         self.set_condition(ConditionUpdate::new(METRICS_AVAILABLE, false, reason, msg.clone()));
-        self.notices.push(PlannedEvent::warning(
-            EventReason::MetricsUnavailable,
-            format!("Hold {reason}"),
-            format!("holding {total} replicas: {msg}"),
-        ));
-        self.decision = Some(DecisionKind::Hold);
+        let raised = floor
+            .map(|f| decision_targets(self.spec, f, &self.observed.current))
+            .filter(|f| f.iter().any(|(s, r)| *r > self.observed.current.get(s).copied().unwrap_or(0)));
+        let note = match &raised {
+            None => format!("holding {total} replicas: {msg}"),
+            Some(f) => {
+                // Only raises: a slot above its floor keeps what it has.
+                for (s, r) in f {
+                    let t = self.targets.entry(s.clone()).or_insert(0);
+                    *t = (*t).max(*r);
+                }
+                let to: u32 = self.targets.values().sum();
+                format!("holding {total} replicas, raised to the spec's minimum of {to}: {msg}")
+            }
+        };
+        self.notices.push(PlannedEvent::warning(EventReason::MetricsUnavailable, format!("Hold {reason}"), note));
+        self.decision = Some(if raised.is_some() { self.kind() } else { DecisionKind::Hold });
         self.warnings.push(format!("metrics unavailable; holding replicas: {reason}: {msg}"));
     }
 

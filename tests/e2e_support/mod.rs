@@ -853,3 +853,38 @@ pub fn form_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Creates Nodes `names` with `gpus` GPUs each (`nvidia.com/gpu` in their status, as a
+/// device plugin would advertise it), labelled `llmos.dev/test-pool: a100`, Ready, and
+/// the GPUPool `a100` selecting them at `price` per GPU-hour, with no capacity cap. No
+/// kubelet runs for these Nodes: the test lifts the not-ready taint the API server puts
+/// on a new Node (the node lifecycle controller would, once a kubelet reports Ready).
+pub async fn gpu_nodes_and_pool(client: &Client, names: &[&str], gpus: u32, price: f64) {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in names {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": n, "labels": {"llmos.dev/test-pool": "a100", "kubernetes.io/hostname": n}},
+            "status": {
+                "capacity": {"nvidia.com/gpu": gpus.to_string(), "cpu": "64", "memory": "512Gi", "pods": "110"},
+                "allocatable": {"nvidia.com/gpu": gpus.to_string(), "cpu": "64", "memory": "512Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "message": "a Node of the test", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+            }
+        }))
+        .expect("Node object");
+        nodes.create(&PostParams::default(), &node).await.expect("Node created");
+        let untaint = serde_json::json!({"spec": {"taints": null}});
+        nodes.patch(n, &PatchParams::default(), &Patch::Merge(&untaint)).await.expect("Node untainted");
+    }
+    let pools: Api<llmos::crd::GPUPool> = Api::all(client.clone());
+    let gp: llmos::crd::GPUPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "llmos.dev/v1alpha1", "kind": "GPUPool", "metadata": {"name": "a100"},
+        "spec": {"gpuType": "A100-80GB", "pricePerGpuHour": price, "nodeSelector": {"llmos.dev/test-pool": "a100"}}
+    }))
+    .expect("GPUPool object");
+    pools.create(&PostParams::default(), &gp).await.expect("GPUPool created");
+}
