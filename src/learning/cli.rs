@@ -1,73 +1,52 @@
-//! `llmos records`: list a workload's recorded windows and export them as a trace.
+//! `llmos records`: list a workload's recorded windows, or export them as a trace.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use super::export::{write_azure_csv, ExportConfig};
 use super::store::{read_dir, segments};
 
-/// `llmos records`.
+/// `llmos records`: without `--export`, list the record; with it, export it.
 #[derive(Args, Debug)]
 pub struct RecordsArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: RecordsCommand,
-}
-
-/// The `records` subcommands.
-#[derive(Subcommand, Debug)]
-pub enum RecordsCommand {
-    /// List the segments and windows of one workload's record directory.
-    List {
-        /// The workload's record directory (`<root>/<namespace>_<name>`).
-        #[arg(long)]
-        dir: PathBuf,
-        /// Print every window, not only the segments and totals.
-        #[arg(long)]
-        windows: bool,
-    },
-    /// Export a record directory as an Azure-format CSV trace the twin replays.
-    Export {
-        /// The workload's record directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Seed of the arrival times and token draws.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Largest prompt + output tokens of one request (the served model's context).
-        #[arg(long)]
-        max_total_tokens: Option<u32>,
-        /// Where to write the CSV.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// The workload's record directory (`<root>/<namespace>_<name>`).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Print every window, not only the segments and totals.
+    #[arg(long)]
+    pub windows: bool,
+    /// Write the record as an Azure-format CSV trace the twin replays to this file.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Seed of the exported arrival times and token draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Largest prompt + output tokens of one exported request (the served model's context).
+    #[arg(long)]
+    pub max_total_tokens: Option<u32>,
 }
 
 /// Runs `llmos records`.
 pub fn run(args: RecordsArgs) -> anyhow::Result<()> {
-    match args.command {
-        RecordsCommand::List { dir, windows } => list(&dir, windows),
-        RecordsCommand::Export { dir, seed, max_total_tokens, out } => {
-            let read = read_dir(&dir)?;
-            for w in &read.warnings {
-                eprintln!("warning: {w}");
-            }
-            let file = std::fs::File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-            let cfg = ExportConfig { seed, max_total_tokens };
-            let s = write_azure_csv(&read.windows, &cfg, std::io::BufWriter::new(file))?;
-            println!(
-                "{}: {} requests from {} windows ({} overlapping left out); time zero is Unix {:.3}",
-                out.display(),
-                s.requests,
-                s.windows,
-                s.overlapping,
-                s.origin_unix_s
-            );
-            Ok(())
-        }
+    let Some(out) = &args.export else { return list(&args.dir, args.windows) };
+    let read = read_dir(&args.dir)?;
+    for w in &read.warnings {
+        eprintln!("warning: {w}");
     }
+    let file = std::fs::File::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let cfg = ExportConfig { seed: args.seed, max_total_tokens: args.max_total_tokens };
+    let s = write_azure_csv(&read.windows, &cfg, std::io::BufWriter::new(file))?;
+    println!(
+        "{}: {} requests from {} windows ({} overlapping left out); time zero is Unix {:.3}",
+        out.display(),
+        s.requests,
+        s.windows,
+        s.overlapping,
+        s.origin_unix_s
+    );
+    Ok(())
 }
 
 fn list(dir: &std::path::Path, each: bool) -> anyhow::Result<()> {

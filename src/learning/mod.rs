@@ -13,7 +13,7 @@
 //! - [`export`]: a record as an Azure-format CSV trace (seeded, deterministic).
 //! - [`promote`]: the pure state machine of training, evaluation, shadow, promotion and
 //!   rollback, with the reasons and the policy history it produces.
-//! - [`cli`]: `llmos records list` and `llmos records export`.
+//! - [`cli`]: `llmos records` (list a record, or export it with `--export`).
 //!
 //! `docs/learning.md` describes the record format, the limits, the export route and the
 //! promotion rule.
