@@ -34,6 +34,9 @@ pub enum Command {
     Fidelity(crate::twin::cli::FidelityArgs),
     /// Serve the twin as the data plane of a real API server (simulated vLLM replicas).
     TwinServe(crate::dataplane::ServeArgs),
+    /// One simulated vLLM replica behind vLLM's HTTP API (completions, /metrics, /health,
+    /// SIGTERM drain): the entrypoint of the simulated-vLLM image.
+    VllmSim(crate::vllm_sim::VllmSimArgs),
     /// Compare policies on identical traffic in the twin.
     Compare(crate::eval::cli::CompareArgs),
     /// Run several workloads on shared GPU pools in the twin and compare allocators
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TraceStats(args) => crate::eval::cli::trace_stats(args),
         Command::Fidelity(args) => crate::twin::cli::fidelity(args),
         Command::TwinServe(args) => crate::dataplane::run(args),
+        Command::VllmSim(args) => crate::vllm_sim::run(args),
         Command::Compare(args) => crate::eval::cli::compare(args),
         Command::Share(args) => crate::eval::cluster::share(args),
         Command::ShareTrain(args) => crate::rl::allocator::train_cli(args),

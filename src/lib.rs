@@ -35,3 +35,4 @@ pub mod observe;
 pub mod policy;
 pub mod rl;
 pub mod twin;
+pub mod vllm_sim;
