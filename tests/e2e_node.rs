@@ -13,12 +13,17 @@
 //!   loopback only) with the ServiceAccount identity and RBAC of `manifests/`, is
 //!   scheduled, started from the local store ("already present on machine"), becomes
 //!   Ready through the kubelet's probe of its `/readyz` and takes the leader Lease;
-//! - a GPU Pod selected by GPU product (the same image, standing in for a vLLM replica,
-//!   which the image cannot run yet: docs/node.md) is bound to the node and runs with an
-//!   address on the pod bridge, where the kubelet probes it and the test reaches it, while
-//!   a Pod asking more GPUs than are left stays Pending for `Insufficient nvidia.com/gpu`;
-//! - deleted, the Pods terminate (the operator's exit status is read from the Pod's last
-//!   status) and containerd is left with no running task.
+//! - a simulated vLLM replica (the same image running `llmos vllm-sim`: the twin's engine
+//!   for Llama-3-8B on an A100 behind vLLM's HTTP API), selected by GPU product, is bound
+//!   to the node, runs with an address on the pod bridge, stays not Ready until its
+//!   simulated weights are loaded (the kubelet probes its `/health`), then answers
+//!   OpenAI-style completions from the host through the bridge and counts them in vLLM's
+//!   `/metrics`; a Pod asking more GPUs than are left stays Pending for
+//!   `Insufficient nvidia.com/gpu`;
+//! - deleted, the Pods terminate: the replica gets SIGTERM from the kubelet with requests
+//!   in flight, finishes them (every one answered 200) and exits 0, the operator's exit
+//!   status is read from its Pod's last status, and containerd is left with no running
+//!   task.
 //!
 //! Skipped, naming what refused, where the machine cannot run containers or a kubelet
 //! (not root, no cgroup v1, runc refused, no bridge: `scripts/node/start.sh` exits 3);
@@ -260,18 +265,17 @@ spec:
   volumes: [{{name: kube, configMap: {{name: llmos-kube}}}}]
 "#
     );
-    // A GPU Pod on the pod network, placed by GPU product and count: the same image and
-    // command, which serves /healthz at once and waits for the API server before /readyz
-    // (it cannot reach it from the pod network); the kubelet probes /healthz through the
-    // bridge. The one asking too many GPUs is the pause image (it never starts).
+    // A simulated vLLM replica on the pod network, placed by GPU product and count: the
+    // same image running `llmos vllm-sim`, not Ready (the kubelet probes /health through
+    // the bridge) until its simulated weights are loaded after LOAD_S. The one asking
+    // too many GPUs is the pause image (it never starts).
     let gpu_pod = |name: &str, gpus: u32| {
         let container = if gpus <= 2 {
             r#"image: llmos.local/llmos:dev
       imagePullPolicy: IfNotPresent
-      args: ["run", "--metrics-addr=0.0.0.0:8080", "--log-format=json"]
-      env: [{name: KUBECONFIG, value: /etc/llmos-kube/kubeconfig}]
-      readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
-      volumeMounts: [{name: kube, mountPath: /etc/llmos-kube, readOnly: true}]"#
+      args: ["vllm-sim", "--model", "llama-3-8b", "--gpu", "A100-80GB", "--port", "8000", "--load-seconds", "4"]
+      ports: [{name: http, containerPort: 8000}]
+      readinessProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 1}"#
         } else {
             "image: llmos.local/pause:3.4.1\n      imagePullPolicy: IfNotPresent"
         };
@@ -281,12 +285,11 @@ kind: Pod
 metadata: {{name: {name}, namespace: default}}
 spec:
   nodeSelector: {{nvidia.com/gpu.product: {GPU_PRODUCT}}}
-  terminationGracePeriodSeconds: 5
+  terminationGracePeriodSeconds: 30
   containers:
     - name: replica
       {container}
       resources: {{limits: {{nvidia.com/gpu: {gpus}}}}}
-  volumes: [{{name: kube, configMap: {{name: llmos-kube}}}}]
 "#
         )
     };
@@ -341,12 +344,55 @@ spec:
         eprintln!("{ns}/{name}: {}", events.join("; "));
     }
 
-    // The GPU Pod answers on its bridge address; from the pod network it cannot reach the
-    // API server on the host's loopback, so it is alive and not ready.
-    let healthz = reqwest::get(format!("http://{replica_ip}:8080/healthz")).await.expect("GET the GPU Pod's /healthz");
-    assert_eq!(healthz.text().await.unwrap_or_default(), "ok");
-    let readyz = reqwest::get(format!("http://{replica_ip}:8080/readyz")).await.expect("GET the GPU Pod's /readyz");
-    assert_eq!(readyz.status().as_u16(), 503, "the API server is not reachable from the pod network");
+    // The replica was not Ready while its simulated weights loaded: Ready came at least
+    // the load time after its container started.
+    let st = replica.status.as_ref().expect("replica status");
+    let started = st
+        .container_statuses
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.clone())
+        .expect("the replica's container started");
+    let ready_at = st
+        .conditions
+        .as_ref()
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready")?.last_transition_time.clone())
+        .expect("the replica's Ready condition");
+    let loading = ready_at.0.duration_since(started.0).as_secs_f64();
+    assert!(loading >= 3.0, "Ready {loading:.1} s after the container started: before its 4 s of loading");
+    eprintln!("the simulated replica became Ready {loading:.1} s after its container started (4 s of loading)");
+
+    // It serves completions from the host through the bridge and counts them.
+    let base = format!("http://{replica_ip}:8000");
+    let http = reqwest::Client::new();
+    let complete = |max_tokens: u32| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let body = serde_json::json!({"model": "llama-3-8b", "prompt": "p".repeat(1200), "max_tokens": max_tokens});
+            let r = http.post(format!("{base}/v1/completions")).json(&body).send().await.expect("POST a completion");
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    for (code, v) in futures::future::join_all((0..4).map(|_| complete(16))).await {
+        assert_eq!((code, &v["usage"]["completion_tokens"]), (200, &serde_json::json!(16)), "{v}");
+    }
+    let metrics =
+        http.get(format!("{base}/metrics")).send().await.expect("GET /metrics").text().await.unwrap_or_default();
+    let served = llmos::metrics::scrape::parse_exposition(&metrics);
+    assert_eq!(served.counters.get(&llmos::metrics::vllm::Field::RequestSuccess), Some(&4.0), "{metrics}");
+    // Requests in flight when the Pod is deleted: the kubelet's SIGTERM must let them finish.
+    let in_flight: Vec<_> = (0..3).map(|_| tokio::spawn(complete(600))).collect();
+    let t_busy = Instant::now();
+    loop {
+        let text =
+            http.get(format!("{base}/metrics")).send().await.expect("GET /metrics").text().await.unwrap_or_default();
+        let p = llmos::metrics::scrape::parse_exposition(&text);
+        if p.gauges.get(&llmos::metrics::vllm::Field::RunningRequests) == Some(&3.0) {
+            break;
+        }
+        assert!(t_busy.elapsed() < Duration::from_secs(60), "the three long requests never ran:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The operator in the Pod answers and leads.
     let url = format!("http://{node_ip}:{port}/readyz");
@@ -383,6 +429,27 @@ spec:
     pods_op.delete("llmos-operator", &dp).await.expect("delete the operator Pod");
     pods.delete("replica-0", &dp).await.expect("delete the GPU Pod");
     pods.delete("replica-too-big", &dp).await.expect("delete the pending Pod");
+    for r in in_flight {
+        let (code, v) = r.await.expect("request task");
+        assert_eq!(code, 200, "a request in flight when the Pod was deleted must finish: {v}");
+        assert_eq!(v["usage"]["completion_tokens"], 600, "{v}");
+    }
+    let drained = t_del.elapsed();
+    // The replica's exit status, from its Pod's last status (0: drained).
+    let replica_exit = wait_for("the replica's container to terminate", &node_dir, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("replica-0").await.ok()??;
+            let c = p.status?.container_statuses?.into_iter().next()?;
+            Some(c.state?.terminated?.exit_code)
+        }
+    })
+    .await;
+    assert_eq!(replica_exit, 0, "the simulated replica must exit 0 after draining");
+    eprintln!(
+        "the replica drained its 3 requests in flight in {:.1} s after the delete and exited 0",
+        drained.as_secs_f64()
+    );
     let exit_code = std::sync::Arc::new(std::sync::Mutex::new(None::<i32>));
     wait_for("the deleted Pods to be gone", &node_dir, || {
         let (pods_op, exit_code) = (pods_op.clone(), exit_code.clone());
