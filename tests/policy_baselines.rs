@@ -277,6 +277,7 @@ fn spec(variants: Vec<VariantSpec>, pools: Vec<GpuPoolSpec>) -> LLMWorkloadSpec 
         gpu_pools: pools,
         pool_refs: vec![],
         scheduling: Default::default(),
+        learning: Default::default(),
         slo: Default::default(),
         limits: Default::default(),
         metrics: Default::default(),

@@ -41,6 +41,7 @@ fn spec(variants: Vec<VariantSpec>, pools: Vec<GpuPoolSpec>, limits: LimitsSpec)
         gpu_pools: pools,
         pool_refs: vec![],
         scheduling: Default::default(),
+        learning: Default::default(),
         slo: Default::default(),
         limits,
         metrics: Default::default(),

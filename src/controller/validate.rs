@@ -39,6 +39,9 @@ pub fn validate_spec(name: &str, spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     if let Err(e) = crate::policy::build::validate_policy_spec(&spec.policy) {
         p("spec.policy".into(), e.to_string());
     }
+    for (field, message) in spec.learning.record.problems() {
+        p(format!("spec.learning.record.{field}"), message);
+    }
     out
 }
 
@@ -72,6 +75,41 @@ mod tests {
     #[test]
     fn a_good_spec_has_no_problems() {
         assert!(validate_spec("w", &spec()).is_empty());
+    }
+
+    fn with_record(record: serde_json::Value) -> LLMWorkloadSpec {
+        let mut s = serde_json::to_value(spec()).expect("spec serialises");
+        s["learning"] = serde_json::json!({ "record": record });
+        serde_json::from_value(s).expect("spec with learning.record")
+    }
+
+    #[test]
+    fn record_section_out_of_bounds_names_the_field() {
+        let ok = with_record(serde_json::json!({"enabled": true, "windowSeconds": 10}));
+        assert!(validate_spec("w", &ok).is_empty(), "{:?}", validate_spec("w", &ok));
+        assert_eq!(ok.learning.record.max_bytes, 128 << 20, "defaults fill the rest");
+        let cases = [
+            (serde_json::json!({"enabled": true, "windowSeconds": 1}), "spec.learning.record.windowSeconds", "5..="),
+            (serde_json::json!({"windowSeconds": 100000}), "spec.learning.record.windowSeconds", "86400"),
+            (serde_json::json!({"maxBytes": 1000}), "spec.learning.record.maxBytes", "65536"),
+            (serde_json::json!({"retentionSeconds": 60}), "spec.learning.record.retentionSeconds", "one hour"),
+            (
+                serde_json::json!({"windowSeconds": 7200, "retentionSeconds": 3600}),
+                "spec.learning.record.retentionSeconds",
+                "shorter than one window",
+            ),
+        ];
+        for (record, field, says) in cases {
+            let p = validate_spec("w", &with_record(record.clone()));
+            assert_eq!(p.len(), 1, "{record}: {p:?}");
+            assert_eq!(p[0].field, field, "{record}");
+            assert!(p[0].message.contains(says), "{record}: {}", p[0]);
+        }
+        let typo = serde_json::json!({"learning": {"record": {"windowSecs": 10}}});
+        let mut s = serde_json::to_value(spec()).expect("spec serialises");
+        s["learning"] = typo["learning"].clone();
+        let err = serde_json::from_value::<LLMWorkloadSpec>(s).expect_err("unknown field");
+        assert!(err.to_string().contains("windowSecs"), "{err}");
     }
 
     #[test]

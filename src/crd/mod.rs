@@ -71,6 +71,108 @@ pub struct LLMWorkloadSpec {
     /// Which policy decides, and how.
     #[serde(default)]
     pub policy: PolicySpec,
+    /// What the operator keeps of this workload's traffic for retraining its policy
+    /// (`learning.record`); off unless enabled.
+    #[serde(default, skip_serializing_if = "LearningSpec::is_default")]
+    pub learning: LearningSpec,
+}
+
+/// Learning in the cluster. Recording sits under `learning` because what is recorded
+/// feeds the retraining and promotion settings that will join it in this section: one
+/// place for everything the operator learns from a workload.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LearningSpec {
+    /// The traffic record: one window of arrivals and token distributions per
+    /// `windowSeconds`, written by the operator under its `--record-dir`.
+    #[serde(skip_serializing_if = "RecordSpec::is_default")]
+    pub record: RecordSpec,
+}
+
+impl LearningSpec {
+    /// Whether every field has its default (the section is then left out when written).
+    pub fn is_default(&self) -> bool {
+        *self == LearningSpec::default()
+    }
+}
+
+/// Shortest record window, seconds.
+pub const RECORD_WINDOW_MIN_S: u32 = 5;
+/// Longest record window, seconds (one day).
+pub const RECORD_WINDOW_MAX_S: u32 = 86_400;
+/// Smallest record size limit, bytes (64 KiB: eight segments of 8 KiB).
+pub const RECORD_MAX_BYTES_MIN: u64 = 65_536;
+/// Shortest retention, seconds (one hour).
+pub const RECORD_RETENTION_MIN_S: u64 = 3_600;
+
+/// What the operator records of a workload's traffic (`spec.learning.record`): per
+/// window, the arrivals and the prompt and output token distributions read from vLLM's
+/// metrics, with the SLO and fleet in force, appended to a crash-safe store in the
+/// operator's `--record-dir` (`<dir>/<namespace>_<name>/`). Recording never delays a
+/// reconcile: a window the writer cannot take is dropped and counted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RecordSpec {
+    /// Record this workload's traffic (default false). The operator must run with
+    /// `--record-dir`; without it nothing is written and the operator says so in its log.
+    pub enabled: bool,
+    /// Length of one window, seconds (5 .. 86400, default 60). A window closes at the
+    /// first control tick at or after its end, so it is at least one
+    /// `policy.intervalSeconds` long.
+    #[schemars(range(min = 5, max = 86400))]
+    pub window_seconds: u32,
+    /// Most bytes this workload's record may hold (at least 65536, default 134217728 =
+    /// 128 MiB; one window is about 800 bytes). The oldest segments are deleted first.
+    #[schemars(range(min = 65536))]
+    pub max_bytes: u64,
+    /// Windows older than this are deleted, seconds (at least 3600, default 1209600 = 14
+    /// days), by whole segments.
+    #[schemars(range(min = 3600))]
+    pub retention_seconds: u64,
+}
+
+impl Default for RecordSpec {
+    fn default() -> Self {
+        RecordSpec { enabled: false, window_seconds: 60, max_bytes: 128 << 20, retention_seconds: 14 * 86_400 }
+    }
+}
+
+impl RecordSpec {
+    /// Whether every field has its default (the section is then left out when written).
+    pub fn is_default(&self) -> bool {
+        *self == RecordSpec::default()
+    }
+
+    /// What is wrong with the section, as `(field under spec.learning.record, message)`
+    /// pairs: the bounds the schema states, checked again for specs that do not pass an
+    /// API server (files, the twin, an old server that ignores the schema).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !(RECORD_WINDOW_MIN_S..=RECORD_WINDOW_MAX_S).contains(&self.window_seconds) {
+            out.push((
+                "windowSeconds",
+                format!(
+                    "{} is outside {RECORD_WINDOW_MIN_S}..={RECORD_WINDOW_MAX_S} seconds; use e.g. 60",
+                    self.window_seconds
+                ),
+            ));
+        }
+        if self.max_bytes < RECORD_MAX_BYTES_MIN {
+            out.push(("maxBytes", format!("{} is less than {RECORD_MAX_BYTES_MIN} bytes", self.max_bytes)));
+        }
+        if self.retention_seconds < RECORD_RETENTION_MIN_S {
+            out.push((
+                "retentionSeconds",
+                format!("{} is less than {RECORD_RETENTION_MIN_S} seconds (one hour)", self.retention_seconds),
+            ));
+        } else if self.retention_seconds < u64::from(self.window_seconds) {
+            out.push((
+                "retentionSeconds",
+                format!("{} is shorter than one window ({} s)", self.retention_seconds, self.window_seconds),
+            ));
+        }
+        out
+    }
 }
 
 /// One model variant (a model served by one container image and arguments).

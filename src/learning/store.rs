@@ -54,6 +54,20 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
+    /// The limits a workload's `spec.learning.record` asks for: its `maxBytes` and
+    /// `retentionSeconds`; segments of an eighth of `maxBytes` (4 KiB .. 1 MiB), sealed
+    /// after a quarter of the retention at most (6 h at most, one window at least), so
+    /// that the limits always have whole sealed segments to delete.
+    pub fn from_spec(spec: &crate::crd::RecordSpec) -> StoreConfig {
+        let retention_s = spec.retention_seconds as f64;
+        StoreConfig {
+            max_bytes: spec.max_bytes,
+            retention_s,
+            segment_bytes: (spec.max_bytes / 8).clamp(4096, 1 << 20),
+            segment_age_s: (retention_s / 4.0).min(6.0 * 3600.0).max(f64::from(spec.window_seconds)),
+        }
+    }
+
     /// Checks the limits: positive, and `max_bytes` at least two segments (so that the
     /// open segment alone never exceeds it).
     pub fn validate(&self) -> Result<(), RecordError> {
@@ -240,6 +254,13 @@ impl RecordStore {
         }
         sync_dir(dir)?;
         Ok((RecordStore { dir: dir.to_path_buf(), config, open: None, next_seq }, warnings))
+    }
+
+    /// Replaces the limits (a spec edit); they apply from the next append.
+    pub fn set_config(&mut self, config: StoreConfig) -> Result<(), RecordError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
     }
 
     /// The store's directory.
