@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// ConfigMap with the cluster's CA).
     #[arg(long)]
     pub prometheus_ca_file: Option<std::path::PathBuf>,
+    /// Directory of the traffic record (a PersistentVolume's mount in a cluster): workloads
+    /// with `spec.learning.record.enabled` get one store each, `DIR/<namespace>_<name>/`.
+    /// Without it nothing is recorded.
+    #[arg(long)]
+    pub record_dir: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -67,7 +72,10 @@ pub fn default_policy_builder() -> PolicyBuilder {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format, &args.log_level)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    rt.block_on(run_async(args))
+    let result = rt.block_on(run_async(args));
+    // Nothing left behind (a record writer still draining) may hold the exit up.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn shutdown_signal() {
@@ -142,30 +150,23 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     }
     health.set_ready(true);
 
-    // Per workload, as its spec.metrics.source says; default Prometheus URL from $LLMOS_PROMETHEUS_URL.
-    let source: Arc<dyn crate::metrics::MetricsSource> =
-        match crate::metrics::SpecSource::with_prometheus(crate::metrics::PrometheusConfig {
-            default_url: args.prometheus_url.clone(),
-            bearer_token_file: args.prometheus_bearer_token_file.clone(),
-            ca_file: args.prometheus_ca_file.clone(),
-            ..Default::default()
-        }) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the metrics sources; every workload will hold its replicas");
-                Arc::new(UnavailableSource { why: e.to_string() })
-            }
-        };
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            source,
-            default_policy_builder(),
-            ControllerConfig { instance: identity.clone(), ..Default::default() },
-        )
-        .with_metrics(metrics)
-        .with_journal(journal),
-    );
+    let mut ctx = Context::new(
+        client.clone(),
+        metrics_source(&args),
+        default_policy_builder(),
+        ControllerConfig { instance: identity.clone(), ..Default::default() },
+    )
+    .with_metrics(metrics)
+    .with_journal(journal);
+    let writer = match &args.record_dir {
+        Some(dir) => {
+            let (recording, writer) = start_recording(dir)?;
+            ctx = ctx.with_recording(recording);
+            Some(writer)
+        }
+        None => None,
+    };
+    let ctx = Arc::new(ctx);
 
     let elect = args.leader_election && !args.no_leader_election;
     let overdue = overdue(stop_rx.clone());
@@ -183,7 +184,57 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = http.await;
+    if let Some(writer) = writer {
+        stop_recording(writer).await;
+    }
     Ok(())
+}
+
+/// The operator's metrics source: per workload, as its `spec.metrics.source` says; the
+/// default Prometheus URL from `--prometheus-url`, else `$LLMOS_PROMETHEUS_URL`.
+fn metrics_source(args: &RunArgs) -> Arc<dyn crate::metrics::MetricsSource> {
+    match crate::metrics::SpecSource::with_prometheus(crate::metrics::PrometheusConfig {
+        default_url: args.prometheus_url.clone(),
+        bearer_token_file: args.prometheus_bearer_token_file.clone(),
+        ca_file: args.prometheus_ca_file.clone(),
+        ..Default::default()
+    }) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the metrics sources; every workload will hold its replicas");
+            Arc::new(UnavailableSource { why: e.to_string() })
+        }
+    }
+}
+
+/// Capacity of the queue between reconciles and the record writer, in windows.
+const RECORD_QUEUE: usize = 1024;
+
+/// Starts the record writer over `dir` (the default limits apply until a workload's spec
+/// sends its own).
+fn start_recording(
+    dir: &std::path::Path,
+) -> anyhow::Result<(super::record::Recording, crate::learning::sink::RecordWriter)> {
+    let config = crate::learning::store::StoreConfig::default();
+    let (sink, writer) = crate::learning::sink::RecordSink::spawn(dir, config, RECORD_QUEUE)
+        .with_context(|| format!("starting the traffic record in {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "recording the traffic of workloads with spec.learning.record.enabled");
+    Ok((super::record::Recording { sink, root: dir.to_path_buf() }, writer))
+}
+
+/// Waits (at most 5 s) for the writer to write what is queued once the controller,
+/// and with it every sink, is gone; what is left is lost, and every window written so
+/// far is already synced.
+async fn stop_recording(writer: crate::learning::sink::RecordWriter) {
+    match tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || writer.join())).await {
+        Ok(Ok(stats)) => tracing::info!(
+            written = stats.written,
+            dropped = stats.dropped,
+            errors = stats.write_errors,
+            "traffic record closed"
+        ),
+        _ => tracing::warn!("the traffic record writer did not finish in 5 s"),
+    }
 }
 
 /// The longest a stop waits for in-flight reconciles (Kubernetes' default grace period

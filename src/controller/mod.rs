@@ -39,6 +39,7 @@ pub mod leader;
 pub mod page;
 pub mod plan;
 pub mod policy_state;
+pub mod record;
 pub mod share;
 pub mod status;
 pub mod telemetry;
@@ -176,6 +177,8 @@ struct WorkloadState {
     state_restored: bool,
     /// When the policy state was last written, and what was written.
     state_saved: Option<(Timestamp, serde_json::Value)>,
+    /// The traffic recorder, while `spec.learning.record` is enabled ([`record`]).
+    record: Option<record::WorkloadRecord>,
 }
 
 /// Everything reconcile needs.
@@ -211,6 +214,8 @@ pub struct Context {
     llmworkloads: std::sync::OnceLock<kube::runtime::reflector::Store<LLMWorkload>>,
     /// The arbiter of shared GPU pools: its lock and its memory ([`share`]).
     shared: share::SharedPools,
+    /// The traffic record (`llmos run --record-dir`), if the operator keeps one.
+    recording: Option<record::Recording>,
 }
 
 impl Context {
@@ -237,7 +242,14 @@ impl Context {
             deployments: std::sync::OnceLock::new(),
             llmworkloads: std::sync::OnceLock::new(),
             shared: share::SharedPools::default(),
+            recording: None,
         }
+    }
+
+    /// Records the traffic of workloads that enable `spec.learning.record` into `recording`.
+    pub fn with_recording(mut self, recording: record::Recording) -> Self {
+        self.recording = Some(recording);
+        self
     }
 
     /// The state of workload `key`, if it has been reconciled (the map's lock is released on return).
@@ -616,6 +628,7 @@ fn state_of(ctx: &Context, wl: &LLMWorkload) -> Arc<Mutex<WorkloadState>> {
         last_tick: None,
         state_restored: false,
         state_saved: None,
+        record: None,
     };
     lock(&ctx.workloads).entry(key).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
 }
@@ -671,15 +684,21 @@ async fn control_tick(
         crate::crd::MetricsSourceKind::Prometheus => Vec::new(),
     };
     let query = MetricsQuery { namespace: &ns, workload: &name, spec, endpoints: &eps };
-    let metrics = match ctx.metrics_source.observe(&query).await {
+    let (metrics, pods) = match ctx.metrics_source.observe(&query).await {
         Ok(snapshot) => {
             snapshot.fill(&mut obs);
-            MetricsRead::Read { source: ctx.metrics_source.name().to_string() }
+            (MetricsRead::Read { source: ctx.metrics_source.name().to_string() }, snapshot.pods)
         }
-        Err(e) => MetricsRead::Failed(e.to_string()),
+        Err(e) => (MetricsRead::Failed(e.to_string()), Vec::new()),
     };
     let complete = matches!(metrics, MetricsRead::Read { .. }) && obs.missing.is_empty();
     let (decided, explanation) = if complete { decide(ctx, state, &mut obs) } else { (None, None) };
+    {
+        let policy = decided.as_ref().map(|d| d.policy.as_str());
+        let read = record::TickRead { wl, obs: &obs, endpoints: &eps, pods: &pods, policy, now_s: time_s(now) };
+        let recording = ctx.recording.as_ref();
+        record::tick(recording, &ctx.metrics_source, &ctx.metrics, &mut lock(state).record, &read);
+    }
     let floor = if complete { None } else { decide::floor_without_metrics(&lock(state).shield, &obs) };
     lock(state).last_tick = Some(now);
     (TickOutcome { observation: obs, metrics, decided, floor }, explanation)

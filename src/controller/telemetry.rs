@@ -36,6 +36,14 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Label set of a traffic record window's fate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordResultLabel {
+    /// `handed` (to the writer), `dropped` (the writer's queue was full or it had
+    /// stopped), or `unread` (the source's window query failed).
+    pub result: String,
+}
+
 /// Label set of an object write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectWriteLabel {
@@ -249,6 +257,12 @@ pub struct OperatorMetrics {
     /// `llmos_object_writes_total{object, outcome}`: server-side applies of Deployments
     /// and Services sent (`written`) and skipped as unchanged (`unchanged`).
     pub object_writes: Family<ObjectWriteLabel, Counter>,
+    /// `llmos_record_windows_total{result}`: traffic record windows handed to the
+    /// writer, dropped, or not read.
+    pub record_windows: Family<RecordResultLabel, Counter>,
+    /// `llmos_record_duration_seconds`: time a control tick spent recording (feeding the
+    /// window recorder and handing a closed window over), for workloads that record.
+    pub record_duration: Histogram,
     /// The per-workload gauges.
     pub workloads: WorkloadGauges,
     registry: Arc<Registry>,
@@ -299,6 +313,18 @@ impl OperatorMetrics {
             "Time the policy took to decide",
             policy_duration.clone(),
         );
+        let record_windows = Family::<RecordResultLabel, Counter>::default();
+        let record_duration = Histogram::new(exponential_buckets(0.000001, 2.0, 20));
+        registry.register(
+            "record_windows",
+            "Traffic record windows, by result (handed to the writer, dropped, unread)",
+            record_windows.clone(),
+        );
+        registry.register(
+            "record_duration_seconds",
+            "Time a control tick spent recording traffic",
+            record_duration.clone(),
+        );
         let workloads = WorkloadGauges::default();
         workloads.register(&mut registry);
         OperatorMetrics {
@@ -311,6 +337,8 @@ impl OperatorMetrics {
             ticks,
             status_writes,
             object_writes,
+            record_windows,
+            record_duration,
             workloads,
             registry: Arc::new(registry),
         }
@@ -329,6 +357,11 @@ impl OperatorMetrics {
     /// Counts a server-side apply of `object` (`deployment`, `service`) sent or skipped.
     pub fn object_write(&self, object: &str, outcome: &str) {
         self.object_writes.get_or_create(&ObjectWriteLabel { object: object.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// Counts a traffic record window by `result` (`handed`, `dropped`, `unread`).
+    pub fn record_window(&self, result: &str) {
+        self.record_windows.get_or_create(&RecordResultLabel { result: result.into() }).inc();
     }
 
     /// Counts a failed reconciliation.

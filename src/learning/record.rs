@@ -271,7 +271,9 @@ impl WindowRecorder {
     }
 
     /// Adds one scrape round of the workload's serving pods at `now_unix_s`; returns the
-    /// window that this round closes, if any.
+    /// window that this round closes, if any. A pod missing from a round (its scrape
+    /// failed) keeps its last sample as its baseline until [`WindowRecorder::retain`]
+    /// forgets it, so one failed scrape does not count its history again.
     pub fn observe(
         &mut self,
         now_unix_s: f64,
@@ -283,14 +285,69 @@ impl WindowRecorder {
             self.last = pods.iter().map(|(e, s)| (e.address.clone(), s.clone())).collect();
             return None;
         };
-        let mut seen = BTreeMap::new();
         for (endpoint, sample) in pods {
             let prev = self.last.remove(&endpoint.address).unwrap_or_default();
             self.add_increase(&endpoint.address, &prev, sample);
-            seen.insert(endpoint.address.clone(), sample.clone());
+            self.last.insert(endpoint.address.clone(), sample.clone());
         }
-        self.last = seen;
         (now_unix_s - start >= self.window_s - 1e-9).then(|| self.close(now_unix_s, ctx))
+    }
+
+    /// Forgets the baselines of pods whose address is not in `addresses` (pods that are
+    /// gone); a pod seen again later counts from zero, as a new one.
+    pub fn retain(&mut self, addresses: &[&str]) {
+        self.last.retain(|a, _| addresses.contains(&a.as_str()));
+    }
+
+    /// The window length, seconds.
+    pub fn window_s(&self) -> f64 {
+        self.window_s
+    }
+
+    /// For a source that aggregates over pods itself (Prometheus): the first call sets the
+    /// window's start; a later one at or after its end returns the window that closes,
+    /// `(start, duration)`, and starts the next. Read the increases over `duration` and
+    /// build the window with [`WindowRecorder::window_from_increase`].
+    pub fn due(&mut self, now_unix_s: f64) -> Option<(f64, f64)> {
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now_unix_s);
+            return None;
+        };
+        (now_unix_s - start >= self.window_s - 1e-9).then(|| {
+            self.window_start = Some(now_unix_s);
+            (start, now_unix_s - start)
+        })
+    }
+
+    /// The window `[start, start + duration)` from increases already summed over the pods
+    /// (a Prometheus answer): arrivals are completions plus the growth in flight, as in
+    /// [`WindowRecorder::observe`].
+    pub fn window_from_increase(
+        &self,
+        start_unix_s: f64,
+        duration_s: f64,
+        inc: &crate::metrics::TrafficIncrease,
+        ctx: &WindowContext,
+    ) -> TrafficWindow {
+        let duration_s = duration_s.max(1e-9);
+        let arrivals = (inc.completions + inc.in_flight_growth).max(0.0);
+        let tokens = |h: &Option<Histogram>| h.as_ref().map(TokenHistogram::from_cumulative).unwrap_or_default();
+        TrafficWindow {
+            version: RECORD_VERSION,
+            workload: self.workload.clone(),
+            start_unix_s,
+            duration_s,
+            arrivals,
+            arrival_rate_rps: arrivals / duration_s,
+            completions: inc.completions.max(0.0),
+            prompt_tokens: tokens(&inc.prompt_tokens),
+            generation_tokens: tokens(&inc.generation_tokens),
+            slo: ctx.slo.clone(),
+            fleet: ctx.fleet.clone(),
+            slo_attainment: ctx.slo_attainment,
+            policy: ctx.policy.clone(),
+            notes: inc.notes.iter().take(16).cloned().collect(),
+        }
     }
 
     /// Closes the current window at `now_unix_s` even if it is shorter than `window_s`
@@ -413,6 +470,28 @@ mod tests {
         assert_eq!(w.prompt_tokens.counts, vec![4.0 + 1.0, 6.0 + 3.0, 0.0]);
         assert_eq!(w.prompt_tokens.sum, 400.0 + 7.0 + 90.0);
         assert!(w.check().is_ok());
+    }
+
+    #[test]
+    fn aggregated_increases_make_windows_when_due() {
+        let inf = f64::INFINITY;
+        let mut r = WindowRecorder::new("ns/w", 10.0);
+        assert_eq!(r.due(100.0), None, "the first call sets the start");
+        assert_eq!(r.due(105.0), None);
+        assert_eq!(r.due(111.0), Some((100.0, 11.0)));
+        assert_eq!(r.due(115.0), None);
+        let inc = crate::metrics::TrafficIncrease {
+            completions: 20.0,
+            in_flight_growth: 2.0,
+            prompt_tokens: Some(Histogram::from_buckets(vec![(10.0, 5.0), (100.0, 20.0), (inf, 20.0)], 700.0)),
+            generation_tokens: None,
+            notes: vec!["x".into()],
+        };
+        let w = r.window_from_increase(100.0, 11.0, &inc, &WindowContext::default());
+        assert_eq!((w.arrivals, w.arrival_rate_rps), (22.0, 2.0));
+        assert_eq!(w.prompt_tokens.counts, vec![5.0, 15.0, 0.0]);
+        assert_eq!(w.generation_tokens, TokenHistogram::default());
+        assert!(w.check().is_ok(), "{:?}", w.check());
     }
 
     #[test]

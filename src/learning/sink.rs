@@ -72,7 +72,7 @@ impl SinkCounters {
 /// The sending side: cheap to clone, safe to call from async code (never blocks).
 #[derive(Clone)]
 pub struct RecordSink {
-    tx: SyncSender<TrafficWindow>,
+    tx: SyncSender<(TrafficWindow, Option<StoreConfig>)>,
     counters: Arc<SinkCounters>,
 }
 
@@ -110,7 +110,13 @@ impl RecordSink {
     /// Hands a window to the writer; `false` (and the window counted as dropped) when the
     /// channel is full or the writer has stopped.
     pub fn record(&self, w: TrafficWindow) -> bool {
-        match self.tx.try_send(w) {
+        self.record_with(w, None)
+    }
+
+    /// [`RecordSink::record`] with the limits of the window's workload (its spec's);
+    /// `None` keeps the limits its store has (at first, those the sink was spawned with).
+    pub fn record_with(&self, w: TrafficWindow, config: Option<StoreConfig>) -> bool {
+        match self.tx.try_send((w, config)) {
             Ok(()) => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 true
@@ -137,16 +143,17 @@ impl RecordWriter {
     }
 }
 
-fn drain(rx: Receiver<TrafficWindow>, root: &Path, config: &StoreConfig, c: &SinkCounters) {
-    let mut stores: BTreeMap<String, RecordStore> = BTreeMap::new();
-    while let Ok(w) = rx.recv() {
+fn drain(rx: Receiver<(TrafficWindow, Option<StoreConfig>)>, root: &Path, config: &StoreConfig, c: &SinkCounters) {
+    let mut stores: BTreeMap<String, (RecordStore, StoreConfig)> = BTreeMap::new();
+    while let Ok((w, limits)) = rx.recv() {
+        let limits = limits.or_else(|| stores.get(&w.workload).map(|s| s.1.clone())).unwrap_or_else(|| config.clone());
         if !stores.contains_key(&w.workload) {
-            match RecordStore::open(&workload_dir(root, &w.workload), config.clone()) {
+            match RecordStore::open(&workload_dir(root, &w.workload), limits.clone()) {
                 Ok((store, warnings)) => {
                     for warning in warnings {
                         c.problem(warning);
                     }
-                    stores.insert(w.workload.clone(), store);
+                    stores.insert(w.workload.clone(), (store, limits.clone()));
                 }
                 Err(e) => {
                     c.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +162,13 @@ fn drain(rx: Receiver<TrafficWindow>, root: &Path, config: &StoreConfig, c: &Sin
                 }
             }
         }
-        let Some(store) = stores.get_mut(&w.workload) else { continue };
+        let Some((store, current)) = stores.get_mut(&w.workload) else { continue };
+        if *current != limits {
+            match store.set_config(limits.clone()) {
+                Ok(()) => *current = limits,
+                Err(e) => c.problem(format!("{}: limits not changed: {e}", w.workload)),
+            }
+        }
         match store.append(&w) {
             Ok(deleted) => {
                 c.written.fetch_add(1, Ordering::Relaxed);

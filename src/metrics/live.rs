@@ -52,4 +52,15 @@ impl MetricsSource for SpecSource {
             MetricsSourceKind::Scrape => self.scrape.observe(query),
         }
     }
+
+    fn traffic<'a>(
+        &'a self,
+        query: &'a MetricsQuery<'a>,
+        window_s: u32,
+    ) -> BoxFuture<'a, Result<Option<super::TrafficIncrease>, MetricsError>> {
+        match query.spec.metrics.source {
+            MetricsSourceKind::Prometheus => self.prometheus.traffic(query, window_s),
+            MetricsSourceKind::Scrape => Box::pin(async { Ok(None) }),
+        }
+    }
 }

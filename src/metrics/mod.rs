@@ -79,6 +79,28 @@ pub struct MetricsSnapshot {
     pub slots: Vec<SlotMetrics>,
     /// Series that could not be read (missing, stale, NaN, reset), with a short why each.
     pub missing: Vec<String>,
+    /// The parsed `/metrics` of each pod that answered this round (direct scraping only;
+    /// empty for Prometheus), so the traffic record reads the same scrape instead of
+    /// scraping again.
+    #[serde(skip)]
+    pub pods: Vec<(Endpoint, scrape::PodSample)>,
+}
+
+/// Increases of a workload's traffic counters over a window, summed over its pods, as a
+/// source that aggregates itself (Prometheus) answers them: what a traffic record window
+/// is built from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrafficIncrease {
+    /// Increase of `vllm:request_success_total`.
+    pub completions: f64,
+    /// Growth of `vllm:num_requests_waiting` + `vllm:num_requests_running`.
+    pub in_flight_growth: f64,
+    /// Increase of `vllm:request_prompt_tokens` (cumulative buckets and sum).
+    pub prompt_tokens: Option<histogram::Histogram>,
+    /// Increase of `vllm:request_generation_tokens`.
+    pub generation_tokens: Option<histogram::Histogram>,
+    /// What could not be read (absent families, bad values).
+    pub notes: Vec<String>,
 }
 
 /// Why metrics could not be read at all.
@@ -110,6 +132,16 @@ pub trait MetricsSource: Send + Sync {
     fn name(&self) -> &str;
     /// Reads the workload's metrics now.
     fn observe<'a>(&'a self, query: &'a MetricsQuery<'a>) -> BoxFuture<'a, Result<MetricsSnapshot, MetricsError>>;
+    /// The increases of the workload's traffic counters over the last `window_s` seconds,
+    /// for a source that aggregates over pods itself; `Ok(None)` (the default) for a
+    /// source whose [`MetricsSnapshot::pods`] carry the raw samples instead.
+    fn traffic<'a>(
+        &'a self,
+        _query: &'a MetricsQuery<'a>,
+        _window_s: u32,
+    ) -> BoxFuture<'a, Result<Option<TrafficIncrease>, MetricsError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 impl MetricsSnapshot {

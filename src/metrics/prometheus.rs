@@ -19,6 +19,12 @@
 //! | staleness | `time() - max by (slot) (timestamp(vllm:num_requests_running{sel}))` |
 //! | targets down | `up{sel} == 0` |
 //!
+//! A traffic record window of `W` seconds ([`PrometheusSource::traffic`], only for a
+//! workload that records) reads `sum(increase(vllm:request_success_total{sel}[W]))`, the
+//! growth of waiting + running requests (`delta`), and both token histograms as
+//! `sum by (le) (increase(vllm:request_{prompt,generation}_tokens_bucket{sel}[W]))` with
+//! their `_sum`'s increase ([`traffic_queries`]).
+//!
 //! Arrival rate of a slot = completions/s + growth of in-flight requests / w (the same
 //! definition as [`super::scrape`]). Older metric names are joined with `or`, which
 //! keeps the current name where a pod exports both.
@@ -37,7 +43,7 @@ use serde::Deserialize;
 use super::histogram::Histogram;
 use super::scrape::slo_attainment;
 use super::vllm::{self, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL, SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD};
-use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, SlotMetrics};
+use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, SlotMetrics, TrafficIncrease};
 use crate::policy::observation::{LatencyObservation, SlotId};
 
 /// Settings of the Prometheus source.
@@ -235,6 +241,78 @@ pub fn queries(query: &MetricsQuery<'_>) -> Queries {
     }
 }
 
+/// The PromQL queries of a traffic record window ([`PrometheusSource::traffic`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrafficQueries {
+    /// `sum(increase(vllm:request_success_total{..}[W]))`.
+    pub completions: String,
+    /// Growth of waiting + running requests over the window.
+    pub in_flight_growth: String,
+    /// `sum by (le) (increase(vllm:request_prompt_tokens_bucket{..}[W]))`.
+    pub prompt_buckets: String,
+    /// `sum(increase(vllm:request_prompt_tokens_sum{..}[W]))`.
+    pub prompt_sum: String,
+    /// Buckets of `vllm:request_generation_tokens`.
+    pub generation_buckets: String,
+    /// Sum of `vllm:request_generation_tokens`.
+    pub generation_sum: String,
+}
+
+/// Builds the traffic queries of `query`'s workload over the last `window_s` seconds.
+pub fn traffic_queries(query: &MetricsQuery<'_>, window_s: u32) -> TrafficQueries {
+    let sel = selector(query);
+    let w = window_s.max(1);
+    let inc = |series: String| format!("sum(increase({series}[{w}s]))");
+    TrafficQueries {
+        completions: inc(format!("{}{{{sel}}}", vllm::REQUEST_SUCCESS_TOTAL)),
+        in_flight_growth: format!(
+            "sum(delta({}{{{sel}}}[{w}s])) + sum(delta({}{{{sel}}}[{w}s]))",
+            vllm::NUM_REQUESTS_WAITING,
+            vllm::NUM_REQUESTS_RUNNING
+        ),
+        prompt_buckets: format!("sum by (le) (increase({}_bucket{{{sel}}}[{w}s]))", vllm::REQUEST_PROMPT_TOKENS),
+        prompt_sum: inc(format!("{}_sum{{{sel}}}", vllm::REQUEST_PROMPT_TOKENS)),
+        generation_buckets: format!(
+            "sum by (le) (increase({}_bucket{{{sel}}}[{w}s]))",
+            vllm::REQUEST_GENERATION_TOKENS
+        ),
+        generation_sum: inc(format!("{}_sum{{{sel}}}", vllm::REQUEST_GENERATION_TOKENS)),
+    }
+}
+
+/// The answers to [`TrafficQueries`] as increases (pure). An empty answer is zero for a
+/// counter and an absent histogram (noted); a NaN or negative value is noted and zero.
+pub fn assemble_traffic(answers: &[Vec<Series>; 6]) -> TrafficIncrease {
+    let mut out = TrafficIncrease::default();
+    let scalar = |what: &str, a: &[Series], signed: bool, notes: &mut Vec<String>| match a.first().map(|s| s.value) {
+        None => 0.0,
+        Some(v) if v.is_finite() && (signed || v >= 0.0) => v,
+        Some(v) => {
+            notes.push(format!("{what}: {v}"));
+            0.0
+        }
+    };
+    let [completions, growth, pb, ps, gb, gs] = answers;
+    out.completions = scalar(vllm::REQUEST_SUCCESS_TOTAL, completions, false, &mut out.notes);
+    out.in_flight_growth = scalar("in-flight growth", growth, true, &mut out.notes);
+    for (name, buckets, sum) in [(vllm::REQUEST_PROMPT_TOKENS, pb, ps), (vllm::REQUEST_GENERATION_TOKENS, gb, gs)] {
+        let h = if buckets.is_empty() {
+            out.notes.push(format!("{name}_bucket: no series in the window"));
+            None
+        } else {
+            let mut h = histogram_of(buckets);
+            h.sum = scalar(&format!("{name}_sum"), sum, false, &mut out.notes);
+            Some(h)
+        };
+        if name == vllm::REQUEST_PROMPT_TOKENS {
+            out.prompt_tokens = h;
+        } else {
+            out.generation_tokens = h;
+        }
+    }
+    out
+}
+
 type SlotKey = SlotId;
 
 fn slot_of(s: &Series) -> Option<SlotKey> {
@@ -327,14 +405,7 @@ impl PrometheusSource {
     }
 
     async fn observe_inner(&self, query: &MetricsQuery<'_>) -> Result<MetricsSnapshot, MetricsError> {
-        let base =
-            query.spec.metrics.prometheus_url.as_deref().or(self.config.default_url.as_deref()).ok_or_else(|| {
-                MetricsError::Unreachable {
-                    source_name: "prometheus".into(),
-                    message: "no Prometheus URL: set spec.metrics.prometheusUrl or the operator's --prometheus-url"
-                        .into(),
-                }
-            })?;
+        let base = self.base_url(query)?;
         let q = queries(query);
         let mut list: Vec<&str> = vec![
             &q.waiting,
@@ -511,6 +582,38 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
     snap
 }
 
+impl PrometheusSource {
+    /// The base URL for `query`: the spec's, else the operator's default.
+    fn base_url<'a>(&'a self, query: &'a MetricsQuery<'a>) -> Result<&'a str, MetricsError> {
+        query.spec.metrics.prometheus_url.as_deref().or(self.config.default_url.as_deref()).ok_or_else(|| {
+            MetricsError::Unreachable {
+                source_name: "prometheus".into(),
+                message: "no Prometheus URL: set spec.metrics.prometheusUrl or the operator's --prometheus-url".into(),
+            }
+        })
+    }
+
+    async fn traffic_inner(&self, query: &MetricsQuery<'_>, window_s: u32) -> Result<TrafficIncrease, MetricsError> {
+        let base = self.base_url(query)?;
+        let q = traffic_queries(query, window_s);
+        let token = self.token()?;
+        let list = [
+            &q.completions,
+            &q.in_flight_growth,
+            &q.prompt_buckets,
+            &q.prompt_sum,
+            &q.generation_buckets,
+            &q.generation_sum,
+        ];
+        let answers = join_all(list.iter().map(|p| self.query_with(base, p, token.as_deref()))).await;
+        let mut out: [Vec<Series>; 6] = Default::default();
+        for (slot, a) in out.iter_mut().zip(answers) {
+            *slot = a?;
+        }
+        Ok(assemble_traffic(&out))
+    }
+}
+
 impl MetricsSource for PrometheusSource {
     fn name(&self) -> &str {
         "prometheus"
@@ -518,5 +621,61 @@ impl MetricsSource for PrometheusSource {
 
     fn observe<'a>(&'a self, query: &'a MetricsQuery<'a>) -> BoxFuture<'a, Result<MetricsSnapshot, MetricsError>> {
         Box::pin(self.observe_inner(query))
+    }
+
+    fn traffic<'a>(
+        &'a self,
+        query: &'a MetricsQuery<'a>,
+        window_s: u32,
+    ) -> BoxFuture<'a, Result<Option<TrafficIncrease>, MetricsError>> {
+        Box::pin(async move { self.traffic_inner(query, window_s).await.map(Some) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(le: Option<&str>, value: f64) -> Series {
+        let labels = le.map(|l| BTreeMap::from([(vllm::LABEL_LE.to_string(), l.to_string())])).unwrap_or_default();
+        Series { labels, value }
+    }
+
+    #[test]
+    fn traffic_queries_take_the_window_and_the_selector() {
+        let spec: crate::crd::LLMWorkloadSpec = serde_json::from_value(serde_json::json!({
+            "variants": [{"name": "v", "model": "m", "image": "i"}],
+            "gpuPools": [{"name": "a100", "gpuType": "A100-80GB", "pricePerGpuHour": 2.0}],
+        }))
+        .expect("spec");
+        let q = MetricsQuery { namespace: "ns", workload: "w", spec: &spec, endpoints: &[] };
+        let t = traffic_queries(&q, 30);
+        let sel = selector(&q);
+        assert_eq!(
+            t.prompt_buckets,
+            format!("sum by (le) (increase(vllm:request_prompt_tokens_bucket{{{sel}}}[30s]))")
+        );
+        assert_eq!(t.completions, format!("sum(increase(vllm:request_success_total{{{sel}}}[30s]))"));
+        assert!(t.in_flight_growth.contains("delta(vllm:num_requests_running"), "{}", t.in_flight_growth);
+    }
+
+    #[test]
+    fn traffic_answers_become_increases_and_bad_values_are_noted() {
+        let buckets = vec![series(Some("10"), 4.0), series(Some("+Inf"), 6.0), series(Some("100"), 5.0)];
+        let answers = [
+            vec![series(None, 12.0)],
+            vec![series(None, -2.0)],
+            buckets,
+            vec![series(None, 300.0)],
+            vec![],
+            vec![series(None, f64::NAN)],
+        ];
+        let t = assemble_traffic(&answers);
+        assert_eq!((t.completions, t.in_flight_growth), (12.0, -2.0));
+        let p = t.prompt_tokens.expect("prompt histogram");
+        assert_eq!(p.buckets, vec![(10.0, 4.0), (100.0, 5.0), (f64::INFINITY, 6.0)]);
+        assert_eq!(p.sum, 300.0);
+        assert!(t.generation_tokens.is_none());
+        assert!(t.notes.iter().any(|n| n.contains("request_generation_tokens_bucket")), "{:?}", t.notes);
     }
 }

@@ -578,8 +578,16 @@ impl MetricsSource for ScrapeSource {
                 });
             }
             let now = unix_now_s();
+            let pods: Vec<(Endpoint, PodSample)> = query
+                .endpoints
+                .iter()
+                .zip(&results)
+                .filter_map(|(e, r)| r.as_ref().ok().map(|s| (e.clone(), s.clone())))
+                .collect();
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            Ok(state.observe(query, now, results))
+            let mut snap = state.observe(query, now, results);
+            snap.pods = pods;
+            Ok(snap)
         })
     }
 }

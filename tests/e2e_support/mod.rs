@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,6 +48,18 @@ pub fn free_port() -> u16 {
 /// `LLMOS_SKIP_E2E=1` asks to skip the end-to-end tests.
 pub fn skip_requested() -> bool {
     std::env::var("LLMOS_SKIP_E2E").as_deref() == Ok("1")
+}
+
+/// Whether an end-to-end test runs: `false` (said on stderr) when `LLMOS_SKIP_E2E=1`;
+/// panics naming what is missing when a prerequisite is.
+pub fn e2e_wanted(with_kcm: bool) -> bool {
+    if skip_requested() {
+        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+        return false;
+    }
+    let missing = missing_prerequisites(with_kcm);
+    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
+    true
 }
 
 /// What the end-to-end tests need and this machine lacks.
