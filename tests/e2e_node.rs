@@ -34,133 +34,25 @@
 
 mod e2e_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::Client;
 
-use e2e_support::{
-    apply_operator_rbac, free_port, k8s_bin, missing_prerequisites, operator_kubeconfig, repo, skip_requested, Stack,
-    OPERATOR_NS,
+use e2e_support::node::{
+    build_image, dir_bytes, node_test_runs, operator_config, pod_events, pod_ready, start_node, wait_for, GPU_PRODUCT,
+    NODE,
 };
-
-const NODE: &str = "llmos-node-e2e";
-const GPU_PRODUCT: &str = "NVIDIA-A100-SXM4-80GB";
-/// How long anything may take before the test gives up: minutes, not seconds.
-const PATIENCE: Duration = Duration::from_secs(600);
-
-/// A node started by `scripts/node/start.sh`, stopped (containers, mounts, bridge,
-/// cgroups) when dropped.
-struct RealNode {
-    dir: PathBuf,
-}
-
-impl Drop for RealNode {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo().join("scripts/node/stop.sh")).arg(&self.dir).status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-/// Runs `images/build.sh llmos OUT BIN`; panics with its output on failure.
-fn build_image(out: &Path, bin: &Path) -> Duration {
-    let t = Instant::now();
-    let o = Command::new("bash")
-        .arg(repo().join("images/build.sh"))
-        .arg("llmos")
-        .arg(out)
-        .arg(bin)
-        .output()
-        .expect("running images/build.sh");
-    assert!(
-        o.status.success(),
-        "images/build.sh llmos failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprint!("{}", String::from_utf8_lossy(&o.stderr));
-    t.elapsed()
-}
-
-/// Bytes of the files under `dir` (the image's layers and metadata).
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let m = e.metadata().expect("metadata");
-        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
-    }
-    total
-}
-
-/// Polls `f` every 250 ms until it returns `Some`, for at most [`PATIENCE`]; panics with
-/// `what` and the node's log tails.
-async fn wait_for<T, F, Fut>(what: &str, node_dir: &Path, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let t = Instant::now();
-    while t.elapsed() < PATIENCE {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let tail = |name: &str| e2e_support::tail(&std::fs::read_to_string(node_dir.join(name)).unwrap_or_default());
-    panic!(
-        "timed out after {PATIENCE:?} waiting for {what}\n--- kubelet.log ---\n{}\n--- containerd.log ---\n{}",
-        tail("kubelet.log"),
-        tail("containerd.log")
-    );
-}
-
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .map(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        .unwrap_or(false)
-}
-
-/// The messages of the Events about Pod `name` in `ns`.
-async fn pod_events(client: &Client, ns: &str, name: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    let lp = ListParams::default().fields(&format!("involvedObject.kind=Pod,involvedObject.name={name}"));
-    api.list(&lp)
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use e2e_support::{apply_operator_rbac, free_port, Stack, OPERATOR_NS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_from_the_local_image_run_on_a_real_node() {
-    if skip_requested() {
-        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+    if !node_test_runs() {
         return;
     }
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: a real node needs root (containerd, runc and the kubelet), and this test does not run as root"
-        );
-        return;
-    }
-    let mut missing = missing_prerequisites(true);
-    if !k8s_bin().join("kubelet").exists() {
-        missing.push(format!("{} (build with scripts/k8s/build.sh)", k8s_bin().join("kubelet").display()));
-    }
-    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
 
     let (stack, client) = Stack::start_with(true, true).await;
     stack.install_crd();
@@ -172,41 +64,17 @@ async fn pods_from_the_local_image_run_on_a_real_node() {
     let image_mib = dir_bytes(&image_dir) as f64 / 1_048_576.0;
     eprintln!("measured: image llmos.local/llmos:dev {image_mib:.0} MiB, built in {:.1} s", build.as_secs_f64());
 
-    // The node. Its pod subnet and bridge are the test's own, so a node started by hand
-    // (default 10.244.0.0/24) does not collide.
+    // The node.
     let node_dir = stack.path("node");
-    let _node = RealNode { dir: node_dir.clone() };
-    let subnet = 100 + std::process::id() % 150;
+    let started = match start_node(&node_dir, &stack.kubeconfig, &image_dir, 8) {
+        Ok(s) => s,
+        Err(refusal) => {
+            eprintln!("SKIPPED: this machine cannot run a real node: {refusal}");
+            return;
+        }
+    };
+    let (_node, subnet, node_ip) = (started.node, started.subnet, started.node_ip);
     let pod_cidr = format!("10.244.{subnet}.0/24");
-    let node_ip = format!("10.244.{subnet}.1");
-    let t_node = Instant::now();
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/node/start.sh"))
-        .arg(&node_dir)
-        .env("KUBECONFIG", &stack.kubeconfig)
-        .env("NODE_NAME", NODE)
-        .env("GPU_PRODUCT", GPU_PRODUCT)
-        .env("GPU_COUNT", "8")
-        .env("POD_CIDR", &pod_cidr)
-        .env("KUBELET_PORT", free_port().to_string())
-        .env("KUBELET_HEALTHZ_PORT", free_port().to_string())
-        .env("IMAGES", &image_dir)
-        .env("WATCH_PID", std::process::id().to_string())
-        .env("READY_TIMEOUT", PATIENCE.as_secs().to_string())
-        .output()
-        .expect("running scripts/node/start.sh");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.code() == Some(3) {
-        let refusal = said.lines().find(|l| l.starts_with("node refused:")).unwrap_or(said.trim());
-        eprintln!("SKIPPED: this machine cannot run a real node: {refusal}");
-        return;
-    }
-    assert!(out.status.success(), "scripts/node/start.sh failed ({:?}):\n{said}", out.status.code());
-    eprint!("{said}");
-    eprintln!(
-        "measured: node start-up (containerd, image import, kubelet Ready) {:.1} s",
-        t_node.elapsed().as_secs_f64()
-    );
 
     // The Node as the kubelet registered it, with the GPUs a device plugin would advertise.
     let nodes: Api<Node> = Api::all(client.clone());
@@ -222,26 +90,7 @@ async fn pods_from_the_local_image_run_on_a_real_node() {
 
     // The operator as a Pod of its image, with the ServiceAccount identity of manifests/
     // (a static token, as scripts/k8s/start.sh sets it up) in a kubeconfig from a ConfigMap.
-    let kubeconfig = std::fs::read_to_string(operator_kubeconfig(&stack)).expect("operator kubeconfig");
-    let ca_path = stack.path("k8s/pki/ca.crt");
-    let kubeconfig = kubeconfig.replace(&ca_path.display().to_string(), "/etc/llmos-kube/ca.crt");
-    let ca = std::fs::read_to_string(&ca_path).expect("CA");
-    std::fs::write(stack.path("kubeconfig-pod"), &kubeconfig).unwrap();
-    std::fs::write(stack.path("ca.crt"), &ca).unwrap();
-    for ns in [OPERATOR_NS, "default"] {
-        stack.kubectl(
-            &[
-                "-n",
-                ns,
-                "create",
-                "configmap",
-                "llmos-kube",
-                &format!("--from-file=kubeconfig={}", stack.path("kubeconfig-pod").display()),
-                &format!("--from-file=ca.crt={}", stack.path("ca.crt").display()),
-            ],
-            None,
-        );
-    }
+    operator_config(&stack);
     let port = free_port();
     let operator = format!(
         r#"apiVersion: v1

@@ -1,0 +1,207 @@
+//! A real node for the end-to-end tests (`scripts/node/start.sh`): starting and stopping
+//! it, the image it runs, and polling helpers with the node's logs on failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams};
+use kube::Client;
+
+use super::{free_port, k8s_bin, missing_prerequisites, operator_kubeconfig, repo, skip_requested, Stack, OPERATOR_NS};
+
+/// The node's name.
+pub const NODE: &str = "llmos-node-e2e";
+/// The GPU product its Node is labelled with (`nvidia.com/gpu.product`).
+pub const GPU_PRODUCT: &str = "NVIDIA-A100-SXM4-80GB";
+/// How long anything may take before a test gives up: minutes, not seconds.
+pub const PATIENCE: Duration = Duration::from_secs(600);
+
+/// A node started by `scripts/node/start.sh`, stopped (containers, mounts, bridge,
+/// cgroups) when dropped.
+pub struct RealNode {
+    /// The node's run directory (logs, sockets, state).
+    pub dir: PathBuf,
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo().join("scripts/node/stop.sh")).arg(&self.dir).status();
+    }
+}
+
+/// Whether the test runs as root (a real node needs it).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Runs `images/build.sh llmos OUT BIN`; panics with its output on failure.
+pub fn build_image(out: &Path, bin: &Path) -> Duration {
+    let t = Instant::now();
+    let o = Command::new("bash")
+        .arg(repo().join("images/build.sh"))
+        .arg("llmos")
+        .arg(out)
+        .arg(bin)
+        .output()
+        .expect("running images/build.sh");
+    assert!(
+        o.status.success(),
+        "images/build.sh llmos failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&o.stderr));
+    t.elapsed()
+}
+
+/// Bytes of the files under `dir` (the image's layers and metadata).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let m = e.metadata().expect("metadata");
+        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+/// Polls `f` every 250 ms until it returns `Some`, for at most [`PATIENCE`]; panics with
+/// `what` and the node's log tails.
+pub async fn wait_for<T, F, Fut>(what: &str, node_dir: &Path, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t = Instant::now();
+    while t.elapsed() < PATIENCE {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let tail = |name: &str| super::tail(&std::fs::read_to_string(node_dir.join(name)).unwrap_or_default());
+    panic!(
+        "timed out after {PATIENCE:?} waiting for {what}\n--- kubelet.log ---\n{}\n--- containerd.log ---\n{}",
+        tail("kubelet.log"),
+        tail("containerd.log")
+    );
+}
+
+/// Whether the Pod's Ready condition is True.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .unwrap_or(false)
+}
+
+/// The messages of the Events about Pod `name` in `ns`.
+pub async fn pod_events(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.kind=Pod,involvedObject.name={name}"));
+    api.list(&lp)
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What [`start_node`] started: the node (stopped when dropped), its pod subnet's third
+/// octet, the node's address on the bridge, and the script's output.
+pub struct Started {
+    /// The node; dropping it stops it.
+    pub node: RealNode,
+    /// The pod subnet is `10.244.<subnet>.0/24`.
+    pub subnet: u32,
+    /// The node's address on the pod bridge.
+    pub node_ip: String,
+}
+
+/// Starts a node with `gpus` GPUs under `dir`, registered with the API server of
+/// `kubeconfig`, with the images of `images` imported. `Err(refusal)` when the machine
+/// refuses (the script's exit status 3); panics on any other failure.
+pub fn start_node(dir: &Path, kubeconfig: &Path, images: &Path, gpus: u32) -> Result<Started, String> {
+    // The pod subnet and bridge are the test's own, so a node started by hand (default
+    // 10.244.0.0/24) does not collide.
+    let subnet = 100 + std::process::id() % 150;
+    let node = RealNode { dir: dir.to_path_buf() };
+    let t_node = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/node/start.sh"))
+        .arg(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .env("NODE_NAME", NODE)
+        .env("GPU_PRODUCT", GPU_PRODUCT)
+        .env("GPU_COUNT", gpus.to_string())
+        .env("POD_CIDR", format!("10.244.{subnet}.0/24"))
+        .env("KUBELET_PORT", free_port().to_string())
+        .env("KUBELET_HEALTHZ_PORT", free_port().to_string())
+        .env("IMAGES", images)
+        .env("WATCH_PID", std::process::id().to_string())
+        .env("READY_TIMEOUT", PATIENCE.as_secs().to_string())
+        .output()
+        .expect("running scripts/node/start.sh");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(3) {
+        let refusal = said.lines().find(|l| l.starts_with("node refused:")).unwrap_or(said.trim());
+        return Err(refusal.to_string());
+    }
+    assert!(out.status.success(), "scripts/node/start.sh failed ({:?}):\n{said}", out.status.code());
+    eprint!("{said}");
+    eprintln!(
+        "measured: node start-up (containerd, image import, kubelet Ready) {:.1} s",
+        t_node.elapsed().as_secs_f64()
+    );
+    Ok(Started { node, subnet, node_ip: format!("10.244.{subnet}.1") })
+}
+
+/// Whether a real-node test runs: false (saying why) with `LLMOS_SKIP_E2E=1` or when not
+/// root; panics naming what is missing when a prerequisite (a binary of
+/// `scripts/k8s/build.sh`, the kubelet included) is absent.
+pub fn node_test_runs() -> bool {
+    if skip_requested() {
+        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+        return false;
+    }
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: a real node needs root (containerd, runc and the kubelet), and this test does not run as root"
+        );
+        return false;
+    }
+    let mut missing = missing_prerequisites(true);
+    if !k8s_bin().join("kubelet").exists() {
+        missing.push(format!("{} (build with scripts/k8s/build.sh)", k8s_bin().join("kubelet").display()));
+    }
+    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
+    true
+}
+
+/// The operator Pods' kubeconfig (the ServiceAccount identity of manifests/, a static
+/// token as `scripts/k8s/start.sh` sets it up, and the cluster's CA) as the ConfigMap
+/// `llmos-kube` in the operator's namespace, to mount at `/etc/llmos-kube`.
+pub fn operator_config(stack: &Stack) {
+    let kubeconfig = std::fs::read_to_string(operator_kubeconfig(stack)).expect("operator kubeconfig");
+    let ca_path = stack.path("k8s/pki/ca.crt");
+    let kubeconfig = kubeconfig.replace(&ca_path.display().to_string(), "/etc/llmos-kube/ca.crt");
+    std::fs::write(stack.path("kubeconfig-pod"), &kubeconfig).expect("write the Pods' kubeconfig");
+    std::fs::copy(&ca_path, stack.path("ca.crt")).expect("copy the CA");
+    stack.kubectl(
+        &[
+            "-n",
+            OPERATOR_NS,
+            "create",
+            "configmap",
+            "llmos-kube",
+            &format!("--from-file=kubeconfig={}", stack.path("kubeconfig-pod").display()),
+            &format!("--from-file=ca.crt={}", stack.path("ca.crt").display()),
+        ],
+        None,
+    );
+}
