@@ -54,6 +54,43 @@ fn hpa_waits_out_its_stabilisation_window_before_scaling_down() {
 }
 
 #[test]
+fn hpa_keeps_its_stabilisation_window_across_a_restart() {
+    // A leader saw 8 replicas' worth of load at t=0 and a quarter of it at t=15.
+    let mut old = HpaScaler::new(HpaParams::default()); // window 300 s
+    assert_eq!(old.recommend(&m(0.0, 8, 128.0)), 8);
+    assert_eq!(old.recommend(&m(15.0, 8, 32.0)), 8);
+    let state = old.export_state().expect("the HPA has a state");
+    // A new leader with that state keeps the window; one without it scales down at once.
+    let mut restored = HpaScaler::new(HpaParams::default());
+    restored.import_state(state.clone()).expect("state restored");
+    assert_eq!(restored.recommend(&m(30.0, 8, 32.0)), 8, "the restored window holds 8");
+    assert_eq!(restored.recommend(&m(315.0, 8, 32.0)), 2, "and lets go when the window has passed");
+    let mut fresh = HpaScaler::new(HpaParams::default());
+    assert_eq!(fresh.recommend(&m(30.0, 8, 32.0)), 2, "without the window a new leader scales down at once");
+    // Bad states are refused with the field, and the scaler keeps its own.
+    for (bad, says) in [
+        (serde_json::json!({"recommendations": [[-1.0, 3]]}), "recommendations[0]"),
+        (serde_json::json!({"recommendations": [[10.0, 3], [5.0, 4]]}), "must not decrease"),
+        (serde_json::json!({"scaleUps": "x"}), "scaleUps"),
+    ] {
+        let e = restored.import_state(bad).unwrap_err();
+        assert!(e.contains(says), "{e}");
+    }
+    // Through the policy: the workload's HPA exports its units and a rebuilt one imports them.
+    let spec = spec(vec![variant("small", 1, 0.0, 8)], vec![pool("l4", 1.0, None)]);
+    let mut spec = spec;
+    spec.policy = PolicySpec { kind: PolicyKind::Hpa, ..Default::default() };
+    let mut p = build_policy(&spec).expect("hpa");
+    assert!(p.export_state().is_none(), "no unit yet, no state");
+    let mut rebuilt = build_policy(&spec).expect("hpa");
+    let wrapped = serde_json::json!({"units": {"small": state}});
+    rebuilt.import_state(wrapped).expect("policy state restored");
+    assert!(rebuilt.export_state().is_some_and(|v| v["units"]["small"]["recommendations"].as_array().is_some()));
+    let e = p.import_state(serde_json::json!({"units": {"small": {"scaleUps": 5}}})).unwrap_err();
+    assert!(e.to_string().contains("units.small: scaleUps"), "{e}");
+}
+
+#[test]
 fn hpa_scale_up_is_rate_limited() {
     let mut hpa = HpaScaler::new(HpaParams::default()); // max(+100 %, +4) per 15 s
                                                         // 2 replicas under 20× the target load: raw 40, limit max(4, 2 + 4) = 6.

@@ -142,7 +142,43 @@ impl Scaler for HpaScaler {
     fn explain(&self) -> String {
         self.last.clone()
     }
+
+    /// The stabilisation window's recommendations and the rate-limit period's scale-ups,
+    /// with their times (the observation's clock: Unix seconds in the operator), so a new
+    /// leader keeps the window instead of scaling down at once.
+    fn export_state(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "recommendations": self.recommendations.iter().collect::<Vec<_>>(),
+            "scaleUps": self.scale_ups.iter().collect::<Vec<_>>(),
+        }))
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<(), String> {
+        let list = |field: &str| -> Result<VecDeque<(f64, u32)>, String> {
+            let v = state.get(field).cloned().unwrap_or(serde_json::Value::Array(Vec::new()));
+            let items: Vec<(f64, u32)> =
+                serde_json::from_value(v).map_err(|e| format!("{field}: expected [[time, replicas], ...]: {e}"))?;
+            if items.len() > MAX_STATE_ENTRIES {
+                return Err(format!("{field}: {} entries, at most {MAX_STATE_ENTRIES}", items.len()));
+            }
+            if let Some((i, _)) = items.iter().enumerate().find(|(_, (t, _))| !t.is_finite() || *t < 0.0) {
+                return Err(format!("{field}[{i}]: the time must be a finite number >= 0"));
+            }
+            if items.windows(2).any(|w| w[1].0 < w[0].0) {
+                return Err(format!("{field}: times must not decrease"));
+            }
+            Ok(items.into_iter().collect())
+        };
+        let (recommendations, scale_ups) = (list("recommendations")?, list("scaleUps")?);
+        self.recommendations = recommendations;
+        self.scale_ups = scale_ups;
+        Ok(())
+    }
 }
+
+/// Most entries of a restored window (one per control tick: a 5-minute window at a 1 s
+/// interval is 300).
+const MAX_STATE_ENTRIES: usize = 100_000;
 
 /// The `hpa` kind (`kind: hpa`, `hpa[:KEY=VALUE]...`).
 pub struct Hpa;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::policy::observation::{Decision, Observation};
 use crate::policy::placement::{free_gpus, Placement, WorkloadInfo};
+use crate::policy::registry::PolicyError;
 use crate::policy::Policy;
 
 /// Metrics of one scaling unit at one tick (sums over its slots).
@@ -73,6 +74,17 @@ pub trait Scaler: Send {
     /// A short description of the last recommendation, for the decision's reason.
     fn explain(&self) -> String {
         String::new()
+    }
+    /// The unit's state worth keeping across an operator restart or leader handover
+    /// (e.g. the HPA's scale-down stabilisation window), as JSON; `None` (the default)
+    /// when there is none.
+    fn export_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Puts back a state from [`Scaler::export_state`]; an error says what is wrong, and
+    /// the unit keeps its own state.
+    fn import_state(&mut self, _state: serde_json::Value) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -149,6 +161,30 @@ impl<S: Scaler + Clone> Policy for ScaledPolicy<S> {
     fn reset(&mut self) {
         self.units.clear();
         self.placement.reset();
+    }
+
+    /// The units' states by unit (variant name, or `*` for the whole workload), when any
+    /// unit has one.
+    fn export_state(&self) -> Option<serde_json::Value> {
+        let units: serde_json::Map<String, serde_json::Value> =
+            self.units.iter().filter_map(|(k, u)| Some((k.clone(), u.export_state()?))).collect();
+        (!units.is_empty()).then(|| serde_json::json!({ "units": units }))
+    }
+
+    fn import_state(&mut self, state: serde_json::Value) -> Result<(), PolicyError> {
+        let err = |message: String| PolicyError::State { policy: self.name.clone(), message };
+        let Some(units) = state.get("units").and_then(|u| u.as_object()) else {
+            return Err(err("expected an object {\"units\": {<unit>: <state>}}".into()));
+        };
+        // All or nothing: every unit's state is checked on a copy first.
+        let mut restored = BTreeMap::new();
+        for (key, v) in units {
+            let mut unit = self.prototype.clone();
+            unit.import_state(v.clone()).map_err(|m| err(format!("units.{key}: {m}")))?;
+            restored.insert(key.clone(), unit);
+        }
+        self.units.extend(restored);
+        Ok(())
     }
 }
 
