@@ -39,7 +39,7 @@ use llmos::crd::LLMWorkload;
 
 use e2e_support::{
     apply_operator_rbac, check_alerts, check_dashboard, check_event_noise, check_rbac_audit, docs_figure, free_port,
-    missing_prerequisites, operator_kubeconfig, render_dashboard, skip_requested, tail, Stack, OPERATOR_NS,
+    operator_kubeconfig, render_dashboard, tail, Stack, OPERATOR_NS,
 };
 
 const NS: &str = "default";
@@ -103,12 +103,9 @@ async fn sample(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_end_to_end_with_prometheus_and_twin() {
-    if skip_requested() {
-        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+    if !e2e_support::e2e_wanted(true) {
         return;
     }
-    let missing = missing_prerequisites(true);
-    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
     let t_all = Instant::now();
     let unix_start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
 

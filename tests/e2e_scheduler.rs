@@ -33,9 +33,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::ResourceExt;
 
-use e2e_support::{
-    apply_operator_rbac, audited_requests, missing_prerequisites, operator_kubeconfig, skip_requested, Stack,
-};
+use e2e_support::{apply_operator_rbac, audited_requests, operator_kubeconfig, Stack};
 use llmos::controller::{run_controller, Context, ControllerConfig};
 use llmos::crd::{GPUPool, LLMWorkload};
 use llmos::metrics::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource};
@@ -138,12 +136,9 @@ fn workload(name: &str, priority: i32, class: &str) -> LLMWorkload {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_scheduler_places_the_shared_pool_as_the_arbiter_grants() {
-    if skip_requested() {
-        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+    if !e2e_support::e2e_wanted(true) {
         return;
     }
-    let missing = missing_prerequisites(true);
-    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
     let t_all = Instant::now();
     let (stack, client) = Stack::start_with(true, true).await;
     stack.install_crd();

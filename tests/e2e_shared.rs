@@ -58,8 +58,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 
 use e2e_support::{
-    apply_operator_rbac, audited_requests, free_port, missing_prerequisites, operator_kubeconfig, skip_requested,
-    step_scenario, tail, Stack, OPERATOR_NS,
+    apply_operator_rbac, audited_requests, free_port, operator_kubeconfig, step_scenario, tail, Stack, OPERATOR_NS,
 };
 use llmos::crd::LLMWorkload;
 
@@ -338,12 +337,9 @@ fn get(s: &Sample, m: fn(&Sample) -> &BTreeMap<String, i32>, w: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_the_high_priority_workload_takes_gpus_from_the_low_one_and_gives_them_back() {
-    if skip_requested() {
-        eprintln!("LLMOS_SKIP_E2E=1: skipping the end-to-end test");
+    if !e2e_support::e2e_wanted(true) {
         return;
     }
-    let missing = missing_prerequisites(true);
-    assert!(missing.is_empty(), "end-to-end prerequisites missing (set LLMOS_SKIP_E2E=1 to skip): {missing:?}");
     let t_all = Instant::now();
     let (mut stack, client) = Stack::start_with(true, true).await;
     stack.install_crd();
