@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -96,6 +96,14 @@ struct Job {
     reply: oneshot::Sender<Finished>,
 }
 
+/// What the HTTP handlers ask of the engine task.
+enum Msg {
+    /// A completion to run.
+    Job(Job),
+    /// The engine's metrics, rendered when asked (not after every iteration).
+    Metrics(oneshot::Sender<String>),
+}
+
 /// What the HTTP handlers share.
 struct Shared {
     model: String,
@@ -104,8 +112,7 @@ struct Shared {
     draining: AtomicBool,
     in_flight: AtomicU64,
     next_id: AtomicU64,
-    metrics: Mutex<String>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
 }
 
 /// Runs `llmos vllm-sim` until SIGTERM/SIGINT.
@@ -139,7 +146,6 @@ pub fn run(args: VllmSimArgs) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         in_flight: AtomicU64::new(0),
         next_id: AtomicU64::new(0),
-        metrics: Mutex::new(render(&engine.sample(), &[(LABEL_MODEL_NAME, model.as_str())])),
         jobs: tx,
     });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
@@ -174,7 +180,7 @@ async fn serve(
     args: VllmSimArgs,
     shared: Arc<Shared>,
     engine: Engine,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Msg>,
     model: String,
     load_s: f64,
 ) -> anyhow::Result<()> {
@@ -225,7 +231,7 @@ async fn shutdown_signal() {
 
 /// The engine task: simulated time is wall time since start × `speed`; iterations run on
 /// the simulated timeline, arrivals join it when they come.
-async fn drive(mut engine: Engine, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>, speed: f64) {
+async fn drive(mut engine: Engine, mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>, speed: f64) {
     let start = Instant::now();
     let sim_now = || Nanos::from_secs_f64(start.elapsed().as_secs_f64() * speed);
     let wall_of = |t: Nanos| start + Duration::from_secs_f64(t.as_secs_f64() / speed);
@@ -236,8 +242,15 @@ async fn drive(mut engine: Engine, mut rx: mpsc::Receiver<Job>, shared: Arc<Shar
     loop {
         let wake = iter_end.map(|e| tokio::time::Instant::from_std(wall_of(e)));
         tokio::select! {
-            job = rx.recv() => {
-                let Some(job) = job else { break };
+            msg = rx.recv() => {
+                let job = match msg {
+                    None => break,
+                    Some(Msg::Metrics(reply)) => {
+                        let _ = reply.send(render(&engine.sample(), &[(LABEL_MODEL_NAME, shared.model.as_str())]));
+                        continue;
+                    }
+                    Some(Msg::Job(job)) => job,
+                };
                 let now = sim_now();
                 engine.enqueue(Seq::new(id, now, job.input, job.output, Vec::new()));
                 waiting.insert(id, job.reply);
@@ -257,10 +270,6 @@ async fn drive(mut engine: Engine, mut rx: mpsc::Receiver<Job>, shared: Arc<Shar
                 }
                 iter_end = engine.start_iteration(end);
             }
-        }
-        let text = render(&engine.sample(), &[(LABEL_MODEL_NAME, shared.model.as_str())]);
-        if let Ok(mut m) = shared.metrics.lock() {
-            *m = text;
         }
     }
 }
@@ -298,7 +307,11 @@ async fn health(s: Arc<Shared>) -> Response {
 }
 
 async fn metrics(s: Arc<Shared>) -> Response {
-    let body = s.metrics.lock().map(|m| m.clone()).unwrap_or_default();
+    let (tx, rx) = oneshot::channel();
+    let body = match s.jobs.send(Msg::Metrics(tx)).await {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -358,7 +371,7 @@ async fn completion(s: Arc<Shared>, body: String) -> Response {
     }
     let (tx, rx) = oneshot::channel();
     s.in_flight.fetch_add(1, Ordering::SeqCst);
-    let sent = s.jobs.send(Job { input, output, reply: tx }).await.is_ok();
+    let sent = s.jobs.send(Msg::Job(Job { input, output, reply: tx })).await.is_ok();
     let done = if sent { rx.await.ok() } else { None };
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
     let Some(f) = done else {
