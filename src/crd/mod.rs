@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod policy;
 pub mod pool;
+pub mod training;
 
 use policy::PolicySpec;
 pub use pool::{GPUPool, GPUPoolSpec, GPUPoolStatus};
