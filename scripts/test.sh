@@ -7,6 +7,8 @@
 #     source package (scripts/k8s/build.sh, ~5-12 min once)
 #   - Debian's prometheus, a font for the plots, and chromium (the decision page is
 #     rendered and screenshotted headless by tests/e2e_dqn.rs)
+#   - the Helm chart renderer (scripts/chart/render.sh: Debian's golang-go and
+#     golang-github-masterminds-sprig-dev, ~10 s to install and build once)
 # Extra arguments go to `cargo test` (e.g. a test name filter). Every test binary runs
 # even when one fails; the failed tests are listed at the end. Then every fuzz target
 # runs LLMOS_FUZZ_RUNS inputs (default 100,000, seed fixed; 0 skips; scripts/fuzz.sh
@@ -34,6 +36,11 @@ source scripts/env.sh
 echo "LIBTORCH=$LIBTORCH"
 echo "== Kubernetes test server (etcd + kube-apiserver + kube-controller-manager 1.20)"
 bash scripts/k8s/build.sh
+# The chart renderer (tests/chart_render.rs, tests/e2e_chart.rs): Debian's Go and sprig,
+# built once into the cache. Without them (not root, apt failing) the render test skips
+# and says so; the install test fails, as for any missing end-to-end prerequisite.
+echo "== chart renderer (scripts/chart/render.sh: Go text/template + sprig from Debian)"
+bash scripts/chart/render.sh --build-only || echo "chart renderer unavailable (see above)"
 t1=$(date +%s)
 echo "== cargo test (set-up took $((t1 - t0)) s)"
 # --no-fail-fast: one failing test binary does not hide the others' results. The output
