@@ -384,7 +384,11 @@ async fn operator_survives_chaos() {
     })
     .await;
 
-    // 1. SIGKILL of the leader at the first scale-up after the load step.
+    // 1. SIGKILL of the leader at the first scale-up after the load step. The twin started
+    // before t0, so the step (simulated 500 s) is behind once t0 is 50 s of wall time old;
+    // a scale-up before it (a start-up transient) is not the one this part is about.
+    let step_at = run.t0 + Duration::from_secs_f64(500.0 / SPEED + 1.0);
+    tokio::time::sleep_until(step_at.into()).await;
     let before = run.look().await.desired;
     let up = run.until("a scale-up after the load step", Duration::from_secs(150), |s| s.desired > before).await;
     let leader = up.holder.clone().expect("a lease holder");

@@ -60,13 +60,28 @@ fn hpa_keeps_its_stabilisation_window_across_a_restart() {
     assert_eq!(old.recommend(&m(0.0, 8, 128.0)), 8);
     assert_eq!(old.recommend(&m(15.0, 8, 32.0)), 8);
     let state = old.export_state().expect("the HPA has a state");
-    // A new leader with that state keeps the window; one without it scales down at once.
+    // A new leader with that state keeps the window, and, as the Kubernetes controller does
+    // on its first sync, records the count it finds: it holds 8 for a window from then.
     let mut restored = HpaScaler::new(HpaParams::default());
     restored.import_state(state.clone()).expect("state restored");
     assert_eq!(restored.recommend(&m(30.0, 8, 32.0)), 8, "the restored window holds 8");
-    assert_eq!(restored.recommend(&m(315.0, 8, 32.0)), 2, "and lets go when the window has passed");
+    assert_eq!(restored.recommend(&m(315.0, 8, 32.0)), 8, "the count found at t=30 is in the window");
+    assert_eq!(restored.recommend(&m(331.0, 8, 32.0)), 2, "and lets go when the window has passed");
+    // Without a state the first tick holds what it found all the same.
     let mut fresh = HpaScaler::new(HpaParams::default());
-    assert_eq!(fresh.recommend(&m(30.0, 8, 32.0)), 2, "without the window a new leader scales down at once");
+    assert_eq!(fresh.recommend(&m(30.0, 8, 32.0)), 8, "a fresh HPA holds what it found");
+    assert_eq!(fresh.recommend(&m(331.0, 8, 32.0)), 2, "for one window");
+    // The scale-up period is what only the saved state carries: a leader scaled 2 -> 6 at
+    // t=0 (+4, the most in 15 s); a new leader at t=5 with the state may not add more
+    // within the period, one without it may double again.
+    let mut up = HpaScaler::new(HpaParams::default());
+    assert_eq!(up.recommend(&m(0.0, 2, 640.0)), 6);
+    let up_state = up.export_state().expect("state");
+    let mut restored_up = HpaScaler::new(HpaParams::default());
+    restored_up.import_state(up_state).expect("state restored");
+    assert_eq!(restored_up.recommend(&m(5.0, 6, 640.0)), 6, "the saved scale-up counts in the period");
+    let mut fresh_up = HpaScaler::new(HpaParams::default());
+    assert_eq!(fresh_up.recommend(&m(5.0, 6, 640.0)), 12, "without it the period starts again");
     // Bad states are refused with the field, and the scaler keeps its own.
     for (bad, says) in [
         (serde_json::json!({"recommendations": [[-1.0, 3]]}), "recommendations[0]"),

@@ -19,6 +19,11 @@
 //!    the count at the beginning of the period (the default policies, `selectPolicy: Max`).
 //! 5. The floor is 1 replica (`minReplicas` of an HPA is at least 1).
 //!
+//! As the Kubernetes controller does on its first sync of an HPA, the first tick records
+//! the current count as a recommendation, so a fresh HPA (a new operator, or a new leader,
+//! with or without a saved state, which can be minutes old) waits out one stabilisation
+//! window before it scales below what it found instead of scaling down at once.
+//!
 //! With no ready replica there are no metrics: the HPA keeps the current count, except
 //! that a unit at zero replicas with traffic is brought to 1 (an HPA never leaves a
 //! Deployment below its `minReplicas` of 1).
@@ -44,13 +49,19 @@ pub struct HpaScaler {
     recommendations: VecDeque<(f64, u32)>,
     /// (time, replicas added) by scale-ups within the rate-limit period.
     scale_ups: VecDeque<(f64, u32)>,
+    /// Whether the first tick has run (and recorded the count it found).
+    seeded: bool,
     last: String,
 }
 
 impl HpaScaler {
     /// An HPA with the given parameters.
     pub fn new(params: HpaParams) -> Self {
-        HpaScaler { params, recommendations: VecDeque::new(), scale_ups: VecDeque::new(), last: String::new() }
+        HpaScaler { params, recommendations: VecDeque::new(),
+            scale_ups: VecDeque::new(),
+            seeded: false,
+            last: String::new(),
+        }
     }
 
     fn metric_value(metric: HpaMetric, m: &UnitMetrics) -> f64 {
@@ -90,6 +101,13 @@ impl Scaler for HpaScaler {
     fn recommend(&mut self, m: &UnitMetrics) -> u32 {
         let now = m.time_s;
         let current = m.current_replicas;
+        if !self.seeded {
+            // Also after a restored state: what was saved can be minutes old, and the count
+            // found now is what the last leader decided since.
+            self.seeded = true;
+            self.recommendations.retain(|&(t, _)| t <= now);
+            self.recommendations.push_back((now, current));
+        }
         if m.ready_replicas == 0 {
             let n = if current == 0 && (m.arrival_rate_rps > 0.0 || m.ongoing_requests() > 0.0) {
                 1
