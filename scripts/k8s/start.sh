@@ -16,6 +16,11 @@
 #                   (defaults 23790 23800 26443 20257 20259)
 #   WITH_KCM=1      also start kube-controller-manager (Deployments get ReplicaSets and Pods, GC runs)
 #   WITH_SCHEDULER=1  also start kube-scheduler (Pods are bound to the Nodes a test creates)
+#   SERVICE_ACCOUNT_ADMISSION=1  keep the ServiceAccount admission plugin on: Pods get their
+#                   ServiceAccount's token and ca.crt mounted (the token controller of
+#                   WITH_KCM=1 makes the tokens), for Pods that run on a real node with the
+#                   in-cluster configuration (tests/e2e_chart.rs). Off by default: without a
+#                   token controller every Pod would be refused for want of a token.
 #   WATCH_PID=PID   stop everything automatically once process PID exits (used by the tests,
 #                   so a crashed or aborted test run leaves nothing behind)
 set -euo pipefail
@@ -83,7 +88,9 @@ bash etcd.sh >etcd.log 2>&1 &
 echo $! >etcd.pid
 
 # On loopback without a kubelet: no endpoint reconciler, no ServiceAccount admission
-# (there is no token controller unless the controller-manager runs).
+# (there is no token controller unless the controller-manager runs) unless asked.
+DISABLED_ADMISSION=--disable-admission-plugins=ServiceAccount
+[ "${SERVICE_ACCOUNT_ADMISSION:-0}" = 1 ] && DISABLED_ADMISSION=
 cat >apiserver.sh <<EOF
 exec "$BIN/kube-apiserver" \\
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \\
@@ -94,7 +101,7 @@ exec "$BIN/kube-apiserver" \\
   --service-account-key-file=pki/sa.pub --service-account-signing-key-file=pki/sa.key \\
   --service-cluster-ip-range=10.0.0.0/16 --allow-privileged=true \\
   --audit-policy-file=audit-policy.yaml --audit-log-path=audit.log --audit-log-maxbackup=1 \\
-  --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none
+  $DISABLED_ADMISSION --endpoint-reconciler-type=none
 EOF
 bash apiserver.sh >apiserver.log 2>&1 &
 echo $! >apiserver.pid
