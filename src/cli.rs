@@ -54,6 +54,12 @@ pub enum Command {
     Dashboard(crate::eval::dashboard::DashboardArgs),
     /// The built-in default job: train a small PPO ensemble on a real trace, compare it with the baselines.
     Demo(crate::eval::cli::DemoArgs),
+    /// One index of an LLMPolicyTraining's train Job: export the workload's record, train
+    /// seed `base + $JOB_COMPLETION_INDEX`, publish the candidate atomically on the volume.
+    TrainJob(crate::learning::job::TrainJobArgs),
+    /// An LLMPolicyTraining's evaluation Job: every candidate against the incumbent in the
+    /// twin on paired seeds; the best one's result to the volume and the termination log.
+    EvaluateCandidates(crate::learning::job::EvaluateArgs),
     /// List a workload's recorded traffic windows, or export them as a trace the twin replays.
     Records(crate::learning::cli::RecordsArgs),
 }
@@ -85,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ensemble(args) => crate::rl::cli::ensemble(args),
         Command::Digest(args) => crate::rl::cli::digest(args),
         Command::Demo(args) => crate::eval::cli::demo(args),
+        Command::TrainJob(args) => crate::learning::job::train_job(args).map(|_| ()),
+        Command::EvaluateCandidates(args) => crate::learning::job::evaluate_candidates(args).map(|_| ()),
         Command::Records(args) => crate::learning::cli::run(args),
     }
 }

@@ -13,6 +13,9 @@
 //! - [`export`]: a record as an Azure-format CSV trace (seeded, deterministic).
 //! - [`promote`]: the pure state machine of training, evaluation, shadow, promotion and
 //!   rollback, with the reasons and the policy history it produces.
+//! - [`job`]: what the Pods of an `LLMPolicyTraining`'s Jobs run: `llmos train-job` (one
+//!   seed's candidate, written atomically to the shared volume) and `llmos
+//!   evaluate-candidates` (every candidate against the incumbent in the twin).
 //! - [`cli`]: `llmos records` (list a record, or export it with `--export`).
 //!
 //! `docs/learning.md` describes the record format, the limits, the export route and the
@@ -20,6 +23,7 @@
 
 pub mod cli;
 pub mod export;
+pub mod job;
 pub mod promote;
 pub mod record;
 pub mod sink;

@@ -42,8 +42,9 @@ pub struct TrainArgs {
     pub algorithm: Option<String>,
 }
 
-/// Runs `llmos train`.
-pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+/// The training run `llmos train ARGS` asks for: the `--config` file (or the defaults)
+/// with the command line's settings over it. `llmos train-job` builds its run with it too.
+pub fn train_config(args: TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut cfg = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -80,6 +81,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         cfg.dqn.device = super::dqn::DeviceChoice::Cpu;
         cfg.ppo.device = super::dqn::DeviceChoice::Cpu;
     }
+    Ok(cfg)
+}
+
+/// Runs `llmos train`.
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg = train_config(args)?;
     let bar = ProgressBar::new(cfg.steps);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps ({per_sec}) {msg}")
