@@ -153,6 +153,24 @@ fn pod_log(p: &Pod) -> String {
     text
 }
 
+/// The distinct WARN and ERROR messages of a JSON log (with their error fields and
+/// counts), one a line.
+fn warnings(log: &str) -> String {
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in log.lines() {
+        let Some(json) = line.find('{').map(|i| &line[i..]) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { continue };
+        if v["level"] == "WARN" || v["level"] == "ERROR" {
+            let mut text = format!("{} {}", v["level"].as_str().unwrap_or(""), v["message"].as_str().unwrap_or(""));
+            if let Some(e) = v["error"].as_str() {
+                text.push_str(&format!(": {e}"));
+            }
+            *seen.entry(text).or_insert(0) += 1;
+        }
+    }
+    seen.iter().map(|(t, n)| format!("  {n} x {t}")).collect::<Vec<_>>().join("\n")
+}
+
 /// (spec.replicas of the workload's Deployment, status.desiredReplicas of the workload).
 async fn workload_replicas(client: &Client) -> (Option<i32>, Option<i64>) {
     let deps: Api<Deployment> = Api::namespaced(client.clone(), WORKLOAD_NS);
@@ -218,10 +236,7 @@ async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election(
     // The chart: CRDs first (as Helm installs crds/ before the templates), then the rest.
     let t_install = Instant::now();
     stack.kubectl(&["apply", "-f", "-"], Some(&crds));
-    stack.kubectl(
-        &["wait", "--for", "condition=established", "--timeout=60s", "crd/llmworkloads.llmos.dev", "crd/gpupools.llmos.dev"],
-        None,
-    );
+    stack.kubectl(&["wait", "--for", "condition=established", "--timeout=60s", "crd", "--all"], None);
     stack.kubectl(&["create", "namespace", OPERATOR_NS], None);
     let applied = stack.kubectl(&["apply", "-f", "-"], Some(&objects));
     eprintln!("chart applied:\n{applied}");
@@ -312,6 +327,7 @@ async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election(
     let leader_log = last_log.lock().unwrap().clone();
     let stopping: Vec<&str> = leader_log.lines().skip_while(|l| !l.contains("SIGTERM")).collect();
     eprintln!("the deleted leader's log from SIGTERM on:\n{}", stopping.join("\n"));
+    eprintln!("the deleted leader's warnings and errors:\n{}", warnings(&leader_log));
     assert_eq!(next, standby.name_any(), "the standing-by Pod leads");
     let wl: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
