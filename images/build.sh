@@ -7,8 +7,9 @@
 #                                         prepared: llmos.local/pause:3.4.1
 #   images/build.sh llmos OUTDIR [BIN]    Debian bookworm (debootstrap, minbase) + libtorch's
 #                                         shared libraries + the llmos binary BIN (default
-#                                         target/release/llmos, else target/debug/llmos) and
-#                                         policies/: llmos.local/llmos:dev
+#                                         target/release/llmos, else target/debug/llmos),
+#                                         policies/, scenarios/ and the Azure traces:
+#                                         llmos.local/llmos:dev
 #
 # OUTDIR becomes an OCI image layout (oci-layout, index.json, blobs/sha256/...). Import it
 # with `tar -C OUTDIR -cf - . | ctr -n k8s.io images import -` (scripts/node/start.sh does
@@ -103,13 +104,17 @@ torch_layer() {
   echo "$out"
 }
 
-# The llmos binary (debug sections stripped) and the shipped policies.
+# The llmos binary (debug sections stripped), the shipped policies, and the scenarios,
+# training configs and Azure traces that LLMPolicyTraining Jobs name (working directory
+# /opt/llmos: `scenarios/train/azure-code-ppo.toml`, `data/traces/...csv`; 1.2 MB).
 app_layer() {
   local bin=$1 root out
   root=$(mktemp -d "${TMPDIR:-/tmp}/llmos-app.XXXXXX")
-  mkdir -p "$root/usr/local/bin" "$root/opt/llmos"
+  mkdir -p "$root/usr/local/bin" "$root/opt/llmos/data/traces"
   objcopy --strip-debug "$bin" "$root/usr/local/bin/llmos"
   cp -r "$REPO/policies" "$root/opt/llmos/policies"
+  cp -r "$REPO/scenarios" "$root/opt/llmos/scenarios"
+  cp "$REPO"/data/traces/AzureLLMInferenceTrace_*.csv "$root/opt/llmos/data/traces/"
   chmod -R u+rwX,go+rX "$root/opt"
   out=$LAYERS/llmos-app.$$.tar
   tar_layer "$root" "$out" clamp

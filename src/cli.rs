@@ -24,7 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller against the cluster in the current kubeconfig.
     Run(crate::controller::cli::RunArgs),
-    /// Print the CustomResourceDefinitions (LLMWorkload, then GPUPool) as one YAML stream.
+    /// Print the CustomResourceDefinitions (LLMWorkload, GPUPool, then LLMPolicyTraining) as one
+    /// YAML stream.
     Crdgen(crate::controller::cli::CrdgenArgs),
     /// Simulate a scenario in the digital twin and print its report.
     Simulate(crate::twin::cli::SimulateArgs),

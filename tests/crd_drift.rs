@@ -1,13 +1,14 @@
 //! The checked-in CRD YAML must be exactly what `llmos crdgen` prints from the code.
 //!
 //! Three copies are checked: `crds/` (the source of truth: one file per CRD,
-//! `llmworkloads.llmos.dev.yaml` and `gpupools.llmos.dev.yaml`), the Helm chart's `crds/`
-//! (the same files) and `manifests/00-crd.yaml` (both CRDs as one YAML stream, for the
-//! plain install). Regenerate all with:
+//! `llmworkloads.llmos.dev.yaml`, `gpupools.llmos.dev.yaml` and
+//! `llmpolicytrainings.llmos.dev.yaml`), the Helm chart's `crds/` (the same files) and
+//! `manifests/00-crd.yaml` (every CRD as one YAML stream, for the plain install).
+//! Regenerate all with:
 //!
 //! ```sh
 //! cargo run -- crdgen > manifests/00-crd.yaml
-//! for c in llmworkloads.llmos.dev gpupools.llmos.dev; do
+//! for c in llmworkloads.llmos.dev gpupools.llmos.dev llmpolicytrainings.llmos.dev; do
 //!   cargo run -- crdgen $c > crds/$c.yaml
 //!   cp crds/$c.yaml charts/llmos-operator/crds/$c.yaml
 //! done
@@ -30,7 +31,7 @@ fn read(rel: &str) -> String {
 fn checked_in_crds_match_the_code() {
     let crds = llmos::controller::cli::crd_yamls().expect("CRDs serialise");
     let names: Vec<&str> = crds.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["llmworkloads.llmos.dev", "gpupools.llmos.dev"]);
+    assert_eq!(names, ["llmworkloads.llmos.dev", "gpupools.llmos.dev", "llmpolicytrainings.llmos.dev"]);
     for dir in PER_CRD_DIRS {
         for (name, generated) in &crds {
             let rel = format!("{dir}/{name}.yaml");
@@ -58,9 +59,10 @@ fn checked_in_crds_match_the_code() {
         .map(|d| serde::Deserialize::deserialize(d).expect("a CRD document"))
         .collect();
     let kinds: Vec<&str> = docs.iter().map(|d| d["spec"]["names"]["kind"].as_str().unwrap_or("")).collect();
-    assert_eq!(kinds, ["LLMWorkload", "GPUPool"]);
+    assert_eq!(kinds, ["LLMWorkload", "GPUPool", "LLMPolicyTraining"]);
     assert_eq!(docs[0]["spec"]["scope"], "Namespaced");
     assert_eq!(docs[1]["spec"]["scope"], "Cluster");
+    assert_eq!(docs[2]["spec"]["scope"], "Namespaced");
 }
 
 #[test]

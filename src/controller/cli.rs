@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Without it nothing is recorded.
     #[arg(long)]
     pub record_dir: Option<std::path::PathBuf>,
+    /// Image of the Jobs of LLMPolicyTrainings that name none (the operator's own image;
+    /// default: $LLMOS_JOB_IMAGE). Without either, such a training is refused (spec.image).
+    #[arg(long)]
+    pub job_image: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -167,19 +171,29 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let ctx = Arc::new(ctx);
+    let training = Arc::new(super::training::TrainingContext::new(
+        client.clone(),
+        super::training::TrainingConfig {
+            job_image: args.job_image.clone().or_else(|| from_env(super::training::JOB_IMAGE_ENV)),
+            mode: None,
+            instance: identity.clone(),
+        },
+    ));
 
     let elect = args.leader_election && !args.no_leader_election;
     let overdue = overdue(stop_rx.clone());
     if !elect {
         tracing::info!(namespace = ?args.namespace, "starting the controller without leader election");
+        let trainings =
+            super::training::run_training_controller(training, args.namespace.clone(), stopped(stop_rx.clone()));
         tokio::select! {
-            _ = run_controller(ctx, args.namespace.clone(), stopped(stop_rx.clone())) => {}
+            _ = futures::future::join(run_controller(ctx, args.namespace.clone(), stopped(stop_rx.clone())), trainings) => {}
             _ = overdue => {}
         }
     } else {
         let lease_ns = args.lease_namespace.clone().unwrap_or(default_ns);
         tokio::select! {
-            r = run_as_leader(ctx, client, &args, &lease_ns, &identity, stop_rx) => r?,
+            r = run_as_leader((ctx, training), client, &args, &lease_ns, &identity, stop_rx) => r?,
             _ = overdue => {}
         }
     }
@@ -263,7 +277,7 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// when told to stop first), runs the controller while it is held and releases it on a
 /// stop. Losing the Lease is an error, so the process exits and comes back as a standby.
 async fn run_as_leader(
-    ctx: Arc<Context>,
+    (ctx, training): (Arc<Context>, Arc<super::training::TrainingContext>),
     client: kube::Client,
     args: &RunArgs,
     lease_ns: &str,
@@ -294,8 +308,9 @@ async fn run_as_leader(
         let _ = stop.wait_for(|v| *v).await;
     };
     let mut lost = lost_rx.clone();
+    let trainings = super::training::run_training_controller(training, args.namespace.clone(), stopped(stop_rx));
     tokio::select! {
-        _ = run_controller(ctx, args.namespace.clone(), shutdown) => {}
+        _ = futures::future::join(run_controller(ctx, args.namespace.clone(), shutdown), trainings) => {}
         _ = lost.wait_for(|v| *v) => {}
     }
     renewer.abort();
@@ -316,7 +331,8 @@ async fn run_as_leader(
 /// Arguments of `llmos crdgen`.
 #[derive(clap::Args, Debug)]
 pub struct CrdgenArgs {
-    /// Print only this CRD (`llmworkloads.llmos.dev` or `gpupools.llmos.dev`), as
+    /// Print only this CRD (`llmworkloads.llmos.dev`, `gpupools.llmos.dev` or
+    /// `llmpolicytrainings.llmos.dev`), as
     /// `crds/<name>.yaml` holds it.
     pub name: Option<String>,
 }
@@ -337,10 +353,11 @@ pub fn crdgen(args: CrdgenArgs) -> anyhow::Result<()> {
 }
 
 /// Every CRD of llmos as (name, YAML), in the order `llmos crdgen` prints them:
-/// `llmworkloads.llmos.dev`, then `gpupools.llmos.dev`. `crds/<name>.yaml` holds each.
+/// `llmworkloads.llmos.dev`, `gpupools.llmos.dev`, then `llmpolicytrainings.llmos.dev`.
+/// `crds/<name>.yaml` holds each.
 pub fn crd_yamls() -> anyhow::Result<Vec<(String, String)>> {
     use kube::CustomResourceExt;
-    [crate::crd::LLMWorkload::crd(), crate::crd::GPUPool::crd()]
+    [crate::crd::LLMWorkload::crd(), crate::crd::GPUPool::crd(), crate::crd::training::LLMPolicyTraining::crd()]
         .into_iter()
         .map(|crd| Ok((crd.metadata.name.clone().unwrap_or_default(), serde_yaml::to_string(&crd)?)))
         .collect()

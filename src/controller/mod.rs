@@ -43,6 +43,7 @@ pub mod record;
 pub mod share;
 pub mod status;
 pub mod telemetry;
+pub mod training;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};

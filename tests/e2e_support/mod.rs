@@ -663,6 +663,9 @@ pub const GRANTED_NOT_REQUESTED: &[(&str, &str, &[&str], &str)] = &[
     ("llmos.dev", "gpupools", &["get", "list", "watch"], "shared GPU pools are read for workloads with poolRefs; this run's workloads have inline pools only"),
     ("llmos.dev", "gpupools/status", &["get", "patch", "update"], "a GPUPool's status is written when one exists; this run has none"),
     ("", "nodes", &["get", "list", "watch"], "Nodes are read to count a GPUPool's allocatable GPUs; this run has no GPUPool"),
+    ("llmos.dev", "llmpolicytrainings/status", &["patch"], "a training's status is written when one exists; this run has none (tests/e2e_training.rs)"),
+    ("llmos.dev", "llmpolicytrainings/finalizers", &["update"], "the training Jobs' owner references with blockOwnerDeletion need it where OwnerReferencesPermissionEnforcement is on"),
+    ("batch", "jobs", &["create"], "a training's Jobs are created when one exists; this run has none (tests/e2e_training.rs)"),
 ];
 
 /// Applies manifests/02-rbac.yaml (with its namespace) so that an operator started with
