@@ -97,8 +97,15 @@ type Chart struct {
 	Icon         string                   `json:"icon"`
 	Deprecated   bool                     `json:"deprecated"`
 	Annotations  map[string]string        `json:"annotations"`
-	Maintainers  []map[string]interface{} `json:"maintainers"`
+	Maintainers  []Maintainer             `json:"maintainers"`
 	Dependencies []map[string]interface{} `json:"dependencies"`
+}
+
+// Maintainer is one entry of Chart.yaml's maintainers (.Chart.Maintainers).
+type Maintainer struct {
+	Name  string `json:"name"`
+	Email string `json:"email"`
+	URL   string `json:"url"`
 }
 
 // Release is .Release of a first install.
@@ -319,13 +326,13 @@ func unescape(s string) string {
 
 var indexRe = regexp.MustCompile(`^(.*)\[(\d+)\]$`)
 
-// typedValue is what --set makes of a value: an integer, true, false or null, else a
-// string (--set-string: always a string).
+// typedValue is what --set makes of a value: an integer, true, false or null (in any
+// case), else a string (--set-string: always a string).
 func typedValue(s string, asString bool) interface{} {
 	if asString {
 		return s
 	}
-	switch s {
+	switch strings.ToLower(s) {
 	case "true":
 		return true
 	case "false":
@@ -333,6 +340,7 @@ func typedValue(s string, asString bool) interface{} {
 	case "null":
 		return nil
 	}
+	// A number with a leading zero (an octal-looking "0755", a zip code) stays a string.
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil && (s == "0" || !strings.HasPrefix(s, "0")) {
 		return n
 	}
