@@ -239,9 +239,18 @@ fn the_defaults_are_equivalent_to_the_manifests() {
         assert_eq!(cpod[field], mpod[field], "Deployment: pod {field}");
     }
     let (cc, mc) = (&cpod["containers"][0], &mpod["containers"][0]);
-    for field in
-        ["name", "image", "imagePullPolicy", "args", "env", "ports", "livenessProbe", "readinessProbe", "resources", "securityContext"]
-    {
+    for field in [
+        "name",
+        "image",
+        "imagePullPolicy",
+        "args",
+        "env",
+        "ports",
+        "livenessProbe",
+        "readinessProbe",
+        "resources",
+        "securityContext",
+    ] {
         assert_eq!(cc[field], mc[field], "Deployment: container {field}");
     }
     assert_eq!(cpod, mpod, "Deployment: the rest of the Pod spec");
@@ -249,12 +258,14 @@ fn the_defaults_are_equivalent_to_the_manifests() {
     let sel = extra_labels(&md["spec"]["selector"]["matchLabels"], &cd["spec"]["selector"]["matchLabels"])
         .unwrap_or_else(|e| panic!("Deployment selector: {e}"));
     assert_eq!(sel, instance, "Deployment selector");
-    let pod_labels = extra_labels(&md["spec"]["template"]["metadata"]["labels"], &cd["spec"]["template"]["metadata"]["labels"])
-        .unwrap_or_else(|e| panic!("Pod labels: {e}"));
+    let pod_labels =
+        extra_labels(&md["spec"]["template"]["metadata"]["labels"], &cd["spec"]["template"]["metadata"]["labels"])
+            .unwrap_or_else(|e| panic!("Pod labels: {e}"));
     assert_eq!(pod_labels, instance, "Pod labels");
     let (cs, ms) = (one(&chart, "Service"), one(&manifests, "Service"));
     assert_eq!(cs["spec"]["ports"], ms["spec"]["ports"], "Service ports");
-    let svc = extra_labels(&ms["spec"]["selector"], &cs["spec"]["selector"]).unwrap_or_else(|e| panic!("Service selector: {e}"));
+    let svc = extra_labels(&ms["spec"]["selector"], &cs["spec"]["selector"])
+        .unwrap_or_else(|e| panic!("Service selector: {e}"));
     assert_eq!(svc, instance, "Service selector");
     seen.insert(INTENDED_DIFFERENCES[2].0);
 
@@ -301,7 +312,10 @@ fn feature_values_render_what_they_say() {
     };
 
     // serviceMonitor: scrapes the metrics Service's port, with the given labels.
-    let d = render(&bin, &["--set", "serviceMonitor.enabled=true,serviceMonitor.interval=15s,serviceMonitor.labels.release=kps"]);
+    let d = render(
+        &bin,
+        &["--set", "serviceMonitor.enabled=true,serviceMonitor.interval=15s,serviceMonitor.labels.release=kps"],
+    );
     with_one(&d, "ServiceMonitor");
     let sm = one(&d, "ServiceMonitor");
     assert_eq!(sm["metadata"]["labels"]["release"], "kps");
@@ -338,11 +352,12 @@ fn feature_values_render_what_they_say() {
     let cm = one(&d, "ConfigMap");
     assert_eq!(cm["metadata"]["namespace"], "monitoring");
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
-    let shipped: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join(CHART).join("files/dashboard.json")).expect("dashboard"))
-            .expect("dashboard JSON");
-    let inside: Value =
-        serde_json::from_str(cm["data"]["llmos-workloads.json"].as_str().expect("the dashboard key")).expect("JSON inside");
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("files/dashboard.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let inside: Value = serde_json::from_str(cm["data"]["llmos-workloads.json"].as_str().expect("the dashboard key"))
+        .expect("JSON inside");
     assert_eq!(inside, shipped, "the ConfigMap carries files/dashboard.json");
 
     // record.persistentVolumeClaim: the claim mounted read-write and passed as --record-dir.
@@ -356,7 +371,12 @@ fn feature_values_render_what_they_say() {
     // policyCheckpoint: the configured volume, mounted read-only where checkpoints are named.
     let d = render(
         &bin,
-        &["--set", "policyCheckpoint.enabled=true", "--set", "policyCheckpoint.volume.persistentVolumeClaim.claimName=ckpt"],
+        &[
+            "--set",
+            "policyCheckpoint.enabled=true",
+            "--set",
+            "policyCheckpoint.volume.persistentVolumeClaim.claimName=ckpt",
+        ],
     );
     assert_eq!(
         container(&d)["volumeMounts"],
@@ -429,7 +449,8 @@ fn template_errors_fail_and_name_the_template() {
     let Some(bin) = renderer() else { return };
     let chart = repo().join(CHART);
     // A required value left out.
-    let err = try_render(&bin, &chart, &["--set", "image.repository="]).expect_err("an empty image.repository must fail");
+    let err =
+        try_render(&bin, &chart, &["--set", "image.repository="]).expect_err("an empty image.repository must fail");
     assert!(
         err.contains("templates/deployment.yaml:") && err.contains("image.repository is required"),
         "the error names the template, its line and the value: {err}"
@@ -443,8 +464,14 @@ fn template_errors_fail_and_name_the_template() {
     let copy = dir.path().join("llmos-operator");
     copy_dir(&chart, &copy);
     let cases = [
-        ("{{ .Values.image.repository | nosuchfunc }}\n", "templates/broken.yaml:1: function \"nosuchfunc\" not defined"),
-        ("kind: ConfigMap\nmetadata: {name: x}\ndata: [a\n", "YAML parse error on llmos-operator/templates/broken.yaml"),
+        (
+            "{{ .Values.image.repository | nosuchfunc }}\n",
+            "templates/broken.yaml:1: function \"nosuchfunc\" not defined",
+        ),
+        (
+            "kind: ConfigMap\nmetadata: {name: x}\ndata: [a\n",
+            "YAML parse error on llmos-operator/templates/broken.yaml",
+        ),
         ("{{ fail \"this chart refuses\" }}\n", "templates/broken.yaml:1:3"),
         ("{{ include \"llmos.nosuchhelper\" . }}\n", "no template \"llmos.nosuchhelper\""),
     ];

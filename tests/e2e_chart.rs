@@ -194,10 +194,16 @@ async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election(
         return;
     }
     if !is_root() {
-        eprintln!("SKIPPED: a real node needs root (containerd, runc and the kubelet), and this test does not run as root");
+        eprintln!(
+            "SKIPPED: a real node needs root (containerd, runc and the kubelet), and this test does not run as root"
+        );
         return;
     }
-    assert!(k8s_bin().join("kubelet").exists(), "missing {} (scripts/k8s/build.sh)", k8s_bin().join("kubelet").display());
+    assert!(
+        k8s_bin().join("kubelet").exists(),
+        "missing {} (scripts/k8s/build.sh)",
+        k8s_bin().join("kubelet").display()
+    );
     let t_all = Instant::now();
 
     // 1. Render first: a chart that does not render fails before anything starts.
@@ -232,7 +238,8 @@ async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election(
     let bridge = std::fs::read_to_string(node_dir.join("bridge")).expect("the node's bridge name");
     let ip = Command::new("ip").args(["addr", "add", &format!("{cluster_ip}/32"), "dev", bridge.trim()]).output();
     assert!(ip.as_ref().is_ok_and(|o| o.status.success()), "adding {cluster_ip} to {}: {ip:?}", bridge.trim());
-    let forwarded = forward(format!("{cluster_ip}:{port}").parse().expect("address"), apiserver_addr(&stack.kubeconfig));
+    let forwarded =
+        forward(format!("{cluster_ip}:{port}").parse().expect("address"), apiserver_addr(&stack.kubeconfig));
 
     // The chart: CRDs first (as Helm installs crds/ before the templates), then the rest.
     let t_install = Instant::now();
