@@ -39,6 +39,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -208,11 +209,22 @@ async fn a_training_runs_as_jobs_on_a_real_node_and_is_evaluated() {
     assert!(!before.is_empty(), "train Jobs exist");
 
     // 3. SIGKILL the operator mid-training; a new one finds the same Jobs.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let holder = |leases: Api<Lease>| async move {
+        leases.get_opt("llmos-operator-leader").await.ok().flatten()?.spec?.holder_identity.filter(|h| !h.is_empty())
+    };
+    let first_leader = holder(leases.clone()).await.expect("the first operator holds the Lease");
     stack.kill("operator");
     let killed_at = t_apply.elapsed().as_secs_f64();
     let args = operator_args(free_port());
     let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
     stack.spawn("operator-2", &args_ref, &op_env);
+    wait_for("the restarted operator to take the Lease", &node_dir, || {
+        let (leases, first) = (leases.clone(), first_leader.clone());
+        async move { holder(leases).await.filter(|h| *h != first) }
+    })
+    .await;
+    let led_at = t_apply.elapsed().as_secs_f64();
 
     // 4-5. The round ends Evaluated.
     let status = wait_for("the training Evaluated (or Failed)", &node_dir, || {
@@ -260,6 +272,18 @@ async fn a_training_runs_as_jobs_on_a_real_node_and_is_evaluated() {
         }
     }
     assert_eq!(indexes, BTreeSet::from([0, 1]), "both indexes ran as Pods");
+    // How long each Pod's container ran (started to finished, as the kubelet reports it).
+    let ran = |p: &Pod| -> Option<f64> {
+        let t = p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.clone()?;
+        Some(t.finished_at?.0.duration_since(t.started_at?.0).as_secs_f64())
+    };
+    let train_ran: Vec<String> = tp.iter().filter_map(ran).map(|s| format!("{s:.0}")).collect();
+    let ep = pods
+        .list(&ListParams::default().labels(&format!("llmos.dev/training={TRAINING},llmos.dev/job-kind=eval")))
+        .await
+        .expect("pods")
+        .items;
+    let eval_ran: Vec<String> = ep.iter().filter_map(ran).map(|s| format!("{s:.0}")).collect();
 
     // Both candidates on the volume, as the status lists them.
     let root = volume.join(format!("trainings/{TRAINING}"));
@@ -300,8 +324,9 @@ async fn a_training_runs_as_jobs_on_a_real_node_and_is_evaluated() {
 
     let summary = format!(
         "e2e training: {:.0}s in all; round (applied to Evaluated) {round_s:.1}s, {mode} Jobs {names:?}, operator \
-         SIGKILLed at {killed_at:.1}s and restarted, no second Job; TrainingStarted Events {started_events}; \
-         candidate {} {:+.3} ± {:.3} over {} seeds against {}",
+         SIGKILLed at {killed_at:.1}s, the restarted one leading at {led_at:.1}s (the killed one's Lease expired), no \
+         second Job; train Pods ran {train_ran:?} s, evaluation Pod \
+         {eval_ran:?} s (kubelet's whole seconds); TrainingStarted Events {started_events}; candidate {} {:+.3} ± {:.3} over {} seeds against {}",
         t_all.elapsed().as_secs_f64(),
         e.candidate.checkpoint,
         e.mean,
