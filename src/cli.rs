@@ -63,6 +63,9 @@ pub enum Command {
     EvaluateCandidates(crate::learning::job::EvaluateArgs),
     /// List a workload's recorded traffic windows, or export them as a trace the twin replays.
     Records(crate::learning::cli::RecordsArgs),
+    /// Show where a workload's retrained policies stand: the promotion phase, the learned
+    /// policy acting and the history of promotions and rollbacks (from its status).
+    PolicyHistory(crate::controller::history::PolicyHistoryArgs),
 }
 
 /// Runs a parsed command line.
@@ -95,5 +98,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TrainJob(args) => crate::learning::job::train_job(args).map(|_| ()),
         Command::EvaluateCandidates(args) => crate::learning::job::evaluate_candidates(args).map(|_| ()),
         Command::Records(args) => crate::learning::cli::run(args),
+        Command::PolicyHistory(args) => crate::controller::history::run(args),
     }
 }

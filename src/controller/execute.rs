@@ -187,6 +187,22 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// The keys of `status.learning` that are absent when not set (cleared explicitly).
+const LEARNING_OPTIONAL: [&str; 12] = [
+    "since",
+    "training",
+    "candidate",
+    "evaluation",
+    "previous",
+    "baseline",
+    "active",
+    "shadow",
+    "history",
+    "live",
+    "consumed",
+    "lastEvent",
+];
+
 /// Writes `status` with a merge patch; fields it no longer sets are cleared. Nothing is
 /// sent when the workload already has exactly this status (a reconcile between ticks
 /// that changed nothing costs no write).
@@ -205,6 +221,15 @@ async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatu
             ["lastDecision", "shadowDecision", "observedArrivalRateRps", "sloAttainment", "costRateUsdPerHour", "slots"]
         {
             obj.entry(k).or_insert(serde_json::Value::Null);
+        }
+        // `learning` is nested: the merge would keep what its phase no longer has.
+        if let Some(learning) = obj.get_mut("learning").and_then(|l| l.as_object_mut()) {
+            for k in LEARNING_OPTIONAL {
+                learning.entry(k).or_insert(serde_json::Value::Null);
+            }
+            if let Some(shadow) = learning.get_mut("shadow").and_then(|s| s.as_object_mut()) {
+                shadow.entry("lastDecision").or_insert(serde_json::Value::Null);
+            }
         }
     }
     api.patch_status(&wl.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": value })))

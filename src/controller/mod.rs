@@ -34,11 +34,13 @@ pub mod cli;
 pub mod decide;
 pub mod desired;
 pub mod execute;
+pub mod history;
 pub mod journal;
 pub mod leader;
 pub mod page;
 pub mod plan;
 pub mod policy_state;
+pub mod promotion;
 pub mod record;
 pub mod share;
 pub mod status;
@@ -168,7 +170,7 @@ impl Default for ControllerConfig {
 
 /// What the controller keeps per workload between reconciles (rebuilt after a restart;
 /// the cooldown state survives through `status.lastScaleDown`, a learning policy's state
-/// through its ConfigMap, [`policy_state`]).
+/// through its ConfigMap, [`policy_state`], the promotion's through `status.learning`).
 struct WorkloadState {
     generation: Option<i64>,
     policy: Result<Box<dyn Policy>, String>,
@@ -180,6 +182,20 @@ struct WorkloadState {
     state_saved: Option<(Timestamp, serde_json::Value)>,
     /// The traffic recorder, while `spec.learning.record` is enabled ([`record`]).
     record: Option<record::WorkloadRecord>,
+    /// The promotion of retrained policies ([`promotion`]), restored from `status.learning`.
+    promotion: promotion::Promotion,
+    /// The learned policy `policy` was built for (`None`: the spec's own).
+    built_for: Option<crate::learning::promote::Candidate>,
+    /// While a promoted policy is watched: the policy it displaced, still deciding on
+    /// every observation (its decisions discarded), so that a rollback gets it back with
+    /// its windows warm. Not kept across a restart or a spec change (then rebuilt).
+    standby: Option<Box<dyn Policy>>,
+}
+
+/// The learned policy that should act for `wl`: the promoted one while
+/// `spec.learning.promotion.enabled`, else none (the spec's own policy).
+fn wanted_policy(wl: &LLMWorkload, p: &promotion::Promotion) -> Option<crate::learning::promote::Candidate> {
+    wl.spec.learning.promotion.enabled.then(|| p.state.active.clone()).flatten()
 }
 
 /// Everything reconcile needs.
@@ -445,12 +461,20 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let state = state_of(&ctx, &wl);
     let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
     restore_policy_state(&ctx, &state, &wl).await;
+    let trainings = match tick_due && wl.spec.learning.promotion.enabled {
+        true => list_trainings(&ctx, &wl).await,
+        false => None,
+    };
     let (tick, explanation) = if tick_due {
         ctx.metrics.ticks.inc();
         let (t, x) = control_tick(&ctx, &state, &wl, &observed, now).await;
         (Some(t), x)
     } else {
         (None, None)
+    };
+    let promoted = match &tick {
+        Some(t) => promotion_tick(&ctx, &state, &wl, t, trainings, now),
+        None => Vec::new(),
     };
     let last_tick = lock(&state).last_tick;
     // A workload on shared pools holds the arbiter's lock from its plan to its last
@@ -497,6 +521,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             Some(outcome)
         }
     };
+    finish_learning(&state, &wl, &mut p, promoted, now);
     remember(&ctx, &state, tick.as_ref(), &p);
     if let Some(tick) = &tick {
         let mode = wl.spec.policy.mode.as_str();
@@ -520,6 +545,158 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         save_policy_state(&ctx, &state, &wl, now).await;
     }
     Ok(action)
+}
+
+/// The `LLMPolicyTraining`s of `wl`'s namespace that concern it, oldest first, as the
+/// promotion rule's inputs; `None` when they cannot be listed (logged: the promotion then
+/// holds where it is, as it does whenever the operator cannot see).
+async fn list_trainings(ctx: &Context, wl: &LLMWorkload) -> Option<Vec<promotion::TrainingInput>> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let gvk = GroupVersionKind::gvk(promotion::TRAINING_GROUP, promotion::TRAINING_VERSION, promotion::TRAINING_KIND);
+    let ar = ApiResource::from_gvk_with_plural(&gvk, promotion::TRAINING_PLURAL);
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &wl.namespace().unwrap_or_default(), &ar);
+    let mut items = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::warn!(workload = %key_of(wl), error = %e, "cannot list LLMPolicyTrainings; promotion holds");
+            return None;
+        }
+    };
+    items.sort_by(|a, b| {
+        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
+            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+    });
+    let name = wl.name_any();
+    let values = items.iter().filter_map(|o| serde_json::to_value(o).ok());
+    Some(values.filter_map(|v| promotion::training_input(&v, &name)).collect())
+}
+
+/// Runs `f`, a piece of synchronous CPU work (a checkpoint load, a network's forward
+/// pass), in `block_in_place` on a multi-threaded runtime (see [`decide`]).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// The promotion step of a control tick (`spec.learning.promotion`, [`promotion`]): the
+/// trainings are fed, the candidate in shadow decides on the tick's observation through
+/// the shield without acting, the tick's SLO attainment joins the live window; on a
+/// promotion or a rollback the acting policy is switched at once. Returns the Events.
+fn promotion_tick(
+    ctx: &Context,
+    state: &Mutex<WorkloadState>,
+    wl: &LLMWorkload,
+    tick: &TickOutcome,
+    trainings: Option<Vec<promotion::TrainingInput>>,
+    now: Timestamp,
+) -> Vec<PlannedEvent> {
+    let spec = &wl.spec;
+    if !spec.learning.promotion.enabled {
+        return Vec::new();
+    }
+    let cfg = promotion::config(spec);
+    let (now_s, now_str) = (time_s(now), now.to_string());
+    let labels = workload_labels(wl);
+    let mut out = promotion::Produced::default();
+    let mut guard = lock(state);
+    let ws = &mut *guard;
+    if let Some(t) = trainings {
+        ws.promotion.feed_trainings(&cfg, now_s, &t, &mut out);
+    }
+    // Only a tick whose policy decided on complete metrics: the candidate sees what the
+    // active policy saw, and the live window only what was seen.
+    if tick.decided.is_some() {
+        let build = |s: &crate::crd::LLMWorkloadSpec| (ctx.policy_builder)(s);
+        let (promotion, shield, obs) = (&mut ws.promotion, &ws.shield, &tick.observation);
+        let shadow = blocking(|| promotion.shadow(&cfg, spec, &build, shield, obs, (now_s, &now_str), &mut out));
+        if let Some(d) = &shadow {
+            ctx.metrics.shadow_decision(&labels, d);
+        }
+        if let Some(standby) = ws.standby.as_mut() {
+            blocking(|| standby.decide(obs));
+        }
+        let max_tick_s = 2.0 * f64::from(spec.policy.interval_seconds.max(1));
+        ws.promotion.live(&cfg, now_s, tick.observation.slo_attainment, max_tick_s, &mut out);
+    }
+    if out.switched {
+        let promoted = out.events.iter().any(|e| e.reason == crate::learning::promote::EventReason::Promoted);
+        switch_policy(ctx, ws, wl, promoted);
+    }
+    if !matches!(ws.promotion.state.phase, crate::learning::promote::Phase::Watching { .. }) {
+        ws.standby = None;
+    }
+    for e in &out.events {
+        ctx.metrics.promotion(&labels, e.reason.as_str());
+        tracing::info!(workload = %key_of(wl), reason = e.reason.as_str(), "{}", e.message);
+    }
+    out.events.iter().map(promotion::planned_event).collect()
+}
+
+/// After a promotion or a rollback: the policy that now acts. A promoted candidate keeps
+/// the policy built in shadow (it has seen every observation since), and the policy it
+/// displaces stands by, deciding in the background, until the watch ends; a rollback
+/// takes the standby back, or, after a restart, builds it again, and then it reads its
+/// saved state (the policy-state ConfigMap) before anything is saved over it. The shield,
+/// with its cooldowns, stays.
+fn switch_policy(ctx: &Context, ws: &mut WorkloadState, wl: &LLMWorkload, promoted: bool) {
+    let wanted = wanted_policy(wl, &ws.promotion);
+    let build = || blocking(|| (ctx.policy_builder)(&promotion::effective_spec(&wl.spec, wanted.as_ref())));
+    if promoted {
+        let next = ws.promotion.take_promoted().map(Ok).unwrap_or_else(build);
+        ws.standby = std::mem::replace(&mut ws.policy, next).ok();
+        ws.state_restored = false;
+    } else {
+        match ws.standby.take() {
+            Some(p) => ws.policy = Ok(p),
+            None => {
+                ws.policy = build();
+                ws.state_restored = false;
+            }
+        }
+    }
+    ws.built_for = wanted;
+}
+
+/// Puts the promotion's state into the plan's status (`status.learning`, the
+/// `PolicyPromotion` condition, the summary's policy) and its Events after the others.
+/// With promotion off, `status.learning` stays as it was and the condition, if any, says
+/// the spec's policy acts.
+fn finish_learning(
+    state: &Mutex<WorkloadState>,
+    wl: &LLMWorkload,
+    p: &mut Plan,
+    events: Vec<PlannedEvent>,
+    now: Timestamp,
+) {
+    let (now_str, generation) = (now.to_string(), wl.meta().generation);
+    let st = &mut p.status;
+    if wl.spec.learning.promotion.enabled {
+        let ws = lock(state);
+        st.learning = Some(ws.promotion.to_status());
+        status::set_condition(&mut st.conditions, ws.promotion.condition(), &now_str, generation);
+        if let (Some(c), Ok(policy)) = (&ws.built_for, &ws.policy) {
+            let what = format!(
+                "policy {} promoted from {} (sha256 {}), in place of the spec's {}",
+                policy.name(),
+                c.checkpoint,
+                c.digest,
+                wl.spec.policy.kind.as_str()
+            );
+            let ready = status::ConditionUpdate::new(status::POLICY_READY, true, "PolicyBuilt", what);
+            status::set_condition(&mut st.conditions, ready, &now_str, generation);
+        }
+    } else if status::condition(&st.conditions, status::POLICY_PROMOTION).is_some() {
+        let msg = "spec.learning.promotion.enabled is false: the spec's policy acts; status.learning is kept";
+        let off = status::ConditionUpdate::new(status::POLICY_PROMOTION, false, "Disabled", msg);
+        status::set_condition(&mut st.conditions, off, &now_str, generation);
+    }
+    st.summary = Some(status::summary(&wl.spec, st));
+    p.events.extend(events);
 }
 
 /// GPUPools by name.
@@ -584,6 +761,11 @@ async fn save_policy_state(ctx: &Context, state: &Mutex<WorkloadState>, wl: &LLM
     let (policy, value) = {
         let ws = lock(state);
         let Ok(p) = ws.policy.as_ref() else { return };
+        // A policy whose saved state was not read back yet (a switch back from a promoted
+        // policy) must not overwrite it with a fresh one.
+        if !ws.state_restored {
+            return;
+        }
         // The interval first: within it nothing is exported (the state is serialised
         // only when it may be written).
         let interval = SignedDuration::try_from(ctx.config.policy_state_interval).unwrap_or(SignedDuration::MAX);
@@ -621,7 +803,13 @@ fn state_of(ctx: &Context, wl: &LLMWorkload) -> Arc<Mutex<WorkloadState>> {
     let cooldowns: BTreeMap<String, f64> =
         last_scale_down.into_iter().flatten().filter_map(|(k, v)| parse_time_s(v).map(|t| (k.clone(), t))).collect();
     shield.import_state(&cooldowns);
-    let policy = (ctx.policy_builder)(&wl.spec);
+    let learning = wl.status.as_ref().and_then(|s| s.learning.as_ref());
+    let promotion = promotion::Promotion::from_status(learning).unwrap_or_else(|e| {
+        tracing::warn!(workload = %key, error = %e, "status.learning cannot be read; promotion starts idle with the spec's policy");
+        promotion::Promotion::new()
+    });
+    let built_for = wanted_policy(wl, &promotion);
+    let policy = (ctx.policy_builder)(&promotion::effective_spec(&wl.spec, built_for.as_ref()));
     let ws = WorkloadState {
         generation: wl.meta().generation,
         policy,
@@ -630,6 +818,9 @@ fn state_of(ctx: &Context, wl: &LLMWorkload) -> Arc<Mutex<WorkloadState>> {
         state_restored: false,
         state_saved: None,
         record: None,
+        promotion,
+        built_for,
+        standby: None,
     };
     lock(&ctx.workloads).entry(key).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
 }
@@ -645,11 +836,14 @@ fn refresh_state(
 ) -> (bool, Option<String>) {
     let mut ws = lock(state);
     let generation = wl.meta().generation;
-    let changed = ws.generation != generation;
+    let wanted = wanted_policy(wl, &ws.promotion);
+    let changed = ws.generation != generation || ws.built_for != wanted;
     if changed {
         ws.generation = generation;
         let learned = ws.policy.as_ref().ok().and_then(|p| p.export_state().map(|s| (p.name().to_string(), s)));
-        ws.policy = (ctx.policy_builder)(&wl.spec);
+        ws.policy = (ctx.policy_builder)(&promotion::effective_spec(&wl.spec, wanted.as_ref()));
+        ws.built_for = wanted;
+        ws.standby = None;
         // What the policy learned carries over a spec change when the kind stays the same.
         if let (Ok(p), Some((name, s))) = (ws.policy.as_mut(), learned) {
             if p.name() == name {

@@ -78,6 +78,17 @@ pub enum EventReason {
     /// Replicas that did not fit in one shared slot were granted in another slot of the
     /// workload (another pool, or a smaller variant).
     Substituted,
+    /// A training run of this workload's policy started (`spec.learning.promotion`).
+    TrainingStarted,
+    /// Warning: a retrained candidate failed its evaluation, its shadow, or could not be
+    /// loaded; the message has the numbers.
+    CandidateRejected,
+    /// A retrained candidate passed its evaluation and decides in shadow.
+    ShadowStarted,
+    /// A retrained candidate became the workload's active policy.
+    Promoted,
+    /// Warning: a promoted policy degraded the SLO and the previous one is back.
+    RolledBack,
 }
 
 impl EventReason {
@@ -102,6 +113,11 @@ impl EventReason {
             EventReason::Preempted => "Preempted",
             EventReason::Preempting => "Preempting",
             EventReason::Substituted => "Substituted",
+            EventReason::TrainingStarted => "TrainingStarted",
+            EventReason::CandidateRejected => "CandidateRejected",
+            EventReason::ShadowStarted => "ShadowStarted",
+            EventReason::Promoted => "Promoted",
+            EventReason::RolledBack => "RolledBack",
         }
     }
 }

@@ -21,6 +21,9 @@ pub const DEGRADED: &str = "Degraded";
 pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
 /// Condition type: the policy was built and decides.
 pub const POLICY_READY: &str = "PolicyReady";
+/// Condition type: where the promotion of a retrained policy stands
+/// (`spec.learning.promotion`; `True` while a candidate trains, is in shadow or is watched).
+pub const POLICY_PROMOTION: &str = "PolicyPromotion";
 
 /// A condition to set: type, status, reason, message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +75,7 @@ pub fn set_condition(conditions: &mut Vec<Condition>, update: ConditionUpdate, n
             observed_generation: generation,
         }),
     }
-    let order = [READY, PROGRESSING, DEGRADED, METRICS_AVAILABLE, POLICY_READY];
+    let order = [READY, PROGRESSING, DEGRADED, METRICS_AVAILABLE, POLICY_READY, POLICY_PROMOTION];
     conditions.sort_by_key(|c| order.iter().position(|t| *t == c.type_).unwrap_or(order.len()));
 }
 
@@ -172,6 +175,12 @@ pub fn summary(spec: &crate::crd::LLMWorkloadSpec, st: &crate::crd::LLMWorkloadS
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| "-".into());
     let shadow = spec.policy.mode == PolicyMode::Shadow;
+    // A promoted learned policy acts in place of the spec's (`status.learning.active`).
+    let promoted = st.learning.as_ref().and_then(|l| l.active.as_ref()).filter(|_| spec.learning.promotion.enabled);
+    let kind = match promoted {
+        Some(a) => format!("dqn (promoted {})", a.digest.chars().take(8).collect::<String>()),
+        None => kind,
+    };
     let decision = if shadow { st.shadow_decision.as_ref() } else { st.last_decision.as_ref() };
     StatusSummary {
         policy: if shadow { format!("{kind} (shadow)") } else { kind },

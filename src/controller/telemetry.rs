@@ -53,6 +53,41 @@ pub struct ObjectWriteLabel {
     pub outcome: String,
 }
 
+/// Labels of `llmos_policy_promotions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PromotionLabels {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub workload: String,
+    /// `TrainingStarted`, `CandidateRejected`, `ShadowStarted`, `Promoted` or `RolledBack`.
+    pub action: String,
+}
+
+/// Labels of `llmos_shadow_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowDecisionLabels {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub workload: String,
+    /// `true` when the shield would have changed the candidate's decision.
+    pub shielded: String,
+}
+
+/// Labels of `llmos_shadow_desired_replicas`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowReplicaLabels {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub workload: String,
+    /// The variant.
+    pub variant: String,
+    /// The pool.
+    pub pool: String,
+}
+
 /// Label set with a shield rule.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabel {
@@ -263,6 +298,15 @@ pub struct OperatorMetrics {
     /// `llmos_record_duration_seconds`: time a control tick spent recording (feeding the
     /// window recorder and handing a closed window over), for workloads that record.
     pub record_duration: Histogram,
+    /// `llmos_policy_promotions_total{namespace, workload, action}`: promotion steps
+    /// (`spec.learning.promotion`), by the Event's reason.
+    pub policy_promotions: Family<PromotionLabels, Counter>,
+    /// `llmos_shadow_decisions_total{namespace, workload, shielded}`: decisions of a
+    /// retrained candidate in shadow (never applied).
+    pub shadow_decisions: Family<ShadowDecisionLabels, Counter>,
+    /// `llmos_shadow_desired_replicas{namespace, workload, variant, pool}`: what the
+    /// candidate in shadow would set, after the shield (not applied).
+    pub shadow_replicas: Family<ShadowReplicaLabels, Gauge>,
     /// The per-workload gauges.
     pub workloads: WorkloadGauges,
     registry: Arc<Registry>,
@@ -325,6 +369,24 @@ impl OperatorMetrics {
             "Time a control tick spent recording traffic",
             record_duration.clone(),
         );
+        let policy_promotions = Family::<PromotionLabels, Counter>::default();
+        let shadow_decisions = Family::<ShadowDecisionLabels, Counter>::default();
+        let shadow_replicas = Family::<ShadowReplicaLabels, Gauge>::default();
+        registry.register(
+            "policy_promotions",
+            "Promotion steps of retrained policies, by action (the Event's reason)",
+            policy_promotions.clone(),
+        );
+        registry.register(
+            "shadow_decisions",
+            "Decisions of retrained candidates in shadow (not applied), by whether the shield would have changed them",
+            shadow_decisions.clone(),
+        );
+        registry.register(
+            "shadow_desired_replicas",
+            "Replicas the candidate in shadow would set per slot, after the shield (not applied)",
+            shadow_replicas.clone(),
+        );
         let workloads = WorkloadGauges::default();
         workloads.register(&mut registry);
         OperatorMetrics {
@@ -339,6 +401,9 @@ impl OperatorMetrics {
             object_writes,
             record_windows,
             record_duration,
+            policy_promotions,
+            shadow_decisions,
+            shadow_replicas,
             workloads,
             registry: Arc::new(registry),
         }
@@ -367,6 +432,35 @@ impl OperatorMetrics {
     /// Counts a failed reconciliation.
     pub fn error(&self, reason: &str) {
         self.reconcile_errors.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    /// Counts a promotion step of workload `labels` (`action`: the Event's reason).
+    pub fn promotion(&self, labels: &WorkloadLabels, action: &str) {
+        let l = PromotionLabels {
+            namespace: labels.namespace.clone(),
+            workload: labels.workload.clone(),
+            action: action.into(),
+        };
+        self.policy_promotions.get_or_create(&l).inc();
+    }
+
+    /// Counts a shadow decision of workload `labels` and sets what it would have set.
+    pub fn shadow_decision(&self, labels: &WorkloadLabels, d: &crate::crd::DecisionStatus) {
+        let l = ShadowDecisionLabels {
+            namespace: labels.namespace.clone(),
+            workload: labels.workload.clone(),
+            shielded: d.shielded.to_string(),
+        };
+        self.shadow_decisions.get_or_create(&l).inc();
+        for t in &d.targets {
+            let l = ShadowReplicaLabels {
+                namespace: labels.namespace.clone(),
+                workload: labels.workload.clone(),
+                variant: t.variant.clone(),
+                pool: t.pool.clone(),
+            };
+            self.shadow_replicas.get_or_create(&l).set(i64::from(t.replicas));
+        }
     }
 
     /// Counts a shield override.

@@ -42,6 +42,9 @@ pub fn validate_spec(name: &str, spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     for (field, message) in spec.learning.record.problems() {
         p(format!("spec.learning.record.{field}"), message);
     }
+    for (field, message) in spec.learning.promotion.problems() {
+        p(format!("spec.learning.promotion.{field}"), message);
+    }
     out
 }
 
@@ -110,6 +113,53 @@ mod tests {
         s["learning"] = typo["learning"].clone();
         let err = serde_json::from_value::<LLMWorkloadSpec>(s).expect_err("unknown field");
         assert!(err.to_string().contains("windowSecs"), "{err}");
+    }
+
+    fn with_promotion(promotion: serde_json::Value) -> LLMWorkloadSpec {
+        let mut s = serde_json::to_value(spec()).expect("spec serialises");
+        s["learning"] = serde_json::json!({ "promotion": promotion });
+        serde_json::from_value(s).expect("spec with learning.promotion")
+    }
+
+    #[test]
+    fn promotion_section_out_of_bounds_names_the_field() {
+        let ok = with_promotion(
+            serde_json::json!({"enabled": true, "shadowSeconds": 30, "rollbackWindowSeconds": 300, "watchSeconds": 600}),
+        );
+        assert!(validate_spec("w", &ok).is_empty(), "{:?}", validate_spec("w", &ok));
+        assert_eq!(ok.learning.promotion.min_seeds, 3, "defaults fill the rest");
+        let cases = [
+            (serde_json::json!({"margin": -0.1}), "spec.learning.promotion.margin", "at least 0"),
+            (serde_json::json!({"minSeeds": 1}), "spec.learning.promotion.minSeeds", "two seeds"),
+            (serde_json::json!({"shadowSeconds": 0}), "spec.learning.promotion.shadowSeconds", "1..="),
+            (
+                serde_json::json!({"minShadowDecisions": 2000000}),
+                "spec.learning.promotion.minShadowDecisions",
+                "1000000",
+            ),
+            (
+                serde_json::json!({"maxShieldOverrideFraction": 1.5}),
+                "spec.learning.promotion.maxShieldOverrideFraction",
+                "fraction",
+            ),
+            (serde_json::json!({"rollbackMargin": -0.01}), "spec.learning.promotion.rollbackMargin", "fraction"),
+            (serde_json::json!({"rollbackWindowSeconds": 0}), "spec.learning.promotion.rollbackWindowSeconds", "1..="),
+            (
+                serde_json::json!({"rollbackWindowSeconds": 600, "watchSeconds": 60}),
+                "spec.learning.promotion.watchSeconds",
+                "shorter than rollbackWindowSeconds",
+            ),
+        ];
+        for (promotion, field, says) in cases {
+            let p = validate_spec("w", &with_promotion(promotion.clone()));
+            assert_eq!(p.len(), 1, "{promotion}: {p:?}");
+            assert_eq!(p[0].field, field, "{promotion}");
+            assert!(p[0].message.contains(says), "{promotion}: {}", p[0]);
+        }
+        let mut s = serde_json::to_value(spec()).expect("spec serialises");
+        s["learning"] = serde_json::json!({"promotion": {"shadowSecs": 10}});
+        let err = serde_json::from_value::<LLMWorkloadSpec>(s).expect_err("unknown field");
+        assert!(err.to_string().contains("shadowSecs"), "{err}");
     }
 
     #[test]

@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod policy;
 pub mod pool;
+pub mod promotion;
 pub mod training;
 
 use policy::PolicySpec;
 pub use pool::{GPUPool, GPUPoolSpec, GPUPoolStatus};
+pub use promotion::{LearningStatus, PromotionSpec};
 
 /// Desired state of an LLM inference workload.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -78,8 +80,8 @@ pub struct LLMWorkloadSpec {
     pub learning: LearningSpec,
 }
 
-/// Learning in the cluster. Recording sits under `learning` because what is recorded
-/// feeds the retraining and promotion settings that will join it in this section: one
+/// Learning in the cluster: what the operator records of a workload's traffic
+/// (`record`) and how a policy retrained on it is judged and promoted (`promotion`), one
 /// place for everything the operator learns from a workload.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -88,6 +90,10 @@ pub struct LearningSpec {
     /// `windowSeconds`, written by the operator under its `--record-dir`.
     #[serde(skip_serializing_if = "RecordSpec::is_default")]
     pub record: RecordSpec,
+    /// How a retrained policy (an `LLMPolicyTraining`'s evaluated candidate) is judged in
+    /// shadow, promoted and rolled back; off unless enabled.
+    #[serde(skip_serializing_if = "PromotionSpec::is_default")]
+    pub promotion: PromotionSpec,
 }
 
 impl LearningSpec {
@@ -529,6 +535,10 @@ pub struct LLMWorkloadStatus {
     /// workload without `poolRefs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arbitration: Option<ArbitrationStatus>,
+    /// Where the promotion of retrained policies stands (`spec.learning.promotion`): the
+    /// phase, the learned policy acting instead of the spec's, the policy history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning: Option<LearningStatus>,
     /// The figures above formatted for people, for `kubectl get` (written with every status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<StatusSummary>,
