@@ -1066,8 +1066,7 @@ pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let sel = |kind: &str| ListParams::default().labels(&format!("{TRAINING_LABEL}={name},{JOB_KIND_LABEL}={kind}"));
     let owned = |j: &Job| j.owner_references().iter().any(|o| Some(&o.uid) == t.metadata.uid.as_ref());
-    let mut obs = Observed::default();
-    obs.train_jobs = jobs
+    let train_jobs: Vec<Job> = jobs
         .list(&sel("train"))
         .await
         .map_err(kube_err("listing train Jobs"))?
@@ -1075,17 +1074,19 @@ pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> 
         .into_iter()
         .filter(owned)
         .collect();
-    obs.eval_job = jobs
+    let eval_job = jobs
         .list(&sel("eval"))
         .await
         .map_err(kube_err("listing evaluation Jobs"))?
         .items
         .into_iter()
         .find(|j| owned(j));
-    obs.train_pods = pods.list(&sel("train")).await.map_err(kube_err("listing train Pods"))?.items;
-    if obs.eval_job.is_some() {
-        obs.eval_pods = pods.list(&sel("eval")).await.map_err(kube_err("listing evaluation Pods"))?.items;
-    }
+    let train_pods = pods.list(&sel("train")).await.map_err(kube_err("listing train Pods"))?.items;
+    let eval_pods = match eval_job {
+        Some(_) => pods.list(&sel("eval")).await.map_err(kube_err("listing evaluation Pods"))?.items,
+        None => Vec::new(),
+    };
+    let obs = Observed { train_jobs, train_pods, eval_job, eval_pods };
     let (mut status, next) = observe(&t, mode, &obs, &now);
     let inp =
         RenderInput { training: &t, workload: &workload, default_image, incumbent_checkpoint: incumbent.as_deref() };
