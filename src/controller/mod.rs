@@ -461,20 +461,9 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let state = state_of(&ctx, &wl);
     let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
     restore_policy_state(&ctx, &state, &wl).await;
-    let trainings = match tick_due && wl.spec.learning.promotion.enabled {
-        true => list_trainings(&ctx, &wl).await,
-        false => None,
-    };
-    let (tick, explanation) = if tick_due {
-        ctx.metrics.ticks.inc();
-        let (t, x) = control_tick(&ctx, &state, &wl, &observed, now).await;
-        (Some(t), x)
-    } else {
-        (None, None)
-    };
-    let promoted = match &tick {
-        Some(t) => promotion_tick(&ctx, &state, &wl, t, trainings, now),
-        None => Vec::new(),
+    let (tick, explanation, promoted) = match tick_due {
+        true => tick_with_promotion(&ctx, &state, &wl, &observed, now).await,
+        false => (None, None, Vec::new()),
     };
     let last_tick = lock(&state).last_tick;
     // A workload on shared pools holds the arbiter's lock from its plan to its last
@@ -545,6 +534,26 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         save_policy_state(&ctx, &state, &wl, now).await;
     }
     Ok(action)
+}
+
+/// A due control tick ([`control_tick`]) and its promotion step ([`promotion_tick`],
+/// with the workload's trainings listed first): the tick, what the policy weighed, the
+/// promotion's Events.
+async fn tick_with_promotion(
+    ctx: &Context,
+    state: &Mutex<WorkloadState>,
+    wl: &LLMWorkload,
+    observed: &Observed,
+    now: Timestamp,
+) -> (Option<TickOutcome>, Option<Explanation>, Vec<PlannedEvent>) {
+    let trainings = match wl.spec.learning.promotion.enabled {
+        true => list_trainings(ctx, wl).await,
+        false => None,
+    };
+    ctx.metrics.ticks.inc();
+    let (tick, explanation) = control_tick(ctx, state, wl, observed, now).await;
+    let promoted = promotion_tick(ctx, state, wl, &tick, trainings, now);
+    (Some(tick), explanation, promoted)
 }
 
 /// The `LLMPolicyTraining`s of `wl`'s namespace that concern it, oldest first, as the
