@@ -639,6 +639,14 @@ fn promotion_tick(
     if !matches!(ws.promotion.state.phase, crate::learning::promote::Phase::Watching { .. }) {
         ws.standby = None;
     }
+    if !matches!(ws.promotion.state.phase, crate::learning::promote::Phase::Shadow { .. }) {
+        let slots: Vec<(String, String)> = spec
+            .variants
+            .iter()
+            .flat_map(|v| spec.pool_names_of(v).into_iter().map(|p| (v.name.clone(), p.to_string())))
+            .collect();
+        ctx.metrics.clear_shadow(&labels, &slots);
+    }
     for e in &out.events {
         ctx.metrics.promotion(&labels, e.reason.as_str());
         tracing::info!(workload = %key_of(wl), reason = e.reason.as_str(), "{}", e.message);

@@ -463,6 +463,20 @@ impl OperatorMetrics {
         }
     }
 
+    /// Drops what a candidate in shadow would set for the slots `(variant, pool)` of
+    /// workload `labels` (no candidate is in shadow).
+    pub fn clear_shadow(&self, labels: &WorkloadLabels, slots: &[(String, String)]) {
+        for (variant, pool) in slots {
+            let l = ShadowReplicaLabels {
+                namespace: labels.namespace.clone(),
+                workload: labels.workload.clone(),
+                variant: variant.clone(),
+                pool: pool.clone(),
+            };
+            self.shadow_replicas.remove(&l);
+        }
+    }
+
     /// Counts a shield override.
     pub fn shield_override(&self, rule: &str) {
         self.shield_overrides.get_or_create(&RuleLabel { rule: rule.into() }).inc();
