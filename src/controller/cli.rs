@@ -255,6 +255,11 @@ async fn stop_recording(writer: crate::learning::sink::RecordWriter) {
 /// is 30 s).
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
+/// How long, after a stop, the leader's controllers may take to finish their in-flight
+/// reconciles before they are cancelled so the Lease is released within [`STOP_GRACE`]
+/// (the release itself has 5 s).
+const CONTROLLER_STOP_GRACE: Duration = Duration::from_secs(12);
+
 /// Resolves [`STOP_GRACE`] after `rx` says stop. A stop lets in-flight reconciles
 /// finish, but not for longer: a controller whose watches are backing off (no CRD
 /// installed, say) would otherwise outlive the Pod's grace period and be killed.
@@ -308,10 +313,22 @@ async fn run_as_leader(
         let _ = stop.wait_for(|v| *v).await;
     };
     let mut lost = lost_rx.clone();
-    let trainings = super::training::run_training_controller(training, args.namespace.clone(), stopped(stop_rx));
+    let trainings =
+        super::training::run_training_controller(training, args.namespace.clone(), stopped(stop_rx.clone()));
+    // The Lease is released before the process is overdue, even when a controller does
+    // not stop in time: it is dropped (its requests cancelled, as on a lost Lease) so the
+    // standby takes over at once instead of waiting for the Lease to expire.
+    let late = async move {
+        stopped(stop_rx).await;
+        tokio::time::sleep(CONTROLLER_STOP_GRACE).await;
+    };
     tokio::select! {
         _ = futures::future::join(run_controller(ctx, args.namespace.clone(), shutdown), trainings) => {}
         _ = lost.wait_for(|v| *v) => {}
+        _ = late => tracing::warn!(
+            grace_s = CONTROLLER_STOP_GRACE.as_secs(),
+            "the controllers did not stop in time after the signal; cancelling them and releasing the lease"
+        ),
     }
     renewer.abort();
     if *lost_rx.borrow() {

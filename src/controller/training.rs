@@ -1150,6 +1150,40 @@ fn error_policy(t: Arc<LLMPolicyTraining>, e: &TrainingError, _ctx: Arc<Training
     Action::requeue(Duration::from_secs(10))
 }
 
+/// Waits until the `LLMPolicyTraining` CRD is served (`true`) or `shutdown` resolves
+/// (`false`). An operator upgraded without its new CRD keeps running its workloads: it
+/// says once, as a warning, that trainings are not reconciled and how to fix it, and
+/// checks again every minute, instead of a watch failing in a loop.
+async fn training_crd_installed(
+    trainings: &Api<LLMPolicyTraining>,
+    mut shutdown: impl std::future::Future<Output = ()> + Unpin,
+) -> bool {
+    let mut warned = false;
+    loop {
+        match trainings.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                if !warned {
+                    tracing::warn!(
+                        "the LLMPolicyTraining CRD (llmpolicytrainings.llmos.dev) is not installed: trainings are \
+                         not reconciled until it is (kubectl apply -f crds/llmpolicytrainings.llmos.dev.yaml)"
+                    );
+                    warned = true;
+                }
+            }
+            _ => {
+                if warned {
+                    tracing::info!("the LLMPolicyTraining CRD is installed now; reconciling trainings");
+                }
+                return true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = &mut shutdown => return false,
+        }
+    }
+}
+
 /// Runs the training reconciler until `shutdown` resolves: LLMPolicyTrainings (of
 /// `namespace`, or all), woken by their Jobs and Pods.
 pub async fn run_training_controller(
@@ -1166,6 +1200,10 @@ pub async fn run_training_controller(
         }
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
     };
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    if !training_crd_installed(&trainings, shutdown.clone()).await {
+        return;
+    }
     let ours = watcher::Config::default().labels(TRAINING_LABEL);
     Controller::new(trainings, watcher::Config::default())
         .owns(jobs, ours.clone())
