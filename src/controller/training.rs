@@ -764,22 +764,8 @@ pub fn observe(t: &LLMPolicyTraining, mode: JobMode, obs: &Observed, now: &str) 
                 now,
                 t.metadata.generation,
             );
-            if mode == JobMode::PerIndex {
-                let parallelism = spec.parallelism.unwrap_or(spec.seeds).min(spec.seeds);
-                let running =
-                    obs.train_jobs.iter().filter(|j| matches!(job_state(j), JobState::Running { .. })).count();
-                let have: Vec<u32> = obs
-                    .train_jobs
-                    .iter()
-                    .filter_map(|j| j.labels().get(INDEX_LABEL).and_then(|v| v.parse().ok()))
-                    .collect();
-                let room = (parallelism as usize).saturating_sub(running);
-                let more: Vec<u32> = (0..spec.seeds).filter(|i| !have.contains(i)).take(room).collect();
-                if !more.is_empty() {
-                    return (s, Next::CreateTrain(more));
-                }
-            }
-            return (s, Next::Wait);
+            let more = if mode == JobMode::PerIndex { more_indexes(spec, obs) } else { Vec::new() };
+            return (s, if more.is_empty() { Next::Wait } else { Next::CreateTrain(more) });
         }
         JobState::Complete => {
             s.succeeded_indexes = spec.seeds;
@@ -794,6 +780,16 @@ pub fn observe(t: &LLMPolicyTraining, mode: JobMode, obs: &Observed, now: &str) 
             );
         }
     }
+    observe_eval(t, obs, s, now)
+}
+
+/// The evaluation's part of [`observe`], once every index has trained.
+fn observe_eval(
+    t: &LLMPolicyTraining,
+    obs: &Observed,
+    mut s: LLMPolicyTrainingStatus,
+    now: &str,
+) -> (LLMPolicyTrainingStatus, Next) {
     let eval_name = job_name(&t.name_any(), "eval");
     s.eval_job = Some(eval_name);
     let Some(eval) = &obs.eval_job else {
@@ -869,6 +865,16 @@ pub fn observe(t: &LLMPolicyTraining, mode: JobMode, obs: &Observed, now: &str) 
             }
         },
     }
+}
+
+/// Per-index Jobs: the indexes to start now, within `parallelism` running at once.
+fn more_indexes(spec: &crate::crd::training::LLMPolicyTrainingSpec, obs: &Observed) -> Vec<u32> {
+    let parallelism = spec.parallelism.unwrap_or(spec.seeds).min(spec.seeds);
+    let running = obs.train_jobs.iter().filter(|j| matches!(job_state(j), JobState::Running { .. })).count();
+    let have: Vec<u32> =
+        obs.train_jobs.iter().filter_map(|j| j.labels().get(INDEX_LABEL).and_then(|v| v.parse().ok())).collect();
+    let room = (parallelism as usize).saturating_sub(running);
+    (0..spec.seeds).filter(|i| !have.contains(i)).take(room).collect()
 }
 
 /// Sets condition `type_` (its transition time changes only when its status does).
@@ -1005,26 +1011,20 @@ fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-/// Reconciles one training (see the module docs).
-pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> Result<Action, TrainingError> {
-    let ns = t.namespace().unwrap_or_default();
-    let name = t.name_any();
-    let now = now();
-    if t.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let prev = t.status.clone().unwrap_or_default();
-    if prev.phase.is_final() && prev.observed_generation == t.metadata.generation {
-        return Ok(Action::await_change());
-    }
-    // The spec, then the workload it names.
+/// The training's spec checked, then the workload it names read: its spec and the learned
+/// checkpoint acting for it (the incumbent), or the problem (outer error: the API failed).
+async fn check_spec(
+    t: &LLMPolicyTraining,
+    ctx: &TrainingContext,
+    ns: &str,
+) -> Result<Result<(LLMWorkloadSpec, Option<String>), SpecProblem>, TrainingError> {
     let default_image = ctx.config.job_image.as_deref();
     let raw_workload = {
         let ar = kube::api::ApiResource::erase::<LLMWorkload>(&());
-        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
         api.get_opt(&t.spec.workload).await.map_err(kube_err(format!("reading LLMWorkload {}", t.spec.workload)))?
     };
-    let checked = validate(&t.spec, default_image).and_then(|()| {
+    Ok(validate(&t.spec, default_image).and_then(|()| {
         let raw = raw_workload.as_ref().ok_or_else(|| SpecProblem {
             field: "spec.workload".into(),
             message: format!("no LLMWorkload named `{}` in namespace {ns}", t.spec.workload),
@@ -1035,35 +1035,35 @@ pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> 
                 problem("spec.workload", format!("LLMWorkload `{}` has an unreadable spec: {e}", t.spec.workload))
             })?;
         Ok((spec, serde_json::to_value(raw).ok().and_then(|v| active_checkpoint(&v))))
-    });
-    let (workload, incumbent) = match checked {
-        Ok(x) => x,
-        Err(p) => {
-            // Never a Job for a spec that cannot run; say which field.
-            let mut s = prev.clone();
-            s.observed_generation = t.metadata.generation;
-            let before = s.message.clone();
-            s.message = Some(p.to_string());
-            s.phase = if p.transient { TrainingPhase::Pending } else { TrainingPhase::Failed };
-            set_condition(
-                &mut s.conditions,
-                "SpecValid",
-                "False",
-                "InvalidSpec",
-                &p.to_string(),
-                &now,
-                t.metadata.generation,
-            );
-            write_status(&ctx, &t, &s).await?;
-            if before.as_deref() != Some(p.to_string().as_str()) {
-                publish(&ctx, &t, EventType::Warning, "InvalidSpec", p.to_string()).await;
-            }
-            return Ok(if p.transient { Action::requeue(Duration::from_secs(30)) } else { Action::await_change() });
-        }
-    };
-    let mode = ctx.mode().await;
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    }))
+}
+
+/// Never a Job for a spec that cannot run: the status and a Warning say which field.
+async fn refuse_spec(
+    t: &LLMPolicyTraining,
+    ctx: &TrainingContext,
+    prev: &LLMPolicyTrainingStatus,
+    p: &SpecProblem,
+    now: &str,
+) -> Result<Action, TrainingError> {
+    let mut s = prev.clone();
+    s.observed_generation = t.metadata.generation;
+    let before = s.message.clone();
+    s.message = Some(p.to_string());
+    s.phase = if p.transient { TrainingPhase::Pending } else { TrainingPhase::Failed };
+    set_condition(&mut s.conditions, "SpecValid", "False", "InvalidSpec", &p.to_string(), now, t.metadata.generation);
+    write_status(ctx, t, &s).await?;
+    if before.as_deref() != Some(p.to_string().as_str()) {
+        publish(ctx, t, EventType::Warning, "InvalidSpec", p.to_string()).await;
+    }
+    Ok(if p.transient { Action::requeue(Duration::from_secs(30)) } else { Action::await_change() })
+}
+
+/// The Jobs and Pods the training owns, as the API server has them now.
+async fn read_observed(t: &LLMPolicyTraining, ctx: &TrainingContext, ns: &str) -> Result<Observed, TrainingError> {
+    let name = t.name_any();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let sel = |kind: &str| ListParams::default().labels(&format!("{TRAINING_LABEL}={name},{JOB_KIND_LABEL}={kind}"));
     let owned = |j: &Job| j.owner_references().iter().any(|o| Some(&o.uid) == t.metadata.uid.as_ref());
     let train_jobs: Vec<Job> = jobs
@@ -1086,7 +1086,28 @@ pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> 
         Some(_) => pods.list(&sel("eval")).await.map_err(kube_err("listing evaluation Pods"))?.items,
         None => Vec::new(),
     };
-    let obs = Observed { train_jobs, train_pods, eval_job, eval_pods };
+    Ok(Observed { train_jobs, train_pods, eval_job, eval_pods })
+}
+
+/// Reconciles one training (see the module docs).
+pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> Result<Action, TrainingError> {
+    let ns = t.namespace().unwrap_or_default();
+    let now = now();
+    if t.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let prev = t.status.clone().unwrap_or_default();
+    if prev.phase.is_final() && prev.observed_generation == t.metadata.generation {
+        return Ok(Action::await_change());
+    }
+    let default_image = ctx.config.job_image.as_deref();
+    let (workload, incumbent) = match check_spec(&t, &ctx, &ns).await? {
+        Ok(x) => x,
+        Err(p) => return refuse_spec(&t, &ctx, &prev, &p, &now).await,
+    };
+    let mode = ctx.mode().await;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let obs = read_observed(&t, &ctx, &ns).await?;
     let (mut status, next) = observe(&t, mode, &obs, &now);
     let inp =
         RenderInput { training: &t, workload: &workload, default_image, incumbent_checkpoint: incumbent.as_deref() };

@@ -366,18 +366,6 @@ pub struct CandidateRef {
     pub checkpoint: String,
 }
 
-impl From<CandidateRef> for crate::learning::promote::Candidate {
-    fn from(c: CandidateRef) -> Self {
-        crate::learning::promote::Candidate { digest: c.digest, checkpoint: c.checkpoint }
-    }
-}
-
-impl From<crate::learning::promote::Candidate> for CandidateRef {
-    fn from(c: crate::learning::promote::Candidate) -> Self {
-        CandidateRef { digest: c.digest, checkpoint: c.checkpoint }
-    }
-}
-
 /// The policy a candidate was judged against: the workload's spec policy, or the learned
 /// checkpoint active when the training started.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -421,13 +409,6 @@ pub struct TrainingEvaluation {
     /// The incumbent's mean score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incumbent_mean_score: Option<f64>,
-}
-
-impl TrainingEvaluation {
-    /// The numbers as the promotion rule takes them.
-    pub fn summary(&self) -> crate::learning::promote::EvaluationSummary {
-        crate::learning::promote::EvaluationSummary { mean: self.mean, ci95: self.ci95, seeds: self.seeds as usize }
-    }
 }
 
 #[cfg(test)]

@@ -436,6 +436,27 @@ fn watch(
     }
 }
 
+// The training resource's status carries candidates and evaluations in these terms; the
+// conversions live here so that the CRD types do not depend on the rule.
+impl From<crate::crd::training::CandidateRef> for Candidate {
+    fn from(c: crate::crd::training::CandidateRef) -> Self {
+        Candidate { digest: c.digest, checkpoint: c.checkpoint }
+    }
+}
+
+impl From<Candidate> for crate::crd::training::CandidateRef {
+    fn from(c: Candidate) -> Self {
+        crate::crd::training::CandidateRef { digest: c.digest, checkpoint: c.checkpoint }
+    }
+}
+
+impl crate::crd::training::TrainingEvaluation {
+    /// The numbers as the promotion rule takes them.
+    pub fn summary(&self) -> EvaluationSummary {
+        EvaluationSummary { mean: self.mean, ci95: self.ci95, seeds: self.seeds as usize }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
