@@ -510,6 +510,27 @@ async fn traffic_shifts_is_recorded_retrained_on_a_real_node_shadowed_and_promot
         decided.targets.iter().map(|t| (t.variant.as_str(), t.replicas)).collect::<Vec<_>>(),
         decided.reason
     ));
+    // The promoted network decides by itself once what it sees is back in the range it
+    // was trained on (right after the promotion the queue the single replica built up is
+    // far outside it, and its out-of-range guard hands the decision to HPA, saying so).
+    let t_guard = Instant::now();
+    let own = loop {
+        let d = workload_status(&client).await.last_decision.filter(|d| d.policy == "dqn");
+        if let Some(d) = d.filter(|d| !d.reason.contains("out of training range")) {
+            break d;
+        }
+        assert!(
+            t_guard.elapsed() < Duration::from_secs(120),
+            "the promoted dqn never decided within its training range in 120 s\n--- operator log ---\n{}",
+            tail(&stack.log("operator"))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let t_own = tl.mark(format!(
+        "the learned network decides within its training range: {:?} ({})",
+        own.targets.iter().map(|t| (t.variant.as_str(), t.replicas)).collect::<Vec<_>>(),
+        own.reason
+    ));
     let st = workload_status(&client).await;
     let l = st.learning.clone().expect("status.learning");
     assert_eq!(l.active.as_ref().map(|a| a.digest.as_str()), Some(e.candidate.digest.as_str()), "{l:?}");
@@ -540,11 +561,12 @@ async fn traffic_shifts_is_recorded_retrained_on_a_real_node_shadowed_and_promot
     tl.steps.sort_by(|a, b| a.0.total_cmp(&b.0));
     let summary = format!(
         "e2e learning loop: {:.0} s in all; retraining round (training applied to Evaluated) {:.1} s, to Promoted {:.1} s, \
-         to the first dqn decision {:.1} s; Pods {ran:?}\ntimeline:\n{}Events:\n{story_lines}",
+         to the first dqn decision {:.1} s, to one of the network itself {:.1} s; Pods {ran:?}\ntimeline:\n{}Events:\n{story_lines}",
         tl.start.elapsed().as_secs_f64(),
         t_evaluated - t_apply,
         t_promoted - t_apply,
         t_decided - t_apply,
+        t_own - t_apply,
         tl.render()
     );
     eprintln!("{summary}");
