@@ -250,6 +250,10 @@ fn scenario_for(name: &str, spec: &LLMWorkloadSpec, trace: &Path) -> ScenarioFil
 /// written under `work` where generated. Each is `(scenario path, trace that replaces
 /// its own)`.
 pub fn scenarios(traffic: &TrafficArgs, work: &Path) -> anyhow::Result<Vec<(PathBuf, Option<PathBuf>)>> {
+    // A generated scenario names its trace by path, and the scenario loader reads a
+    // relative one from the scenario's own directory: with a relative `work` (`--root` of
+    // a command run by hand) that path would be `work` twice. Absolute paths throughout.
+    let work = &std::path::absolute(work).with_context(|| format!("{}: no absolute path", work.display()))?;
     fs::create_dir_all(work).with_context(|| format!("{}: cannot create", work.display()))?;
     let spec = workload_spec(traffic)?;
     let need_spec = |what: &str| {
@@ -535,7 +539,9 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<TrainingEvaluation> {
         bail!("--seeds must be at least 1");
     }
     let window = window_fractions(&args.window)?;
-    let (found, skipped) = read_candidates(&args.root)?;
+    // Absolute, so the candidates' checkpoint paths in the result name them from anywhere.
+    let root = std::path::absolute(&args.root).with_context(|| format!("{}: no absolute path", args.root.display()))?;
+    let (found, skipped) = read_candidates(&root)?;
     for s in &skipped {
         eprintln!("warning: left out {s}");
     }
@@ -543,13 +549,13 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<TrainingEvaluation> {
     if !missing.is_empty() {
         bail!(
             "{}: no complete candidate of index(es) {missing:?} (of {}); {}",
-            args.root.display(),
+            root.display(),
             args.candidates,
             if skipped.is_empty() { "nothing was left out".to_string() } else { skipped.join("; ") }
         );
     }
     let found: Vec<FoundCandidate> = found.into_iter().filter(|c| c.file.index < args.candidates).collect();
-    let sources = scenarios(&args.traffic, &args.root.join("work-eval"))?;
+    let sources = scenarios(&args.traffic, &root.join("work-eval"))?;
     let mut loaded = Vec::new();
     for (path, trace) in &sources {
         let mut s = Scenario::load(path).with_context(|| format!("loading scenario {}", path.display()))?;
@@ -708,6 +714,46 @@ mod tests {
         write_atomic(&p, b"2").expect("second");
         assert_eq!(fs::read(&p).expect("read"), b"2");
         assert_eq!(fs::read_dir(d.path()).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn a_relative_work_directory_gives_a_scenario_that_loads() {
+        use crate::learning::record::{TrafficWindow, RECORD_VERSION};
+        use crate::learning::store::{RecordStore, StoreConfig};
+        // Relative to the working directory of the test (the crate's root).
+        let base = tempfile::tempdir_in("target").expect("tempdir under target/");
+        let rel = base.path().strip_prefix(std::env::current_dir().expect("cwd")).unwrap_or(base.path()).to_path_buf();
+        assert!(rel.is_relative(), "{}", rel.display());
+        let records = rel.join("records/default_code");
+        let (mut store, _) = RecordStore::open(&records, StoreConfig::default()).expect("store");
+        for i in 0..4 {
+            let mut w: TrafficWindow = serde_json::from_value(serde_json::json!({
+                "version": RECORD_VERSION, "workload": "default/code",
+                "start_unix_s": 1_800_000_000.0 + 10.0 * f64::from(i), "duration_s": 10.0,
+                "arrivals": 20.0, "arrival_rate_rps": 2.0, "completions": 20.0,
+                "prompt_tokens": {"bounds": [100.0, 1000.0], "counts": [0.0, 20.0, 0.0], "sum": 10000.0},
+                "generation_tokens": {"bounds": [100.0, 1000.0], "counts": [20.0, 0.0, 0.0], "sum": 1000.0},
+                "slo": {}, "fleet": []
+            }))
+            .expect("a window");
+            w.slo_attainment = Some(1.0);
+            store.append(&w).expect("append");
+        }
+        store.seal().expect("seal");
+        let spec: LLMWorkloadSpec = serde_json::from_value(serde_json::json!({
+            "variants": [{"name": "llama3-8b", "model": "llama-3-8b", "image": "vllm/vllm-openai:v0.6.3"}],
+            "gpuPools": [{"name": "a100", "gpuType": "A100-80GB", "pricePerGpuHour": 3.0}]
+        }))
+        .expect("a spec");
+        let traffic = TrafficArgs {
+            records: Some(records),
+            workload_spec: Some(serde_json::to_string(&spec).expect("JSON")),
+            ..Default::default()
+        };
+        let out = scenarios(&traffic, &rel.join("trainings/t/work-0")).expect("scenarios");
+        assert!(out[0].0.is_absolute(), "{}", out[0].0.display());
+        let s = Scenario::load(&out[0].0).expect("the generated scenario loads, its trace found");
+        assert_eq!(s.spec.variants[0].name, "llama3-8b");
     }
 
     #[test]
