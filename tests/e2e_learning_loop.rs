@@ -16,9 +16,13 @@
 //! scrape (`metrics.source: scrape`).
 //!
 //! The workload's incumbent is a poor policy for what comes: `static` with one replica.
-//! The twin serves 2 requests/s and, from [`SHIFT_AT_S`], 10 requests/s (one Llama-3-8B
+//! The twin serves 2 requests/s and, from [`SHIFT_AT_S`], 14 requests/s (one Llama-3-8B
 //! replica on an A100 serves about 7 of these requests per second in the twin: its
-//! queue grows and the SLO attainment collapses). twin-serve runs at `--speed 1`: at a
+//! queue grows and the SLO attainment collapses). 14 rather than 10: the record's token
+//! histograms come from finished requests, and while a queue grows the short outputs
+//! finish first, so the record under-states the load; at 10 requests/s the replayed
+//! record was within one replica's reach and the candidates, rightly, did not beat it
+//! (docs/learning.md, "The whole loop"). twin-serve runs at `--speed 1`: at a
 //! higher speed it divides its counters by the speed but not its queue gauges, and the
 //! operator's arrival estimate (finished requests plus the growth of those in flight)
 //! would count the growing queue `speed` times over, recording traffic that never came.
@@ -33,7 +37,9 @@
 //!    3 shadow decisions, no shield override allowed), shadows the candidate and promotes
 //!    it: Events `TrainingStarted`, `Evaluated`, `ShadowStarted`, `Promoted` in that order;
 //!    `status.learning` is `Watching` with the candidate active and a `Promoted` history
-//!    entry naming its digest; the learned policy (`dqn`) decides afterwards;
+//!    entry naming its digest; the learned policy (`dqn`) decides afterwards, first through
+//!    its out-of-range guard (the queue is far outside its training range), then, once the
+//!    queue drained, by its network;
 //! 4. the operator's identity was refused nothing.
 //!
 //! A candidate that does not beat the incumbent with confidence is never promoted: the
