@@ -532,6 +532,25 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
+/// The evaluation's scenarios with their traces, cut to `max_duration_s` when given.
+fn load_scenarios(
+    sources: &[(PathBuf, Option<PathBuf>)],
+    max_duration_s: Option<f64>,
+) -> anyhow::Result<Vec<Scenario>> {
+    let mut loaded = Vec::new();
+    for (path, trace) in sources {
+        let mut s = Scenario::load(path).with_context(|| format!("loading scenario {}", path.display()))?;
+        if let Some(t) = trace {
+            s.set_trace(t).with_context(|| format!("loading trace {}", t.display()))?;
+        }
+        if let Some(d) = max_duration_s {
+            s.file.max_duration_s = Some(s.file.max_duration_s.map_or(d, |m| m.min(d)));
+        }
+        loaded.push(s);
+    }
+    Ok(loaded)
+}
+
 /// Runs the evaluation (see the module docs) and returns its result; `llmos
 /// evaluate-candidates` writes it.
 pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<TrainingEvaluation> {
@@ -556,17 +575,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<TrainingEvaluation> {
     }
     let found: Vec<FoundCandidate> = found.into_iter().filter(|c| c.file.index < args.candidates).collect();
     let sources = scenarios(&args.traffic, &root.join("work-eval"))?;
-    let mut loaded = Vec::new();
-    for (path, trace) in &sources {
-        let mut s = Scenario::load(path).with_context(|| format!("loading scenario {}", path.display()))?;
-        if let Some(t) = trace {
-            s.set_trace(t).with_context(|| format!("loading trace {}", t.display()))?;
-        }
-        if let Some(d) = args.max_duration_s {
-            s.file.max_duration_s = Some(s.file.max_duration_s.map_or(d, |m| m.min(d)));
-        }
-        loaded.push(s);
-    }
+    let loaded = load_scenarios(&sources, args.max_duration_s)?;
     // The workload's spec is the main scenario's (the operator's, when it built it).
     let spec = match workload_spec(&args.traffic)? {
         Some(s) => s,

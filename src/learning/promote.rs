@@ -369,9 +369,14 @@ fn shadow(
         return;
     }
     let s = &mut t.state;
-    let baseline = s.live_mean(at - cfg.rollback_window_s).unwrap_or(cfg.fallback_baseline);
+    let live = s.live_mean(at - cfg.rollback_window_s);
+    let baseline = live.unwrap_or(cfg.fallback_baseline);
+    let source = match live {
+        Some(_) => "the incumbent's live SLO attainment",
+        None => "no live window of the incumbent closed yet: the fallback baseline",
+    };
     let why = format!(
-        "evaluation {:+.4} ± {:.4} ({} seeds); {numbers} over {:.0} s; replaces {}; incumbent SLO attainment {:.1} %",
+        "evaluation {:+.4} ± {:.4} ({} seeds); {numbers} over {:.0} s; replaces {}; rollback baseline {:.1} % ({source})",
         ev.mean,
         ev.ci95,
         ev.seeds,
