@@ -53,8 +53,8 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use e2e_support::node::{build_image, is_root, pod_ready, start_node, wait_for, NODE};
-use e2e_support::{audited_requests, e2e_wanted, k8s_bin, repo, Stack, OPERATOR_NS};
+use e2e_support::node::{build_image, node_test_runs, pod_ready, start_node, wait_for, NODE};
+use e2e_support::{audited_requests, repo, Stack, OPERATOR_NS};
 
 const RELEASE: &str = "llmos-operator";
 const LEASE: &str = "llmos-operator-leader";
@@ -190,20 +190,9 @@ async fn workload_replicas(client: &Client) -> (Option<i32>, Option<i64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election() {
-    if !e2e_wanted(true) {
+    if !node_test_runs() {
         return;
     }
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: a real node needs root (containerd, runc and the kubelet), and this test does not run as root"
-        );
-        return;
-    }
-    assert!(
-        k8s_bin().join("kubelet").exists(),
-        "missing {} (scripts/k8s/build.sh)",
-        k8s_bin().join("kubelet").display()
-    );
     let t_all = Instant::now();
 
     // 1. Render first: a chart that does not render fails before anything starts.

@@ -58,10 +58,9 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use e2e_support::node::{build_image, is_root, start_node, wait_for, NODE};
+use e2e_support::node::{build_image, node_test_runs, start_node, wait_for, NODE};
 use e2e_support::{
-    apply_operator_rbac, audited_requests, e2e_wanted, free_port, k8s_bin, operator_kubeconfig, step_scenario, tail,
-    Stack, OPERATOR_NS,
+    apply_operator_rbac, audited_requests, free_port, operator_kubeconfig, step_scenario, tail, Stack, OPERATOR_NS,
 };
 use llmos::crd::training::{LLMPolicyTraining, LLMPolicyTrainingStatus, TrainingPhase};
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
@@ -261,20 +260,9 @@ impl Timeline {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shifts_is_recorded_retrained_on_a_real_node_shadowed_and_promoted() {
-    if !e2e_wanted(true) {
+    if !node_test_runs() {
         return;
     }
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: a real node needs root (containerd, runc and the kubelet), and this test does not run as root"
-        );
-        return;
-    }
-    assert!(
-        k8s_bin().join("kubelet").exists(),
-        "end-to-end prerequisite missing (set LLMOS_SKIP_E2E=1 to skip): {} (build with scripts/k8s/build.sh)",
-        k8s_bin().join("kubelet").display()
-    );
     let mut tl = Timeline { start: Instant::now(), start_unix: now_unix(), steps: Vec::new() };
     let (mut stack, client) = Stack::start_with(true, true).await;
     stack.install_crd();
