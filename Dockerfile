@@ -1,18 +1,33 @@
+# syntax=docker/dockerfile:1
 # Multi-stage build of the llmos operator (`llmos run`), with libtorch for the DQN policy.
-#
-# Not built on the machines this project is developed on (no container engine there):
-# this file is written to the same steps the project's scripts run (scripts/setup-libtorch.sh,
-# cargo build --release) but has not been executed; expect to adjust it on first use.
-# What runs there instead: `images/build.sh llmos OUTDIR` assembles an image with this
-# file's runtime stage settings from a local build, for containerd (docs/node.md).
 #
 #   docker build -t ghcr.io/llmos/llmos-operator:0.1.0 .
 #   docker build --build-arg LLMOS_TORCH=full -t ghcr.io/llmos/llmos-operator:0.1.0-cuda .
 #
-# LLMOS_TORCH=cpu (default) gives a lean CPU-only libtorch; `full` carries the CUDA
-# libraries for a DQN on a GPU (chart value gpu.enabled=true).
+# LLMOS_TORCH=cpu (default) gives a lean CPU-only libtorch: the libraries the binary
+# loads; `full` carries the whole wheel's libraries with CUDA, for a DQN on a GPU (chart
+# value gpu.enabled=true).
+#
+# The network a build needs: apt (deb.debian.org), PyPI (the torch wheel,
+# scripts/setup-libtorch.sh) and crates.io (cargo). Behind a proxy that re-signs TLS with
+# its own CA, give the build that CA as the optional secret `ca-bundle` (a PEM bundle; pip
+# and cargo trust it, nothing of it stays in an image):
+#
+#   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt -t ... .
+#
+# Cargo's registry and target directory are cache mounts, so a rebuild after a code change
+# compiles the llmos crate only.
+#
+# Where it was built: with buildah 1.28 (Debian 12), no registry and no Docker, by
+# images/dockerfile.sh (debian:bookworm-slim from debootstrap, rust:1.95-bookworm from
+# that base and the host's Rust 1.95 toolchain; docs/node.md, docs/benchmarks.md); its
+# image ran as the chart's operator Pods on a real node (tests/e2e_chart.rs with
+# LLMOS_OPERATOR_IMAGE_OCI). Not built with Docker itself, nor with LLMOS_TORCH=full.
+# images/build.sh llmos assembles an image with this file's runtime settings from a local
+# cargo build instead (seconds, not a release build).
 
-ARG RUST_VERSION=1.85
+# The dependencies (kube 5) need Rust 1.89 or later; built with 1.95.
+ARG RUST_VERSION=1.95
 ARG LLMOS_TORCH=cpu
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
@@ -25,14 +40,27 @@ WORKDIR /src
 # its own layer so code changes do not download it again.
 COPY scripts/setup-libtorch.sh scripts/env.sh scripts/
 ENV LLMOS_CACHE=/opt/llmos LLMOS_TORCH=${LLMOS_TORCH}
-RUN bash scripts/setup-libtorch.sh > /opt/libtorch.env
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && bash scripts/setup-libtorch.sh
 COPY . .
 # The rpath points at the builder's torch; the runtime stage sets LD_LIBRARY_PATH instead.
-RUN . scripts/env.sh \
- && LLMOS_NO_RPATH=1 cargo build --release --bin llmos \
+# cpu: the libtorch libraries the binary loads (ldd); full: every library of the wheel
+# (CUDA's are partly loaded at run time, which ldd does not show).
+RUN --mount=type=secret,id=ca-bundle \
+    --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    if [ -s /run/secrets/ca-bundle ]; then export CARGO_HTTP_CAINFO=/run/secrets/ca-bundle; fi \
+ && . scripts/env.sh \
+ && LLMOS_NO_RPATH=1 cargo build --release --locked --bin llmos \
  && mkdir -p /out/lib \
- && cp target/release/llmos /out/llmos \
- && for d in $(echo "$LLMOS_TORCH_LD_PATH" | tr ':' ' '); do cp -a "$d"/*.so* /out/lib/ 2>/dev/null || true; done
+ && objcopy --strip-debug target/release/llmos /out/llmos \
+ && if [ "$LLMOS_TORCH" = full ]; then \
+      for d in $(echo "$LLMOS_TORCH_LD_PATH" | tr ':' ' '); do cp -a "$d"/*.so* /out/lib/; done; \
+    else \
+      ldd /out/llmos | awk '$3 ~ /^\/opt\/llmos\// { print $3 }' | xargs -r cp -L -t /out/lib/; \
+    fi \
+ && ls -l /out/lib
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
@@ -42,8 +70,12 @@ RUN apt-get update \
 COPY --from=builder /out/lib/ /opt/llmos/lib/
 COPY --from=builder /out/llmos /usr/local/bin/llmos
 # The shipped learned policies (policies/<name>/, each with its CARD.md), selectable as
-# `policy: {kind: dqn, dqn: {checkpoint: /opt/llmos/policies/<name>}}`.
-COPY --from=builder /src/policies/ /opt/llmos/policies/
+# `policy: {kind: dqn, dqn: {checkpoint: /opt/llmos/policies/<name>}}`; the scenarios,
+# training configs and Azure traces that LLMPolicyTraining Jobs name relative to
+# /opt/llmos (as images/build.sh's image has them).
+COPY policies/ /opt/llmos/policies/
+COPY scenarios/ /opt/llmos/scenarios/
+COPY data/traces/AzureLLMInferenceTrace_code.csv data/traces/AzureLLMInferenceTrace_conv.csv /opt/llmos/data/traces/
 ENV LD_LIBRARY_PATH=/opt/llmos/lib
 # Two malloc arenas: with one per thread (glibc's default, up to 8 per core) the operator's
 # resident memory at 1,000 workloads grew 100 MiB in 5 min from fragmentation alone,

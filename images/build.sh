@@ -10,6 +10,9 @@
 #                                         target/release/llmos, else target/debug/llmos),
 #                                         policies/, scenarios/ and the Azure traces:
 #                                         llmos.local/llmos:dev
+#   images/build.sh base OUTDIR           the Debian bookworm base alone (the first layer of
+#                                         llmos, with a shell as command): llmos.local/debian:bookworm,
+#                                         the base images/dockerfile.sh gives buildah
 #
 # OUTDIR becomes an OCI image layout (oci-layout, index.json, blobs/sha256/...). Import it
 # with `tar -C OUTDIR -cf - . | ctr -n k8s.io images import -` (scripts/node/start.sh does
@@ -26,8 +29,8 @@
 #   IMAGE_NAME     the reference the image gets (defaults above)
 #   DEBIAN_MIRROR  the mirror debootstrap uses (default http://deb.debian.org/debian)
 set -euo pipefail
-WHAT=${1:?usage: images/build.sh pause|llmos OUTDIR [BIN]}
-OUT=${2:?usage: images/build.sh pause|llmos OUTDIR [BIN]}
+WHAT=${1:?usage: images/build.sh base|pause|llmos OUTDIR [BIN]}
+OUT=${2:?usage: images/build.sh base|pause|llmos OUTDIR [BIN]}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${LLMOS_CACHE:-$HOME/.cache/llmos}
 LAYERS=$CACHE/node/layers
@@ -143,14 +146,15 @@ write_image() {
   shift 2
   rm -rf "$OUT"
   mkdir -p "$OUT/blobs/sha256"
-  local layers_json="" diffs="" d l
+  local layers_json="" diffs="" history="" d l
   for l in "$@"; do
     d=$(sha "$l")
+    history+="${history:+,}{\"created\":\"1970-01-01T00:00:00Z\",\"created_by\":\"images/build.sh: $(basename "$l")\"}"
     ln -f "$l" "$OUT/blobs/sha256/$d" 2>/dev/null || cp "$l" "$OUT/blobs/sha256/$d"
     layers_json+="${layers_json:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$d\",\"size\":$(size "$l")}"
     diffs+="${diffs:+,}\"sha256:$d\""
   done
-  local config="{\"architecture\":\"amd64\",\"os\":\"linux\",\"created\":\"1970-01-01T00:00:00Z\",\"config\":$cfg,\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diffs]}}"
+  local config="{\"architecture\":\"amd64\",\"os\":\"linux\",\"created\":\"1970-01-01T00:00:00Z\",\"config\":$cfg,\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diffs]},\"history\":[$history]}"
   printf '%s' "$config" >"$OUT/config.json"
   local cd cs
   cd=$(sha "$OUT/config.json")
@@ -172,6 +176,10 @@ write_image() {
 }
 
 case "$WHAT" in
+  base)
+    write_image "${IMAGE_NAME:-llmos.local/debian:bookworm}" \
+      '{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["bash"]}' "$(base_layer)"
+    ;;
   pause)
     write_image "${IMAGE_NAME:-llmos.local/pause:3.4.1}" \
       '{"User":"65535:65535","Entrypoint":["/pause"]}' "$(pause_layer)"
@@ -193,7 +201,7 @@ case "$WHAT" in
     rm -f "$app" "$app.sha256"
     ;;
   *)
-    echo "unknown image $WHAT (pause or llmos)" >&2
+    echo "unknown image $WHAT (base, pause or llmos)" >&2
     exit 2
     ;;
 esac
