@@ -44,14 +44,16 @@ RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
  && bash scripts/setup-libtorch.sh
 COPY . .
-# The rpath points at the builder's torch; the runtime stage sets LD_LIBRARY_PATH instead.
+# RUN's shell is /bin/sh (dash), which cannot source scripts/env.sh (bash), so its two lines
+# are here. The rpath points at the builder's torch; the runtime stage sets LD_LIBRARY_PATH.
 # cpu: the libtorch libraries the binary loads (ldd); full: every library of the wheel
 # (CUDA's are partly loaded at run time, which ldd does not show).
 RUN --mount=type=secret,id=ca-bundle \
     --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     if [ -s /run/secrets/ca-bundle ]; then export CARGO_HTTP_CAINFO=/run/secrets/ca-bundle; fi \
- && . scripts/env.sh \
+ && eval "$(bash scripts/setup-libtorch.sh | sed 's/^/export /')" \
+ && export LD_LIBRARY_PATH="$LLMOS_TORCH_LD_PATH" \
  && LLMOS_NO_RPATH=1 cargo build --release --locked --bin llmos \
  && mkdir -p /out/lib \
  && objcopy --strip-debug target/release/llmos /out/llmos \

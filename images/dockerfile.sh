@@ -123,7 +123,13 @@ say "buildah bud (LLMOS_TORCH=$LLMOS_TORCH, RUST_VERSION=$RUST_VERSION)"
 # shellcheck disable=SC2086
 nice -n 10 buildah bud --pull=never --layers "${secret[@]}" \
   --build-arg "RUST_VERSION=$RUST_VERSION" --build-arg "LLMOS_TORCH=$LLMOS_TORCH" \
-  ${BUILDAH_EXTRA:-} -f "$CONTEXT/Dockerfile" -t "$IMAGE_NAME" "$CONTEXT" >&2
+  ${BUILDAH_EXTRA:-} -f "$CONTEXT/Dockerfile" -t "$IMAGE_NAME" "$CONTEXT" 2>&1 |
+  while IFS= read -r line; do
+    case $line in
+      *STEP* | "--> "* | COMMIT*) echo "$(date +%T) $line" ;;
+      *) echo "$line" ;;
+    esac
+  done >&2
 say "built $IMAGE_NAME ($(since "$t") s)"
 
 # The OCI layout, named for containerd's import.
