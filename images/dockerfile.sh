@@ -39,6 +39,7 @@
 #                         /etc/ssl/certs/ca-certificates.crt; empty: no secret)
 #   LLMOS_REFRESH_BASES   1: make the two FROM images again
 #   LLMOS_CONTEXT         tree (default): build the working tree; head: the committed HEAD
+#                         (git archive); a directory: that one (with its own Dockerfile)
 #   BUILDAH_EXTRA         more arguments for `buildah bud` (e.g. --no-cache)
 set -euo pipefail
 OUT=${1:?usage: images/dockerfile.sh OUTDIR}
@@ -109,12 +110,16 @@ say "bases ready ($(since "$t") s)"
 # The build context: the working tree, or with LLMOS_CONTEXT=head the committed HEAD
 # (`git archive`, without uncommitted edits of the tree).
 CONTEXT=$REPO
-if [ "${LLMOS_CONTEXT:-tree}" = head ]; then
-  CONTEXT=$(mktemp -d "${TMPDIR:-/tmp}/llmos-context.XXXXXX")
-  trap 'rm -rf "$CONTEXT"' EXIT
-  git -C "$REPO" archive --format=tar HEAD | tar -C "$CONTEXT" -xf -
-  say "context: HEAD $(git -C "$REPO" rev-parse --short HEAD)"
-fi
+case "${LLMOS_CONTEXT:-tree}" in
+  tree) ;;
+  head)
+    CONTEXT=$(mktemp -d "${TMPDIR:-/tmp}/llmos-context.XXXXXX")
+    trap 'rm -rf "$CONTEXT"' EXIT
+    git -C "$REPO" archive --format=tar HEAD | tar -C "$CONTEXT" -xf -
+    say "context: HEAD $(git -C "$REPO" rev-parse --short HEAD)"
+    ;;
+  *) CONTEXT=$(cd "$LLMOS_CONTEXT" && pwd) ;;
+esac
 
 secret=()
 [ -n "$CA_BUNDLE" ] && secret=(--secret "id=ca-bundle,src=$CA_BUNDLE")

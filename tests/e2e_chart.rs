@@ -8,6 +8,11 @@
 //! (`scripts/node/start.sh`: containerd, runc, the kubelet, a bridge pod network), and the
 //! image built from the binary under test (`images/build.sh`).
 //!
+//! `LLMOS_OPERATOR_IMAGE_OCI=DIR` runs another image instead: the OCI layout in DIR, whose
+//! file `DIR/name` holds its reference, as `images/dockerfile.sh DIR` writes the image
+//! built from the Dockerfile (`llmos.local/llmos:dockerfile`); the node imports it and the
+//! chart names it. Unset (the default, and CI), the image is `images/build.sh`'s.
+//!
 //! The chart is installed with its defaults but for the image (`image.repository=llmos.local/llmos`,
 //! `image.tag=dev`, the image the node imported): the Pods use the in-cluster
 //! configuration (`KUBERNETES_SERVICE_HOST`/`PORT` that the kubelet sets from the
@@ -62,14 +67,30 @@ const EXAMPLE: &str = "manifests/examples/llmworkload-small.yaml";
 const WORKLOAD: &str = "chat-small";
 const WORKLOAD_NS: &str = "default";
 const WORKLOAD_DEPLOYMENT: &str = "chat-small-llama8b-l4";
+/// The image `images/build.sh llmos` gives the binary under test.
+const BUILT_IMAGE: &str = "llmos.local/llmos:dev";
+/// Names an OCI layout to run instead of [`BUILT_IMAGE`] (`images/dockerfile.sh DIR`).
+const IMAGE_OCI_ENV: &str = "LLMOS_OPERATOR_IMAGE_OCI";
 
-/// Renders the chart for the test's image with `scripts/chart/render.sh`; returns (the
-/// CRDs, the rest) as two YAML streams.
-fn render_chart() -> (String, String) {
+/// The OCI layout named by `LLMOS_OPERATOR_IMAGE_OCI` and the reference in its `name`
+/// file, or `None` when the variable is unset or empty.
+fn prebuilt_image() -> Option<(PathBuf, String)> {
+    let dir = PathBuf::from(std::env::var_os(IMAGE_OCI_ENV).filter(|v| !v.is_empty())?);
+    assert!(dir.join("index.json").is_file(), "{IMAGE_OCI_ENV}={}: not an OCI layout (no index.json)", dir.display());
+    let name = std::fs::read_to_string(dir.join("name")).unwrap_or_else(|e| {
+        panic!("{IMAGE_OCI_ENV}={}: no file 'name' with the image's reference ({e})", dir.display())
+    });
+    Some((dir, name.trim().to_string()))
+}
+
+/// Renders the chart for the test's image (`repository:tag`) with `scripts/chart/render.sh`;
+/// returns (the CRDs, the rest) as two YAML streams.
+fn render_chart(image: &str) -> (String, String) {
+    let (repository, tag) = image.rsplit_once(':').unwrap_or_else(|| panic!("image {image} has no tag"));
     let out = Command::new("bash")
         .arg(repo().join("scripts/chart/render.sh"))
         .args(["--name", RELEASE, "--namespace", OPERATOR_NS, "--include-crds"])
-        .args(["--set", "image.repository=llmos.local/llmos,image.tag=dev"])
+        .args(["--set", &format!("image.repository={repository},image.tag={tag}")])
         .arg(repo().join("charts/llmos-operator"))
         .output()
         .expect("running scripts/chart/render.sh");
@@ -196,17 +217,25 @@ async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election(
     let t_all = Instant::now();
 
     // 1. Render first: a chart that does not render fails before anything starts.
+    let prebuilt = prebuilt_image();
+    let image = prebuilt.as_ref().map_or(BUILT_IMAGE.to_string(), |(_, name)| name.clone());
     let t = Instant::now();
-    let (crds, objects) = render_chart();
+    let (crds, objects) = render_chart(&image);
     let render_s = t.elapsed().as_secs_f64();
 
     // The control plane, with ServiceAccount tokens mounted into Pods (scripts/k8s/start.sh).
     std::env::set_var("SERVICE_ACCOUNT_ADMISSION", "1");
     let (stack, client) = Stack::start_with(true, true).await;
-    let image_dir = stack.path("images/llmos");
     let t = Instant::now();
-    build_image(&image_dir, Path::new(env!("CARGO_BIN_EXE_llmos")));
-    let image_s = t.elapsed().as_secs_f64();
+    let (image_dir, image_made) = match &prebuilt {
+        Some((dir, _)) => (dir.clone(), format!("{image} from {}", dir.display())),
+        None => {
+            let dir = stack.path("images/llmos");
+            build_image(&dir, Path::new(env!("CARGO_BIN_EXE_llmos")));
+            (dir, format!("{image} built in {:.1} s", t.elapsed().as_secs_f64()))
+        }
+    };
+    eprintln!("the operator's image: {image_made}");
     let node_dir = stack.path("node");
     let started = match start_node(&node_dir, &stack.kubeconfig, &image_dir, 0) {
         Ok(s) => s,
@@ -255,7 +284,7 @@ async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election(
         assert_eq!(spec.node_name.as_deref(), Some(NODE), "bound to the real node");
         assert_eq!(spec.service_account_name.as_deref(), Some(RELEASE), "the chart's ServiceAccount");
         assert_ne!(spec.host_network, Some(true), "on the pod network");
-        assert_eq!(spec.containers[0].image.as_deref(), Some("llmos.local/llmos:dev"));
+        assert_eq!(spec.containers[0].image.as_deref(), Some(image.as_str()));
         let mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
         assert!(
             mounts.iter().any(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount"),
@@ -377,7 +406,7 @@ async fn the_chart_installs_and_runs_the_operator_as_pods_under_leader_election(
     assert!(connections >= 2, "the Pods reached the API server through the kubernetes Service ({connections})");
 
     let summary = format!(
-        "e2e chart: {:.0} s in all; rendered in {render_s:.2} s; image {image_s:.1} s; chart applied to two Pods \
+        "e2e chart: {:.0} s in all; rendered in {render_s:.2} s; image {image_made}; chart applied to two Pods \
          Ready {ready_s:.1} s; example reconciled to {replicas} replica(s) {reconcile_s:.1} s after apply; Lease \
          {leader} -> {next} ({taken_by}) {handover_s:.1} s after the delete; {} audited (group, resource, verb), none refused; \
          {connections} connections through the kubernetes Service",
