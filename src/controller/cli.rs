@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// default: $LLMOS_JOB_IMAGE). Without either, such a training is refused (spec.image).
     #[arg(long)]
     pub job_image: Option<String>,
+    /// The validating admission webhook.
+    #[command(flatten)]
+    pub webhook: super::admission::WebhookArgs,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -153,6 +156,11 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         }
     }
     health.set_ready(true);
+    let job_image = args.job_image.clone().or_else(|| from_env(super::training::JOB_IMAGE_ENV));
+    let own_ns = args.lease_namespace.clone().unwrap_or_else(|| default_ns.clone());
+    let admission = super::admission::AdmissionConfig { job_image: job_image.clone() };
+    let webhook =
+        super::admission::start(&args.webhook, client.clone(), &own_ns, admission, stopped(stop_rx.clone())).await?;
 
     let mut ctx = Context::new(
         client.clone(),
@@ -173,11 +181,7 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(ctx);
     let training = Arc::new(super::training::TrainingContext::new(
         client.clone(),
-        super::training::TrainingConfig {
-            job_image: args.job_image.clone().or_else(|| from_env(super::training::JOB_IMAGE_ENV)),
-            mode: None,
-            instance: identity.clone(),
-        },
+        super::training::TrainingConfig { job_image, mode: None, instance: identity.clone() },
     ));
 
     let elect = args.leader_election && !args.no_leader_election;
@@ -198,6 +202,9 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = http.await;
+    if let Some(webhook) = webhook {
+        let _ = webhook.await;
+    }
     if let Some(writer) = writer {
         stop_recording(writer).await;
     }

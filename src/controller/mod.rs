@@ -30,6 +30,7 @@
 //! Everything the reconciler needs comes in a [`Context`]; tests build one with a fake
 //! metrics source, a scripted policy and a manual clock.
 
+pub mod admission;
 pub mod cli;
 pub mod decide;
 pub mod desired;
@@ -47,6 +48,7 @@ pub mod status;
 pub mod telemetry;
 pub mod training;
 pub mod validate;
+pub mod webhook_cert;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
