@@ -36,7 +36,7 @@ mod e2e_support;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
 use e2e_support::{dqn_scenario, e2e_wanted, free_port, sample_value, tail, train_tiny_dqn, wait_until, Stack};
@@ -356,4 +356,156 @@ async fn a_retrained_policy_is_shadowed_promoted_and_rolled_back() {
         promoted_in.as_secs_f64(),
         t_all.elapsed().as_secs_f64()
     );
+}
+
+/// Workload of the schedule test: no data plane (its ticks hold for want of metrics; the
+/// schedule's step runs at every tick all the same), retraining every 3 s, one finished
+/// round kept.
+const SCHEDULED: &str = "chat-sched";
+
+fn scheduled_yaml() -> String {
+    let mut y = e2e_support::StepWorkload {
+        name: SCHEDULED,
+        namespace: NS,
+        variant: "llama3-8b",
+        cold_start_s: None,
+        scale_down_cooldown_s: 4,
+        prom_url: "http://127.0.0.1:1",
+        policy_block: "    kind: hpa\n    intervalSeconds: 1\n".into(),
+    }
+    .yaml();
+    y.push_str(
+        "  learning:\n    retrain: {enabled: true, from: sched-first, intervalSeconds: 3, minRecordedSeconds: 0, \
+         historyLimit: 1}\n",
+    );
+    y
+}
+
+/// The phase of training `name`, if it exists and has one.
+async fn phase_of(api: &Api<DynamicObject>, name: &str) -> Option<String> {
+    let t = api.get_opt(name).await.ok().flatten()?;
+    t.data.pointer("/status/phase").and_then(|p| p.as_str()).map(str::to_string)
+}
+
+/// Events about `workload` with `reason`, their notes.
+async fn notes(client: &Client, workload: &str, reason: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), NS);
+    let list = api.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+    list.into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(workload) && e.reason.as_deref() == Some(reason))
+        .map(|e| e.message.unwrap_or_default())
+        .collect()
+}
+
+/// `spec.learning.retrain` on the real API server, with the operator under the shipped
+/// RBAC: a missing template is refused with a Warning; once the template exists and has
+/// finished, round 1 is created from it (fresh seeds, owner, labels); no round starts
+/// while one runs; when round 2 has finished, round 1 (historyLimit 1) is deleted with its
+/// directory on the volume, and the template applied by hand is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_rounds_start_when_due_and_old_ones_are_deleted() {
+    if !e2e_wanted(true) {
+        return;
+    }
+    let t_all = Instant::now();
+    let (mut stack, client) = Stack::start(true).await;
+    stack.install_crd();
+    stack.kubectl(
+        &["wait", "--for", "condition=established", "--timeout=60s", "crd/llmpolicytrainings.llmos.dev"],
+        None,
+    );
+    e2e_support::apply_operator_rbac(&stack);
+    let op_kubeconfig = e2e_support::operator_kubeconfig(&stack);
+    let op_addr = format!("127.0.0.1:{}", free_port());
+    let op_args = ["run", "--metrics-addr", &op_addr, "--no-leader-election"];
+    stack.spawn("operator", &op_args, &[("KUBECONFIG", &op_kubeconfig)]);
+    let logs = ["operator"];
+    stack.kubectl(&["apply", "-f", "-"], Some(&scheduled_yaml()));
+    let tr = trainings(&client);
+
+    // No template yet: the due round is refused, once.
+    wait_until(
+        "a RetrainRefused Event",
+        Duration::from_secs(60),
+        || async { !notes(&client, SCHEDULED, "RetrainRefused").await.is_empty() },
+        &stack,
+        &logs,
+    )
+    .await;
+    let refused = notes(&client, SCHEDULED, "RetrainRefused").await;
+    assert!(refused[0].contains("spec.learning.retrain.from") && refused[0].contains("sched-first"), "{refused:?}");
+
+    // The template, trained by hand; the operator mounts the volume at the same path.
+    let volume = stack.path("volume").display().to_string();
+    let template: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "llmos.dev/v1alpha1", "kind": "LLMPolicyTraining",
+        "metadata": {"name": "sched-first", "namespace": NS},
+        "spec": {"workload": SCHEDULED, "algorithm": "ppo", "steps": 500, "seeds": 3, "baseSeed": 7,
+                 "image": "llmos.local/llmos:dev", "volume": {"hostPath": volume, "mountPath": volume}}
+    }))
+    .expect("template object");
+    tr.create(&PostParams::default(), &template).await.expect("creating the template");
+    training_phase(&tr, "sched-first").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(tr.get_opt(&format!("{SCHEDULED}-retrain-1")).await.unwrap().is_none(), "no round while the template runs");
+    set_training_status(&tr, "sched-first", serde_json::json!({"phase": "Failed", "message": "by the test"})).await;
+
+    // Round 1: a copy with fresh seeds, owned by the workload.
+    let r1 = format!("{SCHEDULED}-retrain-1");
+    wait_until(
+        "round 1",
+        Duration::from_secs(30),
+        || async { tr.get_opt(&r1).await.ok().flatten().is_some() },
+        &stack,
+        &logs,
+    )
+    .await;
+    let round1 = tr.get(&r1).await.expect("round 1");
+    assert_eq!(round1.data.pointer("/spec/baseSeed"), Some(&serde_json::json!(10)), "7 + 1 × 3 seeds");
+    assert_eq!(round1.data.pointer("/spec/algorithm"), Some(&serde_json::json!("ppo")));
+    assert_eq!(round1.labels().get("llmos.dev/retrain-round").map(String::as_str), Some("1"));
+    let owner = round1.metadata.owner_references.clone().unwrap_or_default();
+    assert!(owner.iter().any(|o| o.kind == "LLMWorkload" && o.name == SCHEDULED), "{owner:?}");
+    let started = notes(&client, SCHEDULED, "RetrainStarted").await;
+    assert!(started.iter().any(|n| n.contains(&r1) && n.contains("seeds 10..12")), "{started:?}");
+
+    // No round 2 while round 1 runs, however long past the interval.
+    training_phase(&tr, &r1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r2 = format!("{SCHEDULED}-retrain-2");
+    assert!(tr.get_opt(&r2).await.unwrap().is_none(), "no round 2 while round 1 runs");
+    let r1_dir = std::path::Path::new(&volume).join("trainings").join(&r1).join("cand-0");
+    std::fs::create_dir_all(&r1_dir).expect("round 1's directory");
+    std::fs::write(r1_dir.join("weights"), b"w").expect("a file of round 1");
+    set_training_status(&tr, &r1, serde_json::json!({"phase": "Failed", "message": "by the test"})).await;
+    wait_until(
+        "round 2",
+        Duration::from_secs(30),
+        || async { tr.get_opt(&r2).await.ok().flatten().is_some() },
+        &stack,
+        &logs,
+    )
+    .await;
+    training_phase(&tr, &r2).await;
+    set_training_status(&tr, &r2, serde_json::json!({"phase": "Failed", "message": "by the test"})).await;
+
+    // Round 2 finished: round 1 goes (historyLimit 1), with its files; the template stays.
+    wait_until(
+        "round 1 deleted",
+        Duration::from_secs(30),
+        || async { tr.get_opt(&r1).await.ok().flatten().is_none() },
+        &stack,
+        &logs,
+    )
+    .await;
+    let pruned = notes(&client, SCHEDULED, "RetrainPruned").await;
+    assert!(pruned.iter().any(|n| n.contains(&r1)), "{pruned:?}");
+    assert!(!r1_dir.parent().unwrap().exists(), "round 1's directory is deleted");
+    assert!(tr.get_opt("sched-first").await.unwrap().is_some(), "a training applied by hand is never deleted");
+    assert!(tr.get_opt(&r2).await.unwrap().is_some(), "the newest finished round is kept");
+    assert_eq!(phase_of(&tr, &r2).await.as_deref(), Some("Failed"));
+    let log = stack.log("operator");
+    assert!(!log.contains("forbidden"), "a request of the operator was refused:\n{}", tail(&log));
+    eprintln!("e2e_promotion: retraining schedule, whole test {:.0} s", t_all.elapsed().as_secs_f64());
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use llmos::learning::export::{requests, write_azure_csv, ExportConfig};
 use llmos::learning::record::{fleet_of, TokenHistogram, TrafficWindow, WindowContext, WindowRecorder};
 use llmos::learning::sink::{workload_dir, RecordSink};
-use llmos::learning::store::{read_dir, segments, RecordStore, StoreConfig};
+use llmos::learning::store::{read_dir, recorded_seconds_since, segments, RecordStore, StoreConfig};
 use llmos::learning::RecordError;
 use llmos::metrics::scrape::{parse_exposition, PodSample};
 use llmos::metrics::Endpoint;
@@ -359,6 +359,30 @@ fn the_size_limit_and_the_retention_delete_whole_old_segments() {
     let oldest = kept.first().unwrap().start_unix_s;
     assert!(newest - oldest <= 86_400.0 + 4.0 * 3600.0, "kept {} h", (newest - oldest) / 3600.0);
     assert!(newest - oldest >= 86_400.0 - 3600.0, "kept only {} h", (newest - oldest) / 3600.0);
+}
+
+#[test]
+fn recorded_seconds_since_counts_only_newer_traffic_and_skips_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(recorded_seconds_since(&dir.path().join("absent"), ORIGIN).unwrap(), 0.0);
+    // Small segments: 40 windows of 10 s become several sealed segments and an open one.
+    let cfg = StoreConfig { segment_bytes: 4 << 10, ..Default::default() };
+    let (mut store, _) = RecordStore::open(dir.path(), cfg).unwrap();
+    for i in 0..40 {
+        store.append(&window(i, ORIGIN + 10.0 * i as f64)).unwrap();
+    }
+    assert!(segments(dir.path()).unwrap().iter().filter(|s| s.sealed).count() >= 2);
+    assert_eq!(recorded_seconds_since(dir.path(), ORIGIN - 100.0).unwrap(), 400.0);
+    // Half of the window that starts at ORIGIN + 300 s counts.
+    assert_eq!(recorded_seconds_since(dir.path(), ORIGIN + 305.0).unwrap(), 95.0);
+    assert_eq!(recorded_seconds_since(dir.path(), ORIGIN + 400.0).unwrap(), 0.0);
+    // An old sealed segment is not read: a corrupt one does not matter.
+    drop(store);
+    let first = segments(dir.path()).unwrap().into_iter().find(|s| s.sealed).unwrap();
+    std::fs::write(&first.path, b"not json\nnot json\n").unwrap();
+    assert_eq!(recorded_seconds_since(dir.path(), ORIGIN + 395.0).unwrap(), 5.0);
+    let e = recorded_seconds_since(dir.path(), ORIGIN - 100.0).unwrap_err().to_string();
+    assert!(e.contains(&first.path.display().to_string()) && e.contains("line 1"), "{e}");
 }
 
 #[test]

@@ -43,6 +43,7 @@ pub mod plan;
 pub mod policy_state;
 pub mod promotion;
 pub mod record;
+pub mod retrain;
 pub mod share;
 pub mod status;
 pub mod telemetry;
@@ -192,6 +193,8 @@ struct WorkloadState {
     /// every observation (its decisions discarded), so that a rollback gets it back with
     /// its windows warm. Not kept across a restart or a spec change (then rebuilt).
     standby: Option<Box<dyn Policy>>,
+    /// The last refusal the retraining schedule published ([`retrain`]), said once.
+    retrain_said: Option<String>,
 }
 
 /// The learned policy that should act for `wl`: the promoted one while
@@ -538,9 +541,9 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     Ok(action)
 }
 
-/// A due control tick ([`control_tick`]) and its promotion step ([`promotion_tick`],
-/// with the workload's trainings listed first): the tick, what the policy weighed, the
-/// promotion's Events.
+/// A due control tick ([`control_tick`]), its promotion step ([`promotion_tick`]) and
+/// the retraining schedule's step ([`retrain_tick`]), with the workload's trainings
+/// listed first: the tick, what the policy weighed, the Events of both steps.
 async fn tick_with_promotion(
     ctx: &Context,
     state: &Mutex<WorkloadState>,
@@ -548,20 +551,62 @@ async fn tick_with_promotion(
     observed: &Observed,
     now: Timestamp,
 ) -> (Option<TickOutcome>, Option<Explanation>, Vec<PlannedEvent>) {
-    let trainings = match wl.spec.learning.promotion.enabled {
+    let learning = &wl.spec.learning;
+    let objects = match learning.promotion.enabled || learning.retrain.enabled {
         true => list_trainings(ctx, wl).await,
         false => None,
     };
+    let name = wl.name_any();
+    let trainings = objects.as_ref().filter(|_| learning.promotion.enabled).map(|items| {
+        let values = items.iter().filter_map(|o| serde_json::to_value(o).ok());
+        values.filter_map(|v| promotion::training_input(&v, &name)).collect()
+    });
     ctx.metrics.ticks.inc();
     let (tick, explanation) = control_tick(ctx, state, wl, observed, now).await;
-    let promoted = promotion_tick(ctx, state, wl, &tick, trainings, now);
-    (Some(tick), explanation, promoted)
+    let mut events = promotion_tick(ctx, state, wl, &tick, trainings, now);
+    if let Some(items) = objects.as_deref().filter(|_| learning.retrain.enabled) {
+        events.extend(retrain_tick(ctx, state, wl, items, now).await);
+    }
+    (Some(tick), explanation, events)
 }
 
-/// The `LLMPolicyTraining`s of `wl`'s namespace that concern it, oldest first, as the
-/// promotion rule's inputs; `None` when they cannot be listed (logged: the promotion then
-/// holds where it is, as it does whenever the operator cannot see).
-async fn list_trainings(ctx: &Context, wl: &LLMWorkload) -> Option<Vec<promotion::TrainingInput>> {
+/// The retraining schedule's step ([`retrain::tick`]) with what the promotion knows:
+/// whether a candidate is in shadow, the acting checkpoint, the checkpoints whose files
+/// must stay.
+async fn retrain_tick(
+    ctx: &Context,
+    state: &Mutex<WorkloadState>,
+    wl: &LLMWorkload,
+    objects: &[kube::api::DynamicObject],
+    now: Timestamp,
+) -> Vec<PlannedEvent> {
+    use crate::learning::promote::Phase;
+    let (view, mut said) = {
+        let ws = lock(state);
+        let st = &ws.promotion.state;
+        let active = st.active.as_ref().map(|c| c.checkpoint.clone());
+        let mut protected: Vec<String> = active.iter().cloned().collect();
+        match &st.phase {
+            Phase::Shadow { candidate, .. } => protected.push(candidate.checkpoint.clone()),
+            Phase::Watching { promoted, previous, .. } => {
+                protected.push(promoted.checkpoint.clone());
+                protected.extend(previous.iter().map(|p| p.checkpoint.clone()));
+            }
+            _ => {}
+        }
+        let in_shadow = matches!(st.phase, Phase::Shadow { .. });
+        (retrain::PromotionView { in_shadow, active, protected }, ws.retrain_said.clone())
+    };
+    let dir = ctx.recording.as_ref().map(|r| crate::learning::sink::workload_dir(&r.root, &key_of(wl)));
+    let events = retrain::tick(&ctx.client, wl, objects, &view, dir.as_deref(), time_s(now), &mut said).await;
+    lock(state).retrain_said = said;
+    events
+}
+
+/// The `LLMPolicyTraining`s of `wl`'s namespace, oldest first; `None` when they cannot
+/// be listed (logged: the promotion and the retraining schedule then hold where they
+/// are, as they do whenever the operator cannot see).
+async fn list_trainings(ctx: &Context, wl: &LLMWorkload) -> Option<Vec<kube::api::DynamicObject>> {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     let gvk = GroupVersionKind::gvk(promotion::TRAINING_GROUP, promotion::TRAINING_VERSION, promotion::TRAINING_KIND);
     let ar = ApiResource::from_gvk_with_plural(&gvk, promotion::TRAINING_PLURAL);
@@ -569,7 +614,7 @@ async fn list_trainings(ctx: &Context, wl: &LLMWorkload) -> Option<Vec<promotion
     let mut items = match api.list(&ListParams::default()).await {
         Ok(list) => list.items,
         Err(e) => {
-            tracing::warn!(workload = %key_of(wl), error = %e, "cannot list LLMPolicyTrainings; promotion holds");
+            tracing::warn!(workload = %key_of(wl), error = %e, "cannot list LLMPolicyTrainings; promotion and retraining hold");
             return None;
         }
     };
@@ -577,9 +622,7 @@ async fn list_trainings(ctx: &Context, wl: &LLMWorkload) -> Option<Vec<promotion
         (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
             .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
     });
-    let name = wl.name_any();
-    let values = items.iter().filter_map(|o| serde_json::to_value(o).ok());
-    Some(values.filter_map(|v| promotion::training_input(&v, &name)).collect())
+    Some(items)
 }
 
 /// Runs `f`, a piece of synchronous CPU work (a checkpoint load, a network's forward
@@ -840,6 +883,7 @@ fn state_of(ctx: &Context, wl: &LLMWorkload) -> Arc<Mutex<WorkloadState>> {
         promotion,
         built_for,
         standby: None,
+        retrain_said: None,
     };
     lock(&ctx.workloads).entry(key).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
 }

@@ -89,6 +89,13 @@ pub enum EventReason {
     Promoted,
     /// Warning: a promoted policy degraded the SLO and the previous one is back.
     RolledBack,
+    /// A scheduled round of retraining was created (`spec.learning.retrain`).
+    RetrainStarted,
+    /// Warning: a due round of retraining could not be created from its template (the
+    /// message names the field and the template).
+    RetrainRefused,
+    /// Finished rounds of retraining beyond `historyLimit` were deleted.
+    RetrainPruned,
 }
 
 impl EventReason {
@@ -118,6 +125,9 @@ impl EventReason {
             EventReason::ShadowStarted => "ShadowStarted",
             EventReason::Promoted => "Promoted",
             EventReason::RolledBack => "RolledBack",
+            EventReason::RetrainStarted => "RetrainStarted",
+            EventReason::RetrainRefused => "RetrainRefused",
+            EventReason::RetrainPruned => "RetrainPruned",
         }
     }
 }

@@ -45,6 +45,19 @@ pub fn validate_spec(name: &str, spec: &LLMWorkloadSpec) -> Vec<SpecProblem> {
     for (field, message) in spec.learning.promotion.problems() {
         p(format!("spec.learning.promotion.{field}"), message);
     }
+    for (field, message) in spec.learning.retrain.problems() {
+        p(format!("spec.learning.retrain.{field}"), message);
+    }
+    let retrain = &spec.learning.retrain;
+    if retrain.enabled && retrain.min_recorded_seconds > 0 && !spec.learning.record.enabled {
+        p(
+            "spec.learning.retrain.minRecordedSeconds".into(),
+            format!(
+                "{} s of recorded traffic are asked for, but spec.learning.record is not enabled: enable it, or set 0",
+                retrain.min_recorded_seconds
+            ),
+        );
+    }
     out
 }
 
@@ -160,6 +173,25 @@ mod tests {
         s["learning"] = serde_json::json!({"promotion": {"shadowSecs": 10}});
         let err = serde_json::from_value::<LLMWorkloadSpec>(s).expect_err("unknown field");
         assert!(err.to_string().contains("shadowSecs"), "{err}");
+    }
+
+    #[test]
+    fn retrain_section_names_its_fields_and_needs_a_record_to_wait_for() {
+        let with = |learning: serde_json::Value| {
+            let mut s = serde_json::to_value(spec()).expect("spec serialises");
+            s["learning"] = learning;
+            serde_json::from_value::<LLMWorkloadSpec>(s).expect("spec with learning.retrain")
+        };
+        let ok = with(serde_json::json!({"record": {"enabled": true}, "retrain": {"enabled": true, "from": "first"}}));
+        assert!(validate_spec("w", &ok).is_empty(), "{:?}", validate_spec("w", &ok));
+        let public_only = with(serde_json::json!({"retrain": {"enabled": true, "from": "t", "minRecordedSeconds": 0}}));
+        assert!(validate_spec("w", &public_only).is_empty(), "{:?}", validate_spec("w", &public_only));
+        let p = validate_spec("w", &with(serde_json::json!({"retrain": {"enabled": true, "from": "first"}})));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "spec.learning.retrain.minRecordedSeconds");
+        assert!(p[0].message.contains("spec.learning.record"), "{}", p[0]);
+        let p = validate_spec("w", &with(serde_json::json!({"retrain": {"enabled": true, "minRecordedSeconds": 0}})));
+        assert_eq!(p.iter().map(|p| p.field.as_str()).collect::<Vec<_>>(), ["spec.learning.retrain.from"]);
     }
 
     #[test]

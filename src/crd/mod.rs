@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 pub mod policy;
 pub mod pool;
 pub mod promotion;
+pub mod retrain;
 pub mod training;
 
 use policy::PolicySpec;
 pub use pool::{GPUPool, GPUPoolSpec, GPUPoolStatus};
 pub use promotion::{LearningStatus, PromotionSpec};
+pub use retrain::RetrainSpec;
 
 /// Desired state of an LLM inference workload.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -81,8 +83,9 @@ pub struct LLMWorkloadSpec {
 }
 
 /// Learning in the cluster: what the operator records of a workload's traffic
-/// (`record`) and how a policy retrained on it is judged and promoted (`promotion`), one
-/// place for everything the operator learns from a workload.
+/// (`record`), how a policy retrained on it is judged and promoted (`promotion`), and
+/// when it is retrained (`retrain`): one place for everything the operator learns from a
+/// workload.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LearningSpec {
@@ -94,6 +97,10 @@ pub struct LearningSpec {
     /// shadow, promoted and rolled back; off unless enabled.
     #[serde(skip_serializing_if = "PromotionSpec::is_default")]
     pub promotion: PromotionSpec,
+    /// Retraining on a schedule: a copy of a template `LLMPolicyTraining` every
+    /// `intervalSeconds` once enough new traffic is recorded; off unless enabled.
+    #[serde(skip_serializing_if = "RetrainSpec::is_default")]
+    pub retrain: RetrainSpec,
 }
 
 impl LearningSpec {

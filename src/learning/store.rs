@@ -198,6 +198,31 @@ pub fn read_dir(dir: &Path) -> Result<ReadOutcome, RecordError> {
     Ok(outcome)
 }
 
+/// Seconds of traffic recorded in `dir` after `since_unix_s` (the parts of windows that
+/// end later), for deciding whether enough new traffic exists to retrain on. Sealed
+/// segments whose last window ended before `since_unix_s` are not read; a directory that
+/// does not exist holds nothing (0 s).
+pub fn recorded_seconds_since(dir: &Path, since_unix_s: f64) -> Result<f64, RecordError> {
+    if !dir.exists() {
+        return Ok(0.0);
+    }
+    let since_ms = ms(since_unix_s);
+    let segs = segments(dir)?;
+    let mut total = 0.0;
+    let mut warnings = Vec::new();
+    for (i, s) in segs.iter().enumerate() {
+        let old = s.last_end_ms.is_some_and(|last| last <= since_ms);
+        let recovered = !s.sealed && i > 0 && segs[i - 1].seq == s.seq;
+        if old || recovered {
+            continue;
+        }
+        for w in read_segment(&s.path, s.sealed, &mut warnings)? {
+            total += (w.end_unix_s() - w.start_unix_s.max(since_unix_s)).max(0.0);
+        }
+    }
+    Ok(total)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), RecordError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| RecordError::io(dir, e))
 }

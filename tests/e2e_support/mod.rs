@@ -666,6 +666,7 @@ pub const GRANTED_NOT_REQUESTED: &[(&str, &str, &[&str], &str)] = &[
     ("llmos.dev", "llmpolicytrainings/status", &["patch"], "a training's status is written when one exists; this run has none (tests/e2e_training.rs)"),
     ("llmos.dev", "llmpolicytrainings/finalizers", &["update"], "the training Jobs' owner references with blockOwnerDeletion need it where OwnerReferencesPermissionEnforcement is on"),
     ("batch", "jobs", &["create"], "a training's Jobs are created when one exists; this run has none (tests/e2e_training.rs)"),
+    ("llmos.dev", "llmpolicytrainings", &["create", "delete"], "the retraining schedule creates rounds and deletes old ones (tests/e2e_promotion.rs); this run has no spec.learning.retrain"),
 ];
 
 /// Applies manifests/02-rbac.yaml (with its namespace) so that an operator started with
