@@ -14,7 +14,8 @@
 //!   to be exactly those;
 //! - value sets that switch features on (serviceMonitor, prometheusRule, networkPolicy,
 //!   the Grafana dashboard, the record PVC, policy checkpoints, Prometheus token and CA,
-//!   a GPU, replica counts, leader election off) render what they say;
+//!   a GPU, replica counts, leader election off, the admission webhook with the
+//!   operator's own CA or cert-manager's) render what they say;
 //! - a template error fails: a required value left out, an unknown function, a document
 //!   that is not YAML, each named with its template and line.
 //!
@@ -442,6 +443,112 @@ fn feature_values_render_what_they_say() {
     assert_eq!(one(&d, "ServiceAccount")["metadata"]["name"], "custom-sa");
     assert_eq!(one(&d, "ClusterRoleBinding")["subjects"][0]["name"], "custom-sa");
     assert_eq!(one(&d, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"], "custom-sa");
+}
+
+/// The documents of `kind` named `name`.
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} in the rendering"))
+}
+
+#[test]
+fn the_webhook_renders_with_grants_on_its_own_objects_only() {
+    let Some(bin) = renderer() else { return };
+    let defaults = render(&bin, &[]);
+    assert!(find(&defaults, "ValidatingWebhookConfiguration").is_empty(), "off by default (docs/chart.md)");
+    assert!(!args_of(&defaults).iter().any(|a| a.starts_with("--webhook")), "{:?}", args_of(&defaults));
+
+    // The operator's own CA: an empty Secret, get/update on it, patch on the configuration.
+    let d = render(&bin, &["--set", "webhook.enabled=true"]);
+    let a = args_of(&d);
+    for want in [
+        "--webhook-port=9443",
+        "--webhook-secret=llmos-operator-webhook-tls",
+        "--webhook-configuration=llmos-operator",
+        "--webhook-dns-name=llmos-operator-webhook.llmos-system.svc",
+        "--webhook-dns-name=llmos-operator-webhook.llmos-system.svc.cluster.local",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} in {a:?}");
+    }
+    assert_eq!(container(&d)["ports"][1], json!({"name": "https-webhook", "containerPort": 9443}));
+    let svc = named(&d, "Service", "llmos-operator-webhook");
+    assert_eq!(svc["spec"]["ports"], json!([{"name": "https-webhook", "port": 443, "targetPort": "https-webhook"}]));
+    let secret = named(&d, "Secret", "llmos-operator-webhook-tls");
+    assert!(secret.get("data").is_none(), "created empty, so an upgrade leaves the operator's data: {secret}");
+    assert_eq!(
+        named(&d, "Role", "llmos-operator-webhook")["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["llmos-operator-webhook-tls"], "verbs": ["get", "update"]}])
+    );
+    assert_eq!(
+        named(&d, "ClusterRole", "llmos-operator-webhook")["rules"],
+        json!([{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+                "resourceNames": ["llmos-operator"], "verbs": ["patch"]}])
+    );
+    for kind in ["RoleBinding", "ClusterRoleBinding"] {
+        let b = named(&d, kind, "llmos-operator-webhook");
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "llmos-operator", "namespace": NAMESPACE}])
+        );
+    }
+    let vwc = one(&d, "ValidatingWebhookConfiguration");
+    let hooks = vwc["webhooks"].as_array().expect("webhooks");
+    let names: Vec<&str> = hooks.iter().filter_map(|h| h["name"].as_str()).collect();
+    assert_eq!(names, llmos::controller::webhook_cert::WEBHOOK_NAMES, "the names whose caBundle the operator sets");
+    for (h, resource) in hooks.iter().zip(["llmworkloads", "llmpolicytrainings"]) {
+        assert_eq!(h["failurePolicy"], "Ignore");
+        assert_eq!(h["timeoutSeconds"], 5);
+        assert_eq!(h["sideEffects"], "None");
+        assert_eq!(h["admissionReviewVersions"], json!(["v1"]));
+        assert_eq!(
+            h["clientConfig"],
+            json!({"service": {"name": "llmos-operator-webhook", "namespace": NAMESPACE, "path": "/validate", "port": 443}})
+        );
+        assert_eq!(h["rules"][0]["resources"], json!([resource]));
+        assert_eq!(h["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+    }
+
+    // cert-manager: a Certificate mounted, the CA injected, no Secret or grants of ours.
+    let d =
+        render(&bin, &["--set", "webhook.enabled=true,webhook.certManager.enabled=true,webhook.failurePolicy=Fail"]);
+    assert!(args_of(&d).contains(&"--webhook-cert-dir=/var/run/llmos/webhook-tls".to_string()));
+    assert!(!args_of(&d).iter().any(|a| a.starts_with("--webhook-secret")));
+    assert!(
+        find(&d, "Secret").is_empty()
+            && find(&d, "Role").iter().all(|r| r["metadata"]["name"] != "llmos-operator-webhook")
+    );
+    let cert = one(&d, "Certificate");
+    assert_eq!(cert["spec"]["secretName"], "llmos-operator-webhook-tls");
+    assert_eq!(cert["spec"]["issuerRef"], json!({"name": "llmos-operator-webhook", "kind": "Issuer"}));
+    assert_eq!(one(&d, "Issuer")["spec"], json!({"selfSigned": {}}));
+    let vwc = one(&d, "ValidatingWebhookConfiguration");
+    assert_eq!(vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "llmos-system/llmos-operator-webhook");
+    assert_eq!(vwc["webhooks"][0]["failurePolicy"], "Fail");
+    assert_eq!(
+        container(&d)["volumeMounts"],
+        json!([{"name": "webhook-tls", "mountPath": "/var/run/llmos/webhook-tls", "readOnly": true}])
+    );
+    let d = render(
+        &bin,
+        &["--set", "webhook.enabled=true,webhook.certManager.enabled=true,webhook.certManager.issuerRef.name=ca,webhook.certManager.issuerRef.kind=ClusterIssuer"],
+    );
+    assert!(find(&d, "Issuer").is_empty());
+    assert_eq!(one(&d, "Certificate")["spec"]["issuerRef"], json!({"name": "ca", "kind": "ClusterIssuer"}));
+
+    // The NetworkPolicy opens the webhook port; bad values are refused.
+    let d = render(&bin, &["--set", "webhook.enabled=true,networkPolicy.enabled=true"]);
+    assert_eq!(
+        one(&d, "NetworkPolicy")["spec"]["ingress"][1],
+        json!({"ports": [{"port": "https-webhook", "protocol": "TCP"}]})
+    );
+    let chart = repo().join(CHART);
+    let err = try_render(&bin, &chart, &["--set", "webhook.enabled=true,webhook.failurePolicy=Sometimes"])
+        .expect_err("an unknown failurePolicy fails");
+    assert!(err.contains("webhook.failurePolicy must be Ignore or Fail"), "{err}");
+    let err = try_render(&bin, &chart, &["--set", "webhook.enabled=true,webhook.timeoutSeconds=31"])
+        .expect_err("a timeout over 30 s fails");
+    assert!(err.contains("webhook.timeoutSeconds must be within 1..30"), "{err}");
 }
 
 #[test]

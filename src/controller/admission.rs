@@ -32,10 +32,6 @@ use serde_json::Value;
 /// The path the API server posts reviews to.
 pub const PATH: &str = "/validate";
 
-/// The names of the webhooks in the ValidatingWebhookConfiguration (the chart's), whose
-/// `caBundle` the operator sets when it makes its own CA.
-pub const WEBHOOK_NAMES: [&str; 2] = ["llmworkloads.llmos.dev", "llmpolicytrainings.llmos.dev"];
-
 /// The largest AdmissionReview read: an object and its old version, each at most etcd's
 /// 1.5 MiB, with room for the rest. Larger bodies are answered 413.
 pub const MAX_BODY_BYTES: usize = 4 << 20;

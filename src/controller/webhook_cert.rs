@@ -31,6 +31,10 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio_rustls::rustls;
 
+/// The names of the webhooks in the ValidatingWebhookConfiguration (the chart's), whose
+/// `caBundle` the operator sets when it makes its own CA.
+pub const WEBHOOK_NAMES: [&str; 2] = ["llmworkloads.llmos.dev", "llmpolicytrainings.llmos.dev"];
+
 /// How often a mounted certificate is read again.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
 
@@ -219,16 +223,14 @@ fn bundle_of(s: &Secret) -> Option<CertBundle> {
     Some(CertBundle { ca_pem: get("ca.crt")?, cert_pem: get("tls.crt")?, key_pem: get("tls.key")? })
 }
 
-/// Sets `ca_pem` as the `caBundle` of the webhooks [`super::admission::WEBHOOK_NAMES`] of
+/// Sets `ca_pem` as the `caBundle` of the webhooks [`WEBHOOK_NAMES`] of
 /// the ValidatingWebhookConfiguration `name`.
 pub async fn patch_ca_bundle(client: &kube::Client, name: &str, ca_pem: &str) -> anyhow::Result<()> {
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let ca = serde_json::to_value(ByteString(ca_pem.as_bytes().to_vec()))?;
-    let webhooks: Vec<_> = super::admission::WEBHOOK_NAMES
-        .iter()
-        .map(|w| serde_json::json!({"name": w, "clientConfig": {"caBundle": ca}}))
-        .collect();
+    let webhooks: Vec<_> =
+        WEBHOOK_NAMES.iter().map(|w| serde_json::json!({"name": w, "clientConfig": {"caBundle": ca}})).collect();
     let patch = serde_json::json!({"webhooks": webhooks});
     api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
