@@ -16,15 +16,18 @@
 #   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt -t ... .
 #
 # Cargo's registry and target directory are cache mounts, so a rebuild after a code change
-# compiles the llmos crate only.
+# compiles what changed (the llmos crate; dependencies only when Cargo.lock changed).
 #
-# Where it was built: with buildah 1.28 (Debian 12), no registry and no Docker, by
-# images/dockerfile.sh (debian:bookworm-slim from debootstrap, rust:1.95-bookworm from
-# that base and the host's Rust 1.95 toolchain; docs/node.md, docs/benchmarks.md); its
-# image ran as the chart's operator Pods on a real node (tests/e2e_chart.rs with
-# LLMOS_OPERATOR_IMAGE_OCI). Not built with Docker itself, nor with LLMOS_TORCH=full.
-# images/build.sh llmos assembles an image with this file's runtime settings from a local
-# cargo build instead (seconds, not a release build).
+# Built (2026-12-02) on a Debian 12 machine with 2 shared cores, no registry and no Docker,
+# with buildah 1.28 (`buildah bud --pull=never --layers`) by images/dockerfile.sh, which
+# makes the two FROM images locally (debian:bookworm-slim from debootstrap;
+# rust:1.95-bookworm from that base, build-essential and the machine's Rust 1.95 toolchain)
+# and exports the image for containerd: 23 min cold, the cargo release build 20.5 min of
+# it (docs/benchmarks.md). Its image ran as the chart's two operator Pods on a real node
+# (kubelet 1.20, containerd; LLMOS_OPERATOR_IMAGE_OCI=DIR cargo test --test e2e_chart).
+# Not built with Docker itself, nor with LLMOS_TORCH=full. The tests' default image is
+# images/build.sh llmos's instead: this file's runtime settings around a local cargo build,
+# assembled in seconds (docs/node.md).
 
 # The dependencies (kube 5) need Rust 1.89 or later; built with 1.95.
 ARG RUST_VERSION=1.95
@@ -65,8 +68,11 @@ RUN --mount=type=secret,id=ca-bundle \
  && ls -l /out/lib
 
 FROM debian:bookworm-slim AS runtime
+# apt-get clean: apt's package caches (/var/cache/apt/*.bin, 78 MB, and the .debs) would
+# stay in the layer on a base without the official image's docker-clean apt setting.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin llmos
 COPY --from=builder /out/lib/ /opt/llmos/lib/
