@@ -157,10 +157,7 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     }
     health.set_ready(true);
     let job_image = args.job_image.clone().or_else(|| from_env(super::training::JOB_IMAGE_ENV));
-    let own_ns = args.lease_namespace.clone().unwrap_or_else(|| default_ns.clone());
-    let admission = super::admission::AdmissionConfig { job_image: job_image.clone() };
-    let webhook =
-        super::admission::start(&args.webhook, client.clone(), &own_ns, admission, stopped(stop_rx.clone())).await?;
+    let webhook = start_webhook(&args, client.clone(), &default_ns, job_image.clone(), &stop_rx).await?;
 
     let mut ctx = Context::new(
         client.clone(),
@@ -202,13 +199,26 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = http.await;
-    if let Some(webhook) = webhook {
-        let _ = webhook.await;
-    }
+    let _ = futures::future::OptionFuture::from(webhook).await;
     if let Some(writer) = writer {
         stop_recording(writer).await;
     }
     Ok(())
+}
+
+/// Starts the validating admission webhook as `args.webhook` says (`None` when off), in
+/// the operator's namespace (`$POD_NAMESPACE`, else `default_ns`), checking trainings
+/// against `job_image` as the training controller does.
+async fn start_webhook(
+    args: &RunArgs,
+    client: kube::Client,
+    default_ns: &str,
+    job_image: Option<String>,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let own_ns = args.lease_namespace.clone().unwrap_or_else(|| default_ns.to_string());
+    let config = super::admission::AdmissionConfig { job_image };
+    super::admission::start(&args.webhook, client, &own_ns, config, stopped(stop_rx.clone())).await
 }
 
 /// The operator's metrics source: per workload, as its `spec.metrics.source` says; the
