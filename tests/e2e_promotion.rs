@@ -507,5 +507,14 @@ async fn scheduled_rounds_start_when_due_and_old_ones_are_deleted() {
     assert_eq!(phase_of(&tr, &r2).await.as_deref(), Some("Failed"));
     let log = stack.log("operator");
     assert!(!log.contains("forbidden"), "a request of the operator was refused:\n{}", tail(&log));
+    // The ticks (one a second) read the trainings from the watch's cache: the lists are the
+    // watches' own (the training controller's, the cache's, and their relists), not one per tick.
+    let used = e2e_support::audited_requests(&stack);
+    let lists = used.get(&("llmos.dev".into(), "llmpolicytrainings".into(), "list".into())).map_or(0, |u| u.0);
+    eprintln!(
+        "e2e_promotion: {lists} lists of llmpolicytrainings by the operator in {:.0} s",
+        t_all.elapsed().as_secs_f64()
+    );
+    assert!(lists <= 8, "{lists} lists of llmpolicytrainings: the ticks list instead of reading the cache");
     eprintln!("e2e_promotion: retraining schedule, whole test {:.0} s", t_all.elapsed().as_secs_f64());
 }

@@ -238,6 +238,16 @@ pub struct Context {
     shared: share::SharedPools,
     /// The traffic record (`llmos run --record-dir`), if the operator keeps one.
     recording: Option<record::Recording>,
+    /// The LLMPolicyTrainings as a watch sees them (set by [`run_controller`]) and whether
+    /// its first list is in: the promotion step and the retraining schedule read them
+    /// here instead of listing them at every tick of every workload.
+    trainings: std::sync::OnceLock<TrainingCache>,
+}
+
+/// The LLMPolicyTrainings a watch keeps, and whether its first list is complete.
+struct TrainingCache {
+    store: kube::runtime::reflector::Store<kube::api::DynamicObject>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Context {
@@ -265,6 +275,7 @@ impl Context {
             llmworkloads: std::sync::OnceLock::new(),
             shared: share::SharedPools::default(),
             recording: None,
+            trainings: std::sync::OnceLock::new(),
         }
     }
 
@@ -603,19 +614,35 @@ async fn retrain_tick(
     events
 }
 
-/// The `LLMPolicyTraining`s of `wl`'s namespace, oldest first; `None` when they cannot
-/// be listed (logged: the promotion and the retraining schedule then hold where they
-/// are, as they do whenever the operator cannot see).
-async fn list_trainings(ctx: &Context, wl: &LLMWorkload) -> Option<Vec<kube::api::DynamicObject>> {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+/// The `LLMPolicyTraining` API resource (read as dynamic objects, so that one the
+/// typed struct cannot read still shows).
+fn training_resource() -> kube::api::ApiResource {
+    use kube::api::{ApiResource, GroupVersionKind};
     let gvk = GroupVersionKind::gvk(promotion::TRAINING_GROUP, promotion::TRAINING_VERSION, promotion::TRAINING_KIND);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, promotion::TRAINING_PLURAL);
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &wl.namespace().unwrap_or_default(), &ar);
-    let mut items = match api.list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            tracing::warn!(workload = %key_of(wl), error = %e, "cannot list LLMPolicyTrainings; promotion and retraining hold");
-            return None;
+    ApiResource::from_gvk_with_plural(&gvk, promotion::TRAINING_PLURAL)
+}
+
+/// The `LLMPolicyTraining`s of `wl`'s namespace, oldest first, from the watch's cache once
+/// its first list is in, else listed; `None` when they cannot be listed (logged: the
+/// promotion and the retraining schedule then hold where they are, as they do whenever
+/// the operator cannot see).
+async fn list_trainings(ctx: &Context, wl: &LLMWorkload) -> Option<Vec<kube::api::DynamicObject>> {
+    use kube::api::DynamicObject;
+    let ns = wl.namespace().unwrap_or_default();
+    let cached = ctx.trainings.get().filter(|c| c.ready.load(std::sync::atomic::Ordering::Acquire));
+    let mut items = match cached {
+        Some(c) => {
+            c.store.state().iter().filter(|o| o.namespace().as_deref() == Some(&ns)).map(|o| (**o).clone()).collect()
+        }
+        None => {
+            let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &training_resource());
+            match api.list(&ListParams::default()).await {
+                Ok(list) => list.items,
+                Err(e) => {
+                    tracing::warn!(workload = %key_of(wl), error = %e, "cannot list LLMPolicyTrainings; promotion and retraining hold");
+                    return None;
+                }
+            }
         }
     };
     items.sort_by(|a, b| {
@@ -1086,6 +1113,8 @@ pub async fn run_controller(
     let _ = ctx.deployments.set(dep_reader);
     let _ = ctx.llmworkloads.set(reader.clone());
     let dep_stream = watcher(deps, owned.clone()).default_backoff().reflect(dep_writer).touched_objects();
+    // Stopped with the controller, also when this future is dropped (a lost Lease).
+    let _trainings = AbortOnDrop(tokio::spawn(watch_trainings(ctx.clone(), namespace)));
     Controller::for_stream(trigger, reader)
         .owns_stream(dep_stream)
         .owns(svcs, owned)
@@ -1096,6 +1125,42 @@ pub async fn run_controller(
                 Ok((obj, _)) => tracing::debug!(workload = %obj, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
+        })
+        .await;
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps `ctx.trainings` up to date from a watch of the LLMPolicyTrainings (of
+/// `namespace`, or all), marking it ready once the first list is in. Without the CRD the
+/// watch retries with backoff and the cache stays unready (the reconciles then list, and
+/// find nothing to list).
+async fn watch_trainings(ctx: Arc<Context>, namespace: Option<String>) {
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    let ar = training_resource();
+    let api: Api<kube::api::DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+        None => Api::all_with(ctx.client.clone(), &ar),
+    };
+    let writer = reflector::store::Writer::new(ar);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _ = ctx.trainings.set(TrainingCache { store: writer.as_reader(), ready: ready.clone() });
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|e| {
+            if matches!(e, Ok(watcher::Event::InitDone)) {
+                ready.store(true, std::sync::atomic::Ordering::Release);
+            }
+            futures::future::ready(())
         })
         .await;
 }
