@@ -310,9 +310,9 @@ mod tests {
         let b = generate(&["svc.ns.svc".into(), "127.0.0.1".into()]).expect("generated");
         assert!(b.ca_pem.contains("BEGIN CERTIFICATE") && b.key_pem.contains("PRIVATE KEY"));
         certified_key(b.cert_pem.as_bytes(), b.key_pem.as_bytes()).expect("rustls takes it");
-        let err = certified_key(b"garbage", b.key_pem.as_bytes()).err().expect("refused");
+        let Err(err) = certified_key(b"garbage", b.key_pem.as_bytes()) else { panic!("garbage certificate taken") };
         assert!(err.to_string().contains("tls.crt"), "{err}");
-        let err = certified_key(b.cert_pem.as_bytes(), b"").err().expect("refused");
+        let Err(err) = certified_key(b.cert_pem.as_bytes(), b"") else { panic!("empty key taken") };
         assert!(err.to_string().contains("tls.key"), "{err}");
         assert!(generate(&[]).is_err());
     }
