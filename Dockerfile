@@ -8,6 +8,9 @@
 # loads; `full` carries the whole wheel's libraries with CUDA, for a DQN on a GPU (chart
 # value gpu.enabled=true).
 #
+# `RUN --mount` (secrets, caches) needs BuildKit (Docker's default builder since 23.0) or
+# buildah; the classic `DOCKER_BUILDKIT=0` builder refuses it.
+#
 # The network a build needs: apt (deb.debian.org), PyPI (the torch wheel,
 # scripts/setup-libtorch.sh) and crates.io (cargo). Behind a proxy that re-signs TLS with
 # its own CA, give the build that CA as the optional secret `ca-bundle` (a PEM bundle; pip
