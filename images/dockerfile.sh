@@ -19,9 +19,9 @@
 # `tar -C OUTDIR -cf - . | ctr -n k8s.io images import -`, or IMAGES=OUTDIR for
 # scripts/node/start.sh, or LLMOS_OPERATOR_IMAGE_OCI=OUTDIR for tests/e2e_chart.rs.
 #
-# The network inside a build step is the host's (buildah's default for RUN): apt over
-# http works; PyPI and crates.io over https need the CA of a TLS-intercepting proxy where
-# there is one. The host's CA bundle (CA_BUNDLE) is given to the build as the Dockerfile's
+# A build step reaches what the host reaches (buildah's default network): apt over http
+# works; PyPI and crates.io over https need the CA of a TLS-intercepting proxy where
+# there is one (docs/node.md). The host's CA bundle (CA_BUNDLE) is given to the build as the Dockerfile's
 # optional secret `ca-bundle`: pip and cargo trust it during their steps, no image keeps
 # it. Cargo's registry and target directory are the Dockerfile's cache mounts (buildah
 # keeps them under /var/tmp/buildah-cache-*), so a rebuild after a code change compiles
