@@ -13,12 +13,15 @@
 //! 1. Operator down, `failurePolicy: Ignore` (the chart's default): an invalid workload
 //!    is admitted at once (connection refused; the controller refuses it at reconcile);
 //!    with `Fail` it is refused naming the webhook.
-//! 2. Operator up: `kubectl apply` of an invalid LLMWorkload is refused, the message
+//! 2. Operators up: `kubectl apply` of an invalid LLMWorkload is refused, the message
 //!    naming each field as the reconcile-time Warning does; a valid one passes; changing
 //!    it to an invalid spec is refused; a label added to the workload admitted while the
 //!    webhook was down passes (its spec is unchanged). An LLMPolicyTraining naming both
 //!    a claim and a host path is refused naming `spec.volume`; a valid one passes.
-//! 3. Operator killed again: with `Ignore` an invalid workload is admitted at once.
+//!    Two replicas run (under leader election; the standby serves the webhook too),
+//!    started together: one makes the CA, both serve it (the configuration pointed at the
+//!    second once the first is killed still verifies it).
+//! 3. Operators killed: with `Ignore` an invalid workload is admitted at once.
 //! 4. Every request of the operator's identity to the Secret and the configuration was
 //!    allowed (the audit log).
 //!
@@ -158,28 +161,34 @@ async fn invalid_specs_are_refused_at_admission() {
     assert!(!ok && out.contains("failed calling webhook"), "with Fail and no webhook the write is refused: {out}");
     eprintln!("operator down: Ignore admitted in {ignore_s:.2} s, Fail refused in {fail_s:.2} s");
 
-    // 2. Up.
+    // 2. Up: two replicas under leader election, started together, each serving the
+    // webhook on its own port; the configuration calls the first.
     let op_kubeconfig = operator_kubeconfig(&stack);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let port_s = port.to_string();
-    let secret = format!("{}/llmos-operator-webhook-tls", e2e_support::OPERATOR_NS);
-    let args = [
-        "run",
-        "--no-leader-election",
-        "--metrics-addr",
-        &metrics,
-        "--webhook-port",
-        &port_s,
-        "--webhook-secret",
-        &secret,
-        "--webhook-configuration",
-        CONFIG,
-        "--webhook-dns-name",
-        "127.0.0.1",
-        "--job-image",
-        "llmos.local/llmos:dev",
-    ];
-    stack.spawn("operator", &args, &[("KUBECONFIG", &op_kubeconfig)]);
+    let port2 = free_port();
+    for (name, p) in [("operator", port), ("operator-2", port2)] {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let port_s = p.to_string();
+        let secret = format!("{}/llmos-operator-webhook-tls", e2e_support::OPERATOR_NS);
+        let args = [
+            "run",
+            "--leader-election",
+            "--lease-namespace",
+            e2e_support::OPERATOR_NS,
+            "--metrics-addr",
+            &metrics,
+            "--webhook-port",
+            &port_s,
+            "--webhook-secret",
+            &secret,
+            "--webhook-configuration",
+            CONFIG,
+            "--webhook-dns-name",
+            "127.0.0.1",
+            "--job-image",
+            "llmos.local/llmos:dev",
+        ];
+        stack.spawn(name, &args, &[("KUBECONFIG", &op_kubeconfig)]);
+    }
     let up = Instant::now();
     let valid = workload("chat", "a100", 1);
     loop {
@@ -217,12 +226,29 @@ async fn invalid_specs_are_refused_at_admission() {
     let (ok, out, _) = kubectl(&stack, &["apply", "-f", "-"], Some(&training("t-ok", "{claimName: c}")));
     assert!(ok, "a valid training passes: {out}");
 
-    // 3. Down again, Ignore.
+    // Both replicas serve the one certificate of the Secret: with the first gone, the
+    // configuration pointed at the second still verifies it.
+    let made = [stack.log("operator"), stack.log("operator-2")]
+        .iter()
+        .map(|l| l.matches("made the webhook's CA and certificate").count())
+        .sum::<usize>();
+    assert_eq!(made, 1, "one replica made the CA, the other used it");
     stack.kill("operator");
+    let url = serde_json::json!({"url": format!("https://127.0.0.1:{port2}/validate")});
+    let ops: Vec<Value> = (0..2)
+        .map(|i| serde_json::json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig/url"), "value": url["url"]}))
+        .collect();
+    let patch = serde_json::to_string(&ops).expect("json");
+    stack.kubectl(&["patch", "validatingwebhookconfiguration", CONFIG, "--type=json", "-p", &patch], None);
+    let (ok, out, _) = kubectl(&stack, &["apply", "-f", "-"], Some(&workload("bad-2", "h100", 1)));
+    assert!(!ok && out.contains("denied the request"), "the second replica serves the same certificate: {out}");
+
+    // 3. Down again, Ignore.
+    stack.kill("operator-2");
     set_failure_policy(&stack, "Ignore");
     let (ok, out, down_s) = kubectl(&stack, &["apply", "-f", "-"], Some(&workload("bad-later", "h100", 3)));
     assert!(ok, "with Ignore and the operator gone the write goes through: {out}");
-    eprintln!("operator killed: Ignore admitted in {down_s:.2} s");
+    eprintln!("operators killed: Ignore admitted in {down_s:.2} s");
 
     // 4. The operator's requests for its certificate were all allowed.
     let used = audited_requests(&stack);
