@@ -97,9 +97,14 @@ pub struct Sequenced {
     pub held_variants: Vec<String>,
 }
 
-/// Orders a variant switch: when the targets scale a variant up that has no ready
-/// replica yet while scaling another variant down, the scale-down waits (the old
+/// Orders a variant switch: while the targets want replicas of a variant that has no
+/// ready replica yet and scale another variant down, the scale-down waits (the old
 /// variant keeps its current replicas) until the new variant has a ready replica.
+///
+/// A variant counts as starting from what the Deployments report, not from whether this
+/// tick raises it: at every tick after the one that started it (the same leader's, or a
+/// new leader's after a handover), its Deployment already asks for the replicas the
+/// targets want, and the old variant must still wait for one of them to be ready.
 pub fn make_before_break(
     targets: &BTreeMap<Slot, u32>,
     current: &BTreeMap<Slot, u32>,
@@ -120,7 +125,7 @@ pub fn make_before_break(
     }
     let starting: Vec<String> = want
         .iter()
-        .filter(|(v, w)| **w > have.get(*v).copied().unwrap_or(0) && ready.get(*v).copied().unwrap_or(0) == 0)
+        .filter(|(v, w)| **w > 0 && ready.get(*v).copied().unwrap_or(0) == 0)
         .map(|(v, _)| v.clone())
         .collect();
     let shrinking: Vec<String> = want
@@ -296,8 +301,14 @@ mod tests {
         assert_eq!(s.targets[&small], 2, "old variant keeps its replicas");
         assert_eq!(s.targets[&large], 1, "new variant starts");
         assert_eq!(s.held_variants, vec!["small".to_string()]);
-        states.insert(large.clone(), SlotState { desired: 1, ready: 1, existing: 1 });
+        // The next tick (or a new leader's first): the new variant's Deployment already
+        // asks for its replica, none is ready yet; the old variant still waits.
+        states.insert(large.clone(), SlotState { desired: 1, ready: 0, existing: 1 });
         let current = BTreeMap::from([(small.clone(), 2), (large.clone(), 1)]);
+        let s = make_before_break(&targets, &current, &states);
+        assert_eq!(s.targets[&small], 2, "old variant still serving while the new one is not ready");
+        assert_eq!(s.held_variants, vec!["small".to_string()]);
+        states.insert(large.clone(), SlotState { desired: 1, ready: 1, existing: 1 });
         let s = make_before_break(&targets, &current, &states);
         assert_eq!(s.targets[&small], 0, "drained once the new variant is ready");
         assert!(s.held_variants.is_empty());

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
