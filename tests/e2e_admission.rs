@@ -24,6 +24,8 @@
 //! 3. Operators killed: with `Ignore` an invalid workload is admitted at once.
 //! 4. Every request of the operator's identity to the Secret and the configuration was
 //!    allowed (the audit log).
+//! 5. A replica that cannot read its Secret (one it has no grant for) says so, retries,
+//!    and exits promptly on SIGTERM.
 //!
 //! `LLMOS_SKIP_E2E=1` skips; a missing prerequisite (the control plane binaries, etcd, Go
 //! for the chart renderer) fails it.
@@ -197,7 +199,7 @@ async fn invalid_specs_are_refused_at_admission() {
             break;
         }
         assert!(
-            up.elapsed() < Duration::from_secs(60),
+            up.elapsed() < Duration::from_secs(90),
             "the valid workload was never admitted: {out}\noperator log:\n{}",
             tail(&stack.log("operator"))
         );
@@ -261,5 +263,44 @@ async fn invalid_specs_are_refused_at_admission() {
         let (ok, refused) = used.get(&k).copied().unwrap_or((0, 0));
         assert_eq!((ok > 0, refused), (want, 0), "{key:?}: {ok} allowed, {refused} refused");
     }
+    // A replica that cannot load its certificate (a Secret it has no grant for) keeps
+    // retrying, and still exits promptly on SIGTERM.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let port3 = free_port().to_string();
+    let args = [
+        "run",
+        "--leader-election",
+        "--lease-namespace",
+        e2e_support::OPERATOR_NS,
+        "--metrics-addr",
+        &metrics,
+        "--webhook-port",
+        &port3,
+        "--webhook-secret",
+        "llmos-system/not-granted",
+        "--webhook-dns-name",
+        "127.0.0.1",
+    ];
+    let pid = stack.spawn("operator-3", &args, &[("KUBECONFIG", &op_kubeconfig)]);
+    let waited = Instant::now();
+    while !stack.log("operator-3").contains("certificate cannot be loaded") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "no load error:\n{}", tail(&stack.log("operator-3")));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = stack.log("operator-3");
+    assert!(
+        log.contains("not-granted") && log.contains("forbidden"),
+        "the error names the Secret and the refusal: {}",
+        tail(&log)
+    );
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill -TERM");
+    let term = Instant::now();
+    let child = stack.children.get_mut("operator-3").expect("operator-3");
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(term.elapsed() < Duration::from_secs(10), "operator-3 still runs 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("a replica retrying its certificate exited {:.1} s after SIGTERM", term.elapsed().as_secs_f64());
+
     eprintln!("e2e_admission: {:.1} s in all", started.elapsed().as_secs_f64());
 }

@@ -286,7 +286,8 @@ impl WebhookArgs {
 
 /// Binds the webhook's port and serves it in a task until `shutdown`, once its
 /// certificate is loaded (tried again every 10 s while it cannot be: an RBAC or Secret
-/// problem is logged, and the controller still refuses invalid specs at reconcile).
+/// problem is logged, and the controller still refuses invalid specs at reconcile); the
+/// task ends on `shutdown` whatever it is doing.
 /// `Ok(None)` when the flags turn it off; an error when the port cannot be bound.
 pub async fn start(
     args: &WebhookArgs,
@@ -302,13 +303,22 @@ pub async fn start(
     };
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], args.webhook_port));
     let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the webhook port {addr}"))?;
+    // A stop ends the task also while the certificate is still being loaded or waited for.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     Ok(Some(tokio::spawn(async move {
         let cert = loop {
-            match super::webhook_cert::load(&source, &client).await {
+            let attempt = tokio::select! {
+                r = super::webhook_cert::load(&source, &client) => r,
+                _ = shutdown.clone() => return,
+            };
+            match attempt {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "the webhook's certificate cannot be loaded; retrying in 10 s");
-                    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                        _ = shutdown.clone() => return,
+                    }
                 }
             }
         };
