@@ -27,7 +27,7 @@
 //! difference of the histograms `llmos_reconcile_duration_seconds` and
 //! `llmos_policy_decision_duration_seconds` (linear inside a bucket, as
 //! `histogram_quantile` does; buckets double, so a figure is good to within its bucket).
-//! Memory is VmRSS (sampled every second, max and end) and VmHWM from
+//! Memory is VmRSS (sampled every second, max and end, printed once a minute) and VmHWM from
 //! `/proc/<pid>/status`. The figures go to stderr and to
 //! `$CARGO_TARGET_TMPDIR/bench_control_loop.txt`. Also: control ticks, reconciles and
 //! status writes per tick (`llmos_control_ticks_total`, `llmos_status_writes_total`), the
@@ -266,8 +266,15 @@ async fn control_loop_cost_under_many_workloads() {
     let rss_start = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let mut rss_max = 0;
     let t = Instant::now();
+    let mut next_trace = 60;
     while t.elapsed() < Duration::from_secs(measure) {
-        rss_max = rss_max.max(proc_status_kib(pid, "VmRSS:").unwrap_or(0));
+        let now = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+        rss_max = rss_max.max(now);
+        // The memory's course, once a minute: a plateau or a leak shows over long runs.
+        if t.elapsed().as_secs() >= next_trace {
+            eprintln!("bench_control_loop: {next_trace} s into the measurement, VmRSS {:.1} MiB", now as f64 / 1024.0);
+            next_trace += 60;
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let b = scrape().await;
