@@ -32,34 +32,20 @@
 
 mod e2e_support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use e2e_support::{apply_operator_rbac, audited_requests, free_port, k8s_bin, operator_kubeconfig, repo, tail, Stack};
+use e2e_support::{apply_operator_rbac, audited_requests, free_port, operator_kubeconfig, repo, tail, Stack};
 
 const NS: &str = "default";
 const CONFIG: &str = "llmos-operator";
 
 /// kubectl with `stdin`: (succeeded, stdout + stderr, seconds it took).
 fn kubectl(stack: &Stack, args: &[&str], stdin: Option<&str>) -> (bool, String, f64) {
-    use std::io::Write;
     let started = Instant::now();
-    let mut child = Command::new(k8s_bin().join("kubectl"))
-        .arg("--kubeconfig")
-        .arg(&stack.kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kubectl");
-    if let Some(s) = stdin {
-        child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("writing to kubectl");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("kubectl output");
+    let out = stack.kubectl_output(args, stdin);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text, started.elapsed().as_secs_f64())
 }

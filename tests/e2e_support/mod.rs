@@ -210,6 +210,13 @@ impl Stack {
 
     /// Runs kubectl against the stack, feeding `stdin`; panics with kubectl's stderr on failure.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_output(args, stdin);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl against the stack, feeding `stdin`, and returns what it did, failed or not.
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         use std::io::Write;
         let mut child = Command::new(k8s_bin().join("kubectl"))
             .arg("--kubeconfig")
@@ -224,9 +231,7 @@ impl Stack {
             child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("writing to kubectl");
         }
         drop(child.stdin.take());
-        let out = child.wait_with_output().expect("kubectl output");
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        child.wait_with_output().expect("kubectl output")
     }
 
     /// Installs the CRDs with `llmos crdgen | kubectl apply` and waits until they are established.
