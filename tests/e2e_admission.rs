@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use e2e_support::{apply_operator_rbac, audited_requests, free_port, operator_kubeconfig, repo, tail, Stack};
+use e2e_support::{apply_operator_rbac, audited_requests, free_port, operator_kubeconfig, tail, Stack};
 
 const NS: &str = "default";
 const CONFIG: &str = "llmos-operator";
@@ -83,20 +83,8 @@ spec:
 /// The chart's webhook objects (`webhook.enabled=true`), the configuration calling
 /// `https://127.0.0.1:<port>/validate` instead of the Service.
 fn webhook_objects(port: u16) -> String {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/chart/render.sh"))
-        .args(["--name", "llmos-operator", "--namespace", e2e_support::OPERATOR_NS])
-        .args(["--set", "webhook.enabled=true"])
-        .arg(repo().join("charts/llmos-operator"))
-        .output()
-        .expect("running scripts/chart/render.sh");
-    assert!(
-        out.status.success(),
-        "rendering the chart failed (exit {:?}; 3: Go or its Debian packages cannot be had):\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text =
+        e2e_support::render_chart("llmos-operator", e2e_support::OPERATOR_NS, &["--set", "webhook.enabled=true"]);
     let mut docs = Vec::new();
     for d in serde_yaml::Deserializer::from_str(&text) {
         let mut v = <Value as serde::Deserialize>::deserialize(d).expect("a rendered document");

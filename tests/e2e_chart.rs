@@ -87,20 +87,8 @@ fn prebuilt_image() -> Option<(PathBuf, String)> {
 /// returns (the CRDs, the rest) as two YAML streams.
 fn render_chart(image: &str) -> (String, String) {
     let (repository, tag) = image.rsplit_once(':').unwrap_or_else(|| panic!("image {image} has no tag"));
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/chart/render.sh"))
-        .args(["--name", RELEASE, "--namespace", OPERATOR_NS, "--include-crds"])
-        .args(["--set", &format!("image.repository={repository},image.tag={tag}")])
-        .arg(repo().join("charts/llmos-operator"))
-        .output()
-        .expect("running scripts/chart/render.sh");
-    assert!(
-        out.status.success(),
-        "rendering the chart failed (exit {:?}; 3: Go or its Debian packages cannot be had):\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let set = format!("image.repository={repository},image.tag={tag}");
+    let text = e2e_support::render_chart(RELEASE, OPERATOR_NS, &["--include-crds", "--set", &set]);
     let (mut crds, mut rest) = (String::new(), String::new());
     for doc in text.split("---\n").filter(|d| !d.trim().is_empty()) {
         let target = if doc.starts_with("# Source: llmos-operator/crds/") { &mut crds } else { &mut rest };

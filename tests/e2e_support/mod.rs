@@ -675,6 +675,27 @@ pub const GRANTED_NOT_REQUESTED: &[(&str, &str, &[&str], &str)] = &[
     ("llmos.dev", "llmpolicytrainings", &["create", "delete"], "the retraining schedule creates rounds and deletes old ones (tests/e2e_promotion.rs); this run has no spec.learning.retrain"),
 ];
 
+/// The chart rendered by `scripts/chart/render.sh` as release `release` in `namespace`
+/// with the renderer's further arguments `extra` (`--set ...`, `--include-crds`): its YAML
+/// stream. Panics with the renderer's stderr when it fails (exit 3: Go or its Debian
+/// packages cannot be had).
+pub fn render_chart(release: &str, namespace: &str, extra: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/chart/render.sh"))
+        .args(["--name", release, "--namespace", namespace])
+        .args(extra)
+        .arg(repo().join("charts/llmos-operator"))
+        .output()
+        .expect("running scripts/chart/render.sh");
+    assert!(
+        out.status.success(),
+        "rendering the chart failed (exit {:?}; 3: Go or its Debian packages cannot be had):\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Applies manifests/02-rbac.yaml (with its namespace) so that an operator started with
 /// `KUBECONFIG=<k8s>/kubeconfig-operator` has exactly the shipped rights.
 pub fn apply_operator_rbac(stack: &Stack) {
