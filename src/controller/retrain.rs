@@ -272,7 +272,7 @@ async fn prune(
             .iter()
             .find(|o| o.name_any() == name)
             .and_then(|o| o.data.pointer("/spec/volume/mountPath").and_then(|v| v.as_str()))
-            .map(|mount| format!("{}/trainings/{name}", mount.trim_end_matches('/')));
+            .map(|mount| super::training::training_dir(mount, &name));
         if let Some(root) = root.as_deref() {
             if holds_any(root, &view.protected) {
                 continue;

@@ -211,7 +211,12 @@ pub fn job_name(training: &str, suffix: &str) -> String {
 
 /// The training's directory in the Pods: `<mountPath>/trainings/<name>`.
 pub fn training_root(spec: &LLMPolicyTrainingSpec, name: &str) -> String {
-    format!("{}/trainings/{name}", spec.volume.mount_path.trim_end_matches('/'))
+    training_dir(&spec.volume.mount_path, name)
+}
+
+/// The directory of training `name` under a volume mounted at `mount_path`.
+pub fn training_dir(mount_path: &str, name: &str) -> String {
+    format!("{}/trainings/{name}", mount_path.trim_end_matches('/'))
 }
 
 /// The workload's record directory in the Pods.
