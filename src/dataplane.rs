@@ -223,6 +223,12 @@ async fn serve(args: ServeArgs, scenarios: Scenarios) -> anyhow::Result<()> {
         }
     }
     tracing::info!("twin-serve stopping");
+    // Each workload's run so far (simulated time, requests, SLO attainment, GPU-hours),
+    // so a run of the twin as the data plane can be set beside an offline one.
+    for s in served.values() {
+        let report = serde_json::to_string(&s.twin.report()).unwrap_or_default();
+        tracing::info!(workload = %s.name, report = %report, "twin report");
+    }
     served.clear();
     let _ = write_targets(&args.targets_file, "[]\n", &mut last_targets);
     Ok(())
