@@ -175,6 +175,15 @@ fn proc_cpu_s(pid: u32) -> f64 {
 }
 
 /// The API server's request counters by `VERB resource[/subresource]`, from its own
+/// The open sockets of process `pid` (its connections to the API server and Prometheus,
+/// its listeners).
+fn sockets(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
 /// `/metrics` (`apiserver_request_total`, summed over codes and scopes).
 async fn apiserver_requests(client: &kube::Client) -> HashMap<String, f64> {
     let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
@@ -197,6 +206,40 @@ async fn apiserver_requests(client: &kube::Client) -> HashMap<String, f64> {
 
 fn diff(a: &[(f64, f64)], b: &[(f64, f64)]) -> Vec<(f64, f64)> {
     b.iter().map(|(le, c)| (*le, c - a.iter().find(|x| x.0 == *le).map_or(0.0, |x| x.1))).collect()
+}
+
+/// Cumulative buckets of phase `phase` of `llmos_reconcile_phase_duration_seconds`.
+fn phase_buckets(text: &str, phase: &str) -> Vec<(f64, f64)> {
+    let labels = format!("\",phase=\"{phase}\"}}");
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("llmos_reconcile_phase_duration_seconds_bucket{le=\"")?;
+            let (le, tail) = rest.split_once(&labels)?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, tail.trim().parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// p50 / p99 / count of each reconcile phase and of the tick lag between two scrapes.
+fn phase_report(a: &str, b: &str) -> String {
+    let quantiles = |h: &[(f64, f64)]| {
+        let n = h.last().map_or(0.0, |x| x.1);
+        format!("{} / {} ms ({n:.0})", ms(bucket_quantile(h, 0.5)), ms(bucket_quantile(h, 0.99)))
+    };
+    let mut parts: Vec<String> = ["read", "observe", "decide", "plan", "write", "save_state"]
+        .iter()
+        .map(|p| format!("{p} {}", quantiles(&diff(&phase_buckets(a, p), &phase_buckets(b, p)))))
+        .collect();
+    let lag = diff(
+        &histogram_buckets(a, "llmos_control_tick_lag_seconds"),
+        &histogram_buckets(b, "llmos_control_tick_lag_seconds"),
+    );
+    parts.push(format!("tick lag {}", quantiles(&lag)));
+    parts.join("; ")
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -272,7 +315,13 @@ async fn control_loop_cost_under_many_workloads() {
         rss_max = rss_max.max(now);
         // The memory's course, once a minute: a plateau or a leak shows over long runs.
         if t.elapsed().as_secs() >= next_trace {
-            eprintln!("bench_control_loop: {next_trace} s into the measurement, VmRSS {:.1} MiB", now as f64 / 1024.0);
+            eprintln!(
+                "bench_control_loop: {next_trace} s into the measurement, VmRSS {:.1} MiB, {} sockets, {} threads, CPU {:.1} s",
+                now as f64 / 1024.0,
+                sockets(pid),
+                proc_status_kib(pid, "Threads:").unwrap_or(0),
+                proc_cpu_s(pid) - cpu_a,
+            );
             next_trace += 60;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -322,6 +371,7 @@ async fn control_loop_cost_under_many_workloads() {
     let report = format!(
         "control loop: {n} LLMWorkloads, policy {policy}, interval {interval_s} s, stub Prometheus; all Deployments after {all_placed_s:.1} s; measured {secs:.0} s after {warmup} s warm-up\n\
          reconciles: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; errors {:.0} {error_reasons:?} {first_errors:?}\n\
+         phases p50 / p99 (count): {}\n\
          decisions: {:.0} ({:.1}/s), p50 {} ms, p99 {} ms; {decisions:?}\n\
          memory: VmRSS {:.1} MiB at the start of the measurement, {:.1} MiB at the end, max sampled {:.1} MiB, VmHWM {:.1} MiB; reconciles total {}\n\
          control ticks: {ticks:.0} ({:.1}/s); reconciles per tick {:.2}; status writes per tick {:.2} (and {:.2} skipped as unchanged); Deployment and Service applies per tick {:.2} (and {:.2} skipped)\n\
@@ -332,6 +382,7 @@ async fn control_loop_cost_under_many_workloads() {
         ms(bucket_quantile(&rec, 0.5)),
         ms(bucket_quantile(&rec, 0.99)),
         errs(&b) - errs(&a),
+        phase_report(&a, &b),
         count(&dec),
         count(&dec) / secs,
         ms(bucket_quantile(&dec, 0.5)),

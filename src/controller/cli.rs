@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// each).
     #[arg(long, default_value_t = super::journal::DEFAULT_CAPACITY)]
     pub decisions_kept: usize,
+    /// Most reconciles running at once (0: no limit); it also bounds the connections to
+    /// the API server and to Prometheus that a burst of due ticks opens.
+    #[arg(long, default_value_t = super::DEFAULT_MAX_CONCURRENT_RECONCILES)]
+    pub max_concurrent_reconciles: u16,
     /// Take part in leader election (a Lease), so only one replica reconciles.
     #[arg(long = "leader-election", default_value_t = true, overrides_with = "no_leader_election")]
     pub leader_election: bool,
@@ -67,6 +71,12 @@ pub struct RunArgs {
     /// Log level or filter (`info`, `llmos=debug,kube=info`); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// The controller's settings from `llmos run`'s arguments.
+fn controller_config(args: &RunArgs, identity: &str) -> ControllerConfig {
+    let max_concurrent_reconciles = args.max_concurrent_reconciles;
+    ControllerConfig { instance: identity.to_string(), max_concurrent_reconciles, ..Default::default() }
 }
 
 /// The policy builder of the operator: every registered kind ([`crate::rl::registry`]: the
@@ -163,7 +173,7 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
         client.clone(),
         metrics_source(&args),
         default_policy_builder(),
-        ControllerConfig { instance: identity.clone(), ..Default::default() },
+        controller_config(&args, &identity),
     )
     .with_metrics(metrics)
     .with_journal(journal);

@@ -10,6 +10,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Event as KubeEvent;
@@ -68,8 +69,9 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
     if let Some(svc) = &plan.service {
         let key = format!("{ns}/{name}");
         let digest = content_digest(svc);
+        let now = ctx.clock.now();
         let fresh = matches!(written(ctx, &key), Some(Written::Service { digest: d, at })
-            if d == digest && at.elapsed() < SERVICE_REASSERT);
+            if d == digest && now < service_reassert_at(wl, at));
         if fresh {
             ctx.metrics.object_write("service", "unchanged");
         } else {
@@ -79,7 +81,7 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
                 .await
                 .map_err(kube_err(format!("applying Service {ns}/{name}")))?;
             ctx.metrics.object_write("service", "written");
-            remember_written(ctx, key, Some(Written::Service { digest, at: std::time::Instant::now() }));
+            remember_written(ctx, key, Some(Written::Service { digest, at: now }));
         }
     }
     for ev in &plan.events {
@@ -92,6 +94,23 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
 /// How long an applied Service is trusted to be as written: it has no generation to tell
 /// whether someone changed it, so it is applied again at least this often.
 const SERVICE_REASSERT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// When the Service applied at `at` is applied again: the first moment after `at` at the
+/// workload's own phase of the [`SERVICE_REASSERT`] period (the hash its ticks use,
+/// [`super::plan::tick_phase_ms`]). Services applied together (every workload created by
+/// one `kubectl apply`, or an operator's start) are thus applied again spread over the
+/// period instead of all in the same minute, five minutes later, and every five minutes
+/// after that.
+pub fn service_reassert_at(wl: &LLMWorkload, at: Timestamp) -> Timestamp {
+    let period = SERVICE_REASSERT.as_millis() as i64;
+    let phase = super::plan::tick_phase_ms(wl, period);
+    let at_ms = at.as_millisecond();
+    let wait = match (phase - at_ms).rem_euclid(period) {
+        0 => period,
+        w => w,
+    };
+    Timestamp::from_millisecond(at_ms.saturating_add(wait)).unwrap_or(at)
+}
 
 /// What this process last applied to an object, so that an apply that would change
 /// nothing is not sent (a tick that changes nothing then costs one status write).
@@ -113,8 +132,8 @@ pub enum Written {
     Service {
         /// Digest of the applied object.
         digest: u64,
-        /// When it was applied.
-        at: std::time::Instant,
+        /// When it was applied (the controller's clock).
+        at: Timestamp,
     },
 }
 
@@ -236,4 +255,38 @@ async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatu
         .await
         .map_err(kube_err("writing status"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(uid: &str) -> LLMWorkload {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "llmos.dev/v1alpha1", "kind": "LLMWorkload",
+            "metadata": {"name": "chat", "namespace": "ml", "uid": uid},
+            "spec": {
+                "variants": [{"name": "small", "model": "m8", "image": "vllm:1"}],
+                "gpuPools": [{"name": "l4", "gpuType": "L4", "pricePerGpuHour": 0.8}]
+            }
+        }))
+        .expect("workload")
+    }
+
+    #[test]
+    fn services_are_applied_again_at_their_own_phase_within_the_period() {
+        let at = Timestamp::from_second(1_800_000_000).expect("time");
+        let period = SERVICE_REASSERT.as_millis() as i64;
+        let times: Vec<i64> =
+            ["a", "b", "c", "d"].iter().map(|u| service_reassert_at(&workload(u), at).as_millisecond()).collect();
+        for t in &times {
+            let wait = t - at.as_millisecond();
+            assert!(wait > 0 && wait <= period, "{wait}");
+        }
+        assert!(times.windows(2).any(|w| w[0] != w[1]), "spread by the uid: {times:?}");
+        // Then every period, at the same phase.
+        let wl = workload("a");
+        let next = service_reassert_at(&wl, service_reassert_at(&wl, at));
+        assert_eq!(next.as_millisecond() - times[0], period);
+    }
 }

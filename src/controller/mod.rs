@@ -31,6 +31,7 @@
 //! metrics source, a scripted policy and a manual clock.
 
 pub mod admission;
+pub mod cache;
 pub mod cli;
 pub mod decide;
 pub mod desired;
@@ -73,7 +74,7 @@ use decide::build_observation;
 use desired::workload_selector;
 use journal::DecisionJournal;
 use plan::{Decided, EventReason, MetricsRead, Observed, Plan, PlanInput, PlannedEvent, TickOutcome};
-use telemetry::{OperatorMetrics, WorkloadLabels, WorkloadReading};
+use telemetry::{OperatorMetrics, Phase, WorkloadLabels, WorkloadReading};
 
 /// The finalizer the controller puts on every workload it manages.
 pub const FINALIZER: &str = "llmos.dev/cleanup";
@@ -157,7 +158,17 @@ pub struct ControllerConfig {
     /// Shortest time between two writes of a policy's learned state
     /// ([`policy_state`]); zero writes after every tick that changed it.
     pub policy_state_interval: Duration,
+    /// Most reconciles running at once (0: no limit). Each running reconcile holds at
+    /// most one request to the API server and one observation of the metrics source, so
+    /// this also bounds the connections a burst of due ticks opens (the HTTP/1.1 pools
+    /// open one per concurrent request and keep it).
+    pub max_concurrent_reconciles: u16,
 }
+
+/// The default of [`ControllerConfig::max_concurrent_reconciles`]: at 1,000 workloads
+/// every 15 s about 2 reconciles run at a time; 32 leave room for a slow metrics source
+/// (32 in flight at 0.5 s each are 64 ticks a second).
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 32;
 
 impl Default for ControllerConfig {
     fn default() -> Self {
@@ -167,6 +178,7 @@ impl Default for ControllerConfig {
             invalid_spec_requeue: Duration::from_secs(300),
             instance: leader::default_identity(),
             policy_state_interval: Duration::from_secs(300),
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
         }
     }
 }
@@ -195,7 +207,16 @@ struct WorkloadState {
     standby: Option<Box<dyn Policy>>,
     /// The last refusal the retraining schedule published ([`retrain`]), said once.
     retrain_said: Option<String>,
+    /// Whether the policy's last decision was quick ([`QUICK_DECISION`]): the next one
+    /// then runs on the worker, not in `block_in_place` ([`decide`]).
+    quick_decisions: bool,
 }
+
+/// A decision that takes less than this runs on the runtime's worker thread: handing the
+/// worker to another thread (`block_in_place`) costs more than that, two context switches
+/// and at times a new thread, at every tick of every workload. An HPA decides in about
+/// 20 µs, a small DQN in well under 1 ms.
+const QUICK_DECISION: Duration = Duration::from_millis(1);
 
 /// The learned policy that should act for `wl`: the promoted one while
 /// `spec.learning.promotion.enabled`, else none (the spec's own policy).
@@ -231,6 +252,8 @@ pub struct Context {
     /// The owned Deployments as the controller's watch sees them (set by
     /// [`run_controller`]); a reconcile reads them here instead of listing them.
     deployments: std::sync::OnceLock<kube::runtime::reflector::Store<Deployment>>,
+    /// The names of those Deployments per workload, fed by the same watch.
+    deployment_index: cache::DeploymentIndex,
     /// The LLMWorkloads as the controller's watch sees them (set by [`run_controller`]);
     /// the arbiter of shared pools reads the other workloads here instead of listing them.
     llmworkloads: std::sync::OnceLock<kube::runtime::reflector::Store<LLMWorkload>>,
@@ -272,6 +295,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             deployments: std::sync::OnceLock::new(),
+            deployment_index: cache::DeploymentIndex::default(),
             llmworkloads: std::sync::OnceLock::new(),
             shared: share::SharedPools::default(),
             recording: None,
@@ -418,16 +442,18 @@ async fn owned_deployments(ctx: &Context, wl: &LLMWorkload) -> Result<Vec<Deploy
     let ns = wl.namespace().unwrap_or_default();
     if let Some(store) = ctx.deployments.get() {
         if store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+            use kube::runtime::reflector::ObjectRef;
             let name = wl.name_any();
-            let mut out: Vec<Deployment> = store
-                .state()
+            // By name through the index (sorted), not by walking every cached Deployment.
+            let out = ctx
+                .deployment_index
+                .names(&ns, &name)
                 .into_iter()
-                .filter(|d| d.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter_map(|n| store.get(&ObjectRef::new(&n).within(&ns)))
                 .filter(|d| d.labels().get(desired::LABEL_WORKLOAD) == Some(&name))
                 .filter(|d| desired::is_owned_by(&d.metadata, wl))
                 .map(|d| (*d).clone())
                 .collect();
-            out.sort_by_key(|d| d.name_any());
             return Ok(out);
         }
     }
@@ -468,7 +494,7 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
         return execute::execute(&ctx, &wl, &p).await;
     }
     // poolRefs become pool slots like inline pools, from the GPUPools they name.
-    let written = wl.clone();
+    let (written, t_read) = (wl.clone(), std::time::Instant::now());
     let (wl, gpupools) = match resolve_pool_refs(&ctx, &wl).await? {
         Ok(resolved) => resolved,
         Err(e) => return execute::execute(&ctx, &wl, &plan::unresolved_pools(&wl, &e, now, settings)).await,
@@ -477,11 +503,12 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
     let state = state_of(&ctx, &wl);
     let (tick_due, policy_error) = refresh_state(&ctx, &state, &wl, now);
     restore_policy_state(&ctx, &state, &wl).await;
+    ctx.metrics.phase(Phase::Read, t_read);
     let (tick, explanation, promoted) = match tick_due {
         true => tick_with_promotion(&ctx, &state, &wl, &observed, now).await,
         false => (None, None, Vec::new()),
     };
-    let last_tick = lock(&state).last_tick;
+    let (last_tick, t_plan) = (lock(&state).last_tick, std::time::Instant::now());
     // A workload on shared pools holds the arbiter's lock from its plan to its last
     // write, so no other reconcile decides on the same GPUs meanwhile (the metrics read
     // and the policy's decision happen before, without it).
@@ -540,16 +567,21 @@ async fn apply(wl: Arc<LLMWorkload>, ctx: Arc<Context>) -> Result<Action, Error>
             policy_ready: policy_error.is_none(),
         });
     }
-    let action = execute::execute(&ctx, &wl, &p).await?;
+    let t_write = std::time::Instant::now();
+    ctx.metrics.phase(Phase::Plan, t_plan);
+    execute::execute(&ctx, &wl, &p).await?;
+    ctx.metrics.phase(Phase::Write, t_write);
     if let (Some(book), Some(outcome)) = (book.as_deref_mut(), &shared) {
         let ready = observed.states.iter().map(|(s, st)| (s.clone(), st.ready)).collect();
         share::settle(&ctx, book, &written, outcome, &p.targets, &ready).await;
     }
     drop(book);
     if tick.is_some() {
+        let t_save = std::time::Instant::now();
         save_policy_state(&ctx, &state, &wl, now).await;
+        ctx.metrics.phase(Phase::SaveState, t_save);
     }
-    Ok(action)
+    Ok(Action::requeue(plan::requeue_from(p.requeue_after, now, ctx.clock.now())))
 }
 
 /// A due control tick ([`control_tick`]), its promotion step ([`promotion_tick`]) and
@@ -911,6 +943,7 @@ fn state_of(ctx: &Context, wl: &LLMWorkload) -> Arc<Mutex<WorkloadState>> {
         built_for,
         standby: None,
         retrain_said: None,
+        quick_decisions: false,
     };
     lock(&ctx.workloads).entry(key).or_insert_with(|| Arc::new(Mutex::new(ws))).clone()
 }
@@ -945,6 +978,11 @@ fn refresh_state(
         ws.shield.update_spec(&wl.spec);
     }
     let due = changed || plan::tick_due(wl, now, ws.last_tick);
+    // How late a scheduled tick starts (a tick the spec's change brings forward is not late).
+    if let Some(last) = ws.last_tick.filter(|_| due && !changed) {
+        let late = now.duration_since(plan::next_tick(wl, last));
+        ctx.metrics.tick_lag.observe(late.as_secs_f64().max(0.0));
+    }
     (due, ws.policy.as_ref().err().cloned())
 }
 
@@ -969,6 +1007,7 @@ async fn control_tick(
         crate::crd::MetricsSourceKind::Prometheus => Vec::new(),
     };
     let query = MetricsQuery { namespace: &ns, workload: &name, spec, endpoints: &eps };
+    let t_observe = std::time::Instant::now();
     let (metrics, pods) = match ctx.metrics_source.observe(&query).await {
         Ok(snapshot) => {
             snapshot.fill(&mut obs);
@@ -976,8 +1015,11 @@ async fn control_tick(
         }
         Err(e) => (MetricsRead::Failed(e.to_string()), Vec::new()),
     };
+    ctx.metrics.phase(Phase::Observe, t_observe);
     let complete = matches!(metrics, MetricsRead::Read { .. }) && obs.missing.is_empty();
+    let t_decide = std::time::Instant::now();
     let (decided, explanation) = if complete { decide(ctx, state, &mut obs) } else { (None, None) };
+    ctx.metrics.phase(Phase::Decide, t_decide);
     {
         let policy = decided.as_ref().map(|d| d.policy.as_str());
         let read = record::TickRead { wl, obs: &obs, endpoints: &eps, pods: &pods, policy, now_s: time_s(now) };
@@ -996,7 +1038,8 @@ async fn control_tick(
 /// A decision is synchronous CPU work (a DQN forward pass, or a slow policy): on a
 /// multi-threaded runtime it runs in `block_in_place`, so the worker's other tasks (other
 /// workloads' reconciles, the API client's connections) move to another thread instead
-/// of waiting behind it.
+/// of waiting behind it; unless the policy's last decision was quicker than
+/// [`QUICK_DECISION`], which then runs in place.
 fn decide(
     ctx: &Context,
     state: &Mutex<WorkloadState>,
@@ -1010,15 +1053,15 @@ fn decide(
         // The decision half of the one control tick; the shield records the outcome only
         // once it is applied (`remember`), so a shadow decision starts no cooldown.
         let (decision, outcome) = crate::control::decide(&mut ws.shield, policy.as_mut(), obs);
-        ctx.metrics.policy_duration.observe(t0.elapsed().as_secs_f64());
+        let took = t0.elapsed();
+        ctx.metrics.policy_duration.observe(took.as_secs_f64());
+        ws.quick_decisions = took < QUICK_DECISION;
         (Some(Decided { policy: policy.name().to_string(), decision, outcome }), policy.explain())
     };
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
-        tokio::task::block_in_place(run)
-    } else {
+    if lock(state).quick_decisions {
         run()
+    } else {
+        blocking(run)
     }
 }
 
@@ -1092,7 +1135,7 @@ pub async fn run_controller(
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    use futures::StreamExt;
+    use futures::{StreamExt, TryStreamExt};
     use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
     let (dep_reader, dep_writer) = reflector::store::<Deployment>();
     let client = ctx.client.clone();
@@ -1106,16 +1149,25 @@ pub async fn run_controller(
     let (reader, writer) = reflector::store();
     let trigger = watcher(wls, watcher::Config::default())
         .default_backoff()
+        .modify(cache::trim)
         .reflect(writer)
         .touched_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     // The owned Deployments: one watch feeds both the triggers and the cache reconciles read.
     let _ = ctx.deployments.set(dep_reader);
     let _ = ctx.llmworkloads.set(reader.clone());
-    let dep_stream = watcher(deps, owned.clone()).default_backoff().reflect(dep_writer).touched_objects();
+    let index = ctx.deployment_index.clone();
+    let dep_stream = watcher(deps, owned.clone())
+        .default_backoff()
+        .modify(cache::trim)
+        .inspect_ok(move |e| index.apply(e))
+        .reflect(dep_writer)
+        .touched_objects();
     // Stopped with the controller, also when this future is dropped (a lost Lease).
     let _trainings = AbortOnDrop(tokio::spawn(watch_trainings(ctx.clone(), namespace)));
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles);
     Controller::for_stream(trigger, reader)
+        .with_config(config)
         .owns_stream(dep_stream)
         .owns(svcs, owned)
         .graceful_shutdown_on(shutdown)

@@ -474,6 +474,14 @@ fn requeue_after(wl: &LLMWorkload, now: Timestamp, last_tick: Timestamp) -> Dura
     wait.max(Duration::from_millis(500))
 }
 
+/// What is left of `requeue_after`, planned at `planned`, at `now` (the reconcile's
+/// writes took the difference), at least 0.5 s: the next tick then comes when it is
+/// due instead of one reconcile's duration late.
+pub fn requeue_from(requeue_after: Duration, planned: Timestamp, now: Timestamp) -> Duration {
+    let spent = Duration::try_from(now.duration_since(planned)).unwrap_or(Duration::ZERO);
+    requeue_after.saturating_sub(spent).max(Duration::from_millis(500))
+}
+
 /// A workload's place in its control interval, in ms: a stable hash (FNV-1a) of its uid
 /// (else its namespace and name) modulo the interval. Every replica of the operator
 /// computes the same one, so a new leader keeps the workload's ticks where they were.

@@ -44,6 +44,77 @@ pub struct RecordResultLabel {
     pub result: String,
 }
 
+/// A phase of a reconcile, the label of `llmos_reconcile_phase_duration_seconds`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Phase {
+    /// The cluster reads before a tick: pool refs, the owned Deployments (from the
+    /// watch's cache), the workload's state and its saved policy state.
+    Read,
+    /// The metrics source's answer (16 PromQL queries for Prometheus).
+    Observe,
+    /// The policy's decision and the shield's clamp, waiting for the workload's lock
+    /// included.
+    Decide,
+    /// The plan, the arbiter of shared pools (its lock included), the journal and the
+    /// per-workload gauges.
+    Plan,
+    /// The writes: Events, applies, deletes and the status patch.
+    Write,
+    /// Saving a learning policy's state to its ConfigMap.
+    SaveState,
+}
+
+impl Phase {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Read => "read",
+            Phase::Observe => "observe",
+            Phase::Decide => "decide",
+            Phase::Plan => "plan",
+            Phase::Write => "write",
+            Phase::SaveState => "save_state",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Phase {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Label set of `llmos_reconcile_phase_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// The phase.
+    pub phase: Phase,
+}
+
+/// A histogram family whose histograms have the reconcile's buckets (1 ms … 16 s).
+pub type PhaseHistograms = Family<PhaseLabel, Histogram, fn() -> Histogram>;
+
+/// Registers `llmos_reconcile_phase_duration_seconds` and `llmos_control_tick_lag_seconds`.
+fn register_phases(registry: &mut Registry, phases: &PhaseHistograms, lag: &Histogram) {
+    registry.register(
+        "reconcile_phase_duration_seconds",
+        "Time a reconciliation spent in each phase (read, observe, decide, plan, write, save_state)",
+        phases.clone(),
+    );
+    registry.register("control_tick_lag_seconds", "How long after it was due a control tick started", lag.clone());
+}
+
+/// The buckets of the reconcile's histograms: 1 ms … 16 s, doubling.
+fn reconcile_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The buckets of the phases: 100 µs … 13 s, doubling.
+fn phase_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
 /// Label set of an object write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectWriteLabel {
@@ -278,6 +349,11 @@ pub struct OperatorMetrics {
     pub reconcile_errors: Family<ReasonLabel, Counter>,
     /// `llmos_reconcile_duration_seconds`.
     pub reconcile_duration: Histogram,
+    /// `llmos_reconcile_phase_duration_seconds{phase}`: where a reconcile's time went.
+    pub phase_duration: PhaseHistograms,
+    /// `llmos_control_tick_lag_seconds`: how long after it was due a control tick
+    /// started (the scheduler's and the runtime's delay, before any work of the tick).
+    pub tick_lag: Histogram,
     /// `llmos_decisions_total{kind}`.
     pub decisions: Family<KindLabel, Counter>,
     /// `llmos_shield_overrides_total{rule}`.
@@ -325,7 +401,9 @@ impl OperatorMetrics {
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
         // 1 ms .. 16 s and 10 µs .. 1.3 s, doubling: fine enough to read p50/p99 off the buckets.
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let reconcile_duration = reconcile_buckets();
+        let phase_duration = PhaseHistograms::new_with_constructor(phase_buckets);
+        let tick_lag = reconcile_buckets();
         let decisions = Family::<KindLabel, Counter>::default();
         let shield_overrides = Family::<RuleLabel, Counter>::default();
         let policy_duration = Histogram::new(exponential_buckets(0.00001, 2.0, 18));
@@ -346,6 +424,7 @@ impl OperatorMetrics {
         );
         registry.register("reconcile_errors", "Reconciliations that failed, by reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Time one reconciliation took", reconcile_duration.clone());
+        register_phases(&mut registry, &phase_duration, &tick_lag);
         registry.register("decisions", "Decisions made, by kind", decisions.clone());
         registry.register(
             "shield_overrides",
@@ -393,6 +472,8 @@ impl OperatorMetrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            phase_duration,
+            tick_lag,
             decisions,
             shield_overrides,
             policy_duration,
@@ -417,6 +498,11 @@ impl OperatorMetrics {
     /// Counts a status write (`written`) or one skipped as unchanged (`unchanged`).
     pub fn status_write(&self, outcome: &str) {
         self.status_writes.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+    }
+
+    /// Observes the time since `since` as phase `phase` of a reconcile.
+    pub fn phase(&self, phase: Phase, since: std::time::Instant) {
+        self.phase_duration.get_or_create(&PhaseLabel { phase }).observe(since.elapsed().as_secs_f64());
     }
 
     /// Counts a server-side apply of `object` (`deployment`, `service`) sent or skipped.
@@ -649,8 +735,13 @@ mod tests {
         m.shield_override("MaxStepChange");
         m.reconcile_duration.observe(0.01);
         m.policy_duration.observe(0.001);
+        m.phase(Phase::Observe, std::time::Instant::now());
+        m.tick_lag.observe(0.002);
         let text = m.encode();
         for name in [
+            "llmos_reconcile_phase_duration_seconds_count{phase=\"observe\"} 1",
+            "llmos_reconcile_phase_duration_seconds_bucket{le=\"0.0001\",phase=\"observe\"}",
+            "llmos_control_tick_lag_seconds_count 1",
             "llmos_reconciles_total 1",
             "llmos_reconcile_errors_total{reason=\"KubeApi\"} 1",
             "llmos_decisions_total{kind=\"scale_up\"} 1",

@@ -70,10 +70,19 @@ impl Default for PrometheusConfig {
     }
 }
 
+/// Most queries one [`PrometheusSource`] has in flight at once (the others wait for a
+/// turn), and most idle connections it keeps per Prometheus. Without a bound, a burst of
+/// due ticks (16 queries each) opened one connection per query, hundreds, which the pool
+/// then kept; Prometheus itself runs 20 queries at a time by default
+/// (`--query.max-concurrency`) and queues the rest.
+pub const MAX_CONCURRENT_QUERIES: usize = 64;
+
 /// A [`MetricsSource`] backed by a Prometheus server.
 pub struct PrometheusSource {
     client: reqwest::Client,
     config: PrometheusConfig,
+    /// Turns of [`MAX_CONCURRENT_QUERIES`].
+    permits: tokio::sync::Semaphore,
 }
 
 /// One series of an instant-vector answer.
@@ -353,7 +362,10 @@ impl PrometheusSource {
     /// A source with the given settings.
     pub fn new(config: PrometheusConfig) -> Result<Self, MetricsError> {
         let fail = |message: String| MetricsError::Unreachable { source_name: "prometheus".into(), message };
-        let mut builder = reqwest::Client::builder().timeout(config.timeout).connect_timeout(config.timeout);
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .pool_max_idle_per_host(MAX_CONCURRENT_QUERIES);
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca).map_err(|e| fail(format!("cannot read the CA file {}: {e}", ca.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -366,7 +378,7 @@ impl PrometheusSource {
             }
         }
         let client = builder.build().map_err(|e| fail(e.to_string()))?;
-        Ok(PrometheusSource { client, config })
+        Ok(PrometheusSource { client, config, permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES) })
     }
 
     /// The bearer token to send, read from `bearer_token_file` now.
@@ -393,9 +405,12 @@ impl PrometheusSource {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| unreachable(e.to_string()))?;
+        // The turn is held until the answer is read: the connection is back in the pool.
+        let (status, body) = {
+            let _turn = self.permits.acquire().await.map_err(|e| unreachable(e.to_string()))?;
+            let resp = req.send().await.map_err(|e| unreachable(e.to_string()))?;
+            (resp.status(), resp.text().await.map_err(|e| unreachable(e.to_string()))?)
+        };
         match parse_answer("prometheus", promql, &body) {
             Err(MetricsError::BadAnswer { .. }) if status.is_server_error() => {
                 Err(unreachable(format!("HTTP {status}: {}", body.chars().take(200).collect::<String>())))
