@@ -27,6 +27,10 @@
 //! difference of the histograms `llmos_reconcile_duration_seconds` and
 //! `llmos_policy_decision_duration_seconds` (linear inside a bucket, as
 //! `histogram_quantile` does; buckets double, so a figure is good to within its bucket).
+//! The same for each phase of a reconcile (`llmos_reconcile_phase_duration_seconds`:
+//! read, observe, decide, plan, write, save_state) and for the tick lag
+//! (`llmos_control_tick_lag_seconds`). The operator's open sockets, threads and CPU are
+//! printed once a minute with its memory.
 //! Memory is VmRSS (sampled every second, max and end, printed once a minute) and VmHWM from
 //! `/proc/<pid>/status`. The figures go to stderr and to
 //! `$CARGO_TARGET_TMPDIR/bench_control_loop.txt`. Also: control ticks, reconciles and
