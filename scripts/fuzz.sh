@@ -6,6 +6,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]     (default: 30 s, every target)
 #   FUZZ_RUNS=N scripts/fuzz.sh                            (N inputs per target instead)
+#   FUZZ_BUILD_ONLY=1 scripts/fuzz.sh                      (only build the targets)
 #
 # With FUZZ_RUNS, each target runs exactly N inputs with libFuzzer's seed fixed, from the
 # committed seeds and regressions only (a scratch corpus, not the grown one): the amount
@@ -43,6 +44,10 @@ t0=$(date +%s)
 echo "== building the fuzz targets"
 cargo fuzz build "${flags[@]}" 2>&1 | grep -E "^(error|warning: unused)|Finished" || true
 t1=$(date +%s)
+if [ -n "${FUZZ_BUILD_ONLY:-}" ]; then
+  echo "== fuzz targets built in $((t1 - t0)) s"
+  exit 0
+fi
 if [ -n "${FUZZ_RUNS:-}" ]; then per="$FUZZ_RUNS inputs (seed 1)"; else per="$secs s"; fi
 echo "== built in $((t1 - t0)) s; $per per target"
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/llmos-fuzz.XXXXXX")

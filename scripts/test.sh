@@ -9,13 +9,26 @@
 #     rendered and screenshotted headless by tests/e2e_dqn.rs)
 #   - the Helm chart renderer (scripts/chart/render.sh: Debian's golang-go and
 #     golang-github-masterminds-sprig-dev, ~10 s to install and build once)
-# Extra arguments go to `cargo test` (e.g. a test name filter). Every test binary runs
-# even when one fails; the failed tests are listed at the end. Then every fuzz target
-# runs LLMOS_FUZZ_RUNS inputs (default 100,000, seed fixed; 0 skips; scripts/fuzz.sh
-# installs cargo-fuzz and builds the targets, ~10 min from scratch on 2 cores).
+# Without arguments: every test binary is built, then they run in two lanes at once (the
+# end-to-end tests one after another, the others beside them: scripts/test-lanes.sh),
+# then the doc-tests. Extra arguments go to a plain `cargo test` instead (e.g. a test
+# name filter). Every test binary runs even when one fails; the failed tests are listed
+# at the end. Then every fuzz target runs LLMOS_FUZZ_RUNS inputs (default 100,000, seed
+# fixed; 0 skips; scripts/fuzz.sh installs cargo-fuzz; the targets, ~14 min to build
+# from scratch on 2 cores, build at the lowest priority while the tests run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
+# A clean machine builds everything once: incremental state would only add gigabytes to
+# target/ (the CI disk is shared and was once filled by this suite). Set
+# CARGO_INCREMENTAL=1 to keep it for repeated local runs.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# disk_report WHAT: what this suite holds on the disk and what is left, for the log.
+disk_report() {
+  local used
+  used=$(du -sh target fuzz/target 2>/dev/null | awk '{printf "%s %s; ", $2, $1}')
+  echo "== disk after $1: ${used}free $(df -h --output=avail . | tail -1 | tr -d ' ')"
+}
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
@@ -48,20 +61,48 @@ echo "== cargo test (set-up took $((t1 - t0)) s)"
 log=$(mktemp "${TMPDIR:-/tmp}/llmos-test.XXXXXX")
 trap 'rm -f "$log"' EXIT
 rc=0
-cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || rc=$?
+fuzz_runs=${LLMOS_FUZZ_RUNS:-100000}
+if [ $# -gt 0 ]; then
+  # Arguments select tests: cargo test runs them as it always does.
+  cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || rc=$?
+else
+  # The whole suite: build every test binary, then run them in two lanes at once
+  # (scripts/test-lanes.sh: the end-to-end tests in turn, the others beside them), then
+  # the doc-tests. The fuzz targets build meanwhile at the lowest CPU priority, in the
+  # time the end-to-end tests spend waiting.
+  json="$log.json"
+  trap 'rm -f "$log" "$log.json" "$log.fuzz-build"' EXIT
+  cargo test --locked --no-run --message-format=json-render-diagnostics >"$json" || rc=$?
+  t_built=$(date +%s)
+  echo "== test binaries built in $((t_built - t1)) s"
+  fuzz_build=""
+  if [ "$rc" -eq 0 ] && [ "$fuzz_runs" != 0 ]; then
+    FUZZ_BUILD_ONLY=1 nice -n 19 bash scripts/fuzz.sh >"$log.fuzz-build" 2>&1 &
+    fuzz_build=$!
+  fi
+  if [ "$rc" -eq 0 ]; then
+    bash scripts/test-lanes.sh "$json" "$log" || rc=$?
+    cargo test --locked --doc 2>&1 | tee -a "$log" || rc=$?
+  fi
+  if [ -n "$fuzz_build" ]; then
+    wait "$fuzz_build" || true
+    cat "$log.fuzz-build"
+  fi
+fi
 t2=$(date +%s)
 echo "== tests took $((t2 - t1)) s"
+disk_report "the tests"
 # Every fuzz target for a fixed number of inputs with a fixed seed, from the committed
 # seeds only (scripts/fuzz.sh; LLMOS_FUZZ_RUNS per target, 0 to skip), so the step does
 # not depend on the machine's speed or on a corpus grown earlier. Skipped when arguments
 # select tests.
 fuzz_rc=0
-fuzz_runs=${LLMOS_FUZZ_RUNS:-100000}
 if [ $# -eq 0 ] && [ "$fuzz_runs" != 0 ]; then
   echo "== fuzzing, ${fuzz_runs} inputs per target"
   FUZZ_RUNS=$fuzz_runs bash scripts/fuzz.sh || fuzz_rc=$?
 fi
 t3=$(date +%s)
+if [ $# -eq 0 ] && [ "$fuzz_runs" != 0 ]; then disk_report "fuzzing"; fi
 echo "== fuzzing took $((t3 - t2)) s; total $((t3 - t0)) s"
 # Totals over every test binary and the doc-tests, from cargo's `test result:` lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }

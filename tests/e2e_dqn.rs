@@ -125,7 +125,7 @@ async fn operator_end_to_end_with_a_trained_dqn() {
             "--targets-file",
             &targets,
             "--ip-base",
-            "127.32.0.0",
+            "127.35.0.0",
         ],
         &[],
     );

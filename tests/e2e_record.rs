@@ -100,7 +100,7 @@ async fn operator_records_traffic_and_survives_sigkill() {
     let (scenario, targets) = (stack.path("scenario.toml"), stack.path("targets.json"));
     let (scenario, targets) = (scenario.display().to_string(), targets.display().to_string());
     let args = ["twin-serve", "--scenario", &scenario, "--namespace", NS, "--speed", "1"];
-    let args: Vec<&str> = args.into_iter().chain(["--targets-file", &targets, "--ip-base", "127.33.0.0"]).collect();
+    let args: Vec<&str> = args.into_iter().chain(["--targets-file", &targets, "--ip-base", "127.38.0.0"]).collect();
     stack.spawn("twin", &args, &[]);
     let record_root = stack.path("records");
     let root = record_root.display().to_string();

@@ -305,7 +305,7 @@ fn start_twin(stack: &mut Stack) {
             "--targets-file",
             &targets,
             "--ip-base",
-            "127.33.0.0",
+            "127.37.0.0",
             "--scheduled-only",
         ]
         .map(String::from),
