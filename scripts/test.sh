@@ -66,27 +66,27 @@ if [ $# -gt 0 ]; then
   # Arguments select tests: cargo test runs them as it always does.
   cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || rc=$?
 else
-  # The whole suite: build every test binary, then run them in two lanes at once
-  # (scripts/test-lanes.sh: the end-to-end tests in turn, the others beside them), then
-  # the doc-tests. The fuzz targets build meanwhile at the lowest CPU priority, in the
-  # time the end-to-end tests spend waiting.
+  # The whole suite: build every test binary and run the doc-tests, then run the test
+  # binaries in two lanes at once (scripts/test-lanes.sh: the real-node and chaos tests
+  # in turn, the others beside them). The fuzz targets build meanwhile at the lowest CPU
+  # priority, in the time the end-to-end tests spend waiting.
   json="$log.json"
   trap 'rm -f "$log" "$log.json" "$log.fuzz-build"' EXIT
   cargo test --locked --no-run --message-format=json-render-diagnostics >"$json" || rc=$?
   t_built=$(date +%s)
   echo "== test binaries built in $((t_built - t1)) s"
-  fuzz_build=""
-  if [ "$rc" -eq 0 ] && [ "$fuzz_runs" != 0 ]; then
-    FUZZ_BUILD_ONLY=1 nice -n 19 bash scripts/fuzz.sh >"$log.fuzz-build" 2>&1 &
-    fuzz_build=$!
-  fi
   if [ "$rc" -eq 0 ]; then
-    bash scripts/test-lanes.sh "$json" "$log" || rc=$?
     cargo test --locked --doc 2>&1 | tee -a "$log" || rc=$?
-  fi
-  if [ -n "$fuzz_build" ]; then
-    wait "$fuzz_build" || true
-    cat "$log.fuzz-build"
+    fuzz_build=""
+    if [ "$fuzz_runs" != 0 ]; then
+      FUZZ_BUILD_ONLY=1 nice -n 19 bash scripts/fuzz.sh >"$log.fuzz-build" 2>&1 &
+      fuzz_build=$!
+    fi
+    bash scripts/test-lanes.sh "$json" "$log" || rc=$?
+    if [ -n "$fuzz_build" ]; then
+      wait "$fuzz_build" || true
+      cat "$log.fuzz-build"
+    fi
   fi
 fi
 t2=$(date +%s)
