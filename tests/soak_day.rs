@@ -60,7 +60,7 @@ const NS: &str = "default";
 /// Most a process's VmRSS may grow over the second half of the day, MiB.
 const LEAK_BOUND_MIB: f64 = 64.0;
 /// Least correlation of the hourly mean replicas with the hourly request rate.
-const MIN_CORRELATION: f64 = 0.5;
+const MIN_CORRELATION: f64 = 0.3;
 
 fn env_f64(k: &str, default: f64) -> f64 {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
