@@ -43,8 +43,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 
 use e2e_support::node::{
-    build_image, dir_bytes, node_test_runs, operator_config, pod_events, pod_ready, start_node, wait_for, GPU_PRODUCT,
-    NODE,
+    build_image, dir_bytes, node_test_runs, operator_config, pod_events, pod_ready, start_node, wait_for,
+    watch_exit_codes, GPU_PRODUCT, NODE,
 };
 use e2e_support::{apply_operator_rbac, free_port, Stack, OPERATOR_NS};
 
@@ -273,6 +273,7 @@ spec:
     eprintln!("{why}");
 
     // Deleted, the Pods terminate: their containers stop and the objects go.
+    let (exits, exit_watch) = watch_exit_codes(&pods, "metadata.name=replica-0", true).await;
     let t_del = Instant::now();
     let dp = DeleteParams::default();
     pods_op.delete("llmos-operator", &dp).await.expect("delete the operator Pod");
@@ -284,16 +285,14 @@ spec:
         assert_eq!(v["usage"]["completion_tokens"], 600, "{v}");
     }
     let drained = t_del.elapsed();
-    // The replica's exit status, from its Pod's last status (0: drained).
+    // The replica's exit status, from its Pod's statuses as watched since before the
+    // delete (0: drained).
     let replica_exit = wait_for("the replica's container to terminate", &node_dir, || {
-        let pods = pods.clone();
-        async move {
-            let p = pods.get_opt("replica-0").await.ok()??;
-            let c = p.status?.container_statuses?.into_iter().next()?;
-            Some(c.state?.terminated?.exit_code)
-        }
+        let code = exits.lock().unwrap().get("replica-0").copied();
+        async move { code }
     })
     .await;
+    exit_watch.abort();
     assert_eq!(replica_exit, 0, "the simulated replica must exit 0 after draining");
     eprintln!(
         "the replica drained its 3 requests in flight in {:.1} s after the delete and exited 0",

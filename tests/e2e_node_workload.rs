@@ -48,7 +48,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
 use e2e_support::node::{
-    build_image, node_test_runs, operator_config, pod_ready, start_node, wait_for, GPU_PRODUCT, NODE,
+    build_image, node_test_runs, operator_config, pod_ready, start_node, wait_for, watch_exit_codes, GPU_PRODUCT, NODE,
 };
 use e2e_support::{apply_operator_rbac, audited_requests, free_port, Stack, OPERATOR_NS};
 
@@ -322,6 +322,9 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
     let handover_s = t_kill.elapsed().as_secs_f64();
 
     // 5. The load drops: the new leader scales down; removed Pods drain and exit 0.
+    // The removed Pods' exit codes: watched (a Pod's object goes as soon as its container
+    // stopped, so a poll can miss its terminated status) and polled.
+    let (watched, exit_watch) = watch_exit_codes(&pods, "llmos.dev/workload", false).await;
     load.rate_milli.store(1000, Ordering::Relaxed);
     let exits = Arc::new(Mutex::new(BTreeMap::<String, i32>::new()));
     let t_drop = Instant::now();
@@ -346,7 +349,9 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
     generator.abort();
     discovery.abort();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let exits = exits.lock().unwrap().clone();
+    exit_watch.abort();
+    let mut exits = exits.lock().unwrap().clone();
+    exits.extend(watched.lock().unwrap().clone());
     assert!(!exits.is_empty(), "no removed Pod's exit status was seen");
     assert!(exits.values().all(|c| *c == 0), "removed Pods must drain and exit 0: {exits:?}");
 

@@ -205,3 +205,43 @@ pub fn operator_config(stack: &Stack) {
         None,
     );
 }
+
+/// The exit codes of the Pods' first containers as the kubelet reports them, by Pod
+/// name, from a watch of the Pods `selector` picks (a field or label selector; `field`
+/// says which) started now. A deleted Pod's object goes as soon as its containers have
+/// stopped, so polling can miss the short time its status shows them terminated; the
+/// watch sees every status the kubelet writes. Abort the returned task when done.
+pub async fn watch_exit_codes(
+    pods: &Api<Pod>,
+    selector: &str,
+    field: bool,
+) -> (std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i32>>>, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    use kube::ResourceExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let lp = if field { ListParams::default().fields(selector) } else { ListParams::default().labels(selector) };
+    let rv =
+        pods.list_metadata(&lp).await.expect("list the watched Pods").metadata.resource_version.unwrap_or_default();
+    let wp = if field { WatchParams::default().fields(selector) } else { WatchParams::default().labels(selector) };
+    let stream = pods.watch(&wp, &rv).await.expect("watch the Pods");
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            let pod = match ev {
+                Ok(WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p)) => p,
+                Ok(_) => continue,
+                Err(_) => break,
+            };
+            let term = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.clone());
+            if let Some(t) = term {
+                out.lock().unwrap().insert(pod.name_any(), t.exit_code);
+            }
+        }
+    });
+    (seen, task)
+}
