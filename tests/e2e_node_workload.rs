@@ -48,7 +48,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
 use e2e_support::node::{
-    build_image, node_test_runs, operator_config, pod_ready, start_node, wait_for, watch_exit_codes, GPU_PRODUCT, NODE,
+    build_image, first_container_exit, node_test_runs, operator_config, pod_ready, start_node, wait_for,
+    watch_exit_codes, GPU_PRODUCT, NODE,
 };
 use e2e_support::{apply_operator_rbac, audited_requests, free_port, Stack, OPERATOR_NS};
 
@@ -333,12 +334,8 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
         async move {
             let (ready, all) = workload_pods(&pods).await;
             for p in &all {
-                let term = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.clone());
-                if let Some(t) = term {
-                    exits.lock().unwrap().insert(p.name_any(), t.exit_code);
+                if let Some(code) = first_container_exit(p) {
+                    exits.lock().unwrap().insert(p.name_any(), code);
                 }
             }
             (ready.len() == 1 && all.len() == 1).then_some(())

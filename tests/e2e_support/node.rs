@@ -234,14 +234,16 @@ pub async fn watch_exit_codes(
                 Ok(_) => continue,
                 Err(_) => break,
             };
-            let term = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.clone());
-            if let Some(t) = term {
-                out.lock().unwrap().insert(pod.name_any(), t.exit_code);
+            if let Some(code) = first_container_exit(&pod) {
+                out.lock().unwrap().insert(pod.name_any(), code);
             }
         }
     });
     (seen, task)
+}
+
+/// The exit code of the Pod's first container, once its status shows it terminated.
+pub fn first_container_exit(pod: &Pod) -> Option<i32> {
+    let state = pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?;
+    state.terminated.as_ref().map(|t| t.exit_code)
 }
