@@ -21,7 +21,8 @@
 //!   `/metrics`; a Pod asking more GPUs than are left stays Pending for
 //!   `Insufficient nvidia.com/gpu`;
 //! - deleted, the Pods terminate: the replica gets SIGTERM from the kubelet with requests
-//!   in flight, finishes them (every one answered 200) and exits 0, the operator's exit
+//!   in flight, finishes them (every one answered 200) and exits 0 (containerd's task
+//!   exit event says so, and the kubelet's status where it wrote one), the operator's exit
 //!   status is read from its Pod's last status, and containerd is left with no running
 //!   task.
 //!
@@ -43,8 +44,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 
 use e2e_support::node::{
-    build_image, dir_bytes, node_test_runs, operator_config, pod_events, pod_ready, start_node, wait_for,
-    watch_exit_codes, GPU_PRODUCT, NODE,
+    build_image, dir_bytes, first_container_id, node_test_runs, operator_config, pod_events, pod_ready, start_node,
+    wait_for, watch_exit_codes, ContainerExits, GPU_PRODUCT, NODE,
 };
 use e2e_support::{apply_operator_rbac, free_port, Stack, OPERATOR_NS};
 
@@ -273,7 +274,9 @@ spec:
     eprintln!("{why}");
 
     // Deleted, the Pods terminate: their containers stop and the objects go.
+    let replica_cid = first_container_id(&replica).expect("the GPU Pod's container id");
     let (exits, exit_watch) = watch_exit_codes(&pods, "metadata.name=replica-0", true).await;
+    let task_exits = ContainerExits::start(&node_dir);
     let t_del = Instant::now();
     let dp = DeleteParams::default();
     pods_op.delete("llmos-operator", &dp).await.expect("delete the operator Pod");
@@ -285,15 +288,21 @@ spec:
         assert_eq!(v["usage"]["completion_tokens"], 600, "{v}");
     }
     let drained = t_del.elapsed();
-    // The replica's exit status, from its Pod's statuses as watched since before the
-    // delete (0: drained).
+    // The replica's exit status (0: drained), from containerd's task exit event; the
+    // kubelet's terminated status, when it wrote one before the Pod's object went, must
+    // say the same.
     let replica_exit = wait_for("the replica's container to terminate", &node_dir, || {
-        let code = exits.lock().unwrap().get("replica-0").copied();
+        let code = task_exits.exits().get(&replica_cid).copied();
         async move { code }
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     exit_watch.abort();
     assert_eq!(replica_exit, 0, "the simulated replica must exit 0 after draining");
+    match exits.lock().unwrap().get("replica-0") {
+        Some(code) => assert_eq!(*code, replica_exit, "the kubelet's terminated status against containerd's exit"),
+        None => eprintln!("the kubelet wrote no terminated status before the replica's Pod object went"),
+    }
     eprintln!(
         "the replica drained its 3 requests in flight in {:.1} s after the delete and exited 0",
         drained.as_secs_f64()
@@ -347,4 +356,18 @@ spec:
         .collect();
     assert!(running.is_empty(), "containerd still runs tasks after the Pods were deleted: {running:?}");
     let _ = std::fs::remove_file(stack.path("kubeconfig-pod"));
+}
+
+/// `ctr events` output is read as containerd prints it: a 0 exit status is left out, and an
+/// exec's exit is not its container's.
+#[test]
+fn task_exits_are_read_from_ctr_events_output() {
+    let text = "2026-12-02 11:58:41.79 +0000 UTC k8s.io /tasks/exit {\"container_id\":\"abc\",\"id\":\"abc\",\"pid\":25200,\"exited_at\":\"2026-12-02T11:58:41Z\"}\n\
+                2026-12-02 11:58:41.86 +0000 UTC k8s.io /tasks/exit {\"container_id\":\"pause\",\"id\":\"pause\",\"pid\":25100,\"exit_status\":137}\n\
+                2026-12-02 11:58:41.87 +0000 UTC k8s.io /tasks/exit {\"container_id\":\"abc\",\"id\":\"exec1\",\"exit_status\":1}\n\
+                2026-12-02 11:58:41.88 +0000 UTC k8s.io /containers/delete {\"id\":\"abc\"}\n";
+    let exits = e2e_support::node::parse_task_exits(text);
+    assert_eq!(exits.len(), 2, "{exits:?}");
+    assert_eq!(exits["abc"], 0);
+    assert_eq!(exits["pause"], 137);
 }

@@ -27,7 +27,8 @@
 //!    container, and the operator gives up the Lease on its way out); the other takes the
 //!    Lease and carries on (a SIGKILLed leader's Lease expiring is tests/e2e_operator.rs);
 //! 5. the load drops to 1 request/s: the new leader scales down, and the removed Pods
-//!    drain and exit 0 (their exit codes read from their last status);
+//!    drain and exit 0 (their exit codes from containerd's task exit events, which the
+//!    kubelet's terminated statuses, where it wrote them, must match);
 //! 6. nearly every request was answered (the refusals are the drain's 503s, counted);
 //! 7. the operators' identity was refused nothing by RBAC (the API server's audit log).
 //!
@@ -48,8 +49,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
 use e2e_support::node::{
-    build_image, first_container_exit, node_test_runs, operator_config, pod_ready, start_node, wait_for,
-    watch_exit_codes, GPU_PRODUCT, NODE,
+    build_image, first_container_exit, first_container_id, node_test_runs, operator_config, pod_ready, start_node,
+    wait_for, watch_exit_codes, ContainerExits, GPU_PRODUCT, NODE,
 };
 use e2e_support::{apply_operator_rbac, audited_requests, free_port, Stack, OPERATOR_NS};
 
@@ -325,20 +326,27 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
     // 5. The load drops: the new leader scales down; removed Pods drain and exit 0.
     // The removed Pods' exit codes: watched (a Pod's object goes as soon as its container
     // stopped, so a poll can miss its terminated status) and polled.
+    // containerd's task exit events are the authority where the kubelet wrote no
+    // terminated status before a Pod's object went.
     let (watched, exit_watch) = watch_exit_codes(&pods, "llmos.dev/workload", false).await;
+    let task_exits = ContainerExits::start(&node_dir);
+    let ids = Arc::new(Mutex::new(BTreeMap::<String, String>::new()));
     load.rate_milli.store(1000, Ordering::Relaxed);
     let exits = Arc::new(Mutex::new(BTreeMap::<String, i32>::new()));
     let t_drop = Instant::now();
-    wait_for("a scale-down to 1 Pod after the load dropped", &node_dir, || {
-        let (pods, exits) = (pods.clone(), exits.clone());
+    let kept = wait_for("a scale-down to 1 Pod after the load dropped", &node_dir, || {
+        let (pods, exits, ids) = (pods.clone(), exits.clone(), ids.clone());
         async move {
             let (ready, all) = workload_pods(&pods).await;
             for p in &all {
                 if let Some(code) = first_container_exit(p) {
                     exits.lock().unwrap().insert(p.name_any(), code);
                 }
+                if let Some(id) = first_container_id(p) {
+                    ids.lock().unwrap().insert(p.name_any(), id);
+                }
             }
-            (ready.len() == 1 && all.len() == 1).then_some(())
+            (ready.len() == 1 && all.len() == 1).then(|| all[0].name_any())
         }
     })
     .await;
@@ -349,8 +357,23 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
     exit_watch.abort();
     let mut exits = exits.lock().unwrap().clone();
     exits.extend(watched.lock().unwrap().clone());
-    assert!(!exits.is_empty(), "no removed Pod's exit status was seen");
-    assert!(exits.values().all(|c| *c == 0), "removed Pods must drain and exit 0: {exits:?}");
+    // Every removed Pod's container exit, from containerd; the kubelet's statuses agree.
+    let (task_exits, ids) = (task_exits.exits(), ids.lock().unwrap().clone());
+    let removed: BTreeMap<String, Option<i32>> = ids
+        .iter()
+        .filter(|(name, _)| **name != kept)
+        .map(|(name, id)| (name.clone(), task_exits.get(id).copied()))
+        .collect();
+    assert!(!removed.is_empty(), "no removed Pod was seen");
+    for (name, code) in &exits {
+        if let Some(Some(c)) = removed.get(name) {
+            assert_eq!(code, c, "{name}: the kubelet's terminated status against containerd's exit");
+        }
+    }
+    assert!(
+        removed.values().all(|c| *c == Some(0)),
+        "removed Pods must drain and exit 0 (containerd's exits; None: no exit seen): {removed:?}"
+    );
 
     // 6. The load's answers.
     let codes = load.codes.lock().unwrap().clone();
@@ -371,7 +394,7 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
     let summary = format!(
         "e2e node workload: {:.0}s in all; first Pod Ready {first_ready:.1}s after apply; load step to {scaled} Ready \
          Pods in {scale_up_s:.1}s; Lease {leader} -> {next} in {handover_s:.1}s after the leader's Pod was deleted; \
-         scaled down to 1 Pod in {scale_down_s:.1}s after the load dropped; removed Pods exited {exits:?}; answers \
+         scaled down to 1 Pod in {scale_down_s:.1}s after the load dropped; removed Pods exited {removed:?}; answers \
          {codes:?}; operator Pods left {restarted:?}",
         t_all.elapsed().as_secs_f64()
     );

@@ -247,3 +247,69 @@ pub fn first_container_exit(pod: &Pod) -> Option<i32> {
     let state = pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?;
     state.terminated.as_ref().map(|t| t.exit_code)
 }
+
+/// The id of the Pod's first container as containerd knows it (its status's
+/// `containerID` without the `containerd://` scheme), once the kubelet reported it.
+pub fn first_container_id(pod: &Pod) -> Option<String> {
+    let id = pod.status.as_ref()?.container_statuses.as_ref()?.first()?.container_id.as_ref()?;
+    Some(id.strip_prefix("containerd://").unwrap_or(id).to_string())
+}
+
+/// Containers' exit statuses from containerd's own event stream (`ctr events`, topic
+/// `/tasks/exit`) on the node, from when [`ContainerExits::start`] ran. The kubelet of
+/// Kubernetes 1.20 may delete a deleted Pod's object before it ever writes the
+/// terminated status of its containers, so a Pod watch can miss an exit; containerd
+/// publishes every one. Stops the subscription when dropped.
+pub struct ContainerExits {
+    child: std::process::Child,
+    file: PathBuf,
+}
+
+impl ContainerExits {
+    /// Subscribes to the events of the containerd of the node in `node_dir`.
+    pub fn start(node_dir: &Path) -> ContainerExits {
+        let file = node_dir.join("containerd-events.log");
+        let out = std::fs::File::create(&file).expect("create containerd-events.log");
+        let child = Command::new("ctr")
+            .arg("--address")
+            .arg(node_dir.join("containerd.sock"))
+            .arg("events")
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start `ctr events`");
+        // The subscription is in place once ctr has connected; it prints nothing until
+        // an event comes, so give it a moment rather than a signal.
+        std::thread::sleep(Duration::from_millis(500));
+        ContainerExits { child, file }
+    }
+
+    /// The exit statuses seen so far, by container id.
+    pub fn exits(&self) -> std::collections::BTreeMap<String, i32> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        parse_task_exits(&text)
+    }
+}
+
+impl Drop for ContainerExits {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The exits in `ctr events` output: lines `<time> <namespace> /tasks/exit {json}`, whose
+/// JSON leaves out `exit_status` when it is 0. The exit of a container's own task has
+/// `id` equal to `container_id` (an exec's does not).
+pub fn parse_task_exits(text: &str) -> std::collections::BTreeMap<String, i32> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some((_, json)) = line.split_once(" /tasks/exit ") else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) else { continue };
+        let (Some(cid), Some(id)) = (v["container_id"].as_str(), v["id"].as_str()) else { continue };
+        if cid == id {
+            out.insert(cid.to_string(), v["exit_status"].as_i64().unwrap_or(0) as i32);
+        }
+    }
+    out
+}
