@@ -311,6 +311,56 @@ async fn a_variant_switch_starts_the_new_variant_before_draining_the_old() {
     assert!(notes.iter().any(|n| n.contains("drained small")), "{notes:?}");
 }
 
+/// A status write carries the resourceVersion its workload was read at: one that a
+/// former leader sent before a partition and that arrives after its successor wrote is
+/// refused by the API server (409), and the status stays the successor's. The operator
+/// itself, given a stale copy, reads the workload again and writes once more.
+#[tokio::test]
+async fn a_status_write_read_at_an_old_version_is_refused() {
+    let Some(h) = Harness::new("fence").await else { return };
+    h.create(&two_variant_workload("chat", serde_json::json!({}))).await;
+    h.reconcile("chat").await;
+    let read_by_former = h.workload("chat").await;
+    // The successor's tick writes the status.
+    h.set_ready("chat-small-l4", 1).await;
+    h.tick("chat").await;
+    let successor = h.workload("chat").await;
+    assert_ne!(successor.resource_version(), read_by_former.resource_version(), "the tick wrote status");
+
+    // The former leader's late write, made from what it had read.
+    let mut late_status = read_by_former.status.clone().expect("status");
+    late_status.desired_replicas = 7;
+    let late =
+        llmos::controller::execute::status_patch(read_by_former.resource_version(), &late_status).expect("patch body");
+    let refused = h.wls().patch_status("chat", &PatchParams::default(), &Patch::Merge(&late)).await;
+    match refused {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("a write read at an old resourceVersion was not refused: {other:?}"),
+    }
+    let now = h.workload("chat").await;
+    assert_eq!(now.resource_version(), successor.resource_version(), "nothing was written");
+    assert_eq!(now.status, successor.status);
+
+    // Without the precondition the same write would have gone through.
+    let unfenced = llmos::controller::execute::status_patch(None, &late_status).expect("patch body");
+    h.wls().patch_status("chat", &PatchParams::default(), &Patch::Merge(&unfenced)).await.expect("unconditional");
+    assert_eq!(h.workload("chat").await.status.map(|s| s.desired_replicas), Some(7));
+
+    // The operator reconciling a stale copy: refused once, then written over what it reads.
+    let conflicts = || {
+        h.ctx
+            .metrics
+            .status_writes
+            .get_or_create(&llmos::controller::telemetry::OutcomeLabel { outcome: "conflict".into() })
+            .get()
+    };
+    let before = conflicts();
+    h.clock.advance(Duration::from_secs(16));
+    reconcile(Arc::new(read_by_former), h.ctx.clone()).await.expect("a stale copy reconciles");
+    assert_eq!(conflicts(), before + 1, "the stale write was refused once");
+    assert_eq!(h.workload("chat").await.status.map(|s| s.desired_replicas), Some(1), "the operator's status");
+}
+
 #[tokio::test]
 async fn deleting_the_workload_cleans_up() {
     let Some(h) = Harness::new("delete").await else { return };

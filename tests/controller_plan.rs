@@ -451,7 +451,7 @@ fn cases() -> Vec<Case> {
                 assert_eq!(p.events[1].action, "Start large");
                 assert_eq!(
                     p.events[1].note,
-                    "switching to large: it starts first; small keep(s) serving until it has a ready replica"
+                    "switching to large: it starts first; small keep(s) serving, drained as its replicas become ready"
                 );
             },
         },

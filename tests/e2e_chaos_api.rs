@@ -8,7 +8,7 @@
 //! One stack, one run, in order (docs/reliability.md has the table):
 //! 1. **SIGKILL of the leader during a variant switch**: the workload serves variant `old`
 //!    (2 replicas); its spec moves to variant `new` (make-before-break: `new` starts, `old`
-//!    keeps serving until `new` has a ready replica). As soon as the leader has started
+//!    keeps serving, drained as `new`'s replicas become ready). As soon as the leader has started
 //!    `new`, it is killed and kept down until the standby leads. The new leader must
 //!    finish the switch; `old` is never drained before `new` serves; the switch is
 //!    started and finished once (Events, the decision journals of both leaders); serving
@@ -89,9 +89,16 @@ impl Operators {
         );
     }
 
-    /// Starts again every replica whose process exited (a container restart).
+    /// Starts again every replica whose process exited (a container restart). A replica
+    /// not started yet is left alone: starting it here too would run two processes with
+    /// one identity, both leading under the same Lease holder.
     fn supervise(&mut self, stack: &mut Stack, t0: Instant) {
-        let ids: Vec<String> = self.replicas.keys().filter(|id| !self.held_down.contains(*id)).cloned().collect();
+        let ids: Vec<String> = self
+            .replicas
+            .iter()
+            .filter(|(id, r)| r.starts > 0 && !self.held_down.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             let name = self.child(&id);
             let exited = stack.children.get_mut(&name).is_none_or(|c| c.try_wait().ok().flatten().is_some());
@@ -227,7 +234,7 @@ impl Run {
         if let Some(h) = seen.holder.clone().filter(|h| self.ops.replicas.contains_key(h)) {
             let child = self.ops.child(&h);
             let url = format!("http://{}/decisions/{NS}/{WORKLOAD}/json", self.ops.replicas[&h].addr);
-            let got = tokio::time::timeout(Duration::from_secs(1), async {
+            let got = tokio::time::timeout(Duration::from_secs(3), async {
                 self.http.get(&url).send().await.ok()?.json::<Vec<serde_json::Value>>().await.ok()
             })
             .await
@@ -347,7 +354,10 @@ async fn switch_events(client: &Client) -> Vec<(String, i32)> {
     list.items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("VariantSwitched"))
-        .map(|e| (e.message.unwrap_or_default(), e.count.unwrap_or(1).max(1)))
+        .map(|e| {
+            let note = format!("{} (by {})", e.message.unwrap_or_default(), e.reporting_instance.unwrap_or_default());
+            (note, e.count.unwrap_or(1).max(1))
+        })
         .collect()
 }
 
@@ -373,10 +383,17 @@ fn applied(entry: &serde_json::Value, variant: &str) -> u64 {
         .sum()
 }
 
-/// Fails when the old variant is desired below 2 while the new one has no ready replica.
+/// Whether a journal entry's tick applied fewer replicas of the old variant than it saw.
+fn drains_old(entry: &serde_json::Value) -> bool {
+    applied(entry, "old") < seen_slot(entry, "old").0
+}
+
+/// Fails when the old variant's desired replicas and the new one's ready replicas are
+/// fewer than the 2 that served before the switch (the old one drained faster than the
+/// new one became ready).
 fn not_drained_before_new_serves(s: &Seen) -> Result<(), String> {
-    if s.deps.as_ref().is_some_and(|m| m.contains_key(OLD)) && s.desired(OLD) < 2 && s.ready(NEW) == 0 {
-        return Err(format!("{OLD} drained to {} while {NEW} had no ready replica", s.desired(OLD)));
+    if s.deps.as_ref().is_some_and(|m| m.contains_key(OLD)) && s.desired(OLD) + s.ready(NEW) < 2 {
+        return Err(format!("{OLD} drained to {} while {NEW} had {} ready replica(s)", s.desired(OLD), s.ready(NEW)));
     }
     Ok(())
 }
@@ -502,8 +519,14 @@ async fn switch_under_sigkill(run: &mut Run) {
     })
     .await;
     let finished = t_kill.elapsed().as_secs_f64();
-    // The journal records a tick after its writes: read the new leader's once more.
+    // The journal records a tick after its writes, and a read of it can time out on a
+    // loaded machine: sample until a journal read holds the drain (or a minute passed;
+    // the assertions below then say what is missing).
+    let t_read = Instant::now();
     run.during(Duration::from_secs(INTERVAL_S)).await;
+    while t_read.elapsed() < Duration::from_secs(60) && !run.journals.values().flatten().any(drains_old) {
+        run.during(Duration::from_secs(1)).await;
+    }
     let min_ready = run.series.iter().filter(|x| x.0 >= t_kill.duration_since(run.t0).as_secs_f64()).map(|x| x.2).min();
     run.summary_line(format!(
         "SIGKILL during the switch: Lease taken {handover:.1}s after the kill (new variant ready {new_ready_at_handover} then); switch finished {finished:.1}s after the kill; fewest serving replicas since the kill {min_ready:?}"
@@ -513,20 +536,23 @@ async fn switch_under_sigkill(run: &mut Run) {
     let count = |needle: &str| events.iter().filter(|(n, _)| n.contains(needle)).map(|(_, c)| *c).sum::<i32>();
     // The start is announced after the Deployments are applied: a leader killed between
     // the two never announces it, and its successor, which finds the new variant already
-    // asked for, does not either. The drain is announced by whoever drains, at least
-    // once (a reconcile that reads the Deployments from a watch cache not yet caught up
-    // with the drain announces it again; measured, not asserted).
+    // asked for, does not either. The drain is announced exactly once, by whoever
+    // drains (a reconcile whose watch cache is behind the operator's own write reads the
+    // Deployments from the API server instead of announcing it again).
     let (announced, drained) = (count("switching to new"), count("drained old"));
-    assert!(announced <= 1 && drained >= 1, "VariantSwitched events: {events:?}");
+    assert!(announced <= 1 && drained == 1, "VariantSwitched events: {events:?}{}", run.ops.logs(&run.stack));
     let old_journal = run.journals.get(&killed_child).cloned().unwrap_or_default();
     let new_child = run.ops.child(took.holder.as_deref().expect("holder"));
     let new_journal = run.journals.get(&new_child).cloned().unwrap_or_default();
     assert!(!new_journal.is_empty(), "no decision journal read from the new leader {new_child}");
     let drains: Vec<&serde_json::Value> =
-        old_journal.iter().chain(new_journal.iter()).filter(|e| applied(e, "old") < seen_slot(e, "old").0).collect();
+        old_journal.iter().chain(new_journal.iter()).filter(|e| drains_old(e)).collect();
     assert!(!drains.is_empty(), "no tick of either journal drained the old variant");
     for d in &drains {
-        assert!(seen_slot(d, "new").1 >= 1, "drained while the new variant had no ready replica: {d}");
+        assert!(
+            applied(d, "old") + seen_slot(d, "new").1 >= 2,
+            "drained faster than the new variant became ready: {d}"
+        );
     }
     let first = &new_journal[0];
     assert_eq!(

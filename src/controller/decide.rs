@@ -6,8 +6,8 @@
 //! - [`initial_targets`]: replicas of slots that have no Deployment yet: each variant's
 //!   `minReplicas` placed on its pools (cheapest first, or spread), then the shield.
 //! - [`make_before_break`]: a variant switch starts the new variant before the old one is
-//!   drained: while a variant that is being scaled up from nothing has no ready replica,
-//!   no other variant is scaled down.
+//!   drained, and drains the old one only as the new one's replicas become ready, so the
+//!   ready replicas never fall below the fewer of those ready before and those wanted.
 //! - [`changes`]: what changed per slot, for Events (`ScaledUp`, `ScaledDown`, `Placed`).
 //!
 //! Nothing here talks to the API server or reads a clock.
@@ -91,20 +91,34 @@ pub fn initial_targets(spec: &LLMWorkloadSpec) -> BTreeMap<Slot, u32> {
 pub struct Sequenced {
     /// Replicas to apply now.
     pub targets: BTreeMap<Slot, u32>,
-    /// Variants that are being started from nothing and are not ready yet.
+    /// Variants being scaled up whose wanted replicas are not all ready yet (named when
+    /// another variant's scale-down is held for them).
     pub starting_variants: Vec<String>,
-    /// Variants whose scale-down is held until a starting variant is ready.
+    /// Variants whose scale-down is held, wholly or in part, until the starting variants'
+    /// replicas are ready.
     pub held_variants: Vec<String>,
 }
 
-/// Orders a variant switch: while the targets want replicas of a variant that has no
-/// ready replica yet and scale another variant down, the scale-down waits (the old
-/// variant keeps its current replicas) until the new variant has a ready replica.
+/// Orders a variant switch so that serving capacity never dips: while some variant wants
+/// more replicas than it has ready and another variant is scaled down, the shrinking
+/// variants keep enough ready replicas that
+/// - the ready replicas after this tick are at least the fewer of those ready now and
+///   those the targets want, and
+/// - the shrinking variants' ready replicas left are at least their share in proportion
+///   to the growing variants' wanted replicas not ready yet (all of them while none is),
+///   since a replica of one variant does not serve the load of one of another.
 ///
-/// A variant counts as starting from what the Deployments report, not from whether this
+/// The old variant is thus drained as the new one's replicas become ready, not at the
+/// first one.
+///
+/// Only ready replicas are kept: a shrinking slot's replicas that are not ready are let
+/// go at once (a ReplicaSet removes those first), and a shrinking variant never keeps
+/// more than its Deployments ask for now.
+///
+/// A variant counts as growing from what the Deployments report, not from whether this
 /// tick raises it: at every tick after the one that started it (the same leader's, or a
 /// new leader's after a handover), its Deployment already asks for the replicas the
-/// targets want, and the old variant must still wait for one of them to be ready.
+/// targets want, and the old variant must still wait for them to be ready.
 pub fn make_before_break(
     targets: &BTreeMap<Slot, u32>,
     current: &BTreeMap<Slot, u32>,
@@ -117,40 +131,59 @@ pub fn make_before_break(
         }
         out
     };
+    let ready_of = |s: &Slot| states.get(s).map_or(0, |st| st.ready);
     let want = by_variant(targets);
     let have = by_variant(current);
     let mut ready: BTreeMap<String, u32> = BTreeMap::new();
     for (s, st) in states {
         *ready.entry(s.variant.clone()).or_default() += st.ready;
     }
-    let starting: Vec<String> = want
-        .iter()
-        .filter(|(v, w)| **w > 0 && ready.get(*v).copied().unwrap_or(0) == 0)
-        .map(|(v, _)| v.clone())
-        .collect();
+    let growing: Vec<String> =
+        want.iter().filter(|(v, w)| **w > ready.get(*v).copied().unwrap_or(0)).map(|(v, _)| v.clone()).collect();
     let shrinking: Vec<String> = want
         .iter()
-        .filter(|(v, w)| **w < have.get(*v).copied().unwrap_or(0) && !starting.contains(v))
+        .filter(|(v, w)| **w < have.get(*v).copied().unwrap_or(0) && !growing.contains(v))
         .map(|(v, _)| v.clone())
         .collect();
     let mut out = targets.clone();
+    if growing.is_empty() || shrinking.is_empty() {
+        return Sequenced { targets: out, ..Default::default() };
+    }
+    // The serving floor, and what serves after this tick outside the shrinking variants.
+    let ready_now: u32 = states.values().map(|st| st.ready).sum();
+    let floor = ready_now.min(want.values().sum());
+    let serving_others: u32 =
+        out.iter().filter(|(s, _)| !shrinking.contains(&s.variant)).map(|(s, r)| ready_of(s).min(*r)).sum();
+    // Replicas of different variants serve different loads, so the shrinking variants
+    // also keep their ready replicas in proportion to the growing variants' replicas
+    // not ready yet (all of them while none is ready).
+    let (mut missing, mut wanted) = (0u64, 0u64);
+    for v in &growing {
+        let (w, r) = (want[v], ready.get(v).copied().unwrap_or(0));
+        (missing, wanted) = (missing + u64::from(w.saturating_sub(r)), wanted + u64::from(w));
+    }
+    let shrinking_ready: u64 = out
+        .keys()
+        .filter(|s| shrinking.contains(&s.variant))
+        .map(|s| u64::from(ready_of(s).min(current.get(s).copied().unwrap_or(0))))
+        .sum();
+    let proportional = (shrinking_ready * missing).div_ceil(wanted.max(1)) as u32;
+    let mut need = floor.saturating_sub(serving_others).max(proportional);
     let mut held = Vec::new();
-    if !starting.is_empty() {
-        for v in &shrinking {
-            for (slot, r) in out.iter_mut() {
-                if &slot.variant == v {
-                    let cur = current.get(slot).copied().unwrap_or(0);
-                    if *r < cur {
-                        *r = cur;
-                    }
-                }
+    for (slot, r) in out.iter_mut().filter(|(s, _)| shrinking.contains(&s.variant)) {
+        let cur = current.get(slot).copied().unwrap_or(0);
+        let keep = ready_of(slot).min(cur).min(need);
+        if keep > *r {
+            *r = keep;
+            if !held.contains(&slot.variant) {
+                held.push(slot.variant.clone());
             }
-            held.push(v.clone());
         }
+        need = need.saturating_sub(ready_of(slot).min(*r));
     }
     Sequenced {
         targets: out,
-        starting_variants: if held.is_empty() { Vec::new() } else { starting },
+        starting_variants: if held.is_empty() { Vec::new() } else { growing },
         held_variants: held,
     }
 }
@@ -312,6 +345,109 @@ mod tests {
         let s = make_before_break(&targets, &current, &states);
         assert_eq!(s.targets[&small], 0, "drained once the new variant is ready");
         assert!(s.held_variants.is_empty());
+    }
+
+    /// What would serve after applying `targets`: per slot, its ready replicas up to its
+    /// target (a ReplicaSet scaled down removes replicas that are not ready first).
+    fn serving_after(targets: &BTreeMap<Slot, u32>, states: &BTreeMap<Slot, SlotState>) -> u32 {
+        targets.iter().map(|(s, r)| states.get(s).map_or(0, |st| st.ready).min(*r)).sum()
+    }
+
+    #[test]
+    fn switch_drains_the_old_variant_one_replica_per_new_ready_replica() {
+        let small = Slot::new("small", "l4");
+        let large = Slot::new("large", "a100");
+        let targets = BTreeMap::from([(small.clone(), 0), (large.clone(), 2)]);
+        let mut current = BTreeMap::from([(small.clone(), 2), (large.clone(), 2)]);
+        let mut fewest = u32::MAX;
+        for (new_ready, old_left) in [(0, 2), (1, 1), (2, 0)] {
+            let states = BTreeMap::from([
+                (small.clone(), SlotState { desired: current[&small], ready: current[&small], existing: 2 }),
+                (large.clone(), SlotState { desired: 2, ready: new_ready, existing: 2 }),
+            ]);
+            let s = make_before_break(&targets, &current, &states);
+            assert_eq!(s.targets[&small], old_left, "old replicas left with {new_ready} new ones ready");
+            assert_eq!(s.held_variants.is_empty(), old_left == 0);
+            fewest = fewest.min(serving_after(&s.targets, &states));
+            current.insert(small.clone(), s.targets[&small]);
+        }
+        assert_eq!(fewest, 2, "two replicas serve at every step of the switch");
+    }
+
+    #[test]
+    fn replicas_of_the_old_variant_that_are_not_ready_are_let_go() {
+        let small = Slot::new("small", "l4");
+        let large = Slot::new("large", "a100");
+        let targets = BTreeMap::from([(small.clone(), 0), (large.clone(), 2)]);
+        let current = BTreeMap::from([(small.clone(), 3), (large.clone(), 2)]);
+        let states = BTreeMap::from([
+            (small.clone(), SlotState { desired: 3, ready: 2, existing: 3 }),
+            (large.clone(), SlotState { desired: 2, ready: 0, existing: 2 }),
+        ]);
+        let s = make_before_break(&targets, &current, &states);
+        assert_eq!(s.targets[&small], 2, "the two ready old replicas stay, the third goes");
+        assert_eq!(s.starting_variants, vec!["large".to_string()]);
+    }
+
+    #[test]
+    fn a_scale_down_with_nothing_starting_is_not_held() {
+        let a = Slot::new("small", "l4");
+        let b = Slot::new("large", "a100");
+        let targets = BTreeMap::from([(a.clone(), 1), (b.clone(), 1)]);
+        let current = BTreeMap::from([(a.clone(), 3), (b.clone(), 1)]);
+        let states = BTreeMap::from([
+            (a.clone(), SlotState { desired: 3, ready: 3, existing: 3 }),
+            (b.clone(), SlotState { desired: 1, ready: 1, existing: 1 }),
+        ]);
+        let s = make_before_break(&targets, &current, &states);
+        assert_eq!(s.targets, targets);
+        assert!(s.held_variants.is_empty() && s.starting_variants.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the fleet, a tick that grows one variant and shrinks another leaves
+        /// at least the fewer of the replicas ready now and those wanted serving, never
+        /// raises a slot above what its Deployment asks for now, never lowers one below
+        /// its target, and leaves a fleet with nothing growing as the targets say.
+        #[test]
+        fn serving_never_falls_below_the_floor(
+            slots in proptest::collection::vec((0u32..5, 0u32..5, 0u32..5), 4),
+        ) {
+            let names = [("a", "p"), ("a", "q"), ("b", "p"), ("c", "q")];
+            let (mut targets, mut current, mut states) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+            for ((v, p), (want, cur, ready)) in names.iter().zip(&slots) {
+                let slot = Slot::new(*v, *p);
+                targets.insert(slot.clone(), *want);
+                current.insert(slot.clone(), *cur);
+                states.insert(slot, SlotState { desired: *cur, ready: (*ready).min(*cur), existing: *cur });
+            }
+            let s = make_before_break(&targets, &current, &states);
+            let ready_now: u32 = states.values().map(|st| st.ready).sum();
+            let floor = ready_now.min(targets.values().sum());
+            let after = serving_after(&s.targets, &states);
+            for (slot, r) in &s.targets {
+                proptest::prop_assert!(*r >= targets[slot]);
+                proptest::prop_assert!(*r == targets[slot] || *r <= current[slot]);
+            }
+            if s.held_variants.is_empty() {
+                proptest::prop_assert_eq!(&s.targets, &targets);
+            }
+            // Where the rule applies (a variant grows, another shrinks), the floor holds
+            // unless every shrinking slot already keeps all its ready replicas.
+            let by = |m: &BTreeMap<Slot, u32>, v: &str| -> u32 { m.iter().filter(|(s, _)| s.variant == v).map(|(_, r)| *r).sum() };
+            let ready_v = |v: &str| -> u32 { states.iter().filter(|(s, _)| s.variant == v).map(|(_, st)| st.ready).sum() };
+            let grows = ["a", "b", "c"].iter().any(|v| by(&targets, v) > ready_v(v));
+            let shrinking: Vec<&str> =
+                ["a", "b", "c"].into_iter().filter(|v| by(&targets, v) < by(&current, v) && by(&targets, v) <= ready_v(v)).collect();
+            if grows && !shrinking.is_empty() {
+                let all_kept = s
+                    .targets
+                    .iter()
+                    .filter(|(slot, _)| shrinking.contains(&slot.variant.as_str()))
+                    .all(|(slot, r)| *r >= states[slot].ready);
+                proptest::prop_assert!(after >= floor || all_kept, "serving {} < floor {}: {:?}", after, floor, s);
+            }
+        }
     }
 
     #[test]

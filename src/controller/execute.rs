@@ -225,6 +225,15 @@ const LEARNING_OPTIONAL: [&str; 12] = [
 /// Writes `status` with a merge patch; fields it no longer sets are cleared. Nothing is
 /// sent when the workload already has exactly this status (a reconcile between ticks
 /// that changed nothing costs no write).
+///
+/// The patch carries the `resourceVersion` the workload was read at, so the API server
+/// refuses it (409) when anyone wrote the workload since: a write a former leader sent
+/// just before it was cut off, and that the network delivers after its successor wrote,
+/// is refused instead of overwriting the successor's status. This process, on a
+/// conflict, reads the workload again and writes once more over what it read (the
+/// status is this leader's to write: its policy, shield and tick live in its memory); a
+/// former leader never retries, as its controller is dropped, and its requests with it,
+/// when it loses the Lease.
 async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatus) -> Result<(), Error> {
     if wl.status.as_ref() == Some(status) {
         ctx.metrics.status_write("unchanged");
@@ -233,6 +242,27 @@ async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatu
     ctx.metrics.status_write("written");
     let ns = wl.namespace().unwrap_or_default();
     let api: Api<LLMWorkload> = Api::namespaced(ctx.client.clone(), &ns);
+    let (name, pp) = (wl.name_any(), PatchParams::default());
+    let body = status_patch(wl.resource_version(), status)?;
+    match api.patch_status(&name, &pp, &Patch::Merge(body)).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            ctx.metrics.status_write("conflict");
+            tracing::debug!(workload = %key_of(wl), "status written by someone else since it was read: reading it again");
+            let fresh =
+                api.get_status(&name).await.map_err(kube_err("reading the workload after a status conflict"))?;
+            let body = status_patch(fresh.resource_version(), status)?;
+            api.patch_status(&name, &pp, &Patch::Merge(body)).await.map_err(kube_err("writing status"))?;
+        }
+        r => {
+            r.map_err(kube_err("writing status"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The merge patch that writes `status` over a workload read at `resource_version` (its
+/// precondition; none when unknown): every field the status no longer sets is cleared.
+pub fn status_patch(resource_version: Option<String>, status: &LLMWorkloadStatus) -> Result<serde_json::Value, Error> {
     let mut value = serde_json::to_value(status)?;
     if let Some(obj) = value.as_object_mut() {
         // A merge patch leaves absent keys alone: clear what is no longer set.
@@ -251,10 +281,10 @@ async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatu
             }
         }
     }
-    api.patch_status(&wl.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": value })))
-        .await
-        .map_err(kube_err("writing status"))?;
-    Ok(())
+    Ok(match resource_version {
+        Some(rv) => serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": value }),
+        None => serde_json::json!({ "status": value }),
+    })
 }
 
 #[cfg(test)]

@@ -445,7 +445,7 @@ async fn owned_deployments(ctx: &Context, wl: &LLMWorkload) -> Result<Vec<Deploy
             use kube::runtime::reflector::ObjectRef;
             let name = wl.name_any();
             // By name through the index (sorted), not by walking every cached Deployment.
-            let out = ctx
+            let out: Vec<Deployment> = ctx
                 .deployment_index
                 .names(&ns, &name)
                 .into_iter()
@@ -454,7 +454,12 @@ async fn owned_deployments(ctx: &Context, wl: &LLMWorkload) -> Result<Vec<Deploy
                 .filter(|d| desired::is_owned_by(&d.metadata, wl))
                 .map(|d| (*d).clone())
                 .collect();
-            return Ok(out);
+            if !cache_behind_own_writes(ctx, wl, &out) {
+                return Ok(out);
+            }
+            // Deciding on what this process wrote over would undo or repeat it (a drain
+            // announced again, a cooldown started twice): read them from the API server.
+            tracing::debug!(workload = %key_of(wl), "the Deployment cache is behind this operator's writes: listing");
         }
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -463,6 +468,19 @@ async fn owned_deployments(ctx: &Context, wl: &LLMWorkload) -> Result<Vec<Deploy
         .await
         .map_err(kube_err("listing Deployments"))?;
     Ok(list.items.into_iter().filter(|d| desired::is_owned_by(&d.metadata, wl)).collect())
+}
+
+/// Whether the watch's cache of `wl`'s Deployments (`cached`) is behind what this process
+/// last applied: a slot's Deployment that it wrote is missing from the cache, or cached
+/// with an older generation than the API server gave the write.
+fn cache_behind_own_writes(ctx: &Context, wl: &LLMWorkload, cached: &[Deployment]) -> bool {
+    let (ns, name) = (wl.namespace().unwrap_or_default(), wl.name_any());
+    desired::slots(&wl.spec).iter().any(|slot| {
+        let dn = desired::deployment_name(&name, slot);
+        let Some(wrote) = execute::written_generation(ctx, &format!("{ns}/{dn}")) else { return false };
+        let seen = cached.iter().find(|d| d.metadata.name.as_deref() == Some(dn.as_str()));
+        seen.and_then(|d| d.metadata.generation).is_none_or(|g| g < wrote)
+    })
 }
 
 /// The serving pods of a workload, for a metrics source that scrapes them.

@@ -852,7 +852,7 @@ impl<'a> Draft<'a> {
                 EventReason::VariantSwitched,
                 format!("Start {}", starting.join(",")),
                 format!(
-                    "switching to {}: it starts first; {} keep(s) serving until it has a ready replica",
+                    "switching to {}: it starts first; {} keep(s) serving, drained as its replicas become ready",
                     starting.join(", "),
                     draining.join(", ")
                 ),

@@ -32,7 +32,8 @@ pub struct KindLabel {
 /// Label set with the outcome of a write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `written`, or `unchanged` (not sent).
+    /// `written`, `unchanged` (not sent), or for status writes `conflict` (refused, then
+    /// written again).
     pub outcome: String,
 }
 
@@ -362,8 +363,9 @@ pub struct OperatorMetrics {
     pub policy_duration: Histogram,
     /// `llmos_control_ticks_total`: reconciles that ran a control tick.
     pub ticks: Counter,
-    /// `llmos_status_writes_total{outcome}`: status writes sent (`written`) and skipped
-    /// because the status was already what the plan wants (`unchanged`).
+    /// `llmos_status_writes_total{outcome}`: status writes sent (`written`), skipped
+    /// because the status was already what the plan wants (`unchanged`), and refused
+    /// because the workload changed since it was read (`conflict`, then written again).
     pub status_writes: Family<OutcomeLabel, Counter>,
     /// `llmos_object_writes_total{object, outcome}`: server-side applies of Deployments
     /// and Services sent (`written`) and skipped as unchanged (`unchanged`).
@@ -414,7 +416,7 @@ impl OperatorMetrics {
         registry.register("control_ticks", "Reconciliations that ran a control tick", ticks.clone());
         registry.register(
             "status_writes",
-            "Status writes, by outcome (written, or unchanged and not sent)",
+            "Status writes, by outcome (written; unchanged and not sent; conflict: refused as read at an old resourceVersion, then written again)",
             status_writes.clone(),
         );
         registry.register(
