@@ -43,7 +43,7 @@ for line in open(sys.argv[1]):
     shown = src if kind == "test" else "unittests " + src
     print(kind, t["name"], shown, m["executable"], sep="\t")
 EOF
-apart='^e2e_(chart|node|node_workload|training|learning_loop|chaos|chaos_api)$'
+apart='^e2e_(chart|node|node_workload|training|learning_loop|chaos|chaos_api|chaos_many)$'
 awk -F'\t' -v re="$apart" '$1 == "test" && $2 ~ re' "$work/plan" >"$work/apart"
 awk -F'\t' -v re="$apart" '!($1 == "test" && $2 ~ re)' "$work/plan" >"$work/beside"
 echo "== $(wc -l <"$work/plan") test binaries: $(wc -l <"$work/apart") real-node and chaos tests in one lane, $(wc -l <"$work/beside") others beside them"

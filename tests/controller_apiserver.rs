@@ -314,7 +314,8 @@ async fn a_variant_switch_starts_the_new_variant_before_draining_the_old() {
 /// A status write carries the resourceVersion its workload was read at: one that a
 /// former leader sent before a partition and that arrives after its successor wrote is
 /// refused by the API server (409), and the status stays the successor's. The operator
-/// itself, given a stale copy, reads the workload again and writes once more.
+/// itself, reconciling a stale copy, sends its changes again at the new version, and
+/// only those: the successor's recorded decision is not put back to the older one.
 #[tokio::test]
 async fn a_status_write_read_at_an_old_version_is_refused() {
     let Some(h) = Harness::new("fence").await else { return };
@@ -326,12 +327,15 @@ async fn a_status_write_read_at_an_old_version_is_refused() {
     h.tick("chat").await;
     let successor = h.workload("chat").await;
     assert_ne!(successor.resource_version(), read_by_former.resource_version(), "the tick wrote status");
+    let decided = successor.status.as_ref().and_then(|s| s.last_decision.clone());
+    assert!(decided.is_some(), "the tick recorded its decision");
 
     // The former leader's late write, made from what it had read.
     let mut late_status = read_by_former.status.clone().expect("status");
     late_status.desired_replicas = 7;
-    let late =
-        llmos::controller::execute::status_patch(read_by_former.resource_version(), &late_status).expect("patch body");
+    let base = read_by_former.status.clone();
+    let late = llmos::controller::execute::status_patch(read_by_former.resource_version(), base.as_ref(), &late_status)
+        .expect("patch body");
     let refused = h.wls().patch_status("chat", &PatchParams::default(), &Patch::Merge(&late)).await;
     match refused {
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
@@ -341,12 +345,8 @@ async fn a_status_write_read_at_an_old_version_is_refused() {
     assert_eq!(now.resource_version(), successor.resource_version(), "nothing was written");
     assert_eq!(now.status, successor.status);
 
-    // Without the precondition the same write would have gone through.
-    let unfenced = llmos::controller::execute::status_patch(None, &late_status).expect("patch body");
-    h.wls().patch_status("chat", &PatchParams::default(), &Patch::Merge(&unfenced)).await.expect("unconditional");
-    assert_eq!(h.workload("chat").await.status.map(|s| s.desired_replicas), Some(7));
-
-    // The operator reconciling a stale copy: refused once, then written over what it reads.
+    // The operator reconciling the stale copy between ticks: refused once, then its own
+    // changes (not the stale decision) written at the new version.
     let conflicts = || {
         h.ctx
             .metrics
@@ -355,10 +355,15 @@ async fn a_status_write_read_at_an_old_version_is_refused() {
             .get()
     };
     let before = conflicts();
-    h.clock.advance(Duration::from_secs(16));
     reconcile(Arc::new(read_by_former), h.ctx.clone()).await.expect("a stale copy reconciles");
     assert_eq!(conflicts(), before + 1, "the stale write was refused once");
-    assert_eq!(h.workload("chat").await.status.map(|s| s.desired_replicas), Some(1), "the operator's status");
+    let after = h.workload("chat").await.status.expect("status");
+    assert_eq!(after.last_decision, decided, "the successor's decision stays recorded");
+
+    // Without the precondition a late write goes through: what the fence prevents.
+    let unfenced = llmos::controller::execute::status_patch(None, base.as_ref(), &late_status).expect("patch body");
+    h.wls().patch_status("chat", &PatchParams::default(), &Patch::Merge(&unfenced)).await.expect("unconditional");
+    assert_eq!(h.workload("chat").await.status.map(|s| s.desired_replicas), Some(7));
 }
 
 #[tokio::test]

@@ -34,21 +34,18 @@
 
 mod e2e_support;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::RawQuery;
-use axum::routing::get;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::Client;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
+use e2e_support::chaos::{start_fault_proxy, Fault, Operators};
 use e2e_support::{
-    apply_operator_rbac, check_rbac_audit, free_port, missing_prerequisites, operator_kubeconfig, repo, skip_requested,
-    tail, Stack, OPERATOR_NS,
+    apply_operator_rbac, check_rbac_audit, missing_prerequisites, operator_kubeconfig, repo, skip_requested, Stack,
+    OPERATOR_NS,
 };
 
 const NS: &str = "default";
@@ -56,150 +53,6 @@ const WORKLOAD: &str = "chaos";
 const INTERVAL_S: u64 = 2;
 const SPEED: f64 = 10.0;
 const LEASE: &str = "llmos-operator-leader";
-
-/// What the proxy in front of Prometheus does to the operator's queries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Fault {
-    /// Forward unchanged.
-    Pass = 0,
-    /// Answer HTTP 503 with a Prometheus error body.
-    Error = 1,
-    /// Wait 8 s (longer than the operator's 5 s query timeout), then forward.
-    Slow = 2,
-    /// Forward, with every sample value replaced by NaN.
-    NaN = 3,
-    /// Forward, with the staleness query answering that the newest sample is 600 s old.
-    Stale = 4,
-}
-
-impl Fault {
-    fn from_u8(v: u8) -> Fault {
-        match v {
-            1 => Fault::Error,
-            2 => Fault::Slow,
-            3 => Fault::NaN,
-            4 => Fault::Stale,
-            _ => Fault::Pass,
-        }
-    }
-}
-
-/// Applies `fault` to one query's answer.
-async fn proxied(fault: Fault, client: &reqwest::Client, upstream: &str, query: &str) -> (u16, String) {
-    match fault {
-        Fault::Error => {
-            return (
-                503,
-                r#"{"status":"error","errorType":"unavailable","error":"injected by the chaos proxy"}"#.into(),
-            )
-        }
-        Fault::Slow => tokio::time::sleep(Duration::from_secs(8)).await,
-        _ => {}
-    }
-    let resp = match client.get(format!("{upstream}/api/v1/query?{query}")).send().await {
-        Ok(r) => r,
-        Err(e) => return (502, format!(r#"{{"status":"error","errorType":"proxy","error":"{e}"}}"#)),
-    };
-    let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
-    let rewrite = |f: &dyn Fn(&mut serde_json::Value)| -> String {
-        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&body) else { return body.clone() };
-        if let Some(results) = v["data"]["result"].as_array_mut() {
-            for r in results {
-                f(&mut r["value"][1]);
-            }
-        }
-        v.to_string()
-    };
-    let decoded = e2e_support::form_decode(query);
-    let body = match fault {
-        Fault::NaN => rewrite(&|x| *x = serde_json::Value::String("NaN".into())),
-        Fault::Stale if decoded.contains("timestamp(") => rewrite(&|x| *x = serde_json::Value::String("600".into())),
-        _ => body,
-    };
-    (status, body)
-}
-
-/// Starts the fault-injecting proxy in front of `upstream`; returns its URL and its mode.
-async fn start_proxy(upstream: String) -> (String, Arc<AtomicU8>) {
-    let mode = Arc::new(AtomicU8::new(Fault::Pass as u8));
-    let m = mode.clone();
-    let client = reqwest::Client::new();
-    let app = axum::Router::new().route(
-        "/api/v1/query",
-        get(move |RawQuery(q): RawQuery| {
-            let (m, client, upstream) = (m.clone(), client.clone(), upstream.clone());
-            async move {
-                let fault = Fault::from_u8(m.load(Ordering::SeqCst));
-                let (code, body) = proxied(fault, &client, &upstream, &q.unwrap_or_default()).await;
-                (
-                    axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    body,
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
-    let port = listener.local_addr().expect("proxy address").port();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://127.0.0.1:{port}"), mode)
-}
-
-/// The operator replicas, started again with the same identity when they exit.
-struct Operators {
-    kubeconfig: String,
-    prom_url: String,
-    /// identity → (metrics address, starts so far).
-    replicas: BTreeMap<String, (String, usize)>,
-    /// Replicas not started again while listed (a Pod whose node is gone).
-    held_down: std::collections::BTreeSet<String>,
-    /// (seconds since the run started, identity) of every restart.
-    restarts: Vec<(f64, String)>,
-}
-
-impl Operators {
-    fn child(&self, identity: &str) -> String {
-        format!("{identity}.{}", self.replicas[identity].1)
-    }
-
-    fn start(&mut self, stack: &mut Stack, identity: &str) {
-        let addr =
-            self.replicas.entry(identity.to_string()).or_insert_with(|| (format!("127.0.0.1:{}", free_port()), 0));
-        addr.1 += 1;
-        let (addr, _) = addr.clone();
-        let name = self.child(identity);
-        stack.spawn(
-            &name,
-            &["run", "--metrics-addr", &addr, "--lease-namespace", OPERATOR_NS, "--lease-name", LEASE],
-            &[("POD_NAME", identity), ("LLMOS_PROMETHEUS_URL", &self.prom_url), ("KUBECONFIG", &self.kubeconfig)],
-        );
-    }
-
-    /// Starts again every replica whose process exited (a container restart).
-    fn supervise(&mut self, stack: &mut Stack, t0: Instant) {
-        let ids: Vec<String> = self.replicas.keys().filter(|id| !self.held_down.contains(*id)).cloned().collect();
-        for id in ids {
-            let name = self.child(&id);
-            let exited = stack.children.get_mut(&name).is_none_or(|c| c.try_wait().ok().flatten().is_some());
-            if exited {
-                self.restarts.push((t0.elapsed().as_secs_f64(), id.clone()));
-                self.start(stack, &id);
-            }
-        }
-    }
-
-    fn logs(&self, stack: &Stack) -> String {
-        let mut out = String::new();
-        for id in self.replicas.keys() {
-            out.push_str(&format!("\n--- {} (tail) ---\n{}", self.child(id), tail(&stack.log(&self.child(id)))));
-        }
-        out
-    }
-}
 
 /// One sample of what the cluster holds.
 #[derive(Clone, Debug, Default)]
@@ -329,7 +182,8 @@ async fn operator_survives_chaos() {
     std::fs::write(stack.path("targets.json"), "[]\n").expect("targets file");
     std::fs::write(stack.path("operator-targets.json"), "[]\n").expect("operator targets file");
     stack.start_prometheus();
-    let (proxy_url, fault) = start_proxy(format!("http://127.0.0.1:{}", stack.prom_port)).await;
+    let proxy = start_fault_proxy(format!("http://127.0.0.1:{}", stack.prom_port)).await;
+    let (proxy_url, fault) = (proxy.url.clone(), proxy.mode.clone());
     // 2 requests/s, then 20 from simulated t = 500 s (50 s of wall time at speed 10).
     let scenario = e2e_support::step_scenario("e2e-chaos", 8000.0, &[0.0, 500.0], &[2.0, 20.0], 45.0, "");
     std::fs::write(stack.path("scenario.toml"), scenario).expect("scenario file");
@@ -352,13 +206,7 @@ async fn operator_survives_chaos() {
         ],
         &[],
     );
-    let ops = Operators {
-        kubeconfig: operator_kubeconfig(&stack),
-        prom_url: proxy_url.clone(),
-        replicas: BTreeMap::new(),
-        held_down: Default::default(),
-        restarts: Vec::new(),
-    };
+    let ops = Operators::new(operator_kubeconfig(&stack), proxy_url.clone(), LEASE);
     let mut run = Run { stack, client, ops, t0: Instant::now(), series: Vec::new(), notes: Vec::new() };
     run.ops.start(&mut run.stack, "operator-a");
     let yaml = e2e_support::StepWorkload {

@@ -222,18 +222,19 @@ const LEARNING_OPTIONAL: [&str; 12] = [
     "lastEvent",
 ];
 
-/// Writes `status` with a merge patch; fields it no longer sets are cleared. Nothing is
-/// sent when the workload already has exactly this status (a reconcile between ticks
-/// that changed nothing costs no write).
+/// Writes `status` with a merge patch of what it changes against the status the
+/// workload was read with. Nothing is sent when the workload already has exactly this
+/// status (a reconcile between ticks that changed nothing costs no write).
 ///
 /// The patch carries the `resourceVersion` the workload was read at, so the API server
 /// refuses it (409) when anyone wrote the workload since: a write a former leader sent
 /// just before it was cut off, and that the network delivers after its successor wrote,
 /// is refused instead of overwriting the successor's status. This process, on a
-/// conflict, reads the workload again and writes once more over what it read (the
-/// status is this leader's to write: its policy, shield and tick live in its memory); a
-/// former leader never retries, as its controller is dropped, and its requests with it,
-/// when it loses the Lease.
+/// conflict, reads the workload again and sends the same changes at the new version:
+/// only the fields its plan changed, so a reconcile that planned from a cached workload
+/// older than the last tick's own write does not put the older decision back. A former
+/// leader never retries: its controller is dropped, and its requests with it, when it
+/// loses the Lease.
 async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatus) -> Result<(), Error> {
     if wl.status.as_ref() == Some(status) {
         ctx.metrics.status_write("unchanged");
@@ -243,14 +244,14 @@ async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatu
     let ns = wl.namespace().unwrap_or_default();
     let api: Api<LLMWorkload> = Api::namespaced(ctx.client.clone(), &ns);
     let (name, pp) = (wl.name_any(), PatchParams::default());
-    let body = status_patch(wl.resource_version(), status)?;
+    let body = status_patch(wl.resource_version(), wl.status.as_ref(), status)?;
     match api.patch_status(&name, &pp, &Patch::Merge(body)).await {
         Err(kube::Error::Api(e)) if e.code == 409 => {
             ctx.metrics.status_write("conflict");
-            tracing::debug!(workload = %key_of(wl), "status written by someone else since it was read: reading it again");
+            tracing::debug!(workload = %key_of(wl), "status written by someone else since it was read: sending the changes again");
             let fresh =
                 api.get_status(&name).await.map_err(kube_err("reading the workload after a status conflict"))?;
-            let body = status_patch(fresh.resource_version(), status)?;
+            let body = status_patch(fresh.resource_version(), wl.status.as_ref(), status)?;
             api.patch_status(&name, &pp, &Patch::Merge(body)).await.map_err(kube_err("writing status"))?;
         }
         r => {
@@ -260,30 +261,52 @@ async fn patch_status(ctx: &Context, wl: &LLMWorkload, status: &LLMWorkloadStatu
     Ok(())
 }
 
-/// The merge patch that writes `status` over a workload read at `resource_version` (its
-/// precondition; none when unknown): every field the status no longer sets is cleared.
-pub fn status_patch(resource_version: Option<String>, status: &LLMWorkloadStatus) -> Result<serde_json::Value, Error> {
-    let mut value = serde_json::to_value(status)?;
-    if let Some(obj) = value.as_object_mut() {
-        // A merge patch leaves absent keys alone: clear what is no longer set.
-        for k in
-            ["lastDecision", "shadowDecision", "observedArrivalRateRps", "sloAttainment", "costRateUsdPerHour", "slots"]
-        {
-            obj.entry(k).or_insert(serde_json::Value::Null);
-        }
-        // `learning` is nested: the merge would keep what its phase no longer has.
-        if let Some(learning) = obj.get_mut("learning").and_then(|l| l.as_object_mut()) {
-            for k in LEARNING_OPTIONAL {
-                learning.entry(k).or_insert(serde_json::Value::Null);
-            }
-            if let Some(shadow) = learning.get_mut("shadow").and_then(|s| s.as_object_mut()) {
-                shadow.entry("lastDecision").or_insert(serde_json::Value::Null);
-            }
+/// The keys of `status` that a write without a known previous status clears.
+const STATUS_OPTIONAL: [&str; 6] =
+    ["lastDecision", "shadowDecision", "observedArrivalRateRps", "sloAttainment", "costRateUsdPerHour", "slots"];
+
+/// The merge patch that changes a workload's status from `base` (what it was read with;
+/// `None` when unknown) to `status`, with the `resourceVersion` it was read at as its
+/// precondition (none when unknown).
+///
+/// Only top-level fields that differ from `base` are sent, and a field `base` has and
+/// `status` no longer sets is cleared (`null`). Without a base, every field is sent and
+/// the optional ones are cleared. `learning` is nested: when it is sent, the keys its
+/// phase no longer has are cleared too.
+pub fn status_patch(
+    resource_version: Option<String>,
+    base: Option<&LLMWorkloadStatus>,
+    status: &LLMWorkloadStatus,
+) -> Result<serde_json::Value, Error> {
+    use serde_json::Value;
+    let new = serde_json::to_value(status)?;
+    let new = new.as_object().cloned().unwrap_or_default();
+    let old = match base {
+        Some(b) => serde_json::to_value(b)?.as_object().cloned().unwrap_or_default(),
+        None => serde_json::Map::new(),
+    };
+    let mut out: serde_json::Map<String, Value> =
+        new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        out.insert(k.clone(), Value::Null);
+    }
+    if base.is_none() {
+        for k in STATUS_OPTIONAL {
+            out.entry(k).or_insert(Value::Null);
         }
     }
+    if let Some(learning) = out.get_mut("learning").and_then(|l| l.as_object_mut()) {
+        for k in LEARNING_OPTIONAL {
+            learning.entry(k).or_insert(Value::Null);
+        }
+        if let Some(shadow) = learning.get_mut("shadow").and_then(|s| s.as_object_mut()) {
+            shadow.entry("lastDecision").or_insert(Value::Null);
+        }
+    }
+    let status = Value::Object(out);
     Ok(match resource_version {
-        Some(rv) => serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": value }),
-        None => serde_json::json!({ "status": value }),
+        Some(rv) => serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": status }),
+        None => serde_json::json!({ "status": status }),
     })
 }
 
@@ -301,6 +324,30 @@ mod tests {
             }
         }))
         .expect("workload")
+    }
+
+    #[test]
+    fn a_status_patch_sends_only_what_changed_against_the_status_read() {
+        let base = LLMWorkloadStatus {
+            desired_replicas: 2,
+            slo_attainment: Some(0.9),
+            last_action_time: Some("2026-12-02T10:00:00Z".into()),
+            ..Default::default()
+        };
+        let new = LLMWorkloadStatus { desired_replicas: 3, ..base.clone() };
+        let new = LLMWorkloadStatus { slo_attainment: None, ..new };
+        let patch = status_patch(Some("42".into()), Some(&base), &new).expect("patch");
+        assert_eq!(
+            patch,
+            serde_json::json!({"metadata": {"resourceVersion": "42"},
+                               "status": {"desiredReplicas": 3, "sloAttainment": null}})
+        );
+        // Without a base: everything, the optional fields cleared, no precondition.
+        let patch = status_patch(None, None, &new).expect("patch");
+        assert!(patch.get("metadata").is_none());
+        assert_eq!(patch["status"]["lastActionTime"], "2026-12-02T10:00:00Z");
+        assert_eq!(patch["status"]["lastDecision"], serde_json::Value::Null);
+        assert!(patch["status"].as_object().is_some_and(|o| o.contains_key("lastDecision")));
     }
 
     #[test]

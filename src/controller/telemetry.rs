@@ -416,7 +416,7 @@ impl OperatorMetrics {
         registry.register("control_ticks", "Reconciliations that ran a control tick", ticks.clone());
         registry.register(
             "status_writes",
-            "Status writes, by outcome (written; unchanged and not sent; conflict: refused as read at an old resourceVersion, then written again)",
+            "Status writes, by outcome (written; unchanged and not sent; conflict: refused as read at an old resourceVersion, then its changes sent again)",
             status_writes.clone(),
         );
         registry.register(

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod node;
 pub mod proxy;
 
