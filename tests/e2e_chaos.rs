@@ -42,7 +42,7 @@ use kube::api::Api;
 use kube::Client;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
-use e2e_support::chaos::{start_fault_proxy, Fault, Operators};
+use e2e_support::chaos::{lease_holder, start_fault_proxy, Fault, Operators, StatusView};
 use e2e_support::{
     apply_operator_rbac, check_rbac_audit, missing_prerequisites, operator_kubeconfig, repo, skip_requested, Stack,
     OPERATOR_NS,
@@ -62,18 +62,9 @@ struct Seen {
     holder: Option<String>,
 }
 
-impl Seen {
-    fn metrics_available(&self) -> Option<bool> {
-        let s = self.status.as_ref()?;
-        s.conditions.iter().find(|c| c.type_ == "MetricsAvailable").map(|c| c.status == "True")
-    }
-
-    fn decision_time(&self) -> Option<String> {
-        self.status.as_ref()?.last_decision.as_ref().map(|d| d.time.clone())
-    }
-
-    fn decided_total(&self) -> Option<u32> {
-        Some(self.status.as_ref()?.last_decision.as_ref()?.targets.iter().map(|t| t.replicas).sum())
+impl StatusView for Seen {
+    fn status(&self) -> Option<&LLMWorkloadStatus> {
+        self.status.as_ref()
     }
 }
 
@@ -99,13 +90,7 @@ impl Run {
         let wl: Api<LLMWorkload> = Api::namespaced(self.client.clone(), NS);
         let status =
             tokio::time::timeout(limit, wl.get(WORKLOAD)).await.ok().and_then(|r| r.ok()).and_then(|w| w.status);
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NS);
-        let holder = tokio::time::timeout(limit, leases.get(LEASE))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty());
+        let holder = lease_holder(&self.client, LEASE, limit).await;
         // Before the first Deployment exists the total is 0; from then on it must stay
         // within the limits.
         if desired >= 1 || (desired == 0 && !self.series.is_empty()) {

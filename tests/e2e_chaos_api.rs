@@ -40,6 +40,7 @@ use kube::api::{Api, ListParams};
 use kube::Client;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
+use e2e_support::chaos::lease_holder;
 use e2e_support::proxy::{kubeconfig_via, upstream_of, ApiProxy, Throttle};
 use e2e_support::{apply_operator_rbac, free_port, operator_kubeconfig, tail, Stack, OPERATOR_NS};
 
@@ -223,13 +224,7 @@ impl Run {
         let wl: Api<LLMWorkload> = Api::namespaced(self.client.clone(), NS);
         let status =
             tokio::time::timeout(limit, wl.get(WORKLOAD)).await.ok().and_then(|r| r.ok()).and_then(|w| w.status);
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NS);
-        let holder = tokio::time::timeout(limit, leases.get(LEASE))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty());
+        let holder = lease_holder(&self.client, LEASE, limit).await;
         let seen = Seen { deps, status, holder };
         if let Some(h) = seen.holder.clone().filter(|h| self.ops.replicas.contains_key(h)) {
             let child = self.ops.child(&h);
@@ -537,8 +532,7 @@ async fn switch_under_sigkill(run: &mut Run) {
     // The start is announced after the Deployments are applied: a leader killed between
     // the two never announces it, and its successor, which finds the new variant already
     // asked for, does not either. The drain is announced exactly once, by whoever
-    // drains (a reconcile whose watch cache is behind the operator's own write reads the
-    // Deployments from the API server instead of announcing it again).
+    // drains (one process per identity: see `Operators::supervise`).
     let (announced, drained) = (count("switching to new"), count("drained old"));
     assert!(announced <= 1 && drained == 1, "VariantSwitched events: {events:?}{}", run.ops.logs(&run.stack));
     let old_journal = run.journals.get(&killed_child).cloned().unwrap_or_default();

@@ -41,13 +41,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use llmos::crd::{LLMWorkload, LLMWorkloadStatus};
 
-use e2e_support::chaos::{start_fault_proxy, Fault, FaultProxy, Operators};
-use e2e_support::{apply_operator_rbac, operator_kubeconfig, repo, Stack, OPERATOR_NS};
+use e2e_support::chaos::{lease_holder, start_fault_proxy, Fault, FaultProxy, Operators, StatusView};
+use e2e_support::{apply_operator_rbac, operator_kubeconfig, repo, Stack};
 
 const NS: &str = "default";
 const SPEED: f64 = 10.0;
@@ -74,23 +73,13 @@ struct Wl {
     status: Option<LLMWorkloadStatus>,
 }
 
+impl StatusView for Wl {
+    fn status(&self) -> Option<&LLMWorkloadStatus> {
+        self.status.as_ref()
+    }
+}
+
 impl Wl {
-    /// The `MetricsAvailable` condition, when the status has one.
-    fn metrics_available(&self) -> Option<bool> {
-        let s = self.status.as_ref()?;
-        s.conditions.iter().find(|c| c.type_ == "MetricsAvailable").map(|c| c.status == "True")
-    }
-
-    /// When the last recorded decision was made.
-    fn decision_time(&self) -> Option<String> {
-        self.status.as_ref()?.last_decision.as_ref().map(|d| d.time.clone())
-    }
-
-    /// Replicas over all slots of the last recorded decision.
-    fn decided_total(&self) -> Option<u32> {
-        Some(self.status.as_ref()?.last_decision.as_ref()?.targets.iter().map(|t| t.replicas).sum())
-    }
-
     /// A decision other than `before`, made at `since` or later (when given).
     fn decided_since(&self, before: &Option<String>, since: Option<DateTime<Utc>>) -> bool {
         let Some(t) = self.decision_time() else { return false };
@@ -188,13 +177,7 @@ impl Run {
         let deps = tokio::time::timeout(limit, deps.list(&lp)).await.ok().and_then(|r| r.ok());
         let wls: Api<LLMWorkload> = Api::namespaced(self.client.clone(), NS);
         let wls = tokio::time::timeout(limit, wls.list(&ListParams::default())).await.ok().and_then(|r| r.ok());
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NS);
-        let holder = tokio::time::timeout(limit, leases.get(LEASE))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty());
+        let holder = lease_holder(&self.client, LEASE, limit).await;
         self.ops.supervise(&mut self.stack, self.t0);
         let (Some(deps), Some(wls)) = (deps, wls) else { return Sample { holder, ..Default::default() } };
         let mut out = Sample { ok: true, holder, wls: BTreeMap::new() };

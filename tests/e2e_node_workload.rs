@@ -49,8 +49,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
 use e2e_support::node::{
-    build_image, first_container_exit, first_container_id, node_test_runs, operator_config, pod_ready, start_node,
-    wait_for, watch_exit_codes, ContainerExits, GPU_PRODUCT, NODE,
+    build_image, first_container_id, node_test_runs, operator_config, pod_ready, start_node, wait_for,
+    watch_exit_codes, ContainerExits, GPU_PRODUCT, NODE,
 };
 use e2e_support::{apply_operator_rbac, audited_requests, free_port, Stack, OPERATOR_NS};
 
@@ -324,24 +324,19 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
     let handover_s = t_kill.elapsed().as_secs_f64();
 
     // 5. The load drops: the new leader scales down; removed Pods drain and exit 0.
-    // The removed Pods' exit codes: watched (a Pod's object goes as soon as its container
-    // stopped, so a poll can miss its terminated status) and polled.
-    // containerd's task exit events are the authority where the kubelet wrote no
-    // terminated status before a Pod's object went.
-    let (watched, exit_watch) = watch_exit_codes(&pods, "llmos.dev/workload", false).await;
+    // The removed Pods' exit codes come from containerd's task exit events (the kubelet
+    // may delete a Pod's object before it writes its terminated status); the kubelet's
+    // statuses, watched (a poll can miss them), must agree where it wrote them.
+    let (exits, exit_watch) = watch_exit_codes(&pods, "llmos.dev/workload", false).await;
     let task_exits = ContainerExits::start(&node_dir);
     let ids = Arc::new(Mutex::new(BTreeMap::<String, String>::new()));
     load.rate_milli.store(1000, Ordering::Relaxed);
-    let exits = Arc::new(Mutex::new(BTreeMap::<String, i32>::new()));
     let t_drop = Instant::now();
     let kept = wait_for("a scale-down to 1 Pod after the load dropped", &node_dir, || {
-        let (pods, exits, ids) = (pods.clone(), exits.clone(), ids.clone());
+        let (pods, ids) = (pods.clone(), ids.clone());
         async move {
             let (ready, all) = workload_pods(&pods).await;
             for p in &all {
-                if let Some(code) = first_container_exit(p) {
-                    exits.lock().unwrap().insert(p.name_any(), code);
-                }
                 if let Some(id) = first_container_id(p) {
                     ids.lock().unwrap().insert(p.name_any(), id);
                 }
@@ -355,8 +350,7 @@ async fn a_workload_of_simulated_vllm_pods_scales_with_load_on_a_real_node() {
     discovery.abort();
     tokio::time::sleep(Duration::from_secs(2)).await;
     exit_watch.abort();
-    let mut exits = exits.lock().unwrap().clone();
-    exits.extend(watched.lock().unwrap().clone());
+    let exits = exits.lock().unwrap().clone();
     // Every removed Pod's container exit, from containerd; the kubelet's statuses agree.
     let (task_exits, ids) = (task_exits.exits(), ids.lock().unwrap().clone());
     let removed: BTreeMap<String, Option<i32>> = ids

@@ -150,7 +150,7 @@ pub fn make_before_break(
         return Sequenced { targets: out, ..Default::default() };
     }
     // The serving floor, and what serves after this tick outside the shrinking variants.
-    let ready_now: u32 = states.values().map(|st| st.ready).sum();
+    let ready_now: u32 = ready.values().sum();
     let floor = ready_now.min(want.values().sum());
     let serving_others: u32 =
         out.iter().filter(|(s, _)| !shrinking.contains(&s.variant)).map(|(s, r)| ready_of(s).min(*r)).sum();

@@ -1,6 +1,7 @@
 //! What the chaos tests share: a fault-injecting proxy in front of Prometheus's query API,
-//! and the operator replicas started again with the same identity when they exit (as a
-//! Pod's container with `restartPolicy: Always` would be).
+//! the operator replicas started again with the same identity when they exit (as a
+//! Pod's container with `restartPolicy: Always` would be), the Lease's holder, and what
+//! they read of a workload's status.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -9,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use axum::extract::RawQuery;
 use axum::routing::get;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use kube::Client;
+use llmos::crd::LLMWorkloadStatus;
 
 use super::{free_port, tail, Stack, OPERATOR_NS};
 
@@ -196,5 +201,35 @@ impl Operators {
             out.push_str(&format!("\n--- {} (tail) ---\n{}", self.child(id), tail(&stack.log(&self.child(id)))));
         }
         out
+    }
+}
+
+/// The holder of Lease `lease` in the operator's namespace, when the API server answers
+/// within `limit` and someone holds it.
+pub async fn lease_holder(client: &Client, lease: &str, limit: Duration) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let got = tokio::time::timeout(limit, leases.get(lease)).await.ok()?.ok()?;
+    got.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// What the chaos tests read of a sampled workload's status.
+pub trait StatusView {
+    /// The status, when it was read.
+    fn status(&self) -> Option<&LLMWorkloadStatus>;
+
+    /// The `MetricsAvailable` condition, when the status has one.
+    fn metrics_available(&self) -> Option<bool> {
+        let s = self.status()?;
+        s.conditions.iter().find(|c| c.type_ == "MetricsAvailable").map(|c| c.status == "True")
+    }
+
+    /// When the last recorded decision was made.
+    fn decision_time(&self) -> Option<String> {
+        self.status()?.last_decision.as_ref().map(|d| d.time.clone())
+    }
+
+    /// Replicas over all slots of the last recorded decision.
+    fn decided_total(&self) -> Option<u32> {
+        Some(self.status()?.last_decision.as_ref()?.targets.iter().map(|t| t.replicas).sum())
     }
 }
