@@ -221,7 +221,7 @@ pub fn prometheus(data: &[u8]) -> bool {
         ttft_b: take(),
         tpot_b: take(),
         age: take(),
-        down: take(),
+        targets: take(),
         quantile_answers: vec![(take(), take()), (take(), take()), (take(), take())],
     };
     let spec = example_spec();

@@ -366,6 +366,56 @@ async fn a_status_write_read_at_an_old_version_is_refused() {
     assert_eq!(h.workload("chat").await.status.map(|s| s.desired_replicas), Some(7));
 }
 
+/// A Deployment apply carries the `resourceVersion` its plan read: one that a former
+/// leader sent and that arrives after its successor changed the Deployment is refused, a
+/// change of the Deployment's status alone is not a reason to refuse, and without the
+/// fence the late apply would go through.
+#[tokio::test]
+async fn a_deployment_apply_read_before_someone_else_changed_it_is_refused() {
+    use llmos::controller::execute::apply_fenced;
+    use llmos::controller::plan::ObservedDeployment;
+    let Some(h) = Harness::new("fence-deploy").await else { return };
+    h.create(&two_variant_workload("chat", serde_json::json!({}))).await;
+    h.reconcile("chat").await;
+    let name = "chat-small-l4";
+    let read = h.deps().get(name).await.expect("the plan's Deployment");
+    let seen = |d: &Deployment| ObservedDeployment {
+        generation: d.metadata.generation.expect("generation"),
+        uid: d.metadata.uid.clone().expect("uid"),
+        resource_version: d.metadata.resource_version.clone(),
+    };
+    // What the operator applies: its own fields only (as the plan builds them).
+    let mut late = read.clone();
+    late.metadata.managed_fields = None;
+    late.metadata.resource_version = None;
+    late.metadata.generation = None;
+    late.metadata.creation_timestamp = None;
+    late.metadata.uid = None;
+    late.status = None;
+    late.spec.as_mut().expect("spec").replicas = Some(5);
+
+    // Only the status moved (the kubelet's readiness): the apply goes through.
+    h.set_ready(name, 1).await;
+    let out = apply_fenced(&h.deps(), &late, Some(&seen(&read))).await.expect("apply");
+    assert!(out.is_some(), "a status change alone refused the apply");
+    assert_eq!(h.replicas().await[name], 5);
+
+    // Someone else changed the spec since the plan read it (a successor leader's tick):
+    // the late apply is refused and the successor's replicas stay.
+    let read = h.deps().get(name).await.expect("read again");
+    let by_successor = serde_json::json!({"spec": {"replicas": 2}});
+    h.deps().patch(name, &PatchParams::default(), &Patch::Merge(&by_successor)).await.expect("successor's write");
+    let mut later = late.clone();
+    later.spec.as_mut().expect("spec").replicas = Some(7);
+    let out = apply_fenced(&h.deps(), &later, Some(&seen(&read))).await.expect("no error");
+    assert!(out.is_none(), "an apply read before the successor's write went through");
+    assert_eq!(h.replicas().await[name], 2, "the successor's replicas stay");
+
+    // Without the fence the late apply overwrites the successor: what the fence prevents.
+    h.deps().patch(name, &PatchParams::apply("llmos").force(), &Patch::Apply(&later)).await.expect("unfenced apply");
+    assert_eq!(h.replicas().await[name], 7);
+}
+
 #[tokio::test]
 async fn deleting_the_workload_cleans_up() {
     let Some(h) = Harness::new("delete").await else { return };

@@ -141,8 +141,9 @@ async fn invalid_specs_are_refused_at_admission() {
     // webhook on its own port; the configuration calls the first.
     let op_kubeconfig = operator_kubeconfig(&stack);
     let port2 = free_port();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     for (name, p) in [("operator", port), ("operator-2", port2)] {
-        let metrics = format!("127.0.0.1:{}", free_port());
+        let metrics = if name == "operator" { metrics_addr.clone() } else { format!("127.0.0.1:{}", free_port()) };
         let port_s = p.to_string();
         let secret = format!("{}/llmos-operator-webhook-tls", e2e_support::OPERATOR_NS);
         let args = [
@@ -201,6 +202,25 @@ async fn invalid_specs_are_refused_at_admission() {
     assert!(!ok && out.contains("spec.volume") && out.contains("not both"), "an invalid training is refused: {out}");
     let (ok, out, _) = kubectl(&stack, &["apply", "-f", "-"], Some(&training("t-ok", "{claimName: c}")));
     assert!(ok, "a valid training passes: {out}");
+    // The replica the configuration calls counted what it answered.
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("the operator's /metrics")
+        .text()
+        .await
+        .expect("text");
+    let count = |labels: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("llmos_admission_reviews_total{{{labels}}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let denied = count(r#"kind="LLMWorkload",operation="CREATE",verdict="denied""#);
+    let allowed = count(r#"kind="LLMWorkload",operation="CREATE",verdict="allowed""#);
+    let training_denied = count(r#"kind="LLMPolicyTraining",operation="CREATE",verdict="denied""#);
+    eprintln!("webhook metrics: LLMWorkload CREATE allowed {allowed}, denied {denied}; LLMPolicyTraining denied {training_denied}");
+    assert!(allowed >= 1.0 && denied >= 1.0 && training_denied >= 1.0, "reviews counted by verdict:\n{text}");
+    assert!(text.contains("llmos_admission_review_duration_seconds_count"), "review time measured");
 
     // Both replicas serve the one certificate of the Secret: with the first gone, the
     // configuration pointed at the second still verifies it.

@@ -304,6 +304,38 @@ async fn operator_end_to_end_with_prometheus_and_twin() {
     // Warning Events not raised by llmos, each explained by docs/e2e.md.
     // A few scrapes after the scale-down, so the picture shows it.
     tokio::time::sleep(Duration::from_secs(6)).await;
+    // The scale-down did not blind the operator: a removed replica's scrape target reads
+    // as down until service discovery drops it, and the operator counts it as missing only
+    // when the slot has fewer targets up than ready replicas. No tick of the restarted
+    // operator's journal (which covers steps 5 and 6) held for a target down.
+    let journal_url = format!("http://{op_addr_a}/decisions/{NS}/{WORKLOAD}/json");
+    let journal: Vec<serde_json::Value> = reqwest::get(&journal_url)
+        .await
+        .expect("decision journal answers")
+        .json()
+        .await
+        .expect("decision journal is JSON");
+    let blind: Vec<String> =
+        journal.iter().map(|e| e.to_string()).filter(|e| e.contains("is down (up == 0)")).collect();
+    // How often Prometheus saw one of the workload's targets down over the last 5 min:
+    // the removed replicas the operator did not count as blind spots.
+    let down_expr = format!("sum(count_over_time((up{{llmos_workload=\"{WORKLOAD}\"}} == 0)[5m:]))");
+    let down_samples: serde_json::Value = reqwest::Client::new()
+        .get(format!("{prom_url}/api/v1/query"))
+        .query(&[("query", down_expr.as_str())])
+        .send()
+        .await
+        .expect("Prometheus answers")
+        .json()
+        .await
+        .expect("Prometheus answers JSON");
+    eprintln!(
+        "journal: {} ticks, {} held for a scrape target down; Prometheus saw a target of the workload down in {} samples over the last 5 min",
+        journal.len(),
+        blind.len(),
+        down_samples["data"]["result"][0]["value"][1].as_str().unwrap_or("0")
+    );
+    assert!(blind.is_empty(), "ticks held for a target down around the scale-down: {blind:#?}");
     let png = stack.path("dashboard.png");
     let (panels, errors) = render_dashboard(&prom_url, unix_start, &png).await;
     assert!(errors.is_empty(), "dashboard range queries failed: {errors:?}");

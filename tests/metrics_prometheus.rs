@@ -65,7 +65,7 @@ fn assemble_complete_answer() {
         ttft_b: vec![bucket("0.25", 5.0), bucket("0.5", 9.0), bucket("+Inf", 10.0)],
         tpot_b: vec![bucket("0.05", 10.0), bucket("+Inf", 10.0)],
         age: vec![slot("small", "a100", 1.0)],
-        down: vec![],
+        targets: vec![],
         quantile_answers: vec![
             (
                 vec![Series { labels: BTreeMap::new(), value: 0.2 }],
@@ -101,18 +101,71 @@ fn assemble_names_missing_nan_stale_partial_and_down() {
         kv: vec![slot("small", "a100", 0.1), slot("old", "l4", 0.0)],
         completions: vec![slot("small", "a100", 1.0), slot("old", "l4", 0.0)],
         age: vec![slot("small", "a100", 1.0), slot("big", "h100", 1.0), slot("old", "l4", 99.0)],
-        down: vec![Series { labels: down_labels, value: 0.0 }],
+        targets: vec![Series { labels: down_labels, value: 0.0 }],
         ..Answers::default()
     };
     let snap = assemble(&q, &a);
-    let text = snap.missing.join("\n");
-    assert!(text.contains("127.0.0.1:9001 is down"), "{text}");
+    assert_eq!(snap.targets.len(), 1);
+    assert!(!snap.targets[0].up && snap.targets[0].instance == "127.0.0.1:9001");
+    let mut obs = llmos::policy::Observation::default();
+    snap.fill(&mut obs);
+    let text = obs.missing.join("\n");
+    assert!(text.contains("target 127.0.0.1:9001 is down (up == 0) and names no slot"), "{text}");
     assert!(text.contains("vllm:num_requests_running: NaN for slot big/h100"), "{text}");
     assert!(text.contains("vllm:kv_cache_usage_perc: absent for slot big/h100"), "{text}");
     assert!(text.contains("rate(vllm:request_success_total[30s]): absent for slot big/h100"), "{text}");
     assert!(text.contains("slot old/l4: newest sample is 99s old"), "{text}");
     assert!(text.contains("vllm:time_to_first_token_seconds_bucket: no series"), "{text}");
     assert_eq!(snap.slots.iter().map(|s| s.variant.as_str()).collect::<Vec<_>>(), vec!["big", "small"]);
+}
+
+fn target(instance: &str, slot_labels: Option<(&str, &str)>, up: bool) -> Series {
+    let mut s = match slot_labels {
+        Some((v, p)) => slot(v, p, if up { 1.0 } else { 0.0 }),
+        None => Series { labels: BTreeMap::new(), value: if up { 1.0 } else { 0.0 } },
+    };
+    s.labels.insert("instance".to_string(), instance.to_string());
+    s
+}
+
+/// A target that is down hides a serving replica only when its slot has fewer targets up
+/// than the cluster counts ready replicas: a replica scaled down (its target not yet
+/// dropped by service discovery) or still loading its model is not a blind spot.
+#[test]
+fn a_target_down_is_a_blind_spot_only_when_a_ready_replica_is_unseen() {
+    let s = spec(None);
+    let q = MetricsQuery { namespace: "prod", workload: "chat", spec: &s, endpoints: &[] };
+    let small = Some(("small", "a100"));
+    let a = Answers {
+        waiting: vec![slot("small", "a100", 1.0)],
+        running: vec![slot("small", "a100", 1.0)],
+        targets: vec![
+            target("10.0.0.1:8000", small, true),
+            target("10.0.0.2:8000", small, false),
+            target("10.0.0.9:8000", Some(("removed", "a100")), false),
+        ],
+        ..Answers::default()
+    };
+    let snap = assemble(&q, &a);
+    let missing_with_ready = |ready: u32| {
+        let obs = llmos::policy::Observation {
+            slots: vec![llmos::policy::SlotObservation {
+                variant: "small".into(),
+                pool: "a100".into(),
+                ready_replicas: ready,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        snap.hidden_replicas(&obs)
+    };
+    assert_eq!(
+        missing_with_ready(2),
+        vec!["target 10.0.0.2:8000 of slot small/a100 is down (up == 0): 1 of 2 ready replicas seen".to_string()],
+        "two ready replicas, one seen: blind"
+    );
+    assert!(missing_with_ready(1).is_empty(), "the one ready replica is seen; the other target is gone or loading");
+    assert!(missing_with_ready(0).is_empty(), "no ready replica: a loading replica's target is not a blind spot");
 }
 
 #[test]

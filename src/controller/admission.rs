@@ -42,6 +42,8 @@ pub struct AdmissionConfig {
     /// The operator's default Job image (`--job-image` or `$LLMOS_JOB_IMAGE`): an
     /// LLMPolicyTraining without `spec.image` is valid only when there is one.
     pub job_image: Option<String>,
+    /// Where answered reviews are counted (the operator's `/metrics`).
+    pub metrics: super::telemetry::AdmissionMetrics,
 }
 
 /// The parts of an admission.k8s.io/v1 AdmissionReview that are read.
@@ -136,6 +138,7 @@ pub fn review(body: &[u8], config: &AdmissionConfig) -> Result<Vec<u8>, (StatusC
     }
     let req = r.request.ok_or_else(|| bad("the AdmissionReview has no request".into()))?;
     let verdict = decide(&req, config);
+    config.metrics.review(&req.kind.kind, &req.operation, if verdict.allowed { "allowed" } else { "denied" });
     if !verdict.allowed {
         tracing::info!(
             kind = %req.kind.kind, namespace = %req.namespace, name = %req.name, operation = %req.operation,
@@ -224,13 +227,17 @@ pub fn router(config: AdmissionConfig) -> axum::Router {
 }
 
 fn answer(body: &[u8], config: &AdmissionConfig) -> Response {
-    match review(body, config) {
+    let started = std::time::Instant::now();
+    let out = match review(body, config) {
         Ok(json) => ([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err((code, why)) => {
+            config.metrics.review("", "", "bad_request");
             tracing::warn!(status = code.as_u16(), error = %why, "bad admission request");
             (code, why).into_response()
         }
-    }
+    };
+    config.metrics.duration.observe(started.elapsed().as_secs_f64());
+    out
 }
 
 /// Flags of `llmos run` for the webhook.
@@ -433,7 +440,7 @@ mod tests {
         let body = request("LLMPolicyTraining", "CREATE", t(json!({"claimName": "c"})), Value::Null);
         let r = response(&body);
         assert!(r["status"]["message"].as_str().is_some_and(|m| m.contains("spec.image")), "no default image: {r}");
-        let config = AdmissionConfig { job_image: Some("llmos:dev".into()) };
+        let config = AdmissionConfig { job_image: Some("llmos:dev".into()), ..Default::default() };
         let out: Value = serde_json::from_slice(&review(&body, &config).expect("review")).expect("json");
         assert_eq!(out["response"]["allowed"], true, "{out}");
     }
@@ -471,5 +478,35 @@ mod tests {
         assert_eq!(call(b"garbage".to_vec()).await, StatusCode::BAD_REQUEST);
         let ok = call(request("LLMWorkload", "CREATE", workload(good_spec()), Value::Null)).await;
         assert_eq!(ok, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn answered_reviews_are_counted_by_kind_operation_and_verdict() {
+        use super::super::telemetry::AdmissionLabels;
+        use tower::ServiceExt;
+        let config = AdmissionConfig::default();
+        let metrics = config.metrics.clone();
+        let app = router(config);
+        for body in [
+            request("LLMWorkload", "CREATE", workload(good_spec()), Value::Null),
+            request("LLMWorkload", "CREATE", workload(bad_spec()), Value::Null),
+            request("LLMWorkload", "CREATE", workload(bad_spec()), Value::Null),
+            b"garbage".to_vec(),
+        ] {
+            let req = axum::http::Request::post(PATH).body(axum::body::Body::from(body)).expect("request");
+            app.clone().oneshot(req).await.expect("infallible");
+        }
+        let count = |kind: &str, operation: &str, verdict: &str| {
+            let l = AdmissionLabels { kind: kind.into(), operation: operation.into(), verdict: verdict.into() };
+            metrics.reviews.get_or_create(&l).get()
+        };
+        assert_eq!(count("LLMWorkload", "CREATE", "allowed"), 1);
+        assert_eq!(count("LLMWorkload", "CREATE", "denied"), 2);
+        assert_eq!(count("", "", "bad_request"), 1);
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("d", "review time", metrics.duration.clone());
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(text.contains("d_count 4"), "every answer timed: {text}");
     }
 }

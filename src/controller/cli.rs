@@ -167,7 +167,9 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     }
     health.set_ready(true);
     let job_image = args.job_image.clone().or_else(|| from_env(super::training::JOB_IMAGE_ENV));
-    let webhook = start_webhook(&args, client.clone(), &default_ns, job_image.clone(), &stop_rx).await?;
+    let admission =
+        super::admission::AdmissionConfig { job_image: job_image.clone(), metrics: metrics.admission.clone() };
+    let webhook = start_webhook(&args, client.clone(), &default_ns, admission, &stop_rx).await?;
 
     let mut ctx = Context::new(
         client.clone(),
@@ -217,17 +219,17 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Starts the validating admission webhook as `args.webhook` says (`None` when off), in
-/// the operator's namespace (`$POD_NAMESPACE`, else `default_ns`), checking trainings
-/// against `job_image` as the training controller does.
+/// the operator's namespace (`$POD_NAMESPACE`, else `default_ns`), with `config` (the
+/// default Job image trainings are checked against, as the training controller does,
+/// and where reviews are counted).
 async fn start_webhook(
     args: &RunArgs,
     client: kube::Client,
     default_ns: &str,
-    job_image: Option<String>,
+    config: super::admission::AdmissionConfig,
     stop_rx: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let own_ns = args.lease_namespace.clone().unwrap_or_else(|| default_ns.to_string());
-    let config = super::admission::AdmissionConfig { job_image };
     super::admission::start(&args.webhook, client, &own_ns, config, stopped(stop_rx.clone())).await
 }
 

@@ -1,7 +1,8 @@
 //! The executor: carries out a [`Plan`] through the Kubernetes API, and nothing else.
 //!
 //! It publishes the plan's notices, server-side applies its Deployments (field manager
-//! [`FIELD_MANAGER`], forced; an apply identical to the last one this process made to a
+//! [`FIELD_MANAGER`], forced; fenced by the `resourceVersion` the plan read, see
+//! [`apply_fenced`]; an apply identical to the last one this process made to a
 //! Deployment whose generation has not moved since is skipped, see [`Written`]),
 //! deletes the Deployments of slots that left the spec (publishing an Event for each one it deleted; one already gone is skipped), applies
 //! the Service, publishes the Events about what changed and writes the status, in that
@@ -31,14 +32,14 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
         publish(ctx, wl, ev).await;
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     for d in &plan.apply {
         let dn = d.name_any();
         let key = format!("{ns}/{dn}");
         let digest = content_digest(d);
-        let same = match (plan.observed_generations.get(&dn), written(ctx, &key)) {
-            (Some((generation, uid)), Some(Written::Deployment { digest: d, generation: g, uid: u })) => {
-                d == digest && g == *generation && u == *uid
+        let seen = plan.observed_generations.get(&dn);
+        let same = match (seen, written(ctx, &key)) {
+            (Some(o), Some(Written::Deployment { digest: d, generation: g, uid: u })) => {
+                d == digest && g == o.generation && u == o.uid
             }
             _ => false,
         };
@@ -46,10 +47,14 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
             ctx.metrics.object_write("deployment", "unchanged");
             continue;
         }
-        let out = deployments
-            .patch(&dn, &pp, &Patch::Apply(d))
-            .await
-            .map_err(kube_err(format!("applying Deployment {ns}/{dn}")))?;
+        let Some(out) = apply_fenced(&deployments, d, seen).await? else {
+            ctx.metrics.object_write("deployment", "refused");
+            tracing::info!(
+                workload = %key_of(wl),
+                "Deployment {ns}/{dn} changed by someone else since it was read: nothing written, planning again"
+            );
+            return Ok(Action::requeue(REPLAN_AFTER_REFUSAL));
+        };
         ctx.metrics.object_write("deployment", "written");
         let w = out.metadata.generation.zip(out.metadata.uid).map(|(generation, uid)| Written::Deployment {
             digest,
@@ -58,6 +63,7 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
         });
         remember_written(ctx, key, w);
     }
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
     for del in &plan.delete {
         forget_written(ctx, &ns, std::slice::from_ref(&del.name));
         match deployments.delete(&del.name, &DeleteParams::background()).await {
@@ -89,6 +95,53 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
     }
     patch_status(ctx, wl, &plan.status).await?;
     Ok(Action::requeue(plan.requeue_after))
+}
+
+/// How soon a reconcile whose Deployment write was refused runs again, to plan from what
+/// the API server holds now.
+const REPLAN_AFTER_REFUSAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Server-side applies `d`, fenced by the `resourceVersion` the plan read it at (`seen`):
+/// the API server refuses the apply (409) when anyone wrote the Deployment since. A
+/// Deployment's status moves its `resourceVersion` every few seconds while its Pods
+/// change, so a refusal alone does not mean someone else decided: the Deployment is read
+/// again, and when its spec is the one the plan read (same `uid`, same `generation`) the
+/// apply is sent again at the new version. When its spec changed (a successor leader's
+/// write, a `kubectl scale`), nothing is written and `Ok(None)` returned: the reconcile
+/// plans again from what is there instead of writing over it. An apply a former leader
+/// sent just before it was cut off, and that the network delivers after its successor
+/// wrote, is thus refused, and the former leader, whose controller is dropped with the
+/// Lease, never retries it. A Deployment the plan did not see is created unfenced.
+pub async fn apply_fenced(
+    api: &Api<Deployment>,
+    d: &Deployment,
+    seen: Option<&super::plan::ObservedDeployment>,
+) -> Result<Option<Deployment>, Error> {
+    let name = d.name_any();
+    let what = || format!("applying Deployment {}/{name}", d.namespace().unwrap_or_default());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let at = |rv: Option<String>| {
+        let mut fenced = d.clone();
+        fenced.metadata.resource_version = rv;
+        fenced
+    };
+    let Some(seen) = seen else {
+        return api.patch(&name, &pp, &Patch::Apply(d)).await.map(Some).map_err(kube_err(what()));
+    };
+    match api.patch(&name, &pp, &Patch::Apply(&at(seen.resource_version.clone()))).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let now = api.get_opt(&name).await.map_err(kube_err(what()))?;
+            let unchanged = now.as_ref().is_some_and(|n| {
+                n.metadata.uid.as_deref() == Some(seen.uid.as_str()) && n.metadata.generation == Some(seen.generation)
+            });
+            if !unchanged {
+                return Ok(None);
+            }
+            let rv = now.and_then(|n| n.metadata.resource_version);
+            api.patch(&name, &pp, &Patch::Apply(&at(rv))).await.map(Some).map_err(kube_err(what()))
+        }
+        r => r.map(Some).map_err(kube_err(what())),
+    }
 }
 
 /// How long an applied Service is trusted to be as written: it has no generation to tell

@@ -328,6 +328,17 @@ pub struct Grants {
     pub status: ArbitrationStatus,
 }
 
+/// An owned Deployment's identity and versions as the plan read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedDeployment {
+    /// `metadata.generation`: raised by every change to its spec.
+    pub generation: i64,
+    /// `metadata.uid`: another object when deleted and created again.
+    pub uid: String,
+    /// `metadata.resourceVersion`: raised by every write, its status's included.
+    pub resource_version: Option<String>,
+}
+
 /// What one reconcile writes, in the order the executor writes it: `notices`, then the
 /// Deployments in `apply`, `delete` (each followed by its Event), `service`, `events`,
 /// and last `status`.
@@ -337,10 +348,10 @@ pub struct Plan {
     pub notices: Vec<PlannedEvent>,
     /// Deployments to server-side apply, one per slot in spec order.
     pub apply: Vec<Deployment>,
-    /// `metadata.generation` and `uid` of each owned Deployment as listed, by name: the
-    /// executor skips an apply that would write what it wrote before to the same object
-    /// whose spec nobody changed since (same uid, same generation).
-    pub observed_generations: BTreeMap<String, (i64, String)>,
+    /// Each owned Deployment as the plan saw it, by name: the executor skips an apply that
+    /// would write what it wrote before to the same object whose spec nobody changed since
+    /// (same uid, same generation), and fences every apply with its `resourceVersion`.
+    pub observed_generations: BTreeMap<String, ObservedDeployment>,
     /// Owned Deployments whose slot left the spec.
     pub delete: Vec<Deletion>,
     /// The Service to server-side apply (`None` for an invalid spec).
@@ -448,7 +459,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .observed
         .deployments
         .iter()
-        .filter_map(|dep| Some((dep.name_any(), (dep.metadata.generation?, dep.metadata.uid.clone()?))))
+        .filter_map(|dep| {
+            let seen = ObservedDeployment {
+                generation: dep.metadata.generation?,
+                uid: dep.metadata.uid.clone()?,
+                resource_version: dep.metadata.resource_version.clone(),
+            };
+            Some((dep.name_any(), seen))
+        })
         .collect();
     Plan {
         notices: d.notices,

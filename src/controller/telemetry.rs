@@ -125,6 +125,59 @@ pub struct ObjectWriteLabel {
     pub outcome: String,
 }
 
+/// Labels of `llmos_admission_reviews_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// The reviewed object's kind (`LLMWorkload`, `LLMPolicyTraining`; empty for a body
+    /// that was not a review).
+    pub kind: String,
+    /// `CREATE`, `UPDATE`, `DELETE`, ... (empty for a body that was not a review).
+    pub operation: String,
+    /// `allowed`, `denied`, or `bad_request` (not an admission.k8s.io/v1 review: 400; a
+    /// body over the size limit is refused before it is read, 413, and not counted).
+    pub verdict: String,
+}
+
+/// The validating admission webhook's metrics: what it answered and how fast. A webhook
+/// with `failurePolicy: Ignore` that stops answering goes unnoticed by users; these and
+/// the API server's own `apiserver_admission_webhook_*` metrics show it.
+#[derive(Clone, Debug)]
+pub struct AdmissionMetrics {
+    /// `llmos_admission_reviews_total{kind, operation, verdict}`.
+    pub reviews: Family<AdmissionLabels, Counter>,
+    /// `llmos_admission_review_duration_seconds`: from the body read to the answer.
+    pub duration: Histogram,
+}
+
+impl Default for AdmissionMetrics {
+    fn default() -> Self {
+        // 10 µs .. 5 s, doubling.
+        Self { reviews: Family::default(), duration: Histogram::new(exponential_buckets(0.00001, 2.0, 20)) }
+    }
+}
+
+impl AdmissionMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "admission_reviews",
+            "Admission reviews the validating webhook answered, by kind, operation and verdict (allowed, denied, bad_request)",
+            self.reviews.clone(),
+        );
+        registry.register(
+            "admission_review_duration_seconds",
+            "Time the validating webhook took to answer a review",
+            self.duration.clone(),
+        );
+    }
+
+    /// Counts one answered review.
+    pub fn review(&self, kind: &str, operation: &str, verdict: &str) {
+        self.reviews
+            .get_or_create(&AdmissionLabels { kind: kind.into(), operation: operation.into(), verdict: verdict.into() })
+            .inc();
+    }
+}
+
 /// Labels of `llmos_policy_promotions_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PromotionLabels {
@@ -368,7 +421,9 @@ pub struct OperatorMetrics {
     /// because the workload changed since it was read (`conflict`, then written again).
     pub status_writes: Family<OutcomeLabel, Counter>,
     /// `llmos_object_writes_total{object, outcome}`: server-side applies of Deployments
-    /// and Services sent (`written`) and skipped as unchanged (`unchanged`).
+    /// and Services sent (`written`), skipped as unchanged (`unchanged`), and Deployment
+    /// applies refused because someone else changed the Deployment's spec since the plan
+    /// read it (`refused`: nothing written, the workload planned again).
     pub object_writes: Family<ObjectWriteLabel, Counter>,
     /// `llmos_record_windows_total{result}`: traffic record windows handed to the
     /// writer, dropped, or not read.
@@ -387,6 +442,9 @@ pub struct OperatorMetrics {
     pub shadow_replicas: Family<ShadowReplicaLabels, Gauge>,
     /// The per-workload gauges.
     pub workloads: WorkloadGauges,
+    /// The validating webhook's metrics (served on the operator's metrics port, not the
+    /// webhook's).
+    pub admission: AdmissionMetrics,
     registry: Arc<Registry>,
 }
 
@@ -421,7 +479,7 @@ impl OperatorMetrics {
         );
         registry.register(
             "object_writes",
-            "Server-side applies of Deployments and Services, by outcome (written, or unchanged and not sent)",
+            "Server-side applies of Deployments and Services, by outcome (written; unchanged and not sent; refused: the Deployment's spec changed since it was read)",
             object_writes.clone(),
         );
         registry.register("reconcile_errors", "Reconciliations that failed, by reason", reconcile_errors.clone());
@@ -470,6 +528,8 @@ impl OperatorMetrics {
         );
         let workloads = WorkloadGauges::default();
         workloads.register(&mut registry);
+        let admission = AdmissionMetrics::default();
+        admission.register(&mut registry);
         OperatorMetrics {
             reconciles,
             reconcile_errors,
@@ -488,6 +548,7 @@ impl OperatorMetrics {
             shadow_decisions,
             shadow_replicas,
             workloads,
+            admission,
             registry: Arc::new(registry),
         }
     }

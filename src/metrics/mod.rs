@@ -79,11 +79,29 @@ pub struct MetricsSnapshot {
     pub slots: Vec<SlotMetrics>,
     /// Series that could not be read (missing, stale, NaN, reset), with a short why each.
     pub missing: Vec<String>,
+    /// The workload's scrape targets and whether each is up (Prometheus' `up`; empty for
+    /// a source that scrapes the pods itself). [`MetricsSnapshot::fill`] decides which
+    /// of the targets that are down hide a serving replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<ScrapeTarget>,
     /// The parsed `/metrics` of each pod that answered this round (direct scraping only;
     /// empty for Prometheus), so the traffic record reads the same scrape instead of
     /// scraping again.
     #[serde(skip)]
     pub pods: Vec<(Endpoint, scrape::PodSample)>,
+}
+
+/// One scrape target of a workload, as Prometheus' `up` series reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrapeTarget {
+    /// The target's `instance` label (`?` when absent).
+    pub instance: String,
+    /// Its variant label, when the relabelling set one.
+    pub variant: Option<String>,
+    /// Its pool label, when the relabelling set one.
+    pub pool: Option<String>,
+    /// Whether the last scrape succeeded (`up == 1`).
+    pub up: bool,
 }
 
 /// Increases of a workload's traffic counters over a window, summed over its pods, as a
@@ -164,5 +182,38 @@ impl MetricsSnapshot {
             }
         }
         obs.missing.extend(self.missing.iter().cloned());
+        obs.missing.extend(self.hidden_replicas(obs));
+    }
+
+    /// The targets that are down and may hide a serving replica, each as a line for
+    /// [`Observation::missing`]. A target that is down is not a blind spot when its slot
+    /// already has at least as many targets up as the cluster counts ready replicas: then
+    /// it is a replica that is gone (scaled down, its scrape target not yet dropped by
+    /// service discovery) or not serving yet (loading its model), and every replica the
+    /// Deployment calls ready is seen. A target of a slot the workload no longer has is
+    /// ignored alike; one without slot labels cannot be judged and counts as missing.
+    pub fn hidden_replicas(&self, obs: &Observation) -> Vec<String> {
+        let up_in = |v: &str, p: &str| {
+            self.targets
+                .iter()
+                .filter(|t| t.up && t.variant.as_deref() == Some(v) && t.pool.as_deref() == Some(p))
+                .count()
+        };
+        let mut out = Vec::new();
+        for t in self.targets.iter().filter(|t| !t.up) {
+            let (Some(v), Some(p)) = (&t.variant, &t.pool) else {
+                out.push(format!("target {} is down (up == 0) and names no slot", t.instance));
+                continue;
+            };
+            let Some(slot) = obs.slots.iter().find(|s| &s.variant == v && &s.pool == p) else { continue };
+            let seen = up_in(v, p);
+            if seen < slot.ready_replicas as usize {
+                out.push(format!(
+                    "target {} of slot {v}/{p} is down (up == 0): {seen} of {} ready replicas seen",
+                    t.instance, slot.ready_replicas
+                ));
+            }
+        }
+        out
     }
 }

@@ -17,7 +17,7 @@
 //! | TTFT/TPOT p50/p90/p99 | `histogram_quantile(q, sum by (le) (rate(..._bucket{sel}[w])))` |
 //! | SLO attainment | bucket rates `sum by (le) (rate(..._bucket{sel}[w]))`, read as in [`super::histogram`] |
 //! | staleness | `time() - max by (slot) (timestamp(vllm:num_requests_running{sel}))` |
-//! | targets down | `up{sel} == 0` |
+//! | scrape targets | `up{sel}` (1 up, 0 down; judged against ready replicas in [`MetricsSnapshot::fill`]) |
 //!
 //! A traffic record window of `W` seconds ([`PrometheusSource::traffic`], only for a
 //! workload that records) reads `sum(increase(vllm:request_success_total{sel}[W]))`, the
@@ -43,7 +43,7 @@ use serde::Deserialize;
 use super::histogram::Histogram;
 use super::scrape::slo_attainment;
 use super::vllm::{self, SERIES_LABEL_NAMESPACE, SERIES_LABEL_POOL, SERIES_LABEL_VARIANT, SERIES_LABEL_WORKLOAD};
-use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, SlotMetrics, TrafficIncrease};
+use super::{MetricsError, MetricsQuery, MetricsSnapshot, MetricsSource, ScrapeTarget, SlotMetrics, TrafficIncrease};
 use crate::policy::observation::{LatencyObservation, SlotId};
 
 /// Settings of the Prometheus source.
@@ -201,8 +201,8 @@ pub struct Queries {
     pub tpot_buckets: String,
     /// Age of the newest sample per slot.
     pub age: String,
-    /// Targets that are down.
-    pub down: String,
+    /// Every scrape target's health (`up`, 1 or 0), with its slot labels.
+    pub targets: String,
 }
 
 /// Builds the queries for `query`.
@@ -246,7 +246,7 @@ pub fn queries(query: &MetricsQuery<'_>) -> Queries {
         ttft_buckets: ttft_b,
         tpot_buckets: tpot_b,
         age: format!("time() - max by ({by}) (timestamp({}{{{sel}}}))", vllm::NUM_REQUESTS_RUNNING),
-        down: format!("up{{{sel}}} == 0"),
+        targets: format!("up{{{sel}}}"),
     }
 }
 
@@ -323,6 +323,16 @@ pub fn assemble_traffic(answers: &[Vec<Series>; 6]) -> TrafficIncrease {
 }
 
 type SlotKey = SlotId;
+
+/// One `up` series as a [`ScrapeTarget`]: up only when its value is exactly 1.
+fn scrape_target(s: &Series) -> ScrapeTarget {
+    ScrapeTarget {
+        instance: s.labels.get("instance").cloned().unwrap_or_else(|| "?".into()),
+        variant: s.labels.get(SERIES_LABEL_VARIANT).cloned(),
+        pool: s.labels.get(SERIES_LABEL_POOL).cloned(),
+        up: s.value == 1.0,
+    }
+}
 
 fn slot_of(s: &Series) -> Option<SlotKey> {
     Some(SlotId::new(s.labels.get(SERIES_LABEL_VARIANT)?, s.labels.get(SERIES_LABEL_POOL)?))
@@ -432,7 +442,7 @@ impl PrometheusSource {
             &q.ttft_buckets,
             &q.tpot_buckets,
             &q.age,
-            &q.down,
+            &q.targets,
         ];
         for (_, a, b) in &q.quantiles {
             list.push(a);
@@ -446,7 +456,7 @@ impl PrometheusSource {
         }
         let mut it = results.into_iter();
         let mut next = || it.next().unwrap_or_default();
-        let (waiting, running, kv, completions, delta, trend, ttft_b, tpot_b, age, down) =
+        let (waiting, running, kv, completions, delta, trend, ttft_b, tpot_b, age, targets) =
             (next(), next(), next(), next(), next(), next(), next(), next(), next(), next());
         let mut quantile_answers = Vec::new();
         for _ in 0..q.quantiles.len() {
@@ -454,7 +464,19 @@ impl PrometheusSource {
         }
         Ok(assemble(
             query,
-            &Answers { waiting, running, kv, completions, delta, trend, ttft_b, tpot_b, age, down, quantile_answers },
+            &Answers {
+                waiting,
+                running,
+                kv,
+                completions,
+                delta,
+                trend,
+                ttft_b,
+                tpot_b,
+                age,
+                targets,
+                quantile_answers,
+            },
         ))
     }
 }
@@ -480,8 +502,8 @@ pub struct Answers {
     pub tpot_b: Vec<Series>,
     /// Age of the newest sample per slot.
     pub age: Vec<Series>,
-    /// Targets down.
-    pub down: Vec<Series>,
+    /// Every scrape target's `up`.
+    pub targets: Vec<Series>,
     /// `(ttft, tpot)` answers for p50, p90, p99.
     pub quantile_answers: Vec<(Vec<Series>, Vec<Series>)>,
 }
@@ -519,10 +541,7 @@ pub fn assemble(query: &MetricsQuery<'_>, a: &Answers) -> MetricsSnapshot {
     let stale = f64::from(query.spec.metrics.stale_after_seconds.max(1));
     let sel = selector(query);
 
-    for s in &a.down {
-        let inst = s.labels.get("instance").cloned().unwrap_or_else(|| "?".into());
-        m.push(format!("target {inst} is down (up == 0)"));
-    }
+    snap.targets = a.targets.iter().map(scrape_target).collect();
     let waiting = per_slot(vllm::NUM_REQUESTS_WAITING, &a.waiting, false, m);
     let running = per_slot(vllm::NUM_REQUESTS_RUNNING, &a.running, false, m);
     let kv = per_slot(vllm::KV_CACHE_USAGE_PERC, &a.kv, false, m);
