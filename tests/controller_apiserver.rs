@@ -416,6 +416,57 @@ async fn a_deployment_apply_read_before_someone_else_changed_it_is_refused() {
     assert_eq!(h.replicas().await[name], 7);
 }
 
+/// The webhook's self-made certificate in its Secret on the real API server: an empty
+/// Secret is filled once by two replicas racing, a certificate from before the CA's key
+/// was kept is renewed under a new CA kept next to the old one, and a year later the
+/// serving certificate is renewed by the same CA with the old CA dropped.
+#[tokio::test]
+async fn the_webhook_certificate_in_its_secret_is_made_once_and_renewed_before_it_ends() {
+    use k8s_openapi::api::core::v1::Secret;
+    use llmos::controller::webhook_cert::{ensure_secret_at, generate_at, not_after};
+    let Some(h) = Harness::new("webhook-cert").await else { return };
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    let empty = |name: &str| Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &empty("tls")).await.expect("empty Secret");
+    let names = vec!["127.0.0.1".to_string()];
+    let now = time::OffsetDateTime::now_utc();
+    let (a, b) = tokio::join!(
+        ensure_secret_at(&h.client, &h.ns, "tls", &names, now),
+        ensure_secret_at(&h.client, &h.ns, "tls", &names, now)
+    );
+    let (a, b) = (a.expect("replica a"), b.expect("replica b"));
+    assert_eq!(a, b, "two replicas racing agree on one certificate");
+    let stored = secrets.get("tls").await.expect("Secret");
+    let data = stored.data.clone().expect("filled");
+    assert!(data.contains_key("ca.key"), "the CA's key is kept to renew");
+    assert_eq!(ensure_secret_at(&h.client, &h.ns, "tls", &names, now).await.expect("again"), a, "nothing due");
+
+    // A Secret filled 300 days ago by a version that did not keep the CA's key.
+    let mut old = generate_at(&names, now - time::Duration::days(300)).expect("old bundle");
+    old.ca_key_pem = None;
+    let mut s = secrets.get("tls").await.expect("Secret");
+    let d = s.data.get_or_insert_with(Default::default);
+    d.remove("ca.key");
+    for (k, v) in [("ca.crt", &old.ca_pem), ("tls.crt", &old.cert_pem), ("tls.key", &old.key_pem)] {
+        d.insert(k.into(), k8s_openapi::ByteString(v.clone().into_bytes()));
+    }
+    secrets.replace("tls", &PostParams::default(), &s).await.expect("old Secret");
+    let renewed = ensure_secret_at(&h.client, &h.ns, "tls", &names, now).await.expect("renewed");
+    assert_ne!(renewed.cert_pem, old.cert_pem);
+    assert!(renewed.ca_pem.ends_with(&old.ca_pem), "the old CA stays trusted after the new: {}", renewed.ca_pem);
+    assert!(not_after(&renewed.cert_pem).expect("readable") > now + time::Duration::days(360));
+    let a_year_on = now + time::Duration::days(250);
+    let again = ensure_secret_at(&h.client, &h.ns, "tls", &names, a_year_on).await.expect("renewed again");
+    assert_ne!(again.cert_pem, renewed.cert_pem);
+    assert_eq!(again.ca_key_pem, renewed.ca_key_pem, "the same CA signed it");
+    assert_eq!(again.ca_pem.matches("BEGIN CERTIFICATE").count(), 1, "the old CA dropped");
+    let held = secrets.get("tls").await.expect("Secret").data.expect("data");
+    assert_eq!(held["tls.crt"].0, again.cert_pem.as_bytes(), "what was returned is what is stored");
+}
+
 #[tokio::test]
 async fn deleting_the_workload_cleans_up() {
     let Some(h) = Harness::new("delete").await else { return };

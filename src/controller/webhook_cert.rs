@@ -12,10 +12,19 @@
 //!   `tls.key`; an update with the resourceVersion read, so two replicas starting together
 //!   cannot both win) and every replica serves what the Secret holds; each sets the CA as
 //!   the `caBundle` of the webhooks of `--webhook-configuration` (a strategic merge patch
-//!   by webhook name). The CA's key is not kept: nothing else is ever signed with it. A
-//!   Secret whose certificate was made for other names is made again. Not rotated: the
-//!   certificate outlives any release; clear the Secret's data and restart the operator to
-//!   make a new one.
+//!   by webhook name). A Secret whose certificate was made for other names is made again.
+//!
+//! **Rotation** (the self-made certificate): the CA is valid 10 years, the serving
+//! certificate [`LEAF_VALIDITY`] (one year). At start and every [`RELOAD_EVERY`] each
+//! replica reads the Secret; once the serving certificate ends within [`RENEW_BEFORE`]
+//! (or has ended), the replica that sees it first signs a new one with the CA's key, kept
+//! in the Secret as `ca.key` (the practice of cert-manager's CA issuer and of the
+//! controller-runtime cert rotators), and stores it with the resourceVersion it read, so
+//! replicas that race agree on one; every replica serves what the Secret holds from its
+//! next read on. The CA, and so the `caBundle`, stays. A Secret from before `ca.key` was
+//! kept gets a new CA: its `ca.crt` then holds the new CA and the old one, and the
+//! `caBundle` both, so the API server trusts replicas still serving the old certificate
+//! until they read the Secret again; the old CA is dropped at the next renewal.
 //!
 //! The operator needs `get` and `update` on that one Secret and `patch` on that one
 //! configuration (RBAC `resourceNames`); the chart creates the Secret empty.
@@ -65,37 +74,101 @@ pub enum CertSource {
 /// A certificate and key in PEM, and the CA that signed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertBundle {
-    /// The CA certificate (PEM): the `caBundle`.
+    /// The CA certificate (PEM): the `caBundle`. After a change of CA, the new CA first
+    /// and the old one after it.
     pub ca_pem: String,
     /// The serving certificate (PEM).
     pub cert_pem: String,
     /// The serving certificate's private key (PKCS#8 PEM).
     pub key_pem: String,
+    /// The CA's private key (PKCS#8 PEM), to sign the next serving certificate; `None`
+    /// in a Secret made before it was kept.
+    pub ca_key_pem: Option<String>,
 }
 
-/// Makes a CA and a serving certificate for `names` signed by it.
-pub fn generate(names: &[String]) -> anyhow::Result<CertBundle> {
+/// How long a serving certificate the operator makes is valid.
+pub const LEAF_VALIDITY: time::Duration = time::Duration::days(365);
+/// How long before its end a serving certificate is made again (a third of its life).
+pub const RENEW_BEFORE: time::Duration = time::Duration::days(120);
+/// How long the operator's CA is valid.
+const CA_VALIDITY: time::Duration = time::Duration::days(3650);
+
+/// Makes a CA and a serving certificate for `names` signed by it, valid from `now`.
+pub fn generate_at(names: &[String], now: time::OffsetDateTime) -> anyhow::Result<CertBundle> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     anyhow::ensure!(!names.is_empty(), "the webhook certificate needs at least one DNS name (--webhook-dns-name)");
-    let now = time::OffsetDateTime::now_utc();
-    let ten_years = time::Duration::days(3650);
     let ca_key = KeyPair::generate().context("making the webhook CA's key")?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).context("the webhook CA")?;
     ca.distinguished_name.push(DnType::CommonName, "llmos admission webhook CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - time::Duration::minutes(5);
-    ca.not_after = now + ten_years;
+    ca.not_after = now + CA_VALIDITY;
     let ca_cert = ca.self_signed(&ca_key).context("signing the webhook CA")?;
+    let (cert_pem, key_pem) = sign_leaf(names, &Issuer::new(ca, &ca_key), now)?;
+    Ok(CertBundle { ca_pem: ca_cert.pem(), cert_pem, key_pem, ca_key_pem: Some(ca_key.serialize_pem()) })
+}
+
+/// [`generate_at`] now.
+pub fn generate(names: &[String]) -> anyhow::Result<CertBundle> {
+    generate_at(names, time::OffsetDateTime::now_utc())
+}
+
+/// A serving certificate for `names` signed by `issuer`, valid [`LEAF_VALIDITY`] from
+/// `now`: its PEM and its key's.
+fn sign_leaf<S: rcgen::SigningKey>(
+    names: &[String],
+    issuer: &rcgen::Issuer<'_, S>,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<(String, String)> {
+    use rcgen::{CertificateParams, DnType, KeyPair, KeyUsagePurpose};
     let key = KeyPair::generate().context("making the webhook certificate's key")?;
     let mut leaf = CertificateParams::new(names.to_vec()).context("the webhook certificate's names")?;
     leaf.distinguished_name.push(DnType::CommonName, names[0].clone());
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.not_before = ca.not_before;
-    leaf.not_after = ca.not_after;
-    let cert = leaf.signed_by(&key, &Issuer::new(ca, &ca_key)).context("signing the webhook certificate")?;
-    Ok(CertBundle { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    leaf.not_before = now - time::Duration::minutes(5);
+    leaf.not_after = now + LEAF_VALIDITY;
+    let cert = leaf.signed_by(&key, issuer).context("signing the webhook certificate")?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// When the first certificate of `pem` ends.
+pub fn not_after(pem: &str) -> anyhow::Result<time::OffsetDateTime> {
+    let (_, block) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let cert = block.parse_x509().map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+/// The bundle to store instead of `b` at `now`, or `None` while its serving certificate
+/// ends more than [`RENEW_BEFORE`] from `now`. With the CA's key, a new serving
+/// certificate from the same CA (the CA that signs first in `ca_pem`; an older one after
+/// it is dropped: every replica serves a certificate of the first by then); without it,
+/// a new CA and certificate, the old CA kept after the new one.
+pub fn renewed(b: &CertBundle, names: &[String], now: time::OffsetDateTime) -> anyhow::Result<Option<CertBundle>> {
+    let ends = not_after(&b.cert_pem).context("the webhook certificate in the Secret")?;
+    if ends - now > RENEW_BEFORE {
+        return Ok(None);
+    }
+    let Some(ca_key_pem) = &b.ca_key_pem else {
+        let mut fresh = generate_at(names, now)?;
+        let old_ca = first_pem(&b.ca_pem)?;
+        fresh.ca_pem = format!("{}{}", fresh.ca_pem, old_ca);
+        return Ok(Some(fresh));
+    };
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).context("ca.key in the Secret")?;
+    let ca_pem = first_pem(&b.ca_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("ca.crt in the Secret")?;
+    let (cert_pem, key_pem) = sign_leaf(names, &issuer, now)?;
+    Ok(Some(CertBundle { ca_pem, cert_pem, key_pem, ca_key_pem: b.ca_key_pem.clone() }))
+}
+
+/// The first certificate of a PEM bundle, as PEM.
+fn first_pem(pem: &str) -> anyhow::Result<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let end = pem.find(END).ok_or_else(|| anyhow::anyhow!("ca.crt holds no PEM certificate"))? + END.len();
+    Ok(format!("{}\n", pem[..end].trim_start()))
 }
 
 /// A certificate and key in PEM as rustls serves them.
@@ -172,19 +245,33 @@ pub async fn load(source: &CertSource, client: &kube::Client) -> anyhow::Result<
             if let Some(c) = configuration {
                 patch_ca_bundle(client, c, &bundle.ca_pem).await?;
             }
-            Ok(ServedCert::new(certified_key(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?))
+            let served = ServedCert::new(certified_key(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?);
+            tokio::spawn(keep_renewed(source.clone(), client.clone(), served.clone(), bundle));
+            Ok(served)
         }
     }
 }
 
 /// The bundle the Secret holds, made and stored first when it holds none (or one for
-/// other names). Another replica's write between the read and the update makes the
-/// update fail with a conflict; the Secret is then read again.
+/// other names, or one that cannot be read), and renewed first when its serving
+/// certificate is due ([`renewed`]). Another replica's write between the read and the
+/// update makes the update fail with a conflict; the Secret is then read again.
 pub async fn ensure_secret(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     names: &[String],
+) -> anyhow::Result<CertBundle> {
+    ensure_secret_at(client, namespace, name, names, time::OffsetDateTime::now_utc()).await
+}
+
+/// [`ensure_secret`] at the time `now`.
+pub async fn ensure_secret_at(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    names: &[String],
+    now: time::OffsetDateTime,
 ) -> anyhow::Result<CertBundle> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let wanted = names.join(",");
@@ -193,18 +280,28 @@ pub async fn ensure_secret(
             format!("reading Secret {namespace}/{name} (the chart creates it empty; the operator fills it)")
         })?;
         let made_for = s.metadata.annotations.as_ref().and_then(|a| a.get(NAMES_ANNOTATION)).cloned();
-        if let (Some(b), true) = (bundle_of(&s), made_for.as_deref() == Some(wanted.as_str())) {
-            return Ok(b);
-        }
-        let b = generate(names)?;
+        let current = bundle_of(&s).filter(|_| made_for.as_deref() == Some(wanted.as_str()));
+        let (b, what) = match current.as_ref().map(|b| renewed(b, names, now)) {
+            Some(Ok(None)) => return current.context("a bundle was read"),
+            Some(Ok(Some(next))) => (next, "renewed the webhook's serving certificate"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "the webhook certificate in the Secret cannot be read; making a new one");
+                (generate_at(names, now)?, "made the webhook's CA and certificate")
+            }
+            None => (generate_at(names, now)?, "made the webhook's CA and certificate"),
+        };
         let data = s.data.get_or_insert_with(Default::default);
         for (k, v) in [("ca.crt", &b.ca_pem), ("tls.crt", &b.cert_pem), ("tls.key", &b.key_pem)] {
             data.insert(k.into(), ByteString(v.clone().into_bytes()));
         }
+        if let Some(k) = &b.ca_key_pem {
+            data.insert("ca.key".into(), ByteString(k.clone().into_bytes()));
+        }
         s.metadata.annotations.get_or_insert_with(Default::default).insert(NAMES_ANNOTATION.into(), wanted.clone());
         match api.replace(name, &PostParams::default(), &s).await {
             Ok(_) => {
-                tracing::info!(secret = %format!("{namespace}/{name}"), names = %wanted, "made the webhook's CA and certificate");
+                let until = not_after(&b.cert_pem).map(|t| t.to_string()).unwrap_or_default();
+                tracing::info!(secret = %format!("{namespace}/{name}"), names = %wanted, until = %until, "{what}");
                 return Ok(b);
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -216,11 +313,56 @@ pub async fn ensure_secret(
     anyhow::bail!("Secret {namespace}/{name} kept changing while the webhook certificate was stored")
 }
 
-/// The bundle in a Secret, when all three keys hold UTF-8.
+/// The bundle in a Secret, when its three certificate keys hold UTF-8 (`ca.key` is
+/// optional).
 fn bundle_of(s: &Secret) -> Option<CertBundle> {
     let data = s.data.as_ref()?;
     let get = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|v| !v.is_empty());
-    Some(CertBundle { ca_pem: get("ca.crt")?, cert_pem: get("tls.crt")?, key_pem: get("tls.key")? })
+    Some(CertBundle {
+        ca_pem: get("ca.crt")?,
+        cert_pem: get("tls.crt")?,
+        key_pem: get("tls.key")?,
+        ca_key_pem: get("ca.key"),
+    })
+}
+
+/// Every [`RELOAD_EVERY`], reads the Secret of a self-made certificate, renews it when
+/// due ([`ensure_secret`]), serves what it holds from the next handshake on when it
+/// changed (this replica's renewal or another's), and sets the `caBundle` again when the
+/// CA changed.
+async fn keep_renewed(source: CertSource, client: kube::Client, served: Arc<ServedCert>, mut now: CertBundle) {
+    let CertSource::SelfSigned { namespace, secret, configuration, names } = source else { return };
+    loop {
+        tokio::time::sleep(RELOAD_EVERY).await;
+        let next = match ensure_secret(&client, &namespace, &secret, &names).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "keeping the webhook certificate served");
+                continue;
+            }
+        };
+        if next.ca_pem != now.ca_pem {
+            if let Some(c) = &configuration {
+                if let Err(e) = patch_ca_bundle(&client, c, &next.ca_pem).await {
+                    tracing::warn!(error = %format!("{e:#}"), "the caBundle is not set yet; trying again in a minute");
+                    continue;
+                }
+            }
+        }
+        if next.cert_pem != now.cert_pem {
+            match certified_key(next.cert_pem.as_bytes(), next.key_pem.as_bytes()) {
+                Ok(ck) => {
+                    served.replace(ck);
+                    tracing::info!(secret = %format!("{namespace}/{secret}"), "serving the renewed webhook certificate");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "keeping the webhook certificate served");
+                    continue;
+                }
+            }
+        }
+        now = next;
+    }
 }
 
 /// Sets `ca_pem` as the `caBundle` of the webhooks [`WEBHOOK_NAMES`] of
@@ -315,6 +457,66 @@ mod tests {
         let Err(err) = certified_key(b.cert_pem.as_bytes(), b"") else { panic!("empty key taken") };
         assert!(err.to_string().contains("tls.key"), "{err}");
         assert!(generate(&[]).is_err());
+    }
+
+    /// Whether `cert_pem` verifies for `name` at `at` against the CAs of `ca_pem`, as a
+    /// TLS client (the API server) checks it.
+    fn verifies(ca_pem: &str, cert_pem: &str, name: &str, at: time::OffsetDateTime) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.expect("a CA certificate")).expect("a root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("verifier");
+        let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("a certificate");
+        let name = ServerName::try_from(name.to_string()).expect("a name");
+        let when = UnixTime::since_unix_epoch(Duration::from_secs(at.unix_timestamp() as u64));
+        verifier.verify_server_cert(&leaf, &[], &name, &[], when).is_ok()
+    }
+
+    #[test]
+    fn a_serving_certificate_is_renewed_by_its_ca_a_third_of_its_life_before_it_ends() {
+        let names = vec!["svc.ns.svc".to_string()];
+        let t0 = time::OffsetDateTime::now_utc();
+        let b = generate_at(&names, t0).expect("generated");
+        let ends = not_after(&b.cert_pem).expect("readable");
+        assert!((ends - (t0 + LEAF_VALIDITY)).abs() < time::Duration::seconds(2), "valid a year: {ends}");
+        assert!(verifies(&b.ca_pem, &b.cert_pem, "svc.ns.svc", t0 + time::Duration::days(1)));
+        assert!(renewed(&b, &names, t0 + time::Duration::days(240)).expect("checked").is_none(), "not due yet");
+        let due = t0 + time::Duration::days(250);
+        let n = renewed(&b, &names, due).expect("renewed").expect("due 115 days before its end");
+        assert_ne!(n.cert_pem, b.cert_pem);
+        assert_eq!(n.ca_key_pem, b.ca_key_pem, "the same CA signs it");
+        assert!(verifies(&b.ca_pem, &n.cert_pem, "svc.ns.svc", due), "the caBundle already trusts the new certificate");
+        assert!(!verifies(&b.ca_pem, &b.cert_pem, "svc.ns.svc", t0 + time::Duration::days(366)), "the old one ends");
+        assert!(verifies(&n.ca_pem, &n.cert_pem, "svc.ns.svc", t0 + time::Duration::days(366)), "the new one goes on");
+        let over = renewed(&b, &names, t0 + time::Duration::days(400)).expect("renewed").expect("ended: renewed");
+        assert!(verifies(&over.ca_pem, &over.cert_pem, "svc.ns.svc", t0 + time::Duration::days(400)));
+    }
+
+    #[test]
+    fn a_bundle_without_the_cas_key_gets_a_new_ca_trusted_next_to_the_old() {
+        let names = vec!["127.0.0.1".to_string()];
+        let t0 = time::OffsetDateTime::now_utc() - time::Duration::days(300);
+        let mut old = generate_at(&names, t0).expect("generated");
+        old.ca_key_pem = None;
+        let now = time::OffsetDateTime::now_utc();
+        let n = renewed(&old, &names, now).expect("renewed").expect("due");
+        assert!(n.ca_key_pem.is_some(), "the new CA's key is kept");
+        assert_eq!(n.ca_pem.matches("BEGIN CERTIFICATE").count(), 2, "new CA, then the old");
+        assert!(verifies(&n.ca_pem, &n.cert_pem, "127.0.0.1", now), "the new certificate is trusted");
+        assert!(verifies(&n.ca_pem, &old.cert_pem, "127.0.0.1", now), "a replica still serving the old one too");
+        let later = now + time::Duration::days(250);
+        let m = renewed(&n, &names, later).expect("renewed").expect("due");
+        assert_eq!(m.ca_pem.matches("BEGIN CERTIFICATE").count(), 1, "the old CA is dropped at the next renewal");
+        assert!(verifies(&m.ca_pem, &m.cert_pem, "127.0.0.1", later));
+        let garbage = CertBundle { cert_pem: "garbage".into(), ..n };
+        assert!(renewed(&garbage, &names, now).is_err(), "an unreadable certificate is an error, not a panic");
     }
 
     #[test]
