@@ -510,6 +510,20 @@ impl Engine {
         self.cpu.request_s + self.cpu.per_prompt_token_s * input as f64
     }
 
+    /// The per-request part of [`Engine::front_s`] (HTTP, chat template), seconds.
+    pub fn request_s(&self) -> f64 {
+        self.cpu.request_s
+    }
+
+    /// The tokenisation part of [`Engine::front_s`] for a prompt of `input` tokens, seconds.
+    /// vLLM's API server tokenises one prompt at a time (`OpenAIServing` runs the tokenizer
+    /// on a `ThreadPoolExecutor(max_workers=1)`; the 0.6 server in its event loop), so
+    /// requests sent together reach the engine in the order they were sent, each after
+    /// the prompts before it.
+    pub fn tokenize_s(&self, input: u32) -> f64 {
+        self.cpu.per_prompt_token_s * input as f64
+    }
+
     /// Adds a request to the queue (call [`Engine::start_iteration`] or [`Engine::interrupt`] after).
     ///
     /// The request reaches the scheduler at the time it is enqueued; its latencies are
@@ -519,6 +533,13 @@ impl Engine {
     pub fn enqueue(&mut self, mut s: Seq) {
         let front = Nanos::from_secs_f64(self.front_s(s.input));
         s.arrival = Nanos(s.arrival.0.saturating_sub(front.0));
+        self.waiting.push_back(s);
+    }
+
+    /// Adds a request whose `arrival` is already the time the client sent it (the caller
+    /// has modelled the way in front of the engine, e.g. the tokeniser queue of
+    /// [`Engine::tokenize_s`]).
+    pub fn enqueue_sent(&mut self, s: Seq) {
         self.waiting.push_back(s);
     }
 

@@ -325,18 +325,46 @@ pub fn run_bench_with(spec: &BenchSpec, catalog: &Catalog, calibrated: bool) -> 
     })
 }
 
+/// The way from a client to the engine: the per-request cost in parallel, then the
+/// API server's one tokeniser thread, first come first served (see
+/// [`Engine::tokenize_s`]). Offline runs have neither.
+struct FrontEnd {
+    server: bool,
+    /// When the tokeniser has finished every prompt sent so far.
+    tokenizer_free: Nanos,
+}
+
+impl FrontEnd {
+    /// When a prompt of `input` tokens sent at `send` reaches the engine.
+    fn receive(&mut self, eng: &Engine, send: Nanos, input: u32) -> Nanos {
+        if !self.server {
+            return send;
+        }
+        let ready = send.plus(Nanos::from_secs_f64(eng.request_s()));
+        let done = ready.max(self.tokenizer_free).plus(Nanos::from_secs_f64(eng.tokenize_s(input)));
+        self.tokenizer_free = done;
+        done
+    }
+}
+
+/// A request on its way to the engine: (engine receive time, request index, send time).
+type InFlight = std::cmp::Reverse<(Nanos, u32, Nanos)>;
+
 /// Sends the requests of `lens` to `eng` as `spec.load` says and runs the engine until
 /// every request has finished; returns them in the order they finished.
 fn drive(eng: &mut Engine, spec: &BenchSpec, lens: &[(u32, u32)], server: bool) -> Result<Vec<Finished>, TwinError> {
-    let front = |e: &Engine, i: u32| if server { Nanos::from_secs_f64(e.front_s(i)) } else { Nanos::ZERO };
-    // (engine receive time, request index), earliest first.
-    let mut pending: BinaryHeap<std::cmp::Reverse<(Nanos, u32)>> = BinaryHeap::new();
+    let mut front = FrontEnd { server, tokenizer_free: Nanos::ZERO };
+    // Earliest receive time first.
+    let mut pending: BinaryHeap<InFlight> = BinaryHeap::new();
+    let mut send = |pending: &mut BinaryHeap<InFlight>, e: &Engine, t: Nanos, k: u32| {
+        pending.push(std::cmp::Reverse((front.receive(e, t, lens[k as usize].0), k, t)));
+    };
     let mut next = 0u32;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x0a11_7e5e);
     match spec.load {
         Load::Burst | Load::Offline => {
             for k in 0..spec.n {
-                pending.push(std::cmp::Reverse((front(&*eng, lens[k as usize].0), k)));
+                send(&mut pending, &*eng, Nanos::ZERO, k);
             }
             next = spec.n;
         }
@@ -345,15 +373,14 @@ fn drive(eng: &mut Engine, spec: &BenchSpec, lens: &[(u32, u32)], server: bool) 
                 .map_err(|e| TwinError::Config { field: "load".into(), message: format!("rate {rate}: {e}") })?;
             let mut t = 0.0;
             for k in 0..spec.n {
-                let send = Nanos::from_secs_f64(t);
-                pending.push(std::cmp::Reverse((send.plus(front(&*eng, lens[k as usize].0)), k)));
+                send(&mut pending, &*eng, Nanos::from_secs_f64(t), k);
                 t += exp.sample(&mut rng);
             }
             next = spec.n;
         }
         Load::Closed(c) => {
             while next < c.min(spec.n) {
-                pending.push(std::cmp::Reverse((front(&*eng, lens[next as usize].0), next)));
+                send(&mut pending, &*eng, Nanos::ZERO, next);
                 next += 1;
             }
         }
@@ -372,7 +399,7 @@ fn drive(eng: &mut Engine, spec: &BenchSpec, lens: &[(u32, u32)], server: bool) 
                     if let Load::Closed(_) = spec.load {
                         if next < spec.n {
                             // The client sends its next request when it has the last token.
-                            pending.push(std::cmp::Reverse((f.finish.plus(front(&*eng, lens[next as usize].0)), next)));
+                            send(&mut pending, &*eng, f.finish, next);
                             next += 1;
                         }
                     }
@@ -383,13 +410,13 @@ fn drive(eng: &mut Engine, spec: &BenchSpec, lens: &[(u32, u32)], server: bool) 
             _ => {
                 let Some(t) = arrival else { break };
                 now = now.max(t);
-                while let Some(std::cmp::Reverse((t2, k))) = pending.peek().copied() {
+                while let Some(std::cmp::Reverse((t2, k, sent))) = pending.peek().copied() {
                     if t2 > now {
                         break;
                     }
                     pending.pop();
                     let (i, o) = lens[k as usize];
-                    eng.enqueue(Seq::new(k as u64, t2, i, o, Vec::new()));
+                    eng.enqueue_sent(Seq::new(k as u64, sent, i, o, Vec::new()));
                 }
                 if eng.is_busy() {
                     eng.interrupt(now);
@@ -690,6 +717,23 @@ mod tests {
     fn perf_any() -> RooflinePerf {
         let c = Catalog::default();
         RooflinePerf::new(c.model("Llama-3.1-8B", "").unwrap(), c.gpu("A100-80GB", "").unwrap(), 1)
+    }
+
+    #[test]
+    fn a_burst_reaches_the_engine_in_the_order_it_was_sent() {
+        let c = Catalog::default();
+        // One tokeniser thread takes the prompts in turn: a short prompt sent after a long
+        // one is not scheduled before it (first come, first served, not shortest first).
+        let o = run_bench(&spec("v1", Load::Burst, Lengths::ShareGpt, 300), &c).unwrap();
+        let mut f = o.finished.clone();
+        f.sort_by_key(|r| r.id);
+        assert!(f.windows(2).all(|w| w[0].first_sched <= w[1].first_sched), "admitted out of send order");
+        let lens = sharegpt_lengths(300, 1);
+        let last = f.last().unwrap();
+        let engine = Engine::new(parse_engine("v1").unwrap(), Arc::new(perf_any()), 100);
+        let tokenized: f64 = lens.iter().map(|l| engine.tokenize_s(l.0)).sum();
+        let reach = (last.first_sched.as_secs_f64() - last.arrival.as_secs_f64()) - engine.request_s();
+        assert!(reach >= tokenized - 1e-6, "the last prompt waits for every prompt before it: {reach} < {tokenized}");
     }
 
     #[test]
