@@ -5,7 +5,10 @@
 //! - decision latency of [`DqnPolicy::decide`] at batch 1 on the CPU (encode, normalise,
 //!   forward, masked argmax, decision), median and p99 over many calls, for the small
 //!   network trained here and for the committed Azure-code checkpoints (one network and an
-//!   ensemble of three).
+//!   ensemble of three);
+//! - the same for the shipped policy `policies/azure-code-ppo` (an ensemble of three PPO
+//!   actors): one member alone, the ensemble with one forward pass per member (unfused),
+//!   and the ensemble in one batched forward pass (fused, what the operator runs).
 //!
 //! `cargo run --release --example rl_bench -- [TRAIN_STEPS]`
 
@@ -77,9 +80,23 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let code = Scenario::load(&root.join("scenarios/azure-code-llama3-8b-a100.toml"))?;
     let ens = root.join("docs/figures/dqn-azure-code/checkpoints/select-ens-012");
-    for (what, dir) in [("one 128x128 network", ens.join("s0")), ("ensemble of 3", ens.clone())] {
-        let mut p = DqnPolicy::load_on(&dir, &code.spec, DeviceChoice::Cpu)?;
+    let one = DqnPolicy::load_on(&ens.join("s0"), &code.spec, DeviceChoice::Cpu)?;
+    let fused = DqnPolicy::load_on(&ens, &code.spec, DeviceChoice::Cpu)?;
+    let unfused = DqnPolicy::load_on(&ens, &code.spec, DeviceChoice::Cpu)?.unfused();
+    for (what, mut p) in
+        [("one 128x128 network", one), ("ensemble of 3, unfused", unfused), ("ensemble of 3, fused", fused)]
+    {
         report(&format!("Azure code checkpoint, {what}"), latency(&mut p, &code)?);
+    }
+
+    // 5. The shipped policy: an ensemble of three PPO actors (128x128), logits averaged.
+    let shipped = root.join("policies/azure-code-ppo");
+    let one = DqnPolicy::load_on(&shipped.join("s0"), &code.spec, DeviceChoice::Cpu)?;
+    let fused = DqnPolicy::load_on(&shipped, &code.spec, DeviceChoice::Cpu)?;
+    anyhow::ensure!(fused.is_fused(), "the shipped ensemble is not fused: {:?}", fused.unfused_reason());
+    let unfused = DqnPolicy::load_on(&shipped, &code.spec, DeviceChoice::Cpu)?.unfused();
+    for (what, mut p) in [("one member", one), ("ensemble of 3, unfused", unfused), ("ensemble of 3, fused", fused)] {
+        report(&format!("shipped azure-code-ppo, {what}"), latency(&mut p, &code)?);
     }
     Ok(())
 }

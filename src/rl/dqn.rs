@@ -357,7 +357,9 @@ impl DqnAgent {
         Ok(())
     }
 
-    fn normalised(&self, raw: &[f32]) -> Vec<f32> {
+    /// Raw observations (one, or several back to back) as the network takes them:
+    /// normalised with the agent's statistics when `normalise_obs` is set, else as given.
+    pub fn normalised(&self, raw: &[f32]) -> Vec<f32> {
         let mut x = raw.to_vec();
         if self.cfg.normalise_obs {
             for chunk in x.chunks_mut(self.obs_dim.max(1)) {

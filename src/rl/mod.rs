@@ -12,6 +12,7 @@
 //! | [`toy`] | small problems with known optimal policies (chain, masked bandit) for tests |
 //! | [`tabular`] | tabular Q-learning over a discretised observation (reference learner) |
 //! | [`dqn`] | the DQN: shared torso, dueling branch heads, Double DQN, Huber, n-step, masking |
+//! | [`fused`] | an ensemble's members stacked into one batched forward pass |
 //! | [`ppo`] | PPO: the same factored heads as a masked categorical actor, a critic, GAE(λ), clipped surrogate, parallel environments |
 //! | [`mix`] | training across traffic: per-episode randomisation of load, cold start, price and SLO (the sources are [`env::Source`]) |
 //! | [`encoding`] | [`crate::policy::Observation`] → feature vector, normaliser, action layout |
@@ -114,6 +115,7 @@ pub mod cli;
 pub mod dqn;
 pub mod encoding;
 pub mod env;
+pub mod fused;
 pub mod mix;
 pub mod policy;
 pub mod ppo;

@@ -30,6 +30,7 @@ use crate::policy::{BranchScores, Decision, Explanation, Observation, Policy};
 use super::checkpoint::{self, Expected};
 use super::dqn::{masked_argmax, DeviceChoice, DqnAgent};
 use super::encoding::{ActionLayout, ActionLayoutKind, ActionLimits, ObsEncoder, WorkloadLayout};
+use super::fused::FusedEnsemble;
 use super::RlError;
 
 /// One recorded transition.
@@ -179,8 +180,19 @@ fn check_max_z(max_z: f64) -> Result<(), PolicyError> {
 }
 
 /// A greedy policy from a trained DQN checkpoint (or an [`Ensemble`] of them).
+///
+/// An ensemble whose members share one architecture (inputs, hidden widths, dueling heads,
+/// branches, device) runs as one batched forward pass over its stacked weights
+/// ([`FusedEnsemble`]), built once at load time; both ways of combining the members use
+/// its per-member outputs. Members of different architectures, or a fused pass that
+/// fails, fall back to one forward pass per member, the same computation up to the
+/// order of floating-point sums ([`DqnPolicy::unfused_reason`] says why it is not fused).
 pub struct DqnPolicy {
     agents: Vec<DqnAgent>,
+    /// The members in one batched forward pass (an ensemble of one architecture).
+    fused: Option<FusedEnsemble>,
+    /// Why an ensemble's members run one forward pass each, when they do.
+    unfused_because: Option<String>,
     encoder: ObsEncoder,
     actions: ActionLayout,
     limits: ActionLimits,
@@ -202,7 +214,7 @@ pub struct DqnPolicy {
 
 impl std::fmt::Debug for DqnPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DqnPolicy").field("agents", &self.agents).finish()
+        f.debug_struct("DqnPolicy").field("agents", &self.agents).field("fused", &self.fused.is_some()).finish()
     }
 }
 
@@ -270,8 +282,11 @@ impl DqnPolicy {
                 Ok(a)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (fused, unfused_because) = fuse(&agents);
         Ok(DqnPolicy {
             agents,
+            fused,
+            unfused_because,
             encoder,
             limits: ActionLimits::from_spec(spec, &layout),
             actions,
@@ -327,12 +342,39 @@ impl DqnPolicy {
     /// Q-values of an observation, flattened over branches (for inspection and shadow
     /// mode); the members' mean for an ensemble.
     pub fn q_values(&self, obs: &Observation) -> Vec<f32> {
-        mean_q(&self.agents, &self.encoder.features(obs))
+        mean_of(&self.member_q_values(obs))
+    }
+
+    /// Each member's outputs for an observation (Q-values, or a PPO actor's logits),
+    /// flattened over branches, in the ensemble's order; computed the way decisions are
+    /// (one batched pass when fused).
+    pub fn member_q_values(&self, obs: &Observation) -> Vec<Vec<f32>> {
+        member_outputs(&self.agents, self.fused.as_ref(), &self.encoder.features(obs))
     }
 
     /// Number of checkpoints behind the policy (1, or an ensemble's members).
     pub fn members(&self) -> usize {
         self.agents.len()
+    }
+
+    /// Whether the members run as one batched forward pass ([`FusedEnsemble`]).
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// Why an ensemble's members run one forward pass each (architectures that differ),
+    /// or `None` (fused, or a single checkpoint).
+    pub fn unfused_reason(&self) -> Option<&str> {
+        self.unfused_because.as_deref()
+    }
+
+    /// The same policy with the batched pass dropped: each member runs its own forward
+    /// pass, as before fusing (to compare the two, and to measure what fusing saves).
+    pub fn unfused(mut self) -> Self {
+        if self.fused.take().is_some() {
+            self.unfused_because = Some("unfused on request".into());
+        }
+        self
     }
 }
 
@@ -353,6 +395,7 @@ impl Policy for DqnPolicy {
         }
         let g = greedy_combined(
             &self.agents,
+            self.fused.as_ref(),
             self.combine,
             &mut self.encoder,
             &self.actions,
@@ -477,15 +520,43 @@ impl Policy for DqnPolicy {
     }
 }
 
-/// The mean of the agents' Q-values for raw features `x` (one agent: its own).
-fn mean_q(agents: &[DqnAgent], x: &[f32]) -> Vec<f32> {
-    let mut q = agents.first().map(|a| a.q_values(x)).unwrap_or_default();
-    for a in agents.iter().skip(1) {
-        for (s, v) in q.iter_mut().zip(a.q_values(x)) {
+/// The batched forward pass of an ensemble's members when they share one architecture;
+/// else `None` and why (a single checkpoint: neither, it has nothing to fuse).
+fn fuse(agents: &[DqnAgent]) -> (Option<FusedEnsemble>, Option<String>) {
+    if agents.len() < 2 {
+        return (None, None);
+    }
+    match FusedEnsemble::new(agents) {
+        Ok(f) => (Some(f), None),
+        Err(e) => {
+            tracing::info!(error = %e, "ensemble members run one forward pass each");
+            (None, Some(e.to_string()))
+        }
+    }
+}
+
+/// Each agent's outputs for raw features `x`: from the batched pass when there is one
+/// (and it succeeds), else one forward pass per agent.
+fn member_outputs(agents: &[DqnAgent], fused: Option<&FusedEnsemble>, x: &[f32]) -> Vec<Vec<f32>> {
+    if let Some(f) = fused {
+        match f.outputs(x) {
+            Ok(out) => return out,
+            Err(e) => tracing::warn!(error = %e, "the fused forward pass failed; each member runs its own"),
+        }
+    }
+    agents.iter().map(|a| a.q_values(x)).collect()
+}
+
+/// The mean of the members' outputs (one member: its own): summed in the members'
+/// order, then divided by their number.
+fn mean_of(outputs: &[Vec<f32>]) -> Vec<f32> {
+    let mut q = outputs.first().cloned().unwrap_or_default();
+    for o in outputs.iter().skip(1) {
+        for (s, v) in q.iter_mut().zip(o) {
             *s += v;
         }
     }
-    let n = agents.len().max(1) as f32;
+    let n = outputs.len().max(1) as f32;
     q.iter_mut().for_each(|v| *v /= n);
     q
 }
@@ -531,20 +602,19 @@ pub fn greedy_scored(
     obs: &Observation,
     base: Option<&Decision>,
 ) -> Greedy {
-    greedy_combined(agents, Combine::Mean, encoder, actions, limits, obs, base)
+    greedy_combined(agents, None, Combine::Mean, encoder, actions, limits, obs, base)
 }
 
-/// Each member's greedy option per branch, counted; ties go to the higher mean of the
-/// members' softmax over the allowed options ([`Combine::Vote`]). Returns the option
-/// per branch.
-fn vote(agents: &[DqnAgent], x: &[f32], mask: &[bool], sizes: &[usize]) -> Vec<usize> {
+/// Each member's greedy option per branch (from its `outputs`), counted; ties go to the
+/// higher mean of the members' softmax over the allowed options ([`Combine::Vote`]).
+/// Returns the option per branch.
+fn vote(outputs: &[Vec<f32>], mask: &[bool], sizes: &[usize]) -> Vec<usize> {
     let total: usize = sizes.iter().sum();
     let mut score = vec![0.0f64; total];
-    let n = agents.len().max(1) as f64;
-    for agent in agents {
-        let q = agent.q_values(x);
+    let n = outputs.len().max(1) as f64;
+    for q in outputs {
         let mut off = 0;
-        for (&size, pick) in sizes.iter().zip(masked_argmax(&q, mask, sizes)) {
+        for (&size, pick) in sizes.iter().zip(masked_argmax(q, mask, sizes)) {
             score[off + pick] += 1.0;
             let allowed: Vec<usize> = (off..off + size).filter(|&j| mask.get(j).copied().unwrap_or(false)).collect();
             let top = allowed.iter().map(|&j| f64::from(q[j])).fold(f64::NEG_INFINITY, f64::max);
@@ -560,11 +630,13 @@ fn vote(agents: &[DqnAgent], x: &[f32], mask: &[bool], sizes: &[usize]) -> Vec<u
     masked_argmax(&score, mask, sizes)
 }
 
-/// [`greedy_scored`] with the members combined as `combine` says; the scores kept for
-/// the explanation are the members' mean either way.
+/// [`greedy_scored`] with the members combined as `combine` says, their outputs from
+/// `fused` when given (see [`member_outputs`]); the scores kept for the explanation are
+/// the members' mean either way.
 #[allow(clippy::too_many_arguments)]
 fn greedy_combined(
     agents: &[DqnAgent],
+    fused: Option<&FusedEnsemble>,
     combine: Combine,
     encoder: &mut ObsEncoder,
     actions: &ActionLayout,
@@ -576,9 +648,10 @@ fn greedy_combined(
     let x = encoder.encode(obs);
     let mask = actions.mask_on(obs, limits, base);
     let sizes = agents.first().map(|a| a.branch_sizes().to_vec()).unwrap_or_default();
-    let q = mean_q(agents, &x);
+    let outputs = member_outputs(agents, fused, &x);
+    let q = mean_of(&outputs);
     let a = match combine {
-        Combine::Vote if agents.len() > 1 => vote(agents, &x, &mask, &sizes),
+        Combine::Vote if outputs.len() > 1 => vote(&outputs, &mask, &sizes),
         _ => masked_argmax(&q, &mask, &sizes),
     };
     let deltas = actions.slot_deltas(&a);
