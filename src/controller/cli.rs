@@ -167,9 +167,7 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
     }
     health.set_ready(true);
     let job_image = args.job_image.clone().or_else(|| from_env(super::training::JOB_IMAGE_ENV));
-    let admission =
-        super::admission::AdmissionConfig { job_image: job_image.clone(), metrics: metrics.admission.clone() };
-    let webhook = start_webhook(&args, client.clone(), &default_ns, admission, &stop_rx).await?;
+    let webhook = start_webhook(&args, client.clone(), &default_ns, job_image.clone(), &metrics, &stop_rx).await?;
 
     let mut ctx = Context::new(
         client.clone(),
@@ -219,17 +217,19 @@ async fn run_async(mut args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Starts the validating admission webhook as `args.webhook` says (`None` when off), in
-/// the operator's namespace (`$POD_NAMESPACE`, else `default_ns`), with `config` (the
-/// default Job image trainings are checked against, as the training controller does,
-/// and where reviews are counted).
+/// the operator's namespace (`$POD_NAMESPACE`, else `default_ns`), checking trainings
+/// against `job_image` as the training controller does and counting its answers in
+/// `metrics`.
 async fn start_webhook(
     args: &RunArgs,
     client: kube::Client,
     default_ns: &str,
-    config: super::admission::AdmissionConfig,
+    job_image: Option<String>,
+    metrics: &OperatorMetrics,
     stop_rx: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let own_ns = args.lease_namespace.clone().unwrap_or_else(|| default_ns.to_string());
+    let config = super::admission::AdmissionConfig { job_image, metrics: metrics.admission.clone() };
     super::admission::start(&args.webhook, client, &own_ns, config, stopped(stop_rx.clone())).await
 }
 

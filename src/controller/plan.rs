@@ -339,6 +339,18 @@ pub struct ObservedDeployment {
     pub resource_version: Option<String>,
 }
 
+impl ObservedDeployment {
+    /// `d`'s identity and versions; `None` for an object the API server has not stored
+    /// (no generation or uid).
+    pub fn of(d: &Deployment) -> Option<Self> {
+        Some(ObservedDeployment {
+            generation: d.metadata.generation?,
+            uid: d.metadata.uid.clone()?,
+            resource_version: d.metadata.resource_version.clone(),
+        })
+    }
+}
+
 /// What one reconcile writes, in the order the executor writes it: `notices`, then the
 /// Deployments in `apply`, `delete` (each followed by its Event), `service`, `events`,
 /// and last `status`.
@@ -459,14 +471,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .observed
         .deployments
         .iter()
-        .filter_map(|dep| {
-            let seen = ObservedDeployment {
-                generation: dep.metadata.generation?,
-                uid: dep.metadata.uid.clone()?,
-                resource_version: dep.metadata.resource_version.clone(),
-            };
-            Some((dep.name_any(), seen))
-        })
+        .filter_map(|dep| Some((dep.name_any(), ObservedDeployment::of(dep)?)))
         .collect();
     Plan {
         notices: d.notices,

@@ -43,7 +43,7 @@ use crate::crd::{ArbitratedSlot, ArbitrationStatus, GPUPool, GPUPoolStatus, LLMW
 
 use super::desired::{self, deployment_name, ready_replicas, spec_replicas, Slot};
 use super::plan::{EventReason, Grants, PlannedEvent};
-use super::{execute, key_of, kube_err, Context, Error, FIELD_MANAGER};
+use super::{execute, key_of, kube_err, Context, Error};
 
 /// How long a pool's count of Node GPUs is reused before the Nodes are listed again.
 const NODE_CACHE: Duration = Duration::from_secs(10);
@@ -437,13 +437,20 @@ async fn scale_victims(ctx: &Context, book: &mut Book, round: &mut Round) {
             let vns = victim.namespace().unwrap_or_default();
             let dn = dep.name_any();
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &vns);
-            match api.patch(&dn, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&dep)).await {
-                Ok(out) => {
+            let seen = victim_seen(book, &round.members[i].deployments, &vns, &dn);
+            match execute::apply_fenced(&api, &dep, seen.as_ref()).await {
+                Ok(Some(out)) => {
                     round.after[i][s] = g;
                     if let Some(generation) = out.metadata.generation {
                         book.applied.insert(format!("{vns}/{dn}"), (g, generation));
                     }
                     ctx.metrics.object_write("deployment", "written");
+                }
+                Ok(None) => {
+                    ctx.metrics.object_write("deployment", "refused");
+                    let who = &round.members[i].key;
+                    tracing::info!(workload = %who, deployment = %dn, "a preempted slot changed since it was read: not scaled down now");
+                    continue;
                 }
                 Err(e) => {
                     let who = &round.members[i].key;
@@ -459,6 +466,18 @@ async fn scale_victims(ctx: &Context, book: &mut Book, round: &mut Round) {
             e.last_preempted = Some(PreemptionStatus { time: round.at.clone(), by: by.unwrap_or_default(), gpus });
         }
     }
+}
+
+/// The victim's Deployment `dn` as this round read it, to fence the scale-down
+/// ([`execute::apply_fenced`]); `None` (an unfenced apply, as before fencing) when this
+/// process wrote it since the watch last showed it, whose cache is then behind.
+fn victim_seen(book: &Book, cached: &[Deployment], ns: &str, dn: &str) -> Option<super::plan::ObservedDeployment> {
+    let d = cached.iter().find(|d| d.name_any() == dn)?;
+    let ours = book.applied.get(&format!("{ns}/{dn}")).map(|(_, generation)| *generation);
+    if ours.is_some_and(|g| d.metadata.generation.is_some_and(|cached| cached < g)) {
+        return None;
+    }
+    super::plan::ObservedDeployment::of(d)
 }
 
 /// The note of a victim's `Preempted` Event (member `i`, slot `s`).
