@@ -36,7 +36,7 @@ pub async fn execute(ctx: &Context, wl: &LLMWorkload, plan: &Plan) -> Result<Act
         let dn = d.name_any();
         let key = format!("{ns}/{dn}");
         let digest = content_digest(d);
-        let seen = plan.observed_generations.get(&dn);
+        let seen = plan.observed_deployments.get(&dn);
         let same = match (seen, written(ctx, &key)) {
             (Some(o), Some(Written::Deployment { digest: d, generation: g, uid: u })) => {
                 d == digest && g == o.generation && u == o.uid

@@ -363,7 +363,7 @@ pub struct Plan {
     /// Each owned Deployment as the plan saw it, by name: the executor skips an apply that
     /// would write what it wrote before to the same object whose spec nobody changed since
     /// (same uid, same generation), and fences every apply with its `resourceVersion`.
-    pub observed_generations: BTreeMap<String, ObservedDeployment>,
+    pub observed_deployments: BTreeMap<String, ObservedDeployment>,
     /// Owned Deployments whose slot left the spec.
     pub delete: Vec<Deletion>,
     /// The Service to server-side apply (`None` for an invalid spec).
@@ -467,7 +467,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     events.extend(input.grants.iter().flat_map(|g| g.events.iter().cloned()));
     d.finish_status();
     let last = if input.tick.is_some() { input.now } else { input.last_tick.unwrap_or(input.now) };
-    let observed_generations = input
+    let observed_deployments = input
         .observed
         .deployments
         .iter()
@@ -476,7 +476,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     Plan {
         notices: d.notices,
         apply,
-        observed_generations,
+        observed_deployments,
         delete,
         service: Some(service),
         targets: d.targets,

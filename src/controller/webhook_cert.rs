@@ -246,7 +246,8 @@ pub async fn load(source: &CertSource, client: &kube::Client) -> anyhow::Result<
                 patch_ca_bundle(client, c, &bundle.ca_pem).await?;
             }
             let served = ServedCert::new(certified_key(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?);
-            tokio::spawn(keep_renewed(source.clone(), client.clone(), served.clone(), bundle));
+            let (names, secret) = (names.clone(), (namespace.clone(), secret.clone()));
+            tokio::spawn(keep_renewed(client.clone(), secret, configuration.clone(), names, served.clone(), bundle));
             Ok(served)
         }
     }
@@ -326,12 +327,18 @@ fn bundle_of(s: &Secret) -> Option<CertBundle> {
     })
 }
 
-/// Every [`RELOAD_EVERY`], reads the Secret of a self-made certificate, renews it when
-/// due ([`ensure_secret`]), serves what it holds from the next handshake on when it
-/// changed (this replica's renewal or another's), and sets the `caBundle` again when the
-/// CA changed.
-async fn keep_renewed(source: CertSource, client: kube::Client, served: Arc<ServedCert>, mut now: CertBundle) {
-    let CertSource::SelfSigned { namespace, secret, configuration, names } = source else { return };
+/// Every [`RELOAD_EVERY`], reads the Secret `namespace/secret` of a self-made certificate
+/// for `names`, renews it when due ([`ensure_secret`]), serves what it holds from the
+/// next handshake on when it changed (this replica's renewal or another's), and sets the
+/// `caBundle` of `configuration` again when the CA changed.
+async fn keep_renewed(
+    client: kube::Client,
+    (namespace, secret): (String, String),
+    configuration: Option<String>,
+    names: Vec<String>,
+    served: Arc<ServedCert>,
+    mut now: CertBundle,
+) {
     loop {
         tokio::time::sleep(RELOAD_EVERY).await;
         let next = match ensure_secret(&client, &namespace, &secret, &names).await {

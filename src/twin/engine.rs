@@ -507,7 +507,7 @@ impl Engine {
     /// Time a request spends outside the engine loop before it can be scheduled (HTTP,
     /// chat template, tokenisation), seconds.
     pub fn front_s(&self, input: u32) -> f64 {
-        self.cpu.request_s + self.cpu.per_prompt_token_s * input as f64
+        self.request_s() + self.tokenize_s(input)
     }
 
     /// The per-request part of [`Engine::front_s`] (HTTP, chat template), seconds.
