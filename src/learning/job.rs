@@ -357,6 +357,7 @@ pub fn train_job(args: TrainJobArgs) -> anyhow::Result<PathBuf> {
         trace: main_trace,
         config: args.config.clone(),
         action_layout: None,
+        capacities: None,
         cpu: args.cpu,
         algorithm: Some(args.algorithm.clone()),
     })?;

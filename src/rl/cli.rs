@@ -31,9 +31,14 @@ pub struct TrainArgs {
     /// A TOML file with TrainConfig fields (dqn, reward, episodes, actionLayout, deltas).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Action layout: factored (one branch per slot) or joint (one move at a time).
+    /// Action layout: factored (one branch per slot), joint (one move at a time),
+    /// residual (offsets from `residualBase`) or capacity (a capacity per replica per slot).
     #[arg(long)]
     pub action_layout: Option<String>,
+    /// Capacities per replica (requests/s) of the capacity layout, comma-separated
+    /// (overrides the config's `capacities`).
+    #[arg(long, value_delimiter = ',')]
+    pub capacities: Option<Vec<f64>>,
     /// Train on the CPU even when CUDA is available.
     #[arg(long)]
     pub cpu: bool,
@@ -67,9 +72,16 @@ pub fn train_config(args: TrainArgs) -> anyhow::Result<TrainConfig> {
             "factored" => super::encoding::ActionLayoutKind::Factored,
             "joint" => super::encoding::ActionLayoutKind::Joint,
             "residual" => super::encoding::ActionLayoutKind::Residual,
-            other => anyhow::bail!("--action-layout must be `factored`, `joint` or `residual`, got `{other}`"),
+            "capacity" => super::encoding::ActionLayoutKind::Capacity,
+            other => {
+                anyhow::bail!("--action-layout must be `factored`, `joint`, `residual` or `capacity`, got `{other}`")
+            }
         };
     }
+    if let Some(c) = args.capacities {
+        cfg.capacities = c;
+    }
+    cfg.check()?;
     if let Some(a) = args.algorithm {
         cfg.algorithm = match a.as_str() {
             "dqn" => super::train::Algorithm::Dqn,

@@ -25,7 +25,10 @@
 //! **Actions** ([`ActionLayout`]): see the module docs of [`crate::rl`]. Each option is a
 //! replica *delta* applied to the slot's current desired count, or, in the residual
 //! layout ([`ActionLayoutKind::Residual`]), an *offset* from the replicas a base policy
-//! asks for this tick (whose targets are then features too: `slot[..].base_target`). [`ActionLayout::mask`]
+//! asks for this tick (whose targets are then features too: `slot[..].base_target`), or,
+//! in the capacity layout ([`ActionLayoutKind::Capacity`]), a *capacity per replica*
+//! (requests/s) that a fixed sizing rule turns into replicas ([`ActionLayout::capacity_target`]).
+//! [`ActionLayout::mask`]
 //! forbids options that would break a hard limit (negative replicas, the variant's
 //! min/max, the total min/max, the step limit, free GPUs of the pool, the budget), so the
 //! network never picks and never bootstraps from them. With the factored layout each
@@ -427,6 +430,12 @@ pub enum ActionLayoutKind {
     /// One branch per slot, each choosing an offset from the replicas a base policy (the
     /// forecast planner, say) asks for: with every offset 0 the policy is the base policy.
     Residual,
+    /// One branch per slot: hold, or a capacity per replica (requests/s, one option per
+    /// entry of [`ActionLayout::capacities`]) that the sizing rule of
+    /// [`ActionLayout::capacity_target`] turns into the slot's replicas. The policy learns
+    /// how much headroom to keep; the replicas follow the load by the rule, so a choice
+    /// that fits one load fits another.
+    Capacity,
 }
 
 /// The hard limits the action mask respects (a subset of what the shield enforces).
@@ -490,12 +499,61 @@ pub struct ActionLayout {
     /// (`forecast:capacity=1.3`); `None` for the other layouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
+    /// The capacities per replica (requests/s) a slot's options name, after the hold, in
+    /// the capacity layout; empty for the other layouts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacities: Vec<f64>,
 }
 
 impl ActionLayout {
     /// A layout over `slots`.
     pub fn new(kind: ActionLayoutKind, slots: Vec<SlotKey>, deltas: Vec<i32>) -> Self {
-        ActionLayout { kind, slots, deltas, mask_cooldown: false, base: None }
+        ActionLayout { kind, slots, deltas, mask_cooldown: false, base: None, capacities: Vec::new() }
+    }
+
+    /// The same layout with the capacities per replica (requests/s) of the capacity layout.
+    pub fn with_capacities(mut self, capacities: Vec<f64>) -> Self {
+        self.capacities = capacities;
+        self
+    }
+
+    /// Checks what the layout's kind needs: the capacity layout one or more finite
+    /// capacities > 0 and no others; every other layout a delta of 0. Errors name the field.
+    pub fn check(&self) -> Result<(), String> {
+        match self.kind {
+            ActionLayoutKind::Capacity => {
+                if self.capacities.is_empty() {
+                    return Err("actionLayout = \"capacity\" needs capacities (requests/s per replica)".into());
+                }
+                if let Some(c) = self.capacities.iter().find(|c| !(c.is_finite() && **c > 0.0)) {
+                    return Err(format!("capacities must be finite and > 0, got {c}"));
+                }
+                Ok(())
+            }
+            _ if !self.capacities.is_empty() => {
+                Err(format!("capacities are only for actionLayout = \"capacity\" (it is {:?})", self.kind))
+            }
+            _ if !self.deltas.contains(&0) => Err(format!("deltas {:?} must contain 0 (hold)", self.deltas)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The sizing rule of the capacity layout: the replicas slot `k` needs at `capacity`
+    /// requests/s per replica, `ceil(rate / capacity)` of the requests/s the slot received
+    /// over the observation's window, and at least 1 for a slot that has replicas or asks
+    /// for some (the rule sizes the slots that serve; it never empties one, so moving a
+    /// variant to another pool needs the factored or residual layout). `None` when the
+    /// slot is missing from `obs` or its rate is not finite.
+    pub fn capacity_target(&self, k: usize, capacity: f64, obs: &Observation) -> Option<i64> {
+        let key = self.slots.get(k)?;
+        let s = obs.slot(&key.variant, &key.pool)?;
+        let rate = s.arrival_rate_rps;
+        if !rate.is_finite() || !(capacity.is_finite() && capacity > 0.0) {
+            return None;
+        }
+        let need = (rate.max(0.0) / capacity - 1e-9).ceil().min(1e6) as i64;
+        let serving = s.desired_replicas + s.ready_replicas + s.starting_replicas > 0;
+        Some(if serving { need.max(1) } else { need.max(0) })
     }
 
     /// The same layout over the base policy `base` (command-line form); a residual layout
@@ -512,7 +570,18 @@ impl ActionLayout {
     }
 
     fn hold_index(&self) -> usize {
-        self.deltas.iter().position(|d| *d == 0).unwrap_or(0)
+        match self.kind {
+            ActionLayoutKind::Capacity => 0,
+            _ => self.deltas.iter().position(|d| *d == 0).unwrap_or(0),
+        }
+    }
+
+    /// Options per slot of the per-slot layouts.
+    fn options_per_slot(&self) -> usize {
+        match self.kind {
+            ActionLayoutKind::Capacity => 1 + self.capacities.len(),
+            _ => self.deltas.len(),
+        }
     }
 
     fn nonzero(&self) -> Vec<i32> {
@@ -539,12 +608,24 @@ impl ActionLayout {
                 }
                 vec![BranchSpec { name: "joint".into(), options }]
             }
+            ActionLayoutKind::Capacity => self
+                .slots
+                .iter()
+                .map(|s| BranchSpec {
+                    name: format!("capacity[{}/{}]", s.variant, s.pool),
+                    options: std::iter::once("hold".to_string())
+                        .chain(self.capacities.iter().map(|c| format!("{c}rps")))
+                        .collect(),
+                })
+                .collect(),
         }
     }
 
-    /// Per-slot deltas of an action (one option per branch).
+    /// Per-slot deltas of an action (one option per branch); all 0 for the capacity layout,
+    /// whose moves depend on the observation ([`ActionLayout::decision_on`]).
     pub fn slot_deltas(&self, action: &[usize]) -> Vec<i32> {
         match self.kind {
+            ActionLayoutKind::Capacity => vec![0; self.slots.len()],
             ActionLayoutKind::Factored | ActionLayoutKind::Residual => (0..self.slots.len())
                 .map(|k| action.get(k).and_then(|&o| self.deltas.get(o)).copied().unwrap_or(0))
                 .collect(),
@@ -567,7 +648,9 @@ impl ActionLayout {
     /// The action that holds every slot.
     pub fn hold(&self) -> Vec<usize> {
         match self.kind {
-            ActionLayoutKind::Factored | ActionLayoutKind::Residual => vec![self.hold_index(); self.slots.len()],
+            ActionLayoutKind::Factored | ActionLayoutKind::Residual | ActionLayoutKind::Capacity => {
+                vec![self.hold_index(); self.slots.len()]
+            }
             ActionLayoutKind::Joint => vec![0],
         }
     }
@@ -593,12 +676,30 @@ impl ActionLayout {
             .collect()
     }
 
+    /// The replicas slot `k` asks for with option `o` of the capacity layout: the desired
+    /// replicas for the hold (option 0) or when the sizing rule has no answer.
+    fn capacity_option_target(&self, k: usize, o: usize, obs: &Observation, desired: i64) -> i64 {
+        match o.checked_sub(1).and_then(|i| self.capacities.get(i)) {
+            Some(&c) => self.capacity_target(k, c, obs).unwrap_or(desired),
+            None => desired,
+        }
+    }
+
     /// The decision an action means in `obs`: per slot, the reference replicas (the base
-    /// decision's for a residual layout, else the desired ones) plus the option's delta.
+    /// decision's for a residual layout, else the desired ones) plus the option's delta;
+    /// for the capacity layout, the sizing rule's replicas at the chosen capacity (the
+    /// desired ones for a hold).
     pub fn decision_on(&self, action: &[usize], obs: &Observation, base: Option<&Decision>, reason: &str) -> Decision {
-        let deltas = self.slot_deltas(action);
         let reference = self.reference(obs, base);
         let mut d = Decision::new(reason);
+        if self.kind == ActionLayoutKind::Capacity {
+            for (k, (s, cur)) in self.slots.iter().zip(reference).enumerate() {
+                let o = action.get(k).copied().unwrap_or(0);
+                d.set(&s.variant, &s.pool, self.capacity_option_target(k, o, obs, cur).max(0) as u32);
+            }
+            return d;
+        }
+        let deltas = self.slot_deltas(action);
         for ((s, delta), cur) in self.slots.iter().zip(deltas).zip(reference) {
             d.set(&s.variant, &s.pool, (cur + delta as i64).max(0) as u32);
         }
@@ -611,8 +712,11 @@ impl ActionLayout {
         if delta == 0 {
             return true;
         }
-        // A residual offset is not a step from the current fleet (the shield limits the step).
-        if self.kind != ActionLayoutKind::Residual && delta.unsigned_abs() > lim.max_step_change.max(1) {
+        // A residual offset or a capacity's target is not a step from the current fleet (the
+        // shield limits the step).
+        if matches!(self.kind, ActionLayoutKind::Factored | ActionLayoutKind::Joint)
+            && delta.unsigned_abs() > lim.max_step_change.max(1)
+        {
             return false;
         }
         let desired = |i: usize| reference.get(i).copied().unwrap_or(0);
@@ -683,6 +787,22 @@ impl ActionLayout {
                 for k in 0..self.slots.len() {
                     for &d in &self.deltas {
                         m.push(if blind { d == 0 } else { self.delta_allowed(k, d, obs, lim, &reference) });
+                    }
+                }
+                m
+            }
+            ActionLayoutKind::Capacity => {
+                let mut m = Vec::with_capacity(self.slots.len() * self.options_per_slot());
+                for (k, &cur) in reference.iter().enumerate() {
+                    m.push(true);
+                    for (i, &c) in self.capacities.iter().enumerate() {
+                        let allowed = !blind
+                            && self.capacity_target(k, c, obs).is_some_and(|t| {
+                                let delta = (t - cur).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+                                self.delta_allowed(k, delta, obs, lim, &reference)
+                            });
+                        debug_assert_eq!(m.len(), k * self.options_per_slot() + 1 + i);
+                        m.push(allowed);
                     }
                 }
                 m
@@ -801,6 +921,58 @@ mod tests {
         assert_eq!((d.replicas("v", "cheap"), d.replicas("v", "dear")), (Some(2), Some(1)));
         // Without a base the residual layout reads the desired replicas, as the factored one.
         assert_eq!(a.decision_on(&hold, &obs(), None, "r").replicas("v", "cheap"), Some(1));
+    }
+
+    #[test]
+    fn capacity_options_size_each_serving_slot_by_its_arrival_rate() {
+        let (a, lim) = layout(ActionLayoutKind::Capacity);
+        let a = a.with_capacities(vec![0.5, 1.0, 4.0]);
+        assert_eq!(a.check(), Ok(()));
+        assert_eq!(a.branches()[0].options, vec!["hold", "0.5rps", "1rps", "4rps"]);
+        let mut o = obs();
+        o.slots[0].arrival_rate_rps = 1.6;
+        o.pools[0].free_gpus = Some(2);
+        // cheap at 1.6 req/s: 0.5 → 4 replicas (3 more; 2 GPUs free), 1.0 → 2, 4.0 → 1 (the
+        // rule keeps a serving slot at 1 at least).
+        assert_eq!(
+            (0..3).map(|i| a.capacity_target(0, [0.5, 1.0, 4.0][i], &o)).collect::<Vec<_>>(),
+            vec![Some(4), Some(2), Some(1)]
+        );
+        // dear serves nothing and receives nothing: every capacity sizes it to 0, which
+        // the variant's other slot allows.
+        assert_eq!(a.capacity_target(1, 1.0, &o), Some(0));
+        let m = a.mask(&o, &lim);
+        assert_eq!(&m[0..4], &[true, false, true, true], "4 replicas need 3 more GPUs, 2 are free");
+        assert_eq!(&m[4..8], &[true, true, true, true]);
+        let d = a.decision(&[2, 0], &o, "r");
+        assert_eq!((d.replicas("v", "cheap"), d.replicas("v", "dear")), (Some(2), Some(0)));
+        assert_eq!(a.decision(&a.hold(), &o, "r").replicas("v", "cheap"), Some(1));
+        // A rate exactly at capacity needs no extra replica; a rate that is not a number
+        // sizes nothing, and only the hold is allowed.
+        o.slots[0].arrival_rate_rps = 2.0;
+        assert_eq!(a.capacity_target(0, 1.0, &o), Some(2));
+        o.slots[0].arrival_rate_rps = f64::NAN;
+        assert_eq!(a.capacity_target(0, 1.0, &o), None);
+        assert_eq!(&a.mask(&o, &lim)[0..4], &[true, false, false, false]);
+        assert_eq!(a.decision(&[1, 0], &o, "r").replicas("v", "cheap"), Some(1), "no answer: the desired replicas");
+        // Blind: only the hold.
+        o.slots[0].arrival_rate_rps = 1.0;
+        o.missing.push("vllm:num_requests_running".into());
+        assert_eq!(&a.mask(&o, &lim)[0..4], &[true, false, false, false]);
+        // What a layout needs is checked, naming the field.
+        assert!(layout(ActionLayoutKind::Capacity).0.check().unwrap_err().contains("capacities"));
+        assert!(a
+            .clone()
+            .with_capacities(vec![1.0, 0.0])
+            .check()
+            .unwrap_err()
+            .contains("capacities must be finite and > 0"));
+        assert!(layout(ActionLayoutKind::Factored)
+            .0
+            .with_capacities(vec![1.0])
+            .check()
+            .unwrap_err()
+            .contains("only for"));
     }
 
     #[test]

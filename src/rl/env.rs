@@ -225,7 +225,7 @@ impl TwinEnv {
         reward: RewardConfig,
         episodes: EpisodeConfig,
     ) -> Result<Self, RlError> {
-        if !deltas.contains(&0) {
+        if kind != ActionLayoutKind::Capacity && !deltas.contains(&0) {
             return Err(RlError::Config(format!("action deltas {deltas:?} must contain 0 (hold)")));
         }
         check_episodes(&episodes)?;
@@ -279,6 +279,14 @@ impl TwinEnv {
         self.encoder = ObsEncoder::new(self.encoder.layout().clone().with_base_feature(true));
         self.actions = self.actions.clone().with_base(Some(name.to_string()));
         self.base = Some((policy, crate::policy::Decision::new("")));
+        Ok(self)
+    }
+
+    /// Gives the capacity layout its capacities per replica (requests/s); an error when
+    /// the layout is the capacity one without any, or another one with some.
+    pub fn with_capacities(mut self, capacities: Vec<f64>) -> Result<Self, RlError> {
+        self.actions = self.actions.clone().with_capacities(capacities);
+        self.actions.check().map_err(RlError::Config)?;
         Ok(self)
     }
 

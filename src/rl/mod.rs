@@ -42,6 +42,13 @@
 //! every offset 0 the learned policy is the base policy, so learning starts from a
 //! planner's behaviour instead of from nothing.
 //!
+//! A fourth, [`encoding::ActionLayoutKind::Capacity`], gives each slot one branch whose
+//! options are *hold* or a capacity per replica in req/s from a fixed list
+//! (`capacities` in the training config, stored in the checkpoint); a sizing rule turns
+//! the chosen capacity into `ceil(slot arrival rate / capacity)` replicas, at least one
+//! for a slot that already serves. The policy learns how much headroom the traffic
+//! needs, not how many replicas to add, so the same choice scales with the load.
+//!
 //! ## Learners and what the operator loads
 //!
 //! The DQN ([`dqn`]) and PPO ([`ppo`]) write the same checkpoint format: PPO's actor has

@@ -245,7 +245,12 @@ impl DqnPolicy {
         let encoder = ObsEncoder::new(layout.clone());
         let actions = ActionLayout::new(stored.kind, layout.slots.clone(), stored.deltas.clone())
             .with_mask_cooldown(stored.mask_cooldown)
-            .with_base(stored.base.clone());
+            .with_base(stored.base.clone())
+            .with_capacities(stored.capacities.clone());
+        actions.check().map_err(|e| RlError::Checkpoint {
+            path: dir.display().to_string(),
+            message: format!("its action layout: {e}"),
+        })?;
         let base = match (&stored.kind, &stored.base) {
             (ActionLayoutKind::Residual, Some(b)) => {
                 Some(build_heuristic(b, spec, "checkpoint actionLayout.base").map_err(|e| RlError::Checkpoint {
@@ -655,13 +660,27 @@ fn greedy_combined(
         _ => masked_argmax(&q, &mask, &sizes),
     };
     let deltas = actions.slot_deltas(&a);
-    let moves: Vec<String> = actions
-        .slots
-        .iter()
-        .zip(&deltas)
-        .filter(|(_, d)| **d != 0)
-        .map(|(s, d)| format!("{}/{} {d:+}", s.variant, s.pool))
-        .collect();
+    let moves: Vec<String> = if actions.kind == ActionLayoutKind::Capacity {
+        // A chosen capacity, with the replicas the sizing rule makes of it.
+        actions
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| {
+                let c = *actions.capacities.get(a.get(k)?.checked_sub(1)?)?;
+                let n = actions.capacity_target(k, c, obs)?;
+                Some(format!("{}/{} at {c} req/s per replica ({n})", s.variant, s.pool))
+            })
+            .collect()
+    } else {
+        actions
+            .slots
+            .iter()
+            .zip(&deltas)
+            .filter(|(_, d)| **d != 0)
+            .map(|(s, d)| format!("{}/{} {d:+}", s.variant, s.pool))
+            .collect()
+    };
     let reason = match (base, moves.is_empty()) {
         (Some(b), true) => format!("dqn: as the base policy ({})", b.reason),
         (Some(b), false) => format!(

@@ -76,6 +76,9 @@ pub struct TrainConfig {
     /// Cooldown-aware agent: the shield's remaining scale-down cooldown per slot is a
     /// feature, and scale-downs it would refuse are masked (see [`TwinEnv::with_cooldown`]).
     pub cooldown_aware: bool,
+    /// The capacities per replica (requests/s) a slot can be sized for with
+    /// `actionLayout = "capacity"` (see [`super::encoding::ActionLayout::capacity_target`]).
+    pub capacities: Vec<f64>,
     /// The base policy of `actionLayout = "residual"`, in the command-line form (e.g.
     /// `forecast:capacity=1.3`): the network's options are offsets from its targets.
     pub residual_base: Option<String>,
@@ -151,6 +154,7 @@ impl Default for TrainConfig {
             validation: None,
             cooldown_aware: false,
             residual_base: None,
+            capacities: Vec::new(),
             algorithm: Algorithm::Dqn,
             ppo: PpoConfig::default(),
             mix: Vec::new(),
@@ -181,9 +185,10 @@ impl TrainConfig {
             Algorithm::Dqn => self.dqn.validate()?,
             Algorithm::Ppo => self.ppo.validate()?,
         }
-        if !self.deltas.contains(&0) {
-            return Err(RlError::Config(format!("deltas {:?} must contain 0 (hold)", self.deltas)));
-        }
+        super::encoding::ActionLayout::new(self.action_layout, Vec::new(), self.deltas.clone())
+            .with_capacities(self.capacities.clone())
+            .check()
+            .map_err(RlError::Config)?;
         check_episodes(&self.episodes)?;
         if !(self.main_weight.is_finite() && self.main_weight > 0.0) {
             return Err(RlError::Config(format!("mainWeight must be finite and > 0, got {}", self.main_weight)));
@@ -335,6 +340,7 @@ fn make_env(traffic: &Traffic, cfg: &TrainConfig) -> Result<TwinEnv, RlError> {
     )?
     .with_rate_history(&cfg.rate_history_s)
     .with_cooldown(cfg.cooldown_aware)
+    .with_capacities(cfg.capacities.clone())?
     .with_mix(traffic.sources.clone(), cfg.randomise.clone())?;
     match (&cfg.residual_base, cfg.action_layout) {
         (Some(b), _) => env.with_base(b),
