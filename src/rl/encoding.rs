@@ -548,7 +548,7 @@ impl ActionLayout {
         let key = self.slots.get(k)?;
         let s = obs.slot(&key.variant, &key.pool)?;
         let rate = s.arrival_rate_rps;
-        if !rate.is_finite() || !(capacity.is_finite() && capacity > 0.0) {
+        if !(rate.is_finite() && capacity.is_finite() && capacity > 0.0) {
             return None;
         }
         let need = (rate.max(0.0) / capacity - 1e-9).ceil().min(1e6) as i64;
