@@ -2,14 +2,15 @@
 //! (requests/s), and the sizing rule `ceil(arrival rate / capacity)` turns it into
 //! replicas. A fixed choice follows the load by the rule; a checkpoint trained with it
 //! stores its capacities, loads as the operator's learned policy, explains its choices in
-//! requests/s, and is refused when its capacities are not usable.
+//! requests/s, and is refused when its capacities are not usable. The same with the
+//! capacity in requests in flight and no free hold.
 
 use std::path::PathBuf;
 
 use llmos::policy::{Decision, Observation, Policy};
 use llmos::rl::checkpoint;
 use llmos::rl::dqn::DeviceChoice;
-use llmos::rl::encoding::ActionLayoutKind;
+use llmos::rl::encoding::{ActionLayoutKind, CapacityMetric};
 use llmos::rl::env::{branch_offsets, Env, EpisodeConfig, RewardConfig, TwinEnv};
 use llmos::rl::policy::DqnPolicy;
 use llmos::rl::ppo::PpoConfig;
@@ -147,4 +148,44 @@ fn a_capacity_checkpoint_stores_its_capacities_and_loads_as_the_learned_policy()
     std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     let e = DqnPolicy::load_on(&out, &scenario.spec, DeviceChoice::Cpu).unwrap_err().to_string();
     assert!(e.contains("capacities must be finite and > 0"), "{e}");
+}
+
+#[test]
+fn an_in_flight_capacity_without_hold_round_trips_through_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ckpt");
+    let cfg = TrainConfig {
+        scenario: scenario_path(),
+        steps: 512,
+        seed: 2,
+        out: out.clone(),
+        action_layout: ActionLayoutKind::Capacity,
+        capacities: vec![1.0, 4.0, 16.0],
+        capacity_metric: CapacityMetric::InFlight,
+        capacity_hold: false,
+        reward: RewardConfig { cost_weight_per_usd: 5_000.0, ..Default::default() },
+        episodes: whole_run(),
+        algorithm: Algorithm::Ppo,
+        ppo: PpoConfig {
+            hidden: vec![16],
+            num_envs: 2,
+            rollout_steps: 64,
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    train(&cfg).unwrap();
+    let layout = checkpoint::read_meta(&out).unwrap().action_layout.unwrap();
+    assert_eq!((layout.capacity_metric, layout.capacity_no_hold), (CapacityMetric::InFlight, true));
+
+    // Loaded, it sizes by requests in flight every tick it can see: a hold only when blind.
+    let scenario = Scenario::load(&scenario_path()).unwrap();
+    let policy = DqnPolicy::load_on(&out, &scenario.spec, DeviceChoice::Cpu).unwrap();
+    let mut spy = Reasons(policy, Vec::new());
+    rollout(&mut spy, &scenario, 0, (0.0, 1.0), 1.0, &cfg.reward).unwrap();
+    for r in &spy.1 {
+        assert!(r.starts_with("dqn: hold") || r.contains("requests in flight per replica"), "{r}");
+    }
+    assert!(spy.1.iter().any(|r| r.contains("requests in flight per replica")), "{:?}", spy.1);
 }

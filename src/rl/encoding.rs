@@ -438,6 +438,46 @@ pub enum ActionLayoutKind {
     Capacity,
 }
 
+/// What a capacity of the capacity layout is per replica of: the load the sizing rule
+/// divides by it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CapacityMetric {
+    /// Requests per second arriving at the slot (the Observation's `arrival_rate_rps`).
+    #[default]
+    ArrivalRate,
+    /// Requests in flight at the slot, waiting and running (as Knative's KPA sizes by
+    /// concurrency): a long request holds a replica longer, so this unit carries request
+    /// size, which an arrival rate does not.
+    InFlight,
+}
+
+impl CapacityMetric {
+    /// The unit an option of this metric is named with (`2rps`, `8inflight`).
+    pub fn unit(self) -> &'static str {
+        match self {
+            CapacityMetric::ArrivalRate => "rps",
+            CapacityMetric::InFlight => "inflight",
+        }
+    }
+
+    /// The unit in words, for decision reasons.
+    pub fn words(self) -> &'static str {
+        match self {
+            CapacityMetric::ArrivalRate => "req/s",
+            CapacityMetric::InFlight => "requests in flight",
+        }
+    }
+
+    /// The slot's load in this metric.
+    fn load(self, s: &crate::policy::SlotObservation) -> f64 {
+        match self {
+            CapacityMetric::ArrivalRate => s.arrival_rate_rps,
+            CapacityMetric::InFlight => s.waiting_requests + s.running_requests,
+        }
+    }
+}
+
 /// The hard limits the action mask respects (a subset of what the shield enforces).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -503,12 +543,42 @@ pub struct ActionLayout {
     /// the capacity layout; empty for the other layouts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capacities: Vec<f64>,
+    /// What the capacities are per replica of (the capacity layout); arrival rate in
+    /// checkpoints written before this existed.
+    #[serde(default, skip_serializing_if = "is_default_metric")]
+    pub capacity_metric: CapacityMetric,
+    /// The capacity layout without a free hold: the hold is masked whenever a capacity is
+    /// allowed, so the sizing rule acts every tick (the hold stays for blind ticks and
+    /// when the shield would refuse every capacity).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capacity_no_hold: bool,
+}
+
+fn is_default_metric(m: &CapacityMetric) -> bool {
+    *m == CapacityMetric::default()
 }
 
 impl ActionLayout {
     /// A layout over `slots`.
     pub fn new(kind: ActionLayoutKind, slots: Vec<SlotKey>, deltas: Vec<i32>) -> Self {
-        ActionLayout { kind, slots, deltas, mask_cooldown: false, base: None, capacities: Vec::new() }
+        ActionLayout {
+            kind,
+            slots,
+            deltas,
+            mask_cooldown: false,
+            base: None,
+            capacities: Vec::new(),
+            capacity_metric: CapacityMetric::ArrivalRate,
+            capacity_no_hold: false,
+        }
+    }
+
+    /// The same layout with the capacity layout's sizing metric, and with or without a
+    /// free hold (see [`ActionLayout::capacity_no_hold`]).
+    pub fn with_capacity_rule(mut self, metric: CapacityMetric, hold: bool) -> Self {
+        self.capacity_metric = metric;
+        self.capacity_no_hold = !hold;
+        self
     }
 
     /// The same layout with the capacities per replica (requests/s) of the capacity layout.
@@ -533,21 +603,26 @@ impl ActionLayout {
             _ if !self.capacities.is_empty() => {
                 Err(format!("capacities are only for actionLayout = \"capacity\" (it is {:?})", self.kind))
             }
+            _ if self.capacity_no_hold || self.capacity_metric != CapacityMetric::ArrivalRate => Err(format!(
+                "capacityMetric and capacityHold are only for actionLayout = \"capacity\" (it is {:?})",
+                self.kind
+            )),
             _ if !self.deltas.contains(&0) => Err(format!("deltas {:?} must contain 0 (hold)", self.deltas)),
             _ => Ok(()),
         }
     }
 
     /// The sizing rule of the capacity layout: the replicas slot `k` needs at `capacity`
-    /// requests/s per replica, `ceil(rate / capacity)` of the requests/s the slot received
-    /// over the observation's window, and at least 1 for a slot that has replicas or asks
+    /// per replica, `ceil(load / capacity)` of the slot's load in the layout's
+    /// [`CapacityMetric`] (the requests/s it received over the observation's window, or
+    /// its requests in flight), and at least 1 for a slot that has replicas or asks
     /// for some (the rule sizes the slots that serve; it never empties one, so moving a
     /// variant to another pool needs the factored or residual layout). `None` when the
     /// slot is missing from `obs` or its rate is not finite.
     pub fn capacity_target(&self, k: usize, capacity: f64, obs: &Observation) -> Option<i64> {
         let key = self.slots.get(k)?;
         let s = obs.slot(&key.variant, &key.pool)?;
-        let rate = s.arrival_rate_rps;
+        let rate = self.capacity_metric.load(s);
         if !(rate.is_finite() && capacity.is_finite() && capacity > 0.0) {
             return None;
         }
@@ -614,7 +689,7 @@ impl ActionLayout {
                 .map(|s| BranchSpec {
                     name: format!("capacity[{}/{}]", s.variant, s.pool),
                     options: std::iter::once("hold".to_string())
-                        .chain(self.capacities.iter().map(|c| format!("{c}rps")))
+                        .chain(self.capacities.iter().map(|c| format!("{c}{}", self.capacity_metric.unit())))
                         .collect(),
                 })
                 .collect(),
@@ -794,6 +869,7 @@ impl ActionLayout {
             ActionLayoutKind::Capacity => {
                 let mut m = Vec::with_capacity(self.slots.len() * self.options_per_slot());
                 for (k, &cur) in reference.iter().enumerate() {
+                    let hold_at = m.len();
                     m.push(true);
                     for (i, &c) in self.capacities.iter().enumerate() {
                         let allowed = !blind
@@ -803,6 +879,9 @@ impl ActionLayout {
                             });
                         debug_assert_eq!(m.len(), k * self.options_per_slot() + 1 + i);
                         m.push(allowed);
+                    }
+                    if self.capacity_no_hold && m[hold_at + 1..].iter().any(|a| *a) {
+                        m[hold_at] = false;
                     }
                 }
                 m
@@ -973,6 +1052,37 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("only for"));
+    }
+
+    #[test]
+    fn in_flight_capacities_size_by_concurrency_and_a_capacity_layout_without_hold_masks_it() {
+        let (a, lim) = layout(ActionLayoutKind::Capacity);
+        let a = a.with_capacities(vec![2.0, 8.0]).with_capacity_rule(CapacityMetric::InFlight, false);
+        assert_eq!(a.check(), Ok(()));
+        assert_eq!(a.branches()[0].options, vec!["hold", "2inflight", "8inflight"]);
+        let mut o = obs();
+        o.pools[0].free_gpus = Some(8);
+        // 3 waiting + 5 running = 8 in flight: 4 replicas at 2 each (the variant's
+        // maximum), 1 at 8 each; the arrival rate plays no part.
+        o.slots[0].waiting_requests = 3.0;
+        o.slots[0].running_requests = 5.0;
+        o.slots[0].arrival_rate_rps = 100.0;
+        assert_eq!(a.capacity_target(0, 2.0, &o), Some(4));
+        assert_eq!(a.capacity_target(0, 8.0, &o), Some(1));
+        // No free hold: masked while a capacity is allowed ...
+        assert_eq!(&a.mask(&o, &lim)[0..3], &[false, true, true]);
+        // ... and the only choice when none is (blind).
+        o.missing.push("vllm:num_requests_running".into());
+        assert_eq!(&a.mask(&o, &lim)[0..3], &[true, false, false]);
+        // The rule survives a checkpoint's serde round trip; other layouts refuse it.
+        let back: ActionLayout = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+        assert!(layout(ActionLayoutKind::Factored)
+            .0
+            .with_capacity_rule(CapacityMetric::InFlight, true)
+            .check()
+            .unwrap_err()
+            .contains("capacityMetric"));
     }
 
     #[test]

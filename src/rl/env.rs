@@ -290,6 +290,15 @@ impl TwinEnv {
         Ok(self)
     }
 
+    /// Gives the capacity layout its sizing metric and says whether its hold is free (see
+    /// [`crate::rl::encoding::ActionLayout::with_capacity_rule`]); an error on another layout
+    /// unless they are the defaults.
+    pub fn with_capacity_rule(mut self, metric: super::encoding::CapacityMetric, hold: bool) -> Result<Self, RlError> {
+        self.actions = self.actions.clone().with_capacity_rule(metric, hold);
+        self.actions.check().map_err(RlError::Config)?;
+        Ok(self)
+    }
+
     /// Adds rate-history features over the given horizons (seconds) to the observation;
     /// see [`super::encoding`].
     pub fn with_rate_history(mut self, horizons_s: &[f64]) -> Self {

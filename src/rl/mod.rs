@@ -47,7 +47,10 @@
 //! (`capacities` in the training config, stored in the checkpoint); a sizing rule turns
 //! the chosen capacity into `ceil(slot arrival rate / capacity)` replicas, at least one
 //! for a slot that already serves. The policy learns how much headroom the traffic
-//! needs, not how many replicas to add, so the same choice scales with the load.
+//! needs, not how many replicas to add, so the same choice scales with the load. The
+//! capacity can instead be in requests in flight per replica (`capacityMetric =
+//! "inFlight"`, as Knative's KPA sizes by concurrency), and the hold can be masked while
+//! any capacity is allowed (`capacityHold = false`), so the rule sizes every tick.
 //!
 //! ## Learners and what the operator loads
 //!

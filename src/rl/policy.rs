@@ -246,7 +246,8 @@ impl DqnPolicy {
         let actions = ActionLayout::new(stored.kind, layout.slots.clone(), stored.deltas.clone())
             .with_mask_cooldown(stored.mask_cooldown)
             .with_base(stored.base.clone())
-            .with_capacities(stored.capacities.clone());
+            .with_capacities(stored.capacities.clone())
+            .with_capacity_rule(stored.capacity_metric, !stored.capacity_no_hold);
         actions.check().map_err(|e| RlError::Checkpoint {
             path: dir.display().to_string(),
             message: format!("its action layout: {e}"),
@@ -669,7 +670,7 @@ fn greedy_combined(
             .filter_map(|(k, s)| {
                 let c = *actions.capacities.get(a.get(k)?.checked_sub(1)?)?;
                 let n = actions.capacity_target(k, c, obs)?;
-                Some(format!("{}/{} at {c} req/s per replica ({n})", s.variant, s.pool))
+                Some(format!("{}/{} at {c} {} per replica ({n})", s.variant, s.pool, actions.capacity_metric.words()))
             })
             .collect()
     } else {

@@ -33,7 +33,7 @@ use crate::twin::Scenario;
 
 use super::checkpoint::{self, Expected};
 use super::dqn::{train_dqn_with_eval, DqnAgent, DqnConfig, EpisodeRecord};
-use super::encoding::{ActionLayoutKind, BranchSpec};
+use super::encoding::{ActionLayoutKind, BranchSpec, CapacityMetric};
 use super::env::{check_episodes, Env, EpisodeConfig, RewardConfig, Source, TwinEnv};
 use super::mix::Randomisation;
 use super::ppo::{train_ppo, PpoAgent, PpoConfig};
@@ -79,6 +79,12 @@ pub struct TrainConfig {
     /// The capacities per replica (requests/s) a slot can be sized for with
     /// `actionLayout = "capacity"` (see [`super::encoding::ActionLayout::capacity_target`]).
     pub capacities: Vec<f64>,
+    /// What the capacity layout's capacities are per replica of: `arrivalRate` (req/s,
+    /// the default) or `inFlight` (requests waiting and running).
+    pub capacity_metric: CapacityMetric,
+    /// The capacity layout's hold is an option like any other (`true`, the default), or
+    /// is masked whenever a capacity is allowed (`false`), so the rule sizes every tick.
+    pub capacity_hold: bool,
     /// The base policy of `actionLayout = "residual"`, in the command-line form (e.g.
     /// `forecast:capacity=1.3`): the network's options are offsets from its targets.
     pub residual_base: Option<String>,
@@ -155,6 +161,8 @@ impl Default for TrainConfig {
             cooldown_aware: false,
             residual_base: None,
             capacities: Vec::new(),
+            capacity_metric: CapacityMetric::ArrivalRate,
+            capacity_hold: true,
             algorithm: Algorithm::Dqn,
             ppo: PpoConfig::default(),
             mix: Vec::new(),
@@ -187,6 +195,7 @@ impl TrainConfig {
         }
         super::encoding::ActionLayout::new(self.action_layout, Vec::new(), self.deltas.clone())
             .with_capacities(self.capacities.clone())
+            .with_capacity_rule(self.capacity_metric, self.capacity_hold)
             .check()
             .map_err(RlError::Config)?;
         check_episodes(&self.episodes)?;
@@ -341,6 +350,7 @@ fn make_env(traffic: &Traffic, cfg: &TrainConfig) -> Result<TwinEnv, RlError> {
     .with_rate_history(&cfg.rate_history_s)
     .with_cooldown(cfg.cooldown_aware)
     .with_capacities(cfg.capacities.clone())?
+    .with_capacity_rule(cfg.capacity_metric, cfg.capacity_hold)?
     .with_mix(traffic.sources.clone(), cfg.randomise.clone())?;
     match (&cfg.residual_base, cfg.action_layout) {
         (Some(b), _) => env.with_base(b),
