@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-use llmos::policy::{Decision, Observation, Policy};
 use llmos::rl::checkpoint;
 use llmos::rl::dqn::DeviceChoice;
 use llmos::rl::encoding::{ActionLayoutKind, CapacityMetric};
@@ -18,12 +17,39 @@ use llmos::rl::rollout::rollout;
 use llmos::rl::train::{train, Algorithm, TrainConfig};
 use llmos::twin::Scenario;
 
+mod rl_support;
+use rl_support::Reasons;
+
 fn scenario_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/tiny-step-two-pools.toml")
 }
 
 fn whole_run() -> EpisodeConfig {
     EpisodeConfig { train_window: (0.0, 1.0), episode_frac: 1.0, loads: vec![1.0], ..Default::default() }
+}
+
+/// A short PPO run of the capacity layout on the step scenario: `capacities` per replica,
+/// one hidden layer of `hidden`, a cost weight high enough that capacity matters.
+fn ppo_capacity_config(out: PathBuf, seed: u64, steps: u64, capacities: Vec<f64>, hidden: i64) -> TrainConfig {
+    TrainConfig {
+        scenario: scenario_path(),
+        steps,
+        seed,
+        out,
+        action_layout: ActionLayoutKind::Capacity,
+        capacities,
+        reward: RewardConfig { cost_weight_per_usd: 5_000.0, ..Default::default() },
+        episodes: whole_run(),
+        algorithm: Algorithm::Ppo,
+        ppo: PpoConfig {
+            hidden: vec![hidden],
+            num_envs: 2,
+            rollout_steps: 64,
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -83,45 +109,11 @@ fn a_capacity_layout_needs_usable_capacities() {
     assert!(e.contains("cap.toml") && e.contains("capacities"), "{e}");
 }
 
-/// Records every decision's reason of the policy it wraps.
-struct Reasons(DqnPolicy, Vec<String>);
-impl Policy for Reasons {
-    fn name(&self) -> &str {
-        "reasons"
-    }
-    fn decide(&mut self, obs: &Observation) -> Decision {
-        let d = self.0.decide(obs);
-        self.1.push(d.reason.clone());
-        d
-    }
-    fn reset(&mut self) {
-        self.0.reset();
-    }
-}
-
 #[test]
 fn a_capacity_checkpoint_stores_its_capacities_and_loads_as_the_learned_policy() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ckpt");
-    let cfg = TrainConfig {
-        scenario: scenario_path(),
-        steps: 1_024,
-        seed: 1,
-        out: out.clone(),
-        action_layout: ActionLayoutKind::Capacity,
-        capacities: vec![1.0, 2.0, 4.0, 8.0],
-        reward: RewardConfig { cost_weight_per_usd: 5_000.0, ..Default::default() },
-        episodes: whole_run(),
-        algorithm: Algorithm::Ppo,
-        ppo: PpoConfig {
-            hidden: vec![32],
-            num_envs: 2,
-            rollout_steps: 64,
-            device: DeviceChoice::Cpu,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = ppo_capacity_config(out.clone(), 1, 1_024, vec![1.0, 2.0, 4.0, 8.0], 32);
     train(&cfg).unwrap();
     let meta = checkpoint::read_meta(&out).unwrap();
     let layout = meta.action_layout.unwrap();
@@ -155,25 +147,9 @@ fn an_in_flight_capacity_without_hold_round_trips_through_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ckpt");
     let cfg = TrainConfig {
-        scenario: scenario_path(),
-        steps: 512,
-        seed: 2,
-        out: out.clone(),
-        action_layout: ActionLayoutKind::Capacity,
-        capacities: vec![1.0, 4.0, 16.0],
         capacity_metric: CapacityMetric::InFlight,
         capacity_hold: false,
-        reward: RewardConfig { cost_weight_per_usd: 5_000.0, ..Default::default() },
-        episodes: whole_run(),
-        algorithm: Algorithm::Ppo,
-        ppo: PpoConfig {
-            hidden: vec![16],
-            num_envs: 2,
-            rollout_steps: 64,
-            device: DeviceChoice::Cpu,
-            ..Default::default()
-        },
-        ..Default::default()
+        ..ppo_capacity_config(out.clone(), 2, 512, vec![1.0, 4.0, 16.0], 16)
     };
     train(&cfg).unwrap();
     let layout = checkpoint::read_meta(&out).unwrap().action_layout.unwrap();

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use llmos::policy::{Decision, Observation, Policy};
 use llmos::rl::checkpoint;
 use llmos::rl::dqn::DeviceChoice;
 use llmos::rl::encoding::ActionLayoutKind;
@@ -15,6 +14,9 @@ use llmos::rl::ppo::PpoConfig;
 use llmos::rl::rollout::rollout;
 use llmos::rl::train::{train, Algorithm, TrainConfig};
 use llmos::twin::Scenario;
+
+mod rl_support;
+use rl_support::Reasons;
 
 fn scenario_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/tiny-step-two-pools.toml")
@@ -81,22 +83,6 @@ fn a_residual_layout_needs_a_heuristic_base() {
     };
     let e = train(&cfg).unwrap_err().to_string();
     assert!(e.contains("residualBase"), "{e}");
-}
-
-/// Records every decision's reason of the policy it wraps.
-struct Reasons(DqnPolicy, Vec<String>);
-impl Policy for Reasons {
-    fn name(&self) -> &str {
-        "reasons"
-    }
-    fn decide(&mut self, obs: &Observation) -> Decision {
-        let d = self.0.decide(obs);
-        self.1.push(d.reason.clone());
-        d
-    }
-    fn reset(&mut self) {
-        self.0.reset();
-    }
 }
 
 #[test]
