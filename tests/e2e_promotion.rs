@@ -467,8 +467,18 @@ async fn scheduled_rounds_start_when_due_and_old_ones_are_deleted() {
     assert_eq!(round1.labels().get("llmos.dev/retrain-round").map(String::as_str), Some("1"));
     let owner = round1.metadata.owner_references.clone().unwrap_or_default();
     assert!(owner.iter().any(|o| o.kind == "LLMWorkload" && o.name == SCHEDULED), "{owner:?}");
-    let started = notes(&client, SCHEDULED, "RetrainStarted").await;
-    assert!(started.iter().any(|n| n.contains(&r1) && n.contains("seeds 10..12")), "{started:?}");
+    // The Event follows the create: wait for it rather than read it once.
+    wait_until(
+        "a RetrainStarted Event naming round 1 and its seeds",
+        Duration::from_secs(30),
+        || async {
+            let started = notes(&client, SCHEDULED, "RetrainStarted").await;
+            started.iter().any(|n| n.contains(&r1) && n.contains("seeds 10..12"))
+        },
+        &stack,
+        &logs,
+    )
+    .await;
 
     // No round 2 while round 1 runs, however long past the interval.
     training_phase(&tr, &r1).await;
@@ -491,16 +501,19 @@ async fn scheduled_rounds_start_when_due_and_old_ones_are_deleted() {
     set_training_status(&tr, &r2, serde_json::json!({"phase": "Failed", "message": "by the test"})).await;
 
     // Round 2 finished: round 1 goes (historyLimit 1), with its files; the template stays.
+    // The operator deletes the object, then the files, then posts the Event: wait for the
+    // Event, which comes last, not for the deletion alone.
     wait_until(
-        "round 1 deleted",
+        "round 1 deleted and a RetrainPruned Event naming it",
         Duration::from_secs(30),
-        || async { tr.get_opt(&r1).await.ok().flatten().is_none() },
+        || async {
+            tr.get_opt(&r1).await.ok().flatten().is_none()
+                && notes(&client, SCHEDULED, "RetrainPruned").await.iter().any(|n| n.contains(&r1))
+        },
         &stack,
         &logs,
     )
     .await;
-    let pruned = notes(&client, SCHEDULED, "RetrainPruned").await;
-    assert!(pruned.iter().any(|n| n.contains(&r1)), "{pruned:?}");
     assert!(!r1_dir.parent().unwrap().exists(), "round 1's directory is deleted");
     assert!(tr.get_opt("sched-first").await.unwrap().is_some(), "a training applied by hand is never deleted");
     assert!(tr.get_opt(&r2).await.unwrap().is_some(), "the newest finished round is kept");
