@@ -184,6 +184,21 @@ fn rows_of_an_earlier_report_judge_a_later_policy_as_one_run_would() {
     other["rows"][0]["values"][0] = serde_json::json!("x");
     let e = llmos::eval::merge::merge_rows(&mut again, &other, "earlier.json", registry).unwrap_err().to_string();
     assert!(e.contains("rows[0]") && e.contains("SLO %"), "{e}");
+    // A report written before a column was added: the column has no value, the rest merge.
+    let mut older = earlier.clone();
+    for row in older["rows"].as_array_mut().unwrap() {
+        let i = row["columns"].as_array().unwrap().iter().position(|c| c == "large-variant changes").unwrap();
+        row["columns"].as_array_mut().unwrap().remove(i);
+        row["values"].as_array_mut().unwrap().remove(i);
+    }
+    let mut later = compare(&tiny_cfg("static:2", Vec::new())).unwrap();
+    assert_eq!(llmos::eval::merge::merge_rows(&mut later, &older, "older.json", registry).unwrap().len(), 6);
+    assert_eq!(format!("{:?}", of(&later)), format!("{:?}", of(&all)));
+    // A column this build does not know: refused, naming the row.
+    let mut newer = earlier.clone();
+    newer["rows"][0]["columns"][0] = serde_json::json!("a column from the future");
+    let e = llmos::eval::merge::merge_rows(&mut again, &newer, "newer.json", registry).unwrap_err().to_string();
+    assert!(e.contains("rows[0]") && e.contains("a column from the future"), "{e}");
 }
 
 const SPEC: &str = r#"
@@ -244,4 +259,33 @@ fn static_peak_and_static_mean_size_on_a_servegen_slice() {
     assert_eq!(most("static-peak"), replicas_for_rate(st.peak_rps, 2.5).unwrap());
     assert_eq!(most("static-mean"), replicas_for_rate(st.mean_rps, 2.5).unwrap());
     assert!(most("static-peak") > most("static-mean"));
+}
+
+/// The changes of the largest variant (the one with the most GPUs per replica) are counted
+/// apart when a workload has two variants: never more than all changes, and the whole
+/// count when a policy moves only that variant; with one variant there is no such count.
+#[test]
+fn the_largest_variants_changes_are_counted_apart() {
+    let one = compare(&tiny_cfg("hpa", Vec::new())).unwrap();
+    assert!(one.episodes.iter().all(|e| e.large_variant_changes.is_none()));
+    let cfg = CompareConfig {
+        scenario: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/two-variants-two-pools.toml"),
+        policies: "hpa:variants=qualityFirst:placement=spread,hpa:placement=spread".into(),
+        seeds: 1,
+        window: Window::All,
+        loads: vec![1.0],
+        replica_capacity_rps: None,
+        max_duration_s: Some(900.0),
+        clairvoyant_sweep: Vec::new(),
+        reward: llmos::control::RewardConfig::default(),
+    };
+    let r = compare(&cfg).unwrap();
+    for e in &r.episodes {
+        let large = e.large_variant_changes.expect("two variants: a count of the 70B's changes");
+        assert!(large <= e.replica_changes, "{}: {large} of {}", e.policy, e.replica_changes);
+    }
+    let quality_first = r.episodes.iter().find(|e| e.policy.contains("qualityFirst")).unwrap();
+    assert!(quality_first.large_variant_changes.unwrap() > 0, "quality first scales the 70B variant");
+    let table = stats::table(&r.rows, &r.loads);
+    assert!(table.contains("large-variant changes"), "{table}");
 }

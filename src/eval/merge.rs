@@ -62,14 +62,17 @@ pub fn merge_rows(
 }
 
 /// One row of a report: its policy, load, and one estimate per column, in the columns of
-/// this build.
+/// this build. A column of this build that the report lacks (a report written before the
+/// column was added) has no value (`n = 0`, shown as `-`); a column this build does not
+/// know is an error.
 fn parse_row(r: &Value, names: &[&'static str], registry: &Registry) -> Result<Row, String> {
     let policy = r.get("policy").and_then(Value::as_str).ok_or("has no `policy`")?.to_string();
     let load = r.get("load").and_then(Value::as_f64).ok_or("has no numeric `load`")?;
     let columns = r.get("columns").and_then(Value::as_array).ok_or("has no `columns`")?;
     let values = r.get("values").and_then(Value::as_array).ok_or("has no `values`")?;
     let listed: Vec<&str> = columns.iter().filter_map(Value::as_str).collect();
-    if listed != names || values.len() != names.len() {
+    let unknown: Vec<&&str> = listed.iter().filter(|c| !names.contains(c)).collect();
+    if listed.len() != columns.len() || values.len() != listed.len() || !unknown.is_empty() {
         return Err(format!(
             "has the columns {listed:?} and {} values; this build's are {names:?} (a report of another version)",
             values.len()
@@ -77,16 +80,19 @@ fn parse_row(r: &Value, names: &[&'static str], registry: &Registry) -> Result<R
     }
     // A mean with no seed behind it was written as null (NaN).
     let num = |v: &Value, k: &str| v.get(k).and_then(|x| if x.is_null() { Some(f64::NAN) } else { x.as_f64() });
-    let values = values
+    let parse = |v: &Value, name: &str| {
+        let (mean, ci95) = (num(v, "mean"), num(v, "ci95"));
+        let n = v.get("n").and_then(Value::as_u64);
+        match (mean, ci95, n) {
+            (Some(mean), Some(ci95), Some(n)) => Ok(Estimate { mean, ci95, n: n as usize }),
+            _ => Err(format!("column `{name}` is not {{mean, ci95, n}}")),
+        }
+    };
+    let values = names
         .iter()
-        .zip(names)
-        .map(|(v, name)| {
-            let (mean, ci95) = (num(v, "mean"), num(v, "ci95"));
-            let n = v.get("n").and_then(Value::as_u64);
-            match (mean, ci95, n) {
-                (Some(mean), Some(ci95), Some(n)) => Ok(Estimate { mean, ci95, n: n as usize }),
-                _ => Err(format!("column `{name}` is not {{mean, ci95, n}}")),
-            }
+        .map(|name| match listed.iter().position(|c| c == name) {
+            Some(i) => parse(&values[i], name),
+            None => Ok(Estimate { mean: f64::NAN, ci95: f64::NAN, n: 0 }),
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(Row { kind: registry.kind_of(&policy), policy, load, columns: names.to_vec(), values })

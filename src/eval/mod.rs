@@ -173,6 +173,10 @@ pub struct EpisodeResult {
     pub report: Report,
     /// Changes of any slot's desired count (a measure of flapping).
     pub replica_changes: u64,
+    /// Changes of the desired count of the largest variant's slots (the variant with the
+    /// most GPUs per replica, whose cold starts cost most), when the workload has more
+    /// than one variant; `None` with one variant.
+    pub large_variant_changes: Option<u64>,
     /// Overrides by the shield.
     pub shield_overrides: u64,
     /// Control ticks.
@@ -218,9 +222,14 @@ pub fn run_episode(
     let mut series = Vec::new();
     let (mut changes, mut ticks, mut blind_ticks, mut objective) = (0u64, 0u64, 0u64, 0.0);
     let mut control = ControlLoop::new(twin, 0, shield, reward.clone());
+    let large = largest_variant(control.observation());
+    let mut large_changes = 0u64;
     while !twin.is_done() {
         let tick = control.tick(twin, policy);
         changes += u64::from(tick.changed_slots);
+        if let Some(v) = large.as_deref() {
+            large_changes += variant_changes(&tick.observation, &tick.outcome.decision, v);
+        }
         ticks += 1;
         objective += tick.reward;
         blind_ticks += u64::from(!tick.observation.is_complete());
@@ -244,6 +253,7 @@ pub fn run_episode(
         load: run.load,
         report: twin.report(),
         replica_changes: changes,
+        large_variant_changes: large.map(|_| large_changes),
         shield_overrides: control.shield().overrides_total(),
         ticks,
         blind_ticks,
@@ -251,6 +261,34 @@ pub fn run_episode(
         series,
         cdf,
     }
+}
+
+/// The variant with the most GPUs per replica, when the observation shows more than one
+/// variant (the first such variant on a tie).
+fn largest_variant(obs: &crate::policy::Observation) -> Option<String> {
+    let mut names: Vec<&str> = obs.slots.iter().map(|s| s.variant.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() < 2 {
+        return None;
+    }
+    let mut best: Option<&crate::policy::SlotObservation> = None;
+    for s in &obs.slots {
+        if best.is_none_or(|b| s.gpus_per_replica > b.gpus_per_replica) {
+            best = Some(s);
+        }
+    }
+    best.map(|s| s.variant.clone())
+}
+
+/// Slots of `variant` whose desired replicas `decision` changes from what `obs` saw.
+fn variant_changes(obs: &crate::policy::Observation, decision: &crate::policy::Decision, variant: &str) -> u64 {
+    decision
+        .targets
+        .iter()
+        .filter(|t| t.variant == variant)
+        .filter(|t| obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0) != t.replicas)
+        .count() as u64
 }
 
 /// Settings of a comparison.

@@ -95,6 +95,12 @@ pub fn columns() -> Vec<Column> {
             get: |e| e.report.cost_per_1k_requests_usd,
         },
         Column { name: "changes", higher_better: Some(false), digits: 0, get: |e| Some(e.replica_changes as f64) },
+        Column {
+            name: "large-variant changes",
+            higher_better: Some(false),
+            digits: 0,
+            get: |e| e.large_variant_changes.map(|c| c as f64),
+        },
         Column { name: "overrides", higher_better: None, digits: 0, get: |e| Some(e.shield_overrides as f64) },
         Column { name: "rejected", higher_better: Some(false), digits: 0, get: |e| Some(e.report.rejected as f64) },
         Column { name: "quality", higher_better: Some(true), digits: 3, get: |e| e.report.mean_quality },
