@@ -157,6 +157,13 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
         if !learned(k) {
             continue;
         }
+        // With several variants: good quality per dollar against the best heuristic at
+        // equal or better SLO (`eval::quality`).
+        let heuristic = |r: &stats::Row| r.kind.is_some_and(|k| !learned(&k) && !stats::is_clairvoyant_kind(Some(k)));
+        let qv = super::quality::quality_verdicts(&report.rows, p, &heuristic, report.slo_target_pct);
+        if !qv.is_empty() {
+            print!("{}", super::quality::quality_verdict_text(&qv));
+        }
         // The peak-sized static fleet knows the window's peak in advance: a reference an
         // online policy would have to match, said separately so it is not missed.
         for sv in

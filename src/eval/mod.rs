@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod dashboard;
 pub mod merge;
 pub mod plots;
+pub mod quality;
 pub mod stats;
 
 use std::path::PathBuf;
