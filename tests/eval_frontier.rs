@@ -270,14 +270,10 @@ fn the_largest_variants_changes_are_counted_apart() {
     assert!(one.episodes.iter().all(|e| e.large_variant_changes.is_none()));
     let cfg = CompareConfig {
         scenario: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/two-variants-two-pools.toml"),
-        policies: "hpa:variants=qualityFirst:placement=spread,hpa:placement=spread".into(),
         seeds: 1,
-        window: Window::All,
-        loads: vec![1.0],
         replica_capacity_rps: None,
         max_duration_s: Some(900.0),
-        clairvoyant_sweep: Vec::new(),
-        reward: llmos::control::RewardConfig::default(),
+        ..tiny_cfg("hpa:variants=qualityFirst:placement=spread,hpa:placement=spread", Vec::new())
     };
     let r = compare(&cfg).unwrap();
     for e in &r.episodes {

@@ -186,9 +186,17 @@ impl ControlLoop {
 
 /// Slots whose desired replicas `decision` changes from what `obs` saw.
 fn changed_slots(obs: &Observation, decision: &Decision) -> u32 {
+    changed_targets(obs, decision).count() as u32
+}
+
+/// The targets of `decision` whose replicas differ from the desired replicas `obs` saw for
+/// their slot (a slot `obs` does not show counts as desired 0).
+pub fn changed_targets<'a>(
+    obs: &'a Observation,
+    decision: &'a Decision,
+) -> impl Iterator<Item = &'a crate::policy::SlotTarget> + 'a {
     decision
         .targets
         .iter()
         .filter(|t| obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0) != t.replicas)
-        .count() as u32
 }

@@ -148,6 +148,8 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
     // Every policy but the HPA/KPA settings and the clairvoyant runs gets the iso-SLO
     // verdict; the learned ones also the static-peak line.
     let judged = |k: &crate::policy::KindId| !stats::is_hpa_kpa_kind(Some(*k)) && !stats::is_clairvoyant_kind(Some(*k));
+    // The heuristics a policy with several variants is judged against (`eval::quality`).
+    let heuristic = |r: &stats::Row| r.kind.is_some_and(|k| !learned(&k) && !stats::is_clairvoyant_kind(Some(k)));
     for (p, k) in report.policies.iter().zip(&report.kinds).filter(|(_, k)| judged(k)) {
         let v = stats::verdicts(&report.rows, p, &is_hpa_kpa, report.slo_target_pct);
         if !v.is_empty() {
@@ -159,7 +161,6 @@ fn print_and_write(report: &CompareReport, out: &Path, plots_too: bool) -> anyho
         }
         // With several variants: good quality per dollar against the best heuristic at
         // equal or better SLO (`eval::quality`).
-        let heuristic = |r: &stats::Row| r.kind.is_some_and(|k| !learned(&k) && !stats::is_clairvoyant_kind(Some(k)));
         let qv = super::quality::quality_verdicts(&report.rows, p, &heuristic, report.slo_target_pct);
         if !qv.is_empty() {
             print!("{}", super::quality::quality_verdict_text(&qv));

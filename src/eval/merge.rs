@@ -71,8 +71,8 @@ fn parse_row(r: &Value, names: &[&'static str], registry: &Registry) -> Result<R
     let columns = r.get("columns").and_then(Value::as_array).ok_or("has no `columns`")?;
     let values = r.get("values").and_then(Value::as_array).ok_or("has no `values`")?;
     let listed: Vec<&str> = columns.iter().filter_map(Value::as_str).collect();
-    let unknown: Vec<&&str> = listed.iter().filter(|c| !names.contains(c)).collect();
-    if listed.len() != columns.len() || values.len() != listed.len() || !unknown.is_empty() {
+    let unknown = listed.iter().any(|c| !names.contains(c));
+    if listed.len() != columns.len() || values.len() != listed.len() || unknown {
         return Err(format!(
             "has the columns {listed:?} and {} values; this build's are {names:?} (a report of another version)",
             values.len()

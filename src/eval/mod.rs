@@ -229,7 +229,8 @@ pub fn run_episode(
         let tick = control.tick(twin, policy);
         changes += u64::from(tick.changed_slots);
         if let Some(v) = large.as_deref() {
-            large_changes += variant_changes(&tick.observation, &tick.outcome.decision, v);
+            let changed = crate::control::changed_targets(&tick.observation, &tick.outcome.decision);
+            large_changes += changed.filter(|t| t.variant == v).count() as u64;
         }
         ticks += 1;
         objective += tick.reward;
@@ -267,29 +268,8 @@ pub fn run_episode(
 /// The variant with the most GPUs per replica, when the observation shows more than one
 /// variant (the first such variant on a tie).
 fn largest_variant(obs: &crate::policy::Observation) -> Option<String> {
-    let mut names: Vec<&str> = obs.slots.iter().map(|s| s.variant.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    if names.len() < 2 {
-        return None;
-    }
-    let mut best: Option<&crate::policy::SlotObservation> = None;
-    for s in &obs.slots {
-        if best.is_none_or(|b| s.gpus_per_replica > b.gpus_per_replica) {
-            best = Some(s);
-        }
-    }
-    best.map(|s| s.variant.clone())
-}
-
-/// Slots of `variant` whose desired replicas `decision` changes from what `obs` saw.
-fn variant_changes(obs: &crate::policy::Observation, decision: &crate::policy::Decision, variant: &str) -> u64 {
-    decision
-        .targets
-        .iter()
-        .filter(|t| t.variant == variant)
-        .filter(|t| obs.slot(&t.variant, &t.pool).map(|s| s.desired_replicas).unwrap_or(0) != t.replicas)
-        .count() as u64
+    let largest = obs.slots.iter().reduce(|b, s| if s.gpus_per_replica > b.gpus_per_replica { s } else { b })?;
+    obs.slots.iter().any(|s| s.variant != largest.variant).then(|| largest.variant.clone())
 }
 
 /// Settings of a comparison.

@@ -10,16 +10,16 @@
 //!   SLO attainment, the one with the highest SLO attainment (the nearest on that axis;
 //!   taking the most good quality per dollar of all instead would let a heuristic far
 //!   below the target set the bar, and a policy could lose by serving better).
-//! - **the cell counts** as the GPU-hour verdict's does ([`super::stats::Verdict::counts`]):
-//!   the policy's SLO attainment is at least the workload's target, or within
-//!   [`ISO_SLO_SLACK_PT`] of the best heuristic's.
+//! - **the cell counts** as the GPU-hour verdict's does ([`cell_counts`]): the policy's SLO
+//!   attainment is at least the workload's target, or within [`ISO_SLO_SLACK_PT`] of the
+//!   best heuristic's.
 //! - **met**: the cell counts, the policy delivers more good quality per dollar than the
 //!   reference, and it changes the largest variant's replicas no more often than the
 //!   reference does (means over seeds).
 
 use serde::Serialize;
 
-use super::stats::{Row, ISO_SLO_SLACK_PT};
+use super::stats::{cell_counts, round1, Row, ISO_SLO_SLACK_PT};
 
 /// One learned policy against the heuristics at one load (means over seeds).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -59,10 +59,6 @@ impl QualityVerdict {
             && self.quality_per_usd > self.baseline_quality_per_usd
             && self.large_changes <= self.baseline_large_changes
     }
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
 }
 
 /// `(SLO %, good quality/$, large-variant changes)` of a row, when all three are finite.
@@ -115,7 +111,7 @@ pub fn quality_verdicts(
             baseline_reaches: reaches,
             target_pct,
             best_baseline_slo_pct: best_slo,
-            counts: round1(slo) >= round1(target_pct) || round1(slo) >= round1(best_slo - ISO_SLO_SLACK_PT),
+            counts: cell_counts(slo, target_pct, best_slo),
         });
     }
     out

@@ -332,6 +332,12 @@ pub enum FrontPosition {
 /// baseline's (or at least the workload's target).
 pub const ISO_SLO_SLACK_PT: f64 = 1.0;
 
+/// Whether a cell counts, for every verdict: the policy's SLO attainment `slo_pct` is at
+/// least the target, or within [`ISO_SLO_SLACK_PT`] of `best_baseline_pct` (to 0.1 pt).
+pub fn cell_counts(slo_pct: f64, target_pct: f64, best_baseline_pct: f64) -> bool {
+    round1(slo_pct) >= round1(target_pct) || round1(slo_pct) >= round1(best_baseline_pct - ISO_SLO_SLACK_PT)
+}
+
 impl Verdict {
     /// The verdict of the project, defined here once: the cell counts
     /// ([`Verdict::counts`]), and the policy uses at least `min_saving` fewer GPU-hours
@@ -341,7 +347,8 @@ impl Verdict {
     }
 }
 
-fn round1(x: f64) -> f64 {
+/// `x` rounded to 0.1 (SLO attainments are compared at the precision the tables show).
+pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
@@ -424,7 +431,7 @@ pub fn verdicts(rows: &[Row], policy: &str, is_baseline: &dyn Fn(&Row) -> bool, 
             (None, _, Some(hi)) => (hi.1, FrontPosition::Above),
             (None, _, None) => (f64::NAN, FrontPosition::Within),
         };
-        let counts = round1(slo) >= round1(target_pct) || round1(slo) >= round1(best - ISO_SLO_SLACK_PT);
+        let counts = cell_counts(slo, target_pct, best);
         out.push(Verdict {
             load: r.load,
             policy: policy.to_string(),
