@@ -127,6 +127,7 @@ fn tiny_cfg(policies: &str, sweep: Vec<f64>) -> CompareConfig {
         max_duration_s: Some(300.0),
         clairvoyant_sweep: sweep,
         reward: llmos::control::RewardConfig::default(),
+        timeline: false,
     }
 }
 
@@ -251,6 +252,7 @@ fn static_peak_and_static_mean_size_on_a_servegen_slice() {
         max_duration_s: Some(300.0),
         clairvoyant_sweep: Vec::new(),
         reward: llmos::control::RewardConfig::default(),
+        timeline: false,
     };
     let r = compare(&cfg).unwrap();
     let most = |label: &str| {

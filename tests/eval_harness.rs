@@ -24,6 +24,7 @@ fn cfg(policies: &str) -> CompareConfig {
         max_duration_s: Some(300.0),
         clairvoyant_sweep: Vec::new(),
         reward: RewardConfig::default(),
+        timeline: false,
     }
 }
 
@@ -41,6 +42,30 @@ fn every_policy_sees_the_same_arrivals_and_runs_are_deterministic() {
     assert!(csv.starts_with("policy,load,slo_pct_mean,slo_pct_ci95"), "{csv}");
     let table = stats::table(&a.rows, &a.loads);
     assert!(table.contains('*') && table.contains("hpa"), "{table}");
+}
+
+#[test]
+fn a_recorded_timeline_has_every_tick_and_changes_nothing() {
+    let plain = compare(&cfg("hpa,static:100")).unwrap();
+    let recorded = compare(&CompareConfig { timeline: true, ..cfg("hpa,static:100") }).unwrap();
+    assert_eq!(serde_json::to_string(&plain).unwrap(), serde_json::to_string(&recorded).unwrap());
+    assert!(plain.episodes.iter().all(|e| e.timeline.is_none()));
+    for e in &recorded.episodes {
+        let t = e.timeline.as_ref().expect("recorded");
+        assert_eq!(t.rows.len() as u64, e.ticks, "{}", e.policy);
+        assert_eq!(t.slots.len(), t.rows[0].slots.len());
+        let arrived: u64 = t.rows.iter().map(|r| r.arrived).sum();
+        assert!(arrived <= e.report.arrived && arrived > 0, "{arrived} of {}", e.report.arrived);
+        let overrides = t.rows.iter().filter(|r| !r.overrides.is_empty()).count();
+        if e.policy == "static:100" {
+            assert!(overrides > 0, "the shield clamps static:100 and the timeline says so");
+            assert!(t.rows.iter().any(|r| r.overrides.iter().any(|o| o.contains("->"))));
+        }
+        let csv = t.to_csv();
+        assert_eq!(csv.lines().count(), t.rows.len() + 1);
+        let header = csv.lines().next().unwrap();
+        assert_eq!(header.split(',').count(), 9 + 4 * t.slots.len() + 2, "{header}");
+    }
 }
 
 #[test]

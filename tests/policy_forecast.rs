@@ -200,6 +200,7 @@ fn the_clairvoyant_reference_meets_the_slo_for_less_than_every_causal_baseline()
         max_duration_s: None,
         clairvoyant_sweep: Vec::new(),
         reward: RewardConfig::default(),
+        timeline: false,
     };
     let report = compare(&cfg).unwrap();
     let mean = |label: &str, f: &dyn Fn(&EpisodeResult) -> f64| {

@@ -414,6 +414,7 @@ fn offline_run(policies: String, scenario: std::path::PathBuf) -> Offline {
         max_duration_s: None,
         clairvoyant_sweep: Vec::new(),
         reward: Default::default(),
+        timeline: false,
     };
     let report = llmos::eval::compare(&cfg).unwrap_or_else(|e| panic!("the offline run: {e}"));
     let e = &report.episodes[0];

@@ -59,6 +59,11 @@ pub struct CompareArgs {
     /// Skip the plots.
     #[arg(long)]
     pub no_plots: bool,
+    /// Write every episode's per-tick timeline to this directory, one CSV per (policy,
+    /// seed, load): replicas asked for, applied and ready per slot, the shield's overrides,
+    /// the policy's reason, arrivals, SLO met, cost and reward (`eval::timeline`).
+    #[arg(long)]
+    pub timeline: Option<PathBuf>,
 }
 
 /// The capacities of `--clairvoyant-sweep` (see [`CompareArgs::clairvoyant_sweep`]).
@@ -99,8 +104,12 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             }
             None => crate::control::RewardConfig::default(),
         },
+        timeline: args.timeline.is_some(),
     };
     let mut report = compare_with(&cfg, crate::rl::registry())?;
+    if let Some(dir) = &args.timeline {
+        write_timelines(&report, dir)?;
+    }
     if let Some(path) = &args.with_report {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {origin}"))?;
@@ -113,6 +122,21 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         );
     }
     print_and_write(&report, &args.out, !args.no_plots)
+}
+
+/// Writes the recorded timeline of every episode of `report` into `dir`.
+fn write_timelines(report: &CompareReport, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut n = 0;
+    for e in &report.episodes {
+        if let Some(t) = &e.timeline {
+            let path = dir.join(crate::eval::timeline::file_name(&e.policy, e.seed, e.load));
+            t.write(&path).with_context(|| format!("writing {}", path.display()))?;
+            n += 1;
+        }
+    }
+    println!("{n} timelines in {}", dir.display());
+    Ok(())
 }
 
 /// Prints the comparison table and writes report.json, report.csv and (optionally) the plots.
@@ -353,6 +377,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         clairvoyant_sweep: Vec::new(),
         // The objective each episode reports is the return training maximised.
         reward: base.reward.clone(),
+        timeline: false,
     };
     let report = compare_with(&cfg, crate::rl::registry())?;
     print_and_write(&report, &args.out, true)

@@ -29,6 +29,7 @@ pub mod merge;
 pub mod plots;
 pub mod quality;
 pub mod stats;
+pub mod timeline;
 
 use std::path::PathBuf;
 
@@ -195,6 +196,10 @@ pub struct EpisodeResult {
     /// TTFT, TPOT and E2E quantiles at levels `(i+1)/(CDF_LEVELS+1)`, seconds.
     #[serde(skip)]
     pub cdf: [Vec<f64>; 3],
+    /// Every tick (what was asked, applied, ready, and why), when recorded
+    /// ([`run_episode_recorded`], `llmos compare --timeline`).
+    #[serde(skip)]
+    pub timeline: Option<timeline::Timeline>,
 }
 
 /// Which run an episode is: the policy's label, the seed and the load multiplier.
@@ -218,7 +223,21 @@ pub fn run_episode(
     run: RunLabel<'_>,
     reward: &RewardConfig,
 ) -> EpisodeResult {
+    run_episode_recorded(twin, policy, shield, run, reward, false)
+}
+
+/// [`run_episode`], keeping every tick in [`EpisodeResult::timeline`] when `record` is
+/// set (a few hundred bytes a tick: for inspection, not for training).
+pub fn run_episode_recorded(
+    twin: &mut Twin,
+    policy: &mut dyn Policy,
+    shield: Shield,
+    run: RunLabel<'_>,
+    reward: &RewardConfig,
+    record: bool,
+) -> EpisodeResult {
     policy.reset();
+    let mut timeline = record.then(timeline::Timeline::default);
     let interval = twin.control_interval_s().max(1e-9);
     let mut series = Vec::new();
     let (mut changes, mut ticks, mut blind_ticks, mut objective) = (0u64, 0u64, 0u64, 0.0);
@@ -227,6 +246,9 @@ pub fn run_episode(
     let mut large_changes = 0u64;
     while !twin.is_done() {
         let tick = control.tick(twin, policy);
+        if let Some(t) = timeline.as_mut() {
+            t.push(&tick);
+        }
         changes += u64::from(tick.changed_slots);
         if let Some(v) = large.as_deref() {
             let changed = crate::control::changed_targets(&tick.observation, &tick.outcome.decision);
@@ -262,6 +284,7 @@ pub fn run_episode(
         objective,
         series,
         cdf,
+        timeline,
     }
 }
 
@@ -296,6 +319,8 @@ pub struct CompareConfig {
     /// The per-tick reward: fed back to policies and summed into each episode's objective
     /// (the same weights training uses by default).
     pub reward: RewardConfig,
+    /// Keep every episode's per-tick timeline ([`EpisodeResult::timeline`]).
+    pub timeline: bool,
 }
 
 /// Multipliers of `--replica-capacity-rps` in the default clairvoyant sweep: from well
@@ -426,7 +451,7 @@ pub fn compare_with(cfg: &CompareConfig, registry: &Registry) -> Result<CompareR
             let mut twin = Twin::with_window(&scenario, run)?;
             let shield = Shield::new(&spec);
             let label = RunLabel { policy: &c.label, seed, load };
-            let mut result = run_episode(&mut twin, policy.as_mut(), shield, label, &cfg.reward);
+            let mut result = run_episode_recorded(&mut twin, policy.as_mut(), shield, label, &cfg.reward, cfg.timeline);
             result.kind = Some(c.kind());
             Ok(result)
         })
