@@ -5,8 +5,10 @@
 //!
 //! A small checkpoint is trained on `scenarios/tiny-step-two-pools.toml` (a few hundred
 //! ticks: the guard's behaviour does not depend on what the network learned), then:
-//! - with a limit every observation exceeds, the guarded policy decides exactly as its
-//!   fallback alone does, tick for tick (the fallback sees every observation);
+//! - with a limit every observation exceeds, a checkpoint without a recorded training
+//!   range decides exactly as its fallback alone does, tick for tick (the fallback sees
+//!   every observation), while one with the range keeps most decisions at the training
+//!   load (a value seen in training is in range however far from the mean);
 //! - with the guard off, it decides exactly as the bare network;
 //! - at a load far beyond training the fallback takes over, with one warning on entering
 //!   and one on leaving, alternating;
@@ -77,6 +79,24 @@ impl Policy for Spy {
     }
 }
 
+/// A copy of checkpoint `dir` in `to` whose normaliser has no recorded minimum and
+/// maximum, as checkpoints written before they were recorded.
+fn without_range(dir: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let path = to.join("checkpoint.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let n = meta["normaliser"].as_object_mut().unwrap();
+    assert!(n.remove("min").is_some() && n.remove("max").is_some(), "a new checkpoint records its range");
+    std::fs::write(&path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    to.to_path_buf()
+}
+
 fn build(name: &str, scenario: &Scenario) -> Result<Box<dyn Policy>, String> {
     let reg = llmos::rl::registry();
     reg.parse(name, &scenario.spec.policy).and_then(|c| c.build_for(&scenario.spec)).map_err(|e| e.to_string())
@@ -94,11 +114,28 @@ fn the_guard_hands_decisions_to_its_fallback_and_says_so() {
     let c = ckpt.display().to_string();
     let scenario = Scenario::load(&scenario_path()).unwrap();
 
+    // A checkpoint written before the training range was recorded: the z rule alone.
+    let legacy = without_range(&ckpt, &tmp.path().join("legacy"));
+    let l = legacy.display().to_string();
+
     // Every observation beyond a tiny limit: the fallback decides every tick, as it would alone.
-    let mut guarded = build(&format!("dqn:{c},max-z=0.0001,fallback=hpa:target=4"), &scenario).unwrap();
+    let mut guarded = build(&format!("dqn:{l},max-z=0.0001,fallback=hpa:target=4"), &scenario).unwrap();
     let mut alone = build("hpa:target=4", &scenario).unwrap();
     let (g, a) = (desired(guarded.as_mut(), &scenario, 1.0), desired(alone.as_mut(), &scenario, 1.0));
     assert_eq!(g, a, "the guarded policy with every input out of range must decide as its fallback");
+
+    // With the range recorded, a value the feature took in training is in range however
+    // far from the mean: at the training load the network keeps most decisions.
+    let fallbacks = |name: String| {
+        let mut spy = Spy { inner: build(&name, &scenario).unwrap(), reasons: vec![], warnings: vec![] };
+        desired(&mut spy, &scenario, 1.0);
+        let n = spy.reasons.iter().filter(|r| r.contains("out of training range")).count();
+        (n, spy.reasons.iter().filter(|r| !r.contains("missing metrics")).count())
+    };
+    let (with_range, ticks) = fallbacks(format!("dqn:{c},max-z=0.0001,fallback=hpa:target=4"));
+    let (z_only, z_ticks) = fallbacks(format!("dqn:{l},max-z=0.0001,fallback=hpa:target=4"));
+    assert_eq!(z_only, z_ticks, "the z rule alone at a tiny limit: every seen tick falls back");
+    assert!(with_range < ticks / 2, "{with_range} of {ticks} ticks fell back with the training range recorded");
 
     // The guard off: the bare network.
     let mut off = build(&format!("dqn:{c},max-z=0"), &scenario).unwrap();
@@ -130,7 +167,7 @@ fn the_guard_hands_decisions_to_its_fallback_and_says_so() {
     assert_eq!(spy.warnings.iter().filter(|w| w.contains("hpa decides")).count(), stretches);
 
     // `hold` keeps the fleet while out of range.
-    let mut hold = build(&format!("dqn:{c},max-z=0.0001,fallback=hold"), &scenario).unwrap();
+    let mut hold = build(&format!("dqn:{l},max-z=0.0001,fallback=hold"), &scenario).unwrap();
     let h = desired(hold.as_mut(), &scenario, 1.0);
     assert!(h.windows(2).all(|w| w[0] == w[1]), "hold changed the fleet: {h:?}");
 }

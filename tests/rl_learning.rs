@@ -310,4 +310,24 @@ fn weights_are_checked_against_the_sidecar_before_libtorch_reads_them() {
     no_branch["branches"] = serde_json::json!([]);
     let msg = checkpoint::parse_meta("ck", &serde_json::to_vec(&no_branch).unwrap()).unwrap_err().to_string();
     assert!(msg.contains("branches: empty"), "{msg}");
+    // Normaliser statistics that do not fit together are named, not indexed into later.
+    for (edit, expect) in [
+        (serde_json::json!({"m2": [1.0]}), "normaliser: m2 has 1 values"),
+        (serde_json::json!({"max": [0.0]}), "normaliser: min and max have"),
+        (serde_json::json!({"m2": null}), "invalid type: null"),
+    ] {
+        let mut v = serde_json::to_value(&meta).unwrap();
+        let n = v["normaliser"].as_object_mut().unwrap();
+        for (k, x) in edit.as_object().unwrap() {
+            n.insert(k.clone(), x.clone());
+        }
+        let err = checkpoint::parse_meta("ck", &serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
+        assert!(err.contains(expect), "{expect}: {err}");
+    }
+    let mut v = serde_json::to_value(&meta).unwrap();
+    let dim = meta.normaliser.dim();
+    v["normaliser"]["min"] = serde_json::json!(vec![1.0; dim]);
+    v["normaliser"]["max"] = serde_json::json!(vec![0.0; dim]);
+    let err = checkpoint::parse_meta("ck", &serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("normaliser: min[0] = 1 is above max[0] = 0"), "{err}");
 }

@@ -343,7 +343,8 @@ pub struct DqnParams {
 /// Each tick, every input feature is compared with the mean and standard deviation the
 /// checkpoint recorded over its training observations; a feature further than `maxZ`
 /// standard deviations away (or, for a feature that was constant in training, any
-/// change) is out of range. While any feature is out of range, the `fallback` policy
+/// change) is out of range, unless it lies within the smallest and largest values the
+/// feature took in training (checkpoints that record them). While any feature is out of range, the `fallback` policy
 /// decides instead of the network; it sees every observation, so its windows and learned
 /// state are warm when it takes over. Entering and leaving the fallback are published as
 /// `PolicyWarning` Events naming the feature.

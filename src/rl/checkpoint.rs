@@ -220,6 +220,7 @@ pub fn parse_meta(origin: &str, bytes: &[u8]) -> Result<CheckpointMeta, RlError>
             meta.feature_names.len()
         )));
     }
+    meta.normaliser.check().map_err(|m| ck(format!("normaliser: {m}")))?;
     if meta.feature_names.is_empty() {
         return Err(ck("featureNames: empty (a network needs at least one input)".into()));
     }

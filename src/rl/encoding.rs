@@ -139,12 +139,55 @@ pub struct Normaliser {
     pub count: u64,
     /// When true, [`Normaliser::update`] does nothing.
     pub frozen: bool,
+    /// The smallest value of each feature seen (empty before the first sample, and in
+    /// checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub min: Vec<f64>,
+    /// The largest value of each feature seen (as `min`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub max: Vec<f64>,
 }
 
 impl Normaliser {
     /// Identity-like statistics (mean 0, variance 1) for `dim` features.
     pub fn new(dim: usize) -> Self {
-        Normaliser { mean: vec![0.0; dim], m2: vec![0.0; dim], count: 0, frozen: false }
+        Normaliser {
+            mean: vec![0.0; dim],
+            m2: vec![0.0; dim],
+            count: 0,
+            frozen: false,
+            min: Vec::new(),
+            max: Vec::new(),
+        }
+    }
+    /// Checks that the statistics fit together (what a checkpoint's sidecar must hold):
+    /// one mean, sum of squares and, when recorded, minimum and maximum per feature, all
+    /// finite, the sums of squares not negative and no minimum above its maximum. The
+    /// error names the field and the feature's index.
+    pub fn check(&self) -> Result<(), String> {
+        let dim = self.dim();
+        if self.m2.len() != dim {
+            return Err(format!("m2 has {} values for {dim} features", self.m2.len()));
+        }
+        if self.min.len() != self.max.len() || (!self.min.is_empty() && self.min.len() != dim) {
+            return Err(format!(
+                "min and max have {} and {} values for {dim} features",
+                self.min.len(),
+                self.max.len()
+            ));
+        }
+        for (name, v) in [("mean", &self.mean), ("m2", &self.m2), ("min", &self.min), ("max", &self.max)] {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(format!("{name}[{i}] is not a finite number"));
+            }
+        }
+        if let Some(i) = self.m2.iter().position(|&x| x < 0.0) {
+            return Err(format!("m2[{i}] is negative"));
+        }
+        if let Some(i) = (0..self.min.len()).find(|&i| self.min[i] > self.max[i]) {
+            return Err(format!("min[{i}] = {} is above max[{i}] = {}", self.min[i], self.max[i]));
+        }
+        Ok(())
     }
     /// Number of features.
     pub fn dim(&self) -> usize {
@@ -164,6 +207,25 @@ impl Normaliser {
             self.mean[i] += d / n;
             self.m2[i] += d * (v - self.mean[i]);
         }
+        if self.min.len() != self.mean.len() {
+            self.min = x.iter().map(|&v| v as f64).collect();
+            self.max = self.min.clone();
+        } else {
+            for (i, &v) in x.iter().enumerate().take(self.min.len()) {
+                self.min[i] = self.min[i].min(v as f64);
+                self.max[i] = self.max[i].max(v as f64);
+            }
+        }
+    }
+    /// Whether `v` lies within the values feature `i` took in training (with a tolerance
+    /// of 10⁻³ × max(1, |bound|)); `false` when the range was not recorded.
+    pub fn seen(&self, i: usize, v: f64) -> bool {
+        match (self.min.get(i), self.max.get(i)) {
+            (Some(&lo), Some(&hi)) => {
+                v.is_finite() && v >= lo - 1e-3 * lo.abs().max(1.0) && v <= hi + 1e-3 * hi.abs().max(1.0)
+            }
+            _ => false,
+        }
     }
     /// Standard deviation of feature `i` (1 until two samples were seen; never below 1e-4).
     pub fn std(&self, i: usize) -> f64 {
@@ -177,7 +239,10 @@ impl Normaliser {
     /// range (or fewer than two samples were seen, or `max_z` is 0). A feature that was
     /// constant in training (standard deviation below 1e-6) is out of range as soon as it
     /// differs from its mean by more than 1e-3 × max(1, |mean|); its z is then reported as
-    /// the difference over 1e-6. A non-finite feature is out of range with z = ∞.
+    /// the difference over 1e-6. A non-finite feature is out of range with z = ∞. A value
+    /// the feature took in training ([`Normaliser::seen`]: within its recorded minimum
+    /// and maximum) is never out of range, however rare it was: the first tick of every
+    /// training episode, say, where a slot the policy then empties still serves.
     pub fn out_of_range(&self, x: &[f32], max_z: f64) -> Option<(usize, f64)> {
         if self.count < 2 || max_z <= 0.0 {
             return None;
@@ -198,7 +263,7 @@ impl Normaliser {
             } else {
                 d / sd
             };
-            if z.abs() > max_z && worst.is_none_or(|(_, w)| z.abs() > w.abs()) {
+            if z.abs() > max_z && !self.seen(i, v) && worst.is_none_or(|(_, w)| z.abs() > w.abs()) {
                 worst = Some((i, z));
             }
         }
@@ -923,6 +988,43 @@ mod tests {
         let (i, z) = n.out_of_range(&[0.0, 5.0, f32::NAN], 6.0).unwrap();
         assert_eq!((i, z), (2, f64::INFINITY));
         assert_eq!(n.out_of_range(&[1e9, 5.0, 0.0], 0.0), None, "a limit of 0 is off");
+    }
+
+    #[test]
+    fn a_value_seen_in_training_is_in_range_however_rare() {
+        let mut n = Normaliser::new(1);
+        // The first tick of each of 10 episodes sees 3.0; the 590 other ticks see 0.
+        for i in 0..600 {
+            n.update(&[if i % 60 == 0 { 3.0 } else { 0.0 }]);
+        }
+        assert!(3.0 / n.std(0) > 6.0, "3.0 is {} standard deviations out", 3.0 / n.std(0));
+        assert_eq!(n.out_of_range(&[3.0], 6.0), None, "seen in training");
+        assert_eq!(n.out_of_range(&[2.0], 6.0), None, "between values seen");
+        assert_eq!(n.out_of_range(&[3.5], 6.0).map(|(i, _)| i), Some(0), "beyond the largest value seen");
+        // A checkpoint written before the range was recorded: the z rule alone.
+        let old = Normaliser { min: Vec::new(), max: Vec::new(), ..n.clone() };
+        assert!(old.check().is_ok());
+        assert_eq!(old.out_of_range(&[3.0], 6.0).map(|(i, _)| i), Some(0));
+        let round: Normaliser = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
+        assert_eq!((round.min, round.max), (vec![0.0], vec![3.0]));
+        let legacy: Normaliser = serde_json::from_str(r#"{"mean":[0.5],"m2":[2.0],"count":9,"frozen":true}"#).unwrap();
+        assert!(legacy.min.is_empty() && legacy.check().is_ok());
+    }
+
+    #[test]
+    fn inconsistent_statistics_are_named() {
+        let mut n = Normaliser::new(2);
+        n.update(&[1.0, 2.0]);
+        n.update(&[3.0, 4.0]);
+        assert!(n.check().is_ok());
+        let bad = Normaliser { min: vec![5.0, 2.0], ..n.clone() };
+        assert!(bad.check().unwrap_err().contains("min[0]"), "{:?}", bad.check());
+        let bad = Normaliser { max: vec![3.0], ..n.clone() };
+        assert!(bad.check().unwrap_err().contains("min and max"));
+        let bad = Normaliser { m2: vec![1.0], ..n.clone() };
+        assert!(bad.check().unwrap_err().contains("m2 has 1"));
+        let bad = Normaliser { m2: vec![1.0, -2.0], ..n.clone() };
+        assert!(bad.check().unwrap_err().contains("m2[1]"));
     }
 
     fn obs() -> Observation {
