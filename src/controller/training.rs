@@ -996,20 +996,32 @@ async fn create_if_absent(api: &Api<Job>, job: &Job) -> Result<bool, TrainingErr
     }
 }
 
+/// Writes `status`, computed from `t` as read, on the condition that nobody wrote the
+/// training since (`metadata.resourceVersion` in the patch): a reconcile that started from
+/// a cached object older than the last write (the controller's own or anyone's) must not
+/// put an older phase back. On a conflict nothing is written (`false`: the Events of the
+/// transition wait for the reconcile that writes it); the newer object's watch event
+/// starts a reconcile from it.
 async fn write_status(
     ctx: &TrainingContext,
     t: &LLMPolicyTraining,
     status: &LLMPolicyTrainingStatus,
-) -> Result<(), TrainingError> {
+) -> Result<bool, TrainingError> {
     if t.status.as_ref() == Some(status) {
-        return Ok(());
+        return Ok(true);
     }
     let api: Api<LLMPolicyTraining> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(kube_err(format!("writing the status of training {}", t.name_any())))?;
-    Ok(())
+    let mut patch = serde_json::json!({ "status": status });
+    if let Some(rv) = t.resource_version() {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
+    match api.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(training = %t.name_any(), "status written by someone else since it was read; reconciling from the newer object");
+            Ok(false)
+        }
+        r => r.map(|_| true).map_err(kube_err(format!("writing the status of training {}", t.name_any()))),
+    }
 }
 
 fn now() -> String {
@@ -1057,8 +1069,8 @@ async fn refuse_spec(
     s.message = Some(p.to_string());
     s.phase = if p.transient { TrainingPhase::Pending } else { TrainingPhase::Failed };
     set_condition(&mut s.conditions, "SpecValid", "False", "InvalidSpec", &p.to_string(), now, t.metadata.generation);
-    write_status(ctx, t, &s).await?;
-    if before.as_deref() != Some(p.to_string().as_str()) {
+    let written = write_status(ctx, t, &s).await?;
+    if written && before.as_deref() != Some(p.to_string().as_str()) {
         publish(ctx, t, EventType::Warning, "InvalidSpec", p.to_string()).await;
     }
     Ok(if p.transient { Action::requeue(Duration::from_secs(30)) } else { Action::await_change() })
@@ -1151,7 +1163,8 @@ pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> 
         }
         Next::Wait | Next::Done => {}
     }
-    if status.phase != prev.phase {
+    let written = write_status(&ctx, &t, &status).await?;
+    if written && status.phase != prev.phase {
         match status.phase {
             TrainingPhase::Failed => {
                 publish(&ctx, &t, EventType::Warning, "TrainingFailed", status.message.clone().unwrap_or_default())
@@ -1163,7 +1176,6 @@ pub async fn reconcile(t: Arc<LLMPolicyTraining>, ctx: Arc<TrainingContext>) -> 
             _ => {}
         }
     }
-    write_status(&ctx, &t, &status).await?;
     Ok(match next {
         Next::Done => Action::await_change(),
         // The Job and Pod watches wake the reconcile; this is a safety net.
