@@ -131,7 +131,7 @@ fn write_timelines(report: &CompareReport, dir: &Path) -> anyhow::Result<()> {
     for e in &report.episodes {
         if let Some(t) = &e.timeline {
             let path = dir.join(crate::eval::timeline::file_name(&e.policy, e.seed, e.load));
-            t.write(&path).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, t.to_csv()).with_context(|| format!("writing {}", path.display()))?;
             n += 1;
         }
     }

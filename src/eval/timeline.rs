@@ -5,7 +5,6 @@
 //! scale-up the budget refused, a cold start it waited for).
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use crate::control::Tick;
 
@@ -54,8 +53,8 @@ pub struct TimelineRow {
 /// The ticks of one episode, with the slots fixed by its first tick.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Timeline {
-    /// `variant/pool` of every slot, in the order of the first observation.
-    pub slots: Vec<String>,
+    /// (variant, pool) of every slot, in the order of the first observation.
+    pub slots: Vec<(String, String)>,
     /// One row per tick.
     pub rows: Vec<TimelineRow>,
 }
@@ -65,14 +64,13 @@ impl Timeline {
     /// observation lists every allowed slot from the start) are left out.
     pub fn push(&mut self, tick: &Tick) {
         if self.slots.is_empty() {
-            self.slots = tick.observation.slots.iter().map(|s| format!("{}/{}", s.variant, s.pool)).collect();
+            self.slots = tick.observation.slots.iter().map(|s| (s.variant.clone(), s.pool.clone())).collect();
         }
         let slots = self
             .slots
             .iter()
-            .map(|name| {
-                let (v, p) = name.split_once('/').unwrap_or((name, ""));
-                let obs = tick.observation.slots.iter().find(|s| s.variant == v && s.pool == p);
+            .map(|(v, p)| {
+                let obs = tick.observation.slot(v, p);
                 SlotRow {
                     proposed: tick.proposed.replicas(v, p).or(obs.map(|s| s.desired_replicas)).unwrap_or(0),
                     applied: tick.outcome.decision.replicas(v, p).or(obs.map(|s| s.desired_replicas)).unwrap_or(0),
@@ -105,9 +103,9 @@ impl Timeline {
     /// `<variant>/<pool> proposed|applied|ready|starting`; overrides joined by `; `.
     pub fn to_csv(&self) -> String {
         let mut out = String::from("time_s,arrived,finished,slo_met,rejected,quality_met,cost_usd,reward,complete");
-        for s in &self.slots {
+        for (v, p) in &self.slots {
             for col in ["proposed", "applied", "ready", "starting"] {
-                let _ = write!(out, ",{s} {col}");
+                let _ = write!(out, ",{v}/{p} {col}");
             }
         }
         out.push_str(",overrides,reason\n");
@@ -123,14 +121,6 @@ impl Timeline {
             let _ = writeln!(out, ",{},{}", csv_field(&r.overrides.join("; ")), csv_field(&r.reason));
         }
         out
-    }
-
-    /// Writes [`Timeline::to_csv`] to `path` (through a temporary file and a rename, so a
-    /// reader never sees half a file).
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("csv.tmp");
-        std::fs::write(&tmp, self.to_csv())?;
-        std::fs::rename(&tmp, path)
     }
 }
 
@@ -166,7 +156,7 @@ mod tests {
     #[test]
     fn the_csv_has_a_column_per_slot_and_field() {
         let t = Timeline {
-            slots: vec!["8b/l4".into()],
+            slots: vec![("8b".into(), "l4".into())],
             rows: vec![TimelineRow {
                 time_s: 15.0,
                 arrived: 3,

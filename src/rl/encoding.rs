@@ -201,20 +201,18 @@ impl Normaliser {
         debug_assert_eq!(x.len(), self.mean.len());
         self.count += 1;
         let n = self.count as f64;
-        for i in 0..self.mean.len() {
+        let dim = self.mean.len();
+        if self.min.len() != dim {
+            // The first sample, or statistics from a checkpoint that did not record a range.
+            (self.min, self.max) = (vec![f64::INFINITY; dim], vec![f64::NEG_INFINITY; dim]);
+        }
+        for i in 0..dim {
             let v = x[i] as f64;
             let d = v - self.mean[i];
             self.mean[i] += d / n;
             self.m2[i] += d * (v - self.mean[i]);
-        }
-        if self.min.len() != self.mean.len() {
-            self.min = x.iter().map(|&v| v as f64).collect();
-            self.max = self.min.clone();
-        } else {
-            for (i, &v) in x.iter().enumerate().take(self.min.len()) {
-                self.min[i] = self.min[i].min(v as f64);
-                self.max[i] = self.max[i].max(v as f64);
-            }
+            self.min[i] = self.min[i].min(v);
+            self.max[i] = self.max[i].max(v);
         }
     }
     /// Whether `v` lies within the values feature `i` took in training (with a tolerance
